@@ -1,0 +1,84 @@
+//! The `orderflow-api` command line: serve (default), migrate, manage clients.
+
+use crate::startup::{ApiConfig, Application};
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use orderflow_shared::db::{self, clients};
+use orderflow_shared::domain::ClientId;
+
+/// orderflow's HTTP API: accepts order commands, records and enqueues them, serves their status.
+#[derive(Parser, Debug)]
+#[command(name = "orderflow-api", version)]
+pub struct Cli {
+    #[command(flatten)]
+    pub config: ApiConfig,
+
+    #[command(subcommand)]
+    pub command: Option<CliCommand>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CliCommand {
+    /// Serve the HTTP API (the default).
+    Serve,
+    /// Apply the database migrations and exit.
+    Migrate,
+    /// Manage API clients.
+    #[command(subcommand)]
+    Client(ClientCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClientCommand {
+    /// Create a client and print its API key (alone, on standard output; shown only once).
+    Create {
+        /// A name for people reading logs and dashboards.
+        #[arg(long)]
+        name: String,
+        /// May manage inventory.
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Revoke a client's key at once.
+    Revoke {
+        /// The client's id.
+        #[arg(long)]
+        id: uuid::Uuid,
+    },
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let common = &cli.config.common;
+    match cli.command.unwrap_or(CliCommand::Serve) {
+        CliCommand::Serve => {
+            let shutdown = orderflow_shared::shutdown::on_signal();
+            Application::build(cli.config, shutdown)
+                .await?
+                .run_until_stopped()
+                .await
+        }
+        CliCommand::Migrate => {
+            let pool = db::pool(&common.database_url, 1)?;
+            db::MIGRATOR.run(&pool).await.context("applying migrations")?;
+            eprintln!("migrations applied");
+            Ok(())
+        }
+        CliCommand::Client(ClientCommand::Create { name, admin }) => {
+            let pool = db::pool(&common.database_url, 1)?;
+            db::check_schema(&pool).await?;
+            let (client, key) = clients::create(&pool, &name, admin).await?;
+            eprintln!("created client {} ({name}{})", client.id, if admin { ", admin" } else { "" });
+            println!("{key}");
+            Ok(())
+        }
+        CliCommand::Client(ClientCommand::Revoke { id }) => {
+            let pool = db::pool(&common.database_url, 1)?;
+            if clients::revoke(&pool, ClientId(id)).await? {
+                eprintln!("revoked client {id}");
+                Ok(())
+            } else {
+                anyhow::bail!("no live client {id}")
+            }
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! The HTTP error policy. Every error is `application/problem+json` (RFC 9457) with a stable
+//! `type`; callers branch on `type`, people read `detail`. 4xx bodies say exactly what was
+//! wrong; 5xx bodies are opaque and the full error chain is logged once, here. A 503 always
+//! carries `Retry-After`. Nothing is written when a request fails validation.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// Seconds a client should wait before retrying a 503.
+const RETRY_AFTER_SECS: &str = "1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 401: no key, a malformed key, or one that is unknown or revoked.
+    #[error("a valid API key is required: send `Authorization: Bearer <key>`")]
+    Unauthorized,
+    /// 403: the key is valid but this route needs an admin key.
+    #[error("this route needs an admin key")]
+    Forbidden,
+    /// 404: no such resource for this client (another client's ids look exactly like this).
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// 405
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// 400: the body is not JSON.
+    #[error("the body is not valid JSON: {0}")]
+    MalformedJson(String),
+    /// 422: the body is JSON but not a valid request (unknown field, bad value, …).
+    #[error("{0}")]
+    InvalidBody(String),
+    /// 415
+    #[error("the body must be `application/json`")]
+    UnsupportedMediaType,
+    /// 413
+    #[error("the body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    /// 400: a header, path segment or query parameter is missing or malformed.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// 422: the Idempotency-Key was used before with a different request.
+    #[error("this Idempotency-Key was already used with a different request")]
+    IdempotencyMismatch,
+    /// 409: the first request with this Idempotency-Key is still being processed.
+    #[error("a request with this Idempotency-Key is still in progress; retry shortly")]
+    IdempotencyInFlight,
+    /// 503: the partition queue is full; the command was not enqueued and will never run.
+    #[error("the order's partition queue is full; the command was not accepted and will not run")]
+    QueueFull,
+    /// 503: a dependency (PostgreSQL, RabbitMQ) is unavailable; nothing was accepted.
+    #[error("a backing service is unavailable; nothing was accepted")]
+    Unavailable(#[source] anyhow::Error),
+    /// 500: a bug. The body says nothing more.
+    #[error("internal error")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    fn status_and_type(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed"),
+            ApiError::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed-json"),
+            ApiError::InvalidBody(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-body"),
+            ApiError::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type")
+            }
+            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large"),
+            ApiError::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid-request"),
+            ApiError::IdempotencyMismatch => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "idempotency-key-reused")
+            }
+            ApiError::IdempotencyInFlight => (StatusCode::CONFLICT, "idempotency-key-in-flight"),
+            ApiError::QueueFull => (StatusCode::SERVICE_UNAVAILABLE, "queue-full"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    /// A database that cannot be reached is a 503 (retry later); anything else is a bug.
+    fn from(error: sqlx::Error) -> Self {
+        if orderflow_shared::db::is_transient(&error) {
+            ApiError::Unavailable(error.into())
+        } else {
+            ApiError::Internal(error.into())
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, kind) = self.status_and_type();
+        match &self {
+            ApiError::Internal(e) => tracing::error!(error = ?e, "internal error"),
+            ApiError::Unavailable(e) => tracing::warn!(error = ?e, "dependency unavailable"),
+            _ => {}
+        }
+        let body = json!({
+            "type": format!("https://orderflow.dev/problems/{kind}"),
+            "title": status.canonical_reason().unwrap_or("error"),
+            "status": status.as_u16(),
+            "detail": self.to_string(),
+        });
+        let mut response = (status, axum::Json(body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}

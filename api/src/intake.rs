@@ -1,0 +1,209 @@
+//! Accepting a command: claim the Idempotency-Key, give the command the next seq of its order,
+//! record it, commit, publish it with a confirm, answer. Both POST routes go through here.
+//!
+//! A publish the broker did not confirm (queue full, broker down) marks the command rejected
+//! before answering 503, so nothing runs later by surprise; the key is released for a retry.
+//! If the API dies between commit and publish, the worker's command relay publishes it later
+//! and the key's replay answers the 202 the caller never saw.
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use orderflow_shared::amqp::{PublishError, json_properties};
+use orderflow_shared::contract::CommandMessage;
+use orderflow_shared::db::clients::Client;
+use orderflow_shared::db::commands::{self, CommandStatus, NewCommand, Source};
+use orderflow_shared::db::idempotency::{self, Claim};
+use orderflow_shared::domain::{Command, CommandId, OrderId, Rejection};
+use orderflow_shared::partition::partition_of;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+/// Which order a command is for.
+pub enum Target {
+    /// A new order (create): the API has just assigned its id.
+    New(OrderId),
+    Existing(OrderId),
+}
+
+impl Target {
+    fn order_id(&self) -> OrderId {
+        match self {
+            Target::New(id) | Target::Existing(id) => *id,
+        }
+    }
+}
+
+/// One request to accept.
+pub struct Submission<'a> {
+    pub client: &'a Client,
+    pub idempotency_key: &'a str,
+    /// Identifies the request for the key: method, route, If-Match and canonical body.
+    pub fingerprint: Vec<u8>,
+    pub target: Target,
+    pub command: Command,
+    pub expected_version: Option<i64>,
+}
+
+/// The 202 answer (also what a replay answers).
+#[derive(Serialize)]
+pub struct Accepted {
+    pub command_id: CommandId,
+    pub order_id: OrderId,
+    pub status: CommandStatus,
+    #[serde(skip)]
+    pub replayed: bool,
+}
+
+impl IntoResponse for Accepted {
+    fn into_response(self) -> Response {
+        let location = format!("/v1/commands/{}", self.command_id);
+        let replayed = self.replayed;
+        let mut response = (StatusCode::ACCEPTED, axum::Json(self)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::LOCATION,
+            HeaderValue::from_str(&location).expect("a uuid path is a valid header"),
+        );
+        if replayed {
+            headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+        }
+        response
+    }
+}
+
+/// The fingerprint of a request: what must match for a key's replay.
+pub fn fingerprint(route: &str, if_match: Option<i64>, body: &serde_json::Value) -> Vec<u8> {
+    let mut hash = Sha256::new();
+    hash.update(route.as_bytes());
+    hash.update([0]);
+    hash.update(if_match.map(|v| v.to_string()).unwrap_or_default().as_bytes());
+    hash.update([0]);
+    // serde_json's maps are sorted, so equal JSON documents serialize identically.
+    hash.update(body.to_string().as_bytes());
+    hash.finalize().to_vec()
+}
+
+pub async fn submit(state: &AppState, s: Submission<'_>) -> Result<Accepted, ApiError> {
+    let command_id = CommandId::new();
+    let order_id = s.target.order_id();
+    let partition = partition_of(order_id, state.topology.partitions);
+    let body = serde_json::to_value(&s.command).expect("commands serialize");
+
+    let mut tx = state.db.begin().await?;
+    match idempotency::claim(
+        &mut tx,
+        s.client.id,
+        s.idempotency_key,
+        &s.fingerprint,
+        command_id,
+    )
+    .await?
+    {
+        Claim::New => {}
+        Claim::Existing {
+            fingerprint,
+            command_id,
+        } => {
+            tx.rollback().await?;
+            return replay(state, s.client, &s.fingerprint, &fingerprint, command_id).await;
+        }
+    }
+    let seq = match s.target {
+        Target::New(id) => {
+            if !commands::open_stream(&mut *tx, id, s.client.id).await? {
+                return Err(anyhow::anyhow!("a fresh UUIDv7 order id {id} was taken").into());
+            }
+            1
+        }
+        Target::Existing(id) => commands::next_seq(&mut *tx, id, s.client.id)
+            .await?
+            .ok_or(ApiError::NotFound("order"))?,
+    };
+    let new = NewCommand {
+        id: command_id,
+        client_id: s.client.id,
+        order_id,
+        kind: s.command.kind(),
+        body: &body,
+        expected_version: s.expected_version,
+        source: Source::Http,
+        partition,
+    };
+    commands::insert(&mut *tx, &new, seq).await?;
+    tx.commit().await?;
+
+    let message = CommandMessage {
+        version: orderflow_shared::contract::CONTRACT_VERSION,
+        command_id,
+        client_id: s.client.id,
+        order_id,
+        expected_version: s.expected_version,
+        command: s.command,
+    };
+    let properties = json_properties().with_message_id(command_id.to_string().as_str().into());
+    let published = state
+        .publisher
+        .publish(
+            &state.topology.command_exchange(),
+            &partition.to_string(),
+            &message.to_bytes(),
+            properties,
+            true,
+        )
+        .await;
+    match published {
+        Ok(()) => {
+            commands::mark_published(&state.db, &[command_id.0]).await?;
+        }
+        Err(error) => {
+            let (reason, api_error) = match &error {
+                PublishError::Refused => (Rejection::QueueFull, ApiError::QueueFull),
+                PublishError::Unroutable | PublishError::Unavailable(_) => (
+                    Rejection::BrokerUnavailable,
+                    ApiError::Unavailable(anyhow::anyhow!("publishing {command_id}: {error}")),
+                ),
+            };
+            if commands::refuse_unpublished(&state.db, command_id, reason.as_str()).await? {
+                idempotency::release(&state.db, s.client.id, s.idempotency_key).await?;
+                return Err(api_error);
+            }
+            tracing::info!(%command_id, "publish failed but the command had already been taken up");
+        }
+    }
+    tracing::info!(%command_id, %order_id, partition, seq, "command accepted");
+    Ok(Accepted {
+        command_id,
+        order_id,
+        status: CommandStatus::Accepted,
+        replayed: false,
+    })
+}
+
+/// Answers a request whose key was seen before.
+async fn replay(
+    state: &AppState,
+    client: &Client,
+    fingerprint: &[u8],
+    stored_fingerprint: &[u8],
+    command_id: CommandId,
+) -> Result<Accepted, ApiError> {
+    if fingerprint != stored_fingerprint {
+        return Err(ApiError::IdempotencyMismatch);
+    }
+    let row = commands::get_for_client(&state.db, client.id, command_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("idempotency key names a missing command {command_id}"))?;
+    // Neither confirmed by the broker nor taken up by a worker yet: the first request is
+    // still between its commit and its publish.
+    if row.published_at.is_none() && row.status == CommandStatus::Accepted {
+        return Err(ApiError::IdempotencyInFlight);
+    }
+    Ok(Accepted {
+        command_id: row.id,
+        order_id: row.order_id,
+        status: CommandStatus::Accepted,
+        replayed: true,
+    })
+}

@@ -1,0 +1,12 @@
+//! orderflow's HTTP API as a library, so tests run the real thing in-process.
+
+pub mod cli;
+pub mod error;
+pub mod extract;
+pub mod intake;
+pub mod routes;
+pub mod startup;
+pub mod state;
+pub mod waiters;
+
+pub use startup::{ApiConfig, Application};

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Run every test of the project:
+#
+#   deploy/run-tests.sh          (as root; CI runs it too, from .ci/run)
+#
+# Makes sure what the tests need is there (PostgreSQL, RabbitMQ, a database role that may create
+# databases, Python packages, docker-compose, cargo-nextest), installing what is missing, then runs
+# the message-contract tests, the doc tests and the whole Rust test suite. Stops at the first
+# failing stage.
+#
+# Environment:
+#   DATABASE_URL   postgres://orderflow:orderflow@127.0.0.1:5432/postgres
+#                  the server the tests create their per-test databases on
+#   AMQP_URL       amqp://guest:guest@127.0.0.1:5672/%2f
+set -euo pipefail
+
+DEPLOY_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_ROOT=$(dirname "$DEPLOY_DIR")
+# shellcheck source=deploy/lib/services.sh
+source "$DEPLOY_DIR/lib/services.sh"
+cd "$REPO_ROOT"
+of_add_cargo_path
+
+# ---- 1. Services, and a role the tests may create databases with ---------------------------------
+# Password login, so that it works whether 127.0.0.1 is trust (dev machine) or scram (fresh Debian).
+of_ensure_services
+of_ensure_app_role createdb
+export DATABASE_URL=${DATABASE_URL:-postgres://${ORDERFLOW_DB_USER}:${ORDERFLOW_DB_PASSWORD}@127.0.0.1:5432/postgres}
+export AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
+# sqlx's query macros read the checked-in .sqlx/ data.
+export SQLX_OFFLINE=true
+
+# ---- 2. Python packages for the contract tests ----------------------------------------------------
+command -v python3 >/dev/null || of_apt_install python3
+if ! python3 -c 'import pika, jsonschema' 2>/dev/null; then
+    of_log "installing Python packages pika and jsonschema"
+    # pip first; Debian's own python3 refuses a plain pip install (PEP 668), hence the fallbacks.
+    python3 -m pip install --quiet pika jsonschema 2>/dev/null ||
+        python3 -m pip install --quiet --break-system-packages pika jsonschema 2>/dev/null ||
+        of_apt_install python3-pika python3-jsonschema
+    python3 -c 'import pika, jsonschema' || of_die "could not install pika and jsonschema for python3"
+fi
+
+# ---- 3. docker-compose (a test validates deploy/docker-compose.yml with it) -----------------------
+command -v docker-compose >/dev/null || of_apt_install docker-compose
+
+# ---- 4. cargo-nextest ------------------------------------------------------------------------------
+command -v cargo >/dev/null || of_die "cargo not found: install Rust with rustup (https://rustup.rs)"
+if ! cargo nextest --version >/dev/null 2>&1; then
+    of_log "installing cargo-nextest"
+    cargo install cargo-nextest --locked
+fi
+
+# ---- 5. Message-contract tests (Python, against the JSON schemas) ---------------------------------
+of_log "contract tests: python3 shared/contract/test_contract.py"
+python3 shared/contract/test_contract.py
+
+# ---- 6. Doc tests (nextest does not run them) -------------------------------------------------------
+of_log "doc tests: cargo test --workspace --doc"
+cargo test --workspace --doc
+
+# ---- 7. Every other Rust test: unit, integration (real PostgreSQL and RabbitMQ), property tests ---
+# Last on purpose: its summary line is the run's closing line.
+of_log "Rust tests: cargo nextest run --workspace --all-targets --no-fail-fast"
+cargo nextest run --workspace --all-targets --no-fail-fast

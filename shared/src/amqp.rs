@@ -1,0 +1,311 @@
+//! RabbitMQ: the topology orderflow declares, the connection pool, and a publisher with confirms.
+//!
+//! ```text
+//! <ns>.commands (direct) ──"0".."N-1"──▶ <ns>.commands.<p>   quorum, single active consumer
+//!                                              │ delivery limit exceeded / refused
+//! <ns>.dead-letter (fanout) ◀──────────────────┘──▶ <ns>.dead-letter (quorum)
+//! <ns>.events (topic): status events from the outbox, routing key `command.<status>.<type>`
+//! ```
+
+pub use deadpool_lapin::Pool as ConnectionPool;
+use deadpool_lapin::Pool;
+use lapin::{
+    BasicProperties, Channel, Confirmation, ConnectionProperties, ExchangeKind,
+    options::{
+        BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+        QueueDeclareOptions,
+    },
+    types::{AMQPValue, FieldTable},
+};
+use tokio::sync::Mutex;
+
+/// Deliveries of one message after which the broker dead-letters it by itself. The worker never
+/// requeues on purpose, so this only counts crashes and lost connections while holding it.
+pub const DELIVERY_LIMIT: i64 = 10;
+
+/// Header naming why a message was dead-lettered by orderflow (not by the broker).
+pub const REASON_HEADER: &str = "x-orderflow-reason";
+
+/// Names and arguments of everything orderflow declares under one namespace.
+#[derive(Clone, Debug)]
+pub struct Topology {
+    pub namespace: String,
+    pub partitions: u16,
+    pub queue_max_length: i64,
+}
+
+impl Topology {
+    pub fn command_exchange(&self) -> String {
+        format!("{}.commands", self.namespace)
+    }
+    pub fn partition_queue(&self, partition: u16) -> String {
+        format!("{}.commands.{partition}", self.namespace)
+    }
+    pub fn dead_letter_exchange(&self) -> String {
+        format!("{}.dead-letter", self.namespace)
+    }
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.dead-letter", self.namespace)
+    }
+    pub fn events_exchange(&self) -> String {
+        format!("{}.events", self.namespace)
+    }
+
+    /// Declares everything; idempotent, so every process does it at start.
+    pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        channel
+            .exchange_declare(
+                self.command_exchange().as_str().into(),
+                ExchangeKind::Direct,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .exchange_declare(
+                self.dead_letter_exchange().as_str().into(),
+                ExchangeKind::Fanout,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .exchange_declare(
+                self.events_exchange().as_str().into(),
+                ExchangeKind::Topic,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+
+        let mut dead_letter_args = FieldTable::default();
+        dead_letter_args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+        declare_bound(
+            channel,
+            &self.dead_letter_queue(),
+            &self.dead_letter_exchange(),
+            "",
+            dead_letter_args,
+        )
+        .await?;
+
+        for partition in 0..self.partitions {
+            declare_bound(
+                channel,
+                &self.partition_queue(partition),
+                &self.command_exchange(),
+                &partition.to_string(),
+                self.partition_arguments(),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    fn partition_arguments(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        // Quorum: replicated and durable, and it counts deliveries (x-delivery-limit needs it).
+        args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+        // One consumer at a time per partition: the others are standbys that take over on failure.
+        args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+        // A message that keeps killing its consumer ends in the dead-letter queue, not in a loop.
+        args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(DELIVERY_LIMIT));
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(self.dead_letter_exchange().as_str().into()),
+        );
+        // Bounded: beyond the limit the broker nacks the publish, and the API answers 503
+        // instead of letting the backlog (and everyone's latency) grow without end.
+        args.insert("x-max-length".into(), AMQPValue::LongLongInt(self.queue_max_length));
+        args.insert("x-overflow".into(), AMQPValue::LongString("reject-publish".into()));
+        args
+    }
+}
+
+async fn declare_bound(
+    channel: &Channel,
+    queue: &str,
+    exchange: &str,
+    routing_key: &str,
+    args: FieldTable,
+) -> lapin::Result<()> {
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await?;
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            routing_key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+}
+
+/// A pool of broker connections; broken ones are replaced on the next `get`. The name shows in
+/// the management UI (and lets a test close exactly its own connections).
+pub fn pool(url: &str, connection_name: &str) -> Pool {
+    let name = connection_name.to_owned();
+    deadpool_lapin::Config {
+        url: Some(url.to_owned()),
+        pool: Some(deadpool_lapin::PoolConfig::new(4)),
+    }
+    .create_pool(
+        move || ConnectionProperties::default().with_connection_name(name.as_str().into()),
+        deadpool_lapin::Runtime::Tokio1,
+    )
+    .expect("a pool with a runtime always builds")
+}
+
+/// Why a publish did not end with the broker taking the message.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The broker refused the message (a full queue with `reject-publish`). It was not enqueued.
+    #[error("the broker refused the message (queue full)")]
+    Refused,
+    /// No queue is bound for the routing key. It was not enqueued.
+    #[error("the message was unroutable")]
+    Unroutable,
+    /// The connection failed: the message may or may not have been enqueued.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// One message of a batch.
+pub struct Outgoing<'a> {
+    pub routing_key: &'a str,
+    pub body: &'a [u8],
+    pub properties: BasicProperties,
+}
+
+/// Publishes with publisher confirms on one cached channel. Concurrent publishes share the
+/// channel, so their confirms are pipelined rather than awaited one after another.
+pub struct Publisher {
+    pool: Pool,
+    channel: Mutex<Option<Channel>>,
+}
+
+impl Publisher {
+    pub fn new(pool: Pool) -> Self {
+        Self {
+            pool,
+            channel: Mutex::new(None),
+        }
+    }
+
+    /// The cached confirm-mode channel, re-opened when the old one is gone.
+    pub async fn channel(&self) -> Result<Channel, PublishError> {
+        let mut cached = self.channel.lock().await;
+        if let Some(channel) = cached.as_ref().filter(|c| c.status().connected()) {
+            return Ok(channel.clone());
+        }
+        let unavailable = |e: &dyn std::fmt::Display| PublishError::Unavailable(e.to_string());
+        let connection = self.pool.get().await.map_err(|e| unavailable(&e))?;
+        let channel = connection.create_channel().await.map_err(|e| unavailable(&e))?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| unavailable(&e))?;
+        *cached = Some(channel.clone());
+        Ok(channel)
+    }
+
+    /// Publishes one persistent message and waits for the broker's confirm. `mandatory`: an
+    /// unroutable message is an error rather than silently dropped (commands must reach a queue;
+    /// events may have no subscriber).
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+        mandatory: bool,
+    ) -> Result<(), PublishError> {
+        let message = Outgoing {
+            routing_key,
+            body,
+            properties,
+        };
+        self.publish_batch(exchange, std::slice::from_ref(&message), mandatory)
+            .await
+            .pop()
+            .expect("one result per message")
+    }
+
+    /// Publishes messages in order on one channel, then awaits all their confirms together.
+    /// Returns one result per message, in order.
+    pub async fn publish_batch(
+        &self,
+        exchange: &str,
+        messages: &[Outgoing<'_>],
+        mandatory: bool,
+    ) -> Vec<Result<(), PublishError>> {
+        let unavailable = |e: lapin::Error| PublishError::Unavailable(e.to_string());
+        let channel = match self.channel().await {
+            Ok(channel) => channel,
+            Err(e) => {
+                let reason = e.to_string();
+                return messages
+                    .iter()
+                    .map(|_| Err(PublishError::Unavailable(reason.clone())))
+                    .collect();
+            }
+        };
+        let mut pending = Vec::with_capacity(messages.len());
+        for message in messages {
+            let confirm = channel
+                .basic_publish(
+                    exchange.into(),
+                    message.routing_key.into(),
+                    BasicPublishOptions {
+                        mandatory,
+                        ..Default::default()
+                    },
+                    message.body,
+                    // persistent
+                    message.properties.clone().with_delivery_mode(2),
+                )
+                .await;
+            pending.push(confirm);
+        }
+        let mut results = Vec::with_capacity(messages.len());
+        for confirm in pending {
+            let result = match confirm {
+                Err(e) => Err(unavailable(e)),
+                Ok(confirm) => match confirm.await {
+                    Err(e) => Err(unavailable(e)),
+                    Ok(Confirmation::Ack(None)) => Ok(()),
+                    Ok(Confirmation::Ack(Some(_))) => Err(PublishError::Unroutable),
+                    Ok(Confirmation::Nack(_)) => Err(PublishError::Refused),
+                    Ok(Confirmation::NotRequested) => Err(PublishError::Unavailable(
+                        "channel is not in confirm mode".into(),
+                    )),
+                },
+            };
+            results.push(result);
+        }
+        results
+    }
+
+    /// The connection pool (for declaring, consuming or inspecting queues).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+}
+
+/// JSON message properties shared by every publish.
+pub fn json_properties() -> BasicProperties {
+    BasicProperties::default().with_content_type("application/json".into())
+}

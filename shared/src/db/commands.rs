@@ -1,0 +1,339 @@
+//! Commands and the per-order streams that sequence them. The `commands` table is also the
+//! worker's inbox: a command whose status is final has been dealt with.
+
+use crate::domain::{ClientId, CommandId, CommandKind, OrderId};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::{PgConnection, PgExecutor};
+
+/// Where a command is in its life. `accepted` is the only non-final status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandStatus {
+    Accepted,
+    Applied,
+    Rejected,
+    Failed,
+}
+
+impl CommandStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommandStatus::Accepted => "accepted",
+            CommandStatus::Applied => "applied",
+            CommandStatus::Rejected => "rejected",
+            CommandStatus::Failed => "failed",
+        }
+    }
+    pub fn is_final(self) -> bool {
+        self != CommandStatus::Accepted
+    }
+    fn parse(s: &str) -> Self {
+        match s {
+            "accepted" => CommandStatus::Accepted,
+            "applied" => CommandStatus::Applied,
+            "rejected" => CommandStatus::Rejected,
+            "failed" => CommandStatus::Failed,
+            other => unreachable!("the status check constraint allows no {other:?}"),
+        }
+    }
+}
+
+/// Who sent the command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Http,
+    Amqp,
+}
+
+impl Source {
+    fn as_str(self) -> &'static str {
+        match self {
+            Source::Http => "http",
+            Source::Amqp => "amqp",
+        }
+    }
+}
+
+/// A command to record.
+pub struct NewCommand<'a> {
+    pub id: CommandId,
+    pub client_id: ClientId,
+    pub order_id: OrderId,
+    pub kind: CommandKind,
+    /// The command as in the contract (`type` + fields).
+    pub body: &'a serde_json::Value,
+    pub expected_version: Option<i64>,
+    pub source: Source,
+    pub partition: u16,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CommandRow {
+    pub id: CommandId,
+    pub client_id: ClientId,
+    pub order_id: OrderId,
+    pub seq: i64,
+    pub kind: CommandKind,
+    pub body: serde_json::Value,
+    pub expected_version: Option<i64>,
+    pub status: CommandStatus,
+    pub reason: Option<String>,
+    pub result_version: Option<i64>,
+    pub partition: i32,
+    pub accepted_at: DateTime<Utc>,
+    pub published_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+macro_rules! command_row {
+    ($r:expr) => {
+        CommandRow {
+            id: CommandId($r.id),
+            client_id: ClientId($r.client_id),
+            order_id: OrderId($r.order_id),
+            seq: $r.seq,
+            kind: $r.kind.parse().expect("the kind check constraint"),
+            body: $r.body,
+            expected_version: $r.expected_version,
+            status: CommandStatus::parse(&$r.status),
+            reason: $r.reason,
+            result_version: $r.result_version,
+            partition: $r.partition,
+            accepted_at: $r.accepted_at,
+            published_at: $r.published_at,
+            finished_at: $r.finished_at,
+        }
+    };
+}
+
+/// Opens the stream of a new order (its create command takes seq 1). `false` if the order id is
+/// already taken.
+pub async fn open_stream(
+    db: impl PgExecutor<'_>,
+    order_id: OrderId,
+    client_id: ClientId,
+) -> sqlx::Result<bool> {
+    let inserted = sqlx::query!(
+        "insert into order_streams (order_id, client_id, last_seq) values ($1, $2, 1)
+         on conflict (order_id) do nothing",
+        order_id.0,
+        client_id.0
+    )
+    .execute(db)
+    .await?;
+    Ok(inserted.rows_affected() == 1)
+}
+
+/// Hands out the next sequence number of an existing order's stream, holding the stream's row
+/// lock until the caller's transaction ends (so sequences commit in order). `None` if the order
+/// does not exist for this client.
+pub async fn next_seq(
+    db: impl PgExecutor<'_>,
+    order_id: OrderId,
+    client_id: ClientId,
+) -> sqlx::Result<Option<i64>> {
+    sqlx::query_scalar!(
+        "update order_streams set last_seq = last_seq + 1
+         where order_id = $1 and client_id = $2 returning last_seq",
+        order_id.0,
+        client_id.0
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// The owner of an order stream, if it exists.
+pub async fn stream_owner(
+    db: impl PgExecutor<'_>,
+    order_id: OrderId,
+) -> sqlx::Result<Option<ClientId>> {
+    let owner = sqlx::query_scalar!(
+        "select client_id from order_streams where order_id = $1",
+        order_id.0
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(owner.map(ClientId))
+}
+
+/// Locks an order's stream for the apply transaction and returns how far it was processed.
+pub async fn lock_stream(conn: &mut PgConnection, order_id: OrderId) -> sqlx::Result<i64> {
+    sqlx::query_scalar!(
+        "select processed_seq from order_streams where order_id = $1 for update",
+        order_id.0
+    )
+    .fetch_one(conn)
+    .await
+}
+
+/// Records that every command up to `seq` has been dealt with.
+pub async fn set_processed(
+    conn: &mut PgConnection,
+    order_id: OrderId,
+    seq: i64,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "update order_streams set processed_seq = $2 where order_id = $1",
+        order_id.0,
+        seq
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn insert(
+    db: impl PgExecutor<'_>,
+    command: &NewCommand<'_>,
+    seq: i64,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "insert into commands (id, client_id, order_id, seq, kind, body, expected_version, source, partition)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        command.id.0,
+        command.client_id.0,
+        command.order_id.0,
+        seq,
+        command.kind.as_str(),
+        command.body,
+        command.expected_version,
+        command.source.as_str(),
+        i32::from(command.partition)
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+pub async fn get(db: impl PgExecutor<'_>, id: CommandId) -> sqlx::Result<Option<CommandRow>> {
+    let row = sqlx::query!("select * from commands where id = $1", id.0)
+        .fetch_optional(db)
+        .await?;
+    Ok(row.map(|r| command_row!(r)))
+}
+
+/// Reads and locks a command for the apply transaction. The lock orders the worker against the
+/// API marking the same command refused (`refuse_unpublished`): exactly one of them wins.
+pub async fn lock(conn: &mut PgConnection, id: CommandId) -> sqlx::Result<Option<CommandRow>> {
+    let row = sqlx::query!("select * from commands where id = $1 for update", id.0)
+        .fetch_optional(conn)
+        .await?;
+    Ok(row.map(|r| command_row!(r)))
+}
+
+/// A command as its client sees it: another client's command does not exist.
+pub async fn get_for_client(
+    db: impl PgExecutor<'_>,
+    client_id: ClientId,
+    id: CommandId,
+) -> sqlx::Result<Option<CommandRow>> {
+    let row = sqlx::query!(
+        "select * from commands where id = $1 and client_id = $2",
+        id.0,
+        client_id.0
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|r| command_row!(r)))
+}
+
+/// The commands of an order between two sequence numbers (exclusive), in order, locked.
+pub async fn lock_between(
+    conn: &mut PgConnection,
+    order_id: OrderId,
+    after_seq: i64,
+    before_seq: i64,
+) -> sqlx::Result<Vec<CommandRow>> {
+    let rows = sqlx::query!(
+        "select * from commands where order_id = $1 and seq > $2 and seq < $3 order by seq for update",
+        order_id.0,
+        after_seq,
+        before_seq
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| command_row!(r)).collect())
+}
+
+/// Records the broker's confirm.
+pub async fn mark_published(db: impl PgExecutor<'_>, ids: &[uuid::Uuid]) -> sqlx::Result<()> {
+    sqlx::query!(
+        "update commands set published_at = now() where id = any($1) and published_at is null",
+        ids
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Marks a command the broker did not take so that nothing ever runs it: rejected with
+/// `reason`. Returns `false` if it was published (by the relay) or applied (ahead of its message,
+/// by a later command of its order) meanwhile: then it stands, and the caller says so.
+pub async fn refuse_unpublished(
+    db: impl PgExecutor<'_>,
+    id: CommandId,
+    reason: &str,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query!(
+        "update commands set status = 'rejected', reason = $2, finished_at = now()
+         where id = $1 and published_at is null and status = 'accepted'",
+        id.0,
+        reason
+    )
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Accepted commands the broker never confirmed, older than `min_age`: the API died (or the
+/// broker was down) between recording and publishing. Locked so that one relay takes each.
+pub async fn lock_unpublished(
+    conn: &mut PgConnection,
+    min_age_ms: i64,
+    limit: i64,
+) -> sqlx::Result<Vec<CommandRow>> {
+    let rows = sqlx::query!(
+        "select * from commands
+         where published_at is null and status = 'accepted'
+           and accepted_at < now() - make_interval(secs => $1::bigint / 1000.0)
+         order by accepted_at
+         limit $2
+         for update skip locked",
+        min_age_ms,
+        limit
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| command_row!(r)).collect())
+}
+
+/// Ends a command: applied, rejected (with its reason) or failed (with why). Wakes long-polls.
+pub async fn finish(
+    conn: &mut PgConnection,
+    id: CommandId,
+    status: CommandStatus,
+    reason: Option<&str>,
+    result_version: Option<i64>,
+) -> sqlx::Result<()> {
+    debug_assert!(status.is_final());
+    sqlx::query!(
+        "update commands set status = $2, reason = $3, result_version = $4, finished_at = now()
+         where id = $1",
+        id.0,
+        status.as_str(),
+        reason,
+        result_version
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query!(
+        "select 1 as notified from pg_notify($1, $2)",
+        super::COMMAND_DONE_CHANNEL,
+        id.0.to_string()
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,191 @@
+use super::*;
+use proptest::prelude::*;
+use serde_json::json;
+
+fn cmd(value: serde_json::Value) -> Command {
+    serde_json::from_value(value).unwrap()
+}
+
+fn create() -> Command {
+    cmd(json!({"type": "create", "customer_id": "c-1", "currency": "EUR",
+               "items": [{"sku": "B", "quantity": 2, "unit_price_cents": 150},
+                         {"sku": "A", "quantity": 1, "unit_price_cents": 1000}]}))
+}
+
+/// Runs commands through decide + evolve like the worker does, minus IO.
+fn run(commands: &[Command]) -> (Option<Order>, Vec<Result<Event, Rejection>>) {
+    let (id, client) = (OrderId::new(), ClientId::new());
+    let mut order = None;
+    let mut outcomes = Vec::new();
+    for command in commands {
+        let outcome = decide(order.as_ref(), command, None);
+        if let Ok(event) = &outcome {
+            order = Some(evolve(order, id, client, event, Utc::now()));
+        }
+        outcomes.push(outcome);
+    }
+    (order, outcomes)
+}
+
+#[test]
+fn the_happy_path_walks_every_state_and_counts_versions() {
+    let (order, outcomes) = run(&[
+        create(),
+        cmd(json!({"type": "add_item", "sku": "A", "quantity": 2, "unit_price_cents": 1000})),
+        cmd(json!({"type": "remove_item", "sku": "B", "quantity": 1})),
+        cmd(json!({"type": "reserve"})),
+        cmd(json!({"type": "pay"})),
+        cmd(json!({"type": "ship"})),
+        cmd(json!({"type": "deliver"})),
+    ]);
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    let order = order.unwrap();
+    assert_eq!(order.status, OrderStatus::Delivered);
+    assert_eq!(order.version, 7);
+    assert_eq!(order.total_cents, 3 * 1000 + 150);
+    match &outcomes[3] {
+        Ok(Event::StockReserved { items }) => {
+            let skus: Vec<_> = items.iter().map(|l| l.sku.as_str()).collect();
+            assert_eq!(skus, ["A", "B"], "stock lines are sorted by sku");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        outcomes[4],
+        Ok(Event::PaymentCaptured {
+            amount_cents: 3150,
+            currency: serde_json::from_value(json!("EUR")).unwrap()
+        })
+    );
+}
+
+#[test]
+fn illegal_transitions_are_typed_rejections() {
+    let reserve = cmd(json!({"type": "reserve"}));
+    let pay = cmd(json!({"type": "pay"}));
+    let ship = cmd(json!({"type": "ship"}));
+    let cancel = cmd(json!({"type": "cancel"}));
+    let (_, outcomes) = run(&[create(), pay.clone(), ship.clone(), reserve.clone(), reserve]);
+    assert_eq!(outcomes[1], Err(Rejection::InvalidTransition));
+    assert_eq!(outcomes[2], Err(Rejection::InvalidTransition));
+    assert_eq!(outcomes[4], Err(Rejection::InvalidTransition));
+    let (_, outcomes) = run(&[create(), cancel.clone(), cancel, pay, create()]);
+    assert!(outcomes[1].is_ok());
+    assert_eq!(outcomes[2], Err(Rejection::InvalidTransition));
+    assert_eq!(outcomes[3], Err(Rejection::InvalidTransition));
+    assert_eq!(outcomes[4], Err(Rejection::OrderExists));
+    let (_, outcomes) = run(&[cmd(json!({"type": "pay"}))]);
+    assert_eq!(outcomes[0], Err(Rejection::OrderNotFound));
+}
+
+#[test]
+fn cancel_releases_what_was_reserved_and_refunds_what_was_paid() {
+    let (_, outcomes) = run(&[
+        create(),
+        cmd(json!({"type": "reserve"})),
+        cmd(json!({"type": "pay"})),
+        cmd(json!({"type": "cancel", "reason": "changed my mind"})),
+    ]);
+    match &outcomes[3] {
+        Ok(Event::OrderCancelled {
+            released,
+            refunded_cents,
+            ..
+        }) => {
+            assert_eq!(released.len(), 2);
+            assert_eq!(*refunded_cents, 1300);
+        }
+        other => panic!("{other:?}"),
+    }
+    let (_, outcomes) = run(&[create(), cmd(json!({"type": "cancel"}))]);
+    assert!(matches!(
+        &outcomes[1],
+        Ok(Event::OrderCancelled { released, refunded_cents: 0, .. }) if released.is_empty()
+    ));
+}
+
+#[test]
+fn stale_expected_version_is_a_version_conflict() {
+    let (order, _) = run(&[create()]);
+    let order = order.unwrap();
+    let reserve = cmd(json!({"type": "reserve"}));
+    assert_eq!(
+        decide(Some(&order), &reserve, Some(0)),
+        Err(Rejection::VersionConflict)
+    );
+    assert!(decide(Some(&order), &reserve, Some(1)).is_ok());
+    assert_eq!(decide(None, &create(), Some(0)).map(|e| e.name()), Ok("order_created"));
+}
+
+#[test]
+fn item_edits_check_lines_prices_and_limits() {
+    let empty = cmd(json!({"type": "create", "customer_id": "c", "currency": "EUR", "items": []}));
+    let (_, outcomes) = run(&[
+        empty,
+        cmd(json!({"type": "reserve"})),
+        cmd(json!({"type": "remove_item", "sku": "A"})),
+        cmd(json!({"type": "add_item", "sku": "A", "quantity": 10000, "unit_price_cents": 5})),
+        cmd(json!({"type": "add_item", "sku": "A", "quantity": 1, "unit_price_cents": 5})),
+        cmd(json!({"type": "add_item", "sku": "A", "quantity": 1, "unit_price_cents": 6})),
+        cmd(json!({"type": "remove_item", "sku": "A", "quantity": 10001})),
+        cmd(json!({"type": "remove_item", "sku": "A"})),
+    ]);
+    assert_eq!(outcomes[1], Err(Rejection::EmptyOrder));
+    assert_eq!(outcomes[2], Err(Rejection::ItemNotFound));
+    assert!(outcomes[3].is_ok());
+    assert_eq!(outcomes[4], Err(Rejection::LimitExceeded));
+    assert_eq!(outcomes[5], Err(Rejection::PriceMismatch));
+    assert_eq!(outcomes[6], Err(Rejection::LimitExceeded));
+    assert!(outcomes[7].is_ok());
+}
+
+#[test]
+fn rejection_and_status_spellings_are_their_serde_names() {
+    for r in Rejection::ALL {
+        assert_eq!(serde_json::to_value(r).unwrap(), json!(r.as_str()));
+    }
+    for s in OrderStatus::ALL {
+        assert_eq!(serde_json::to_value(s).unwrap(), json!(s.as_str()));
+        assert_eq!(s.as_str().parse::<OrderStatus>().unwrap(), s);
+    }
+}
+
+fn any_command() -> impl Strategy<Value = Command> {
+    let sku = prop::sample::select(vec!["A", "B", "C"]);
+    prop_oneof![
+        (sku.clone(), 1i64..5, 1i64..3).prop_map(|(s, q, p)| cmd(
+            json!({"type": "add_item", "sku": s, "quantity": q, "unit_price_cents": p * 100})
+        )),
+        (sku, prop::option::of(1i64..5)).prop_map(|(s, q)| match q {
+            Some(q) => cmd(json!({"type": "remove_item", "sku": s, "quantity": q})),
+            None => cmd(json!({"type": "remove_item", "sku": s})),
+        }),
+        Just(cmd(json!({"type": "reserve"}))),
+        Just(cmd(json!({"type": "pay"}))),
+        Just(cmd(json!({"type": "ship"}))),
+        Just(cmd(json!({"type": "deliver"}))),
+        Just(cmd(json!({"type": "cancel"}))),
+    ]
+}
+
+proptest! {
+    /// Whatever the command sequence: the version counts applied events, the total is the sum of
+    /// the lines, no line is empty, and replaying the events rebuilds the same order.
+    #[test]
+    fn any_command_sequence_keeps_the_projection_consistent(commands in prop::collection::vec(any_command(), 0..40)) {
+        let mut all = vec![create()];
+        all.extend(commands);
+        let (order, outcomes) = run(&all);
+        let order = order.unwrap();
+        let events: Vec<Event> = outcomes.into_iter().filter_map(Result::ok).collect();
+        prop_assert_eq!(order.version, events.len() as i64);
+        prop_assert_eq!(order.total_cents, order.items.iter().map(Item::line_total_cents).sum::<i64>());
+        let mut replayed = None;
+        for event in &events {
+            replayed = Some(evolve(replayed, order.id, order.client_id, event, order.updated_at));
+        }
+        let mut replayed = replayed.unwrap();
+        replayed.created_at = order.created_at;
+        prop_assert_eq!(replayed, order);
+    }
+}

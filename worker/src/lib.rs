@@ -1,0 +1,10 @@
+//! orderflow's worker as a library, so tests run the real thing in-process.
+
+pub mod apply;
+pub mod consumer;
+pub mod error;
+pub mod outbox;
+pub mod payment;
+pub mod startup;
+
+pub use startup::{Worker, WorkerConfig};

@@ -1,0 +1,11 @@
+use clap::Parser;
+use orderflow_worker::{Worker, WorkerConfig};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = WorkerConfig::parse();
+    orderflow_shared::telemetry::init(&config.common.log_format);
+    let shutdown = orderflow_shared::shutdown::on_signal();
+    let worker = Worker::build(config).await?;
+    worker.run_until_stopped(shutdown).await
+}

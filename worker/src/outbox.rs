@@ -1,0 +1,183 @@
+//! The relays. The outbox relay publishes status events to the events exchange in outbox order
+//! (hence per-order order), woken by LISTEN/NOTIFY; it deletes rows only after the broker
+//! confirmed them. The command relay republishes commands that were recorded but never
+//! confirmed to the broker (the API died in between, or the broker was down).
+
+use orderflow_shared::amqp::{Outgoing, Publisher, Topology, json_properties};
+use orderflow_shared::contract::CommandMessage;
+use orderflow_shared::db::{self, commands, outbox};
+use orderflow_shared::shutdown::CancellationToken;
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use std::time::Duration;
+
+/// Rows relayed per transaction.
+const BATCH: i64 = 200;
+
+/// Relays the outbox until shutdown.
+pub async fn run_outbox_relay(
+    db: PgPool,
+    publisher: &Publisher,
+    topology: &Topology,
+    shutdown: CancellationToken,
+) {
+    let mut listener = None;
+    while !shutdown.is_cancelled() {
+        if listener.is_none() {
+            listener = match listen(&db).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbox relay cannot LISTEN; retrying");
+                    if pause(&shutdown, Duration::from_secs(1)).await {
+                        break;
+                    }
+                    continue;
+                }
+            };
+        }
+        // Drain everything committed so far (also what was committed while we were not listening).
+        loop {
+            match relay_batch(&db, publisher, topology).await {
+                Ok(0) => break,
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbox relay failed; retrying");
+                    if pause(&shutdown, Duration::from_millis(500)).await {
+                        return;
+                    }
+                }
+            }
+        }
+        let l = listener.as_mut().expect("listening");
+        tokio::select! {
+            notification = l.try_recv() => match notification {
+                Ok(Some(_)) => {}
+                // The connection was lost and re-established: drain again, we may have missed one.
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbox listener failed");
+                    listener = None;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        }
+    }
+}
+
+async fn listen(db: &PgPool) -> sqlx::Result<PgListener> {
+    let mut listener = PgListener::connect_with(db).await?;
+    listener.listen(db::OUTBOX_CHANNEL).await?;
+    Ok(listener)
+}
+
+/// Sleeps unless shutdown comes first; `true` if it did.
+async fn pause(shutdown: &CancellationToken, delay: Duration) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => false,
+        _ = shutdown.cancelled() => true,
+    }
+}
+
+/// Publishes up to one batch; returns how many rows were relayed.
+pub async fn relay_batch(
+    db: &PgPool,
+    publisher: &Publisher,
+    topology: &Topology,
+) -> anyhow::Result<usize> {
+    let mut tx = db.begin().await?;
+    let rows = outbox::lock_batch(&mut tx, BATCH).await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let bodies: Vec<Vec<u8>> = rows
+        .iter()
+        .map(|r| serde_json::to_vec(&r.payload).expect("json values serialize"))
+        .collect();
+    let messages: Vec<Outgoing> = rows
+        .iter()
+        .zip(&bodies)
+        .map(|(row, body)| Outgoing {
+            routing_key: &row.routing_key,
+            body,
+            properties: json_properties(),
+        })
+        .collect();
+    // Events may have no subscriber: not mandatory.
+    let results = publisher
+        .publish_batch(&topology.events_exchange(), &messages, false)
+        .await;
+    // Delete the confirmed prefix only: a later event must not leave before an earlier one.
+    let confirmed = results.iter().take_while(|r| r.is_ok()).count();
+    let ids: Vec<i64> = rows[..confirmed].iter().map(|r| r.id).collect();
+    outbox::delete(&mut tx, &ids).await?;
+    tx.commit().await?;
+    if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
+        anyhow::bail!("publishing events: {e}");
+    }
+    Ok(confirmed)
+}
+
+/// Republishes unconfirmed commands older than `after` until shutdown, checking every `after / 2`.
+pub async fn run_command_relay(
+    db: PgPool,
+    publisher: &Publisher,
+    topology: &Topology,
+    after: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(after / 2);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => break,
+        }
+        if let Err(e) = republish_stale(&db, publisher, topology, after).await {
+            tracing::warn!(error = %e, "command relay failed; will retry");
+        }
+    }
+}
+
+/// One pass of the command relay; returns how many commands were republished.
+pub async fn republish_stale(
+    db: &PgPool,
+    publisher: &Publisher,
+    topology: &Topology,
+    after: Duration,
+) -> anyhow::Result<usize> {
+    let mut tx = db.begin().await?;
+    let rows = commands::lock_unpublished(&mut tx, after.as_millis() as i64, BATCH).await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut bodies = Vec::with_capacity(rows.len());
+    let mut keys = Vec::with_capacity(rows.len());
+    for row in &rows {
+        bodies.push(CommandMessage::from_row(row)?.to_bytes());
+        keys.push(row.partition.to_string());
+    }
+    let messages: Vec<Outgoing> = rows
+        .iter()
+        .zip(bodies.iter().zip(&keys))
+        .map(|(row, (body, key))| Outgoing {
+            routing_key: key,
+            body,
+            properties: json_properties().with_message_id(row.id.to_string().as_str().into()),
+        })
+        .collect();
+    let results = publisher
+        .publish_batch(&topology.command_exchange(), &messages, true)
+        .await;
+    let published: Vec<uuid::Uuid> = rows
+        .iter()
+        .zip(&results)
+        .filter(|(_, r)| r.is_ok())
+        .map(|(row, _)| row.id.0)
+        .collect();
+    commands::mark_published(&mut *tx, &published).await?;
+    tx.commit().await?;
+    if !published.is_empty() {
+        tracing::info!(count = published.len(), "republished commands the broker had not confirmed");
+    }
+    Ok(published.len())
+}

@@ -1,0 +1,157 @@
+//! Building and running a worker process: configuration, the schema check, the topology, and
+//! the tasks (one consumer per partition, the outbox relay, the command relay).
+
+use crate::apply::Applier;
+use crate::consumer::{self, Context};
+use crate::outbox;
+use crate::payment::SimulatedGateway;
+use anyhow::Context as _;
+use clap::Parser;
+use orderflow_shared::amqp::{self, Publisher, Topology};
+use orderflow_shared::config::CommonConfig;
+use orderflow_shared::db::{self, SchemaError};
+use orderflow_shared::shutdown::CancellationToken;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// orderflow's worker: consumes the partition queues and applies each command to PostgreSQL in
+/// one transaction, relays status events, and republishes commands the broker never confirmed.
+#[derive(Parser, Clone, Debug)]
+#[command(name = "orderflow-worker", version)]
+pub struct WorkerConfig {
+    #[command(flatten)]
+    pub common: CommonConfig,
+
+    /// Messages the broker may deliver ahead of the one being applied (per partition). They are
+    /// still applied one at a time, in order, each acked after its commit.
+    #[arg(long, env = "ORDERFLOW_PREFETCH", default_value_t = 32)]
+    pub prefetch: u16,
+
+    /// Dead-letter a message (and fail its command) once it has been delivered this many times
+    /// without an ack. Below the queue's own delivery limit, so the reason is recorded.
+    #[arg(long, env = "ORDERFLOW_POISON_AFTER_DELIVERIES", default_value_t = 5)]
+    pub poison_after_deliveries: i64,
+
+    /// Republish recorded commands the broker has not confirmed after this many milliseconds.
+    #[arg(long, env = "ORDERFLOW_REPUBLISH_AFTER_MS", default_value_t = 5000)]
+    pub republish_after_ms: u64,
+
+    /// The simulated payment gateway declines captures above this amount (cents).
+    #[arg(long, env = "ORDERFLOW_PAYMENT_DECLINE_OVER_CENTS")]
+    pub payment_decline_over_cents: Option<i64>,
+}
+
+/// A worker ready to run.
+pub struct Worker {
+    config: WorkerConfig,
+    context: Arc<Context>,
+    relay_publisher: Arc<Publisher>,
+}
+
+impl Worker {
+    /// Connects, checks the schema (refusing an old one) and declares the topology. Waits for
+    /// PostgreSQL and RabbitMQ to be reachable rather than failing when they are (re)starting.
+    pub async fn build(config: WorkerConfig) -> anyhow::Result<Self> {
+        let common = &config.common;
+        let db = db::pool(&common.database_url, common.db_pool_size)?;
+        wait_for("PostgreSQL", || async {
+            match db::check_schema(&db).await {
+                Err(SchemaError::Db(e)) => Err(anyhow::Error::from(e)),
+                other => Ok(other),
+            }
+        })
+        .await?
+        .context("refusing to start")?;
+
+        let topology = Topology {
+            namespace: common.namespace.clone(),
+            partitions: common.partitions,
+            queue_max_length: common.queue_max_length,
+        };
+        let pool = amqp::pool(&common.amqp_url, &format!("orderflow-worker {}", common.namespace));
+        wait_for("RabbitMQ", || async {
+            let connection = pool.get().await?;
+            let channel = connection.create_channel().await?;
+            topology.declare(&channel).await?;
+            let _ = channel.close(200, "declared".into()).await;
+            anyhow::Ok(())
+        })
+        .await?;
+
+        let applier = Applier {
+            db,
+            gateway: Arc::new(SimulatedGateway {
+                decline_over_cents: config.payment_decline_over_cents,
+            }),
+            partitions: common.partitions,
+        };
+        let context = Arc::new(Context {
+            applier,
+            topology,
+            publisher: Publisher::new(pool.clone()),
+            pool: pool.clone(),
+            prefetch: config.prefetch,
+            poison_after_deliveries: config.poison_after_deliveries,
+        });
+        Ok(Self {
+            config,
+            context,
+            relay_publisher: Arc::new(Publisher::new(pool)),
+        })
+    }
+
+    /// Runs every task until `shutdown` fires, then waits for each to finish what it holds.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for partition in 0..self.config.common.partitions {
+            tasks.spawn(consumer::run(
+                self.context.clone(),
+                partition,
+                shutdown.clone(),
+            ));
+        }
+        let db = self.context.applier.db.clone();
+        let (publisher, topology) = (self.relay_publisher.clone(), self.context.topology.clone());
+        let stop = shutdown.clone();
+        tasks.spawn(async move { outbox::run_outbox_relay(db, &publisher, &topology, stop).await });
+        let db = self.context.applier.db.clone();
+        let (publisher, topology) = (self.relay_publisher.clone(), self.context.topology.clone());
+        let after = Duration::from_millis(self.config.republish_after_ms.max(100));
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            outbox::run_command_relay(db, &publisher, &topology, after, stop).await
+        });
+        tracing::info!(
+            partitions = self.config.common.partitions,
+            namespace = self.config.common.namespace,
+            "worker running"
+        );
+        while let Some(joined) = tasks.join_next().await {
+            joined.context("a worker task panicked")?;
+        }
+        self.context.pool.close();
+        tracing::info!("worker stopped");
+        Ok(())
+    }
+}
+
+/// Retries `attempt` with backoff until it succeeds, logging what it waits for.
+async fn wait_for<T, F, Fut>(what: &str, attempt: F) -> anyhow::Result<T>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let mut delay = Duration::from_millis(100);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, "waiting for {what}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e.context(format!("{what} unreachable for 2 minutes"))),
+        }
+    }
+}
