@@ -59,7 +59,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         CliCommand::Migrate => {
             let pool = db::pool(&common.database_url, 1)?;
-            db::MIGRATOR.run(&pool).await.context("applying migrations")?;
+            db::MIGRATOR
+                .run(&pool)
+                .await
+                .context("applying migrations")?;
             eprintln!("migrations applied");
             Ok(())
         }
@@ -67,7 +70,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let pool = db::pool(&common.database_url, 1)?;
             db::check_schema(&pool).await?;
             let (client, key) = clients::create(&pool, &name, admin).await?;
-            eprintln!("created client {} ({name}{})", client.id, if admin { ", admin" } else { "" });
+            eprintln!(
+                "created client {} ({name}{})",
+                client.id,
+                if admin { ", admin" } else { "" }
+            );
             println!("{key}");
             Ok(())
         }

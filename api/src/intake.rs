@@ -78,7 +78,12 @@ pub fn fingerprint(route: &str, if_match: Option<i64>, body: &serde_json::Value)
     let mut hash = Sha256::new();
     hash.update(route.as_bytes());
     hash.update([0]);
-    hash.update(if_match.map(|v| v.to_string()).unwrap_or_default().as_bytes());
+    hash.update(
+        if_match
+            .map(|v| v.to_string())
+            .unwrap_or_default()
+            .as_bytes(),
+    );
     hash.update([0]);
     // serde_json's maps are sorted, so equal JSON documents serialize identically.
     hash.update(body.to_string().as_bytes());

@@ -54,7 +54,10 @@ impl Application {
             partitions: common.partitions,
             queue_max_length: common.queue_max_length,
         };
-        let amqp = amqp::pool(&common.amqp_url, &format!("orderflow-api {}", common.namespace));
+        let amqp = amqp::pool(
+            &common.amqp_url,
+            &format!("orderflow-api {}", common.namespace),
+        );
         let publisher = Publisher::new(amqp);
         let channel = publisher
             .channel()
@@ -107,7 +110,11 @@ impl Application {
 }
 
 /// Deletes Idempotency-Keys past their retention, hourly.
-async fn purge_idempotency_keys(db: sqlx::PgPool, retention: Duration, shutdown: CancellationToken) {
+async fn purge_idempotency_keys(
+    db: sqlx::PgPool,
+    retention: Duration,
+    shutdown: CancellationToken,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
     loop {
         tokio::select! {

@@ -83,7 +83,10 @@ impl Topology {
             .await?;
 
         let mut dead_letter_args = FieldTable::default();
-        dead_letter_args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+        dead_letter_args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
         declare_bound(
             channel,
             &self.dead_letter_queue(),
@@ -109,19 +112,31 @@ impl Topology {
     fn partition_arguments(&self) -> FieldTable {
         let mut args = FieldTable::default();
         // Quorum: replicated and durable, and it counts deliveries (x-delivery-limit needs it).
-        args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
         // One consumer at a time per partition: the others are standbys that take over on failure.
         args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
         // A message that keeps killing its consumer ends in the dead-letter queue, not in a loop.
-        args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(DELIVERY_LIMIT));
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(DELIVERY_LIMIT),
+        );
         args.insert(
             "x-dead-letter-exchange".into(),
             AMQPValue::LongString(self.dead_letter_exchange().as_str().into()),
         );
         // Bounded: beyond the limit the broker nacks the publish, and the API answers 503
         // instead of letting the backlog (and everyone's latency) grow without end.
-        args.insert("x-max-length".into(), AMQPValue::LongLongInt(self.queue_max_length));
-        args.insert("x-overflow".into(), AMQPValue::LongString("reject-publish".into()));
+        args.insert(
+            "x-max-length".into(),
+            AMQPValue::LongLongInt(self.queue_max_length),
+        );
+        args.insert(
+            "x-overflow".into(),
+            AMQPValue::LongString("reject-publish".into()),
+        );
         args
     }
 }
@@ -213,7 +228,10 @@ impl Publisher {
         }
         let unavailable = |e: &dyn std::fmt::Display| PublishError::Unavailable(e.to_string());
         let connection = self.pool.get().await.map_err(|e| unavailable(&e))?;
-        let channel = connection.create_channel().await.map_err(|e| unavailable(&e))?;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| unavailable(&e))?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await

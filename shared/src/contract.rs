@@ -106,6 +106,9 @@ mod tests {
     #[test]
     fn oversized_messages_are_refused_before_parsing() {
         let body = vec![b' '; MAX_MESSAGE_BYTES + 1];
-        assert!(matches!(CommandMessage::parse(&body), Err(ContractError::TooLarge(_))));
+        assert!(matches!(
+            CommandMessage::parse(&body),
+            Err(ContractError::TooLarge(_))
+        ));
     }
 }

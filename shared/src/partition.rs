@@ -16,7 +16,9 @@ const FNV_PRIME: u32 = 0x0100_0193;
 
 /// 32-bit FNV-1a of the given bytes.
 pub fn fnv1a32(bytes: &[u8]) -> u32 {
-    bytes.iter().fold(FNV_OFFSET, |h, &b| (h ^ u32::from(b)).wrapping_mul(FNV_PRIME))
+    bytes.iter().fold(FNV_OFFSET, |h, &b| {
+        (h ^ u32::from(b)).wrapping_mul(FNV_PRIME)
+    })
 }
 
 /// The partition (0..partitions) of an order. `partitions` must be at least 1.
@@ -58,7 +60,12 @@ mod tests {
         assert!(vectors.vectors.len() >= 20);
         for v in vectors.vectors {
             assert_eq!(fnv1a32(v.order_id.as_bytes()), v.fnv1a32, "{}", v.order_id);
-            assert_eq!(partition_of(OrderId(v.order_id), v.partitions), v.partition, "{}", v.order_id);
+            assert_eq!(
+                partition_of(OrderId(v.order_id), v.partitions),
+                v.partition,
+                "{}",
+                v.order_id
+            );
         }
     }
 
@@ -79,6 +86,9 @@ mod tests {
             counts[partition_of(OrderId::new(), 16) as usize] += 1;
         }
         // uniform would be 1,000 each; FNV-1a over v7 ids stays well within ±20 %
-        assert!(counts.iter().all(|&c| (800..1200).contains(&c)), "{counts:?}");
+        assert!(
+            counts.iter().all(|&c| (800..1200).contains(&c)),
+            "{counts:?}"
+        );
     }
 }

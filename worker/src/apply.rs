@@ -108,7 +108,15 @@ impl Applier {
             return Ok(false);
         }
         let processed = commands::lock_stream(&mut tx, row.order_id).await?;
-        finish(&mut tx, &row, CommandStatus::Failed, Some(reason), None, None).await?;
+        finish(
+            &mut tx,
+            &row,
+            CommandStatus::Failed,
+            Some(reason),
+            None,
+            None,
+        )
+        .await?;
         if processed == row.seq - 1 {
             commands::set_processed(&mut tx, row.order_id, row.seq).await?;
         }
@@ -139,16 +147,30 @@ impl Applier {
             Err(rejection) => {
                 savepoint.rollback().await?;
                 tracing::info!(command_id = %row.id, order_id = %row.order_id, reason = rejection.as_str(), "command rejected");
-                finish(tx, row, CommandStatus::Rejected, Some(rejection.as_str()), version, None)
-                    .await?;
+                finish(
+                    tx,
+                    row,
+                    CommandStatus::Rejected,
+                    Some(rejection.as_str()),
+                    version,
+                    None,
+                )
+                .await?;
                 return Ok(CommandStatus::Rejected);
             }
         };
         // Microseconds: what timestamptz keeps, so a replay rebuilds the projection exactly.
         let at = Utc::now().trunc_subsecs(6);
         let order = evolve(order, row.order_id, row.client_id, &event, at);
-        orders::append_event(&mut savepoint, row.order_id, order.version, row.id, &event, at)
-            .await?;
+        orders::append_event(
+            &mut savepoint,
+            row.order_id,
+            order.version,
+            row.id,
+            &event,
+            at,
+        )
+        .await?;
         orders::save(&mut savepoint, &order).await?;
         finish(
             &mut savepoint,
@@ -272,16 +294,20 @@ async fn record(
         return Ok(Err(format!("unknown client {}", message.client_id)));
     }
     let is_create = matches!(message.command, Command::Create { .. });
-    let seq = if is_create && commands::open_stream(&mut *tx, message.order_id, message.client_id).await? {
+    let seq = if is_create
+        && commands::open_stream(&mut *tx, message.order_id, message.client_id).await?
+    {
         Some(1)
     } else {
         commands::next_seq(&mut *tx, message.order_id, message.client_id).await?
     };
     let Some(seq) = seq else {
-        return Ok(Err(match commands::stream_owner(&mut *tx, message.order_id).await? {
-            Some(_) => format!("order {} belongs to another client", message.order_id),
-            None => format!("unknown order {}", message.order_id),
-        }));
+        return Ok(Err(
+            match commands::stream_owner(&mut *tx, message.order_id).await? {
+                Some(_) => format!("order {} belongs to another client", message.order_id),
+                None => format!("unknown order {}", message.order_id),
+            },
+        ));
     };
     let body = serde_json::to_value(&message.command).expect("commands serialize");
     let new = NewCommand {

@@ -11,7 +11,9 @@ use lapin::{
     options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions},
     types::{AMQPValue, FieldTable},
 };
-use orderflow_shared::amqp::{ConnectionPool, Outgoing, Publisher, REASON_HEADER, Topology, json_properties};
+use orderflow_shared::amqp::{
+    ConnectionPool, Outgoing, Publisher, REASON_HEADER, Topology, json_properties,
+};
 use orderflow_shared::contract::CommandMessage;
 use orderflow_shared::shutdown::CancellationToken;
 use std::sync::Arc;
@@ -78,7 +80,11 @@ async fn consume(
             FieldTable::default(),
         )
         .await?;
-    tracing::info!(partition, queue, "consuming (active when the broker makes this consumer the single active one)");
+    tracing::info!(
+        partition,
+        queue,
+        "consuming (active when the broker makes this consumer the single active one)"
+    );
     loop {
         let next = tokio::select! {
             biased;
@@ -107,7 +113,9 @@ async fn handle(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let deliveries = delivery_count(delivery);
-    let command_id = CommandMessage::parse(&delivery.data).ok().map(|m| m.command_id);
+    let command_id = CommandMessage::parse(&delivery.data)
+        .ok()
+        .map(|m| m.command_id);
     // (reason, the recorded command to mark failed)
     let poison = if deliveries >= ctx.poison_after_deliveries {
         Some((
@@ -169,11 +177,7 @@ async fn apply_with_retries(
 
 /// Publishes the message to the dead-letter exchange with the reason, and waits for the confirm.
 async fn dead_letter(ctx: &Context, delivery: &Delivery, reason: &str) -> anyhow::Result<()> {
-    let mut headers = delivery
-        .properties
-        .headers()
-        .clone()
-        .unwrap_or_default();
+    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
     headers.insert(REASON_HEADER.into(), AMQPValue::LongString(reason.into()));
     headers.insert(
         "x-orderflow-queue".into(),

@@ -177,7 +177,10 @@ pub async fn republish_stale(
     commands::mark_published(&mut *tx, &published).await?;
     tx.commit().await?;
     if !published.is_empty() {
-        tracing::info!(count = published.len(), "republished commands the broker had not confirmed");
+        tracing::info!(
+            count = published.len(),
+            "republished commands the broker had not confirmed"
+        );
     }
     Ok(published.len())
 }

@@ -28,9 +28,13 @@ pub enum GatewayError {
 /// orderflow's database (the simulated one); a remote gateway ignores it and relies on the key.
 #[async_trait]
 pub trait PaymentGateway: Send + Sync {
-    async fn capture(&self, conn: &mut PgConnection, charge: Charge<'_>)
+    async fn capture(
+        &self,
+        conn: &mut PgConnection,
+        charge: Charge<'_>,
+    ) -> Result<(), GatewayError>;
+    async fn refund(&self, conn: &mut PgConnection, charge: Charge<'_>)
     -> Result<(), GatewayError>;
-    async fn refund(&self, conn: &mut PgConnection, charge: Charge<'_>) -> Result<(), GatewayError>;
 }
 
 /// Records charges in the `payments` table; declines captures above a configurable amount.
@@ -65,7 +69,11 @@ impl PaymentGateway for SimulatedGateway {
         Ok(())
     }
 
-    async fn refund(&self, conn: &mut PgConnection, charge: Charge<'_>) -> Result<(), GatewayError> {
+    async fn refund(
+        &self,
+        conn: &mut PgConnection,
+        charge: Charge<'_>,
+    ) -> Result<(), GatewayError> {
         payments::record(
             conn,
             charge.order_id,

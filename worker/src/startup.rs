@@ -68,7 +68,10 @@ impl Worker {
             partitions: common.partitions,
             queue_max_length: common.queue_max_length,
         };
-        let pool = amqp::pool(&common.amqp_url, &format!("orderflow-worker {}", common.namespace));
+        let pool = amqp::pool(
+            &common.amqp_url,
+            &format!("orderflow-worker {}", common.namespace),
+        );
         wait_for("RabbitMQ", || async {
             let connection = pool.get().await?;
             let channel = connection.create_channel().await?;

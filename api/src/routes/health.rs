@@ -29,5 +29,7 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> 
         .channel()
         .await
         .map_err(|e| ApiError::Unavailable(anyhow::Error::from(e).context("RabbitMQ")))?;
-    Ok(Json(json!({"status": "ready", "postgres": "ok", "rabbitmq": "ok"})))
+    Ok(Json(
+        json!({"status": "ready", "postgres": "ok", "rabbitmq": "ok"}),
+    ))
 }

@@ -14,11 +14,7 @@ pub struct Client {
 
 /// A new random key: `of_` and 64 hex digits (256 bits from the OS generator).
 pub fn new_key() -> String {
-    format!(
-        "of_{}{}",
-        Uuid::new_v4().simple(),
-        Uuid::new_v4().simple()
-    )
+    format!("of_{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple())
 }
 
 pub fn hash_key(key: &str) -> Vec<u8> {

@@ -69,12 +69,14 @@ pub async fn check_schema(pool: &PgPool) -> Result<(), SchemaError> {
 /// lost connections and an exhausted pool are; constraint violations and bugs are not.
 pub fn is_transient(error: &sqlx::Error) -> bool {
     match error {
-        sqlx::Error::Database(db) => matches!(
-            db.code().as_deref(),
-            // serialization_failure, deadlock_detected, and class 08 (connection exceptions),
-            // 57P01..03 (admin shutdown, crash shutdown, cannot connect now)
-            Some("40001" | "40P01" | "57P01" | "57P02" | "57P03")
-        ) || db.code().is_some_and(|c| c.starts_with("08")),
+        sqlx::Error::Database(db) => {
+            matches!(
+                db.code().as_deref(),
+                // serialization_failure, deadlock_detected, and class 08 (connection exceptions),
+                // 57P01..03 (admin shutdown, crash shutdown, cannot connect now)
+                Some("40001" | "40P01" | "57P01" | "57P02" | "57P03")
+            ) || db.code().is_some_and(|c| c.starts_with("08"))
+        }
         sqlx::Error::Io(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed

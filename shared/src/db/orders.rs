@@ -10,8 +10,14 @@ macro_rules! order_row {
         Order {
             id: OrderId($r.id),
             client_id: ClientId($r.client_id),
-            customer_id: $r.customer_id.try_into().expect("stored values were validated"),
-            currency: $r.currency.try_into().expect("stored values were validated"),
+            customer_id: $r
+                .customer_id
+                .try_into()
+                .expect("stored values were validated"),
+            currency: $r
+                .currency
+                .try_into()
+                .expect("stored values were validated"),
             status: $r.status.parse().expect("the status check constraint"),
             version: $r.version,
             items: $r.items.0,

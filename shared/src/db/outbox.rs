@@ -41,9 +41,12 @@ pub async fn push(
 /// Takes the oldest rows for relaying, waiting for any other relay's transaction to end first,
 /// so that two relays never interleave (and per-order order holds across processes).
 pub async fn lock_batch(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<OutboxRow>> {
-    sqlx::query!("select 1 as locked from pg_advisory_xact_lock($1)", RELAY_LOCK)
-        .fetch_one(&mut *conn)
-        .await?;
+    sqlx::query!(
+        "select 1 as locked from pg_advisory_xact_lock($1)",
+        RELAY_LOCK
+    )
+    .fetch_one(&mut *conn)
+    .await?;
     let rows = sqlx::query!(
         "select id, order_id, routing_key, payload from outbox order by id limit $1",
         limit

@@ -22,7 +22,9 @@ fn printable_id(value: &str, what: &str, max: usize) -> Result<(), String> {
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
     {
-        return Err(format!("{what} may contain only letters, digits, '-', '_', '.' and ':'"));
+        return Err(format!(
+            "{what} may contain only letters, digits, '-', '_', '.' and ':'"
+        ));
     }
     Ok(())
 }
@@ -125,7 +127,10 @@ impl TryFrom<i64> for Quantity {
         if (1..=limits::QUANTITY_MAX).contains(&value) {
             Ok(Self(value))
         } else {
-            Err(format!("quantity must be between 1 and {}", limits::QUANTITY_MAX))
+            Err(format!(
+                "quantity must be between 1 and {}",
+                limits::QUANTITY_MAX
+            ))
         }
     }
 }
@@ -256,7 +261,9 @@ mod tests {
         assert!(serde_json::from_value::<Currency>(json!("eur")).is_err());
         assert!(serde_json::from_value::<Currency>(json!("EURO")).is_err());
         assert_eq!(
-            serde_json::from_value::<Currency>(json!("EUR")).unwrap().as_str(),
+            serde_json::from_value::<Currency>(json!("EUR"))
+                .unwrap()
+                .as_str(),
             "EUR"
         );
     }
@@ -267,7 +274,9 @@ mod tests {
             {"sku": "A", "quantity": 1, "unit_price_cents": 1},
             {"sku": "A", "quantity": 2, "unit_price_cents": 1}
         ]);
-        let err = serde_json::from_value::<Items>(dup).unwrap_err().to_string();
+        let err = serde_json::from_value::<Items>(dup)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("appears twice"), "{err}");
         let extra = json!([{"sku": "A", "quantity": 1, "unit_price_cents": 1, "discount": 5}]);
         assert!(serde_json::from_value::<Items>(extra).is_err());

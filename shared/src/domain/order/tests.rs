@@ -7,9 +7,11 @@ fn cmd(value: serde_json::Value) -> Command {
 }
 
 fn create() -> Command {
-    cmd(json!({"type": "create", "customer_id": "c-1", "currency": "EUR",
+    cmd(
+        json!({"type": "create", "customer_id": "c-1", "currency": "EUR",
                "items": [{"sku": "B", "quantity": 2, "unit_price_cents": 150},
-                         {"sku": "A", "quantity": 1, "unit_price_cents": 1000}]}))
+                         {"sku": "A", "quantity": 1, "unit_price_cents": 1000}]}),
+    )
 }
 
 /// Runs commands through decide + evolve like the worker does, minus IO.
@@ -65,7 +67,13 @@ fn illegal_transitions_are_typed_rejections() {
     let pay = cmd(json!({"type": "pay"}));
     let ship = cmd(json!({"type": "ship"}));
     let cancel = cmd(json!({"type": "cancel"}));
-    let (_, outcomes) = run(&[create(), pay.clone(), ship.clone(), reserve.clone(), reserve]);
+    let (_, outcomes) = run(&[
+        create(),
+        pay.clone(),
+        ship.clone(),
+        reserve.clone(),
+        reserve,
+    ]);
     assert_eq!(outcomes[1], Err(Rejection::InvalidTransition));
     assert_eq!(outcomes[2], Err(Rejection::InvalidTransition));
     assert_eq!(outcomes[4], Err(Rejection::InvalidTransition));
@@ -114,7 +122,10 @@ fn stale_expected_version_is_a_version_conflict() {
         Err(Rejection::VersionConflict)
     );
     assert!(decide(Some(&order), &reserve, Some(1)).is_ok());
-    assert_eq!(decide(None, &create(), Some(0)).map(|e| e.name()), Ok("order_created"));
+    assert_eq!(
+        decide(None, &create(), Some(0)).map(|e| e.name()),
+        Ok("order_created")
+    );
 }
 
 #[test]

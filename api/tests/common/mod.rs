@@ -1,0 +1,468 @@
+//! The test harness: a fresh database and a fresh queue namespace per test, the real API
+//! (`Application::build` on port 0) and the real worker running in-process, and helpers that
+//! wait with deadlines (long-polls), never fixed sleeps. Everything is removed when the test ends.
+
+#![allow(dead_code)]
+
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use orderflow_api::{ApiConfig, Application};
+use orderflow_shared::amqp::Topology;
+use orderflow_shared::config::CommonConfig;
+use orderflow_shared::db::clients;
+use orderflow_shared::shutdown::CancellationToken;
+use orderflow_worker::{Worker, WorkerConfig};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+pub const PARTITIONS: u16 = 4;
+
+/// The server tests connect to, from `DATABASE_URL` (its database part is replaced per test).
+fn base_database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn with_database(url: &str, name: &str) -> String {
+    let (server, _) = url
+        .rsplit_once('/')
+        .expect("DATABASE_URL has a database part");
+    format!("{server}/{name}")
+}
+
+pub fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// Options of a test stack.
+#[derive(Clone)]
+pub struct Options {
+    pub start_worker: bool,
+    pub queue_max_length: i64,
+    pub decline_over_cents: Option<i64>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            start_worker: true,
+            queue_max_length: 100_000,
+            decline_over_cents: None,
+        }
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub db: PgPool,
+    pub database_url: String,
+    database_name: String,
+    pub namespace: String,
+    pub topology: Topology,
+    pub admin_key: String,
+    pub key: String,
+    pub client_id: Uuid,
+    pub http: reqwest::Client,
+    pub options: Options,
+    api_shutdown: CancellationToken,
+    worker_shutdown: Option<CancellationToken>,
+    worker_task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(Options::default()).await
+    }
+
+    pub async fn spawn_with(options: Options) -> Self {
+        orderflow_shared::telemetry::init("text");
+        let id = Uuid::new_v4().simple().to_string();
+        let database_name = format!("orderflow_test_{id}");
+        let admin = PgPool::connect(&base_database_url())
+            .await
+            .expect("the test PostgreSQL is reachable (see README)");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            r#"create database "{database_name}""#
+        )))
+        .execute(&admin)
+        .await
+        .expect("creating the test database");
+        admin.close().await;
+        let database_url = with_database(&base_database_url(), &database_name);
+        let namespace = format!("test.{id}");
+
+        let mut common =
+            CommonConfig::for_tests(database_url.clone(), namespace.clone(), PARTITIONS);
+        common.amqp_url = amqp_url();
+        common.queue_max_length = options.queue_max_length;
+        let api_shutdown = CancellationToken::new();
+        let app = Application::build(
+            ApiConfig {
+                common: common.clone(),
+                listen: "127.0.0.1:0".into(),
+                idempotency_retention_hours: 24,
+            },
+            api_shutdown.clone(),
+        )
+        .await
+        .expect("the API builds");
+        let address = format!("http://127.0.0.1:{}", app.port());
+        tokio::spawn(app.run_until_stopped());
+
+        let db = PgPool::connect(&database_url).await.unwrap();
+        let (_, admin_key) = clients::create(&db, "test-admin", true).await.unwrap();
+        let (client, key) = clients::create(&db, "test-client", false).await.unwrap();
+
+        let topology = Topology {
+            namespace: namespace.clone(),
+            partitions: PARTITIONS,
+            queue_max_length: options.queue_max_length,
+        };
+        let mut app = TestApp {
+            address,
+            db,
+            database_url,
+            database_name,
+            namespace,
+            topology,
+            admin_key,
+            key,
+            client_id: client.id.0,
+            http: reqwest::Client::new(),
+            options: options.clone(),
+            api_shutdown,
+            worker_shutdown: None,
+            worker_task: None,
+        };
+        if options.start_worker {
+            app.start_worker().await;
+        }
+        app
+    }
+
+    pub fn worker_config(&self) -> WorkerConfig {
+        let mut common = CommonConfig::for_tests(
+            self.database_url.clone(),
+            self.namespace.clone(),
+            PARTITIONS,
+        );
+        common.amqp_url = amqp_url();
+        common.queue_max_length = self.options.queue_max_length;
+        WorkerConfig {
+            common,
+            prefetch: 32,
+            poison_after_deliveries: 5,
+            republish_after_ms: 1000,
+            payment_decline_over_cents: self.options.decline_over_cents,
+        }
+    }
+
+    /// Starts the in-process worker (the real `Worker`).
+    pub async fn start_worker(&mut self) {
+        assert!(self.worker_task.is_none(), "one worker per test app");
+        let worker = Worker::build(self.worker_config())
+            .await
+            .expect("the worker builds");
+        let shutdown = CancellationToken::new();
+        self.worker_task = Some(tokio::spawn(worker.run_until_stopped(shutdown.clone())));
+        self.worker_shutdown = Some(shutdown);
+    }
+
+    /// Stops the worker gracefully and waits until it has.
+    pub async fn stop_worker(&mut self) {
+        if let Some(shutdown) = self.worker_shutdown.take() {
+            shutdown.cancel();
+        }
+        if let Some(task) = self.worker_task.take() {
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .expect("the worker stops within 30 s")
+                .unwrap()
+                .unwrap();
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    /// A request with the test client's key.
+    pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, self.url(path))
+            .bearer_auth(&self.key)
+    }
+
+    pub async fn set_stock(&self, sku: &str, available: i64) {
+        let response = self
+            .http
+            .put(self.url(&format!("/v1/inventory/{sku}")))
+            .bearer_auth(&self.admin_key)
+            .json(&json!({ "available": available }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "{:?}",
+            response.text().await
+        );
+    }
+
+    pub async fn stock(&self, sku: &str) -> Value {
+        let response = self
+            .request(Method::GET, &format!("/v1/inventory/{sku}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json().await.unwrap()
+    }
+
+    /// POST /v1/orders with a fresh Idempotency-Key; returns the 202 body.
+    pub async fn create_order(&self, items: Value) -> Value {
+        let response = self
+            .request(Method::POST, "/v1/orders")
+            .header("idempotency-key", Uuid::new_v4().to_string())
+            .json(&json!({"customer_id": "cust-1", "currency": "EUR", "items": items}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::ACCEPTED,
+            "{:?}",
+            response.text().await
+        );
+        response.json().await.unwrap()
+    }
+
+    /// POST a command with a fresh Idempotency-Key (and If-Match when given); returns the 202 body.
+    pub async fn send(&self, order_id: &str, command: Value, if_match: Option<i64>) -> Value {
+        let mut request = self
+            .request(Method::POST, &format!("/v1/orders/{order_id}/commands"))
+            .header("idempotency-key", Uuid::new_v4().to_string())
+            .json(&command);
+        if let Some(version) = if_match {
+            request = request.header("if-match", format!("\"{version}\""));
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::ACCEPTED,
+            "{:?}",
+            response.text().await
+        );
+        response.json().await.unwrap()
+    }
+
+    /// Long-polls a command until it is final; panics after 20 s.
+    pub async fn wait_final(&self, command_id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let response = self
+                .request(Method::GET, &format!("/v1/commands/{command_id}?wait=5"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            let body: Value = response.json().await.unwrap();
+            if body["status"] != "accepted" {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "command {command_id} still accepted: {body}"
+            );
+        }
+    }
+
+    /// Sends a command and waits for its outcome.
+    pub async fn run(&self, order_id: &str, command: Value, if_match: Option<i64>) -> Value {
+        let accepted = self.send(order_id, command, if_match).await;
+        self.wait_final(accepted["command_id"].as_str().unwrap())
+            .await
+    }
+
+    /// Creates an order, waits until it is applied, returns its id.
+    pub async fn new_order(&self, items: Value) -> String {
+        let accepted = self.create_order(items).await;
+        let done = self
+            .wait_final(accepted["command_id"].as_str().unwrap())
+            .await;
+        assert_eq!(done["status"], "applied", "{done}");
+        accepted["order_id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn order(&self, order_id: &str) -> Value {
+        let response = self
+            .request(Method::GET, &format!("/v1/orders/{order_id}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json().await.unwrap()
+    }
+
+    pub async fn events(&self, order_id: &str) -> Vec<Value> {
+        let response = self
+            .request(Method::GET, &format!("/v1/orders/{order_id}/events"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body: Value = response.json().await.unwrap();
+        body["events"].as_array().unwrap().clone()
+    }
+
+    /// A channel on a fresh connection to the test broker.
+    pub async fn amqp_channel(&self) -> (lapin::Connection, lapin::Channel) {
+        let connection = lapin::Connection::connect(&amqp_url(), Default::default())
+            .await
+            .unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        (connection, channel)
+    }
+
+    /// Publishes raw bytes to the command exchange with a routing key, waiting for the confirm.
+    pub async fn publish_raw(&self, routing_key: &str, body: &[u8]) {
+        use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+        let (connection, channel) = self.amqp_channel().await;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let confirm = channel
+            .basic_publish(
+                self.topology.command_exchange().as_str().into(),
+                routing_key.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                body,
+                orderflow_shared::amqp::json_properties().with_delivery_mode(2),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(
+            matches!(confirm, lapin::Confirmation::Ack(None)),
+            "{confirm:?}"
+        );
+        let _ = connection.close(200, "done".into()).await;
+    }
+
+    /// Waits until the dead-letter queue holds `count` messages; returns them (body, reason).
+    pub async fn dead_letters(&self, count: usize) -> Vec<(Vec<u8>, String)> {
+        use lapin::options::{BasicAckOptions, BasicGetOptions};
+        let (connection, channel) = self.amqp_channel().await;
+        let mut found = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while found.len() < count {
+            assert!(
+                Instant::now() < deadline,
+                "only {} dead letters: {found:?}",
+                found.len()
+            );
+            match channel
+                .basic_get(
+                    self.topology.dead_letter_queue().as_str().into(),
+                    BasicGetOptions::default(),
+                )
+                .await
+                .unwrap()
+            {
+                Some(message) => {
+                    let reason = message
+                        .properties
+                        .headers()
+                        .as_ref()
+                        .and_then(|h| {
+                            h.inner()
+                                .get(orderflow_shared::amqp::REASON_HEADER)
+                                .cloned()
+                        })
+                        .map(|v| match v {
+                            lapin::types::AMQPValue::LongString(s) => s.to_string(),
+                            other => format!("{other:?}"),
+                        })
+                        .unwrap_or_default();
+                    message.ack(BasicAckOptions::default()).await.unwrap();
+                    found.push((message.data.clone(), reason));
+                }
+                // Dead-lettering is asynchronous to the test: poll the queue with a deadline.
+                None => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        let _ = connection.close(200, "done".into()).await;
+        found
+    }
+
+    /// Counts rows of a table for an order (for checks straight on the truth).
+    pub async fn count(&self, sql: &'static str, order_id: &str) -> i64 {
+        sqlx::query_scalar(sql)
+            .bind(Uuid::parse_str(order_id).unwrap())
+            .fetch_one(&self.db)
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for TestApp {
+    /// Stops the servers and removes the database and every queue and exchange of the namespace.
+    fn drop(&mut self) {
+        self.api_shutdown.cancel();
+        if let Some(shutdown) = &self.worker_shutdown {
+            shutdown.cancel();
+        }
+        let (topology, database_name) = (self.topology.clone(), self.database_name.clone());
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                if let Ok(connection) =
+                    lapin::Connection::connect(&amqp_url(), Default::default()).await
+                    && let Ok(channel) = connection.create_channel().await
+                {
+                    let mut queues: Vec<String> = (0..topology.partitions)
+                        .map(|p| topology.partition_queue(p))
+                        .collect();
+                    queues.push(topology.dead_letter_queue());
+                    for queue in queues {
+                        let _ = channel
+                            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                            .await;
+                    }
+                    for exchange in [
+                        topology.command_exchange(),
+                        topology.dead_letter_exchange(),
+                        topology.events_exchange(),
+                    ] {
+                        let _ = channel
+                            .exchange_delete(
+                                exchange.as_str().into(),
+                                ExchangeDeleteOptions::default(),
+                            )
+                            .await;
+                    }
+                    let _ = connection.close(200, "test done".into()).await;
+                }
+                if let Ok(admin) = PgPool::connect(&base_database_url()).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        r#"drop database if exists "{database_name}" with (force)"#
+                    )))
+                    .execute(&admin)
+                    .await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}

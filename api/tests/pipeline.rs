@@ -1,0 +1,282 @@
+//! End to end through the real API and the real worker, against real PostgreSQL and RabbitMQ:
+//! every command type, the state machine's rejections, optimistic concurrency, stock races.
+
+mod common;
+
+use common::TestApp;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+fn widget(quantity: i64) -> Value {
+    json!([{"sku": "WIDGET", "quantity": quantity, "unit_price_cents": 1250}])
+}
+
+#[tokio::test]
+async fn a_created_order_is_applied_and_readable_with_its_version_as_etag() {
+    let app = TestApp::spawn().await;
+    let accepted = app.create_order(widget(2)).await;
+    assert_eq!(accepted["status"], "accepted");
+    let command_id = accepted["command_id"].as_str().unwrap();
+    let order_id = accepted["order_id"].as_str().unwrap();
+
+    let done = app.wait_final(command_id).await;
+    assert_eq!(done["status"], "applied", "{done}");
+    assert_eq!(done["version"], 1);
+    assert_eq!(done["seq"], 1);
+    assert_eq!(done["type"], "create");
+    assert_eq!(done["order_id"], order_id);
+
+    let response = app
+        .request(Method::GET, &format!("/v1/orders/{order_id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["etag"], "\"1\"");
+    let order: Value = response.json().await.unwrap();
+    assert_eq!(order["status"], "pending");
+    assert_eq!(order["version"], 1);
+    assert_eq!(order["total_cents"], 2500);
+    assert_eq!(order["items"], widget(2));
+
+    let events = app.events(order_id).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["seq"], 1);
+    assert_eq!(events[0]["type"], "order_created");
+}
+
+#[tokio::test]
+async fn every_command_type_walks_an_order_through_its_life() {
+    let app = TestApp::spawn().await;
+    app.set_stock("WIDGET", 10).await;
+    app.set_stock("GADGET", 10).await;
+    let order = app.new_order(widget(2)).await;
+
+    let added = app
+        .run(
+            &order,
+            json!({"type": "add_item", "sku": "GADGET", "quantity": 3, "unit_price_cents": 100}),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (added["status"].clone(), added["version"].clone()),
+        (json!("applied"), json!(2))
+    );
+    let removed = app
+        .run(
+            &order,
+            json!({"type": "remove_item", "sku": "GADGET", "quantity": 1}),
+            None,
+        )
+        .await;
+    assert_eq!(removed["status"], "applied");
+    assert_eq!(app.order(&order).await["total_cents"], 2500 + 200);
+
+    assert_eq!(
+        app.run(&order, json!({"type": "reserve"}), None).await["status"],
+        "applied"
+    );
+    assert_eq!(app.stock("WIDGET").await["available"], 8);
+    assert_eq!(app.stock("GADGET").await["reserved"], 2);
+    assert_eq!(
+        app.run(&order, json!({"type": "pay"}), None).await["status"],
+        "applied"
+    );
+    assert_eq!(
+        app.run(&order, json!({"type": "ship"}), None).await["status"],
+        "applied"
+    );
+    assert_eq!(
+        app.stock("WIDGET").await,
+        json!({"sku": "WIDGET", "available": 8, "reserved": 0, "shipped": 2})
+    );
+    let delivered = app.run(&order, json!({"type": "deliver"}), None).await;
+    assert_eq!(
+        (delivered["status"].clone(), delivered["version"].clone()),
+        (json!("applied"), json!(7))
+    );
+
+    let final_order = app.order(&order).await;
+    assert_eq!(final_order["status"], "delivered");
+    let events = app.events(&order).await;
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "order_created",
+            "item_added",
+            "item_removed",
+            "stock_reserved",
+            "payment_captured",
+            "order_shipped",
+            "order_delivered"
+        ]
+    );
+    let seqs: Vec<i64> = events.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    assert_eq!(seqs, (1..=7).collect::<Vec<_>>(), "gapless from 1");
+
+    // delivered is final: cancel is an invalid transition, visible as a rejection
+    let cancel = app.run(&order, json!({"type": "cancel"}), None).await;
+    assert_eq!(
+        (cancel["status"].clone(), cancel["reason"].clone()),
+        (json!("rejected"), json!("invalid_transition"))
+    );
+    assert_eq!(cancel["version"], 7);
+}
+
+#[tokio::test]
+async fn cancelling_a_paid_order_releases_its_stock_and_refunds_the_capture_once() {
+    let app = TestApp::spawn().await;
+    app.set_stock("WIDGET", 5).await;
+    let order = app.new_order(widget(2)).await;
+    app.run(&order, json!({"type": "reserve"}), None).await;
+    app.run(&order, json!({"type": "pay"}), None).await;
+    let second_pay = app.run(&order, json!({"type": "pay"}), None).await;
+    assert_eq!(
+        second_pay["reason"], "invalid_transition",
+        "one capture per order"
+    );
+    let cancelled = app
+        .run(
+            &order,
+            json!({"type": "cancel", "reason": "customer asked"}),
+            None,
+        )
+        .await;
+    assert_eq!(cancelled["status"], "applied", "{cancelled}");
+
+    assert_eq!(
+        app.stock("WIDGET").await,
+        json!({"sku": "WIDGET", "available": 5, "reserved": 0, "shipped": 0})
+    );
+    let payments: Vec<(String, i64)> = sqlx::query_as(
+        "select kind, amount_cents from payments where order_id = $1::uuid order by id",
+    )
+    .bind(&order)
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(
+        payments,
+        [("capture".to_owned(), 2500), ("refund".to_owned(), 2500)]
+    );
+    let events = app.events(&order).await;
+    assert_eq!(events.last().unwrap()["refunded_cents"], 2500);
+}
+
+#[tokio::test]
+async fn cancelling_a_reserved_order_releases_its_stock() {
+    let app = TestApp::spawn().await;
+    app.set_stock("WIDGET", 3).await;
+    let order = app.new_order(widget(3)).await;
+    app.run(&order, json!({"type": "reserve"}), None).await;
+    assert_eq!(app.stock("WIDGET").await["available"], 0);
+    assert_eq!(
+        app.run(&order, json!({"type": "cancel"}), None).await["status"],
+        "applied"
+    );
+    assert_eq!(
+        app.stock("WIDGET").await,
+        json!({"sku": "WIDGET", "available": 3, "reserved": 0, "shipped": 0})
+    );
+}
+
+#[tokio::test]
+async fn a_declined_payment_is_a_rejection_and_captures_nothing() {
+    let app = TestApp::spawn_with(common::Options {
+        decline_over_cents: Some(1000),
+        ..Default::default()
+    })
+    .await;
+    app.set_stock("WIDGET", 5).await;
+    let order = app.new_order(widget(1)).await;
+    app.run(&order, json!({"type": "reserve"}), None).await;
+    let pay = app.run(&order, json!({"type": "pay"}), None).await;
+    assert_eq!(
+        (pay["status"].clone(), pay["reason"].clone()),
+        (json!("rejected"), json!("payment_declined"))
+    );
+    assert_eq!(app.order(&order).await["status"], "reserved");
+    let captures = app
+        .count("select count(*) from payments where order_id = $1", &order)
+        .await;
+    assert_eq!(captures, 0);
+}
+
+#[tokio::test]
+async fn a_stale_if_match_is_rejected_as_a_version_conflict_and_changes_nothing() {
+    let app = TestApp::spawn().await;
+    app.set_stock("WIDGET", 5).await;
+    let order = app.new_order(widget(1)).await;
+    let fresh = app
+        .run(
+            &order,
+            json!({"type": "add_item", "sku": "WIDGET", "quantity": 1, "unit_price_cents": 1250}),
+            Some(1),
+        )
+        .await;
+    assert_eq!(fresh["status"], "applied");
+    let stale = app.run(&order, json!({"type": "reserve"}), Some(1)).await;
+    assert_eq!(stale["status"], "rejected");
+    assert_eq!(stale["reason"], "version_conflict");
+    assert_eq!(stale["version"], 2, "the version it found");
+    assert_eq!(app.order(&order).await["status"], "pending");
+    assert_eq!(app.stock("WIDGET").await["available"], 5, "no stock moved");
+}
+
+#[tokio::test]
+async fn two_orders_racing_for_the_last_unit_reserve_exactly_one() {
+    let app = TestApp::spawn().await;
+    app.set_stock("LAST", 1).await;
+    let items = json!([{"sku": "LAST", "quantity": 1, "unit_price_cents": 999}]);
+    let (a, b) = tokio::join!(app.new_order(items.clone()), app.new_order(items));
+    let (ra, rb) = tokio::join!(
+        app.run(&a, json!({"type": "reserve"}), None),
+        app.run(&b, json!({"type": "reserve"}), None)
+    );
+    let mut outcomes = [
+        format!("{} {}", ra["status"], ra["reason"]),
+        format!("{} {}", rb["status"], rb["reason"]),
+    ];
+    outcomes.sort();
+    assert_eq!(
+        outcomes,
+        [r#""applied" null"#, r#""rejected" "insufficient_stock""#]
+    );
+    assert_eq!(
+        app.stock("LAST").await,
+        json!({"sku": "LAST", "available": 0, "reserved": 1, "shipped": 0})
+    );
+}
+
+#[tokio::test]
+async fn illegal_commands_are_typed_rejections_never_silent() {
+    let app = TestApp::spawn().await;
+    let order = app.new_order(json!([])).await;
+    let reserve = app.run(&order, json!({"type": "reserve"}), None).await;
+    assert_eq!(reserve["reason"], "empty_order");
+    let ship = app.run(&order, json!({"type": "ship"}), None).await;
+    assert_eq!(ship["reason"], "invalid_transition");
+    let remove = app
+        .run(&order, json!({"type": "remove_item", "sku": "NOPE"}), None)
+        .await;
+    assert_eq!(remove["reason"], "item_not_found");
+    app.run(
+        &order,
+        json!({"type": "add_item", "sku": "A", "quantity": 1, "unit_price_cents": 5}),
+        None,
+    )
+    .await;
+    let reprice = app
+        .run(
+            &order,
+            json!({"type": "add_item", "sku": "A", "quantity": 1, "unit_price_cents": 6}),
+            None,
+        )
+        .await;
+    assert_eq!(reprice["reason"], "price_mismatch");
+    let events = app.events(&order).await;
+    assert_eq!(events.len(), 2, "rejections append no events");
+    assert_eq!(app.order(&order).await["version"], 2);
+}
