@@ -17,6 +17,7 @@ use lapin::{
     },
     types::{AMQPValue, FieldTable},
 };
+use std::sync::Arc;
 use tokio::sync::Mutex;
 
 /// Deliveries of one message after which the broker dead-letters it by itself. The worker never
@@ -182,6 +183,45 @@ pub fn pool(url: &str, connection_name: &str) -> Pool {
         deadpool_lapin::Runtime::Tokio1,
     )
     .expect("a pool with a runtime always builds")
+}
+
+/// One long-lived connection shared by many consumers (a channel each), re-opened when lost.
+/// Consumers hold their channel for their whole life, so they must not each hold a pooled
+/// connection: that would starve the pool the publishers need.
+pub struct SharedConnection {
+    url: String,
+    name: String,
+    current: Mutex<Option<Arc<lapin::Connection>>>,
+}
+
+impl SharedConnection {
+    pub fn new(url: &str, connection_name: &str) -> Self {
+        Self {
+            url: url.to_owned(),
+            name: connection_name.to_owned(),
+            current: Mutex::new(None),
+        }
+    }
+
+    /// The open connection, or a new one if it was lost.
+    pub async fn get(&self) -> lapin::Result<Arc<lapin::Connection>> {
+        let mut current = self.current.lock().await;
+        if let Some(connection) = current.as_ref().filter(|c| c.status().connected()) {
+            return Ok(connection.clone());
+        }
+        let properties =
+            ConnectionProperties::default().with_connection_name(self.name.as_str().into());
+        let connection = Arc::new(lapin::Connection::connect(&self.url, properties).await?);
+        *current = Some(connection.clone());
+        Ok(connection)
+    }
+
+    /// Closes the connection (after the consumers closed their channels).
+    pub async fn close(&self) {
+        if let Some(connection) = self.current.lock().await.take() {
+            let _ = connection.close(200, "closing".into()).await;
+        }
+    }
 }
 
 /// Why a publish did not end with the broker taking the message.

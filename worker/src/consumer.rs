@@ -12,7 +12,7 @@ use lapin::{
     types::{AMQPValue, FieldTable},
 };
 use orderflow_shared::amqp::{
-    ConnectionPool, Outgoing, Publisher, REASON_HEADER, Topology, json_properties,
+    Outgoing, Publisher, REASON_HEADER, SharedConnection, Topology, json_properties,
 };
 use orderflow_shared::contract::CommandMessage;
 use orderflow_shared::shutdown::CancellationToken;
@@ -23,7 +23,8 @@ use std::time::Duration;
 pub struct Context {
     pub applier: Applier,
     pub topology: Topology,
-    pub pool: ConnectionPool,
+    /// The connection every partition consumer opens its channel on.
+    pub connection: SharedConnection,
     /// Confirm-mode channel for dead-lettering.
     pub publisher: Publisher,
     /// Messages the broker may push ahead of the one being applied.
@@ -66,7 +67,7 @@ async fn consume(
     partition: u16,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let connection = ctx.pool.get().await?;
+    let connection = ctx.connection.get().await?;
     let channel = connection.create_channel().await?;
     channel
         .basic_qos(ctx.prefetch, BasicQosOptions::default())

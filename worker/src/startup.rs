@@ -7,7 +7,7 @@ use crate::outbox;
 use crate::payment::SimulatedGateway;
 use anyhow::Context as _;
 use clap::Parser;
-use orderflow_shared::amqp::{self, Publisher, Topology};
+use orderflow_shared::amqp::{self, Publisher, SharedConnection, Topology};
 use orderflow_shared::config::CommonConfig;
 use orderflow_shared::db::{self, SchemaError};
 use orderflow_shared::shutdown::CancellationToken;
@@ -92,7 +92,10 @@ impl Worker {
             applier,
             topology,
             publisher: Publisher::new(pool.clone()),
-            pool: pool.clone(),
+            connection: SharedConnection::new(
+                &common.amqp_url,
+                &format!("orderflow-worker {} consumers", common.namespace),
+            ),
             prefetch: config.prefetch,
             poison_after_deliveries: config.poison_after_deliveries,
         });
@@ -132,7 +135,8 @@ impl Worker {
         while let Some(joined) = tasks.join_next().await {
             joined.context("a worker task panicked")?;
         }
-        self.context.pool.close();
+        self.context.connection.close().await;
+        self.context.publisher.pool().close();
         tracing::info!("worker stopped");
         Ok(())
     }

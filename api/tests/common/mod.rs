@@ -259,7 +259,8 @@ impl TestApp {
         response.json().await.unwrap()
     }
 
-    /// Long-polls a command until it is final; panics after 20 s.
+    /// Long-polls a command until it is final (waiting for it to exist, for commands sent
+    /// straight to the exchange); panics after 20 s.
     pub async fn wait_final(&self, command_id: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -268,6 +269,15 @@ impl TestApp {
                 .send()
                 .await
                 .unwrap();
+            if response.status() == StatusCode::NOT_FOUND {
+                // A command published straight to the exchange exists once the worker took it.
+                assert!(
+                    Instant::now() < deadline,
+                    "command {command_id} never recorded"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
             assert_eq!(response.status(), StatusCode::OK);
             let body: Value = response.json().await.unwrap();
             if body["status"] != "accepted" {

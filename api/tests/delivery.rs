@@ -1,0 +1,423 @@
+//! What the broker does to messages, and what orderflow makes of it: duplicates, out-of-order
+//! deliveries, poison, a full queue, a worker stopped mid-stream, lost connections, and
+//! commands published straight to the exchange by another service (the Python producer).
+
+mod common;
+
+use common::{Options, PARTITIONS, TestApp};
+use orderflow_shared::contract::{CONTRACT_VERSION, CommandMessage};
+use orderflow_shared::db::commands::{self, NewCommand, Source};
+use orderflow_shared::domain::{ClientId, CommandId, OrderId};
+use orderflow_shared::partition::partition_of;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+fn message(app: &TestApp, order_id: OrderId, command: Value) -> CommandMessage {
+    CommandMessage {
+        version: CONTRACT_VERSION,
+        command_id: CommandId::new(),
+        client_id: ClientId(app.client_id),
+        order_id,
+        expected_version: None,
+        command: serde_json::from_value(command).unwrap(),
+    }
+}
+
+fn key_of(order_id: OrderId) -> String {
+    partition_of(order_id, PARTITIONS).to_string()
+}
+
+async fn publish(app: &TestApp, message: &CommandMessage) {
+    app.publish_raw(&key_of(message.order_id), &message.to_bytes())
+        .await;
+}
+
+fn create() -> Value {
+    json!({"type": "create", "customer_id": "direct", "currency": "EUR",
+           "items": [{"sku": "D-1", "quantity": 1, "unit_price_cents": 100}]})
+}
+
+/// Records a command the way the API does (next seq, marked published so no relay sends it)
+/// without publishing it: the test decides when its message arrives.
+async fn record_unsent(app: &TestApp, order_id: OrderId, command: Value) -> CommandMessage {
+    let message = message(app, order_id, command);
+    let body = serde_json::to_value(&message.command).unwrap();
+    let mut tx = app.db.begin().await.unwrap();
+    let seq = commands::next_seq(&mut *tx, order_id, message.client_id)
+        .await
+        .unwrap()
+        .unwrap();
+    let new = NewCommand {
+        id: message.command_id,
+        client_id: message.client_id,
+        order_id,
+        kind: message.command.kind(),
+        body: &body,
+        expected_version: None,
+        source: Source::Http,
+        partition: partition_of(order_id, PARTITIONS),
+    };
+    commands::insert(&mut *tx, &new, seq).await.unwrap();
+    commands::mark_published(&mut *tx, &[message.command_id.0])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    message
+}
+
+#[tokio::test]
+async fn a_duplicated_delivery_is_applied_once() {
+    let app = TestApp::spawn().await;
+    let order_id = OrderId::new();
+    let created = message(&app, order_id, create());
+    publish(&app, &created).await;
+    publish(&app, &created).await;
+    let add = message(
+        &app,
+        order_id,
+        json!({"type": "add_item", "sku": "D-2", "quantity": 2, "unit_price_cents": 50}),
+    );
+    publish(&app, &add).await;
+    publish(&app, &add).await;
+    // A third copy after the first was applied: still nothing new.
+    let done = app.wait_final(&add.command_id.to_string()).await;
+    assert_eq!(done["status"], "applied", "{done}");
+    publish(&app, &add).await;
+    let marker = message(&app, order_id, json!({"type": "reserve"}));
+    publish(&app, &marker).await;
+    app.wait_final(&marker.command_id.to_string()).await;
+
+    let events = app.events(&order_id.to_string()).await;
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        ["order_created", "item_added"],
+        "the reserve is rejected: no stock"
+    );
+    let order = app.order(&order_id.to_string()).await;
+    assert_eq!(
+        order["items"][1]["quantity"], 2,
+        "added once, not three times"
+    );
+    let recorded = app
+        .count(
+            "select count(*) from commands where order_id = $1",
+            &order_id.to_string(),
+        )
+        .await;
+    assert_eq!(recorded, 3);
+}
+
+#[tokio::test]
+async fn an_out_of_order_delivery_is_applied_in_the_order_the_commands_were_accepted() {
+    let app = TestApp::spawn().await;
+    app.set_stock("WIDGET", 10).await;
+    let order = app.new_order(json!([])).await;
+    let order_id = OrderId(order.parse().unwrap());
+    let second = record_unsent(
+        &app,
+        order_id,
+        json!({"type": "add_item", "sku": "WIDGET", "quantity": 2, "unit_price_cents": 10}),
+    )
+    .await;
+    let third = record_unsent(&app, order_id, json!({"type": "reserve"})).await;
+
+    // The later command arrives first: the worker applies the earlier one from PostgreSQL first.
+    publish(&app, &third).await;
+    let done = app.wait_final(&third.command_id.to_string()).await;
+    assert_eq!(
+        done["status"], "applied",
+        "reserve found the item added before it: {done}"
+    );
+    assert_eq!(done["version"], 3);
+    let earlier = app.wait_final(&second.command_id.to_string()).await;
+    assert_eq!(
+        (earlier["status"].clone(), earlier["version"].clone()),
+        (json!("applied"), json!(2))
+    );
+
+    // The late message is now a duplicate.
+    publish(&app, &second).await;
+    let marker = app.run(&order, json!({"type": "pay"}), None).await;
+    assert_eq!(marker["version"], 4);
+    let kinds: Vec<String> = app
+        .events(&order)
+        .await
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "order_created",
+            "item_added",
+            "stock_reserved",
+            "payment_captured"
+        ]
+    );
+    assert_eq!(app.stock("WIDGET").await["reserved"], 2);
+}
+
+#[tokio::test]
+async fn poison_messages_are_dead_lettered_with_their_reason_and_the_partition_keeps_flowing() {
+    let app = TestApp::spawn().await;
+    let order_id = OrderId::new();
+    let key = key_of(order_id);
+
+    app.publish_raw(&key, b"{not json").await;
+    let mut unknown_type = serde_json::to_value(message(&app, order_id, create())).unwrap();
+    unknown_type["command"]["type"] = json!("refund");
+    app.publish_raw(&key, unknown_type.to_string().as_bytes())
+        .await;
+    let wrong_partition = (partition_of(order_id, PARTITIONS) + 1) % PARTITIONS;
+    app.publish_raw(
+        &wrong_partition.to_string(),
+        &message(&app, order_id, create()).to_bytes(),
+    )
+    .await;
+    let unknown_order = message(&app, OrderId::new(), json!({"type": "pay"}));
+    publish(&app, &unknown_order).await;
+
+    // The same partition still applies the next good message.
+    let good = message(&app, order_id, create());
+    publish(&app, &good).await;
+    assert_eq!(
+        app.wait_final(&good.command_id.to_string()).await["status"],
+        "applied"
+    );
+
+    let mut reasons: Vec<String> = app
+        .dead_letters(4)
+        .await
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect();
+    reasons.sort();
+    assert!(
+        reasons[0].contains("message is not a valid command"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[1].contains("message is not a valid command") && reasons[1].contains("refund"),
+        "{reasons:?}"
+    );
+    assert!(reasons[2].starts_with("routed to partition"), "{reasons:?}");
+    assert!(reasons[3].starts_with("unknown order"), "{reasons:?}");
+    let recorded: i64 = sqlx::query_scalar("select count(*) from commands")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(recorded, 1, "only the good command was recorded");
+}
+
+#[tokio::test]
+async fn a_producer_cannot_touch_another_clients_order() {
+    let app = TestApp::spawn().await;
+    let order = app.new_order(json!([])).await;
+    let (other, _) = orderflow_shared::db::clients::create(&app.db, "other", false)
+        .await
+        .unwrap();
+    let mut hijack = message(
+        &app,
+        OrderId(order.parse().unwrap()),
+        json!({"type": "cancel"}),
+    );
+    hijack.client_id = other.id;
+    publish(&app, &hijack).await;
+    let dead = app.dead_letters(1).await;
+    assert!(
+        dead[0].1.contains("belongs to another client"),
+        "{:?}",
+        dead[0].1
+    );
+    assert_eq!(app.order(&order).await["status"], "pending");
+}
+
+#[tokio::test]
+async fn a_command_that_breaks_an_invariant_fails_visibly_and_is_dead_lettered() {
+    let app = TestApp::spawn().await;
+    app.set_stock("WIDGET", 5).await;
+    let order = app
+        .new_order(json!([{"sku": "WIDGET", "quantity": 2, "unit_price_cents": 10}]))
+        .await;
+    app.run(&order, json!({"type": "reserve"}), None).await;
+    app.run(&order, json!({"type": "pay"}), None).await;
+    // Someone corrupts the stock behind orderflow's back: shipping can no longer succeed.
+    sqlx::query("update inventory set reserved = 0 where sku = 'WIDGET'")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let ship = app.run(&order, json!({"type": "ship"}), None).await;
+    assert_eq!(ship["status"], "failed", "{ship}");
+    assert!(
+        ship["reason"]
+            .as_str()
+            .unwrap()
+            .contains("less reserved stock"),
+        "{ship}"
+    );
+    let dead = app.dead_letters(1).await;
+    let body: Value = serde_json::from_slice(&dead[0].0).unwrap();
+    assert_eq!(body["command_id"], ship["command_id"]);
+    assert_eq!(dead[0].1, ship["reason"].as_str().unwrap());
+    // Nothing of the failed command was applied, and the order still takes commands.
+    assert_eq!(app.order(&order).await["status"], "paid");
+    assert_eq!(
+        app.run(&order, json!({"type": "cancel"}), None).await["status"],
+        "failed",
+        "the same corruption fails the cancel too"
+    );
+    assert_eq!(
+        app.new_order(json!([])).await.len(),
+        36,
+        "other orders flow"
+    );
+}
+
+#[tokio::test]
+async fn a_full_partition_answers_503_and_the_refused_command_never_runs() {
+    let mut app = TestApp::spawn_with(Options {
+        start_worker: false,
+        queue_max_length: 1,
+        ..Default::default()
+    })
+    .await;
+    // The API assigns order ids, so keep creating orders until every partition holds its one
+    // message and a publish is refused.
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    let body = json!({"customer_id": "c", "currency": "EUR", "items": []});
+    let post = |key: String| {
+        app.request(Method::POST, "/v1/orders")
+            .header("idempotency-key", key)
+            .json(&body)
+            .send()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while refused < 2 {
+        assert!(Instant::now() < deadline, "publishes were never refused");
+        let key = Uuid::new_v4().to_string();
+        let response = post(key.clone()).await.unwrap();
+        match response.status() {
+            StatusCode::ACCEPTED => accepted.push(response.json::<Value>().await.unwrap()),
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(response.headers()["retry-after"], "1");
+                let problem: Value = response.json().await.unwrap();
+                assert_eq!(problem["type"], "https://orderflow.dev/problems/queue-full");
+                refused += 1;
+                // The key was released: a retry with it is a new attempt, never a replay.
+                let retry = post(key).await.unwrap();
+                assert!(retry.headers().get("idempotent-replayed").is_none());
+                match retry.status() {
+                    StatusCode::ACCEPTED => accepted.push(retry.json::<Value>().await.unwrap()),
+                    StatusCode::SERVICE_UNAVAILABLE => refused += 1,
+                    other => panic!("unexpected {other}"),
+                }
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    let rejected: Vec<(Uuid, String)> =
+        sqlx::query_as("select id, reason from commands where status = 'rejected'")
+            .fetch_all(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(
+        rejected.len(),
+        refused,
+        "every refusal left a rejected command"
+    );
+    assert!(rejected.iter().all(|(_, r)| r == "queue_full"));
+
+    app.start_worker().await;
+    for a in &accepted {
+        assert_eq!(
+            app.wait_final(a["command_id"].as_str().unwrap()).await["status"],
+            "applied"
+        );
+    }
+    // Let the relays run a full cycle past the republish delay: still nothing refused ran.
+    let probe = app.new_order(json!([])).await;
+    assert!(!probe.is_empty());
+    let orders: i64 = sqlx::query_scalar("select count(*) from orders")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(orders as usize, accepted.len() + 1);
+    let still_rejected: i64 = sqlx::query_scalar(
+        "select count(*) from commands where reason = 'queue_full' and status = 'rejected'",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(still_rejected as usize, refused);
+}
+
+#[tokio::test]
+async fn a_worker_stopped_mid_stream_loses_nothing_and_applies_nothing_twice() {
+    let mut app = TestApp::spawn().await;
+    let mut accepted = Vec::new();
+    for _ in 0..40 {
+        accepted.push(app.create_order(json!([])).await);
+    }
+    app.stop_worker().await;
+    for _ in 0..10 {
+        accepted.push(app.create_order(json!([])).await);
+    }
+    app.start_worker().await;
+    for a in &accepted {
+        let done = app.wait_final(a["command_id"].as_str().unwrap()).await;
+        assert_eq!(done["status"], "applied");
+    }
+    let events: i64 = sqlx::query_scalar("select count(*) from order_events")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(events, 50, "one event per order, none twice");
+}
+
+#[tokio::test]
+async fn commands_from_the_python_producer_are_applied() {
+    let app = TestApp::spawn().await;
+    app.set_stock("PY-SKU-1", 10).await;
+    app.set_stock("PY-SKU-2", 10).await;
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/contract/producer.py"
+    );
+    let output = tokio::process::Command::new("python3")
+        .arg(script)
+        .args(["--amqp-url", &common::amqp_url()])
+        .args(["--namespace", &app.namespace])
+        .args(["--partitions", &PARTITIONS.to_string()])
+        .args(["--client-id", &app.client_id.to_string()])
+        .arg("--count-duplicates")
+        .output()
+        .await
+        .expect("python3 runs (deploy/run-tests.sh installs pika)");
+    assert!(
+        output.status.success(),
+        "producer failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let published: Vec<Value> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = published
+        .iter()
+        .map(|p| p["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["create", "add_item", "reserve"]);
+    for p in &published {
+        let done = app.wait_final(p["command_id"].as_str().unwrap()).await;
+        assert_eq!(done["status"], "applied", "{done}");
+    }
+    let order = app.order(published[0]["order_id"].as_str().unwrap()).await;
+    assert_eq!(order["status"], "reserved");
+    assert_eq!(order["version"], 3, "the duplicated add_item applied once");
+    assert_eq!(app.stock("PY-SKU-2").await["reserved"], 1);
+}
