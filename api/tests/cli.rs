@@ -1,0 +1,112 @@
+//! The `orderflow-api` binary: its commands and the deploy files it ships with.
+
+mod common;
+
+use common::TestApp;
+use reqwest::StatusCode;
+use std::process::Command;
+
+const API: &str = env!("CARGO_BIN_EXE_orderflow-api");
+
+#[tokio::test]
+async fn client_create_prints_a_working_key_alone_on_stdout() {
+    let app = TestApp::spawn().await;
+    let output = Command::new(API)
+        .args(["client", "create", "--name", "cli-test", "--admin"])
+        .env("DATABASE_URL", &app.database_url)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let key = stdout.strip_suffix('\n').unwrap();
+    assert!(key.starts_with("of_") && key.len() == 67, "{stdout:?}");
+    assert!(key[3..].bytes().all(|b| b.is_ascii_hexdigit()));
+
+    let response = app
+        .http
+        .put(app.url("/v1/inventory/CLI-SKU"))
+        .bearer_auth(key)
+        .json(&serde_json::json!({"available": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "an admin key");
+    let stored: Vec<Vec<u8>> =
+        sqlx::query_scalar("select key_hash from clients where name = 'cli-test'")
+            .fetch_all(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_ne!(stored[0], key.as_bytes(), "only the hash is stored");
+}
+
+#[tokio::test]
+async fn client_revoke_stops_a_key_at_once() {
+    let app = TestApp::spawn().await;
+    let id: uuid::Uuid = sqlx::query_scalar("select id from clients where name = 'test-client'")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    let output = Command::new(API)
+        .args(["client", "revoke", "--id", &id.to_string()])
+        .env("DATABASE_URL", &app.database_url)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let response = app
+        .request(reqwest::Method::GET, "/v1/inventory/X")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[test]
+fn help_describes_every_option() {
+    let output = Command::new(API).arg("--help").output().unwrap();
+    let help = String::from_utf8(output.stdout).unwrap();
+    for option in [
+        "DATABASE_URL",
+        "AMQP_URL",
+        "ORDERFLOW_NAMESPACE",
+        "ORDERFLOW_PARTITIONS",
+        "ORDERFLOW_LISTEN",
+        "migrate",
+        "client",
+    ] {
+        assert!(help.contains(option), "--help lacks {option}:\n{help}");
+    }
+}
+
+#[test]
+fn the_compose_stack_is_valid() {
+    let compose = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/docker-compose.yml");
+    let output = Command::new("docker-compose")
+        .args(["-f", compose, "config", "-q"])
+        .output()
+        .expect("docker-compose is installed (deploy/run-tests.sh installs it)");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = std::fs::read_to_string(compose).unwrap();
+    for service in [
+        "postgres:",
+        "rabbitmq:",
+        "migrate:",
+        "api:",
+        "worker-1:",
+        "worker-2:",
+    ] {
+        assert!(text.contains(service), "compose lacks {service}");
+    }
+}
