@@ -20,8 +20,10 @@ impl FromRequestParts<AppState> for Caller {
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
+            // The scheme is case-insensitive (RFC 9110 §11.1).
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, key)| key.trim())
             .filter(|k| !k.is_empty() && k.len() <= 200)
             .ok_or(ApiError::Unauthorized)?;
         let client = clients::find_by_key(&state.db, key)
@@ -76,10 +78,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for StrictJson<T> {
         let bytes = Bytes::from_request(req, state)
             .await
             .map_err(|_| ApiError::PayloadTooLarge(MAX_BODY_BYTES))?;
-        let raw: serde_json::Value =
+        let raw =
             serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
-        let value = serde_json::from_value(raw.clone())
-            .map_err(|e| ApiError::InvalidBody(e.to_string()))?;
+        // Straight from the bytes (not from `raw`), so that a duplicated key is refused rather
+        // than silently merged.
+        let value =
+            serde_json::from_slice(&bytes).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
         Ok(StrictJson { value, raw })
     }
 }
@@ -119,6 +123,11 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        if parts.headers.get_all("idempotency-key").iter().count() > 1 {
+            return Err(ApiError::InvalidRequest(
+                "send one Idempotency-Key header, not several".into(),
+            ));
+        }
         let value = parts.headers.get("idempotency-key").ok_or_else(|| {
             ApiError::InvalidRequest("the Idempotency-Key header is required on every POST".into())
         })?;
