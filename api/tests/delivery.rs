@@ -421,3 +421,75 @@ async fn commands_from_the_python_producer_are_applied() {
     assert_eq!(order["version"], 3, "the duplicated add_item applied once");
     assert_eq!(app.stock("PY-SKU-2").await["reserved"], 1);
 }
+
+#[tokio::test]
+async fn status_events_reach_subscribers_in_per_order_order() {
+    use lapin::options::{BasicAckOptions, BasicGetOptions, QueueBindOptions, QueueDeclareOptions};
+    let app = TestApp::spawn().await;
+    let (connection, channel) = app.amqp_channel().await;
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            app.topology.events_exchange().as_str().into(),
+            "command.#".into(),
+            QueueBindOptions::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+
+    let order = app.new_order(json!([])).await;
+    let mut sent = Vec::new();
+    for i in 1..=5 {
+        let add = json!({"type": "add_item", "sku": format!("S{i}"), "quantity": 1, "unit_price_cents": 1});
+        sent.push(app.send(&order, add, None).await["command_id"].clone());
+    }
+    sent.push(app.send(&order, json!({"type": "reserve"}), None).await["command_id"].clone());
+    app.wait_final(sent.last().unwrap().as_str().unwrap()).await;
+
+    let mut events = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while events.len() < 7 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} events: {events:?}",
+            events.len()
+        );
+        match channel
+            .basic_get(queue.name().clone(), BasicGetOptions::default())
+            .await
+            .unwrap()
+        {
+            Some(message) => {
+                message.ack(BasicAckOptions::default()).await.unwrap();
+                let event: Value = serde_json::from_slice(&message.data).unwrap();
+                let key = message.routing_key.to_string();
+                events.push((key, event));
+            }
+            // The relay publishes asynchronously to the test: poll the queue with the deadline.
+            None => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    let seqs: Vec<i64> = events
+        .iter()
+        .map(|(_, e)| e["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(seqs, (1..=7).collect::<Vec<_>>(), "in per-order order");
+    assert_eq!(events[0].0, "command.applied.create");
+    assert_eq!(events[1].1["event"]["type"], "item_added");
+    assert_eq!(events[6].0, "command.rejected.reserve");
+    assert_eq!(events[6].1["reason"], "insufficient_stock");
+    assert_eq!(events[6].1["command_id"], sent[5]);
+    let _ = connection.close(200, "done".into()).await;
+}

@@ -1,0 +1,139 @@
+//! Faults the services survive without a manual step: the broker dropping every connection of
+//! this deployment, and PostgreSQL killing every session. Each test only hurts its own
+//! namespace's connections and its own database, so tests running beside it are untouched.
+
+mod common;
+
+use common::TestApp;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// Closes every broker connection whose name mentions `namespace`; returns how many.
+fn close_broker_connections(namespace: &str) -> usize {
+    let listing = Command::new("rabbitmqctl")
+        .args([
+            "-q",
+            "list_connections",
+            "--no-table-headers",
+            "pid",
+            "client_properties",
+        ])
+        .output()
+        .expect("rabbitmqctl is installed with RabbitMQ");
+    assert!(
+        listing.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listing.stderr)
+    );
+    let mut closed = 0;
+    for line in String::from_utf8_lossy(&listing.stdout).lines() {
+        if !line.contains(namespace) {
+            continue;
+        }
+        let pid = line.split_whitespace().next().unwrap();
+        let status = Command::new("rabbitmqctl")
+            .args(["-q", "close_connection", pid, "fault injected by a test"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        closed += 1;
+    }
+    closed
+}
+
+/// Creates an order, retrying while the API answers 503 (nothing accepted), until applied.
+async fn order_goes_through(app: &TestApp) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "no order went through after the fault"
+        );
+        let response = app
+            .request(Method::POST, "/v1/orders")
+            .header("idempotency-key", Uuid::new_v4().to_string())
+            .json(&json!({"customer_id": "c", "currency": "EUR", "items": []}))
+            .send()
+            .await
+            .unwrap();
+        match response.status() {
+            StatusCode::ACCEPTED => {
+                let accepted: Value = response.json().await.unwrap();
+                return app
+                    .wait_final(accepted["command_id"].as_str().unwrap())
+                    .await;
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert!(response.headers().contains_key("retry-after"));
+                // Reconnection is asynchronous to the test: poll with the deadline above.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => panic!("unexpected {other}: {}", response.text().await.unwrap()),
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_api_and_worker_reconnect_after_the_broker_drops_their_connections() {
+    let app = TestApp::spawn().await;
+    assert_eq!(order_goes_through(&app).await["status"], "applied");
+    let closed = close_broker_connections(&app.namespace);
+    assert!(
+        closed >= 2,
+        "the API's and the worker's connections: {closed}"
+    );
+    // Every partition consumes again: enough orders to land on each of them.
+    for _ in 0..12 {
+        assert_eq!(order_goes_through(&app).await["status"], "applied");
+    }
+    let per_partition: Vec<i64> =
+        sqlx::query_scalar("select count(*) from commands group by partition")
+            .fetch_all(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(
+        per_partition.len(),
+        common::PARTITIONS as usize,
+        "{per_partition:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_api_and_worker_recover_when_postgres_kills_their_sessions() {
+    let app = TestApp::spawn().await;
+    assert_eq!(order_goes_through(&app).await["status"], "applied");
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "select pg_terminate_backend(pid) from pg_stat_activity
+         where datname = current_database() and pid <> pg_backend_pid()",
+    )
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert!(
+        killed.len() >= 2,
+        "the API's and the worker's sessions: {}",
+        killed.len()
+    );
+    for _ in 0..8 {
+        assert_eq!(order_goes_through(&app).await["status"], "applied");
+    }
+    // The outbox relay came back too: nothing is left waiting once the commands are done.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let backlog: i64 = sqlx::query_scalar("select count(*) from outbox")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+        if backlog == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "outbox still holds {backlog} rows"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
