@@ -158,9 +158,14 @@ pub async fn submit(state: &AppState, s: Submission<'_>) -> Result<Accepted, Api
             true,
         )
         .await;
+    // From here on the command is recorded: a 503 is only allowed once it is certain that the
+    // command will never run; anything uncertain answers 202 and leaves it to the relay.
     match published {
         Ok(()) => {
-            commands::mark_published(&state.db, &[command_id.0]).await?;
+            if let Err(e) = commands::mark_published(&state.db, &[command_id.0]).await {
+                // The broker has it; the relay may republish it, which the inbox makes harmless.
+                tracing::warn!(%command_id, error = %e, "could not record the broker's confirm");
+            }
         }
         Err(error) => {
             let (reason, api_error) = match &error {
@@ -170,11 +175,23 @@ pub async fn submit(state: &AppState, s: Submission<'_>) -> Result<Accepted, Api
                     ApiError::Unavailable(anyhow::anyhow!("publishing {command_id}: {error}")),
                 ),
             };
-            if commands::refuse_unpublished(&state.db, command_id, reason.as_str()).await? {
-                idempotency::release(&state.db, s.client.id, s.idempotency_key).await?;
-                return Err(api_error);
+            match commands::refuse_unpublished(&state.db, command_id, reason.as_str()).await {
+                Ok(true) => {
+                    if let Err(e) =
+                        idempotency::release(&state.db, s.client.id, s.idempotency_key).await
+                    {
+                        tracing::warn!(%command_id, error = %e, "could not release the idempotency key");
+                    }
+                    return Err(api_error);
+                }
+                Ok(false) => {
+                    tracing::info!(%command_id, "publish failed, but the command was already taken up");
+                }
+                Err(e) => {
+                    tracing::warn!(%command_id, error = %e, publish_error = %error,
+                        "publish failed and the refusal could not be recorded; the relay will publish it");
+                }
             }
-            tracing::info!(%command_id, "publish failed but the command had already been taken up");
         }
     }
     tracing::info!(%command_id, %order_id, partition, seq, "command accepted");
