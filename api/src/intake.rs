@@ -175,15 +175,8 @@ pub async fn submit(state: &AppState, s: Submission<'_>) -> Result<Accepted, Api
                     ApiError::Unavailable(anyhow::anyhow!("publishing {command_id}: {error}")),
                 ),
             };
-            match commands::refuse_unpublished(&state.db, command_id, reason.as_str()).await {
-                Ok(true) => {
-                    if let Err(e) =
-                        idempotency::release(&state.db, s.client.id, s.idempotency_key).await
-                    {
-                        tracing::warn!(%command_id, error = %e, "could not release the idempotency key");
-                    }
-                    return Err(api_error);
-                }
+            match refuse(state, s.client, s.idempotency_key, command_id, reason).await {
+                Ok(true) => return Err(api_error),
                 Ok(false) => {
                     tracing::info!(%command_id, "publish failed, but the command was already taken up");
                 }
@@ -201,6 +194,24 @@ pub async fn submit(state: &AppState, s: Submission<'_>) -> Result<Accepted, Api
         status: CommandStatus::Accepted,
         replayed: false,
     })
+}
+
+/// Marks the command rejected and releases its key, in one transaction: a concurrent replay
+/// sees either the key with an undecided command (409) or no key at all.
+async fn refuse(
+    state: &AppState,
+    client: &Client,
+    key: &str,
+    command_id: CommandId,
+    reason: Rejection,
+) -> Result<bool, sqlx::Error> {
+    let mut tx = state.db.begin().await?;
+    if !commands::refuse_unpublished(&mut *tx, command_id, reason.as_str()).await? {
+        return Ok(false);
+    }
+    idempotency::release(&mut *tx, client.id, key, command_id).await?;
+    tx.commit().await?;
+    Ok(true)
 }
 
 /// Answers a request whose key was seen before.
@@ -221,6 +232,17 @@ async fn replay(
     // still between its commit and its publish.
     if row.published_at.is_none() && row.status == CommandStatus::Accepted {
         return Err(ApiError::IdempotencyInFlight);
+    }
+    // Refused commands release their key in the same transaction, so this is only reachable if
+    // that transaction's outcome was unknown to its request; answer what the refusal meant.
+    match row.reason.as_deref() {
+        Some(r) if r == Rejection::QueueFull.as_str() => return Err(ApiError::QueueFull),
+        Some(r) if r == Rejection::BrokerUnavailable.as_str() => {
+            return Err(ApiError::Unavailable(anyhow::anyhow!(
+                "command {command_id} was refused by the broker"
+            )));
+        }
+        _ => {}
     }
     Ok(Accepted {
         command_id: row.id,

@@ -80,7 +80,10 @@ async fn listen(db: PgPool, sender: broadcast::Sender<Uuid>, shutdown: Cancellat
         };
         if let Err(e) = listener.listen(COMMAND_DONE_CHANNEL).await {
             tracing::warn!(error = %e, "long-poll listener cannot LISTEN; retrying");
-            continue;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                _ = shutdown.cancelled() => return,
+            }
         }
         // Anything finished while we were not listening: have every waiter re-check.
         let _ = sender.send(Uuid::nil());

@@ -493,3 +493,103 @@ async fn status_events_reach_subscribers_in_per_order_order() {
     assert_eq!(events[6].1["command_id"], sent[5]);
     let _ = connection.close(200, "done".into()).await;
 }
+
+#[tokio::test]
+async fn a_message_that_keeps_killing_its_worker_is_dead_lettered_and_its_command_failed() {
+    let mut app = TestApp::spawn_with(Options {
+        start_worker: false,
+        ..Default::default()
+    })
+    .await;
+    let accepted = app.create_order(json!([])).await;
+    let command_id: Uuid = accepted["command_id"].as_str().unwrap().parse().unwrap();
+    let order_id = OrderId(accepted["order_id"].as_str().unwrap().parse().unwrap());
+    // Five earlier workers started on it and died (the count they left behind) ...
+    sqlx::query("insert into delivery_attempts (command_id, attempts) values ($1, 5)")
+        .bind(command_id)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    // ... and the last one died holding it: taken without an ack, then the connection dropped.
+    let (connection, channel) = app.amqp_channel().await;
+    let queue = app
+        .topology
+        .partition_queue(partition_of(order_id, PARTITIONS));
+    channel.basic_qos(1, Default::default()).await.unwrap();
+    let mut consumer = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "".into(),
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let held = tokio::time::timeout(
+        Duration::from_secs(10),
+        futures_util::StreamExt::next(&mut consumer),
+    )
+    .await
+    .expect("the message is delivered");
+    assert!(matches!(held, Some(Ok(_))));
+    connection
+        .close(320, "simulated crash".into())
+        .await
+        .unwrap();
+
+    app.start_worker().await;
+    let done = app.wait_final(&command_id.to_string()).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert!(
+        done["reason"].as_str().unwrap().contains("6 times"),
+        "{done}"
+    );
+    let dead = app.dead_letters(1).await;
+    assert_eq!(dead[0].1, done["reason"].as_str().unwrap());
+    let orders: i64 = sqlx::query_scalar("select count(*) from orders")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(orders, 0, "nothing of it was applied");
+}
+
+#[tokio::test]
+async fn a_broken_earlier_command_is_failed_itself_and_the_later_one_still_runs() {
+    let app = TestApp::spawn().await;
+    app.set_stock("A", 5).await;
+    let order = app
+        .new_order(json!([{"sku": "A", "quantity": 1, "unit_price_cents": 1}]))
+        .await;
+    app.run(&order, json!({"type": "reserve"}), None).await;
+    app.run(&order, json!({"type": "pay"}), None).await;
+    let order_id = OrderId(order.parse().unwrap());
+    let ship = record_unsent(&app, order_id, json!({"type": "ship"})).await;
+    let deliver = record_unsent(&app, order_id, json!({"type": "deliver"})).await;
+    // The stock is corrupted behind orderflow's back: the ship can never apply.
+    sqlx::query("update inventory set reserved = 0 where sku = 'A'")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    // The later command arrives first; the worker applies the ship ahead of it, which breaks.
+    publish(&app, &deliver).await;
+    let done = app.wait_final(&deliver.command_id.to_string()).await;
+    assert_eq!(
+        (done["status"].clone(), done["reason"].clone()),
+        (json!("rejected"), json!("invalid_transition")),
+        "the deliver ran, after the failed ship: {done}"
+    );
+    let failed = app.wait_final(&ship.command_id.to_string()).await;
+    assert_eq!(failed["status"], "failed");
+    assert!(
+        failed["reason"]
+            .as_str()
+            .unwrap()
+            .contains("less reserved stock"),
+        "{failed}"
+    );
+    // The ship's own late message ends in the dead-letter queue with the reason it failed for.
+    publish(&app, &ship).await;
+    let dead = app.dead_letters(1).await;
+    assert_eq!(dead[0].1, failed["reason"].as_str().unwrap());
+    assert_eq!(app.order(&order).await["status"], "paid");
+}

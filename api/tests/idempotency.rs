@@ -228,3 +228,26 @@ async fn keys_are_scoped_per_client() {
     let theirs: Value = theirs.json().await.unwrap();
     assert_ne!(theirs["command_id"], mine["command_id"]);
 }
+
+#[tokio::test]
+async fn a_key_left_on_a_refused_command_replays_the_refusal_not_a_202() {
+    let app = TestApp::spawn().await;
+    let body = order_body();
+    let (command_id, _) = record_in_flight(&app, "refused", &body).await;
+    assert!(
+        commands::refuse_unpublished(&app.db, command_id, "queue_full")
+            .await
+            .unwrap()
+    );
+    let response = post_order(&app, "refused", &body).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(problem["type"], "https://orderflow.dev/problems/queue-full");
+    // and a refused command wakes its long-polls at once
+    let status = app.wait_final(&command_id.to_string()).await;
+    assert_eq!(
+        (status["status"].clone(), status["reason"].clone()),
+        (json!("rejected"), json!("queue_full"))
+    );
+}

@@ -21,8 +21,13 @@ use std::sync::Arc;
 use tokio::sync::Mutex;
 
 /// Deliveries of one message after which the broker dead-letters it by itself. The worker never
-/// requeues on purpose, so this only counts crashes and lost connections while holding it.
-pub const DELIVERY_LIMIT: i64 = 10;
+/// requeues on purpose, so this counts crashes and lost connections while the message sat in a
+/// prefetch window; orderflow's own limit (attempts actually started, see the worker) is lower
+/// and records a reason. This is only the broker's backstop.
+pub const DELIVERY_LIMIT: i64 = 50;
+
+/// Longest wait for the broker's confirms of one publish or batch.
+pub const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Header naming why a message was dead-lettered by orderflow (not by the broker).
 pub const REASON_HEADER: &str = "x-orderflow-reason";
@@ -321,33 +326,42 @@ impl Publisher {
                     .collect();
             }
         };
+        // A broker under a memory or disk alarm blocks publishers without a word: bound the wait,
+        // so callers answer 503 (or retry later) instead of hanging with locks held.
+        let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
         let mut pending = Vec::with_capacity(messages.len());
         for message in messages {
-            let confirm = channel
-                .basic_publish(
-                    exchange.into(),
-                    message.routing_key.into(),
-                    BasicPublishOptions {
-                        mandatory,
-                        ..Default::default()
-                    },
-                    message.body,
-                    // persistent
-                    message.properties.clone().with_delivery_mode(2),
-                )
-                .await;
-            pending.push(confirm);
+            let publish = channel.basic_publish(
+                exchange.into(),
+                message.routing_key.into(),
+                BasicPublishOptions {
+                    mandatory,
+                    ..Default::default()
+                },
+                message.body,
+                // persistent
+                message.properties.clone().with_delivery_mode(2),
+            );
+            pending.push(match tokio::time::timeout_at(deadline, publish).await {
+                Ok(confirm) => confirm.map_err(unavailable),
+                Err(_) => Err(PublishError::Unavailable(format!(
+                    "the broker blocked the publish for {CONFIRM_TIMEOUT:?}"
+                ))),
+            });
         }
         let mut results = Vec::with_capacity(messages.len());
         for confirm in pending {
             let result = match confirm {
-                Err(e) => Err(unavailable(e)),
-                Ok(confirm) => match confirm.await {
-                    Err(e) => Err(unavailable(e)),
-                    Ok(Confirmation::Ack(None)) => Ok(()),
-                    Ok(Confirmation::Ack(Some(_))) => Err(PublishError::Unroutable),
-                    Ok(Confirmation::Nack(_)) => Err(PublishError::Refused),
-                    Ok(Confirmation::NotRequested) => Err(PublishError::Unavailable(
+                Err(e) => Err(e),
+                Ok(confirm) => match tokio::time::timeout_at(deadline, confirm).await {
+                    Err(_) => Err(PublishError::Unavailable(format!(
+                        "no confirm from the broker within {CONFIRM_TIMEOUT:?}"
+                    ))),
+                    Ok(Err(e)) => Err(unavailable(e)),
+                    Ok(Ok(Confirmation::Ack(None))) => Ok(()),
+                    Ok(Ok(Confirmation::Ack(Some(_)))) => Err(PublishError::Unroutable),
+                    Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Refused),
+                    Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::Unavailable(
                         "channel is not in confirm mode".into(),
                     )),
                 },

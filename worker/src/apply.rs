@@ -35,6 +35,9 @@ pub enum Outcome {
     /// The message can never be applied; dead-letter it with this reason. It names no recorded
     /// command of its own (or the id belongs to another command), so no command is failed.
     Poison(String),
+    /// The command failed earlier (for this reason); its message is dead-lettered again so the
+    /// dead-letter queue surely holds it (a crash may have come between the two).
+    AlreadyFailed(String),
 }
 
 /// Applies commands to PostgreSQL.
@@ -76,6 +79,9 @@ impl Applier {
                 Err(reason) => return Ok(Outcome::Poison(reason)),
             },
         };
+        if row.status == CommandStatus::Failed {
+            return Ok(Outcome::AlreadyFailed(row.reason.unwrap_or_default()));
+        }
         if row.status.is_final() {
             return Ok(Outcome::Duplicate);
         }
@@ -89,22 +95,33 @@ impl Applier {
                     command_id = %earlier.id, order_id = %earlier.order_id, seq = earlier.seq,
                     "applying an earlier command of the order first (its message is late)"
                 );
-                self.apply_one(&mut tx, &earlier).await?;
+                self.apply_one(&mut tx, &earlier)
+                    .await
+                    .map_err(|e| e.blame(earlier.id))?;
             }
         }
-        let status = self.apply_one(&mut tx, &row).await?;
+        let status = self
+            .apply_one(&mut tx, &row)
+            .await
+            .map_err(|e| e.blame(row.id))?;
         commands::set_processed(&mut tx, row.order_id, row.seq).await?;
         tx.commit().await?;
         Ok(Outcome::Finished(status))
     }
 
-    /// Marks a command `failed` (it was dead-lettered with `reason`), if it is still accepted.
-    pub async fn fail(&self, command_id: CommandId, reason: &str) -> Result<bool, sqlx::Error> {
+    /// Marks a command `failed` with `reason`, if it is still accepted — and, when `message` is
+    /// given, only if the message is that command (a stranger's message must not fail it).
+    pub async fn fail(
+        &self,
+        command_id: CommandId,
+        reason: &str,
+        message: Option<&CommandMessage>,
+    ) -> Result<bool, sqlx::Error> {
         let mut tx = self.db.begin().await?;
         let Some(row) = commands::lock(&mut tx, command_id).await? else {
             return Ok(false);
         };
-        if row.status.is_final() {
+        if row.status.is_final() || message.is_some_and(|m| !same_command(&row, m)) {
             return Ok(false);
         }
         let processed = commands::lock_stream(&mut tx, row.order_id).await?;
@@ -130,8 +147,11 @@ impl Applier {
         tx: &mut PgConnection,
         row: &CommandRow,
     ) -> Result<CommandStatus, ApplyError> {
-        let command: Command = serde_json::from_value(row.body.clone())
-            .map_err(|e| ApplyError::Broken(format!("stored command does not parse: {e}")))?;
+        let command: Command =
+            serde_json::from_value(row.body.clone()).map_err(|e| ApplyError::Broken {
+                command_id: row.id,
+                reason: format!("stored command does not parse: {e}"),
+            })?;
         let mut savepoint = tx.begin().await?;
         let order = orders::lock(&mut savepoint, row.order_id).await?;
         let version = order.as_ref().map(|o| o.version);
@@ -221,10 +241,13 @@ impl Applier {
             Event::OrderShipped { items } => {
                 for line in sorted(items) {
                     if !inventory::ship(conn, &line.sku, line.quantity.get()).await? {
-                        return Err(ApplyError::Broken(format!(
-                            "sku {} has less reserved stock than this order reserved",
-                            line.sku
-                        )));
+                        return Err(ApplyError::Broken {
+                            command_id: row.id,
+                            reason: format!(
+                                "sku {} has less reserved stock than this order reserved",
+                                line.sku
+                            ),
+                        });
                     }
                 }
             }
@@ -235,10 +258,13 @@ impl Applier {
             } => {
                 for line in sorted(released) {
                     if !inventory::release(conn, &line.sku, line.quantity.get()).await? {
-                        return Err(ApplyError::Broken(format!(
-                            "sku {} has less reserved stock than this order reserved",
-                            line.sku
-                        )));
+                        return Err(ApplyError::Broken {
+                            command_id: row.id,
+                            reason: format!(
+                                "sku {} has less reserved stock than this order reserved",
+                                line.sku
+                            ),
+                        });
                     }
                 }
                 if *refunded_cents > 0 {
@@ -252,7 +278,10 @@ impl Applier {
                     match self.gateway.refund(conn, charge).await {
                         Ok(()) => {}
                         Err(GatewayError::Declined) => {
-                            return Err(ApplyError::Broken("the gateway refused a refund".into()));
+                            return Err(ApplyError::Broken {
+                                command_id: row.id,
+                                reason: "the gateway refused a refund".into(),
+                            });
                         }
                         Err(GatewayError::Db(e)) => return Err(e.into()),
                     }

@@ -15,6 +15,7 @@ use orderflow_shared::amqp::{
     Outgoing, Publisher, REASON_HEADER, SharedConnection, Topology, json_properties,
 };
 use orderflow_shared::contract::CommandMessage;
+use orderflow_shared::db::commands;
 use orderflow_shared::shutdown::CancellationToken;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,8 +30,9 @@ pub struct Context {
     pub publisher: Publisher,
     /// Messages the broker may push ahead of the one being applied.
     pub prefetch: u16,
-    /// A message delivered this many times is dead-lettered by orderflow (with a reason) before
-    /// the broker's own delivery limit drops it without one.
+    /// A redelivered message that workers started applying more than this many times is
+    /// dead-lettered (with a reason, its command failed) before the broker's own delivery limit
+    /// would drop it without one.
     pub poison_after_deliveries: i64,
 }
 
@@ -113,38 +115,62 @@ async fn handle(
     delivery: &Delivery,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let deliveries = delivery_count(delivery);
-    let command_id = CommandMessage::parse(&delivery.data)
-        .ok()
-        .map(|m| m.command_id);
-    // (reason, the recorded command to mark failed)
-    let poison = if deliveries >= ctx.poison_after_deliveries {
-        Some((
-            format!(
-                "delivered {deliveries} times without being acknowledged (the worker crashed or lost its connection each time)"
-            ),
-            command_id,
-        ))
-    } else {
-        match apply_with_retries(ctx, partition, &delivery.data, shutdown).await {
-            Ok(Outcome::Finished(_) | Outcome::Duplicate) => None,
-            Ok(Outcome::Poison(reason)) => Some((reason, None)),
-            Err(ApplyError::Broken(reason)) => Some((reason, command_id)),
-            Err(e @ ApplyError::Db(_)) if !e.is_transient() => {
-                Some((format!("database error: {e}"), command_id))
+    let message = CommandMessage::parse(&delivery.data).ok();
+    let dead_letter_reason = match &message {
+        // A redelivery: count this start, and give up on a message that keeps killing workers.
+        Some(m) if delivery.redelivered => {
+            let attempts = commands::note_attempt(&ctx.applier.db, m.command_id).await?;
+            if i64::from(attempts) > ctx.poison_after_deliveries {
+                let reason = format!(
+                    "a worker started applying this message {attempts} times without finishing (it crashed or lost its connection each time)"
+                );
+                ctx.applier.fail(m.command_id, &reason, Some(m)).await?;
+                Some(reason)
+            } else {
+                apply(ctx, partition, delivery, message.as_ref(), shutdown).await?
             }
-            Err(e) => return Err(e.into()),
         }
+        _ => apply(ctx, partition, delivery, message.as_ref(), shutdown).await?,
     };
-    if let Some((reason, command_id)) = poison {
+    if let Some(reason) = dead_letter_reason {
         dead_letter(ctx, delivery, &reason).await?;
-        if let Some(command_id) = command_id {
-            ctx.applier.fail(command_id, &reason).await?;
-        }
-        tracing::warn!(partition, reason, ?command_id, "message dead-lettered");
+        tracing::warn!(partition, reason, command_id = ?message.map(|m| m.command_id), "message dead-lettered");
     }
     delivery.ack(BasicAckOptions::default()).await?;
     Ok(())
+}
+
+/// Applies the message; `Some(reason)` if it must be dead-lettered (its command, if recorded, is
+/// already marked failed: the database is written before the dead-letter queue).
+async fn apply(
+    ctx: &Context,
+    partition: u16,
+    delivery: &Delivery,
+    message: Option<&CommandMessage>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<String>> {
+    loop {
+        match apply_with_retries(ctx, partition, &delivery.data, shutdown).await {
+            Ok(Outcome::Finished(_) | Outcome::Duplicate) => return Ok(None),
+            Ok(Outcome::Poison(reason) | Outcome::AlreadyFailed(reason)) => {
+                return Ok(Some(reason));
+            }
+            Err(ApplyError::Broken { command_id, reason }) => {
+                ctx.applier.fail(command_id, &reason, None).await?;
+                if message.is_some_and(|m| m.command_id == command_id) {
+                    return Ok(Some(reason));
+                }
+                // An earlier command of the order broke (its message is late); it is failed
+                // now, and this message's command gets its turn.
+                tracing::warn!(partition, %command_id, reason, "an earlier command of the order failed");
+            }
+            Err(ApplyError::Db(e)) => {
+                // Transient with shutdown first, or a database error outside any command's apply:
+                // leave the message unacked. A repeat is ended by the attempt limit above.
+                return Err(e.into());
+            }
+        }
+    }
 }
 
 /// Runs the apply transaction, retrying transient failures with backoff while holding the
@@ -195,18 +221,4 @@ async fn dead_letter(ctx: &Context, delivery: &Delivery, reason: &str) -> anyhow
         .pop()
         .expect("one result per message")?;
     Ok(())
-}
-
-/// How many times the broker delivered this message before (quorum queues count it).
-fn delivery_count(delivery: &Delivery) -> i64 {
-    let Some(headers) = delivery.properties.headers() else {
-        return 0;
-    };
-    match headers.inner().get("x-delivery-count") {
-        Some(AMQPValue::LongLongInt(n)) => *n,
-        Some(AMQPValue::LongInt(n)) => i64::from(*n),
-        Some(AMQPValue::ShortInt(n)) => i64::from(*n),
-        Some(AMQPValue::LongUInt(n)) => i64::from(*n),
-        _ => 0,
-    }
 }

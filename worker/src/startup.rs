@@ -27,8 +27,9 @@ pub struct WorkerConfig {
     #[arg(long, env = "ORDERFLOW_PREFETCH", default_value_t = 32)]
     pub prefetch: u16,
 
-    /// Dead-letter a message (and fail its command) once it has been delivered this many times
-    /// without an ack. Below the queue's own delivery limit, so the reason is recorded.
+    /// Dead-letter a redelivered message (and fail its command) once workers started applying it
+    /// more than this many times without finishing. Below the queue's own delivery limit, so the
+    /// reason is recorded.
     #[arg(long, env = "ORDERFLOW_POISON_AFTER_DELIVERIES", default_value_t = 5)]
     pub poison_after_deliveries: i64,
 

@@ -276,15 +276,20 @@ pub async fn refuse_unpublished(
     id: CommandId,
     reason: &str,
 ) -> sqlx::Result<bool> {
-    let done = sqlx::query!(
-        "update commands set status = 'rejected', reason = $2, finished_at = now()
-         where id = $1 and published_at is null and status = 'accepted'",
+    let done = sqlx::query_scalar!(
+        "with refused as (
+             update commands set status = 'rejected', reason = $2, finished_at = now()
+             where id = $1 and published_at is null and status = 'accepted'
+             returning id
+         )
+         select count(pg_notify($3, id::text)) as \"refused!\" from refused",
         id.0,
-        reason
+        reason,
+        super::COMMAND_DONE_CHANNEL
     )
-    .execute(db)
+    .fetch_one(db)
     .await?;
-    Ok(done.rows_affected() == 1)
+    Ok(done == 1)
 }
 
 /// Accepted commands the broker never confirmed, older than `min_age`: the API died (or the
@@ -336,4 +341,17 @@ pub async fn finish(
     .fetch_one(conn)
     .await?;
     Ok(())
+}
+
+/// Counts one more start on a redelivered message; returns the count so far.
+pub async fn note_attempt(db: impl PgExecutor<'_>, id: CommandId) -> sqlx::Result<i32> {
+    sqlx::query_scalar!(
+        "insert into delivery_attempts (command_id, attempts) values ($1, 1)
+         on conflict (command_id) do update
+             set attempts = delivery_attempts.attempts + 1, last_at = now()
+         returning attempts",
+        id.0
+    )
+    .fetch_one(db)
+    .await
 }

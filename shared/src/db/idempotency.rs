@@ -52,11 +52,18 @@ pub async fn claim(
 }
 
 /// Forgets a key whose request did not succeed (the broker refused it), so a retry may use it.
-pub async fn release(db: impl PgExecutor<'_>, client_id: ClientId, key: &str) -> sqlx::Result<()> {
+/// Only if it still names `command_id`.
+pub async fn release(
+    db: impl PgExecutor<'_>,
+    client_id: ClientId,
+    key: &str,
+    command_id: CommandId,
+) -> sqlx::Result<()> {
     sqlx::query!(
-        "delete from idempotency_keys where client_id = $1 and key = $2",
+        "delete from idempotency_keys where client_id = $1 and key = $2 and command_id = $3",
         client_id.0,
-        key
+        key,
+        command_id.0
     )
     .execute(db)
     .await?;

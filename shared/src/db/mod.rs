@@ -69,14 +69,18 @@ pub async fn check_schema(pool: &PgPool) -> Result<(), SchemaError> {
 /// lost connections and an exhausted pool are; constraint violations and bugs are not.
 pub fn is_transient(error: &sqlx::Error) -> bool {
     match error {
-        sqlx::Error::Database(db) => {
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
             matches!(
-                db.code().as_deref(),
-                // serialization_failure, deadlock_detected, and class 08 (connection exceptions),
-                // 57P01..03 (admin shutdown, crash shutdown, cannot connect now)
-                Some("40001" | "40P01" | "57P01" | "57P02" | "57P03")
-            ) || db.code().is_some_and(|c| c.starts_with("08"))
-        }
+                code.as_ref(),
+                // serialization_failure, deadlock_detected, statement_completion_unknown,
+                // query_canceled (statement timeout), lock_not_available, read_only_sql_transaction
+                // (a failover in progress), admin/crash shutdown, cannot_connect_now
+                "40001" | "40P01" | "40003" | "57014" | "55P03" | "25006" | "57P01" | "57P02" | "57P03"
+            )
+            // connection exceptions; insufficient resources (e.g. too many connections)
+            || code.starts_with("08")
+            || code.starts_with("53")
+        }),
         sqlx::Error::Io(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
