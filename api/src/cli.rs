@@ -38,6 +38,12 @@ pub enum ClientCommand {
         /// May manage inventory.
         #[arg(long)]
         admin: bool,
+        /// This client's own rate limit, requests per second (default: the API's).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        rate_limit_per_second: Option<u32>,
+        /// This client's own burst (default: its rate limit per second).
+        #[arg(long, requires = "rate_limit_per_second", value_parser = clap::value_parser!(u32).range(1..))]
+        rate_limit_burst: Option<u32>,
     },
     /// Revoke a client's key at once.
     Revoke {
@@ -66,10 +72,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("migrations applied");
             Ok(())
         }
-        CliCommand::Client(ClientCommand::Create { name, admin }) => {
+        CliCommand::Client(ClientCommand::Create {
+            name,
+            admin,
+            rate_limit_per_second,
+            rate_limit_burst,
+        }) => {
             let pool = db::pool(&common.database_url, 1)?;
             db::check_schema(&pool).await?;
-            let (client, key) = clients::create(&pool, &name, admin).await?;
+            let rate_limit = rate_limit_per_second.map(|per_second| clients::RateLimit {
+                per_second,
+                burst: rate_limit_burst.unwrap_or(per_second),
+            });
+            let (client, key) = clients::create_with_limit(&pool, &name, admin, rate_limit).await?;
             eprintln!(
                 "created client {} ({name}{})",
                 client.id,

@@ -45,6 +45,21 @@ pub enum ApiError {
     /// 409: the first request with this Idempotency-Key is still being processed.
     #[error("a request with this Idempotency-Key is still in progress; retry shortly")]
     IdempotencyInFlight,
+    /// 429: the client's rate limit is exhausted.
+    #[error(
+        "rate limit exceeded: at most {limit} requests per {window_secs} s; retry after {retry_after_secs} s"
+    )]
+    RateLimited {
+        retry_after_secs: u64,
+        limit: u32,
+        window_secs: u64,
+    },
+    /// 429: the client already holds its maximum of open long-polls.
+    #[error("at most {0} long-polls (?wait=) per client may be open at once")]
+    TooManyWaits(usize),
+    /// 503: the server is at its in-flight limit or the request took too long.
+    #[error("the server is overloaded; retry later")]
+    Overloaded,
     /// 503: the partition queue is full; the command was not enqueued and will never run.
     #[error("the order's partition queue is full; the command was not accepted and will not run")]
     QueueFull,
@@ -74,6 +89,9 @@ impl ApiError {
                 (StatusCode::UNPROCESSABLE_ENTITY, "idempotency-key-reused")
             }
             ApiError::IdempotencyInFlight => (StatusCode::CONFLICT, "idempotency-key-in-flight"),
+            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate-limited"),
+            ApiError::TooManyWaits(_) => (StatusCode::TOO_MANY_REQUESTS, "too-many-waits"),
+            ApiError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             ApiError::QueueFull => (StatusCode::SERVICE_UNAVAILABLE, "queue-full"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -112,6 +130,30 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let ApiError::TooManyWaits(_) = &self {
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
+        }
+        if let ApiError::RateLimited {
+            retry_after_secs,
+            limit,
+            window_secs,
+        } = &self
+        {
+            // RateLimit-* as in draft-ietf-httpapi-ratelimit-headers.
+            let number = |n: u64| HeaderValue::from(n);
+            headers.insert(header::RETRY_AFTER, number(*retry_after_secs));
+            headers.insert("ratelimit-limit", number(u64::from(*limit)));
+            headers.insert("ratelimit-remaining", number(0));
+            headers.insert("ratelimit-reset", number(*retry_after_secs));
+            headers.insert(
+                "ratelimit-policy",
+                HeaderValue::from_str(&format!("{limit};w={window_secs}"))
+                    .expect("digits and ';w=' are a valid header"),
+            );
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(
                 header::RETRY_AFTER,

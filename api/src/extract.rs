@@ -29,6 +29,7 @@ impl FromRequestParts<AppState> for Caller {
         let client = clients::find_by_key(&state.db, key)
             .await?
             .ok_or(ApiError::Unauthorized)?;
+        state.limits.check(&client)?;
         Ok(Caller(client))
     }
 }

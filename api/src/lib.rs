@@ -4,6 +4,7 @@ pub mod cli;
 pub mod error;
 pub mod extract;
 pub mod intake;
+pub mod limits;
 pub mod routes;
 pub mod startup;
 pub mod state;

@@ -1,7 +1,8 @@
 //! Building and running the API: configuration, migrations, the topology, the listener.
 //! Tests use [`Application::build`] with port 0 and [`Application::port`].
 
-use crate::routes;
+use crate::limits::Limits;
+use crate::routes::{self, ServerLimits};
 use crate::state::AppState;
 use crate::waiters::Waiters;
 use anyhow::Context;
@@ -9,6 +10,7 @@ use clap::Args;
 use orderflow_shared::amqp::{self, Publisher, Topology};
 use orderflow_shared::config::CommonConfig;
 use orderflow_shared::db;
+use orderflow_shared::db::clients::RateLimit;
 use orderflow_shared::shutdown::CancellationToken;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,15 +26,58 @@ pub struct ApiConfig {
     #[arg(long, env = "ORDERFLOW_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,
 
+    /// Default rate limit per client: requests per second (a client's own limit overrides it).
+    #[arg(long, env = "ORDERFLOW_RATE_LIMIT_PER_SECOND", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_limit_per_second: u32,
+
+    /// Default burst per client: requests allowed at once before the rate applies.
+    #[arg(long, env = "ORDERFLOW_RATE_LIMIT_BURST", default_value_t = 200,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_limit_burst: u32,
+
+    /// Long-polls (`?wait=`) one client may hold open at once; more answer 429.
+    #[arg(long, env = "ORDERFLOW_MAX_WAITS_PER_CLIENT", default_value_t = 100)]
+    pub max_waits_per_client: usize,
+
+    /// Requests in flight across the whole server; more are shed at once with 503.
+    #[arg(long, env = "ORDERFLOW_MAX_IN_FLIGHT", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_in_flight: u64,
+
+    /// Seconds before a request is abandoned with 503 (must exceed the 30 s longest long-poll).
+    #[arg(long, env = "ORDERFLOW_REQUEST_TIMEOUT_SECS", default_value_t = 40,
+          value_parser = clap::value_parser!(u64).range(31..))]
+    pub request_timeout_secs: u64,
+
     /// How long Idempotency-Keys are kept, in hours (at least 24).
     #[arg(long, env = "ORDERFLOW_IDEMPOTENCY_RETENTION_HOURS", default_value_t = 24,
           value_parser = clap::value_parser!(u32).range(24..))]
     pub idempotency_retention_hours: u32,
 }
 
+impl ApiConfig {
+    /// Every option at its default, with these common settings and listen address (for tests
+    /// and embedding; the defaults are the ones `--help` shows).
+    pub fn with_defaults(common: CommonConfig, listen: &str) -> Self {
+        #[derive(clap::Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            api: ApiConfig,
+        }
+        use clap::Parser;
+        let mut config =
+            Defaults::parse_from(["orderflow-api", "--database-url", &common.database_url]).api;
+        config.common = common;
+        config.listen = listen.to_owned();
+        config
+    }
+}
+
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    server_limits: ServerLimits,
     retention: Duration,
     shutdown: CancellationToken,
 }
@@ -76,10 +121,22 @@ impl Application {
             db: pool,
             publisher: Arc::new(publisher),
             topology,
+            limits: Limits::new(
+                RateLimit {
+                    per_second: config.rate_limit_per_second,
+                    burst: config.rate_limit_burst,
+                },
+                config.max_waits_per_client,
+            ),
+        };
+        let server_limits = ServerLimits {
+            max_in_flight: config.max_in_flight as usize,
+            request_timeout: Duration::from_secs(config.request_timeout_secs),
         };
         Ok(Self {
             listener,
             state,
+            server_limits,
             retention: Duration::from_secs(u64::from(config.idempotency_retention_hours) * 3600),
             shutdown,
         })
@@ -101,9 +158,12 @@ impl Application {
         ));
         tracing::info!(address = %self.listener.local_addr()?, "orderflow API listening");
         let shutdown = self.shutdown.clone();
-        axum::serve(self.listener, routes::router(self.state))
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await?;
+        axum::serve(
+            self.listener,
+            routes::router(self.state, self.server_limits),
+        )
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await?;
         tracing::info!("API stopped");
         Ok(())
     }

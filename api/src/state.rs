@@ -1,5 +1,6 @@
 //! What every handler shares.
 
+use crate::limits::Limits;
 use crate::waiters::Waiters;
 use orderflow_shared::amqp::{Publisher, Topology};
 use sqlx::PgPool;
@@ -11,4 +12,5 @@ pub struct AppState {
     pub publisher: Arc<Publisher>,
     pub topology: Topology,
     pub waiters: Waiters,
+    pub limits: Limits,
 }

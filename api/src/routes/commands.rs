@@ -39,6 +39,12 @@ async fn get_command(
             "wait must be between 0 and {MAX_WAIT_SECS} seconds"
         )));
     }
+    // Each open long-poll holds one of the client's slots until it answers.
+    let _slot = if wait > 0 {
+        Some(state.limits.begin_wait(client.id)?)
+    } else {
+        None
+    };
     let id = CommandId(command_id);
     let read = || async {
         let row = commands::get_for_client(&state.db, client.id, id)

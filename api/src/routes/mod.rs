@@ -9,10 +9,32 @@ use crate::error::ApiError;
 use crate::extract::MAX_BODY_BYTES;
 use crate::state::AppState;
 use axum::Router;
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
+use std::time::Duration;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::{BoxError, ServiceBuilder};
 use tower_http::trace::TraceLayer;
 
-pub fn router(state: AppState) -> Router {
+/// Server-wide limits (per-client ones are in [`crate::limits`]).
+#[derive(Clone, Copy, Debug)]
+pub struct ServerLimits {
+    /// Requests in flight across all routes; beyond it requests are shed with a 503 at once.
+    pub max_in_flight: usize,
+    /// A request still running after this is answered 503 (it covers the longest long-poll).
+    pub request_timeout: Duration,
+}
+
+pub fn router(state: AppState, limits: ServerLimits) -> Router {
+    // `Router::layer` clones the layer into every route: the concurrency limit must be the global
+    // one (one semaphore shared by the clones), or each route would get its own budget.
+    let overload = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(|_: BoxError| async {
+            ApiError::Overloaded
+        }))
+        .load_shed()
+        .layer(GlobalConcurrencyLimitLayer::new(limits.max_in_flight))
+        .timeout(limits.request_timeout);
     Router::new()
         .merge(orders::router())
         .merge(commands::router())
@@ -21,6 +43,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(overload)
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

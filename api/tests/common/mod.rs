@@ -42,6 +42,10 @@ pub struct Options {
     pub start_worker: bool,
     pub queue_max_length: i64,
     pub decline_over_cents: Option<i64>,
+    /// The API's default per-client rate limit (else its own default).
+    pub rate_limit: Option<orderflow_shared::db::clients::RateLimit>,
+    pub max_in_flight: Option<u64>,
+    pub max_waits_per_client: Option<usize>,
 }
 
 impl Default for Options {
@@ -50,6 +54,9 @@ impl Default for Options {
             start_worker: true,
             queue_max_length: 100_000,
             decline_over_cents: None,
+            rate_limit: None,
+            max_in_flight: None,
+            max_waits_per_client: None,
         }
     }
 }
@@ -98,16 +105,20 @@ impl TestApp {
         common.amqp_url = amqp_url();
         common.queue_max_length = options.queue_max_length;
         let api_shutdown = CancellationToken::new();
-        let app = Application::build(
-            ApiConfig {
-                common: common.clone(),
-                listen: "127.0.0.1:0".into(),
-                idempotency_retention_hours: 24,
-            },
-            api_shutdown.clone(),
-        )
-        .await
-        .expect("the API builds");
+        let mut config = ApiConfig::with_defaults(common.clone(), "127.0.0.1:0");
+        if let Some(rate) = options.rate_limit {
+            config.rate_limit_per_second = rate.per_second;
+            config.rate_limit_burst = rate.burst;
+        }
+        if let Some(max) = options.max_in_flight {
+            config.max_in_flight = max;
+        }
+        if let Some(max) = options.max_waits_per_client {
+            config.max_waits_per_client = max;
+        }
+        let app = Application::build(config, api_shutdown.clone())
+            .await
+            .expect("the API builds");
         let address = format!("http://127.0.0.1:{}", app.port());
         tokio::spawn(app.run_until_stopped());
 

@@ -10,6 +10,27 @@ pub struct Client {
     pub id: ClientId,
     pub name: String,
     pub is_admin: bool,
+    /// This client's own rate limit, if it has one (else the API's default applies).
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A token bucket: `per_second` tokens a second, at most `burst` at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RateLimit {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+impl RateLimit {
+    fn from_columns(per_second: Option<i32>, burst: Option<i32>) -> Option<Self> {
+        let per_second = u32::try_from(per_second?).ok()?;
+        Some(Self {
+            per_second,
+            burst: burst
+                .and_then(|b| u32::try_from(b).ok())
+                .unwrap_or(per_second),
+        })
+    }
 }
 
 /// A new random key: `of_` and 64 hex digits (256 bits from the OS generator).
@@ -27,14 +48,28 @@ pub async fn create(
     name: &str,
     is_admin: bool,
 ) -> sqlx::Result<(Client, String)> {
+    create_with_limit(db, name, is_admin, None).await
+}
+
+/// Creates a client with its own rate limit (`None`: the API's default).
+pub async fn create_with_limit(
+    db: impl PgExecutor<'_>,
+    name: &str,
+    is_admin: bool,
+    rate_limit: Option<RateLimit>,
+) -> sqlx::Result<(Client, String)> {
     let key = new_key();
     let id = ClientId::new();
+    let as_column = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
     sqlx::query!(
-        "insert into clients (id, name, key_hash, is_admin) values ($1, $2, $3, $4)",
+        "insert into clients (id, name, key_hash, is_admin, rate_per_second, rate_burst)
+         values ($1, $2, $3, $4, $5, $6)",
         id.0,
         name,
         hash_key(&key),
-        is_admin
+        is_admin,
+        rate_limit.map(|r| as_column(r.per_second)),
+        rate_limit.map(|r| as_column(r.burst))
     )
     .execute(db)
     .await?;
@@ -42,6 +77,7 @@ pub async fn create(
         id,
         name: name.to_owned(),
         is_admin,
+        rate_limit,
     };
     Ok((client, key))
 }
@@ -49,7 +85,8 @@ pub async fn create(
 /// The live (not revoked) client holding this key.
 pub async fn find_by_key(db: impl PgExecutor<'_>, key: &str) -> sqlx::Result<Option<Client>> {
     let row = sqlx::query!(
-        "select id, name, is_admin from clients where key_hash = $1 and revoked_at is null",
+        "select id, name, is_admin, rate_per_second, rate_burst
+         from clients where key_hash = $1 and revoked_at is null",
         hash_key(key)
     )
     .fetch_optional(db)
@@ -58,6 +95,7 @@ pub async fn find_by_key(db: impl PgExecutor<'_>, key: &str) -> sqlx::Result<Opt
         id: ClientId(r.id),
         name: r.name,
         is_admin: r.is_admin,
+        rate_limit: RateLimit::from_columns(r.rate_per_second, r.rate_burst),
     }))
 }
 

@@ -1,0 +1,168 @@
+//! Traffic control that is orderflow's own: a token bucket per client (governor), with the
+//! API's default quota or the client's override, and a cap on each client's open long-polls.
+//! Per-client state lives in bounded caches (moka) that forget idle clients, so a flood of keys
+//! cannot grow it without end. The global in-flight limit, load shedding and the request timeout
+//! are tower layers (see `routes::router`).
+
+use crate::error::ApiError;
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::{Quota, RateLimiter};
+use moka::sync::Cache;
+use orderflow_shared::db::clients::{Client, RateLimit};
+use orderflow_shared::domain::ClientId;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+type Limiter = RateLimiter<
+    governor::state::NotKeyed,
+    governor::state::InMemoryState,
+    DefaultClock,
+    StateInformationMiddleware,
+>;
+
+/// Clients whose state is kept at most (the least recently used beyond this are forgotten).
+const MAX_TRACKED_CLIENTS: u64 = 100_000;
+/// A client idle this long starts again with a full bucket.
+const IDLE: Duration = Duration::from_secs(600);
+
+#[derive(Clone)]
+pub struct Limits {
+    default: RateLimit,
+    /// Keyed by the quota too, so a changed override takes effect at once.
+    buckets: Cache<(ClientId, RateLimit), Arc<Limiter>>,
+    max_waits: usize,
+    waits: Cache<ClientId, Arc<Semaphore>>,
+    clock: DefaultClock,
+}
+
+impl Limits {
+    pub fn new(default: RateLimit, max_waits_per_client: usize) -> Self {
+        Self {
+            default,
+            buckets: Cache::builder()
+                .max_capacity(MAX_TRACKED_CLIENTS)
+                .time_to_idle(IDLE)
+                .build(),
+            max_waits: max_waits_per_client,
+            // Not time-bounded: a semaphore with permits out must outlive its idle time.
+            waits: Cache::builder().max_capacity(MAX_TRACKED_CLIENTS).build(),
+            clock: DefaultClock::default(),
+        }
+    }
+
+    /// Takes one token from the client's bucket, or says how long to wait.
+    pub fn check(&self, client: &Client) -> Result<(), ApiError> {
+        let rate = client.rate_limit.unwrap_or(self.default);
+        let limiter = self.buckets.get_with((client.id, rate), || {
+            let per_second = NonZeroU32::new(rate.per_second).unwrap_or(NonZeroU32::MIN);
+            let burst = NonZeroU32::new(rate.burst).unwrap_or(per_second);
+            Arc::new(
+                RateLimiter::direct(Quota::per_second(per_second).allow_burst(burst))
+                    .with_middleware(),
+            )
+        });
+        match limiter.check() {
+            Ok(_) => Ok(()),
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(self.clock.now());
+                Err(ApiError::RateLimited {
+                    retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+                    limit: rate.burst,
+                    window_secs: (f64::from(rate.burst) / f64::from(rate.per_second)).ceil() as u64,
+                })
+            }
+        }
+    }
+
+    /// Holds one of the client's long-poll slots for as long as the permit lives.
+    pub fn begin_wait(&self, client: ClientId) -> Result<OwnedSemaphorePermit, ApiError> {
+        let slots = self
+            .waits
+            .get_with(client, || Arc::new(Semaphore::new(self.max_waits)));
+        slots
+            .try_acquire_owned()
+            .map_err(|_| ApiError::TooManyWaits(self.max_waits))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(rate_limit: Option<RateLimit>) -> Client {
+        Client {
+            id: ClientId::new(),
+            name: "t".into(),
+            is_admin: false,
+            rate_limit,
+        }
+    }
+
+    #[test]
+    fn a_bucket_allows_its_burst_then_refuses_with_a_wait() {
+        let limits = Limits::new(
+            RateLimit {
+                per_second: 1,
+                burst: 3,
+            },
+            1,
+        );
+        let c = client(None);
+        for _ in 0..3 {
+            assert!(limits.check(&c).is_ok());
+        }
+        match limits.check(&c) {
+            Err(ApiError::RateLimited {
+                retry_after_secs,
+                limit,
+                ..
+            }) => {
+                assert_eq!((retry_after_secs, limit), (1, 3));
+            }
+            other => panic!("{other:?}"),
+        }
+        // another client has its own bucket
+        assert!(limits.check(&client(None)).is_ok());
+    }
+
+    #[test]
+    fn a_client_override_replaces_the_default() {
+        let limits = Limits::new(
+            RateLimit {
+                per_second: 1,
+                burst: 1,
+            },
+            1,
+        );
+        let generous = client(Some(RateLimit {
+            per_second: 1000,
+            burst: 50,
+        }));
+        assert!((0..50).all(|_| limits.check(&generous).is_ok()));
+        assert!(limits.check(&generous).is_err());
+    }
+
+    #[test]
+    fn long_poll_slots_are_capped_per_client_and_given_back() {
+        let limits = Limits::new(
+            RateLimit {
+                per_second: 1,
+                burst: 1,
+            },
+            2,
+        );
+        let id = ClientId::new();
+        let first = limits.begin_wait(id).unwrap();
+        let _second = limits.begin_wait(id).unwrap();
+        assert!(matches!(
+            limits.begin_wait(id),
+            Err(ApiError::TooManyWaits(2))
+        ));
+        assert!(limits.begin_wait(ClientId::new()).is_ok());
+        drop(first);
+        assert!(limits.begin_wait(id).is_ok());
+    }
+}

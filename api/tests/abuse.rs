@@ -1,0 +1,217 @@
+//! Holding the line under abuse: per-client rate limits, the per-client long-poll cap, and load
+//! shedding at the server's in-flight limit — each answered with a clear problem+json and the
+//! headers a client needs to back off, while everyone else keeps being served.
+
+mod common;
+
+use common::{Options, TestApp};
+use orderflow_shared::db::clients::{self, RateLimit};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+#[tokio::test]
+async fn a_flooding_client_gets_429s_while_the_others_are_served() {
+    let app = TestApp::spawn_with(Options {
+        rate_limit: Some(RateLimit {
+            per_second: 20,
+            burst: 20,
+        }),
+        ..Default::default()
+    })
+    .await;
+    let mut polite = Vec::new();
+    for i in 0..4 {
+        polite.push(
+            clients::create(&app.db, &format!("polite-{i}"), false)
+                .await
+                .unwrap()
+                .1,
+        );
+    }
+    let get = |key: String| {
+        let request = app.http.get(app.url("/v1/inventory/NONE")).bearer_auth(key);
+        async move {
+            let started = Instant::now();
+            let response = request.send().await.unwrap();
+            (response, started.elapsed())
+        }
+    };
+
+    // The abuser fires 300 requests at once; each polite client sends 10 meanwhile.
+    let flood = futures_util::future::join_all((0..300).map(|_| get(app.key.clone())));
+    let others =
+        futures_util::future::join_all(polite.iter().flat_map(|k| (0..10).map(|_| get(k.clone()))));
+    let (flood, others) = tokio::join!(flood, others);
+
+    let mut limited = 0;
+    for (response, _) in flood {
+        match response.status() {
+            StatusCode::NOT_FOUND => {}
+            StatusCode::TOO_MANY_REQUESTS => {
+                limited += 1;
+                let headers = response.headers();
+                assert!(
+                    headers["retry-after"]
+                        .to_str()
+                        .unwrap()
+                        .parse::<u64>()
+                        .unwrap()
+                        >= 1
+                );
+                assert_eq!(headers["ratelimit-limit"], "20");
+                assert_eq!(headers["ratelimit-remaining"], "0");
+                assert!(headers.contains_key("ratelimit-reset"));
+                assert_eq!(headers["content-type"], "application/problem+json");
+                let problem: Value = response.json().await.unwrap();
+                assert_eq!(
+                    problem["type"],
+                    "https://orderflow.dev/problems/rate-limited"
+                );
+            }
+            other => panic!("the abuser got {other}"),
+        }
+    }
+    assert!(
+        limited >= 250,
+        "at most burst + a little refill passes: {limited} limited"
+    );
+    let mut latencies: Vec<Duration> = Vec::new();
+    for (response, elapsed) in others {
+        assert_eq!(
+            response.status(),
+            StatusCode::NOT_FOUND,
+            "polite clients are never limited"
+        );
+        latencies.push(elapsed);
+    }
+    latencies.sort();
+    eprintln!(
+        "abuser: {limited}/300 limited; polite clients: p50 {:?}, max {:?}",
+        latencies[latencies.len() / 2],
+        latencies.last().unwrap()
+    );
+}
+
+#[tokio::test]
+async fn a_clients_own_rate_limit_overrides_the_default() {
+    let app = TestApp::spawn_with(Options {
+        rate_limit: Some(RateLimit {
+            per_second: 1,
+            burst: 2,
+        }),
+        ..Default::default()
+    })
+    .await;
+    let (_, generous) = clients::create_with_limit(
+        &app.db,
+        "generous",
+        false,
+        Some(RateLimit {
+            per_second: 1000,
+            burst: 50,
+        }),
+    )
+    .await
+    .unwrap();
+    for _ in 0..40 {
+        let response = app
+            .http
+            .get(app.url("/v1/inventory/NONE"))
+            .bearer_auth(&generous)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    }
+    let statuses = futures_util::future::join_all(
+        (0..5).map(|_| app.request(Method::GET, "/v1/inventory/NONE").send()),
+    )
+    .await;
+    let limited = statuses
+        .into_iter()
+        .filter(|r| r.as_ref().unwrap().status() == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert!(
+        limited >= 3,
+        "the default (burst 2) still applies to others: {limited}"
+    );
+}
+
+#[tokio::test]
+async fn long_polls_are_capped_per_client() {
+    let app = TestApp::spawn_with(Options {
+        start_worker: false,
+        max_waits_per_client: Some(3),
+        ..Default::default()
+    })
+    .await;
+    let accepted = app.create_order(json!([])).await;
+    let path = format!(
+        "/v1/commands/{}?wait=2",
+        accepted["command_id"].as_str().unwrap()
+    );
+    let waits =
+        futures_util::future::join_all((0..5).map(|_| app.request(Method::GET, &path).send()))
+            .await;
+    let mut statuses: Vec<u16> = waits
+        .iter()
+        .map(|r| r.as_ref().unwrap().status().as_u16())
+        .collect();
+    statuses.sort();
+    assert_eq!(statuses, [200, 200, 200, 429, 429]);
+    for response in waits.into_iter().map(Result::unwrap) {
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            assert!(response.headers().contains_key("retry-after"));
+            let problem: Value = response.json().await.unwrap();
+            assert_eq!(
+                problem["type"],
+                "https://orderflow.dev/problems/too-many-waits"
+            );
+        }
+    }
+    // Slots are given back when the long-polls answer.
+    let again = app.request(Method::GET, &path).send().await.unwrap();
+    assert_eq!(again.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn beyond_the_in_flight_limit_requests_are_shed_with_503() {
+    let app = TestApp::spawn_with(Options {
+        start_worker: false,
+        max_in_flight: Some(2),
+        ..Default::default()
+    })
+    .await;
+    let accepted = app.create_order(json!([])).await;
+    let path = format!(
+        "/v1/commands/{}?wait=3",
+        accepted["command_id"].as_str().unwrap()
+    );
+    let slow =
+        futures_util::future::join_all((0..2).map(|_| app.request(Method::GET, &path).send()));
+    let shed = async {
+        // Let the two long-polls take both slots; then a third request is shed at once.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let response = app
+                .request(Method::GET, "/v1/inventory/NONE")
+                .send()
+                .await
+                .unwrap();
+            if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+                return response;
+            }
+            assert!(Instant::now() < deadline, "nothing was shed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let (slow, shed) = tokio::join!(slow, shed);
+    assert!(
+        slow.iter()
+            .all(|r| r.as_ref().unwrap().status() == StatusCode::OK)
+    );
+    assert_eq!(shed.headers()["retry-after"], "1");
+    let problem: Value = shed.json().await.unwrap();
+    assert_eq!(problem["type"], "https://orderflow.dev/problems/overloaded");
+}
