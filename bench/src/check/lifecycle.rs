@@ -1,0 +1,120 @@
+//! Invariants 1 and 8: every accepted command ended (and every failed one is in the dead-letter
+//! queue); the outbox drained, and every final command's status event reached the exchange.
+
+use super::{Input, Verdict};
+use std::collections::HashMap;
+
+/// 1: each 202 (and each confirmed direct command) ends applied, rejected or failed.
+pub fn no_command_lost(input: &Input<'_>) -> Verdict {
+    let mut verdict = Verdict::new(1, "no accepted command lost");
+    let rows: HashMap<_, _> = input.snapshot.commands.iter().map(|c| (c.id, c)).collect();
+    for id in input.observed.accepted_ids() {
+        match rows.get(&id) {
+            None => verdict.violation(|| format!("command {id} was accepted but is not recorded")),
+            Some(row) if row.status == "accepted" => {
+                verdict.violation(|| format!("command {id} never ended (still accepted)"))
+            }
+            Some(row) if row.refused() => verdict.violation(|| {
+                format!(
+                    "command {id} was answered 202 but refused ({:?})",
+                    row.reason
+                )
+            }),
+            Some(_) => {}
+        }
+    }
+    let failed = input
+        .snapshot
+        .commands
+        .iter()
+        .filter(|c| c.status == "failed")
+        .count() as i64;
+    if let Some(dead) = input.snapshot.dead_letters
+        && dead < failed
+    {
+        verdict.violation(|| {
+            format!(
+                "{failed} commands failed but only {dead} messages reached the dead-letter queue"
+            )
+        });
+    }
+    verdict
+}
+
+/// 8: no outbox row left, and every final command announced with its final status.
+pub fn outbox_drained(input: &Input<'_>) -> Verdict {
+    let mut verdict = Verdict::new(8, "outbox drained, status events delivered");
+    if input.snapshot.outbox_rows > 0 {
+        let left = input.snapshot.outbox_rows;
+        verdict.violation(|| format!("{left} outbox rows were never relayed"));
+    }
+    let mut announced: HashMap<uuid::Uuid, Vec<&str>> = HashMap::new();
+    for event in input.events {
+        announced
+            .entry(event.command_id)
+            .or_default()
+            .push(&event.status);
+    }
+    for row in &input.snapshot.commands {
+        if row.status == "accepted" || row.refused() {
+            continue;
+        }
+        match announced.get(&row.id) {
+            Some(statuses) if statuses.contains(&row.status.as_str()) => {}
+            Some(statuses) => verdict.violation(|| {
+                format!(
+                    "command {} is {} but was announced {statuses:?}",
+                    row.id, row.status
+                )
+            }),
+            None => verdict.violation(|| {
+                format!(
+                    "command {} ({}) is {} but no status event arrived",
+                    row.id, row.kind, row.status
+                )
+            }),
+        }
+    }
+    verdict
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::fixtures::Fixture;
+
+    #[test]
+    fn a_clean_run_passes_both() {
+        let f = Fixture::clean();
+        assert!(no_command_lost(&f.input()).passed());
+        assert!(outbox_drained(&f.input()).passed());
+    }
+
+    #[test]
+    fn an_accepted_command_left_unfinished_or_missing_is_lost() {
+        let mut f = Fixture::clean();
+        f.snapshot.commands[1].status = "accepted".into();
+        f.snapshot.commands[1].finished_at = None;
+        assert_eq!(no_command_lost(&f.input()).violations, 1);
+        f.snapshot.commands.remove(1);
+        assert_eq!(no_command_lost(&f.input()).violations, 1);
+    }
+
+    #[test]
+    fn a_failed_command_missing_from_the_dead_letter_queue_is_caught() {
+        let mut f = Fixture::clean();
+        f.snapshot.commands[2].status = "failed".into();
+        f.snapshot.dead_letters = Some(0);
+        assert_eq!(no_command_lost(&f.input()).violations, 1);
+    }
+
+    #[test]
+    fn a_left_outbox_row_or_a_missing_status_event_is_caught() {
+        let mut f = Fixture::clean();
+        f.snapshot.outbox_rows = 2;
+        assert_eq!(outbox_drained(&f.input()).violations, 1);
+        f.snapshot.outbox_rows = 0;
+        f.events.pop();
+        assert_eq!(outbox_drained(&f.input()).violations, 1);
+    }
+}

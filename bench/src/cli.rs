@@ -1,0 +1,148 @@
+//! The command line: `orderflow-bench audit`, its options (each also an environment variable
+//! where the services use the same name), turned into an [`AuditConfig`].
+
+use crate::config::{AuditConfig, Scenario};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(name = "orderflow-bench", version, about = "orderflow's race auditor")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run an adversarial workload against a running stack, drain it, then check every
+    /// invariant; exits non-zero if any is broken.
+    Audit(AuditArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct AuditArgs {
+    /// Base URL of the API.
+    #[arg(long, env = "ORDERFLOW_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// An admin API key: it sets the run's stock (PUT /v1/inventory) and owns the run's orders.
+    #[arg(long, env = "ORDERFLOW_API_KEY", hide_env_values = true)]
+    pub api_key: String,
+    /// PostgreSQL URL, read by the checker (and to find the key's client for direct publishing).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+    /// RabbitMQ URL: the direct producer publishes here and the checker listens to the events.
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true
+    )]
+    pub amqp_url: String,
+    /// Prefix of every exchange and queue of the audited stack.
+    #[arg(long, env = "ORDERFLOW_NAMESPACE", default_value = "orderflow")]
+    pub namespace: String,
+    /// Number of partition queues of the audited stack (routing of direct commands).
+    #[arg(long, env = "ORDERFLOW_PARTITIONS", default_value_t = 16)]
+    pub partitions: u16,
+    /// Seconds the workload runs (the drain and the checks come after).
+    #[arg(long, default_value_t = 20)]
+    pub duration: u64,
+    /// Concurrent client tasks, shared among the scenarios.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Orders of the hot-orders scenario (the others create orders as they go).
+    #[arg(long, default_value_t = 32)]
+    pub orders: usize,
+    /// SKUs created for this run (named after the run, so no other traffic moves their stock).
+    #[arg(long, default_value_t = 12)]
+    pub skus: usize,
+    /// Stock set per SKU: keep it small so that orders race for it.
+    #[arg(long, default_value_t = 40)]
+    pub stock: i64,
+    /// Fraction (0 to 1) of hot-orders traffic sent to a few hot orders.
+    #[arg(long, default_value_t = 0.8)]
+    pub hot_skew: f64,
+    /// Scenarios to run, comma-separated (default: all).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = Scenario::ALL.to_vec())]
+    pub scenarios: Vec<Scenario>,
+    /// Seed of every random choice: a run is reproducible from it (up to timing).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Seconds to wait for every accepted command to end and the outbox to drain.
+    #[arg(long, default_value_t = 120)]
+    pub drain_timeout: u64,
+    /// Where to write the JSON report.
+    #[arg(long, default_value = "audit-report.json")]
+    pub report: PathBuf,
+    /// Do not draw the progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+impl AuditArgs {
+    pub fn into_config(self) -> anyhow::Result<AuditConfig> {
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.hot_skew),
+            "--hot-skew must be between 0 and 1"
+        );
+        anyhow::ensure!(self.partitions > 0, "--partitions must be at least 1");
+        anyhow::ensure!(self.concurrency > 0, "--concurrency must be at least 1");
+        anyhow::ensure!(self.skus >= 2, "--skus must be at least 2");
+        anyhow::ensure!(self.orders >= 1, "--orders must be at least 1");
+        anyhow::ensure!(self.stock >= 1, "--stock must be at least 1");
+        let mut scenarios = self.scenarios;
+        scenarios.sort();
+        scenarios.dedup();
+        Ok(AuditConfig {
+            url: self.url.trim_end_matches('/').to_owned(),
+            api_key: self.api_key,
+            database_url: self.database_url,
+            amqp_url: self.amqp_url,
+            namespace: self.namespace,
+            partitions: self.partitions,
+            duration: Duration::from_secs(self.duration),
+            concurrency: self.concurrency,
+            orders: self.orders,
+            skus: self.skus,
+            stock: self.stock,
+            hot_skew: self.hot_skew,
+            scenarios,
+            seed: self.seed,
+            drain_timeout: Duration::from_secs(self.drain_timeout),
+            report: Some(self.report),
+            progress: !self.no_progress,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_is_well_formed_and_parses_a_scenario_list() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "orderflow-bench",
+            "audit",
+            "--api-key",
+            "k",
+            "--database-url",
+            "postgres://x/y",
+            "--scenarios",
+            "double-pay,hot-orders",
+            "--seed",
+            "7",
+        ])
+        .unwrap();
+        let Command::Audit(args) = cli.command;
+        let config = args.into_config().unwrap();
+        assert_eq!(
+            config.scenarios,
+            vec![Scenario::HotOrders, Scenario::DoublePay]
+        );
+        assert_eq!(config.seed, 7);
+    }
+}

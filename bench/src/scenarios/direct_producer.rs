@@ -1,0 +1,153 @@
+//! direct-producer: another service publishing the JSON contract straight to `<ns>.commands`
+//! with its own command ids — each create twice, a command re-sent after it applied, and a
+//! command carrying a stale `expected_version`. Duplicates must apply once; the stale one must be
+//! rejected `version_conflict`, never applied.
+
+use super::{Ctx, price_of};
+use crate::record::DirectCommand;
+use anyhow::Context as _;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Confirmation};
+use orderflow_shared::contract::{CONTRACT_VERSION, CommandMessage};
+use orderflow_shared::domain::{ClientId, Command, CommandId, OrderId};
+use orderflow_shared::partition::partition_of;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use serde_json::json;
+
+/// The producer's connection and identity.
+pub struct Producer {
+    /// Kept open for the channel's life.
+    _connection: lapin::Connection,
+    channel: lapin::Channel,
+    exchange: String,
+    partitions: u16,
+    client_id: ClientId,
+}
+
+impl Producer {
+    /// Connects and looks up the client the audit's key belongs to (direct commands name it).
+    pub async fn connect(
+        amqp_url: &str,
+        namespace: &str,
+        partitions: u16,
+        db: &sqlx::PgPool,
+        api_key: &str,
+    ) -> anyhow::Result<Self> {
+        let client = orderflow_shared::db::clients::find_by_key(db, api_key)
+            .await
+            .context("looking up the audit key's client")?
+            .context("the audit key belongs to no live client")?;
+        let connection = lapin::Connection::connect(amqp_url, Default::default())
+            .await
+            .context("connecting to RabbitMQ")?;
+        let channel = connection.create_channel().await?;
+        // Confirms: a command counts as accepted only once the broker took responsibility for it.
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Self {
+            _connection: connection,
+            channel,
+            exchange: format!("{namespace}.commands"),
+            partitions,
+            client_id: client.id,
+        })
+    }
+
+    /// Publishes one message; true if the broker confirmed it (routed, not refused).
+    async fn publish(&self, message: &CommandMessage) -> bool {
+        let routing_key = partition_of(message.order_id, self.partitions).to_string();
+        let properties = BasicProperties::default()
+            .with_content_type("application/json".into())
+            // persistent: the quorum queue keeps it across a broker restart
+            .with_delivery_mode(2);
+        let confirm = async {
+            self.channel
+                .basic_publish(
+                    self.exchange.as_str().into(),
+                    routing_key.as_str().into(),
+                    // mandatory: an unroutable message comes back instead of vanishing
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    &message.to_bytes(),
+                    properties,
+                )
+                .await?
+                .await
+        };
+        matches!(confirm.await, Ok(Confirmation::Ack(None)))
+    }
+
+    /// Publishes `copies` copies and records the command if at least one was confirmed.
+    async fn send(&self, ctx: &Ctx, message: &CommandMessage, copies: u32) {
+        let mut confirmed = 0;
+        for _ in 0..copies {
+            if self.publish(message).await {
+                confirmed += 1;
+            }
+        }
+        if confirmed > 0 {
+            ctx.api.log().direct(
+                DirectCommand {
+                    command_id: message.command_id.0,
+                    order_id: message.order_id.0,
+                    copies: confirmed,
+                },
+                matches!(message.command, Command::Create { .. }),
+            );
+        }
+    }
+
+    fn message(
+        &self,
+        order_id: OrderId,
+        expected_version: Option<i64>,
+        command: serde_json::Value,
+    ) -> CommandMessage {
+        CommandMessage {
+            version: CONTRACT_VERSION,
+            command_id: CommandId::new(),
+            client_id: self.client_id,
+            order_id,
+            expected_version,
+            command: serde_json::from_value(command).expect("the scenario's commands are valid"),
+        }
+    }
+}
+
+pub async fn run(ctx: Ctx, producer: Producer, mut rng: ChaCha8Rng) {
+    while ctx.running() {
+        let order = OrderId::new();
+        let sku = &ctx.scarce[rng.gen_range(0..ctx.scarce.len())];
+        let quantity = rng.gen_range(1..=2);
+        let create = producer.message(
+            order,
+            None,
+            json!({"type": "create", "customer_id": "direct", "currency": "EUR",
+                   "items": [{"sku": sku, "quantity": quantity, "unit_price_cents": price_of(sku)}]}),
+        );
+        producer.send(&ctx, &create, 2).await;
+        let add = producer.message(
+            order,
+            Some(1),
+            json!({"type": "add_item", "sku": ctx.plenty, "quantity": 1,
+                   "unit_price_cents": price_of(&ctx.plenty)}),
+        );
+        producer.send(&ctx, &add, 1).await;
+        // Version 1 is stale once the add applied: must be rejected, not applied.
+        let stale = producer.message(order, Some(1), json!({"type": "reserve"}));
+        producer.send(&ctx, &stale, 1).await;
+        // The add again, after the fact: an inbox duplicate.
+        producer.send(&ctx, &add, 1).await;
+        let next = if rng.gen_bool(0.5) {
+            json!({"type": "reserve"})
+        } else {
+            json!({"type": "cancel"})
+        };
+        let last = producer.message(order, None, next);
+        producer.send(&ctx, &last, 2).await;
+    }
+}
