@@ -30,15 +30,17 @@ export AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 # sqlx's query macros read the checked-in .sqlx/ data.
 export SQLX_OFFLINE=true
 
-# ---- 2. Python packages for the contract tests ----------------------------------------------------
+# ---- 2. Python packages for the contract tests and the OpenAPI fuzzing (schemathesis) --------------
 command -v python3 >/dev/null || of_apt_install python3
-if ! python3 -c 'import pika, jsonschema' 2>/dev/null; then
-    of_log "installing Python packages pika and jsonschema"
-    # pip first; Debian's own python3 refuses a plain pip install (PEP 668), hence the fallbacks.
-    python3 -m pip install --quiet pika jsonschema 2>/dev/null ||
-        python3 -m pip install --quiet --break-system-packages pika jsonschema 2>/dev/null ||
+if ! python3 -c 'import pika, jsonschema, schemathesis' 2>/dev/null; then
+    of_log "installing Python packages pika, jsonschema and schemathesis"
+    # pip first; Debian's own python3 refuses a plain pip install (PEP 668), hence the fallbacks
+    # (Debian has no schemathesis package: the last one only helps the contract tests).
+    python3 -m pip install --quiet pika jsonschema schemathesis 2>/dev/null ||
+        python3 -m pip install --quiet --break-system-packages pika jsonschema schemathesis 2>/dev/null ||
         of_apt_install python3-pika python3-jsonschema
-    python3 -c 'import pika, jsonschema' || of_die "could not install pika and jsonschema for python3"
+    python3 -c 'import pika, jsonschema, schemathesis' ||
+        of_die "could not install pika, jsonschema and schemathesis for python3"
 fi
 
 # ---- 3. docker-compose (a test validates deploy/docker-compose.yml with it) -----------------------

@@ -3,9 +3,9 @@
 //! wrong; 5xx bodies are opaque and the full error chain is logged once, here. A 503 always
 //! carries `Retry-After`. Nothing is written when a request fails validation.
 
+use crate::openapi::Problem;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
 /// Seconds a client should wait before retrying a 503.
 const RETRY_AFTER_SECS: &str = "1";
@@ -118,12 +118,12 @@ impl IntoResponse for ApiError {
             ApiError::Unavailable(e) => tracing::warn!(error = ?e, "dependency unavailable"),
             _ => {}
         }
-        let body = json!({
-            "type": format!("https://orderflow.dev/problems/{kind}"),
-            "title": status.canonical_reason().unwrap_or("error"),
-            "status": status.as_u16(),
-            "detail": self.to_string(),
-        });
+        let body = Problem {
+            kind: format!("https://orderflow.dev/problems/{kind}"),
+            title: status.canonical_reason().unwrap_or("error").to_owned(),
+            status: status.as_u16(),
+            detail: self.to_string(),
+        };
         let mut response = (status, axum::Json(body)).into_response();
         let headers = response.headers_mut();
         headers.insert(

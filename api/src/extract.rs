@@ -2,6 +2,7 @@
 //! plain-text rejections, so every 4xx has the same problem+json shape.
 
 use crate::error::ApiError;
+use crate::openapi::MAX_IDEMPOTENCY_KEY_LEN;
 use crate::state::AppState;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -135,7 +136,10 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
         let key = value
             .to_str()
             .ok()
-            .filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()))
+            .filter(|k| {
+                (1..=MAX_IDEMPOTENCY_KEY_LEN).contains(&k.len())
+                    && k.bytes().all(|b| b.is_ascii_graphic())
+            })
             .ok_or_else(|| {
                 ApiError::InvalidRequest(
                     "Idempotency-Key must be 1 to 255 visible ASCII characters".into(),
@@ -161,7 +165,8 @@ impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
             )
         };
         let text = value.to_str().map_err(|_| invalid())?.trim();
-        if text == "*" {
+        // `*`, or an empty list of ETags (RFC 9110 §13.1.1, §5.6.1): no condition.
+        if text == "*" || text.is_empty() {
             return Ok(IfMatch(None));
         }
         let version = text

@@ -47,7 +47,7 @@ pub struct Submission<'a> {
 }
 
 /// The 202 answer (also what a replay answers).
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Accepted {
     pub command_id: CommandId,
     pub order_id: OrderId,

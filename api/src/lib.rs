@@ -5,6 +5,7 @@ pub mod error;
 pub mod extract;
 pub mod intake;
 pub mod limits;
+pub mod openapi;
 pub mod routes;
 pub mod startup;
 pub mod state;

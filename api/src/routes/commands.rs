@@ -2,31 +2,63 @@
 
 use crate::error::ApiError;
 use crate::extract::{ApiPath, ApiQuery, Caller};
+use crate::openapi;
 use crate::state::AppState;
+use axum::Json;
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use orderflow_shared::db::commands::{self, CommandRow, CommandStatus};
-use orderflow_shared::domain::{CommandId, CommandKind, OrderId};
+#[allow(unused_imports)] // `Command` names the schema of `CommandView::command`
+use orderflow_shared::domain::{Command, CommandId, CommandKind, OrderId};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 /// Longest `?wait=` in seconds.
 pub const MAX_WAIT_SECS: u64 = 30;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/commands/{command_id}", get(get_command))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(get_command))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct WaitQuery {
-    /// Seconds to wait for a final status (0–30).
+    /// Seconds to wait for a final status (long-poll); 0 or absent answers at once. Each open
+    /// long-poll holds one of the client's slots.
+    #[param(minimum = 0, maximum = 30)]
     wait: Option<u64>,
 }
 
+/// The `{command_id}` of the route.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // only its parameter schema is used
+struct CommandIdPath {
+    /// The command's id (from the 202 that accepted it, or its `Location`).
+    command_id: Uuid,
+}
+
+/// Read a command's status; `?wait=` long-polls until it is final.
+#[utoipa::path(
+    get,
+    path = "/v1/commands/{command_id}",
+    tag = "commands",
+    security(("bearer" = [])),
+    params(CommandIdPath, WaitQuery),
+    responses(
+        (status = 200, description = "The command's status (final or not, when `wait` ran out).", body = CommandView),
+        (status = 400, response = inline(openapi::BadRequest)),
+        (status = 401, response = inline(openapi::Unauthorized)),
+        (status = 404, response = inline(openapi::NotFound)),
+        (status = 429, response = inline(openapi::RateLimitedOrTooManyWaits)),
+        (status = 503, response = inline(openapi::Unavailable)),
+    )
+)]
 async fn get_command(
     State(state): State<AppState>,
     Caller(client): Caller,
@@ -61,7 +93,7 @@ async fn get_command(
 }
 
 /// The status resource of one command.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct CommandView {
     pub command_id: CommandId,
     pub order_id: OrderId,
@@ -77,6 +109,8 @@ pub struct CommandView {
     pub version: Option<i64>,
     pub expected_version: Option<i64>,
     pub partition: i32,
+    /// The command as recorded.
+    #[schema(value_type = Command)]
     pub command: serde_json::Value,
     pub accepted_at: DateTime<Utc>,
     pub published_at: Option<DateTime<Utc>>,

@@ -2,28 +2,66 @@
 
 use crate::error::ApiError;
 use crate::extract::{Admin, ApiPath, Caller, StrictJson};
+use crate::openapi;
 use crate::state::AppState;
+use axum::Json;
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
 use orderflow_shared::db::inventory::{self, Stock};
 use orderflow_shared::domain::Sku;
 use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/inventory/{sku}", get(get_stock).put(put_stock))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(get_stock, put_stock))
 }
 
-#[derive(Deserialize)]
+/// Most stock one SKU can have available.
+const MAX_AVAILABLE: i64 = 1_000_000_000;
+
+/// The body of `PUT /v1/inventory/{sku}`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SetStock {
+    /// The stock available for reservation (replaces the current figure).
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
     available: i64,
+}
+
+/// The `{sku}` of the route.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // only its parameter schema is used
+struct SkuPath {
+    sku: Sku,
 }
 
 fn parse_sku(sku: String) -> Result<Sku, ApiError> {
     Sku::parse(sku).map_err(|e| ApiError::InvalidRequest(format!("invalid path: {e}")))
 }
 
+/// Set a SKU's available stock (admin keys only); creates the SKU if new.
+#[utoipa::path(
+    put,
+    path = "/v1/inventory/{sku}",
+    tag = "inventory",
+    security(("bearer" = [])),
+    params(SkuPath),
+    request_body(content = SetStock, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The SKU's stock after the change.", body = Stock),
+        (status = 400, response = inline(openapi::BadBodyRequest)),
+        (status = 401, response = inline(openapi::Unauthorized)),
+        (status = 403, response = inline(openapi::Forbidden)),
+        (status = 404, response = inline(openapi::NotFound)),
+        (status = 413, response = inline(openapi::PayloadTooLarge)),
+        (status = 415, response = inline(openapi::UnsupportedMediaType)),
+        (status = 422, response = inline(openapi::InvalidBody)),
+        (status = 429, response = inline(openapi::RateLimited)),
+        (status = 503, response = inline(openapi::Unavailable)),
+    )
+)]
 async fn put_stock(
     State(state): State<AppState>,
     Admin(admin): Admin,
@@ -32,16 +70,32 @@ async fn put_stock(
 ) -> Result<Json<Stock>, ApiError> {
     let sku = parse_sku(sku)?;
     let available = body.value.available;
-    if !(0..=1_000_000_000).contains(&available) {
-        return Err(ApiError::InvalidBody(
-            "available must be between 0 and 1000000000".into(),
-        ));
+    if !(0..=MAX_AVAILABLE).contains(&available) {
+        return Err(ApiError::InvalidBody(format!(
+            "available must be between 0 and {MAX_AVAILABLE}"
+        )));
     }
     let stock = inventory::set_available(&state.db, &sku, available).await?;
     tracing::info!(sku = %sku, available, admin = %admin.id, "stock set");
     Ok(Json(stock))
 }
 
+/// Read a SKU's stock.
+#[utoipa::path(
+    get,
+    path = "/v1/inventory/{sku}",
+    tag = "inventory",
+    security(("bearer" = [])),
+    params(SkuPath),
+    responses(
+        (status = 200, description = "The SKU's stock.", body = Stock),
+        (status = 400, response = inline(openapi::BadRequest)),
+        (status = 401, response = inline(openapi::Unauthorized)),
+        (status = 404, response = inline(openapi::NotFound)),
+        (status = 429, response = inline(openapi::RateLimited)),
+        (status = 503, response = inline(openapi::Unavailable)),
+    )
+)]
 async fn get_stock(
     State(state): State<AppState>,
     Caller(_): Caller,

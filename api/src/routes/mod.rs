@@ -7,6 +7,7 @@ pub mod orders;
 
 use crate::error::ApiError;
 use crate::extract::MAX_BODY_BYTES;
+use crate::openapi::{self, ApiDoc};
 use crate::state::AppState;
 use axum::Router;
 use axum::error_handling::HandleErrorLayer;
@@ -15,6 +16,8 @@ use std::time::Duration;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::{BoxError, ServiceBuilder};
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
 
 /// Server-wide limits (per-client ones are in [`crate::limits`]).
 #[derive(Clone, Copy, Debug)]
@@ -23,6 +26,16 @@ pub struct ServerLimits {
     pub max_in_flight: usize,
     /// A request still running after this is answered 503 (it covers the longest long-poll).
     pub request_timeout: Duration,
+}
+
+/// The API's routes and the OpenAPI document describing exactly them.
+pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(orders::router())
+        .merge(commands::router())
+        .merge(inventory::router())
+        .merge(health::router())
+        .split_for_parts()
 }
 
 pub fn router(state: AppState, limits: ServerLimits) -> Router {
@@ -35,11 +48,8 @@ pub fn router(state: AppState, limits: ServerLimits) -> Router {
         .load_shed()
         .layer(GlobalConcurrencyLimitLayer::new(limits.max_in_flight))
         .timeout(limits.request_timeout);
-    Router::new()
-        .merge(orders::router())
-        .merge(commands::router())
-        .merge(inventory::router())
-        .merge(health::router())
+    let (api, document) = api();
+    api.merge(openapi::router(&document))
         .fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -3,28 +3,31 @@
 use crate::error::ApiError;
 use crate::extract::{ApiPath, Caller, IdempotencyKey, IfMatch, StrictJson};
 use crate::intake::{self, Accepted, Submission, Target};
+use crate::openapi::{self, IdempotencyKeyHeader, IfMatchHeader, OrderCommand, OrderIdPath};
 use crate::state::AppState;
+use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use orderflow_shared::db::orders::EventRecord;
 use orderflow_shared::db::{commands, orders};
 use orderflow_shared::domain::{Command, Currency, CustomerId, Items, Order, OrderId};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/orders", post(create_order))
-        .route("/v1/orders/{order_id}", get(get_order))
-        .route("/v1/orders/{order_id}/commands", post(post_command))
-        .route("/v1/orders/{order_id}/events", get(get_events))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_order))
+        .routes(routes!(get_order))
+        .routes(routes!(post_command))
+        .routes(routes!(get_events))
 }
 
 /// The body of `POST /v1/orders`. The API assigns the order id.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewOrder {
     customer_id: CustomerId,
@@ -32,6 +35,26 @@ struct NewOrder {
     items: Items,
 }
 
+/// Create an order: its `create` command is recorded and enqueued; the worker creates the order.
+#[utoipa::path(
+    post,
+    path = "/v1/orders",
+    tag = "orders",
+    security(("bearer" = [])),
+    params(IdempotencyKeyHeader),
+    request_body(content = NewOrder, content_type = "application/json"),
+    responses(
+        (status = 202, response = inline(openapi::AcceptedResponse)),
+        (status = 400, response = inline(openapi::BadBodyRequest)),
+        (status = 401, response = inline(openapi::Unauthorized)),
+        (status = 409, response = inline(openapi::IdempotencyInFlight)),
+        (status = 413, response = inline(openapi::PayloadTooLarge)),
+        (status = 415, response = inline(openapi::UnsupportedMediaType)),
+        (status = 422, response = inline(openapi::Unprocessable)),
+        (status = 429, response = inline(openapi::RateLimited)),
+        (status = 503, response = inline(openapi::NotAccepted)),
+    )
+)]
 async fn create_order(
     State(state): State<AppState>,
     Caller(client): Caller,
@@ -58,6 +81,27 @@ async fn create_order(
     intake::submit(&state, submission).await
 }
 
+/// Send an order a command (any but `create`); `If-Match` makes it conditional on the version.
+#[utoipa::path(
+    post,
+    path = "/v1/orders/{order_id}/commands",
+    tag = "orders",
+    security(("bearer" = [])),
+    params(OrderIdPath, IdempotencyKeyHeader, IfMatchHeader),
+    request_body(content = inline(OrderCommand), content_type = "application/json"),
+    responses(
+        (status = 202, response = inline(openapi::AcceptedResponse)),
+        (status = 400, response = inline(openapi::BadBodyRequest)),
+        (status = 401, response = inline(openapi::Unauthorized)),
+        (status = 404, response = inline(openapi::NotFound)),
+        (status = 409, response = inline(openapi::IdempotencyInFlight)),
+        (status = 413, response = inline(openapi::PayloadTooLarge)),
+        (status = 415, response = inline(openapi::UnsupportedMediaType)),
+        (status = 422, response = inline(openapi::Unprocessable)),
+        (status = 429, response = inline(openapi::RateLimited)),
+        (status = 503, response = inline(openapi::NotAccepted)),
+    )
+)]
 async fn post_command(
     State(state): State<AppState>,
     Caller(client): Caller,
@@ -98,8 +142,9 @@ impl IntoResponse for OrderResponse {
     }
 }
 
-#[derive(Serialize)]
-struct OrderView {
+/// An order's projection: the fold of its events.
+#[derive(Serialize, ToSchema)]
+pub struct OrderView {
     order_id: OrderId,
     customer_id: CustomerId,
     currency: Currency,
@@ -127,6 +172,22 @@ impl From<Order> for OrderView {
     }
 }
 
+/// Read an order's projection (404 until its `create` command is applied).
+#[utoipa::path(
+    get,
+    path = "/v1/orders/{order_id}",
+    tag = "orders",
+    security(("bearer" = [])),
+    params(OrderIdPath),
+    responses(
+        (status = 200, response = inline(openapi::OrderResponse)),
+        (status = 400, response = inline(openapi::BadRequest)),
+        (status = 401, response = inline(openapi::Unauthorized)),
+        (status = 404, response = inline(openapi::NotFound)),
+        (status = 429, response = inline(openapi::RateLimited)),
+        (status = 503, response = inline(openapi::Unavailable)),
+    )
+)]
 async fn get_order(
     State(state): State<AppState>,
     Caller(client): Caller,
@@ -138,12 +199,29 @@ async fn get_order(
     Ok(OrderResponse(order))
 }
 
-#[derive(Serialize)]
+/// An order's history, `seq` from 1, gapless.
+#[derive(Serialize, ToSchema)]
 struct EventsView {
     order_id: OrderId,
     events: Vec<EventRecord>,
 }
 
+/// Read an order's append-only history (empty until its `create` command is applied).
+#[utoipa::path(
+    get,
+    path = "/v1/orders/{order_id}/events",
+    tag = "orders",
+    security(("bearer" = [])),
+    params(OrderIdPath),
+    responses(
+        (status = 200, description = "The order's events, oldest first.", body = EventsView),
+        (status = 400, response = inline(openapi::BadRequest)),
+        (status = 401, response = inline(openapi::Unauthorized)),
+        (status = 404, response = inline(openapi::NotFound)),
+        (status = 429, response = inline(openapi::RateLimited)),
+        (status = 503, response = inline(openapi::Unavailable)),
+    )
+)]
 async fn get_events(
     State(state): State<AppState>,
     Caller(client): Caller,

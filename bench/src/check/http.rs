@@ -14,7 +14,7 @@ fn inconclusive(r: &RequestRecord) -> bool {
 
 /// 7: per probed key: one command id across its 202s, of one body; other bodies got 422, the same
 /// body never did; the stored key names that command; and the probed orders have no command that
-/// no answer named.
+/// neither an answer nor a stored key names.
 pub fn idempotency_holds(input: &Input<'_>) -> Verdict {
     let mut verdict = Verdict::new(7, "idempotency keys replay, mismatches 422");
     let mut probes: BTreeMap<&str, Vec<&RequestRecord>> = BTreeMap::new();
@@ -89,11 +89,16 @@ pub fn idempotency_holds(input: &Input<'_>) -> Verdict {
         .filter(|r| r.status == Some(202))
         .filter_map(|r| r.command_id)
         .collect();
+    // A command no answer named is fine if a key holds it: its client never learned the outcome
+    // (timeouts, 429s, 503s all the way), but a retry with that key would replay it. One with no
+    // key behind it was made by a request the key should have stopped.
+    let keyed: HashSet<Uuid> = stored.values().copied().collect();
     for c in &input.snapshot.commands {
         if probed.contains(&c.order_id)
             && c.source == "http"
             && !c.refused()
             && !named.contains(&c.id)
+            && !keyed.contains(&c.id)
         {
             verdict.violation(|| {
                 format!(

@@ -5,7 +5,7 @@ use crate::domain::Sku;
 use serde::Serialize;
 use sqlx::{PgConnection, PgExecutor};
 
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Stock {
     pub sku: String,
     pub available: i64,

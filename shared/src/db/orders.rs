@@ -83,7 +83,7 @@ pub async fn save(conn: &mut PgConnection, order: &Order) -> sqlx::Result<()> {
 }
 
 /// One stored event.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct EventRecord {
     pub seq: i64,
     pub command_id: CommandId,

@@ -5,7 +5,7 @@ use super::values::{Currency, CustomerId, Items, Note, Quantity, Sku, UnitPrice}
 use serde::{Deserialize, Serialize};
 
 /// One command, tagged by `type`. Unknown types and unknown fields do not parse.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Command {
     Create {
@@ -35,7 +35,7 @@ pub enum Command {
 }
 
 /// The command's type without its fields.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CommandKind {
     Create,

@@ -5,13 +5,13 @@ use super::values::{Currency, CustomerId, Item, Note, Quantity, Sku, UnitPrice};
 use serde::{Deserialize, Serialize};
 
 /// A quantity of one SKU moving between stock buckets.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StockLine {
     pub sku: Sku,
     pub quantity: Quantity,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     OrderCreated {

@@ -5,6 +5,7 @@ pub mod command;
 pub mod event;
 pub mod ids;
 pub mod order;
+mod schema;
 pub mod values;
 
 pub use command::{Command, CommandKind};

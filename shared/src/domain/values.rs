@@ -170,7 +170,7 @@ impl From<UnitPrice> for i64 {
 }
 
 /// One order line.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Item {
     pub sku: Sku,

@@ -1,0 +1,307 @@
+//! The OpenAPI document: served without a key, OpenAPI 3.1, listing every route with every status
+//! it can answer; and schemathesis, run against the live stack with every check, finds nothing.
+
+mod common;
+
+use common::{Options, TestApp};
+use orderflow_shared::db::clients::RateLimit;
+use reqwest::StatusCode;
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+/// Every route the router serves, with its methods (besides `/openapi.json` and `/docs`).
+const ROUTES: &[(&str, &[&str])] = &[
+    ("/healthz", &["get"]),
+    ("/readyz", &["get"]),
+    ("/v1/orders", &["post"]),
+    ("/v1/orders/{order_id}", &["get"]),
+    ("/v1/orders/{order_id}/commands", &["post"]),
+    ("/v1/orders/{order_id}/events", &["get"]),
+    ("/v1/commands/{command_id}", &["get"]),
+    ("/v1/inventory/{sku}", &["get", "put"]),
+];
+
+const HTTP_METHODS: [&str; 8] = [
+    "get", "put", "post", "delete", "options", "head", "patch", "trace",
+];
+
+async fn fast_app() -> TestApp {
+    // schemathesis sends thousands of requests: no rate limit may get in its way.
+    TestApp::spawn_with(Options {
+        rate_limit: Some(RateLimit {
+            per_second: 100_000,
+            burst: 100_000,
+        }),
+        ..Default::default()
+    })
+    .await
+}
+
+fn operations(document: &Value) -> Vec<(String, String, &Value)> {
+    let mut found = Vec::new();
+    for (path, item) in document["paths"].as_object().expect("paths") {
+        for (method, operation) in item.as_object().expect("a path item") {
+            if HTTP_METHODS.contains(&method.as_str()) {
+                found.push((path.clone(), method.clone(), operation));
+            }
+        }
+    }
+    found
+}
+
+fn statuses(operation: &Value) -> BTreeSet<&str> {
+    operation["responses"]
+        .as_object()
+        .expect("responses")
+        .keys()
+        .map(String::as_str)
+        .collect()
+}
+
+/// Resolves every `$ref` in the document, panicking on one that names nothing.
+fn check_refs(document: &Value, node: &Value) {
+    match node {
+        Value::Object(map) => {
+            if let Some(Value::String(reference)) = map.get("$ref") {
+                let pointer = reference
+                    .strip_prefix('#')
+                    .unwrap_or_else(|| panic!("an external $ref {reference}"));
+                assert!(
+                    document.pointer(pointer).is_some(),
+                    "$ref {reference} names nothing"
+                );
+            }
+            map.values().for_each(|v| check_refs(document, v));
+        }
+        Value::Array(items) => items.iter().for_each(|v| check_refs(document, v)),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn the_document_is_served_without_a_key_and_lists_every_route_with_every_status() {
+    let app = TestApp::spawn_with(Options {
+        start_worker: false,
+        ..Default::default()
+    })
+    .await;
+    let response = app.http.get(app.url("/openapi.json")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let document: Value = response.json().await.unwrap();
+    let version = document["openapi"].as_str().unwrap();
+    assert!(version.starts_with("3.1."), "OpenAPI {version}");
+    check_refs(&document, &document);
+    assert_eq!(
+        document["components"]["securitySchemes"]["bearer"],
+        serde_json::json!({"type": "http", "scheme": "bearer", "description": document["components"]["securitySchemes"]["bearer"]["description"]})
+    );
+
+    // Exactly the routes and methods of the router.
+    let documented: BTreeSet<(String, String)> = operations(&document)
+        .into_iter()
+        .map(|(path, method, _)| (path, method))
+        .collect();
+    let expected: BTreeSet<(String, String)> = ROUTES
+        .iter()
+        .flat_map(|(path, methods)| methods.iter().map(|m| (path.to_string(), m.to_string())))
+        .collect();
+    assert_eq!(documented, expected);
+
+    for (path, method, operation) in operations(&document) {
+        let statuses = statuses(operation);
+        let secured = path.starts_with("/v1/");
+        assert!(statuses.contains("503"), "{method} {path}: no 503");
+        let success = if method == "post" { "202" } else { "200" };
+        assert!(statuses.contains(success), "{method} {path}: no {success}");
+        if secured {
+            assert_eq!(
+                operation["security"],
+                serde_json::json!([{"bearer": []}]),
+                "{method} {path}"
+            );
+            for status in ["400", "401", "429"] {
+                assert!(statuses.contains(status), "{method} {path}: no {status}");
+            }
+        } else {
+            assert!(operation.get("security").is_none(), "{method} {path}");
+            assert_eq!(statuses, BTreeSet::from(["200", "503"]), "{method} {path}");
+        }
+        if path.contains('{') {
+            assert!(statuses.contains("404"), "{method} {path}: no 404");
+        }
+        if method == "post" || method == "put" {
+            for status in ["413", "415", "422"] {
+                assert!(statuses.contains(status), "{method} {path}: no {status}");
+            }
+            let body = &operation["requestBody"];
+            assert_eq!(body["required"], true, "{method} {path}");
+            assert!(body["content"]["application/json"].is_object());
+        }
+        if method == "post" {
+            assert!(statuses.contains("409"), "{method} {path}: no 409");
+            let key = operation["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == "Idempotency-Key")
+                .unwrap_or_else(|| panic!("{method} {path}: no Idempotency-Key"));
+            assert_eq!(
+                (&key["in"], &key["required"]),
+                (&"header".into(), &true.into())
+            );
+            assert_eq!(
+                operation["responses"]["202"]["headers"]["Location"]["required"],
+                true
+            );
+        }
+        // Every error is problem+json; every 503 and 429 says when to come back.
+        for (status, response) in operation["responses"].as_object().unwrap() {
+            if status.starts_with('4') || status.starts_with('5') {
+                assert!(
+                    response["content"]["application/problem+json"]["schema"]["$ref"]
+                        == "#/components/schemas/Problem",
+                    "{method} {path} {status}"
+                );
+            }
+            if status == "503" || status == "429" {
+                assert_eq!(
+                    response["headers"]["Retry-After"]["required"], true,
+                    "{method} {path} {status}"
+                );
+            }
+        }
+    }
+    let put = &document["paths"]["/v1/inventory/{sku}"]["put"];
+    assert!(statuses(put).contains("403"));
+    let commands = &document["paths"]["/v1/orders/{order_id}/commands"]["post"];
+    let variants = commands["requestBody"]["content"]["application/json"]["schema"]["oneOf"]
+        .as_array()
+        .unwrap();
+    let types: Vec<&Value> = variants
+        .iter()
+        .map(|v| &v["properties"]["type"]["enum"][0])
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "add_item",
+            "remove_item",
+            "reserve",
+            "pay",
+            "ship",
+            "deliver",
+            "cancel"
+        ]
+    );
+    assert!(
+        commands["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "If-Match" && p["required"] == false)
+    );
+    let order = &document["paths"]["/v1/orders/{order_id}"]["get"];
+    assert_eq!(
+        order["responses"]["200"]["headers"]["ETag"]["required"],
+        true
+    );
+
+    // Every documented operation is routed (an unknown route would be a 404 without a key, an
+    // undocumented method a 405), and the UI is there.
+    for (path, method, _) in operations(&document) {
+        let concrete = path
+            .replace("{order_id}", "0190aaaa-0000-7000-8000-000000000000")
+            .replace("{command_id}", "0190aaaa-0000-7000-8000-000000000000")
+            .replace("{sku}", "SKU-1");
+        let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+        let status = app
+            .http
+            .request(method.clone(), app.url(&concrete))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        let expected = if path.starts_with("/v1/") {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::OK
+        };
+        assert_eq!(status, expected, "{method} {concrete}");
+    }
+    let docs = app.http.get(app.url("/docs/")).send().await.unwrap();
+    assert_eq!(docs.status(), StatusCode::OK);
+    assert!(docs.text().await.unwrap().contains("swagger"));
+}
+
+/// The schemathesis command (`pip install schemathesis`; `deploy/run-tests.sh` installs it).
+fn schemathesis() -> Command {
+    let probe = Command::new("schemathesis").arg("--version").output();
+    match probe {
+        Ok(output) if output.status.success() => Command::new("schemathesis"),
+        _ => {
+            // Installed for python3 but not on PATH (pip --user, a venv): run the module.
+            let module = Command::new("python3")
+                .args(["-m", "schemathesis.cli", "--version"])
+                .output();
+            match module {
+                Ok(output) if output.status.success() => {
+                    let mut command = Command::new("python3");
+                    command.args(["-m", "schemathesis.cli"]);
+                    command
+                }
+                _ => panic!(
+                    "schemathesis is not installed: `python3 -m pip install schemathesis` \
+                     (deploy/run-tests.sh does it); this test must not be skipped"
+                ),
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_no_server_error_and_no_schema_violation_with_every_check() {
+    let app = fast_app().await;
+    let tests = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    let mut command = schemathesis();
+    command
+        // The admin key, for the `bearer` scheme (see the file).
+        .arg("--config-file")
+        .arg(tests.join("schemathesis.toml"))
+        .env("ORDERFLOW_SCHEMATHESIS_KEY", &app.admin_key)
+        .arg("run")
+        .arg(app.url("/openapi.json"))
+        .args(["--checks", "all"])
+        // The one check left out: it reads a 404 from `GET /v1/orders/{id}` right after a 2xx
+        // `POST /v1/orders` as "created resource not found". Here the POST answers `202
+        // Accepted` and the worker creates the order a moment later; until then the order is
+        // 404 by design (its command, events and `Location` exist at once).
+        .args(["--exclude-checks", "ensure_resource_availability"])
+        .args(["--max-examples", "200"])
+        // Reproducible: the same cases every run (no random seed, no example database).
+        .arg("--generation-deterministic")
+        .args(["--workers", "1"])
+        .args(["--request-timeout", "35"])
+        .args(["--report", "junit"])
+        .args(["--report-dir", env!("CARGO_TARGET_TMPDIR")])
+        .arg("--no-color")
+        // It keeps a cache in the working directory: not in the source tree.
+        .current_dir(env!("CARGO_TARGET_TMPDIR"))
+        .env("SCHEMATHESIS_HOOKS", tests.join("schemathesis_hooks.py"));
+    let started = Instant::now();
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .expect("schemathesis runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}\n{stderr}");
+    println!("schemathesis took {:?}", started.elapsed());
+    assert!(
+        output.status.success(),
+        "schemathesis failed ({}): see its report above",
+        output.status
+    );
+}

@@ -1,0 +1,99 @@
+"""schemathesis hooks for api/tests/openapi.rs: rules of the API that JSON Schema cannot say.
+
+Without them schemathesis would send requests the document calls valid and the API refuses by
+design (422), and report them as "valid data rejected". Neither hook turns off a check.
+"""
+
+import json
+import re
+import uuid
+
+import schemathesis
+
+# The Idempotency-Key rule of the document: 1 to 255 visible ASCII characters.
+VALID_KEY = re.compile(r"^[!-~]{1,255}$")
+
+# The request each Idempotency-Key was first sent with.
+_first_request_of_key: dict[str, tuple] = {}
+
+
+def _request_identity(case) -> tuple:
+    """What the API fingerprints for a key (method, path, If-Match, body), or finer."""
+    body = json.dumps(case.body, sort_keys=True, default=repr)
+    if_match = (case.headers or {}).get("If-Match")
+    return (case.method.upper(), case.formatted_path, if_match, body)
+
+
+def _integral_floats_as_integers(value):
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _integral_floats_as_integers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral_floats_as_integers(v) for v in value]
+    return value
+
+
+@schemathesis.hook
+def before_call(context, case, kwargs):
+    _write_integers_without_a_fraction(case)
+    _one_line_per_sku(case)
+    _fresh_idempotency_key_per_request(case)
+
+
+def _write_integers_without_a_fraction(case):
+    """orderflow reads integers written as integers (`5`, not `5.0`), as its message contract
+    says; JSON Schema's `integer` admits `5.0`, so generated bodies may hold it. Such a number
+    is written as the integer it equals (which keeps the body as valid or invalid as it was)."""
+    if isinstance(case.body, (dict, list)):
+        converted = _integral_floats_as_integers(case.body)
+        if converted != case.body or json.dumps(converted) != json.dumps(case.body):
+            case.body = converted
+
+
+# The sku rule of the document: 1 to 64 of letters, digits, '.', '_', ':', '-'.
+VALID_SKU = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+def _one_line_per_sku(case):
+    """A new order names each sku once (a repeat is a 422); JSON Schema's `uniqueItems`
+    compares whole items, so it cannot say that. A valid sku that repeats gets a numbered
+    variant (still a valid sku), so every generated order has one line per sku."""
+    body = case.body
+    if not isinstance(body, dict) or not isinstance(body.get("items"), list):
+        return
+    seen = set()
+    changed = False
+    items = []
+    for n, item in enumerate(body["items"]):
+        sku = item.get("sku") if isinstance(item, dict) else None
+        if isinstance(sku, str) and VALID_SKU.match(sku) and sku in seen:
+            sku = f"{sku[:58]}:{n}"
+            while sku in seen:
+                sku = f"{sku[:58]}:{n}:"[:64]
+            item = {**item, "sku": sku}
+            changed = True
+        if isinstance(sku, str):
+            seen.add(sku)
+        items.append(item)
+    if changed:
+        case.body = {**body, "items": items}
+
+
+def _fresh_idempotency_key_per_request(case):
+    """An Idempotency-Key names one request: reusing it for a different request is a 422
+    (`idempotency-key-reused`, as the IETF draft says). Generated keys repeat across cases
+    ("0", "a", …), so a key already sent with another request gets a fresh, equally valid one;
+    a repeat of the same request keeps its key (a replay, answered 202 again)."""
+    headers = case.headers
+    if not headers or "Idempotency-Key" not in headers:
+        return
+    key = headers["Idempotency-Key"]
+    if not isinstance(key, str) or not VALID_KEY.match(key):
+        return  # an invalid key never reaches the idempotency store: 400
+    identity = _request_identity(case)
+    first = _first_request_of_key.setdefault(key, identity)
+    if first != identity:
+        fresh = uuid.uuid4().hex
+        headers["Idempotency-Key"] = fresh
+        _first_request_of_key[fresh] = identity
