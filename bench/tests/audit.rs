@@ -74,3 +74,22 @@ async fn the_checker_reports_stock_from_nowhere_and_a_deleted_event() {
     );
     assert!(violations(2) >= 1, "an applied command without its event");
 }
+
+/// The deliberately broken build: a worker that ignores its inbox applies the duplicates the
+/// direct producer sends, and the audit must say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_without_its_inbox_check_fails_the_audit() {
+    let mut stack = Stack::spawn_with(orderflow_worker::apply::Sabotage::SkipInbox).await;
+    stack.config.duration = std::time::Duration::from_secs(2);
+    stack.config.scenarios = vec![orderflow_bench::config::Scenario::DirectProducer];
+    let run = audit(&stack.config).await.expect("the audit runs");
+    println!("{}", run.report.table());
+    assert!(!run.report.passed, "a broken worker must fail the audit");
+    let applied_twice = run
+        .report
+        .invariants
+        .iter()
+        .find(|v| v.id == 2)
+        .expect("invariant 2 is checked");
+    assert!(applied_twice.violations > 0, "{applied_twice:?}");
+}

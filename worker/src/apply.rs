@@ -40,12 +40,23 @@ pub enum Outcome {
     AlreadyFailed(String),
 }
 
+/// Deliberate breakage, for proving that the race audit can fail. Only code can set it (the
+/// audit's own tests): no flag or environment variable turns it on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Sabotage {
+    #[default]
+    None,
+    /// Ignore the inbox: a redelivered or duplicated command is applied again.
+    SkipInbox,
+}
+
 /// Applies commands to PostgreSQL.
 #[derive(Clone)]
 pub struct Applier {
     pub db: PgPool,
     pub gateway: Arc<dyn PaymentGateway>,
     pub partitions: u16,
+    pub sabotage: Sabotage,
 }
 
 impl Applier {
@@ -79,6 +90,11 @@ impl Applier {
                 Err(reason) => return Ok(Outcome::Poison(reason)),
             },
         };
+        if self.sabotage == Sabotage::SkipInbox && row.status == CommandStatus::Applied {
+            let status = self.apply_one(&mut tx, &row).await?;
+            tx.commit().await?;
+            return Ok(Outcome::Finished(status));
+        }
         if row.status == CommandStatus::Failed {
             return Ok(Outcome::AlreadyFailed(row.reason.unwrap_or_default()));
         }

@@ -1,7 +1,7 @@
 //! Building and running a worker process: configuration, the schema check, the topology, and
 //! the tasks (one consumer per partition, the outbox relay, the command relay).
 
-use crate::apply::Applier;
+use crate::apply::{Applier, Sabotage};
 use crate::consumer::{self, Context};
 use crate::outbox;
 use crate::payment::SimulatedGateway;
@@ -40,6 +40,10 @@ pub struct WorkerConfig {
     /// The simulated payment gateway declines captures above this amount (cents).
     #[arg(long, env = "ORDERFLOW_PAYMENT_DECLINE_OVER_CENTS")]
     pub payment_decline_over_cents: Option<i64>,
+
+    /// Deliberate breakage for the audit's own tests; never from the command line.
+    #[arg(skip)]
+    pub sabotage: Sabotage,
 }
 
 /// A worker ready to run.
@@ -88,6 +92,7 @@ impl Worker {
                 decline_over_cents: config.payment_decline_over_cents,
             }),
             partitions: common.partitions,
+            sabotage: config.sabotage,
         };
         let context = Arc::new(Context {
             applier,

@@ -167,6 +167,7 @@ impl TestApp {
             poison_after_deliveries: 5,
             republish_after_ms: 1000,
             payment_decline_over_cents: self.options.decline_over_cents,
+            sabotage: Default::default(),
         }
     }
 

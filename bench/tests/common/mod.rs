@@ -8,6 +8,7 @@ use orderflow_bench::AuditConfig;
 use orderflow_shared::amqp::Topology;
 use orderflow_shared::config::CommonConfig;
 use orderflow_shared::shutdown::CancellationToken;
+use orderflow_worker::apply::Sabotage;
 use orderflow_worker::{Worker, WorkerConfig};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -33,6 +34,11 @@ pub struct Stack {
 
 impl Stack {
     pub async fn spawn() -> Self {
+        Self::spawn_with(Sabotage::None).await
+    }
+
+    /// A stack whose worker is deliberately broken (the audit must then fail).
+    pub async fn spawn_with(sabotage: Sabotage) -> Self {
         let id = Uuid::new_v4().simple().to_string();
         let database_name = format!("orderflow_bench_{id}");
         let admin = PgPool::connect(&base_database_url())
@@ -71,6 +77,7 @@ impl Stack {
             poison_after_deliveries: 5,
             republish_after_ms: 1000,
             payment_decline_over_cents: None,
+            sabotage,
         })
         .await
         .expect("the worker builds");
