@@ -115,6 +115,31 @@ impl Topology {
         Ok(())
     }
 
+    /// Deletes every queue and exchange of the namespace (messages included): for tearing down
+    /// a test's or a demo's namespace, never a live one.
+    pub async fn delete(&self, channel: &Channel) -> lapin::Result<()> {
+        use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+        let mut queues: Vec<String> = (0..self.partitions)
+            .map(|p| self.partition_queue(p))
+            .collect();
+        queues.push(self.dead_letter_queue());
+        for queue in queues {
+            channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await?;
+        }
+        for exchange in [
+            self.command_exchange(),
+            self.dead_letter_exchange(),
+            self.events_exchange(),
+        ] {
+            channel
+                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                .await?;
+        }
+        Ok(())
+    }
+
     fn partition_arguments(&self) -> FieldTable {
         let mut args = FieldTable::default();
         // Quorum: replicated and durable, and it counts deliveries (x-delivery-limit needs it).

@@ -9,3 +9,5 @@ pub mod domain;
 pub mod partition;
 pub mod shutdown;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;

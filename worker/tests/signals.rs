@@ -1,12 +1,13 @@
 //! The worker binary on SIGTERM: it finishes and acks what it holds, exits 0, and a restarted
 //! worker takes up the rest — nothing lost, nothing applied twice.
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use orderflow_shared::amqp::{Topology, json_properties};
 use orderflow_shared::contract::{CONTRACT_VERSION, CommandMessage};
 use orderflow_shared::db::{self, clients};
 use orderflow_shared::domain::{CommandId, OrderId};
 use orderflow_shared::partition::partition_of;
+use orderflow_shared::testing;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -25,15 +26,8 @@ fn spawn_worker(database_url: &str, namespace: &str) -> Child {
 
 #[tokio::test]
 async fn sigterm_finishes_the_message_in_hand_and_a_restart_applies_the_rest_once() {
-    let base = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let name = format!("orderflow_test_{}", uuid::Uuid::new_v4().simple());
-    let admin = sqlx::PgPool::connect(&base).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!(r#"create database "{name}""#)))
-        .execute(&admin)
-        .await
-        .unwrap();
-    let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let (url, name) = testing::create_database(&id).await;
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
     db::MIGRATOR.run(&pool).await.unwrap();
     let (client, _) = clients::create(&pool, "producer", false).await.unwrap();
@@ -43,9 +37,7 @@ async fn sigterm_finishes_the_message_in_hand_and_a_restart_applies_the_rest_onc
         partitions: PARTITIONS,
         queue_max_length: 100_000,
     };
-    let amqp = std::env::var("AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
-    let connection = lapin::Connection::connect(&amqp, Default::default())
+    let connection = lapin::Connection::connect(&testing::amqp_url(), Default::default())
         .await
         .unwrap();
     let channel = connection.create_channel().await.unwrap();
@@ -137,25 +129,7 @@ async fn sigterm_finishes_the_message_in_hand_and_a_restart_applies_the_rest_onc
     assert_eq!(unfinished, 0);
     eprintln!("applied {after_stop} of {ORDERS} before SIGTERM");
 
-    for p in 0..PARTITIONS {
-        let _ = channel
-            .queue_delete(
-                topology.partition_queue(p).as_str().into(),
-                QueueDeleteOptions::default(),
-            )
-            .await;
-    }
-    let _ = channel
-        .queue_delete(
-            topology.dead_letter_queue().as_str().into(),
-            QueueDeleteOptions::default(),
-        )
-        .await;
+    let _ = connection.close(200, "done".into()).await;
     pool.close().await;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        r#"drop database "{name}" with (force)"#
-    )))
-    .execute(&admin)
-    .await
-    .unwrap();
+    testing::remove(Some(topology), name);
 }

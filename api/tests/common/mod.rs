@@ -4,12 +4,12 @@
 
 #![allow(dead_code)]
 
-use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use orderflow_api::{ApiConfig, Application};
 use orderflow_shared::amqp::Topology;
 use orderflow_shared::config::CommonConfig;
 use orderflow_shared::db::clients;
 use orderflow_shared::shutdown::CancellationToken;
+use orderflow_shared::testing;
 use orderflow_worker::{Worker, WorkerConfig};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -19,22 +19,7 @@ use uuid::Uuid;
 
 pub const PARTITIONS: u16 = 4;
 
-/// The server tests connect to, from `DATABASE_URL` (its database part is replaced per test).
-fn base_database_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-fn with_database(url: &str, name: &str) -> String {
-    let (server, _) = url
-        .rsplit_once('/')
-        .expect("DATABASE_URL has a database part");
-    format!("{server}/{name}")
-}
-
-pub fn amqp_url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
+pub use orderflow_shared::testing::amqp_url;
 
 /// Options of a test stack.
 #[derive(Clone)]
@@ -86,18 +71,7 @@ impl TestApp {
     pub async fn spawn_with(options: Options) -> Self {
         orderflow_shared::telemetry::init("text");
         let id = Uuid::new_v4().simple().to_string();
-        let database_name = format!("orderflow_test_{id}");
-        let admin = PgPool::connect(&base_database_url())
-            .await
-            .expect("the test PostgreSQL is reachable (see README)");
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            r#"create database "{database_name}""#
-        )))
-        .execute(&admin)
-        .await
-        .expect("creating the test database");
-        admin.close().await;
-        let database_url = with_database(&base_database_url(), &database_name);
+        let (database_url, database_name) = testing::create_database(&id).await;
         let namespace = format!("test.{id}");
 
         let mut common =
@@ -442,49 +416,6 @@ impl Drop for TestApp {
         if let Some(shutdown) = &self.worker_shutdown {
             shutdown.cancel();
         }
-        let (topology, database_name) = (self.topology.clone(), self.database_name.clone());
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                if let Ok(connection) =
-                    lapin::Connection::connect(&amqp_url(), Default::default()).await
-                    && let Ok(channel) = connection.create_channel().await
-                {
-                    let mut queues: Vec<String> = (0..topology.partitions)
-                        .map(|p| topology.partition_queue(p))
-                        .collect();
-                    queues.push(topology.dead_letter_queue());
-                    for queue in queues {
-                        let _ = channel
-                            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                            .await;
-                    }
-                    for exchange in [
-                        topology.command_exchange(),
-                        topology.dead_letter_exchange(),
-                        topology.events_exchange(),
-                    ] {
-                        let _ = channel
-                            .exchange_delete(
-                                exchange.as_str().into(),
-                                ExchangeDeleteOptions::default(),
-                            )
-                            .await;
-                    }
-                    let _ = connection.close(200, "test done".into()).await;
-                }
-                if let Ok(admin) = PgPool::connect(&base_database_url()).await {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                        r#"drop database if exists "{database_name}" with (force)"#
-                    )))
-                    .execute(&admin)
-                    .await;
-                }
-            });
-        });
-        let _ = cleanup.join();
+        testing::remove(Some(self.topology.clone()), self.database_name.clone());
     }
 }
