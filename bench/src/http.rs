@@ -186,26 +186,6 @@ impl Api {
         Ok(())
     }
 
-    /// A status read outside the workload (the drain): not recorded.
-    pub async fn poll_status(&self, command_id: Uuid, wait: Duration) -> Option<Value> {
-        let response = self
-            .http
-            .get(format!(
-                "{}/v1/commands/{command_id}?wait={}",
-                self.base,
-                wait.as_secs()
-            ))
-            .bearer_auth(&self.key)
-            .timeout(wait + REQUEST_TIMEOUT)
-            .send()
-            .await
-            .ok()?;
-        if response.status() != StatusCode::OK {
-            return None;
-        }
-        response.json().await.ok()
-    }
-
     async fn send(
         &self,
         scenario: &'static str,

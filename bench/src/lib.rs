@@ -47,14 +47,8 @@ pub async fn audit(config: &AuditConfig) -> anyhow::Result<Audit> {
     let mut orders = observed.orders.clone();
     orders.sort();
     orders.dedup();
-    let drained = drain::drain(
-        &api,
-        &db,
-        &observed.accepted_ids(),
-        &orders,
-        config.drain_timeout,
-    )
-    .await?;
+    let drained =
+        drain::drain(&db, &observed.accepted_ids(), &orders, config.drain_timeout).await?;
     let mut snapshot = snapshot(config, &db, &observed).await?;
     let final_commands = snapshot
         .commands
