@@ -59,8 +59,7 @@ async fn healthz() -> Json<Health> {
     )
 )]
 async fn readyz(State(state): State<AppState>) -> Result<Json<Readiness>, ApiError> {
-    sqlx::query_scalar::<_, i32>("select 1")
-        .fetch_one(&state.db)
+    orderflow_shared::db::ping(&state.db)
         .await
         .map_err(|e| ApiError::Unavailable(anyhow::Error::from(e).context("PostgreSQL")))?;
     state

@@ -207,13 +207,6 @@ pub async fn insert(
     Ok(())
 }
 
-pub async fn get(db: impl PgExecutor<'_>, id: CommandId) -> sqlx::Result<Option<CommandRow>> {
-    let row = sqlx::query!("select * from commands where id = $1", id.0)
-        .fetch_optional(db)
-        .await?;
-    Ok(row.map(|r| command_row!(r)))
-}
-
 /// Reads and locks a command for the apply transaction. The lock orders the worker against the
 /// API marking the same command refused (`refuse_unpublished`): exactly one of them wins.
 pub async fn lock(conn: &mut PgConnection, id: CommandId) -> sqlx::Result<Option<CommandRow>> {

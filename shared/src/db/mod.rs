@@ -29,6 +29,11 @@ pub fn pool(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
         .connect_lazy(url)
 }
 
+/// A round trip to PostgreSQL (readiness).
+pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query("select 1").execute(pool).await.map(|_| ())
+}
+
 /// Why the worker refuses to run on this database.
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {

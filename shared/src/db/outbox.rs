@@ -2,7 +2,7 @@
 //! events exchange in id order by one relay at a time.
 
 use crate::domain::OrderId;
-use sqlx::{PgConnection, PgExecutor};
+use sqlx::PgConnection;
 
 /// Any fixed number shared by every relay: holding it (per transaction) means "I am relaying".
 const RELAY_LOCK: i64 = 0x6f72_6465_7266_6c6f; // "orderflo"
@@ -69,11 +69,4 @@ pub async fn delete(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<()> {
         .execute(conn)
         .await?;
     Ok(())
-}
-
-/// Rows waiting to be relayed.
-pub async fn backlog(db: impl PgExecutor<'_>) -> sqlx::Result<i64> {
-    sqlx::query_scalar!(r#"select count(*) as "count!" from outbox"#)
-        .fetch_one(db)
-        .await
 }

@@ -41,16 +41,3 @@ impl PaymentKind {
         }
     }
 }
-
-/// Captured and refunded totals of an order, for checks and tests.
-pub async fn totals(conn: &mut PgConnection, order_id: OrderId) -> sqlx::Result<(i64, i64)> {
-    let row = sqlx::query!(
-        r#"select coalesce(sum(amount_cents) filter (where kind = 'capture'), 0)::bigint as "captured!",
-                  coalesce(sum(amount_cents) filter (where kind = 'refund'), 0)::bigint as "refunded!"
-           from payments where order_id = $1"#,
-        order_id.0
-    )
-    .fetch_one(conn)
-    .await?;
-    Ok((row.captured, row.refunded))
-}
