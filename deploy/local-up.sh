@@ -93,8 +93,9 @@ start_bg() { # name, command...
     of_log "started $name (pid $!), log: $STATE_DIR/$name.log"
 }
 ORDERFLOW_LISTEN="127.0.0.1:$PORT" start_bg api "$API_BIN" serve
-start_bg worker-1 "$WORKER_BIN"
-start_bg worker-2 "$WORKER_BIN"
+# Each worker needs its own metrics port.
+ORDERFLOW_METRICS_LISTEN=127.0.0.1:9091 ORDERFLOW_WORKER_NAME=worker-1 start_bg worker-1 "$WORKER_BIN"
+ORDERFLOW_METRICS_LISTEN=127.0.0.1:9092 ORDERFLOW_WORKER_NAME=worker-2 start_bg worker-2 "$WORKER_BIN"
 
 # ---- 9. Wait until the API is ready (GET /readyz answers 200) -------------------------------------
 of_log "waiting for $BASE_URL/readyz"
@@ -197,6 +198,8 @@ cat <<EOF
 orderflow is running.
 
   API:          $BASE_URL   (health: $BASE_URL/healthz, $BASE_URL/readyz)
+  Dashboard:    $BASE_URL/   (sign in with the demo key)
+  Metrics:      $BASE_URL/metrics, http://127.0.0.1:9091/metrics, http://127.0.0.1:9092/metrics
   Demo API key: $ADMIN_KEY
                 (admin; stored in $KEY_FILE)
   Logs:         $STATE_DIR/api.log, $STATE_DIR/worker-1.log, $STATE_DIR/worker-2.log

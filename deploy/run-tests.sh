@@ -4,9 +4,9 @@
 #   deploy/run-tests.sh          (as root; CI runs it too, from .ci/run)
 #
 # Makes sure what the tests need is there (PostgreSQL, RabbitMQ, a database role that may create
-# databases, Python packages, docker-compose, cargo-nextest), installing what is missing, then runs
-# the message-contract tests, the doc tests and the whole Rust test suite. Stops at the first
-# failing stage.
+# databases, Python packages, docker-compose, Chromium + ChromeDriver, cargo-nextest), installing
+# what is missing, then runs the message-contract tests, the monitoring-config check, the doc tests
+# and the whole Rust test suite. Stops at the first failing stage.
 #
 # Environment:
 #   DATABASE_URL   postgres://orderflow:orderflow@127.0.0.1:5432/postgres
@@ -46,6 +46,11 @@ fi
 # ---- 3. docker-compose (a test validates deploy/docker-compose.yml with it) -----------------------
 command -v docker-compose >/dev/null || of_apt_install docker-compose
 
+# ---- 3b. Chromium and ChromeDriver for the dashboard's browser test (Debian's; nothing downloaded) --
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+    of_apt_install chromium chromium-driver
+fi
+
 # ---- 4. cargo-nextest ------------------------------------------------------------------------------
 command -v cargo >/dev/null || of_die "cargo not found: install Rust with rustup (https://rustup.rs)"
 if ! cargo nextest --version >/dev/null 2>&1; then
@@ -56,6 +61,10 @@ fi
 # ---- 5. Message-contract tests (Python, against the JSON schemas) ---------------------------------
 of_log "contract tests: python3 shared/contract/test_contract.py"
 python3 shared/contract/test_contract.py
+
+# ---- 5b. The Grafana dashboard and Prometheus rules name only series the code exports -----------
+of_log "monitoring config: python3 deploy/grafana/check_dashboard.py"
+python3 deploy/grafana/check_dashboard.py
 
 # ---- 6. Doc tests (nextest does not run them) -------------------------------------------------------
 of_log "doc tests: cargo test --workspace --doc"

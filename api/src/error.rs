@@ -57,6 +57,9 @@ pub enum ApiError {
     /// 429: the client already holds its maximum of open long-polls.
     #[error("at most {0} long-polls (?wait=) per client may be open at once")]
     TooManyWaits(usize),
+    /// 429: the client already holds its maximum of open SSE streams.
+    #[error("at most {0} event streams per client may be open at once")]
+    TooManyStreams(usize),
     /// 503: the server is at its in-flight limit or the request took too long.
     #[error("the server is overloaded; retry later")]
     Overloaded,
@@ -91,6 +94,7 @@ impl ApiError {
             ApiError::IdempotencyInFlight => (StatusCode::CONFLICT, "idempotency-key-in-flight"),
             ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate-limited"),
             ApiError::TooManyWaits(_) => (StatusCode::TOO_MANY_REQUESTS, "too-many-waits"),
+            ApiError::TooManyStreams(_) => (StatusCode::TOO_MANY_REQUESTS, "too-many-streams"),
             ApiError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             ApiError::QueueFull => (StatusCode::SERVICE_UNAVAILABLE, "queue-full"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
@@ -130,7 +134,7 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if let ApiError::TooManyWaits(_) = &self {
+        if let ApiError::TooManyWaits(_) | ApiError::TooManyStreams(_) = &self {
             headers.insert(
                 header::RETRY_AFTER,
                 HeaderValue::from_static(RETRY_AFTER_SECS),

@@ -178,3 +178,19 @@ impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
         Ok(IfMatch(Some(version)))
     }
 }
+
+/// When the API received the request (set by the first middleware; now, if it did not run).
+#[derive(Clone, Copy, Debug)]
+pub struct Received(pub chrono::DateTime<chrono::Utc>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Received {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<Received>()
+            .copied()
+            .unwrap_or_else(|| Received(chrono::Utc::now())))
+    }
+}

@@ -6,10 +6,13 @@
 //! If the API dies between commit and publish, the worker's command relay publishes it later
 //! and the key's replay answers the 202 the caller never saw.
 
+use crate::dashboard::hub::{self, HttpEvent};
 use crate::error::ApiError;
+use crate::metrics;
 use crate::state::AppState;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use lapin::types::{AMQPValue, FieldTable};
 use orderflow_shared::amqp::{PublishError, json_properties};
 use orderflow_shared::contract::CommandMessage;
 use orderflow_shared::db::clients::Client;
@@ -17,6 +20,7 @@ use orderflow_shared::db::commands::{self, CommandStatus, NewCommand, Source};
 use orderflow_shared::db::idempotency::{self, Claim};
 use orderflow_shared::domain::{Command, CommandId, OrderId, Rejection};
 use orderflow_shared::partition::partition_of;
+use orderflow_shared::telemetry;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -44,6 +48,8 @@ pub struct Submission<'a> {
     pub target: Target,
     pub command: Command,
     pub expected_version: Option<i64>,
+    /// When the API received the request.
+    pub received_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// The 202 answer (also what a replay answers).
@@ -95,6 +101,8 @@ pub async fn submit(state: &AppState, s: Submission<'_>) -> Result<Accepted, Api
     let order_id = s.target.order_id();
     let partition = partition_of(order_id, state.topology.partitions);
     let body = serde_json::to_value(&s.command).expect("commands serialize");
+    // The request's trace, carried in the command row and the message to the worker's span.
+    let traceparent = telemetry::traceparent(&tracing::Span::current());
 
     let mut tx = state.db.begin().await?;
     match idempotency::claim(
@@ -112,7 +120,9 @@ pub async fn submit(state: &AppState, s: Submission<'_>) -> Result<Accepted, Api
             command_id,
         } => {
             tx.rollback().await?;
-            return replay(state, s.client, &s.fingerprint, &fingerprint, command_id).await;
+            let answer = replay(state, s.client, &s.fingerprint, &fingerprint, command_id).await;
+            observe_replay(state, s.client, command_id, &answer).await;
+            return answer;
         }
     }
     let seq = match s.target {
@@ -135,6 +145,8 @@ pub async fn submit(state: &AppState, s: Submission<'_>) -> Result<Accepted, Api
         expected_version: s.expected_version,
         source: Source::Http,
         partition,
+        received_at: Some(s.received_at),
+        traceparent: traceparent.as_deref(),
     };
     commands::insert(&mut *tx, &new, seq).await?;
     tx.commit().await?;
@@ -147,7 +159,15 @@ pub async fn submit(state: &AppState, s: Submission<'_>) -> Result<Accepted, Api
         expected_version: s.expected_version,
         command: s.command,
     };
-    let properties = json_properties().with_message_id(command_id.to_string().as_str().into());
+    let mut properties = json_properties().with_message_id(command_id.to_string().as_str().into());
+    if let Some(traceparent) = &traceparent {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            telemetry::TRACEPARENT.into(),
+            AMQPValue::LongString(traceparent.as_str().into()),
+        );
+        properties = properties.with_headers(headers);
+    }
     let published = state
         .publisher
         .publish(
@@ -188,6 +208,7 @@ pub async fn submit(state: &AppState, s: Submission<'_>) -> Result<Accepted, Api
         }
     }
     tracing::info!(%command_id, %order_id, partition, seq, "command accepted");
+    metrics::command_accepted(new.kind.as_str());
     Ok(Accepted {
         command_id,
         order_id,
@@ -212,6 +233,37 @@ async fn refuse(
     idempotency::release(&mut *tx, client.id, key, command_id).await?;
     tx.commit().await?;
     Ok(true)
+}
+
+/// Counts a replay or a mismatch and tells the dashboards (of every API instance) about it.
+async fn observe_replay(
+    state: &AppState,
+    client: &Client,
+    command_id: CommandId,
+    answer: &Result<Accepted, ApiError>,
+) {
+    let kind = match answer {
+        Ok(accepted) if accepted.replayed => {
+            metrics::idempotent_replay();
+            "replay"
+        }
+        Err(ApiError::IdempotencyMismatch) => {
+            metrics::idempotency_mismatch();
+            "idempotency_mismatch"
+        }
+        _ => return,
+    };
+    let Ok(Some(row)) = commands::get_for_client(&state.db, client.id, command_id).await else {
+        return;
+    };
+    let event = HttpEvent {
+        kind: kind.into(),
+        at: chrono::Utc::now(),
+        client_id: client.id.0,
+        order_id: row.order_id.0,
+        command_id: command_id.0,
+    };
+    hub::announce(&state.db, &event).await;
 }
 
 /// Answers a request whose key was seen before.

@@ -1,10 +1,12 @@
 //! orderflow's HTTP API as a library, so tests run the real thing in-process.
 
 pub mod cli;
+pub mod dashboard;
 pub mod error;
 pub mod extract;
 pub mod intake;
 pub mod limits;
+pub mod metrics;
 pub mod openapi;
 pub mod routes;
 pub mod startup;

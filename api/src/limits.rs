@@ -25,6 +25,8 @@ type Limiter = RateLimiter<
 
 /// Clients whose state is kept at most (the least recently used beyond this are forgotten).
 const MAX_TRACKED_CLIENTS: u64 = 100_000;
+/// SSE streams per client unless configured (a few dashboard tabs).
+const DEFAULT_MAX_STREAMS: usize = 8;
 /// A client idle this long starts again with a full bucket.
 const IDLE: Duration = Duration::from_secs(600);
 
@@ -35,6 +37,8 @@ pub struct Limits {
     buckets: Cache<(ClientId, RateLimit), Arc<Limiter>>,
     max_waits: usize,
     waits: Cache<ClientId, Arc<Semaphore>>,
+    max_streams: usize,
+    streams: Cache<ClientId, Arc<Semaphore>>,
     clock: DefaultClock,
 }
 
@@ -49,6 +53,8 @@ impl Limits {
             max_waits: max_waits_per_client,
             // Not time-bounded: a semaphore with permits out must outlive its idle time.
             waits: Cache::builder().max_capacity(MAX_TRACKED_CLIENTS).build(),
+            max_streams: DEFAULT_MAX_STREAMS,
+            streams: Cache::builder().max_capacity(MAX_TRACKED_CLIENTS).build(),
             clock: DefaultClock::default(),
         }
     }
@@ -85,6 +91,22 @@ impl Limits {
         slots
             .try_acquire_owned()
             .map_err(|_| ApiError::TooManyWaits(self.max_waits))
+    }
+
+    /// Sets how many SSE streams (the dashboard's live feed) one client may hold open.
+    pub fn with_max_streams(mut self, max_streams_per_client: usize) -> Self {
+        self.max_streams = max_streams_per_client;
+        self
+    }
+
+    /// Takes one of the client's SSE slots for as long as the permit lives.
+    pub fn begin_stream(&self, client: ClientId) -> Result<OwnedSemaphorePermit, ApiError> {
+        let slots = self
+            .streams
+            .get_with(client, || Arc::new(Semaphore::new(self.max_streams)));
+        slots
+            .try_acquire_owned()
+            .map_err(|_| ApiError::TooManyStreams(self.max_streams))
     }
 }
 

@@ -1,6 +1,7 @@
 //! Building and running the API: configuration, migrations, the topology, the listener.
 //! Tests use [`Application::build`] with port 0 and [`Application::port`].
 
+use crate::dashboard::hub::{Hub, Thresholds};
 use crate::limits::Limits;
 use crate::routes::{self, ServerLimits};
 use crate::state::AppState;
@@ -39,6 +40,28 @@ pub struct ApiConfig {
     /// Long-polls (`?wait=`) one client may hold open at once; more answer 429.
     #[arg(long, env = "ORDERFLOW_MAX_WAITS_PER_CLIENT", default_value_t = 100)]
     pub max_waits_per_client: usize,
+
+    /// Dashboard live feeds (SSE) one client may hold open at once; more answer 429.
+    #[arg(long, env = "ORDERFLOW_MAX_STREAMS_PER_CLIENT", default_value_t = 8,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_streams_per_client: u64,
+
+    /// Dashboard banner: share (0–1) of the last minute's finished commands rejected for a
+    /// conflict (version, stock, transition) above which the conflict-rate alert shows.
+    #[arg(long, env = "ORDERFLOW_ALERT_CONFLICT_RATE", default_value_t = 0.10)]
+    pub alert_conflict_rate: f64,
+
+    /// Dashboard banner: seconds the oldest unpublished outbox event may wait.
+    #[arg(long, env = "ORDERFLOW_ALERT_OUTBOX_LAG_SECS", default_value_t = 30.0)]
+    pub alert_outbox_lag_secs: f64,
+
+    /// Dashboard banner: seconds a partition's oldest unfinished command may wait.
+    #[arg(
+        long,
+        env = "ORDERFLOW_ALERT_PARTITION_LAG_SECS",
+        default_value_t = 60.0
+    )]
+    pub alert_partition_lag_secs: f64,
 
     /// Requests in flight across the whole server; more are shed at once with 503.
     #[arg(long, env = "ORDERFLOW_MAX_IN_FLIGHT", default_value_t = 1024,
@@ -87,6 +110,8 @@ impl Application {
     /// server and every long-poll.
     pub async fn build(config: ApiConfig, shutdown: CancellationToken) -> anyhow::Result<Self> {
         let common = &config.common;
+        // Before any series is touched, so that none goes to the no-op recorder.
+        orderflow_shared::telemetry::prometheus();
         let pool = db::pool(&common.database_url, common.db_pool_size)?;
         // sqlx's migrator takes an advisory lock: several APIs starting together are fine.
         db::MIGRATOR
@@ -127,7 +152,14 @@ impl Application {
                     burst: config.rate_limit_burst,
                 },
                 config.max_waits_per_client,
-            ),
+            )
+            .with_max_streams(config.max_streams_per_client as usize),
+            hub: Hub::new(Thresholds {
+                conflict_rate: config.alert_conflict_rate,
+                outbox_lag_secs: config.alert_outbox_lag_secs,
+                partition_lag_secs: config.alert_partition_lag_secs,
+            }),
+            shutdown: shutdown.clone(),
         };
         let server_limits = ServerLimits {
             max_in_flight: config.max_in_flight as usize,
@@ -156,6 +188,9 @@ impl Application {
             self.retention,
             self.shutdown.clone(),
         ));
+        self.state
+            .hub
+            .start(self.state.clone(), self.shutdown.clone());
         tracing::info!(address = %self.listener.local_addr()?, "orderflow API listening");
         let shutdown = self.shutdown.clone();
         axum::serve(

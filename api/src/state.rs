@@ -1,8 +1,10 @@
 //! What every handler shares.
 
+use crate::dashboard::hub::Hub;
 use crate::limits::Limits;
 use crate::waiters::Waiters;
 use orderflow_shared::amqp::{Publisher, Topology};
+use orderflow_shared::shutdown::CancellationToken;
 use sqlx::PgPool;
 use std::sync::Arc;
 
@@ -13,4 +15,8 @@ pub struct AppState {
     pub topology: Topology,
     pub waiters: Waiters,
     pub limits: Limits,
+    /// The dashboard's live feed.
+    pub hub: Hub,
+    /// Fires when the server stops: long-lived responses (SSE) end on it.
+    pub shutdown: CancellationToken,
 }

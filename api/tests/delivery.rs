@@ -58,6 +58,8 @@ async fn record_unsent(app: &TestApp, order_id: OrderId, command: Value) -> Comm
         expected_version: None,
         source: Source::Http,
         partition: partition_of(order_id, PARTITIONS),
+        received_at: None,
+        traceparent: None,
     };
     commands::insert(&mut *tx, &new, seq).await.unwrap();
     commands::mark_published(&mut *tx, &[message.command_id.0])

@@ -149,6 +149,8 @@ async fn record_in_flight(app: &TestApp, key: &str, body: &Value) -> (CommandId,
         expected_version: None,
         source: Source::Http,
         partition: partition_of(order_id, common::PARTITIONS),
+        received_at: None,
+        traceparent: None,
     };
     commands::insert(&mut *tx, &new, 1).await.unwrap();
     tx.commit().await.unwrap();

@@ -1,5 +1,6 @@
 //! The command line: `orderflow-bench audit`, its options (each also an environment variable
-//! where the services use the same name), turned into an [`AuditConfig`].
+//! where the services use the same name), turned into an [`AuditConfig`]; and `orderflow-bench
+//! perf`, whose options live with the benchmark (`perf::args`).
 
 use crate::config::{AuditConfig, Scenario};
 use clap::{Parser, Subcommand};
@@ -7,7 +8,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser, Debug)]
-#[command(name = "orderflow-bench", version, about = "orderflow's race auditor")]
+#[command(
+    name = "orderflow-bench",
+    version,
+    about = "orderflow's race auditor and performance benchmark"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -18,6 +23,9 @@ pub enum Command {
     /// Run an adversarial workload against a running stack, drain it, then check every
     /// invariant; exits non-zero if any is broken.
     Audit(AuditArgs),
+    /// Benchmark orderflow side by side with the raw database ceiling and a naive synchronous
+    /// design; writes a JSON and an HTML report and prints a summary with the targets.
+    Perf(crate::perf::args::PerfArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -137,12 +145,51 @@ mod tests {
             "7",
         ])
         .unwrap();
-        let Command::Audit(args) = cli.command;
+        let Command::Audit(args) = cli.command else {
+            panic!("parsed as audit")
+        };
         let config = args.into_config().unwrap();
         assert_eq!(
             config.scenarios,
             vec![Scenario::HotOrders, Scenario::DoublePay]
         );
         assert_eq!(config.seed, 7);
+    }
+
+    #[test]
+    fn perf_smoke_keeps_explicit_options_and_orders_its_lists() {
+        let cli = Cli::try_parse_from([
+            "orderflow-bench",
+            "perf",
+            "--database-url",
+            "postgres://x/y",
+            "--smoke",
+            "--orders",
+            "77",
+            "--workloads",
+            "long-polls,growth,uniform,growth",
+            "--systems",
+            "orderflow,raw",
+        ])
+        .unwrap();
+        let Command::Perf(args) = cli.command else {
+            panic!("parsed as perf")
+        };
+        let config = args.into_config().unwrap();
+        assert_eq!(config.orders, 77);
+        assert!(config.duration < Duration::from_secs(2));
+        assert_eq!(
+            config.workloads,
+            vec![
+                crate::perf::Workload::Uniform,
+                crate::perf::Workload::Growth,
+                crate::perf::Workload::LongPolls,
+            ]
+        );
+        assert_eq!(
+            config.systems,
+            vec![crate::perf::System::Raw, crate::perf::System::Orderflow]
+        );
+        assert!(config.api_bin.ends_with("orderflow-api"));
     }
 }

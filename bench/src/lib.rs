@@ -1,7 +1,8 @@
 //! orderflow's race auditor. [`audit`] runs an adversarial workload against a running stack
 //! (HTTP API, command exchange), heals and drains it, loads what the stack recorded, and checks
 //! every invariant orderflow claims (see `check`). The binary is a thin CLI around it; the
-//! integration tests call it against an in-process stack.
+//! integration tests call it against an in-process stack. [`perf`] is the performance
+//! benchmark (orderflow beside the raw ceiling and a naive synchronous design).
 
 pub mod check;
 pub mod cli;
@@ -10,6 +11,7 @@ pub mod drain;
 pub mod events;
 pub mod http;
 pub mod load;
+pub mod perf;
 pub mod record;
 pub mod report;
 pub mod scenarios;

@@ -1,5 +1,6 @@
-//! `orderflow-bench`: parse the command line, run the audit, print the summary, write the JSON
-//! report, and exit non-zero if any invariant is broken.
+//! `orderflow-bench`: parse the command line; `audit` runs the audit, prints the summary, writes
+//! the JSON report and exits non-zero if any invariant is broken; `perf` runs the benchmark,
+//! writes its reports and prints the summary (it exits non-zero only if it could not run).
 
 use clap::Parser;
 use orderflow_bench::cli::{Cli, Command};
@@ -7,9 +8,20 @@ use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
-    let Cli {
-        command: Command::Audit(args),
-    } = Cli::parse();
+    let args = match Cli::parse().command {
+        Command::Audit(args) => args,
+        Command::Perf(args) => {
+            let config = args.into_config()?;
+            let command_line = std::env::args().collect::<Vec<_>>().join(" ");
+            let report = orderflow_bench::perf::run(&config, command_line).await?;
+            println!("{}", orderflow_bench::perf::report::table::render(&report));
+            println!(
+                "reports written to {}",
+                config.out_dir.join("report.{json,html}").display()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
     let config = args.into_config()?;
     let audit = orderflow_bench::audit(&config).await?;
     println!("{}", audit.report.table());

@@ -406,3 +406,28 @@ impl Publisher {
 pub fn json_properties() -> BasicProperties {
     BasicProperties::default().with_content_type("application/json".into())
 }
+
+/// `properties` with a W3C `traceparent` header ([`crate::telemetry::TRACEPARENT`]) when there
+/// is one, keeping any other headers: the trace travels with the message (API → worker,
+/// relays → the next hop).
+pub fn with_traceparent(properties: BasicProperties, traceparent: Option<&str>) -> BasicProperties {
+    let Some(traceparent) = traceparent else {
+        return properties;
+    };
+    let mut headers = properties.headers().clone().unwrap_or_default();
+    headers.insert(
+        crate::telemetry::TRACEPARENT.into(),
+        AMQPValue::LongString(traceparent.into()),
+    );
+    properties.with_headers(headers)
+}
+
+/// A text header of a received message (a long or short string; other types and invalid
+/// UTF-8 read as absent).
+pub fn header_str<'a>(properties: &'a BasicProperties, name: &str) -> Option<&'a str> {
+    match properties.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongString(value) => std::str::from_utf8(value.as_bytes()).ok(),
+        AMQPValue::ShortString(value) => Some(value.as_str()),
+        _ => None,
+    }
+}

@@ -6,23 +6,25 @@
 //! order first (the broker may deliver out of order); apply this one; commit.
 //! Per command, inside a savepoint: lock the order row, check the expected version, decide,
 //! perform the side effects (stock in sorted SKU order, payment), append the event, write the
-//! projection, the command's status and the outbox row. A rejection rolls the savepoint back and
-//! records only the rejection.
+//! projection, the command's status (with when and at which attempt its message arrived) and the
+//! outbox row. A rejection rolls the savepoint back and records only the rejection.
+//! What a transaction finished is counted in the metrics after it commits, never before.
 
-use crate::error::ApplyError;
-use crate::payment::{Charge, GatewayError, PaymentGateway};
+use crate::error::{ApplyError, Failure};
+use crate::metrics::{self, FinishedCommand, NO_REASON};
+use crate::payment::PaymentGateway;
+use crate::{direct, effects};
 use chrono::{SubsecRound, Utc};
-use orderflow_shared::contract::CommandMessage;
-use orderflow_shared::db::commands::{self, CommandRow, CommandStatus, NewCommand, Source};
-use orderflow_shared::db::{clients, inventory, orders, outbox};
-use orderflow_shared::domain::event::StockLine;
-use orderflow_shared::domain::{
-    Command, CommandId, Event, Order, Rejection, decide, order::evolve,
-};
+use orderflow_shared::contract::{CommandMessage, ContractError};
+use orderflow_shared::db::commands::{self, CommandRow, CommandStatus, Delivered};
+use orderflow_shared::db::observability::{self, NewDeadLetter};
+use orderflow_shared::db::{orders, outbox};
+use orderflow_shared::domain::{Command, CommandId, CommandKind, Event, decide, order::evolve};
 use orderflow_shared::partition::partition_of;
 use serde_json::json;
 use sqlx::{Acquire, PgConnection, PgPool};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// What became of a message.
 #[derive(Debug, PartialEq, Eq)]
@@ -32,12 +34,41 @@ pub enum Outcome {
     /// The command had already been dealt with (a redelivery, or applied ahead of this message
     /// because a later command of its order arrived first).
     Duplicate,
-    /// The message can never be applied; dead-letter it with this reason. It names no recorded
-    /// command of its own (or the id belongs to another command), so no command is failed.
-    Poison(String),
+    /// The message can never be applied; dead-letter it. It names no recorded command of its own
+    /// (or the id belongs to another command), so no command is failed.
+    Poison(Failure),
     /// The command failed earlier (for this reason); its message is dead-lettered again so the
     /// dead-letter queue surely holds it (a crash may have come between the two).
-    AlreadyFailed(String),
+    AlreadyFailed(Failure),
+}
+
+/// What the consumer knows about the message being applied; empty for callers without a
+/// broker (benchmarks, tests).
+#[derive(Clone, Debug, Default)]
+pub struct Delivery {
+    /// When this worker received the message and which attempt it is; written on the message's
+    /// own command when this transaction finishes it.
+    pub delivered: Option<Delivered>,
+    /// The message's `traceparent` header, stored with a direct producer's command.
+    pub traceparent: Option<String>,
+}
+
+/// What one apply transaction did.
+#[derive(Debug)]
+pub struct Handled {
+    pub outcome: Outcome,
+    /// Commands it brought to a final status: the message's own and earlier ones of its order.
+    pub finished: usize,
+}
+
+/// The message in hand when its own command is failed and the message dead-lettered.
+pub struct OwnMessage<'a> {
+    /// Checked against the recorded command (a stranger reusing the id must not fail it);
+    /// `None` when the command is known to be this message's.
+    pub message: Option<&'a CommandMessage>,
+    pub delivered: Option<Delivered>,
+    /// Recorded in the same transaction as the failure.
+    pub dead_letter: NewDeadLetter<'a>,
 }
 
 /// Deliberate breakage, for proving that the race audit can fail. Only code can set it (the
@@ -59,44 +90,114 @@ pub struct Applier {
     pub sabotage: Sabotage,
 }
 
+/// What a transaction did, counted only once it committed.
+#[derive(Default)]
+struct Tally {
+    finished: Vec<FinishedCommand>,
+    recorded: Option<CommandKind>,
+}
+
 impl Applier {
     /// Handles one message that arrived on `partition`. `Err` is a database failure: transient
     /// ones are retried by the caller, anything else fails the command (see [`ApplyError`]).
     pub async fn handle(&self, body: &[u8], partition: u16) -> Result<Outcome, ApplyError> {
+        self.handle_delivery(body, partition, &Delivery::default())
+            .await
+            .map(|handled| handled.outcome)
+    }
+
+    /// [`Applier::handle`] with what the consumer knows about the delivery.
+    pub async fn handle_delivery(
+        &self,
+        body: &[u8],
+        partition: u16,
+        delivery: &Delivery,
+    ) -> Result<Handled, ApplyError> {
+        let started = Instant::now();
+        let mut tally = Tally::default();
+        let result = self
+            .transaction(body, partition, delivery, &mut tally)
+            .await;
+        metrics::apply_duration(started.elapsed());
+        let outcome = result?;
+        // Only a `Finished` outcome committed; every other one rolled back.
+        if !matches!(outcome, Outcome::Finished(_)) {
+            return Ok(Handled {
+                outcome,
+                finished: 0,
+            });
+        }
+        if let Some(kind) = tally.recorded {
+            metrics::command_accepted(kind);
+        }
+        tally.finished.iter().for_each(FinishedCommand::record);
+        Ok(Handled {
+            outcome,
+            finished: tally.finished.len(),
+        })
+    }
+
+    async fn transaction(
+        &self,
+        body: &[u8],
+        partition: u16,
+        delivery: &Delivery,
+        tally: &mut Tally,
+    ) -> Result<Outcome, ApplyError> {
         let message = match CommandMessage::parse(body) {
             Ok(message) => message,
-            Err(e) => return Ok(Outcome::Poison(e.to_string())),
+            Err(e) => {
+                return Ok(Outcome::Poison(Failure::new(
+                    contract_code(&e),
+                    e.to_string(),
+                )));
+            }
         };
         let expected_partition = partition_of(message.order_id, self.partitions);
         if expected_partition != partition {
-            return Ok(Outcome::Poison(format!(
-                "routed to partition {partition}, but order {} belongs to partition {expected_partition}",
-                message.order_id
+            return Ok(Outcome::Poison(Failure::new(
+                "wrong_partition",
+                format!(
+                    "routed to partition {partition}, but order {} belongs to partition {expected_partition}",
+                    message.order_id
+                ),
             )));
         }
         let mut tx = self.db.begin().await?;
         let row = match commands::lock(&mut tx, message.command_id).await? {
             Some(row) => {
                 if !same_command(&row, &message) {
-                    return Ok(Outcome::Poison(format!(
-                        "command_id {} was already used for a different command",
-                        row.id
+                    return Ok(Outcome::Poison(Failure::new(
+                        "command_id_reused",
+                        format!(
+                            "command_id {} was already used for a different command",
+                            row.id
+                        ),
                     )));
                 }
                 row
             }
-            None => match record(&mut tx, &message, partition).await? {
-                Ok(row) => row,
-                Err(reason) => return Ok(Outcome::Poison(reason)),
+            None => match direct::record(&mut tx, &message, partition, delivery).await? {
+                Ok(row) => {
+                    tally.recorded = Some(row.kind);
+                    row
+                }
+                Err(failure) => return Ok(Outcome::Poison(failure)),
             },
         };
         if self.sabotage == Sabotage::SkipInbox && row.status == CommandStatus::Applied {
-            let status = self.apply_one(&mut tx, &row).await?;
+            let status = self
+                .apply_one(&mut tx, &row, delivery.delivered, tally)
+                .await?;
             tx.commit().await?;
             return Ok(Outcome::Finished(status));
         }
         if row.status == CommandStatus::Failed {
-            return Ok(Outcome::AlreadyFailed(row.reason.unwrap_or_default()));
+            let reason = row.reason.unwrap_or_default();
+            return Ok(Outcome::AlreadyFailed(Failure::new(
+                "already_failed",
+                reason,
+            )));
         }
         if row.status.is_final() {
             return Ok(Outcome::Duplicate);
@@ -111,13 +212,14 @@ impl Applier {
                     command_id = %earlier.id, order_id = %earlier.order_id, seq = earlier.seq,
                     "applying an earlier command of the order first (its message is late)"
                 );
-                self.apply_one(&mut tx, &earlier)
+                // Not its own delivery: its timeline keeps no delivered_at/attempt.
+                self.apply_one(&mut tx, &earlier, None, tally)
                     .await
                     .map_err(|e| e.blame(earlier.id))?;
             }
         }
         let status = self
-            .apply_one(&mut tx, &row)
+            .apply_one(&mut tx, &row, delivery.delivered, tally)
             .await
             .map_err(|e| e.blame(row.id))?;
         commands::set_processed(&mut tx, row.order_id, row.seq).await?;
@@ -125,36 +227,25 @@ impl Applier {
         Ok(Outcome::Finished(status))
     }
 
-    /// Marks a command `failed` with `reason`, if it is still accepted — and, when `message` is
-    /// given, only if the message is that command (a stranger's message must not fail it).
+    /// Marks a command `failed` if it is still accepted — and, when `own` names its message,
+    /// only if the message is that command (a stranger's message must not fail it) — recording
+    /// the message's dead letter in the same transaction. Returns whether it failed the command.
     pub async fn fail(
         &self,
         command_id: CommandId,
-        reason: &str,
-        message: Option<&CommandMessage>,
+        failure: &Failure,
+        own: Option<&OwnMessage<'_>>,
     ) -> Result<bool, sqlx::Error> {
         let mut tx = self.db.begin().await?;
-        let Some(row) = commands::lock(&mut tx, command_id).await? else {
-            return Ok(false);
-        };
-        if row.status.is_final() || message.is_some_and(|m| !same_command(&row, m)) {
-            return Ok(false);
-        }
-        let processed = commands::lock_stream(&mut tx, row.order_id).await?;
-        finish(
-            &mut tx,
-            &row,
-            CommandStatus::Failed,
-            Some(reason),
-            None,
-            None,
-        )
-        .await?;
-        if processed == row.seq - 1 {
-            commands::set_processed(&mut tx, row.order_id, row.seq).await?;
+        let failed = fail_in(&mut tx, command_id, failure, own).await?;
+        if let Some(own) = own {
+            observability::insert_dead_letter(&mut *tx, &own.dead_letter).await?;
         }
         tx.commit().await?;
-        Ok(true)
+        if let Some(failed) = &failed {
+            failed.record();
+        }
+        Ok(failed.is_some())
     }
 
     /// Applies (or rejects) one command inside a savepoint of `tx`.
@@ -162,37 +253,37 @@ impl Applier {
         &self,
         tx: &mut PgConnection,
         row: &CommandRow,
+        delivered: Option<Delivered>,
+        tally: &mut Tally,
     ) -> Result<CommandStatus, ApplyError> {
-        let command: Command =
-            serde_json::from_value(row.body.clone()).map_err(|e| ApplyError::Broken {
-                command_id: row.id,
-                reason: format!("stored command does not parse: {e}"),
-            })?;
+        let command: Command = serde_json::from_value(row.body.clone()).map_err(|e| {
+            ApplyError::broken(
+                row.id,
+                "unreadable_command",
+                format!("stored command does not parse: {e}"),
+            )
+        })?;
         let mut savepoint = tx.begin().await?;
         let order = orders::lock(&mut savepoint, row.order_id).await?;
         let version = order.as_ref().map(|o| o.version);
         let decided = match decide(order.as_ref(), &command, row.expected_version) {
-            Ok(event) => self
-                .side_effects(&mut savepoint, order.as_ref(), &event, row)
-                .await?
-                .map(|()| event),
+            Ok(event) => {
+                effects::perform(&*self.gateway, &mut savepoint, order.as_ref(), &event, row)
+                    .await?
+                    .map(|()| event)
+            }
             Err(rejection) => Err(rejection),
         };
         let event = match decided {
             Ok(event) => event,
             Err(rejection) => {
                 savepoint.rollback().await?;
-                tracing::info!(command_id = %row.id, order_id = %row.order_id, reason = rejection.as_str(), "command rejected");
-                finish(
-                    tx,
-                    row,
-                    CommandStatus::Rejected,
-                    Some(rejection.as_str()),
-                    version,
-                    None,
-                )
-                .await?;
-                return Ok(CommandStatus::Rejected);
+                let reason = rejection.as_str();
+                tracing::info!(command_id = %row.id, order_id = %row.order_id, reason, "command rejected");
+                let status = CommandStatus::Rejected;
+                finish(tx, row, status, Some(reason), version, None, delivered).await?;
+                tally.finished.push(finished(row, status, reason));
+                return Ok(status);
             }
         };
         // Microseconds: what timestamptz keeps, so a replay rebuilds the projection exactly.
@@ -208,116 +299,74 @@ impl Applier {
         )
         .await?;
         orders::save(&mut savepoint, &order).await?;
+        let status = CommandStatus::Applied;
+        let version = Some(order.version);
         finish(
             &mut savepoint,
             row,
-            CommandStatus::Applied,
+            status,
             None,
-            Some(order.version),
+            version,
             Some(&event),
+            delivered,
         )
         .await?;
         savepoint.commit().await?;
+        tally.finished.push(finished(row, status, NO_REASON));
         tracing::debug!(command_id = %row.id, order_id = %row.order_id, version = order.version, "command applied");
-        Ok(CommandStatus::Applied)
-    }
-
-    /// Stock and payment for an event. `Ok(Err(_))`: the command is rejected after all.
-    async fn side_effects(
-        &self,
-        conn: &mut PgConnection,
-        order: Option<&Order>,
-        event: &Event,
-        row: &CommandRow,
-    ) -> Result<Result<(), Rejection>, ApplyError> {
-        match event {
-            Event::StockReserved { items } => {
-                for line in sorted(items) {
-                    if !inventory::reserve(conn, &line.sku, line.quantity.get()).await? {
-                        return Ok(Err(Rejection::InsufficientStock));
-                    }
-                }
-            }
-            Event::PaymentCaptured {
-                amount_cents,
-                currency,
-            } => {
-                let charge = Charge {
-                    command_id: row.id,
-                    order_id: row.order_id,
-                    amount_cents: *amount_cents,
-                    currency: currency.as_str(),
-                };
-                match self.gateway.capture(conn, charge).await {
-                    Ok(()) => {}
-                    Err(GatewayError::Declined) => return Ok(Err(Rejection::PaymentDeclined)),
-                    Err(GatewayError::Db(e)) => return Err(e.into()),
-                }
-            }
-            Event::OrderShipped { items } => {
-                for line in sorted(items) {
-                    if !inventory::ship(conn, &line.sku, line.quantity.get()).await? {
-                        return Err(ApplyError::Broken {
-                            command_id: row.id,
-                            reason: format!(
-                                "sku {} has less reserved stock than this order reserved",
-                                line.sku
-                            ),
-                        });
-                    }
-                }
-            }
-            Event::OrderCancelled {
-                released,
-                refunded_cents,
-                ..
-            } => {
-                for line in sorted(released) {
-                    if !inventory::release(conn, &line.sku, line.quantity.get()).await? {
-                        return Err(ApplyError::Broken {
-                            command_id: row.id,
-                            reason: format!(
-                                "sku {} has less reserved stock than this order reserved",
-                                line.sku
-                            ),
-                        });
-                    }
-                }
-                if *refunded_cents > 0 {
-                    let currency = order.map(|o| o.currency.as_str()).unwrap_or_default();
-                    let charge = Charge {
-                        command_id: row.id,
-                        order_id: row.order_id,
-                        amount_cents: *refunded_cents,
-                        currency,
-                    };
-                    match self.gateway.refund(conn, charge).await {
-                        Ok(()) => {}
-                        Err(GatewayError::Declined) => {
-                            return Err(ApplyError::Broken {
-                                command_id: row.id,
-                                reason: "the gateway refused a refund".into(),
-                            });
-                        }
-                        Err(GatewayError::Db(e)) => return Err(e.into()),
-                    }
-                }
-            }
-            Event::OrderCreated { .. }
-            | Event::ItemAdded { .. }
-            | Event::ItemRemoved { .. }
-            | Event::OrderDelivered {} => {}
-        }
-        Ok(Ok(()))
+        Ok(status)
     }
 }
 
-/// Stock lines in SKU order: the one global lock order that keeps concurrent reservations of
-/// overlapping SKUs from deadlocking. (Events are built sorted; this keeps it true regardless.)
-fn sorted(lines: &[StockLine]) -> Vec<&StockLine> {
-    let mut lines: Vec<&StockLine> = lines.iter().collect();
-    lines.sort_by(|a, b| a.sku.cmp(&b.sku));
-    lines
+/// The failing part of [`Applier::fail`], inside its transaction.
+async fn fail_in(
+    tx: &mut PgConnection,
+    command_id: CommandId,
+    failure: &Failure,
+    own: Option<&OwnMessage<'_>>,
+) -> Result<Option<FinishedCommand>, sqlx::Error> {
+    let Some(row) = commands::lock(tx, command_id).await? else {
+        return Ok(None);
+    };
+    let message = own.and_then(|own| own.message);
+    if row.status.is_final() || message.is_some_and(|m| !same_command(&row, m)) {
+        return Ok(None);
+    }
+    let processed = commands::lock_stream(tx, row.order_id).await?;
+    let status = CommandStatus::Failed;
+    let delivered = own.and_then(|own| own.delivered);
+    finish(
+        tx,
+        &row,
+        status,
+        Some(&failure.reason),
+        None,
+        None,
+        delivered,
+    )
+    .await?;
+    if processed == row.seq - 1 {
+        commands::set_processed(tx, row.order_id, row.seq).await?;
+    }
+    Ok(Some(finished(&row, status, failure.code)))
+}
+
+fn finished(row: &CommandRow, status: CommandStatus, reason: &'static str) -> FinishedCommand {
+    FinishedCommand {
+        kind: row.kind,
+        status,
+        reason,
+        accepted_at: row.accepted_at,
+    }
+}
+
+/// The metric label of a message that is not a valid command.
+fn contract_code(error: &ContractError) -> &'static str {
+    match error {
+        ContractError::TooLarge(_) => "too_large",
+        ContractError::Version(_) => "unsupported_version",
+        ContractError::Malformed(_) | ContractError::NegativeVersion => "malformed",
+    }
 }
 
 /// Is this message the command recorded under its id (a redelivery), not a reuse of the id?
@@ -328,50 +377,6 @@ fn same_command(row: &CommandRow, message: &CommandMessage) -> bool {
         && serde_json::to_value(&message.command).ok().as_ref() == Some(&row.body)
 }
 
-/// Records a direct producer's command, giving it the next seq of its order.
-/// `Ok(Err(reason))`: the message is refused (unknown client, another client's order, …).
-async fn record(
-    tx: &mut PgConnection,
-    message: &CommandMessage,
-    partition: u16,
-) -> Result<Result<CommandRow, String>, ApplyError> {
-    if !clients::exists(&mut *tx, message.client_id).await? {
-        return Ok(Err(format!("unknown client {}", message.client_id)));
-    }
-    let is_create = matches!(message.command, Command::Create { .. });
-    let seq = if is_create
-        && commands::open_stream(&mut *tx, message.order_id, message.client_id).await?
-    {
-        Some(1)
-    } else {
-        commands::next_seq(&mut *tx, message.order_id, message.client_id).await?
-    };
-    let Some(seq) = seq else {
-        return Ok(Err(
-            match commands::stream_owner(&mut *tx, message.order_id).await? {
-                Some(_) => format!("order {} belongs to another client", message.order_id),
-                None => format!("unknown order {}", message.order_id),
-            },
-        ));
-    };
-    let body = serde_json::to_value(&message.command).expect("commands serialize");
-    let new = NewCommand {
-        id: message.command_id,
-        client_id: message.client_id,
-        order_id: message.order_id,
-        kind: message.command.kind(),
-        body: &body,
-        expected_version: message.expected_version,
-        source: Source::Amqp,
-        partition,
-    };
-    commands::insert(&mut *tx, &new, seq).await?;
-    let row = commands::lock(tx, message.command_id)
-        .await?
-        .expect("the command was just inserted");
-    Ok(Ok(row))
-}
-
 /// Records a command's final status and its status event for the outbox.
 async fn finish(
     conn: &mut PgConnection,
@@ -380,8 +385,9 @@ async fn finish(
     reason: Option<&str>,
     version: Option<i64>,
     event: Option<&Event>,
+    delivered: Option<Delivered>,
 ) -> Result<(), sqlx::Error> {
-    commands::finish(conn, row.id, status, reason, version).await?;
+    commands::finish(conn, row.id, status, reason, version, delivered).await?;
     let payload = json!({
         "command_id": row.id,
         "order_id": row.order_id,

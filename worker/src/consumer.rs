@@ -1,10 +1,15 @@
 //! The AMQP loop of one partition: consume, hand each message to the [`Applier`], ack after the
 //! commit. One message is applied at a time; the prefetch window only keeps the next ones close.
-//! On shutdown the message being applied is finished and acked before the channel closes.
+//! On shutdown the message being applied is finished and acked before the channel closes. Each
+//! message is handled inside its own span (partition, command and order ids, trace id), which
+//! continues the trace named by the message's `traceparent` header.
 
-use crate::apply::{Applier, Outcome};
-use crate::error::ApplyError;
+use crate::apply::{Applier, Delivery as DeliveryInfo, Handled, Outcome, OwnMessage};
+use crate::error::{ApplyError, Failure};
+use crate::metrics;
+use crate::monitor::Monitor;
 use backon::{BackoffBuilder, ExponentialBuilder};
+use chrono::Utc;
 use futures_util::StreamExt;
 use lapin::{
     message::Delivery,
@@ -12,13 +17,17 @@ use lapin::{
     types::{AMQPValue, FieldTable},
 };
 use orderflow_shared::amqp::{
-    Outgoing, Publisher, REASON_HEADER, SharedConnection, Topology, json_properties,
+    Outgoing, Publisher, REASON_HEADER, SharedConnection, Topology, header_str, json_properties,
 };
 use orderflow_shared::contract::CommandMessage;
-use orderflow_shared::db::commands;
+use orderflow_shared::db::commands::{self, Delivered};
+use orderflow_shared::db::observability::{self, NewDeadLetter};
 use orderflow_shared::shutdown::CancellationToken;
+use orderflow_shared::telemetry::{self, TRACEPARENT};
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
+use tracing::field::{Empty, display};
 
 /// What every partition consumer of a process shares.
 pub struct Context {
@@ -34,6 +43,8 @@ pub struct Context {
     /// dead-lettered (with a reason, its command failed) before the broker's own delivery limit
     /// would drop it without one.
     pub poison_after_deliveries: i64,
+    /// Per-partition state behind the heartbeat and the partition gauges.
+    pub monitor: Arc<Monitor>,
 }
 
 /// Consumes `partition` until shutdown, reconnecting with backoff after broker failures.
@@ -83,6 +94,7 @@ async fn consume(
             FieldTable::default(),
         )
         .await?;
+    let _consuming = ctx.monitor.consuming(partition);
     tracing::info!(
         partition,
         queue,
@@ -107,62 +119,189 @@ async fn consume(
     Ok(())
 }
 
+/// What to do with a message once the database has been written.
+enum Verdict {
+    Ack,
+    /// Dead-letter it, then ack. `recorded`: its `dead_letters` row was written with the
+    /// command's failure (one transaction); otherwise it is written now.
+    DeadLetter {
+        failure: Failure,
+        recorded: bool,
+    },
+}
+
 /// Applies one delivery and acks it; `Err` leaves it unacked (the channel is then dropped and the
-/// broker redelivers it to whoever holds the partition next).
+/// broker redelivers it to whoever holds the partition next). Everything is logged inside the
+/// message's span: its partition, command and order ids, and the trace it continues (the
+/// message's `traceparent` header) or starts.
 async fn handle(
     ctx: &Context,
     partition: u16,
     delivery: &Delivery,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
+    let received = Utc::now();
+    ctx.monitor
+        .delivered(partition, delivery.redelivered, received);
     let message = CommandMessage::parse(&delivery.data).ok();
-    let dead_letter_reason = match &message {
-        // A redelivery: count this start, and give up on a message that keeps killing workers.
+    let span = tracing::info_span!(
+        "message",
+        partition,
+        command_id = Empty,
+        order_id = Empty,
+        trace_id = Empty,
+        redelivered = delivery.redelivered,
+    );
+    if let Some(m) = &message {
+        span.record("command_id", display(m.command_id));
+        span.record("order_id", display(m.order_id));
+    } else {
+        // Not a valid command; name what it claims to be, if it says.
+        let claimed = NewDeadLetter::from_body(partition, "", &delivery.data);
+        if let Some(id) = claimed.command_id {
+            span.record("command_id", display(id));
+        }
+        if let Some(id) = claimed.order_id {
+            span.record("order_id", display(id));
+        }
+    }
+    let traceparent = header_str(&delivery.properties, TRACEPARENT);
+    telemetry::accept_traceparent(&span, traceparent);
+    let traceparent = traceparent.map(str::to_owned);
+    process(
+        ctx,
+        partition,
+        delivery,
+        message.as_ref(),
+        traceparent,
+        received,
+        shutdown,
+    )
+    .instrument(span)
+    .await
+}
+
+async fn process(
+    ctx: &Context,
+    partition: u16,
+    delivery: &Delivery,
+    message: Option<&CommandMessage>,
+    traceparent: Option<String>,
+    received: chrono::DateTime<Utc>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    // A redelivery: count this start (the attempt number on the command's timeline), and give
+    // up on a message that keeps killing workers.
+    let attempts = match message {
         Some(m) if delivery.redelivered => {
-            let attempts = commands::note_attempt(&ctx.applier.db, m.command_id).await?;
-            if i64::from(attempts) > ctx.poison_after_deliveries {
-                let reason = format!(
+            Some(commands::note_attempt(&ctx.applier.db, m.command_id).await?)
+        }
+        _ => None,
+    };
+    let info = DeliveryInfo {
+        delivered: Some(Delivered {
+            at: received,
+            attempt: attempts.unwrap_or(1),
+        }),
+        traceparent,
+    };
+    let verdict = match (message, attempts) {
+        (Some(m), Some(attempts)) if i64::from(attempts) > ctx.poison_after_deliveries => {
+            let failure = Failure::new(
+                "delivery_limit",
+                format!(
                     "a worker started applying this message {attempts} times without finishing (it crashed or lost its connection each time)"
-                );
-                ctx.applier.fail(m.command_id, &reason, Some(m)).await?;
-                Some(reason)
-            } else {
-                apply(ctx, partition, delivery, message.as_ref(), shutdown).await?
+                ),
+            );
+            let own = OwnMessage {
+                message: Some(m),
+                delivered: info.delivered,
+                dead_letter: NewDeadLetter::from_body(partition, &failure.reason, &delivery.data),
+            };
+            if ctx.applier.fail(m.command_id, &failure, Some(&own)).await? {
+                ctx.monitor.finished(partition, 1);
+            }
+            Verdict::DeadLetter {
+                failure,
+                recorded: true,
             }
         }
-        _ => apply(ctx, partition, delivery, message.as_ref(), shutdown).await?,
+        _ => apply(ctx, partition, delivery, message, &info, shutdown).await?,
     };
-    if let Some(reason) = dead_letter_reason {
-        dead_letter(ctx, delivery, &reason).await?;
-        tracing::warn!(partition, reason, command_id = ?message.map(|m| m.command_id), "message dead-lettered");
+    if let Verdict::DeadLetter { failure, recorded } = verdict {
+        if !recorded {
+            let letter = NewDeadLetter::from_body(partition, &failure.reason, &delivery.data);
+            observability::insert_dead_letter(&ctx.applier.db, &letter).await?;
+        }
+        dead_letter(ctx, delivery, &failure.reason).await?;
+        metrics::dead_lettered(failure.code);
+        tracing::warn!(
+            reason = failure.reason,
+            code = failure.code,
+            "message dead-lettered"
+        );
     }
     delivery.ack(BasicAckOptions::default()).await?;
     Ok(())
 }
 
-/// Applies the message; `Some(reason)` if it must be dead-lettered (its command, if recorded, is
-/// already marked failed: the database is written before the dead-letter queue).
+/// Applies the message and says what to do with it. A command that breaks is failed here (the
+/// database is written before the dead-letter queue), with the dead-letter record when it is
+/// the message's own.
 async fn apply(
     ctx: &Context,
     partition: u16,
     delivery: &Delivery,
     message: Option<&CommandMessage>,
+    info: &DeliveryInfo,
     shutdown: &CancellationToken,
-) -> anyhow::Result<Option<String>> {
+) -> anyhow::Result<Verdict> {
     loop {
-        match apply_with_retries(ctx, partition, &delivery.data, shutdown).await {
-            Ok(Outcome::Finished(_) | Outcome::Duplicate) => return Ok(None),
-            Ok(Outcome::Poison(reason) | Outcome::AlreadyFailed(reason)) => {
-                return Ok(Some(reason));
+        match apply_with_retries(ctx, partition, &delivery.data, info, shutdown).await {
+            Ok(handled) => {
+                ctx.monitor.finished(partition, handled.finished);
+                return Ok(match handled.outcome {
+                    Outcome::Finished(_) => Verdict::Ack,
+                    Outcome::Duplicate => {
+                        metrics::inbox_duplicate();
+                        Verdict::Ack
+                    }
+                    Outcome::Poison(failure) | Outcome::AlreadyFailed(failure) => {
+                        Verdict::DeadLetter {
+                            failure,
+                            recorded: false,
+                        }
+                    }
+                });
             }
-            Err(ApplyError::Broken { command_id, reason }) => {
-                ctx.applier.fail(command_id, &reason, None).await?;
+            Err(ApplyError::Broken {
+                command_id,
+                failure,
+            }) => {
                 if message.is_some_and(|m| m.command_id == command_id) {
-                    return Ok(Some(reason));
+                    let own = OwnMessage {
+                        message: None,
+                        delivered: info.delivered,
+                        dead_letter: NewDeadLetter::from_body(
+                            partition,
+                            &failure.reason,
+                            &delivery.data,
+                        ),
+                    };
+                    if ctx.applier.fail(command_id, &failure, Some(&own)).await? {
+                        ctx.monitor.finished(partition, 1);
+                    }
+                    return Ok(Verdict::DeadLetter {
+                        failure,
+                        recorded: true,
+                    });
                 }
                 // An earlier command of the order broke (its message is late); it is failed
                 // now, and this message's command gets its turn.
-                tracing::warn!(partition, %command_id, reason, "an earlier command of the order failed");
+                if ctx.applier.fail(command_id, &failure, None).await? {
+                    ctx.monitor.finished(partition, 1);
+                }
+                tracing::warn!(%command_id, reason = failure.reason, "an earlier command of the order failed");
             }
             Err(ApplyError::Db(e)) => {
                 // Transient with shutdown first, or a database error outside any command's apply:
@@ -179,8 +318,9 @@ async fn apply_with_retries(
     ctx: &Context,
     partition: u16,
     body: &[u8],
+    info: &DeliveryInfo,
     shutdown: &CancellationToken,
-) -> Result<Outcome, ApplyError> {
+) -> Result<Handled, ApplyError> {
     let mut delays = ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(5))
         .with_max_delay(Duration::from_secs(2))
@@ -188,10 +328,11 @@ async fn apply_with_retries(
         .with_jitter()
         .build();
     loop {
-        match ctx.applier.handle(body, partition).await {
+        match ctx.applier.handle_delivery(body, partition, info).await {
             Err(e) if e.is_transient() => {
+                metrics::tx_retry(e.retry_cause());
                 let delay = delays.next().unwrap_or(Duration::from_secs(2));
-                tracing::warn!(partition, error = %e, ?delay, "transient failure; retrying the transaction");
+                tracing::warn!(error = %e, ?delay, "transient failure; retrying the transaction");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.cancelled() => return Err(e),

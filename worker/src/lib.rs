@@ -2,7 +2,11 @@
 
 pub mod apply;
 pub mod consumer;
+pub mod direct;
+pub mod effects;
 pub mod error;
+pub mod metrics;
+pub mod monitor;
 pub mod outbox;
 pub mod payment;
 pub mod startup;

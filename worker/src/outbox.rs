@@ -1,15 +1,18 @@
 //! The relays. The outbox relay publishes status events to the events exchange in outbox order
 //! (hence per-order order), woken by LISTEN/NOTIFY; it deletes rows only after the broker
 //! confirmed them. The command relay republishes commands that were recorded but never
-//! confirmed to the broker (the API died in between, or the broker was down).
+//! confirmed to the broker (the API died in between, or the broker was down). Both hand on the
+//! trace stored with the command (`traceparent` header): events carry their command's.
 
-use orderflow_shared::amqp::{Outgoing, Publisher, Topology, json_properties};
+use orderflow_shared::amqp::{Outgoing, Publisher, Topology, json_properties, with_traceparent};
 use orderflow_shared::contract::CommandMessage;
-use orderflow_shared::db::{self, commands, outbox};
+use orderflow_shared::db::{self, commands, observability, outbox};
 use orderflow_shared::shutdown::CancellationToken;
-use sqlx::PgPool;
 use sqlx::postgres::PgListener;
+use sqlx::{PgConnection, PgPool};
+use std::collections::HashMap;
 use std::time::Duration;
+use uuid::Uuid;
 
 /// Rows relayed per transaction.
 const BATCH: i64 = 200;
@@ -93,13 +96,24 @@ pub async fn relay_batch(
         .iter()
         .map(|r| serde_json::to_vec(&r.payload).expect("json values serialize"))
         .collect();
+    let command_ids: Vec<Option<Uuid>> = rows
+        .iter()
+        .map(|r| r.payload.get("command_id")?.as_str()?.parse().ok())
+        .collect();
+    let traces = traceparents(&mut tx, command_ids.iter().flatten().copied().collect()).await?;
     let messages: Vec<Outgoing> = rows
         .iter()
         .zip(&bodies)
-        .map(|(row, body)| Outgoing {
+        .zip(&command_ids)
+        .map(|((row, body), command_id)| Outgoing {
             routing_key: &row.routing_key,
             body,
-            properties: json_properties(),
+            properties: with_traceparent(
+                json_properties(),
+                command_id
+                    .and_then(|id| traces.get(&id))
+                    .map(String::as_str),
+            ),
         })
         .collect();
     // Events may have no subscriber: not mandatory.
@@ -156,13 +170,17 @@ pub async fn republish_stale(
         bodies.push(CommandMessage::from_row(row)?.to_bytes());
         keys.push(row.partition.to_string());
     }
+    let traces = traceparents(&mut tx, rows.iter().map(|r| r.id.0).collect()).await?;
     let messages: Vec<Outgoing> = rows
         .iter()
         .zip(bodies.iter().zip(&keys))
         .map(|(row, (body, key))| Outgoing {
             routing_key: key,
             body,
-            properties: json_properties().with_message_id(row.id.to_string().as_str().into()),
+            properties: with_traceparent(
+                json_properties().with_message_id(row.id.to_string().as_str().into()),
+                traces.get(&row.id.0).map(String::as_str),
+            ),
         })
         .collect();
     let results = publisher
@@ -183,4 +201,18 @@ pub async fn republish_stale(
         );
     }
     Ok(published.len())
+}
+
+/// The stored traceparents of these commands, by command id (one query per batch).
+async fn traceparents(
+    conn: &mut PgConnection,
+    command_ids: Vec<Uuid>,
+) -> sqlx::Result<HashMap<Uuid, String>> {
+    if command_ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    Ok(observability::traceparents(conn, &command_ids)
+        .await?
+        .into_iter()
+        .collect())
 }

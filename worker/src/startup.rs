@@ -1,18 +1,22 @@
 //! Building and running a worker process: configuration, the schema check, the topology, and
-//! the tasks (one consumer per partition, the outbox relay, the command relay).
+//! the tasks (one consumer per partition, the outbox relay, the command relay, the heartbeat,
+//! the gauge sampler and the `/metrics` listener).
 
 use crate::apply::{Applier, Sabotage};
 use crate::consumer::{self, Context};
-use crate::outbox;
+use crate::monitor::Monitor;
 use crate::payment::SimulatedGateway;
+use crate::{metrics, outbox};
 use anyhow::Context as _;
 use clap::Parser;
 use orderflow_shared::amqp::{self, Publisher, SharedConnection, Topology};
 use orderflow_shared::config::CommonConfig;
 use orderflow_shared::db::{self, SchemaError};
 use orderflow_shared::shutdown::CancellationToken;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::net::TcpListener;
 
 /// orderflow's worker: consumes the partition queues and applies each command to PostgreSQL in
 /// one transaction, relays status events, and republishes commands the broker never confirmed.
@@ -41,9 +45,42 @@ pub struct WorkerConfig {
     #[arg(long, env = "ORDERFLOW_PAYMENT_DECLINE_OVER_CENTS")]
     pub payment_decline_over_cents: Option<i64>,
 
+    /// Address of the Prometheus endpoint (`GET /metrics`). Port 0 picks a free port. Several
+    /// workers on one host each need their own.
+    #[arg(
+        long,
+        env = "ORDERFLOW_METRICS_LISTEN",
+        default_value = "127.0.0.1:9091"
+    )]
+    pub metrics_listen: SocketAddr,
+
+    /// Name of this worker in the partition heartbeat (`worker_partitions`) and the dashboard
+    /// [default: <hostname>:<pid>]
+    #[arg(long, env = "ORDERFLOW_WORKER_NAME")]
+    pub worker_name: Option<String>,
+
     /// Deliberate breakage for the audit's own tests; never from the command line.
     #[arg(skip)]
     pub sabotage: Sabotage,
+}
+
+impl WorkerConfig {
+    /// Every option at its default, with the given common settings and the metrics endpoint on
+    /// a free port: for tests and embedding (`WorkerConfig { prefetch: 8, ..with_defaults(c) }`
+    /// keeps compiling when options are added).
+    pub fn with_defaults(common: CommonConfig) -> Self {
+        #[derive(Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            worker: WorkerConfig,
+        }
+        let mut config =
+            Defaults::parse_from(["orderflow-worker", "--database-url", &common.database_url])
+                .worker;
+        config.common = common;
+        config.metrics_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config
+    }
 }
 
 /// A worker ready to run.
@@ -51,6 +88,8 @@ pub struct Worker {
     config: WorkerConfig,
     context: Arc<Context>,
     relay_publisher: Arc<Publisher>,
+    metrics_listener: TcpListener,
+    metrics_addr: SocketAddr,
 }
 
 impl Worker {
@@ -86,6 +125,23 @@ impl Worker {
         })
         .await?;
 
+        // Bound here, so that a taken port fails the start and tests learn the port before running.
+        let metrics_listener = TcpListener::bind(config.metrics_listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "binding the metrics endpoint {} (set --metrics-listen / ORDERFLOW_METRICS_LISTEN; port 0 picks a free one)",
+                    config.metrics_listen
+                )
+            })?;
+        let metrics_addr = metrics_listener.local_addr()?;
+        // Installs the process's recorder before any series handle is taken.
+        orderflow_shared::telemetry::prometheus();
+        let worker_name = config
+            .worker_name
+            .clone()
+            .unwrap_or_else(default_worker_name);
+
         let applier = Applier {
             db,
             gateway: Arc::new(SimulatedGateway {
@@ -104,12 +160,25 @@ impl Worker {
             ),
             prefetch: config.prefetch,
             poison_after_deliveries: config.poison_after_deliveries,
+            monitor: Arc::new(Monitor::new(worker_name, common.partitions)),
         });
         Ok(Self {
             config,
             context,
             relay_publisher: Arc::new(Publisher::new(pool)),
+            metrics_listener,
+            metrics_addr,
         })
+    }
+
+    /// Where `GET /metrics` is served (the bound port when configured with port 0).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+
+    /// The name this worker heartbeats under.
+    pub fn name(&self) -> &str {
+        self.context.monitor.worker()
     }
 
     /// Runs every task until `shutdown` fires, then waits for each to finish what it holds.
@@ -133,19 +202,56 @@ impl Worker {
         tasks.spawn(async move {
             outbox::run_command_relay(db, &publisher, &topology, after, stop).await
         });
+        let (context, db, stop) = (
+            self.context.clone(),
+            self.context.applier.db.clone(),
+            shutdown.clone(),
+        );
+        tasks.spawn(async move { context.monitor.run_heartbeat(db, stop).await });
+        let (context, db, stop) = (
+            self.context.clone(),
+            self.context.applier.db.clone(),
+            shutdown.clone(),
+        );
+        tasks.spawn(async move {
+            let (monitor, connection, topology) =
+                (&context.monitor, &context.connection, &context.topology);
+            monitor.run_sampler(db, connection, topology, stop).await
+        });
+        tasks.spawn(metrics::serve(self.metrics_listener, shutdown.clone()));
         tracing::info!(
             partitions = self.config.common.partitions,
             namespace = self.config.common.namespace,
+            worker = self.context.monitor.worker(),
+            metrics = %self.metrics_addr,
             "worker running"
         );
         while let Some(joined) = tasks.join_next().await {
             joined.context("a worker task panicked")?;
+        }
+        // The consumers are gone: say so now rather than leave `consuming` to go stale.
+        let last = self.context.monitor.beat(&self.context.applier.db);
+        match tokio::time::timeout(Duration::from_secs(5), last).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "the last heartbeat failed"),
+            Err(_) => tracing::warn!("the last heartbeat timed out"),
         }
         self.context.connection.close().await;
         self.context.publisher.pool().close();
         tracing::info!("worker stopped");
         Ok(())
     }
+}
+
+/// `<hostname>:<pid>`: unique among the workers of a host, recognisable on the dashboard.
+fn default_worker_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "worker".into());
+    format!("{host}:{}", std::process::id())
 }
 
 /// Retries `attempt` with backoff until it succeeds, logging what it waits for.

@@ -18,6 +18,8 @@ fn spawn_worker(database_url: &str, namespace: &str) -> Child {
         .env("DATABASE_URL", database_url)
         .env("ORDERFLOW_NAMESPACE", namespace)
         .env("ORDERFLOW_PARTITIONS", PARTITIONS.to_string())
+        // Any free port: a worker of a local stack may hold the default one.
+        .env("ORDERFLOW_METRICS_LISTEN", "127.0.0.1:0")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -73,7 +73,10 @@ async fn get_command(
     }
     // Each open long-poll holds one of the client's slots until it answers.
     let _slot = if wait > 0 {
-        Some(state.limits.begin_wait(client.id)?)
+        Some((
+            state.limits.begin_wait(client.id)?,
+            crate::metrics::OpenStream::new("long_poll"),
+        ))
     } else {
         None
     };

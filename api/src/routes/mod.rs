@@ -5,13 +5,17 @@ pub mod health;
 pub mod inventory;
 pub mod orders;
 
+use crate::dashboard;
 use crate::error::ApiError;
 use crate::extract::MAX_BODY_BYTES;
+use crate::metrics;
 use crate::openapi::{self, ApiDoc};
 use crate::state::AppState;
 use axum::Router;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
+use axum::middleware;
+use axum::routing::get;
 use std::time::Duration;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::{BoxError, ServiceBuilder};
@@ -50,10 +54,32 @@ pub fn router(state: AppState, limits: ServerLimits) -> Router {
         .timeout(limits.request_timeout);
     let (api, document) = api();
     api.merge(openapi::router(&document))
+        .merge(dashboard::router())
+        .route("/metrics", get(metrics::render))
         .fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(overload)
-        .layer(TraceLayer::new_for_http())
+        // Mounted after the overload layer: a live feed must outlive the request timeout (it is
+        // capped per client instead, and ends on shutdown).
+        .merge(dashboard::streams())
+        .layer(middleware::from_fn(metrics::track_requests))
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .with_state(state)
+}
+
+/// The span of one request; it continues the caller's trace when a valid W3C `traceparent`
+/// header came with it, and that trace goes on with the command to the worker.
+fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    let span = tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path(),
+    );
+    let header = request
+        .headers()
+        .get(orderflow_shared::telemetry::TRACEPARENT)
+        .and_then(|v| v.to_str().ok());
+    orderflow_shared::telemetry::accept_traceparent(&span, header);
+    span
 }

@@ -1,7 +1,7 @@
 //! Orders: create one, send it commands, read its projection and its history.
 
 use crate::error::ApiError;
-use crate::extract::{ApiPath, Caller, IdempotencyKey, IfMatch, StrictJson};
+use crate::extract::{ApiPath, Caller, IdempotencyKey, IfMatch, Received, StrictJson};
 use crate::intake::{self, Accepted, Submission, Target};
 use crate::openapi::{self, IdempotencyKeyHeader, IfMatchHeader, OrderCommand, OrderIdPath};
 use crate::state::AppState;
@@ -58,6 +58,7 @@ struct NewOrder {
 async fn create_order(
     State(state): State<AppState>,
     Caller(client): Caller,
+    Received(received_at): Received,
     IdempotencyKey(key): IdempotencyKey,
     body: StrictJson<NewOrder>,
 ) -> Result<Accepted, ApiError> {
@@ -77,6 +78,7 @@ async fn create_order(
             items,
         },
         expected_version: None,
+        received_at,
     };
     intake::submit(&state, submission).await
 }
@@ -105,6 +107,7 @@ async fn create_order(
 async fn post_command(
     State(state): State<AppState>,
     Caller(client): Caller,
+    Received(received_at): Received,
     ApiPath(order_id): ApiPath<Uuid>,
     IdempotencyKey(key): IdempotencyKey,
     IfMatch(if_match): IfMatch,
@@ -123,6 +126,7 @@ async fn post_command(
         target: Target::Existing(OrderId(order_id)),
         command: body.value,
         expected_version: if_match,
+        received_at,
     };
     intake::submit(&state, submission).await
 }

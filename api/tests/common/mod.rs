@@ -59,6 +59,7 @@ pub struct TestApp {
     pub http: reqwest::Client,
     pub options: Options,
     api_shutdown: CancellationToken,
+    api_task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     worker_shutdown: Option<CancellationToken>,
     worker_task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -94,7 +95,7 @@ impl TestApp {
             .await
             .expect("the API builds");
         let address = format!("http://127.0.0.1:{}", app.port());
-        tokio::spawn(app.run_until_stopped());
+        let api_task = tokio::spawn(app.run_until_stopped());
 
         let db = PgPool::connect(&database_url).await.unwrap();
         let (_, admin_key) = clients::create(&db, "test-admin", true).await.unwrap();
@@ -118,6 +119,7 @@ impl TestApp {
             http: reqwest::Client::new(),
             options: options.clone(),
             api_shutdown,
+            api_task: Some(api_task),
             worker_shutdown: None,
             worker_task: None,
         };
@@ -142,6 +144,8 @@ impl TestApp {
             republish_after_ms: 1000,
             payment_decline_over_cents: self.options.decline_over_cents,
             sabotage: Default::default(),
+            metrics_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            worker_name: None,
         }
     }
 
@@ -167,6 +171,19 @@ impl TestApp {
                 .expect("the worker stops within 30 s")
                 .unwrap()
                 .unwrap();
+        }
+    }
+
+    /// Shuts the API down gracefully; true if it stopped within `limit`.
+    pub async fn stop_api(&mut self, limit: Duration) -> bool {
+        self.api_shutdown.cancel();
+        let task = self.api_task.take().expect("the API runs");
+        match tokio::time::timeout(limit, task).await {
+            Ok(result) => {
+                result.unwrap().unwrap();
+                true
+            }
+            Err(_) => false,
         }
     }
 

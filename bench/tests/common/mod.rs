@@ -48,12 +48,9 @@ impl Stack {
         let url = format!("http://127.0.0.1:{}", app.port());
         tokio::spawn(app.run_until_stopped());
         let worker = Worker::build(WorkerConfig {
-            common: common.clone(),
-            prefetch: 32,
-            poison_after_deliveries: 5,
             republish_after_ms: 1000,
-            payment_decline_over_cents: None,
             sabotage,
+            ..WorkerConfig::with_defaults(common.clone())
         })
         .await
         .expect("the worker builds");

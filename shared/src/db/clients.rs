@@ -99,6 +99,23 @@ pub async fn find_by_key(db: impl PgExecutor<'_>, key: &str) -> sqlx::Result<Opt
     }))
 }
 
+/// A live client by id (a redrive re-submits a dead letter as the client that sent it).
+pub async fn get(db: impl PgExecutor<'_>, id: ClientId) -> sqlx::Result<Option<Client>> {
+    let row = sqlx::query!(
+        "select id, name, is_admin, rate_per_second, rate_burst
+         from clients where id = $1 and revoked_at is null",
+        id.0
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|r| Client {
+        id: ClientId(r.id),
+        name: r.name,
+        is_admin: r.is_admin,
+        rate_limit: RateLimit::from_columns(r.rate_per_second, r.rate_burst),
+    }))
+}
+
 /// Does a live client with this id exist? (Direct producers name their client.)
 pub async fn exists(db: impl PgExecutor<'_>, id: ClientId) -> sqlx::Result<bool> {
     sqlx::query_scalar!(

@@ -67,6 +67,10 @@ pub struct NewCommand<'a> {
     pub expected_version: Option<i64>,
     pub source: Source,
     pub partition: u16,
+    /// When the API received the request (None: straight from the queue).
+    pub received_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The W3C traceparent the command arrived with, carried on to the worker.
+    pub traceparent: Option<&'a str>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -190,8 +194,9 @@ pub async fn insert(
     seq: i64,
 ) -> sqlx::Result<()> {
     sqlx::query!(
-        "insert into commands (id, client_id, order_id, seq, kind, body, expected_version, source, partition)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        "insert into commands (id, client_id, order_id, seq, kind, body, expected_version, source, partition,
+                               received_at, traceparent)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         command.id.0,
         command.client_id.0,
         command.order_id.0,
@@ -200,7 +205,9 @@ pub async fn insert(
         command.body,
         command.expected_version,
         command.source.as_str(),
-        i32::from(command.partition)
+        i32::from(command.partition),
+        command.received_at,
+        command.traceparent
     )
     .execute(db)
     .await?;
@@ -307,22 +314,36 @@ pub async fn lock_unpublished(
     Ok(rows.into_iter().map(|r| command_row!(r)).collect())
 }
 
+/// When the worker that finishes a command received the command's own message, and which
+/// delivery attempt that was (1 = first), for the command's timeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Delivered {
+    pub at: DateTime<Utc>,
+    pub attempt: i32,
+}
+
 /// Ends a command: applied, rejected (with its reason) or failed (with why). Wakes long-polls.
+/// `delivered` is `None` for a command finished without its own message in hand (applied ahead
+/// of a late message, or failed while another message was being applied).
 pub async fn finish(
     conn: &mut PgConnection,
     id: CommandId,
     status: CommandStatus,
     reason: Option<&str>,
     result_version: Option<i64>,
+    delivered: Option<Delivered>,
 ) -> sqlx::Result<()> {
     debug_assert!(status.is_final());
     sqlx::query!(
-        "update commands set status = $2, reason = $3, result_version = $4, finished_at = now()
+        "update commands set status = $2, reason = $3, result_version = $4, finished_at = now(),
+                             delivered_at = $5, attempt = $6
          where id = $1",
         id.0,
         status.as_str(),
         reason,
-        result_version
+        result_version,
+        delivered.map(|d| d.at),
+        delivered.map(|d| d.attempt.max(1))
     )
     .execute(&mut *conn)
     .await?;

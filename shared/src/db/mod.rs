@@ -3,8 +3,10 @@
 
 pub mod clients;
 pub mod commands;
+pub mod dashboard;
 pub mod idempotency;
 pub mod inventory;
+pub mod observability;
 pub mod orders;
 pub mod outbox;
 pub mod payments;

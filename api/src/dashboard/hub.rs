@@ -1,0 +1,257 @@
+//! The dashboard's live feed: one per API process, shared by every open dashboard.
+//!
+//! It listens to PostgreSQL (`LISTEN`) for commands reaching their final status (the worker's
+//! `pg_notify` in its apply transaction) and for the API instances' idempotency events, fetches
+//! the finished commands and their orders in batches (every [`BATCH_EVERY`]), and fans them out as
+//! SSE frames. Once a second it also sends a statistics frame (rates, latency percentiles, conflicts
+//! by reason, the hottest orders and SKUs, alerts), and every two seconds a partitions frame.
+//!
+//! It only queries while someone watches: with no subscriber it keeps listening (so idempotency
+//! conflicts stay on the order timelines) but fetches nothing.
+
+use super::partitions::{self, RateMemory};
+use super::stats::{Sample, Window};
+use crate::state::AppState;
+use orderflow_shared::db::{self, dashboard};
+use orderflow_shared::shutdown::CancellationToken;
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::PgListener;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+/// LISTEN/NOTIFY channel of the API instances' idempotency events (replays and mismatches), so
+/// that every instance's dashboard sees every instance's conflicts. Nothing is stored.
+pub const HTTP_EVENTS_CHANNEL: &str = "orderflow_http_events";
+/// How often finished commands are fetched and sent, at most.
+const BATCH_EVERY: Duration = Duration::from_millis(200);
+/// Idempotency events kept in memory for the order timelines.
+const HTTP_EVENTS_KEPT: usize = 10_000;
+/// Frames a slow dashboard may fall behind by before it skips ahead.
+const FEED_CAPACITY: usize = 4096;
+
+/// One SSE frame, serialized once for every subscriber.
+#[derive(Debug)]
+pub struct Frame {
+    pub event: &'static str,
+    pub data: String,
+}
+
+/// An idempotency event of the HTTP API, as broadcast between instances.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HttpEvent {
+    /// `replay` or `idempotency_mismatch`.
+    pub kind: String,
+    pub at: chrono::DateTime<chrono::Utc>,
+    pub client_id: Uuid,
+    pub order_id: Uuid,
+    /// The command that holds the key (the winner of a mismatch).
+    pub command_id: Uuid,
+}
+
+/// Alert thresholds of the contention panel (banners).
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Thresholds {
+    /// Share of the last minute's finished commands rejected for a conflict.
+    pub conflict_rate: f64,
+    /// Age of the oldest outbox row, seconds.
+    pub outbox_lag_secs: f64,
+    /// Age of a partition's oldest unfinished command, seconds.
+    pub partition_lag_secs: f64,
+}
+
+#[derive(Clone)]
+pub struct Hub {
+    feed: broadcast::Sender<Arc<Frame>>,
+    http_events: Arc<Mutex<VecDeque<HttpEvent>>>,
+    window: Arc<Mutex<Window>>,
+    pub thresholds: Thresholds,
+    /// Heartbeat counters of the last partitions snapshot (messages/s).
+    pub rates: RateMemory,
+}
+
+impl Hub {
+    pub fn new(thresholds: Thresholds) -> Self {
+        Self {
+            feed: broadcast::channel(FEED_CAPACITY).0,
+            http_events: Arc::default(),
+            window: Arc::default(),
+            thresholds,
+            rates: RateMemory::default(),
+        }
+    }
+
+    /// Starts listening and ticking until `shutdown`.
+    pub fn start(&self, state: AppState, shutdown: CancellationToken) {
+        tokio::spawn(listen(self.clone(), state.clone(), shutdown.clone()));
+        tokio::spawn(tick(self.clone(), state, shutdown));
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Frame>> {
+        self.feed.subscribe()
+    }
+
+    fn watched(&self) -> bool {
+        self.feed.receiver_count() > 0
+    }
+
+    fn send(&self, event: &'static str, data: &impl Serialize) {
+        if let Ok(data) = serde_json::to_string(data) {
+            let _ = self.feed.send(Arc::new(Frame { event, data }));
+        }
+    }
+
+    /// The idempotency events about one order still in memory, oldest first.
+    pub fn http_events_of(&self, order_id: Uuid) -> Vec<HttpEvent> {
+        let events = self.http_events.lock().expect("not poisoned");
+        events
+            .iter()
+            .filter(|e| e.order_id == order_id)
+            .cloned()
+            .collect()
+    }
+
+    fn remember(&self, event: HttpEvent) {
+        let mut events = self.http_events.lock().expect("not poisoned");
+        if events.len() == HTTP_EVENTS_KEPT {
+            events.pop_front();
+        }
+        events.push_back(event);
+    }
+}
+
+/// Tells every API instance (this one included) about an idempotency event. Best effort: a
+/// dashboard detail must never fail the request it describes.
+pub async fn announce(db: &sqlx::PgPool, event: &HttpEvent) {
+    let payload = serde_json::to_string(event).expect("an event serializes");
+    if let Err(e) = db::dashboard::notify(db, HTTP_EVENTS_CHANNEL, &payload).await {
+        tracing::debug!(error = %e, "could not announce an idempotency event to the dashboards");
+    }
+}
+
+async fn listen(hub: Hub, state: AppState, shutdown: CancellationToken) {
+    while !shutdown.is_cancelled() {
+        let mut listener = match connect(&state.db).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "dashboard feed cannot LISTEN; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        };
+        let mut finished: Vec<Uuid> = Vec::new();
+        let mut flush = tokio::time::interval(BATCH_EVERY);
+        loop {
+            tokio::select! {
+                received = listener.try_recv() => match received {
+                    Ok(Some(n)) if n.channel() == HTTP_EVENTS_CHANNEL => {
+                        if let Ok(event) = serde_json::from_str::<HttpEvent>(n.payload()) {
+                            hub.remember(event.clone());
+                            hub.window.lock().expect("not poisoned").record_http(&event);
+                            hub.send("conflict", &event);
+                        }
+                    }
+                    Ok(Some(n)) => {
+                        if hub.watched() && let Ok(id) = n.payload().parse::<Uuid>() {
+                            finished.push(id);
+                        }
+                    }
+                    // The connection was re-established; what finished meanwhile is not replayed.
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "dashboard feed lost its listener; reconnecting");
+                        break;
+                    }
+                },
+                _ = flush.tick(), if !finished.is_empty() => {
+                    let batch = std::mem::take(&mut finished);
+                    if let Err(e) = publish_finished(&hub, &state, &batch).await {
+                        tracing::warn!(error = %e, "dashboard feed could not read finished commands");
+                    }
+                }
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+}
+
+async fn connect(db: &sqlx::PgPool) -> sqlx::Result<PgListener> {
+    let mut listener = PgListener::connect_with(db).await?;
+    listener
+        .listen_all([db::COMMAND_DONE_CHANNEL, HTTP_EVENTS_CHANNEL])
+        .await?;
+    Ok(listener)
+}
+
+/// Sends the finished commands and their orders' new rows, and feeds the statistics window.
+async fn publish_finished(hub: &Hub, state: &AppState, ids: &[Uuid]) -> sqlx::Result<()> {
+    let commands = dashboard::finished_commands(&state.db, ids).await?;
+    let mut order_ids: Vec<Uuid> = commands.iter().map(|c| c.order_id).collect();
+    order_ids.sort_unstable();
+    order_ids.dedup();
+    let orders = dashboard::orders_by_id(&state.db, &order_ids).await?;
+    {
+        let mut window = hub.window.lock().expect("not poisoned");
+        for command in &commands {
+            window.record(Sample::of(command));
+        }
+    }
+    for command in &commands {
+        hub.send("command", command);
+    }
+    for order in &orders {
+        hub.send("order", order);
+    }
+    Ok(())
+}
+
+/// The statistics frame every second and the partitions frame every other second, while watched.
+async fn tick(hub: Hub, state: AppState, shutdown: CancellationToken) {
+    let mut every_second = tokio::time::interval(Duration::from_secs(1));
+    every_second.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut previous_inserted: Option<(i64, std::time::Instant)> = None;
+    let mut partitions_due = true;
+    let mut partition_lag: Option<f64> = None;
+    loop {
+        tokio::select! {
+            _ = every_second.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        if !hub.watched() {
+            previous_inserted = None;
+            continue;
+        }
+        if partitions_due {
+            match partitions::snapshot(&state).await {
+                Ok(view) => {
+                    hub.send("partitions", &view);
+                    partition_lag = Some(view.max_lag_secs());
+                }
+                Err(e) => tracing::warn!(error = %e, "dashboard could not read the partitions"),
+            }
+        }
+        partitions_due = !partitions_due;
+        match dashboard::gauges(&state.db).await {
+            Ok(gauges) => {
+                let now = std::time::Instant::now();
+                let accepted_per_s = previous_inserted.map(|(before, at)| {
+                    (gauges.commands_inserted - before).max(0) as f64
+                        / now.duration_since(at).as_secs_f64().max(0.001)
+                });
+                previous_inserted = Some((gauges.commands_inserted, now));
+                let stats = hub.window.lock().expect("not poisoned").stats(
+                    accepted_per_s,
+                    &gauges,
+                    partition_lag,
+                    &hub.thresholds,
+                );
+                hub.send("stats", &stats);
+            }
+            Err(e) => tracing::warn!(error = %e, "dashboard could not read the gauges"),
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! The operators' dashboard, served at `/`: a page (vanilla HTML/JS, uPlot vendored — nothing
+//! from a CDN) and the private JSON and SSE endpoints under `/dashboard/` it reads. Admin keys
+//! only (see [`auth`]). These endpoints are not part of the public API and not in the OpenAPI
+//! document.
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /` | the dashboard, or the sign-in page |
+//! | `POST /dashboard/session`, `DELETE /dashboard/session` | sign in (`{"key": …}`) / out |
+//! | `GET /dashboard/api/orders?status=&q=&limit=` | the latest orders, by status and id part |
+//! | `GET /dashboard/api/orders/{id}` | one order's timeline |
+//! | `GET /dashboard/api/partitions` | the partitions panel |
+//! | `GET /dashboard/api/dead-letters` | the dead letters, newest first |
+//! | `POST /dashboard/api/dead-letters/{id}/redrive` | re-submit one (audited) |
+//! | `GET /dashboard/api/config` | the alert thresholds |
+//! | `GET /dashboard/api/stream` | the live feed (SSE) |
+
+pub mod auth;
+pub mod hub;
+pub mod partitions;
+mod redrive;
+pub mod stats;
+mod stream;
+pub mod timeline;
+
+use crate::error::ApiError;
+use crate::extract::{ApiPath, ApiQuery, StrictJson};
+use crate::state::AppState;
+use auth::DashboardAdmin;
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use orderflow_shared::db::{clients, dashboard};
+use orderflow_shared::domain::OrderId;
+use serde::Deserialize;
+use uuid::Uuid;
+
+const INDEX_HTML: &str = include_str!("../../static/dashboard/index.html");
+const SIGN_IN_HTML: &str = include_str!("../../static/dashboard/sign-in.html");
+
+/// Static files of the page: (name, content type, body).
+const ASSETS: &[(&str, &str, &str)] = &[
+    (
+        "app.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../static/dashboard/app.js"),
+    ),
+    (
+        "app.css",
+        "text/css; charset=utf-8",
+        include_str!("../../static/dashboard/app.css"),
+    ),
+    (
+        "uPlot.iife.min.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../static/vendor/uPlot.iife.min.js"),
+    ),
+    (
+        "uPlot.min.css",
+        "text/css; charset=utf-8",
+        include_str!("../../static/vendor/uPlot.min.css"),
+    ),
+];
+
+/// Everything but the live feed (which must outlive the request timeout; see [`streams`]).
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/", get(index))
+        .route("/dashboard/assets/{name}", get(asset))
+        .route("/dashboard/session", post(sign_in).delete(sign_out))
+        .route("/dashboard/api/orders", get(orders))
+        .route("/dashboard/api/orders/{id}", get(order_timeline))
+        .route("/dashboard/api/partitions", get(partitions_view))
+        .route("/dashboard/api/dead-letters", get(dead_letters))
+        .route(
+            "/dashboard/api/dead-letters/{id}/redrive",
+            post(redrive::redrive),
+        )
+        .route("/dashboard/api/config", get(config))
+}
+
+/// The live feed: long-lived, so it is mounted outside the request timeout.
+pub fn streams() -> Router<AppState> {
+    Router::new().route("/dashboard/api/stream", get(stream::feed))
+}
+
+/// The page for a signed-in admin, else the sign-in page. Both are static: the data comes from
+/// the authenticated endpoints.
+async fn index(admin: Result<DashboardAdmin, ApiError>) -> Response {
+    let page = match admin {
+        Ok(_) => INDEX_HTML,
+        Err(ApiError::Unauthorized | ApiError::Forbidden) => SIGN_IN_HTML,
+        Err(other) => return other.into_response(),
+    };
+    (
+        [
+            (header::CACHE_CONTROL, "no-store"),
+            (header::CONTENT_SECURITY_POLICY, CSP),
+        ],
+        Html(page),
+    )
+        .into_response()
+}
+
+/// Scripts and styles from this origin only; no inline script, no framing.
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+                   connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+
+async fn asset(ApiPath(name): ApiPath<String>) -> Result<Response, ApiError> {
+    let (_, content_type, body) = ASSETS
+        .iter()
+        .find(|(n, ..)| *n == name)
+        .ok_or(ApiError::NotFound("asset"))?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, *content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        *body,
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignIn {
+    key: String,
+}
+
+/// Checks an admin key and keeps it in the dashboard cookie.
+async fn sign_in(
+    State(state): State<AppState>,
+    body: StrictJson<SignIn>,
+) -> Result<Response, ApiError> {
+    let key = body.value.key.trim();
+    if !auth::plausible_key(key) {
+        return Err(ApiError::Unauthorized);
+    }
+    let client = clients::find_by_key(&state.db, key)
+        .await?
+        .ok_or(ApiError::Unauthorized)?;
+    state.limits.check(&client)?;
+    if !client.is_admin {
+        return Err(ApiError::Forbidden);
+    }
+    tracing::info!(client = %client.name, "dashboard sign-in");
+    Ok((
+        StatusCode::NO_CONTENT,
+        [(header::SET_COOKIE, auth::sign_in_cookie(key))],
+    )
+        .into_response())
+}
+
+async fn sign_out() -> Response {
+    (
+        StatusCode::NO_CONTENT,
+        [(header::SET_COOKIE, auth::sign_out_cookie())],
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OrdersQuery {
+    status: Option<String>,
+    /// Part of an order id.
+    q: Option<String>,
+    limit: Option<i64>,
+}
+
+const STATUSES: [&str; 6] = [
+    "pending",
+    "reserved",
+    "paid",
+    "shipped",
+    "delivered",
+    "cancelled",
+];
+
+async fn orders(
+    State(state): State<AppState>,
+    _: DashboardAdmin,
+    ApiQuery(query): ApiQuery<OrdersQuery>,
+) -> Result<Json<Vec<dashboard::OrderSummary>>, ApiError> {
+    let status = query.status.filter(|s| !s.is_empty());
+    if let Some(s) = &status
+        && !STATUSES.contains(&s.as_str())
+    {
+        return Err(ApiError::InvalidRequest(format!(
+            "status must be one of {}",
+            STATUSES.join(", ")
+        )));
+    }
+    let id_part = query
+        .q
+        .map(|q| q.trim().to_ascii_lowercase())
+        .filter(|q| !q.is_empty());
+    if let Some(q) = &id_part
+        && (q.len() > 36 || !q.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'))
+    {
+        return Err(ApiError::InvalidRequest(
+            "q must be part of an order id (hex digits and dashes)".into(),
+        ));
+    }
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::InvalidRequest("limit must be 1 to 500".into()));
+    }
+    Ok(Json(
+        dashboard::recent_orders(&state.db, status.as_deref(), id_part.as_deref(), limit).await?,
+    ))
+}
+
+async fn order_timeline(
+    State(state): State<AppState>,
+    _: DashboardAdmin,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<Json<timeline::Timeline>, ApiError> {
+    timeline::build(&state.db, &state.hub, OrderId(id))
+        .await?
+        .map(Json)
+        .ok_or(ApiError::NotFound("order"))
+}
+
+async fn partitions_view(
+    State(state): State<AppState>,
+    _: DashboardAdmin,
+) -> Result<Json<partitions::PartitionsView>, ApiError> {
+    Ok(Json(partitions::snapshot(&state).await?))
+}
+
+async fn dead_letters(
+    State(state): State<AppState>,
+    _: DashboardAdmin,
+) -> Result<Json<Vec<dashboard::DeadLetter>>, ApiError> {
+    Ok(Json(dashboard::dead_letters(&state.db, 100).await?))
+}
+
+async fn config(State(state): State<AppState>, _: DashboardAdmin) -> Json<hub::Thresholds> {
+    Json(state.hub.thresholds)
+}

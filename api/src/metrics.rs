@@ -1,0 +1,75 @@
+//! The API's Prometheus series and `GET /metrics`. Requests are counted by route template (never
+//! by raw path, so ids cannot blow up the label set), method and status.
+//!
+//! `/metrics` carries no tenant data (counts by route, status, command type and reason), so it
+//! is open like a health check; put it behind the network's scrape policy in production.
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use std::time::Instant;
+
+/// Counts and times every request (a layer around the whole router, outside the overload layer so
+/// that shed requests are counted as the 503s they are), and stamps when it was received.
+pub async fn track_requests(mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    request
+        .extensions_mut()
+        .insert(crate::extract::Received(chrono::Utc::now()));
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        // Unmatched paths share one label value.
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = request.method().as_str().to_owned();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("orderflow_http_requests_total",
+        "method" => method.clone(), "route" => route.clone(), "status" => status)
+    .increment(1);
+    metrics::histogram!("orderflow_http_request_duration_seconds",
+        "method" => method, "route" => route)
+    .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// `GET /metrics`: the Prometheus text exposition of this process's series.
+pub async fn render() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        orderflow_shared::telemetry::prometheus().render(),
+    )
+}
+
+/// A command the API recorded and the broker confirmed.
+pub fn command_accepted(kind: &str) {
+    metrics::counter!("orderflow_commands_accepted_total",
+        "type" => kind.to_owned(), "source" => "http")
+    .increment(1);
+}
+
+pub fn idempotent_replay() {
+    metrics::counter!("orderflow_idempotent_replays_total").increment(1);
+}
+
+pub fn idempotency_mismatch() {
+    metrics::counter!("orderflow_idempotency_mismatches_total").increment(1);
+}
+
+/// An open long-poll or SSE stream; the gauge goes down when the guard drops.
+pub struct OpenStream(&'static str);
+
+impl OpenStream {
+    pub fn new(kind: &'static str) -> Self {
+        metrics::gauge!("orderflow_open_streams", "kind" => kind).increment(1.0);
+        Self(kind)
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        metrics::gauge!("orderflow_open_streams", "kind" => self.0).decrement(1.0);
+    }
+}

@@ -1,0 +1,341 @@
+// orderflow dashboard: vanilla JS over the /dashboard/api endpoints and their SSE feed.
+// No framework, no build step; uPlot (vendored) draws the charts.
+"use strict";
+
+const $ = (selector, root = document) => root.querySelector(selector);
+const el = (tag, attrs = {}, ...children) => {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (name === "class") node.className = value;
+    else if (name === "text") node.textContent = value;
+    else if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
+    else node.setAttribute(name, value);
+  }
+  for (const child of children) node.append(child);
+  return node;
+};
+// The last 8 hex digits: UUIDv7 ids begin with their timestamp, so their ends tell them apart.
+const short = (id) => (id ? id.slice(-8) : "–");
+const money = (cents, currency) => `${(cents / 100).toFixed(2)} ${currency}`;
+const time = (iso) => (iso ? new Date(iso).toLocaleTimeString([], { hour12: false }) + "." + String(new Date(iso).getMilliseconds()).padStart(3, "0") : "–");
+const ago = (secs) => (secs < 1 ? `${Math.round(secs * 1000)} ms` : `${secs.toFixed(1)} s`);
+
+async function api(path, options = {}) {
+  const response = await fetch(path, { credentials: "same-origin", ...options });
+  if (response.status === 401 || response.status === 403) {
+    location.reload();
+    throw new Error("signed out");
+  }
+  const body = response.status === 204 ? null : await response.json();
+  if (!response.ok) throw new Error(body && body.detail ? body.detail : `HTTP ${response.status}`);
+  return body;
+}
+
+// ---- sign-in page -------------------------------------------------------------------------------
+function signInPage() {
+  $("#sign-in-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const response = await fetch("/dashboard/session", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ key: $("#key").value }),
+    });
+    if (response.ok) location.reload();
+    else {
+      const problem = await response.json().catch(() => ({}));
+      $("#sign-in-error").textContent = problem.detail || `sign-in failed (${response.status})`;
+    }
+  });
+}
+
+// ---- tabs ---------------------------------------------------------------------------------------
+function showTab(name) {
+  for (const section of document.querySelectorAll(".tab")) section.hidden = section.id !== `tab-${name}`;
+  for (const link of document.querySelectorAll("nav a")) link.classList.toggle("active", link.dataset.tab === name);
+  if (name === "partitions") loadPartitions();
+  if (name === "contention" || name === "throughput") resizeCharts();
+}
+function route() {
+  const [tab, id] = location.hash.slice(1).split("/");
+  if (tab === "timeline" && id) openTimeline(id);
+  showTab(["orders", "timeline", "partitions", "contention", "throughput"].includes(tab) ? tab : "orders");
+}
+
+// ---- orders -------------------------------------------------------------------------------------
+const ORDER_ROWS = 200;
+function orderRow(order) {
+  return el("tr", { "data-order": order.id },
+    el("td", {}, el("a", { href: `#timeline/${order.id}`, class: "mono", title: order.id, text: short(order.id) })),
+    el("td", { text: order.client }),
+    el("td", {}, el("span", { class: `badge status-${order.status}`, text: order.status })),
+    el("td", { class: "num", text: order.version }),
+    el("td", { class: "num", text: order.item_count }),
+    el("td", { class: "num", text: money(order.total_cents, order.currency) }),
+    el("td", { text: time(order.updated_at) }));
+}
+function orderMatchesFilter(order) {
+  const status = $("#status-filter").value;
+  const q = $("#order-search").value.trim().toLowerCase();
+  return (!status || order.status === status) && (!q || order.id.includes(q));
+}
+async function loadOrders() {
+  const params = new URLSearchParams();
+  if ($("#status-filter").value) params.set("status", $("#status-filter").value);
+  if ($("#order-search").value.trim()) params.set("q", $("#order-search").value.trim());
+  try {
+    const orders = await api(`/dashboard/api/orders?${params}`);
+    $("#orders-table tbody").replaceChildren(...orders.map(orderRow));
+    $("#orders-count").textContent = `${orders.length} shown, newest change first`;
+  } catch (error) {
+    $("#orders-count").textContent = error.message;
+  }
+}
+function upsertOrder(order) {
+  const body = $("#orders-table tbody");
+  const existing = body.querySelector(`tr[data-order="${order.id}"]`);
+  if (existing) existing.remove();
+  if (!orderMatchesFilter(order)) return;
+  const row = orderRow(order);
+  row.classList.add("flash");
+  body.prepend(row);
+  while (body.rows.length > ORDER_ROWS) body.deleteRow(-1);
+  $("#orders-count").textContent = `${body.rows.length} shown, newest change first`;
+}
+
+// ---- order timeline -----------------------------------------------------------------------------
+let timelineOrder = null;
+let timelineRefresh = null;
+const STAGES = [
+  ["received_at", "accepted_at", "seg-api", "record"],
+  ["accepted_at", "published_at", "seg-publish", "publish"],
+  ["published_at", "delivered_at", "seg-queue", "queue"],
+  ["delivered_at", "finished_at", "seg-apply", "apply"],
+];
+async function openTimeline(id) {
+  id = id.trim().toLowerCase();
+  $("#timeline-id").value = id;
+  timelineOrder = id;
+  try {
+    render(await api(`/dashboard/api/orders/${encodeURIComponent(id)}`));
+  } catch (error) {
+    $("#timeline").hidden = true;
+    $("#timeline-empty").hidden = false;
+    $("#timeline-empty").textContent = error.message;
+  }
+  function render(timeline) {
+    $("#timeline-empty").hidden = true;
+    $("#timeline").hidden = false;
+    const order = timeline.order;
+    $("#timeline-title").textContent = order
+      ? `Order ${order.id} — ${order.status}, version ${order.version}, ${money(order.total_cents, order.currency)} (${order.client})`
+      : `Order ${id} — not created yet`;
+    // Every journey is drawn from its own start, on one scale: the longest journey spans the bar.
+    const duration = (c) => (c.finished_at ? Date.parse(c.finished_at) - Date.parse(c.received_at || c.accepted_at) : 0);
+    const longest = Math.max(1, ...timeline.commands.map(duration));
+    $("#journeys").replaceChildren(...timeline.commands.map((c) => journey(c, longest)));
+    $("#events-table tbody").replaceChildren(...timeline.events.map((e) =>
+      el("tr", {}, el("td", { class: "num", text: e.seq }), el("td", { text: e.type }),
+        el("td", { class: "mono", title: e.command_id, text: short(e.command_id) }), el("td", { text: time(e.recorded_at) }))));
+    $("#http-events").replaceChildren(...(timeline.http_events.length ? timeline.http_events.map((e) =>
+      el("li", { class: e.kind === "idempotency_mismatch" ? "conflict" : "" },
+        el("b", { text: e.kind === "idempotency_mismatch" ? "422 idempotency mismatch" : "idempotent replay" }),
+        ` at ${time(e.at)} — the key belongs to command `,
+        el("span", { class: "mono", title: e.command_id, text: short(e.command_id) }))) : [el("li", { class: "muted", text: "no replays or mismatches seen" })]));
+  }
+}
+function journey(c, longest) {
+  const bar = el("div", { class: "bar" });
+  const origin = Date.parse(c.received_at || c.accepted_at);
+  const at = (iso) => `${(((Date.parse(iso) - origin) / longest) * 100).toFixed(3)}%`;
+  const stages = [];
+  for (const [from, to, kind, label] of STAGES) {
+    if (!c[from] || !c[to]) continue;
+    const ms = Date.parse(c[to]) - Date.parse(c[from]);
+    // The broker can deliver before the API has recorded its confirm.
+    if (ms < 0) { stages.push(`${label}: delivered before the confirm was recorded`); continue; }
+    stages.push(`${label} ${ms} ms`);
+    const segment = el("i", { class: kind, title: `${label}: ${time(c[from])} → ${time(c[to])} (${ms} ms)` });
+    segment.style.left = at(c[from]);
+    segment.style.width = `max(2px, calc(${at(c[to])} - ${at(c[from])}))`;
+    bar.append(segment);
+  }
+  const total = c.finished_at ? `${Date.parse(c.finished_at) - Date.parse(c.received_at || c.accepted_at)} ms` : "in flight";
+  const facts = [
+    `#${c.seq} ${c.kind}`,
+    `${c.source}`,
+    `partition ${c.partition}`,
+    c.attempt ? `attempt ${c.attempt}` : null,
+    c.expected_version != null ? `If-Match "${c.expected_version}"` : null,
+    total,
+  ].filter(Boolean).join(" · ");
+  const row = el("div", { class: `journey status-${c.status}${c.conflict ? " conflict" : ""}`, "data-command": c.id },
+    el("div", { class: "journey-head" },
+      el("span", { class: `badge status-${c.status}`, text: c.reason ? `${c.status}: ${c.reason}` : c.status }),
+      el("span", { text: facts }),
+      el("span", { class: "mono muted", title: c.id, text: short(c.id) })),
+    bar,
+    el("div", { class: "stages muted", text: `received ${time(c.received_at || c.accepted_at)} · ${stages.join(" · ") || "not delivered yet"}` }));
+  if (c.conflict) {
+    const w = c.conflict.winner;
+    row.append(el("div", { class: "conflict-note" },
+      el("b", { text: `⚡ ${c.conflict.reason}` }), ` — ${c.conflict.detail}`,
+      w ? el("span", {}, "; won by ",
+        el("a", { class: "mono winner", href: `#timeline/${w.order_id}`, title: w.command_id,
+          text: `${w.kind || "command"}${w.seq ? " #" + w.seq : ""} ${short(w.command_id)}${w.order_id !== timelineOrder ? " (order " + short(w.order_id) + ")" : ""}` })) : ""));
+  }
+  return row;
+}
+function scheduleTimelineRefresh(orderId) {
+  if (orderId !== timelineOrder || $("#tab-timeline").hidden) return;
+  clearTimeout(timelineRefresh);
+  timelineRefresh = setTimeout(() => openTimeline(timelineOrder), 150);
+}
+
+// ---- partitions and dead letters ----------------------------------------------------------------
+function renderPartitions(view) {
+  $("#partitions-table tbody").replaceChildren(...view.partitions.map((p) =>
+    el("tr", { "data-partition": p.partition, class: p.oldest_pending_age_secs > thresholds.partition_lag_secs ? "lagging" : "" },
+      el("td", { class: "num", text: p.partition }),
+      el("td", { class: "num depth", text: p.depth ?? "?" }),
+      el("td", { class: "num", text: p.consumers ?? "?" }),
+      el("td", { class: "active-worker", text: p.active_worker || "–" }),
+      el("td", { text: p.workers.filter((w) => w !== p.active_worker).join(", ") || "–" }),
+      el("td", { class: "num", text: p.messages_per_s.toFixed(1) }),
+      el("td", { class: "num", text: p.pending }),
+      el("td", { class: "num", text: p.pending ? ago(p.oldest_pending_age_secs) : "–" }),
+      el("td", { class: "num", text: p.redeliveries }),
+      el("td", { text: time(p.last_delivery_at) }))));
+  $("#dlq-depth").textContent = view.dead_letter_depth == null ? "" : `(${view.dead_letter_depth} in the dead-letter queue)`;
+}
+async function loadPartitions() {
+  try {
+    renderPartitions(await api("/dashboard/api/partitions"));
+    const letters = await api("/dashboard/api/dead-letters");
+    $("#dead-letters-table tbody").replaceChildren(...(letters.length ? letters.map(deadLetterRow) :
+      [el("tr", {}, el("td", { colspan: 7, class: "muted", text: "no dead letters" }))]));
+  } catch (error) {
+    console.warn(error);
+  }
+}
+function deadLetterRow(d) {
+  const action = d.redriven_as
+    ? el("span", { class: "muted", text: `redriven as ${short(d.redriven_as)}` })
+    : el("button", { type: "button", class: "redrive", onclick: () => redrive(d.id) }, "Redrive");
+  return el("tr", { "data-dead-letter": d.id },
+    el("td", { class: "num", text: d.id }), el("td", { text: time(d.dead_lettered_at) }),
+    el("td", { class: "num", text: d.partition }), el("td", { class: "reason", text: d.reason }),
+    el("td", { class: "mono", text: short(d.command_id) }),
+    el("td", {}, d.order_id ? el("a", { class: "mono", href: `#timeline/${d.order_id}`, text: short(d.order_id) }) : "–"),
+    el("td", {}, action));
+}
+async function redrive(id) {
+  if (!confirm(`Re-submit dead letter ${id} as a new command at the end of its order?`)) return;
+  try {
+    const result = await api(`/dashboard/api/dead-letters/${id}/redrive`, {
+      method: "POST", headers: { "content-type": "application/json" }, body: "{}",
+    });
+    banner("info", `dead letter ${id} redriven as command ${short(result.command_id)}`);
+  } catch (error) {
+    banner("error", `redrive failed: ${error.message}`);
+  }
+  loadPartitions();
+}
+
+// ---- contention, throughput, alerts -------------------------------------------------------------
+const HISTORY = 300;
+const REASONS = ["version_conflict", "insufficient_stock", "invalid_transition", "payment_declined", "other"];
+const series = { t: [], accepted: [], applied: [], rejected: [], p50: [], p90: [], p99: [], ...Object.fromEntries(REASONS.map((r) => [r, []])) };
+const charts = {};
+let thresholds = { conflict_rate: 0.25, outbox_lag_secs: 5, partition_lag_secs: 10 };
+
+function makeCharts() {
+  const line = (label, stroke) => ({ label, stroke, width: 2, spanGaps: true });
+  const opts = (title, lines) => ({
+    width: Math.max(400, $("main, body").clientWidth - 60), height: 220, title,
+    // Always the last HISTORY seconds, so that a few points do not stretch over years.
+    scales: { x: { time: true, range: (u, min, max) => [max - HISTORY, max] } }, series: [{}, ...lines],
+  });
+  charts.rejections = new uPlot(opts("", REASONS.map((r, i) =>
+    line(r, ["#d9480f", "#c2255c", "#6741d9", "#1971c2", "#868e96"][i]))), [series.t, ...REASONS.map((r) => series[r])], $("#chart-rejections"));
+  charts.rates = new uPlot(opts("", [line("accepted/s", "#1971c2"), line("applied/s", "#2f9e44"), line("rejected/s", "#e8590c")]),
+    [series.t, series.accepted, series.applied, series.rejected], $("#chart-rates"));
+  charts.latency = new uPlot(opts("", [line("p50", "#2f9e44"), line("p90", "#f08c00"), line("p99", "#e03131")]),
+    [series.t, series.p50, series.p90, series.p99], $("#chart-latency"));
+}
+function resizeCharts() {
+  const width = Math.max(400, document.body.clientWidth - 60);
+  for (const chart of Object.values(charts)) chart.setSize({ width, height: 220 });
+}
+function onStats(stats) {
+  const push = (name, value) => { series[name].push(value); if (series[name].length > HISTORY) series[name].shift(); };
+  push("t", Date.parse(stats.at) / 1000);
+  push("accepted", stats.accepted_per_s);
+  push("applied", stats.applied_per_s);
+  push("rejected", stats.rejected_per_s);
+  push("p50", stats.latency_ms ? stats.latency_ms.p50 : null);
+  push("p90", stats.latency_ms ? stats.latency_ms.p90 : null);
+  push("p99", stats.latency_ms ? stats.latency_ms.p99 : null);
+  const known = REASONS.slice(0, -1);
+  for (const reason of known) push(reason, stats.rejections[reason] || 0);
+  push("other", Object.entries(stats.rejections).filter(([r]) => !known.includes(r)).reduce((sum, [, n]) => sum + n, 0));
+  charts.rejections.setData([series.t, ...REASONS.map((r) => series[r])]);
+  charts.rates.setData([series.t, series.accepted, series.applied, series.rejected]);
+  charts.latency.setData([series.t, series.p50, series.p90, series.p99]);
+
+  $("#c-rate").textContent = `${(stats.conflict_rate * 100).toFixed(1)} % of ${stats.finished_last_minute}`;
+  $("#c-locks").textContent = stats.lock_waits;
+  $("#c-deadlocks").textContent = stats.deadlocks;
+  $("#c-replays").textContent = stats.idempotent_replays;
+  $("#c-mismatches").textContent = stats.idempotency_mismatches;
+  $("#c-outbox").textContent = `${stats.outbox_backlog} (${ago(stats.outbox_oldest_age_secs)})`;
+  $("#hot-orders tbody").replaceChildren(...stats.hot_orders.map((o) => el("tr", {},
+    el("td", {}, el("a", { class: "mono", href: `#timeline/${o.order_id}`, text: short(o.order_id) })),
+    el("td", { class: "num", text: o.commands }), el("td", { class: "num", text: o.conflicts }))));
+  $("#hot-skus tbody").replaceChildren(...stats.hot_skus.map((s) => el("tr", {},
+    el("td", { class: "mono", text: s.sku }), el("td", { class: "num", text: s.reserves }), el("td", { class: "num", text: s.lost }))));
+  renderAlerts(stats.alerts);
+}
+function renderAlerts(alerts) {
+  $("#alerts").replaceChildren(...alerts.map((a) => el("div", { class: `banner alert-${a.kind}`, role: "alert" }, el("b", { text: a.kind.replace("_", " ") }), ` — ${a.message}`)));
+}
+function banner(kind, message) {
+  const node = el("div", { class: `toast ${kind}`, text: message });
+  document.body.append(node);
+  setTimeout(() => node.remove(), 5000);
+}
+
+// ---- the live feed --------------------------------------------------------------------------------
+function connect() {
+  const source = new EventSource("/dashboard/api/stream");
+  const state = $("#feed-state");
+  source.onopen = () => { state.textContent = "live"; state.className = "feed-state live"; };
+  source.onerror = () => { state.textContent = "reconnecting…"; state.className = "feed-state down"; };
+  source.addEventListener("order", (e) => upsertOrder(JSON.parse(e.data)));
+  source.addEventListener("command", (e) => scheduleTimelineRefresh(JSON.parse(e.data).order_id));
+  source.addEventListener("conflict", (e) => scheduleTimelineRefresh(JSON.parse(e.data).order_id));
+  source.addEventListener("stats", (e) => onStats(JSON.parse(e.data)));
+  source.addEventListener("partitions", (e) => { if (!$("#tab-partitions").hidden) renderPartitions(JSON.parse(e.data)); });
+  source.addEventListener("lagged", () => loadOrders());
+}
+
+async function dashboardPage() {
+  thresholds = await api("/dashboard/api/config");
+  $("#thresholds").textContent = `Banners: conflict rate above ${thresholds.conflict_rate * 100} %, outbox lag above ${thresholds.outbox_lag_secs} s, partition lag above ${thresholds.partition_lag_secs} s, any dead letter not redriven.`;
+  makeCharts();
+  $("#status-filter").addEventListener("change", loadOrders);
+  let searchDelay;
+  $("#order-search").addEventListener("input", () => { clearTimeout(searchDelay); searchDelay = setTimeout(loadOrders, 200); });
+  $("#timeline-open").addEventListener("click", () => { location.hash = `#timeline/${$("#timeline-id").value.trim()}`; });
+  $("#sign-out").addEventListener("click", async () => { await fetch("/dashboard/session", { method: "DELETE" }); location.reload(); });
+  window.addEventListener("hashchange", route);
+  window.addEventListener("resize", resizeCharts);
+  await loadOrders();
+  route();
+  connect();
+  setInterval(() => { if (!$("#tab-partitions").hidden) loadPartitions(); }, 5000);
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  if (document.body.classList.contains("sign-in")) signInPage();
+  else dashboardPage();
+});

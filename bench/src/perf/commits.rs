@@ -1,0 +1,55 @@
+//! When orderflow's commands were really applied. The worker's `finished_at` is `now()`, the
+//! start of its apply transaction, so `finished_at - accepted_at` leaves out the transaction
+//! itself. The worker also sends `pg_notify(orderflow_command_done, id)`, which PostgreSQL
+//! delivers at commit: the bench listens on that channel (as the API's long-polls do) and notes
+//! the time each id arrives. Same machine, same clock as `accepted_at`.
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::PgListener;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+type Seen = Arc<Mutex<HashMap<Uuid, DateTime<Utc>>>>;
+
+pub struct Commits {
+    seen: Seen,
+    task: JoinHandle<()>,
+}
+
+impl Commits {
+    /// Listens from now on (returns once LISTEN is in place).
+    pub async fn listen(database_url: &str) -> anyhow::Result<Self> {
+        let mut listener = PgListener::connect(database_url).await?;
+        listener
+            .listen(orderflow_shared::db::COMMAND_DONE_CHANNEL)
+            .await?;
+        let seen: Seen = Arc::default();
+        let task = {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                // A lost connection ends the listening; the report then falls back to
+                // `finished_at` for the commands it did not see.
+                while let Ok(notification) = listener.recv().await {
+                    let at = Utc::now();
+                    if let Ok(id) = notification.payload().parse::<Uuid>() {
+                        seen.lock().expect("not poisoned").insert(id, at);
+                    }
+                }
+            })
+        };
+        Ok(Self { seen, task })
+    }
+
+    /// Everything seen so far (and forgets it).
+    pub fn take(&self) -> HashMap<Uuid, DateTime<Utc>> {
+        std::mem::take(&mut *self.seen.lock().expect("not poisoned"))
+    }
+}
+
+impl Drop for Commits {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,266 @@
+//! The real orderflow, as it is deployed: the `orderflow-api` and `orderflow-worker` executables
+//! spawned as child processes on a fresh database and a fresh AMQP namespace, configured only
+//! through their environment. The bench's client is made with `orderflow-api client create` and
+//! a rate limit far above anything the bench sends. Logs (JSON) go to files in the output
+//! directory; the API's address (it listens on port 0) is read from its log.
+
+use anyhow::Context as _;
+use orderflow_shared::amqp::Topology;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
+
+/// Longest wait for a process to say it is ready.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How the processes are configured.
+#[derive(Clone, Debug)]
+pub struct StackSettings {
+    pub api_bin: PathBuf,
+    pub worker_bin: PathBuf,
+    pub database_url: String,
+    pub amqp_url: String,
+    pub namespace: String,
+    pub partitions: u16,
+    pub pool_size: u32,
+    pub workers: usize,
+    pub log_dir: PathBuf,
+}
+
+/// The running processes.
+pub struct Stack {
+    settings: StackSettings,
+    api: Child,
+    workers: Vec<Child>,
+    pub url: String,
+    pub key: String,
+    api_starts: usize,
+}
+
+impl Stack {
+    /// Migrates, creates the client, starts the workers and the API, and waits until both are
+    /// ready.
+    pub async fn start(settings: StackSettings) -> anyhow::Result<Self> {
+        for bin in [&settings.api_bin, &settings.worker_bin] {
+            anyhow::ensure!(
+                bin.is_file(),
+                "{} does not exist: build it (cargo build -p orderflow-api -p orderflow-worker) or pass --api-bin/--worker-bin",
+                bin.display()
+            );
+        }
+        std::fs::create_dir_all(&settings.log_dir)?;
+        run_to_end(command(&settings, &settings.api_bin).arg("migrate")).await?;
+        let key = run_to_end(command(&settings, &settings.api_bin).args([
+            "client",
+            "create",
+            "--name",
+            "perf",
+            "--admin",
+            "--rate-limit-per-second",
+            "1000000000",
+            "--rate-limit-burst",
+            "1000000000",
+        ]))
+        .await?
+        .trim()
+        .to_owned();
+        anyhow::ensure!(
+            key.starts_with("of_"),
+            "client create printed no key: {key:?}"
+        );
+
+        let mut workers = Vec::new();
+        for n in 0..settings.workers {
+            let log = settings.log_dir.join(format!("worker-{n}.log"));
+            let child = spawn(command(&settings, &settings.worker_bin), &log)?;
+            workers.push(child);
+            wait_for_log(&log, "worker running", &mut workers[n]).await?;
+        }
+        let (api, url) = start_api(&settings, &[], 0).await?;
+        Ok(Self {
+            settings,
+            api,
+            workers,
+            url,
+            key,
+            api_starts: 1,
+        })
+    }
+
+    /// Restarts the API with extra environment (the long-polls need more in-flight room).
+    pub async fn restart_api(&mut self, extra_env: &[(&str, String)]) -> anyhow::Result<()> {
+        self.api.kill().await.context("stopping the API")?;
+        let (api, url) = start_api(&self.settings, extra_env, self.api_starts).await?;
+        self.api_starts += 1;
+        self.api = api;
+        self.url = url;
+        Ok(())
+    }
+
+    /// The processes' ids, named for the report.
+    pub fn processes(&self) -> Vec<(String, u32)> {
+        let mut named = vec![("api".to_owned(), self.api.id().unwrap_or(0))];
+        for (n, worker) in self.workers.iter().enumerate() {
+            let name = if self.workers.len() == 1 {
+                "worker".to_owned()
+            } else {
+                format!("worker-{n}")
+            };
+            named.push((name, worker.id().unwrap_or(0)));
+        }
+        named
+    }
+
+    /// Is every process still running?
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.api.try_wait()? {
+            anyhow::bail!(
+                "the API exited ({status}); see {}",
+                self.settings.log_dir.display()
+            );
+        }
+        for worker in &mut self.workers {
+            if let Some(status) = worker.try_wait()? {
+                anyhow::bail!(
+                    "a worker exited ({status}); see {}",
+                    self.settings.log_dir.display()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops the processes and deletes the namespace's queues and exchanges.
+    pub async fn stop(mut self) {
+        let _ = self.api.kill().await;
+        for worker in &mut self.workers {
+            let _ = worker.kill().await;
+        }
+        let topology = Topology {
+            namespace: self.settings.namespace.clone(),
+            partitions: self.settings.partitions,
+            queue_max_length: 100_000,
+        };
+        if let Ok(connection) =
+            lapin::Connection::connect(&self.settings.amqp_url, Default::default()).await
+        {
+            if let Ok(channel) = connection.create_channel().await
+                && let Err(e) = topology.delete(&channel).await
+            {
+                tracing::warn!(error = %e, "could not delete the benchmark's AMQP namespace");
+            }
+            let _ = connection.close(200, "benchmark done".into()).await;
+        }
+    }
+}
+
+/// One of the executables with the stack's environment (and only that: no inherited setting
+/// of ours changes what is measured).
+fn command(settings: &StackSettings, bin: &Path) -> Command {
+    let mut command = Command::new(bin);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("ORDERFLOW_") {
+            command.env_remove(name);
+        }
+    }
+    command
+        .env("DATABASE_URL", &settings.database_url)
+        .env("AMQP_URL", &settings.amqp_url)
+        .env("ORDERFLOW_NAMESPACE", &settings.namespace)
+        .env("ORDERFLOW_PARTITIONS", settings.partitions.to_string())
+        .env("ORDERFLOW_DB_POOL_SIZE", settings.pool_size.to_string())
+        .env("ORDERFLOW_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
+async fn run_to_end(command: &mut Command) -> anyhow::Result<String> {
+    let output = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .await
+        .context("running orderflow-api")?;
+    anyhow::ensure!(
+        output.status.success(),
+        "orderflow-api failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn spawn(mut command: Command, log: &Path) -> anyhow::Result<Child> {
+    let file = std::fs::File::create(log)?;
+    command
+        .stdout(file.try_clone()?)
+        .stderr(file)
+        .spawn()
+        .with_context(|| format!("starting {:?}", command.as_std().get_program()))
+}
+
+async fn start_api(
+    settings: &StackSettings,
+    extra_env: &[(&str, String)],
+    number: usize,
+) -> anyhow::Result<(Child, String)> {
+    let log = settings.log_dir.join(format!("api-{number}.log"));
+    let mut command = command(settings, &settings.api_bin);
+    command.env("ORDERFLOW_LISTEN", "127.0.0.1:0");
+    for (name, value) in extra_env {
+        command.env(name, value);
+    }
+    let mut api = spawn(command, &log)?;
+    let line = wait_for_log(&log, "orderflow API listening", &mut api).await?;
+    let address = line["fields"]["address"]
+        .as_str()
+        .context("the API's listening line has no address")?;
+    let url = format!("http://{address}");
+    let deadline = Instant::now() + START_TIMEOUT;
+    let http = reqwest::Client::new();
+    loop {
+        let ready = http.get(format!("{url}/readyz")).send().await;
+        if ready.is_ok_and(|r| r.status().is_success()) {
+            return Ok((api, url));
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the API at {url} never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits (with a deadline) for a JSON log line whose message is `message`, and returns it.
+async fn wait_for_log(
+    log: &Path,
+    message: &str,
+    child: &mut Child,
+) -> anyhow::Result<serde_json::Value> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let found = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|l| l["fields"]["message"] == message);
+        if let Some(line) = found {
+            return Ok(line);
+        }
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!(
+                "{} exited ({status}) before saying {message:?}",
+                log.display()
+            );
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no {message:?} in {} after {START_TIMEOUT:?}",
+            log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

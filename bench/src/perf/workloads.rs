@@ -1,0 +1,311 @@
+//! The five workloads, each one or two measured phases (see [`Workload`] for what each asks).
+//! The half-rate, burst and long-poll rates are scaled from what the same system sustained in
+//! the uniform workload, so each is driven relative to its own capacity; the storm's cold load is
+//! the same absolute rate for every system, so their cold-order latencies compare.
+
+use super::config::{PerfConfig, Workload};
+use super::database;
+use super::drive::{self, Picker};
+use super::observe;
+use super::phase::{Spec, measure};
+use super::report::{LongPollFigures, PhaseResult};
+use super::stats::Latency;
+use super::system::Sut;
+use super::target::Sample;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The long-polls' background load, as a share of the sustainable rate: light, but every
+/// command it finishes is broadcast to every open poll.
+const BACKGROUND_SHARE: f64 = 0.25;
+/// Long-polls are opened at this pace (an accept backlog of thousands at once overflows).
+const POLLS_PER_SECOND: f64 = 2_000.0;
+/// The longest `?wait=` the API allows.
+const MAX_WAIT_SECS: u64 = 30;
+
+pub async fn run(
+    config: &PerfConfig,
+    sut: &mut Sut,
+    workload: Workload,
+) -> anyhow::Result<Vec<PhaseResult>> {
+    match workload {
+        Workload::Uniform => uniform(config, sut).await,
+        Workload::Storm => storm(config, sut).await,
+        Workload::Burst => Ok(vec![burst(config, sut).await?]),
+        Workload::LongPolls => Ok(vec![long_polls(config, sut).await?]),
+        Workload::Growth => growth(config, sut).await,
+    }
+}
+
+fn spec(workload: Workload, phase: &str, duration: Duration) -> Spec {
+    Spec {
+        workload,
+        phase: phase.to_owned(),
+        offered_per_s: None,
+        clients: 0,
+        duration,
+        hot: None,
+    }
+}
+
+/// The maximum rate with `clients` closed-loop clients on `orders`.
+async fn max_rate(
+    config: &PerfConfig,
+    sut: &mut Sut,
+    workload: Workload,
+    phase: &str,
+    orders: Arc<Vec<uuid::Uuid>>,
+) -> anyhow::Result<PhaseResult> {
+    let clients = config.concurrency;
+    let spec = Spec {
+        clients,
+        ..spec(workload, phase, config.duration)
+    };
+    measure(config, sut, spec, move |load| async move {
+        drive::closed(&load, Picker::Uniform(orders), clients, 1).await
+    })
+    .await
+}
+
+/// At `rate` per second, open loop, on `orders`.
+async fn at_rate(
+    config: &PerfConfig,
+    sut: &mut Sut,
+    mut spec: Spec,
+    rate: f64,
+    orders: Arc<Vec<uuid::Uuid>>,
+) -> anyhow::Result<PhaseResult> {
+    spec.offered_per_s = Some(rate);
+    measure(config, sut, spec, move |load| async move {
+        drive::open(
+            &load,
+            Picker::Uniform(orders),
+            rate,
+            drive::in_flight_cap(),
+            2,
+        )
+        .await
+    })
+    .await
+}
+
+async fn uniform(config: &PerfConfig, sut: &mut Sut) -> anyhow::Result<Vec<PhaseResult>> {
+    let orders = sut.orders.clone();
+    let max = max_rate(config, sut, Workload::Uniform, "max", orders.clone()).await?;
+    // What the system keeps up with: it cannot apply more than it accepts, nor the reverse
+    // for long.
+    let sustained = max.applied_per_s.min(max.accepted_per_s);
+    if sustained > 0.0 {
+        sut.sustainable = Some(sustained);
+    }
+    let rate = sut.sustainable(config) / 2.0;
+    let half = at_rate(
+        config,
+        sut,
+        spec(Workload::Uniform, "half-rate", config.duration),
+        rate,
+        orders,
+    )
+    .await?;
+    Ok(vec![max, half])
+}
+
+async fn storm(config: &PerfConfig, sut: &mut Sut) -> anyhow::Result<Vec<PhaseResult>> {
+    let hot = sut.orders[0];
+    let cold = Arc::new(sut.orders[1..].to_vec());
+    let rate = config.storm_cold_rate;
+    let calm = Spec {
+        hot: Some(hot),
+        ..spec(Workload::Storm, "no-storm", config.duration)
+    };
+    let without = at_rate(config, sut, calm, rate, cold.clone()).await?;
+    let clients = config.storm_clients;
+    let stormy = Spec {
+        hot: Some(hot),
+        clients,
+        offered_per_s: Some(rate),
+        ..spec(Workload::Storm, "storm", config.duration)
+    };
+    let mut with = measure(config, sut, stormy, move |load| async move {
+        let cold_load = drive::open(
+            &load,
+            Picker::Uniform(cold),
+            rate,
+            drive::in_flight_cap(),
+            4,
+        );
+        let hot_load = drive::closed(&load, Picker::Hot(hot), clients, 5);
+        let (mut cold_samples, hot_samples) = tokio::join!(cold_load, hot_load);
+        cold_samples.extend(hot_samples);
+        cold_samples
+    })
+    .await?;
+    with.notes.push(format!(
+        "{clients} closed-loop clients on one hot order, cold orders open loop at {rate:.0}/s"
+    ));
+    Ok(vec![without, with])
+}
+
+async fn burst(config: &PerfConfig, sut: &mut Sut) -> anyhow::Result<PhaseResult> {
+    let rate = sut.sustainable(config) * config.burst_factor;
+    let orders = sut.orders.clone();
+    let mut result = at_rate(
+        config,
+        sut,
+        spec(Workload::Burst, "burst", config.burst_duration),
+        rate,
+        orders,
+    )
+    .await?;
+    result.notes.push(format!(
+        "{}× the sustainable rate for {:?}; drained in {:.1} s",
+        config.burst_factor, config.burst_duration, result.drain_seconds
+    ));
+    Ok(result)
+}
+
+async fn growth(config: &PerfConfig, sut: &mut Sut) -> anyhow::Result<Vec<PhaseResult>> {
+    let have = sut.orders.len();
+    let small = max_rate(
+        config,
+        sut,
+        Workload::Growth,
+        &format!("{} orders", count(have)),
+        sut.orders.clone(),
+    )
+    .await?;
+    let (active, seeding) = database::grow(&sut.db, sut.client, config.growth_to, have).await?;
+    let tables: i64 = sqlx::query_scalar("select count(*) from orders")
+        .fetch_one(&sut.db)
+        .await?;
+    let mut large = max_rate(
+        config,
+        sut,
+        Workload::Growth,
+        &format!("{} orders", count(tables as usize)),
+        Arc::new(active),
+    )
+    .await?;
+    large.notes.push(format!(
+        "grown to {tables} orders in {seeding:.1} s (set-based), then ANALYZE; the load draws from {have} orders spread over the whole table"
+    ));
+    Ok(vec![small, large])
+}
+
+/// `10k`, `1M`: how the growth phases are named.
+fn count(n: usize) -> String {
+    match n {
+        n if n >= 1_000_000 && n % 1_000_000 == 0 => format!("{}M", n / 1_000_000),
+        n if n >= 1_000 && n % 1_000 == 0 => format!("{}k", n / 1_000),
+        n => n.to_string(),
+    }
+}
+
+/// orderflow only: many long-polls held open while a light load runs (every finished command
+/// is broadcast to every open poll), then all their commands ended at once.
+async fn long_polls(config: &PerfConfig, sut: &mut Sut) -> anyhow::Result<PhaseResult> {
+    let polls = config.long_polls;
+    let limit = observe::open_files_limit() as usize;
+    // The bench holds one socket per poll, and so does the API (same limit, inherited).
+    let polls = polls.min(limit.saturating_sub(1_024).max(64));
+    let stack = sut
+        .stack
+        .as_mut()
+        .expect("long-polls run on orderflow only");
+    // The API counts long-polls against its in-flight limit and a per-client cap: both are
+    // raised for this workload only (the burst keeps the defaults).
+    stack
+        .restart_api(&[
+            ("ORDERFLOW_MAX_IN_FLIGHT", (polls + 2_048).to_string()),
+            ("ORDERFLOW_MAX_WAITS_PER_CLIENT", (polls + 100).to_string()),
+        ])
+        .await?;
+    sut.retarget()?;
+    let api_pid = stack_api_pid(sut);
+    let before = observe::rss_mb(api_pid).unwrap_or(0.0);
+    let probes = Arc::new(database::probe_commands(&sut.db, sut.client, polls).await?);
+    let ramp = Duration::from_secs_f64(polls as f64 / POLLS_PER_SECOND);
+    let hold = config.duration.min(Duration::from_secs(20));
+    let rate = (sut.sustainable(config) * BACKGROUND_SHARE).max(5.0);
+    let (db, orders) = (sut.db.clone(), sut.orders.clone());
+    let figures = Arc::new(std::sync::Mutex::new(LongPollFigures::default()));
+    let out = figures.clone();
+    let spec = Spec {
+        offered_per_s: Some(rate),
+        ..spec(Workload::LongPolls, &format!("{polls} polls"), ramp + hold)
+    };
+    let mut result = measure(config, sut, spec, move |load| async move {
+        let http = load.target.clone();
+        let background = drive::open(
+            &load,
+            Picker::Uniform(orders),
+            rate,
+            drive::in_flight_cap(),
+            6,
+        );
+        let waits = async {
+            let mut tasks = tokio::task::JoinSet::new();
+            let pace = Duration::from_secs_f64(1.0 / POLLS_PER_SECOND);
+            for (n, &id) in probes.iter().enumerate() {
+                tokio::time::sleep_until((load.start + pace.mul_f64(n as f64)).into()).await;
+                let http = http.clone();
+                tasks.spawn(async move {
+                    http.as_http()
+                        .expect("orderflow is HTTP")
+                        .wait(id, MAX_WAIT_SECS)
+                        .await
+                });
+            }
+            tokio::time::sleep_until(load.until.into()).await;
+            let released = Instant::now();
+            let woken = database::finish_probes(&db, &probes).await.unwrap_or(0);
+            let mut answers = BTreeMap::new();
+            let mut wake = Vec::new();
+            let (mut finals, mut open) = (0, 0);
+            while let Some(Ok((answer, status, at))) = tasks.join_next().await {
+                *answers.entry(answer.label()).or_insert(0u64) += 1;
+                if at >= released {
+                    open += 1;
+                }
+                if status.as_deref().is_some_and(|s| s != "accepted") {
+                    finals += 1;
+                    wake.push(at.saturating_duration_since(released).as_micros() as u64);
+                }
+            }
+            let mut figures = out.lock().expect("not poisoned");
+            figures.requested = probes.len() as u64;
+            figures.open_at_release = open;
+            figures.woken_final = finals;
+            figures.answers = answers;
+            figures.wake = Latency::from_values(wake).0;
+            tracing::debug!(woken, "probes ended");
+        };
+        let (samples, ()): (Vec<Sample>, ()) = tokio::join!(background, waits);
+        samples
+    })
+    .await?;
+    let mut figures = std::mem::take(&mut *figures.lock().expect("not poisoned"));
+    figures.api_rss_before_mb = (before * 10.0).round() / 10.0;
+    figures.api_rss_max_mb = result.cost.rss_max_mb.get("api").copied().unwrap_or(0.0);
+    result.notes.push(format!(
+        "{polls} long-polls (?wait={MAX_WAIT_SECS}) opened over {ramp:.1?} and held {hold:?} with a light load at {rate:.0}/s, then all woken at once; API restarted with ORDERFLOW_MAX_IN_FLIGHT={} and ORDERFLOW_MAX_WAITS_PER_CLIENT={}",
+        polls + 2_048,
+        polls + 100
+    ));
+    if polls < config.long_polls {
+        result.notes.push(format!(
+            "only {polls} of {} long-polls: the open-files limit is {limit}",
+            config.long_polls
+        ));
+    }
+    result.long_polls = Some(figures);
+    Ok(result)
+}
+
+fn stack_api_pid(sut: &Sut) -> u32 {
+    sut.stack
+        .as_ref()
+        .and_then(|s| s.processes().into_iter().find(|(n, _)| n == "api"))
+        .map_or(0, |(_, pid)| pid)
+}

@@ -1,0 +1,70 @@
+//! Commands from direct producers (other services publishing the contract straight to the
+//! command exchange): the worker records them on first sight, as the API records its own, with
+//! the next sequence number of their order and the trace they came with.
+
+use crate::apply::Delivery;
+use crate::error::{ApplyError, Failure};
+use orderflow_shared::contract::CommandMessage;
+use orderflow_shared::db::clients;
+use orderflow_shared::db::commands::{self, CommandRow, NewCommand, Source};
+use orderflow_shared::domain::Command;
+use sqlx::PgConnection;
+
+/// Records a direct producer's command, giving it the next seq of its order.
+/// `Ok(Err(failure))`: the message is refused (unknown client, another client's order, …).
+pub(crate) async fn record(
+    tx: &mut PgConnection,
+    message: &CommandMessage,
+    partition: u16,
+    delivery: &Delivery,
+) -> Result<Result<CommandRow, Failure>, ApplyError> {
+    if !clients::exists(&mut *tx, message.client_id).await? {
+        let reason = format!("unknown client {}", message.client_id);
+        return Ok(Err(Failure::new("unknown_client", reason)));
+    }
+    let is_create = matches!(message.command, Command::Create { .. });
+    let seq = if is_create
+        && commands::open_stream(&mut *tx, message.order_id, message.client_id).await?
+    {
+        Some(1)
+    } else {
+        commands::next_seq(&mut *tx, message.order_id, message.client_id).await?
+    };
+    let Some(seq) = seq else {
+        let order_id = message.order_id;
+        return Ok(Err(
+            match commands::stream_owner(&mut *tx, order_id).await? {
+                Some(_) => Failure::new(
+                    "foreign_order",
+                    format!("order {order_id} belongs to another client"),
+                ),
+                None => Failure::new("unknown_order", format!("unknown order {order_id}")),
+            },
+        ));
+    };
+    // The producer's trace, or else the one this worker started for the message (the span
+    // being applied): the command's status events carry it on.
+    let traceparent = delivery
+        .traceparent
+        .clone()
+        .or_else(|| orderflow_shared::telemetry::traceparent(&tracing::Span::current()));
+    let body = serde_json::to_value(&message.command).expect("commands serialize");
+    let new = NewCommand {
+        id: message.command_id,
+        client_id: message.client_id,
+        order_id: message.order_id,
+        kind: message.command.kind(),
+        body: &body,
+        expected_version: message.expected_version,
+        source: Source::Amqp,
+        partition,
+        // Straight from the queue: there was no HTTP request.
+        received_at: None,
+        traceparent: traceparent.as_deref(),
+    };
+    commands::insert(&mut *tx, &new, seq).await?;
+    let row = commands::lock(tx, message.command_id)
+        .await?
+        .expect("the command was just inserted");
+    Ok(Ok(row))
+}

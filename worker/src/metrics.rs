@@ -1,0 +1,136 @@
+//! The worker's Prometheus series (names fixed: dashboards and alerts are written against them)
+//! and the `/metrics` listener that serves them. Recording is in memory (the process's
+//! `metrics` recorder, [`orderflow_shared::telemetry::prometheus`]); nothing here touches
+//! PostgreSQL or RabbitMQ. Counters are recorded after the commit they describe, so a retried
+//! transaction is counted once.
+
+use axum::Router;
+use axum::http::header::CONTENT_TYPE;
+use axum::routing::get;
+use chrono::{DateTime, Utc};
+use metrics::{Counter, Gauge, counter, gauge, histogram};
+use orderflow_shared::db::commands::CommandStatus;
+use orderflow_shared::domain::CommandKind;
+use orderflow_shared::shutdown::CancellationToken;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+pub const COMMANDS_FINISHED: &str = "orderflow_commands_finished_total";
+pub const COMMANDS_ACCEPTED: &str = "orderflow_commands_accepted_total";
+pub const VERSION_CONFLICTS: &str = "orderflow_version_conflicts_total";
+pub const ACCEPT_TO_FINISHED: &str = "orderflow_accept_to_applied_seconds";
+pub const APPLY_DURATION: &str = "orderflow_apply_duration_seconds";
+pub const INBOX_DUPLICATES: &str = "orderflow_inbox_duplicates_total";
+pub const REDELIVERIES: &str = "orderflow_redeliveries_total";
+pub const DEAD_LETTERS: &str = "orderflow_dead_letters_total";
+pub const TX_RETRIES: &str = "orderflow_tx_retries_total";
+pub const OUTBOX_BACKLOG: &str = "orderflow_outbox_backlog";
+pub const OUTBOX_OLDEST_AGE: &str = "orderflow_outbox_oldest_age_seconds";
+pub const QUEUE_DEPTH: &str = "orderflow_partition_queue_depth";
+pub const CONSUMER_UP: &str = "orderflow_partition_consumer_up";
+pub const LAST_DELIVERY: &str = "orderflow_partition_last_delivery_timestamp_seconds";
+pub const OLDEST_PENDING_AGE: &str = "orderflow_partition_oldest_pending_age_seconds";
+pub const DEAD_LETTER_QUEUE_DEPTH: &str = "orderflow_dead_letter_queue_depth";
+
+/// The `reason` label of an applied command.
+pub const NO_REASON: &str = "none";
+
+/// A command the worker brought to a final status, to be counted once its transaction commits.
+#[derive(Clone, Debug)]
+pub struct FinishedCommand {
+    pub kind: CommandKind,
+    pub status: CommandStatus,
+    /// The rejection or failure code, [`NO_REASON`] when applied.
+    pub reason: &'static str,
+    pub accepted_at: DateTime<Utc>,
+}
+
+impl FinishedCommand {
+    /// Counts the command and observes its time from acceptance to now.
+    pub fn record(&self) {
+        let status = self.status.as_str();
+        counter!(COMMANDS_FINISHED, "type" => self.kind.as_str(), "status" => status, "reason" => self.reason)
+            .increment(1);
+        if self.reason == "version_conflict" {
+            counter!(VERSION_CONFLICTS).increment(1);
+        }
+        let waited = (Utc::now() - self.accepted_at).to_std().unwrap_or_default();
+        histogram!(ACCEPT_TO_FINISHED, "status" => status).record(waited.as_secs_f64());
+    }
+}
+
+/// A direct producer's command, recorded by the worker (the API counts its own).
+pub fn command_accepted(kind: CommandKind) {
+    counter!(COMMANDS_ACCEPTED, "type" => kind.as_str(), "source" => "amqp").increment(1);
+}
+
+pub fn apply_duration(elapsed: Duration) {
+    histogram!(APPLY_DURATION).record(elapsed.as_secs_f64());
+}
+
+pub fn inbox_duplicate() {
+    counter!(INBOX_DUPLICATES).increment(1);
+}
+
+pub fn dead_lettered(code: &'static str) {
+    counter!(DEAD_LETTERS, "reason" => code).increment(1);
+}
+
+pub fn tx_retry(cause: &'static str) {
+    counter!(TX_RETRIES, "cause" => cause).increment(1);
+}
+
+pub fn outbox(backlog: i64, oldest_age_secs: f64) {
+    gauge!(OUTBOX_BACKLOG).set(backlog as f64);
+    gauge!(OUTBOX_OLDEST_AGE).set(oldest_age_secs);
+}
+
+pub fn dead_letter_queue_depth(messages: u32) {
+    gauge!(DEAD_LETTER_QUEUE_DEPTH).set(f64::from(messages));
+}
+
+/// The series of one partition, looked up once (after the recorder is installed) rather than
+/// per message.
+pub struct PartitionSeries {
+    pub redeliveries: Counter,
+    pub queue_depth: Gauge,
+    pub consumer_up: Gauge,
+    pub last_delivery: Gauge,
+    pub oldest_pending_age: Gauge,
+}
+
+impl PartitionSeries {
+    pub fn new(partition: u16) -> Self {
+        let p = partition.to_string();
+        Self {
+            redeliveries: counter!(REDELIVERIES, "partition" => p.clone()),
+            queue_depth: gauge!(QUEUE_DEPTH, "partition" => p.clone()),
+            consumer_up: gauge!(CONSUMER_UP, "partition" => p.clone()),
+            last_delivery: gauge!(LAST_DELIVERY, "partition" => p.clone()),
+            oldest_pending_age: gauge!(OLDEST_PENDING_AGE, "partition" => p),
+        }
+    }
+}
+
+/// `GET /metrics` in the Prometheus text format.
+fn router() -> Router {
+    Router::new().route(
+        "/metrics",
+        get(|| async {
+            (
+                [(CONTENT_TYPE, "text/plain; version=0.0.4")],
+                orderflow_shared::telemetry::prometheus().render(),
+            )
+        }),
+    )
+}
+
+/// Serves `/metrics` on `listener` until `shutdown` fires.
+pub async fn serve(listener: TcpListener, shutdown: CancellationToken) {
+    let served = axum::serve(listener, router())
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await;
+    if let Err(e) = served {
+        tracing::error!(error = %e, "the metrics listener failed");
+    }
+}

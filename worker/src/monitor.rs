@@ -1,0 +1,245 @@
+//! What the worker reports about its partitions besides per-message counters. The consumers keep
+//! a few atomics per partition (a handful of relaxed stores per message); two background tasks
+//! turn them into a heartbeat row per partition in `worker_partitions` (about once a second, one
+//! statement for all partitions, read by the dashboard to tell the active worker) and into
+//! sampled gauges (about every 2 s: queue depths by passive declare, the oldest pending command
+//! per partition, the outbox backlog, the dead-letter queue). Neither runs per message.
+
+use crate::metrics::{self, PartitionSeries};
+use chrono::{DateTime, Utc};
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use orderflow_shared::amqp::{SharedConnection, Topology};
+use orderflow_shared::db::observability::{self, PartitionBeat};
+use orderflow_shared::shutdown::CancellationToken;
+use sqlx::PgPool;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// How often the heartbeat row is written.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+/// How often the sampled gauges are refreshed.
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(2);
+
+/// This worker's view of one partition.
+#[derive(Default)]
+struct PartitionState {
+    consuming: AtomicBool,
+    /// Milliseconds since the epoch; 0 before the first delivery.
+    last_delivery_ms: AtomicI64,
+    delivered: AtomicI64,
+    redelivered: AtomicI64,
+    finished: AtomicI64,
+}
+
+/// The partitions of one worker process, as its consumers report them.
+pub struct Monitor {
+    worker: String,
+    partitions: Vec<(PartitionState, PartitionSeries)>,
+}
+
+impl Monitor {
+    /// Call after the metrics recorder is installed (the series handles are taken here).
+    pub fn new(worker: String, partitions: u16) -> Self {
+        Self {
+            worker,
+            partitions: (0..partitions)
+                .map(|p| (PartitionState::default(), PartitionSeries::new(p)))
+                .collect(),
+        }
+    }
+
+    /// The name this worker heartbeats under.
+    pub fn worker(&self) -> &str {
+        &self.worker
+    }
+
+    fn state(&self, partition: u16) -> &PartitionState {
+        &self.partitions[usize::from(partition)].0
+    }
+
+    /// A message arrived on `partition`.
+    pub fn delivered(&self, partition: u16, redelivered: bool, at: DateTime<Utc>) {
+        let (state, series) = &self.partitions[usize::from(partition)];
+        state.delivered.fetch_add(1, Relaxed);
+        state.last_delivery_ms.store(at.timestamp_millis(), Relaxed);
+        if redelivered {
+            state.redelivered.fetch_add(1, Relaxed);
+            series.redeliveries.increment(1);
+        }
+    }
+
+    /// This worker brought `count` commands of `partition` to a final status.
+    pub fn finished(&self, partition: u16, count: usize) {
+        if count > 0 {
+            let count = i64::try_from(count).unwrap_or(i64::MAX);
+            self.state(partition).finished.fetch_add(count, Relaxed);
+        }
+    }
+
+    /// Marks `partition` as consumed by this worker until the guard is dropped.
+    pub fn consuming(&self, partition: u16) -> Consuming<'_> {
+        self.set_consuming(partition, true);
+        Consuming {
+            monitor: self,
+            partition,
+        }
+    }
+
+    fn set_consuming(&self, partition: u16, up: bool) {
+        let (state, series) = &self.partitions[usize::from(partition)];
+        state.consuming.store(up, Relaxed);
+        series.consumer_up.set(if up { 1.0 } else { 0.0 });
+    }
+
+    fn beats(&self) -> Vec<PartitionBeat> {
+        self.partitions
+            .iter()
+            .enumerate()
+            .map(|(p, (state, _))| PartitionBeat {
+                partition: p as i32,
+                consuming: state.consuming.load(Relaxed),
+                last_delivery_at: last_delivery(state),
+                delivered: state.delivered.load(Relaxed),
+                redelivered: state.redelivered.load(Relaxed),
+                finished: state.finished.load(Relaxed),
+            })
+            .collect()
+    }
+
+    /// Writes the heartbeat once (also the last one, after the consumers stopped).
+    pub async fn beat(&self, db: &PgPool) -> sqlx::Result<()> {
+        observability::heartbeat(db, &self.worker, &self.beats()).await
+    }
+
+    /// Heartbeats until shutdown.
+    pub async fn run_heartbeat(&self, db: PgPool, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.cancelled() => break,
+            }
+            let result = self.beat(&db).await;
+            failing = report("heartbeat", result, failing);
+        }
+    }
+
+    /// Refreshes the sampled gauges until shutdown.
+    pub async fn run_sampler(
+        &self,
+        db: PgPool,
+        connection: &SharedConnection,
+        topology: &Topology,
+        shutdown: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(SAMPLE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut channel: Option<lapin::Channel> = None;
+        let (mut db_failing, mut broker_failing) = (false, false);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.cancelled() => break,
+            }
+            for (state, series) in &self.partitions {
+                let last = state.last_delivery_ms.load(Relaxed);
+                if last > 0 {
+                    series.last_delivery.set(last as f64 / 1000.0);
+                }
+            }
+            db_failing = report("database gauges", self.sample_db(&db).await, db_failing);
+            let sampled = self.sample_queues(&mut channel, connection, topology).await;
+            if sampled.is_err() {
+                // A failed passive declare closes the channel: open a new one next time.
+                channel = None;
+            }
+            broker_failing = report("queue gauges", sampled, broker_failing);
+        }
+    }
+
+    async fn sample_db(&self, db: &PgPool) -> sqlx::Result<()> {
+        let (backlog, oldest) = observability::outbox_backlog(db).await?;
+        metrics::outbox(backlog, oldest);
+        let partitions = self.partitions.len() as u16;
+        let ages = observability::oldest_pending(db, partitions).await?;
+        for ((_, series), age) in self.partitions.iter().zip(ages) {
+            series.oldest_pending_age.set(age);
+        }
+        Ok(())
+    }
+
+    async fn sample_queues(
+        &self,
+        channel: &mut Option<lapin::Channel>,
+        connection: &SharedConnection,
+        topology: &Topology,
+    ) -> lapin::Result<()> {
+        if channel.as_ref().is_none_or(|c| !c.status().connected()) {
+            *channel = Some(connection.get().await?.create_channel().await?);
+        }
+        let channel = channel.as_ref().expect("opened above");
+        for (p, (_, series)) in self.partitions.iter().enumerate() {
+            let depth = ready_messages(channel, &topology.partition_queue(p as u16)).await?;
+            series.queue_depth.set(f64::from(depth));
+        }
+        let depth = ready_messages(channel, &topology.dead_letter_queue()).await?;
+        metrics::dead_letter_queue_depth(depth);
+        Ok(())
+    }
+}
+
+/// Clears the consuming mark of a partition when its consumer ends, however it ends.
+pub struct Consuming<'a> {
+    monitor: &'a Monitor,
+    partition: u16,
+}
+
+impl Drop for Consuming<'_> {
+    fn drop(&mut self) {
+        self.monitor.set_consuming(self.partition, false);
+    }
+}
+
+fn last_delivery(state: &PartitionState) -> Option<DateTime<Utc>> {
+    match state.last_delivery_ms.load(Relaxed) {
+        0 => None,
+        ms => DateTime::from_timestamp_millis(ms),
+    }
+}
+
+/// Ready messages of a queue, by a passive declare (which creates nothing).
+async fn ready_messages(channel: &lapin::Channel, queue: &str) -> lapin::Result<u32> {
+    let declared = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(declared.message_count())
+}
+
+/// Logs a background task's failure once when it starts failing and once when it recovers, not
+/// every tick; returns whether it is failing now.
+fn report<E: std::fmt::Display>(what: &str, result: Result<(), E>, was_failing: bool) -> bool {
+    match result {
+        Ok(()) => {
+            if was_failing {
+                tracing::info!("{what} recovered");
+            }
+            false
+        }
+        Err(e) => {
+            if !was_failing {
+                tracing::warn!(error = %e, "{what} failed; retrying");
+            }
+            true
+        }
+    }
+}
