@@ -1042,7 +1042,9 @@ async fn unknown_routes_are_404_and_wrong_methods_405_as_problem_json() {
     let app = TestApp::spawn().await;
     let id = Uuid::now_v7();
     for (method, path) in [
-        (Method::GET, "/".to_owned()),
+        // (`/` is the dashboard.)
+        (Method::GET, "/index.html".to_owned()),
+        (Method::GET, "/dashboard/assets/nope.js".to_owned()),
         (Method::GET, "/v1".to_owned()),
         (Method::GET, "/v1/nope".to_owned()),
         (Method::GET, "/v2/orders".to_owned()),
