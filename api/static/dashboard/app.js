@@ -130,7 +130,8 @@ async function openTimeline(id) {
       ? `Order ${order.id} — ${order.status}, version ${order.version}, ${money(order.total_cents, order.currency)} (${order.client})`
       : `Order ${id} — not created yet`;
     // Every journey is drawn from its own start, on one scale: the longest journey spans the bar.
-    const duration = (c) => (c.finished_at ? Date.parse(c.finished_at) - Date.parse(c.received_at || c.accepted_at) : 0);
+    const stampsOf = (c) => [c.received_at, c.accepted_at, c.published_at, c.delivered_at, c.finished_at].filter(Boolean).map(Date.parse);
+    const duration = (c) => Math.max(...stampsOf(c)) - Math.min(...stampsOf(c));
     const longest = Math.max(1, ...timeline.commands.map(duration));
     $("#journeys").replaceChildren(...timeline.commands.map((c) => journey(c, longest)));
     $("#events-table tbody").replaceChildren(...timeline.events.map((e) =>
@@ -150,16 +151,19 @@ function journey(c, longest) {
   const stages = [];
   for (const [from, to, kind, label] of STAGES) {
     if (!c[from] || !c[to]) continue;
-    const ms = Date.parse(c[to]) - Date.parse(c[from]);
-    // The broker can deliver before the API has recorded its confirm.
-    if (ms < 0) { stages.push(`${label}: delivered before the confirm was recorded`); continue; }
-    stages.push(`${label} ${ms} ms`);
-    const segment = el("i", { class: kind, title: `${label}: ${time(c[from])} → ${time(c[to])} (${ms} ms)` });
-    segment.style.left = at(c[from]);
-    segment.style.width = `max(2px, calc(${at(c[to])} - ${at(c[from])}))`;
+    // The broker can deliver before the API has recorded its confirm: then the publish stage
+    // ends at the delivery, and the queue stage is empty.
+    const end = from === "accepted_at" && c.delivered_at && c.delivered_at < c[to] ? c.delivered_at : c[to];
+    const begin = from === "published_at" && c[from] > c[to] ? c[to] : c[from];
+    const ms = Date.parse(end) - Date.parse(begin);
+    stages.push(end !== c[to] ? `${label} ${ms} ms (confirm recorded after delivery)` : `${label} ${ms} ms`);
+    if (ms === 0 && begin === c[to]) continue;
+    const segment = el("i", { class: kind, title: `${label}: ${time(begin)} → ${time(end)} (${ms} ms)` });
+    segment.style.left = at(begin);
+    segment.style.width = `max(2px, calc(${at(end)} - ${at(begin)}))`;
     bar.append(segment);
   }
-  const total = c.finished_at ? `${Date.parse(c.finished_at) - Date.parse(c.received_at || c.accepted_at)} ms` : "in flight";
+  const total = c.finished_at ? `${Date.parse(c.finished_at) - Date.parse(c.received_at || c.accepted_at)} ms to ${c.status}` : "in flight";
   const facts = [
     `#${c.seq} ${c.kind}`,
     `${c.source}`,
