@@ -36,6 +36,9 @@ pub enum ApiError {
     /// 413
     #[error("the body is larger than {0} bytes")]
     PayloadTooLarge(usize),
+    /// 431: too many request headers, or too many bytes of them.
+    #[error("the request headers are too large: at most {max_count} headers and {max_bytes} bytes")]
+    HeadersTooLarge { max_count: usize, max_bytes: usize },
     /// 400: a header, path segment or query parameter is missing or malformed.
     #[error("{0}")]
     InvalidRequest(String),
@@ -87,6 +90,10 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type")
             }
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large"),
+            ApiError::HeadersTooLarge { .. } => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers-too-large",
+            ),
             ApiError::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid-request"),
             ApiError::IdempotencyMismatch => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "idempotency-key-reused")

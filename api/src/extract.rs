@@ -7,7 +7,7 @@ use crate::state::AppState;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{header, request::Parts};
-use orderflow_shared::db::clients::{self, Client};
+use orderflow_shared::db::clients::Client;
 use serde::de::DeserializeOwned;
 
 /// The authenticated client.
@@ -27,9 +27,7 @@ impl FromRequestParts<AppState> for Caller {
             .map(|(_, key)| key.trim())
             .filter(|k| !k.is_empty() && k.len() <= 200)
             .ok_or(ApiError::Unauthorized)?;
-        let client = clients::find_by_key(&state.db, key)
-            .await?
-            .ok_or(ApiError::Unauthorized)?;
+        let client = state.keys.authenticate(&state.db, key).await?;
         state.limits.check(&client)?;
         Ok(Caller(client))
     }

@@ -90,10 +90,20 @@ impl Modify for BearerScheme {
 }
 
 /// The final document: utoipa's, with what utoipa cannot express added: `required: true` on
-/// the headers that always come, closed variants of [`Command`], and links spelled right.
+/// the headers that always come, closed variants of [`Command`], links spelled right, and the
+/// 431 that every route answers (a server-wide layer, not a handler, sends it).
 pub fn document(openapi: &OpenApi) -> serde_json::Value {
     let mut document = serde_json::to_value(openapi).expect("the OpenAPI document serializes");
     close_variants(&mut document["components"]["schemas"]["Command"]);
+    let headers_too_large = serde_json::to_value(
+        problem(&format!(
+            "`headers-too-large`: more than {} request headers, or more than {} bytes of them.",
+            crate::routes::MAX_HEADERS,
+            crate::routes::MAX_HEADER_BYTES
+        ))
+        .build(),
+    )
+    .expect("a response serializes");
     let operations = document["paths"]
         .as_object_mut()
         .into_iter()
@@ -101,6 +111,12 @@ pub fn document(openapi: &OpenApi) -> serde_json::Value {
         .filter_map(|item| item.as_object_mut())
         .flat_map(|item| item.values_mut());
     for operation in operations {
+        let responses = operation
+            .get_mut("responses")
+            .and_then(|r| r.as_object_mut());
+        if let Some(responses) = responses {
+            responses.insert("431".to_owned(), headers_too_large.clone());
+        }
         let responses = operation["responses"].as_object_mut().into_iter();
         for response in responses.flat_map(|r| r.values_mut()) {
             // utoipa 5.5 writes a link's fields in snake case; OpenAPI spells them in camel case.

@@ -2,6 +2,7 @@
 //! Tests use [`Application::build`] with port 0 and [`Application::port`].
 
 use crate::dashboard::hub::{Hub, Thresholds};
+use crate::keys::Keys;
 use crate::limits::Limits;
 use crate::routes::{self, ServerLimits};
 use crate::state::AppState;
@@ -62,6 +63,13 @@ pub struct ApiConfig {
         default_value_t = 60.0
     )]
     pub alert_partition_lag_secs: f64,
+
+    /// Seconds an API key's check is remembered. 0 (the default): every request reads the
+    /// database, so a revoked key fails on the very next request. Above 0: a change to clients
+    /// reaches every API as a PostgreSQL notification (about a millisecond on one host), and a
+    /// revoked key may pass until then; nothing is cached while that connection is down.
+    #[arg(long, env = "ORDERFLOW_KEY_CACHE_SECS", default_value_t = 0)]
+    pub key_cache_secs: u64,
 
     /// Requests in flight across the whole server; more are shed at once with 503.
     #[arg(long, env = "ORDERFLOW_MAX_IN_FLIGHT", default_value_t = 1024,
@@ -154,6 +162,7 @@ impl Application {
                 config.max_waits_per_client,
             )
             .with_max_streams(config.max_streams_per_client as usize),
+            keys: Keys::new(Duration::from_secs(config.key_cache_secs)),
             hub: Hub::new(Thresholds {
                 conflict_rate: config.alert_conflict_rate,
                 outbox_lag_secs: config.alert_outbox_lag_secs,
@@ -188,6 +197,9 @@ impl Application {
             self.retention,
             self.shutdown.clone(),
         ));
+        self.state
+            .keys
+            .start(self.state.db.clone(), self.shutdown.clone());
         self.state
             .hub
             .start(self.state.clone(), self.shutdown.clone());

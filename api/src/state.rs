@@ -1,6 +1,7 @@
 //! What every handler shares.
 
 use crate::dashboard::hub::Hub;
+use crate::keys::Keys;
 use crate::limits::Limits;
 use crate::waiters::Waiters;
 use orderflow_shared::amqp::{Publisher, Topology};
@@ -15,6 +16,8 @@ pub struct AppState {
     pub topology: Topology,
     pub waiters: Waiters,
     pub limits: Limits,
+    /// API-key checks (cached).
+    pub keys: Keys,
     /// The dashboard's live feed.
     pub hub: Hub,
     /// Fires when the server stops: long-lived responses (SSE) end on it.

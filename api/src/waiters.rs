@@ -3,10 +3,10 @@
 //! broadcasts it; each `?wait=` request re-reads its command when its id (or a "recheck
 //! everything" signal after a reconnect) comes by. No polling loop.
 
+use crate::notifications::{self, Notice};
 use orderflow_shared::db::COMMAND_DONE_CHANNEL;
 use orderflow_shared::shutdown::CancellationToken;
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use std::time::Duration;
 use tokio::sync::broadcast;
 use uuid::Uuid;
@@ -26,7 +26,17 @@ impl Waiters {
             sender: sender.clone(),
             shutdown: shutdown.clone(),
         };
-        tokio::spawn(listen(db, sender, shutdown));
+        notifications::spawn(db, COMMAND_DONE_CHANNEL, shutdown, move |notice| {
+            let id = match notice {
+                Notice::Payload(payload) => match payload.parse::<Uuid>() {
+                    Ok(id) => id,
+                    Err(_) => return,
+                },
+                // Anything finished while nobody listened: every waiter re-checks.
+                Notice::Listening | Notice::Lost => Uuid::nil(),
+            };
+            let _ = sender.send(id);
+        });
         waiters
     }
 
@@ -61,47 +71,6 @@ impl Waiters {
                     _ = tokio::time::sleep_until(deadline) => return Ok(value),
                     _ = self.shutdown.cancelled() => return Ok(value),
                 }
-            }
-        }
-    }
-}
-
-async fn listen(db: PgPool, sender: broadcast::Sender<Uuid>, shutdown: CancellationToken) {
-    while !shutdown.is_cancelled() {
-        let mut listener = match PgListener::connect_with(&db).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(error = %e, "long-poll listener cannot connect; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                    _ = shutdown.cancelled() => return,
-                }
-            }
-        };
-        if let Err(e) = listener.listen(COMMAND_DONE_CHANNEL).await {
-            tracing::warn!(error = %e, "long-poll listener cannot LISTEN; retrying");
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                _ = shutdown.cancelled() => return,
-            }
-        }
-        // Anything finished while we were not listening: have every waiter re-check.
-        let _ = sender.send(Uuid::nil());
-        loop {
-            tokio::select! {
-                received = listener.try_recv() => match received {
-                    Ok(Some(n)) => {
-                        if let Ok(id) = n.payload().parse::<Uuid>() {
-                            let _ = sender.send(id);
-                        }
-                    }
-                    Ok(None) => { let _ = sender.send(Uuid::nil()); }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "long-poll listener lost; reconnecting");
-                        break;
-                    }
-                },
-                _ = shutdown.cancelled() => return,
             }
         }
     }

@@ -216,3 +216,137 @@ async fn beyond_the_in_flight_limit_requests_are_shed_with_503() {
     let problem: Value = shed.json().await.unwrap();
     assert_eq!(problem["type"], "https://orderflow.dev/problems/overloaded");
 }
+
+#[tokio::test]
+async fn too_many_or_too_large_headers_get_a_431_problem_and_nothing_is_written() {
+    let app = TestApp::spawn_with(Options {
+        start_worker: false,
+        ..Default::default()
+    })
+    .await;
+    let create = |extra: Vec<(String, String)>| {
+        let mut request = app
+            .request(Method::POST, "/v1/orders")
+            .header("idempotency-key", uuid::Uuid::new_v4().to_string())
+            .json(&json!({"customer_id": "cust-1", "currency": "EUR", "items": []}));
+        for (name, value) in extra {
+            request = request.header(name, value);
+        }
+        request.send()
+    };
+    let many = (0..70)
+        .map(|i| (format!("x-filler-{i}"), "1".to_owned()))
+        .collect();
+    let huge = vec![("x-filler".to_owned(), "a".repeat(20 * 1024))];
+    for (what, extra) in [("70 headers", many), ("a 20 KiB header", huge)] {
+        let response = create(extra).await.unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "{what}"
+        );
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json",
+            "{what}"
+        );
+        let problem: Value = response.json().await.unwrap();
+        assert_eq!(
+            problem["type"], "https://orderflow.dev/problems/headers-too-large",
+            "{what}"
+        );
+    }
+    let written: i64 = sqlx::query_scalar("select count(*) from commands")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(written, 0, "a refused request writes nothing");
+
+    // Just under the limits the same request is served.
+    let fine = (0..40)
+        .map(|i| (format!("x-filler-{i}"), "a".repeat(200)))
+        .collect();
+    assert_eq!(create(fine).await.unwrap().status(), StatusCode::ACCEPTED);
+}
+
+/// Reads a counter of the API's own `/metrics` (0 when the series does not exist yet).
+async fn api_counter(app: &TestApp, series: &str) -> f64 {
+    let text = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn a_cached_key_skips_the_database_and_a_revocation_still_reaches_the_cache() {
+    let app = TestApp::spawn_with(Options {
+        start_worker: false,
+        key_cache_secs: Some(600),
+        ..Default::default()
+    })
+    .await;
+    let (client, key) = clients::create(&app.db, "cached", false).await.unwrap();
+    let read = || {
+        app.http
+            .get(app.url("/v1/inventory/NONE"))
+            .bearer_auth(&key)
+            .send()
+    };
+    let cached = r#"orderflow_api_key_lookups_total{result="cached"}"#;
+    let from_database = r#"orderflow_api_key_lookups_total{result="database"}"#;
+
+    // Once the API listens for changes to clients, a second check of a key is served from memory.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while api_counter(&app, cached).await < 1.0 {
+        assert!(Instant::now() < deadline, "no key check was ever cached");
+        assert_eq!(read().await.unwrap().status(), StatusCode::NOT_FOUND);
+    }
+    let database_reads = api_counter(&app, from_database).await;
+    for _ in 0..20 {
+        assert_eq!(read().await.unwrap().status(), StatusCode::NOT_FOUND);
+    }
+    assert_eq!(
+        api_counter(&app, from_database).await,
+        database_reads,
+        "20 more requests with a cached key read no key from the database"
+    );
+
+    // A revocation in the database (any process, any statement) ends the cached key.
+    let revoked_at = Instant::now();
+    assert!(clients::revoke(&app.db, client.id).await.unwrap());
+    loop {
+        let status = read().await.unwrap().status();
+        if status == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(5),
+            "the revoked key is still served from the cache"
+        );
+    }
+    println!(
+        "revocation reached the cache after {:?}",
+        revoked_at.elapsed()
+    );
+    for _ in 0..10 {
+        assert_eq!(read().await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    }
+    // The other keys were only dropped from the cache, not refused.
+    assert_eq!(
+        app.request(Method::GET, "/v1/inventory/NONE")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+}

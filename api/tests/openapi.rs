@@ -114,6 +114,8 @@ async fn the_document_is_served_without_a_key_and_lists_every_route_with_every_s
         let statuses = statuses(operation);
         let secured = path.starts_with("/v1/");
         assert!(statuses.contains("503"), "{method} {path}: no 503");
+        // Every route, secured or not, is behind the header limits.
+        assert!(statuses.contains("431"), "{method} {path}: no 431");
         let success = if method == "post" { "202" } else { "200" };
         assert!(statuses.contains(success), "{method} {path}: no {success}");
         if secured {
@@ -127,7 +129,11 @@ async fn the_document_is_served_without_a_key_and_lists_every_route_with_every_s
             }
         } else {
             assert!(operation.get("security").is_none(), "{method} {path}");
-            assert_eq!(statuses, BTreeSet::from(["200", "503"]), "{method} {path}");
+            assert_eq!(
+                statuses,
+                BTreeSet::from(["200", "431", "503"]),
+                "{method} {path}"
+            );
         }
         if path.contains('{') {
             assert!(statuses.contains("404"), "{method} {path}: no 404");

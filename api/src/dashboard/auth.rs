@@ -10,7 +10,7 @@ use crate::extract::Admin;
 use crate::state::AppState;
 use axum::extract::FromRequestParts;
 use axum::http::{HeaderMap, HeaderValue, header, request::Parts};
-use orderflow_shared::db::clients::{self, Client};
+use orderflow_shared::db::clients::Client;
 
 /// The cookie that carries the admin key.
 pub const COOKIE: &str = "orderflow_dashboard";
@@ -29,9 +29,7 @@ impl FromRequestParts<AppState> for DashboardAdmin {
             return Ok(DashboardAdmin(client));
         }
         let key = cookie_key(&parts.headers).ok_or(ApiError::Unauthorized)?;
-        let client = clients::find_by_key(&state.db, key)
-            .await?
-            .ok_or(ApiError::Unauthorized)?;
+        let client = state.keys.authenticate(&state.db, key).await?;
         state.limits.check(&client)?;
         if !client.is_admin {
             return Err(ApiError::Forbidden);

@@ -33,7 +33,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
-use orderflow_shared::db::{clients, dashboard};
+use orderflow_shared::db::dashboard;
 use orderflow_shared::domain::OrderId;
 use serde::Deserialize;
 use uuid::Uuid;
@@ -139,9 +139,7 @@ async fn sign_in(
     if !auth::plausible_key(key) {
         return Err(ApiError::Unauthorized);
     }
-    let client = clients::find_by_key(&state.db, key)
-        .await?
-        .ok_or(ApiError::Unauthorized)?;
+    let client = state.keys.authenticate(&state.db, key).await?;
     state.limits.check(&client)?;
     if !client.is_admin {
         return Err(ApiError::Forbidden);

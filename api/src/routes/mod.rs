@@ -14,7 +14,9 @@ use crate::state::AppState;
 use axum::Router;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
-use axum::middleware;
+use axum::extract::Request;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use std::time::Duration;
 use tower::limit::GlobalConcurrencyLimitLayer;
@@ -22,6 +24,11 @@ use tower::{BoxError, ServiceBuilder};
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
+
+/// Request headers allowed at most, and their total size (names and values). Below hyper's own
+/// limits (100 headers, ~400 KiB), so that a request over them gets a problem+json 431 here.
+pub const MAX_HEADERS: usize = 64;
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 
 /// Server-wide limits (per-client ones are in [`crate::limits`]).
 #[derive(Clone, Copy, Debug)]
@@ -63,9 +70,28 @@ pub fn router(state: AppState, limits: ServerLimits) -> Router {
         // Mounted after the overload layer: a live feed must outlive the request timeout (it is
         // capped per client instead, and ends on shutdown).
         .merge(dashboard::streams())
+        .layer(middleware::from_fn(limit_headers))
         .layer(middleware::from_fn(metrics::track_requests))
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .with_state(state)
+}
+
+/// 431 for a request with too many header fields or too many bytes of them, before anything
+/// (authentication included) reads them.
+async fn limit_headers(request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let bytes: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if headers.len() > MAX_HEADERS || bytes > MAX_HEADER_BYTES {
+        return ApiError::HeadersTooLarge {
+            max_count: MAX_HEADERS,
+            max_bytes: MAX_HEADER_BYTES,
+        }
+        .into_response();
+    }
+    next.run(request).await
 }
 
 /// The span of one request; it continues the caller's trace when a valid W3C `traceparent`

@@ -31,6 +31,8 @@ pub struct Options {
     pub rate_limit: Option<orderflow_shared::db::clients::RateLimit>,
     pub max_in_flight: Option<u64>,
     pub max_waits_per_client: Option<usize>,
+    /// `ORDERFLOW_KEY_CACHE_SECS` (else the API's default: no cache).
+    pub key_cache_secs: Option<u64>,
 }
 
 impl Default for Options {
@@ -42,6 +44,7 @@ impl Default for Options {
             rate_limit: None,
             max_in_flight: None,
             max_waits_per_client: None,
+            key_cache_secs: None,
         }
     }
 }
@@ -90,6 +93,9 @@ impl TestApp {
         }
         if let Some(max) = options.max_waits_per_client {
             config.max_waits_per_client = max;
+        }
+        if let Some(secs) = options.key_cache_secs {
+            config.key_cache_secs = secs;
         }
         let app = Application::build(config, api_shutdown.clone())
             .await

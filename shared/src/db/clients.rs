@@ -82,38 +82,55 @@ pub async fn create_with_limit(
     Ok((client, key))
 }
 
+/// The columns a [`Client`] is read from.
+struct ClientRow {
+    id: Uuid,
+    name: String,
+    is_admin: bool,
+    rate_per_second: Option<i32>,
+    rate_burst: Option<i32>,
+}
+
+impl From<ClientRow> for Client {
+    fn from(r: ClientRow) -> Self {
+        Client {
+            id: ClientId(r.id),
+            name: r.name,
+            is_admin: r.is_admin,
+            rate_limit: RateLimit::from_columns(r.rate_per_second, r.rate_burst),
+        }
+    }
+}
+
 /// The live (not revoked) client holding this key.
 pub async fn find_by_key(db: impl PgExecutor<'_>, key: &str) -> sqlx::Result<Option<Client>> {
-    let row = sqlx::query!(
+    find_by_hash(db, &hash_key(key)).await
+}
+
+/// The live client whose key has this hash ([`hash_key`]).
+pub async fn find_by_hash(db: impl PgExecutor<'_>, hash: &[u8]) -> sqlx::Result<Option<Client>> {
+    let row = sqlx::query_as!(
+        ClientRow,
         "select id, name, is_admin, rate_per_second, rate_burst
          from clients where key_hash = $1 and revoked_at is null",
-        hash_key(key)
+        hash
     )
     .fetch_optional(db)
     .await?;
-    Ok(row.map(|r| Client {
-        id: ClientId(r.id),
-        name: r.name,
-        is_admin: r.is_admin,
-        rate_limit: RateLimit::from_columns(r.rate_per_second, r.rate_burst),
-    }))
+    Ok(row.map(Client::from))
 }
 
 /// A live client by id (a redrive re-submits a dead letter as the client that sent it).
 pub async fn get(db: impl PgExecutor<'_>, id: ClientId) -> sqlx::Result<Option<Client>> {
-    let row = sqlx::query!(
+    let row = sqlx::query_as!(
+        ClientRow,
         "select id, name, is_admin, rate_per_second, rate_burst
          from clients where id = $1 and revoked_at is null",
         id.0
     )
     .fetch_optional(db)
     .await?;
-    Ok(row.map(|r| Client {
-        id: ClientId(r.id),
-        name: r.name,
-        is_admin: r.is_admin,
-        rate_limit: RateLimit::from_columns(r.rate_per_second, r.rate_burst),
-    }))
+    Ok(row.map(Client::from))
 }
 
 /// Does a live client with this id exist? (Direct producers name their client.)

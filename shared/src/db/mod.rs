@@ -21,6 +21,9 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 pub const OUTBOX_CHANNEL: &str = "orderflow_outbox";
 /// LISTEN/NOTIFY channel carrying the id of each command that reached a final status.
 pub const COMMAND_DONE_CHANNEL: &str = "orderflow_command_done";
+/// LISTEN/NOTIFY channel carrying the id of each client whose row changed (a trigger notifies:
+/// revocations, rate-limit overrides); API processes drop their cached keys on it.
+pub const CLIENTS_CHANNEL: &str = "orderflow_clients";
 
 /// Opens a pool. Connections are made lazily, so a process starts while PostgreSQL restarts and
 /// a request fails fast (acquire timeout) instead of hanging.

@@ -1,0 +1,108 @@
+//! API-key checks, cached. A key is looked up by its SHA-256 (only the hash is stored, and an
+//! indexed equality on a hash leaks nothing about the key through timing); the live client it
+//! belongs to is then kept in memory for a while so that a request costs no database round trip.
+//!
+//! A revoked key must fail at once, in every API process. Every change to `clients` (a trigger,
+//! so a hand-written `update` counts too) notifies [`CLIENTS_CHANNEL`]; each notification starts a
+//! new cache generation, and an entry is only believed if it was read in the current one. An
+//! entry read before a revocation but stored after its notification is thereby still discarded.
+//! While the notification connection is down nothing is believed from the cache, so a missed
+//! notification cannot keep a revoked key alive.
+
+use crate::error::ApiError;
+use crate::notifications::{self, Notice};
+use moka::sync::Cache;
+use orderflow_shared::db::CLIENTS_CHANNEL;
+use orderflow_shared::db::clients::{self, Client};
+use orderflow_shared::shutdown::CancellationToken;
+use sqlx::PgPool;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Keys remembered at most; beyond it the least recently used are forgotten.
+const MAX_CACHED_KEYS: u64 = 100_000;
+
+#[derive(Clone)]
+pub struct Keys {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Key hash → the client and the generation it was read in. `None` when caching is off.
+    cache: Option<Cache<Vec<u8>, (Client, u64)>>,
+    generation: AtomicU64,
+    /// Is the notification connection listening (so the cache can be believed)?
+    listening: AtomicBool,
+}
+
+impl Keys {
+    /// A cache whose entries live at most `ttl` (zero: no cache, every request reads the
+    /// database). Call [`Keys::start`] to have it believed.
+    pub fn new(ttl: Duration) -> Self {
+        let cache = (!ttl.is_zero()).then(|| {
+            Cache::builder()
+                .max_capacity(MAX_CACHED_KEYS)
+                .time_to_live(ttl)
+                .build()
+        });
+        Self {
+            inner: Arc::new(Inner {
+                cache,
+                generation: AtomicU64::new(0),
+                listening: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Listens for changes to clients until shutdown.
+    pub fn start(&self, db: PgPool, shutdown: CancellationToken) {
+        if self.inner.cache.is_none() {
+            return;
+        }
+        let inner = self.inner.clone();
+        notifications::spawn(db, CLIENTS_CHANNEL, shutdown, move |notice| {
+            // A new generation first, so nothing read before this moment is believed after it.
+            inner.generation.fetch_add(1, Ordering::SeqCst);
+            match notice {
+                Notice::Listening => inner.listening.store(true, Ordering::SeqCst),
+                Notice::Lost => inner.listening.store(false, Ordering::SeqCst),
+                Notice::Payload(_) => {}
+            }
+            if let Some(cache) = &inner.cache {
+                // Changes to clients are rare: forget everyone rather than look for the one.
+                cache.invalidate_all();
+            }
+        });
+    }
+
+    /// The live client holding `key`, or 401.
+    pub async fn authenticate(&self, db: &PgPool, key: &str) -> Result<Client, ApiError> {
+        let hash = clients::hash_key(key);
+        let inner = &self.inner;
+        let Some(cache) = &inner.cache else {
+            return Self::read(db, &hash).await;
+        };
+        let generation = inner.generation.load(Ordering::SeqCst);
+        let believable = inner.listening.load(Ordering::SeqCst);
+        if believable
+            && let Some((client, read_in)) = cache.get(&hash)
+            && read_in == generation
+        {
+            metrics::counter!("orderflow_api_key_lookups_total", "result" => "cached").increment(1);
+            return Ok(client);
+        }
+        let client = Self::read(db, &hash).await?;
+        if believable {
+            cache.insert(hash, (client.clone(), generation));
+        }
+        Ok(client)
+    }
+
+    async fn read(db: &PgPool, hash: &[u8]) -> Result<Client, ApiError> {
+        metrics::counter!("orderflow_api_key_lookups_total", "result" => "database").increment(1);
+        clients::find_by_hash(db, hash)
+            .await?
+            .ok_or(ApiError::Unauthorized)
+    }
+}
