@@ -426,30 +426,10 @@ async fn commands_from_the_python_producer_are_applied() {
 
 #[tokio::test]
 async fn status_events_reach_subscribers_in_per_order_order() {
-    use lapin::options::{BasicAckOptions, BasicGetOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::options::{BasicAckOptions, BasicGetOptions};
     let app = TestApp::spawn().await;
-    let (connection, channel) = app.amqp_channel().await;
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            Default::default(),
-        )
-        .await
-        .unwrap();
-    channel
-        .queue_bind(
-            queue.name().clone(),
-            app.topology.events_exchange().as_str().into(),
-            "command.#".into(),
-            QueueBindOptions::default(),
-            Default::default(),
-        )
-        .await
-        .unwrap();
+    let (connection, channel, queue) =
+        orderflow_shared::testing::subscribe_events(&app.topology, "command.#").await;
 
     let order = app.new_order(json!([])).await;
     let mut sent = Vec::new();
@@ -469,7 +449,7 @@ async fn status_events_reach_subscribers_in_per_order_order() {
             events.len()
         );
         match channel
-            .basic_get(queue.name().clone(), BasicGetOptions::default())
+            .basic_get(queue.as_str().into(), BasicGetOptions::default())
             .await
             .unwrap()
         {

@@ -62,3 +62,39 @@ pub fn remove(topology: Option<Topology>, database_name: String) {
     });
     let _ = cleanup.join();
 }
+
+/// A subscriber of `topology`'s status events: an exclusive, server-named queue bound with
+/// `binding` (e.g. `#`) on a connection of its own. Returns the connection (close it at the end),
+/// the channel and the queue's name.
+pub async fn subscribe_events(
+    topology: &Topology,
+    binding: &str,
+) -> (lapin::Connection, lapin::Channel, String) {
+    use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+    let connection = lapin::Connection::connect(&amqp_url(), Default::default())
+        .await
+        .expect("the broker of AMQP_URL is up");
+    let channel = connection.create_channel().await.unwrap();
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            topology.events_exchange().as_str().into(),
+            binding.into(),
+            QueueBindOptions::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    (connection, channel, queue.name().to_string())
+}

@@ -220,16 +220,8 @@ async fn the_gauges_show_a_backed_up_partition_a_held_outbox_and_the_oldest_pend
         .execute(&mut *relay)
         .await
         .unwrap();
-    let order = stack.order_in(0);
-    let created = stack.message(order, create(), None);
-    stack.publish(&created, None).await;
-    assert_eq!(stack.wait_final(created.command_id).await, "applied");
-    let mut row = stack.db.begin().await.unwrap();
-    sqlx::query("select 1 from orders where id = $1 for update")
-        .bind(order.0)
-        .execute(&mut *row)
-        .await
-        .unwrap();
+    let order = stack.created_order(0).await;
+    let row = stack.lock_order(order).await;
     let mut queued = Vec::new();
     for i in 0..5 {
         let message = stack.message(order, add_item(&format!("SKU-{i}")), None);
@@ -377,18 +369,10 @@ async fn a_transaction_that_times_out_waiting_for_a_lock_is_retried_and_counted_
     .await
     .unwrap();
     stack.start(stack.config()).await;
-    let order = stack.order_in(0);
-    let created = stack.message(order, create(), None);
-    stack.publish(&created, None).await;
-    assert_eq!(stack.wait_final(created.command_id).await, "applied");
+    let order = stack.created_order(0).await;
     let before = stack.scrape().await;
 
-    let mut row = stack.db.begin().await.unwrap();
-    sqlx::query("select 1 from orders where id = $1 for update")
-        .bind(order.0)
-        .execute(&mut *row)
-        .await
-        .unwrap();
+    let row = stack.lock_order(order).await;
     let added = stack.message(order, add_item("SKU-1"), None);
     stack.publish(&added, None).await;
     let cause = [("cause", "lock_timeout")];

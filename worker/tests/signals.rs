@@ -1,17 +1,12 @@
 //! The worker binary on SIGTERM: it finishes and acks what it holds, exits 0, and a restarted
 //! worker takes up the rest — nothing lost, nothing applied twice.
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use orderflow_shared::amqp::{Topology, json_properties};
-use orderflow_shared::contract::{CONTRACT_VERSION, CommandMessage};
-use orderflow_shared::db::{self, clients};
-use orderflow_shared::domain::{CommandId, OrderId};
-use orderflow_shared::partition::partition_of;
-use orderflow_shared::testing;
+mod common;
+
+use common::{PARTITIONS, Stack, create};
+use orderflow_shared::domain::OrderId;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-const PARTITIONS: u16 = 2;
 
 fn spawn_worker(database_url: &str, namespace: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_orderflow-worker"))
@@ -28,57 +23,19 @@ fn spawn_worker(database_url: &str, namespace: &str) -> Child {
 
 #[tokio::test]
 async fn sigterm_finishes_the_message_in_hand_and_a_restart_applies_the_rest_once() {
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    let (url, name) = testing::create_database(&id).await;
-    let pool = sqlx::PgPool::connect(&url).await.unwrap();
-    db::MIGRATOR.run(&pool).await.unwrap();
-    let (client, _) = clients::create(&pool, "producer", false).await.unwrap();
-    let namespace = format!("test.{name}");
-    let topology = Topology {
-        namespace: namespace.clone(),
-        partitions: PARTITIONS,
-        queue_max_length: 100_000,
-    };
-    let connection = lapin::Connection::connect(&testing::amqp_url(), Default::default())
-        .await
-        .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    topology.declare(&channel).await.unwrap();
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-
+    let stack = Stack::new().await;
+    let (url, namespace, pool) = (
+        stack.database_url.clone(),
+        stack.topology.namespace.clone(),
+        stack.db.clone(),
+    );
     let mut worker = spawn_worker(&url, &namespace);
     const ORDERS: usize = 300;
     for _ in 0..ORDERS {
-        let order_id = OrderId::new();
-        let message = CommandMessage {
-            version: CONTRACT_VERSION,
-            command_id: CommandId::new(),
-            client_id: client.id,
-            order_id,
-            expected_version: None,
-            command: serde_json::from_value(serde_json::json!({
-                "type": "create", "customer_id": "c", "currency": "EUR", "items": []
-            }))
-            .unwrap(),
-        };
-        channel
-            .basic_publish(
-                topology.command_exchange().as_str().into(),
-                partition_of(order_id, PARTITIONS)
-                    .to_string()
-                    .as_str()
-                    .into(),
-                BasicPublishOptions::default(),
-                &message.to_bytes(),
-                json_properties().with_delivery_mode(2),
-            )
-            .await
-            .unwrap();
+        stack
+            .publish(&stack.message(OrderId::new(), create(), None), None)
+            .await;
     }
-    channel.wait_for_confirms().await.unwrap();
 
     // Stop it while it works through the backlog.
     let applied = |pool: sqlx::PgPool| async move {
@@ -130,8 +87,4 @@ async fn sigterm_finishes_the_message_in_hand_and_a_restart_applies_the_rest_onc
             .unwrap();
     assert_eq!(unfinished, 0);
     eprintln!("applied {after_stop} of {ORDERS} before SIGTERM");
-
-    let _ = connection.close(200, "done".into()).await;
-    pool.close().await;
-    testing::remove(Some(topology), name);
 }

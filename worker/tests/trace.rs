@@ -8,10 +8,11 @@ mod common;
 
 use common::{Stack, add_item, create, wait};
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::BasicConsumeOptions;
 use lapin::types::FieldTable;
 use orderflow_shared::amqp::header_str;
 use orderflow_shared::telemetry::{self, TRACEPARENT, trace_id_of};
+use orderflow_shared::testing;
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -77,35 +78,10 @@ async fn a_traceparent_header_reaches_the_log_lines_about_its_command_and_goes_o
     telemetry::init_with_writer("json", logs.clone());
     let mut stack = Stack::new().await;
     // A subscriber of the status events.
-    let connection =
-        lapin::Connection::connect(&orderflow_shared::testing::amqp_url(), Default::default())
-            .await
-            .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    channel
-        .queue_bind(
-            queue.name().as_str().into(),
-            stack.topology.events_exchange().as_str().into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let (connection, channel, queue) = testing::subscribe_events(&stack.topology, "#").await;
     let mut events = channel
         .basic_consume(
-            queue.name().as_str().into(),
+            queue.as_str().into(),
             "".into(),
             BasicConsumeOptions {
                 no_ack: true,
@@ -119,10 +95,7 @@ async fn a_traceparent_header_reaches_the_log_lines_about_its_command_and_goes_o
     config.republish_after_ms = 200;
     stack.start(config).await;
 
-    let order = stack.order_in(0);
-    let created = stack.message(order, create(), None);
-    stack.publish(&created, None).await;
-    assert_eq!(stack.wait_final(created.command_id).await, "applied");
+    let order = stack.created_order(0).await;
 
     // A traced command that the worker rejects (and logs a line about).
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";

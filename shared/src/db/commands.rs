@@ -334,23 +334,23 @@ pub async fn finish(
     delivered: Option<Delivered>,
 ) -> sqlx::Result<()> {
     debug_assert!(status.is_final());
+    // clock_timestamp(), not now(): now() is the transaction's start, which would make every
+    // apply look instantaneous on the timeline. The notification is sent at commit, from the
+    // same statement (one round trip).
     sqlx::query!(
-        "update commands set status = $2, reason = $3, result_version = $4, finished_at = now(),
-                             delivered_at = $5, attempt = $6
-         where id = $1",
+        r#"with finished as (
+             update commands set status = $2, reason = $3, result_version = $4,
+                                 finished_at = clock_timestamp(), delivered_at = $5, attempt = $6
+             where id = $1
+             returning id)
+         select count(pg_notify($7, id::text)) as "notified!" from finished"#,
         id.0,
         status.as_str(),
         reason,
         result_version,
         delivered.map(|d| d.at),
-        delivered.map(|d| d.attempt.max(1))
-    )
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query!(
-        "select 1 as notified from pg_notify($1, $2)",
-        super::COMMAND_DONE_CHANNEL,
-        id.0.to_string()
+        delivered.map(|d| d.attempt.max(1)),
+        super::COMMAND_DONE_CHANNEL
     )
     .fetch_one(conn)
     .await?;

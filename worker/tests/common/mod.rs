@@ -162,6 +162,27 @@ impl Stack {
         }
     }
 
+    /// Creates an order on `partition` through the worker; returns it once applied.
+    pub async fn created_order(&self, partition: u16) -> OrderId {
+        let order = self.order_in(partition);
+        let created = self.message(order, create(), None);
+        self.publish(&created, None).await;
+        assert_eq!(self.wait_final(created.command_id).await, "applied");
+        order
+    }
+
+    /// Takes the order's row lock in a transaction of the test's own: the worker's next
+    /// command on it waits until the transaction ends.
+    pub async fn lock_order(&self, order: OrderId) -> sqlx::Transaction<'static, sqlx::Postgres> {
+        let mut tx = self.db.begin().await.unwrap();
+        sqlx::query("select 1 from orders where id = $1 for update")
+            .bind(order.0)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx
+    }
+
     /// A command message of this stack's client.
     pub fn message(
         &self,

@@ -57,21 +57,7 @@ pub fn over_time(title: &str, lines: &[Line]) -> String {
             .x_desc("seconds into the phase")
             .y_desc("ms")
             .draw()?;
-        for (i, line) in lines.iter().enumerate() {
-            let style = color(i).stroke_width(2);
-            let points = line.points.iter().map(|&(x, y)| (x, y.max(FLOOR_MS)));
-            chart
-                .draw_series(LineSeries::new(points, style))?
-                .label(line.label.as_str())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()?;
-        Ok(())
+        draw_lines(&mut chart, lines)
     })
 }
 
@@ -113,22 +99,34 @@ pub fn percentiles(title: &str, lines: &[Line]) -> String {
             .y_desc("ms")
             .x_label_formatter(&|x| format!("{}%", 100.0 - (100.0 / x * 1000.0).round() / 1000.0))
             .draw()?;
-        for (i, line) in spread.iter().enumerate() {
-            let style = color(i).stroke_width(2);
-            let points = line.points.iter().map(|&(x, y)| (x, y.max(FLOOR_MS)));
-            chart
-                .draw_series(LineSeries::new(points, style))?
-                .label(line.label.as_str())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()?;
-        Ok(())
+        draw_lines(&mut chart, &spread)
     })
+}
+
+/// Draws each line (in the palette's order) with its legend entry.
+fn draw_lines<'a, X, Y>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
+    lines: &[Line],
+) -> Drawn
+where
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
+{
+    for (i, line) in lines.iter().enumerate() {
+        let style = color(i).stroke_width(2);
+        let points = line.points.iter().map(|&(x, y)| (x, y.max(FLOOR_MS)));
+        chart
+            .draw_series(LineSeries::new(points, style))?
+            .label(line.label.as_str())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    Ok(())
 }
 
 type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
