@@ -38,12 +38,9 @@ pub async fn redrive(
     ApiPath(id): ApiPath<i64>,
     _: StrictJson<RedriveRequest>,
 ) -> Result<Json<Redriven>, ApiError> {
-    let letter = {
-        let mut conn = state.db.acquire().await?;
-        dashboard::lock_dead_letter(&mut conn, id)
-            .await?
-            .ok_or(ApiError::NotFound("dead letter"))?
-    };
+    let letter = dashboard::dead_letter(&state.db, id)
+        .await?
+        .ok_or(ApiError::NotFound("dead letter"))?;
     if let (Some(command_id), Some(order_id)) = (letter.redriven_as, letter.order_id) {
         return Ok(Json(Redriven {
             dead_letter_id: id,

@@ -272,19 +272,17 @@ pub async fn dead_letters(db: impl PgExecutor<'_>, limit: i64) -> sqlx::Result<V
     .await
 }
 
-/// Locks a dead letter for its redrive.
-pub async fn lock_dead_letter(
-    conn: &mut PgConnection,
-    id: i64,
-) -> sqlx::Result<Option<DeadLetter>> {
+/// One dead letter. (Concurrent redrives of it need no lock: they share an Idempotency-Key, so
+/// they yield one command, and only the first [`mark_redriven`] takes.)
+pub async fn dead_letter(db: impl PgExecutor<'_>, id: i64) -> sqlx::Result<Option<DeadLetter>> {
     sqlx::query_as!(
         DeadLetter,
         "select id, command_id, order_id, client_id, partition, reason, body, dead_lettered_at,
                 redriven_at, redriven_as
-         from dead_letters where id = $1 for update",
+         from dead_letters where id = $1",
         id
     )
-    .fetch_optional(conn)
+    .fetch_optional(db)
     .await
 }
 
