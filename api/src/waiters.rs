@@ -1,42 +1,60 @@
 //! Long-poll wake-ups. One LISTEN connection per API process receives the id of every command
-//! that reaches a final status (`pg_notify` in the worker's transaction, delivered at commit) and
-//! broadcasts it; each `?wait=` request re-reads its command when its id (or a "recheck
-//! everything" signal after a reconnect) comes by. No polling loop.
+//! that reaches a final status (`pg_notify` in the worker's transaction, delivered at commit);
+//! each `?wait=` request registers under its command's id and is woken only by that id (or by a
+//! "re-check everything" signal when notifications may have been missed), then re-reads its
+//! command. No polling loop, and a finish costs one map lookup however many polls are open.
 
 use crate::notifications::{self, Notice};
 use orderflow_shared::db::COMMAND_DONE_CHANNEL;
 use orderflow_shared::shutdown::CancellationToken;
 use sqlx::PgPool;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::broadcast;
+use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
-/// Broadcast of finished command ids; `Uuid::nil()` means "re-check, something may be missed".
+/// The open waits by command id.
+type Registry = Mutex<HashMap<Uuid, Vec<Arc<Notify>>>>;
+
 #[derive(Clone)]
 pub struct Waiters {
-    sender: broadcast::Sender<Uuid>,
+    registry: Arc<Registry>,
+    /// Bumped when notifications may have been missed: every waiter re-checks.
+    recheck: watch::Sender<u64>,
     shutdown: CancellationToken,
 }
 
 impl Waiters {
     /// Starts the listener task; it stops on `shutdown`, which also ends every wait.
     pub fn start(db: PgPool, shutdown: CancellationToken) -> Self {
-        let (sender, _) = broadcast::channel(4096);
         let waiters = Self {
-            sender: sender.clone(),
+            registry: Arc::default(),
+            recheck: watch::Sender::new(0),
             shutdown: shutdown.clone(),
         };
-        notifications::spawn(db, COMMAND_DONE_CHANNEL, shutdown, move |notice| {
-            let id = match notice {
-                Notice::Payload(payload) => match payload.parse::<Uuid>() {
-                    Ok(id) => id,
-                    Err(_) => return,
-                },
+        let (registry, recheck) = (waiters.registry.clone(), waiters.recheck.clone());
+        notifications::spawn(
+            db,
+            COMMAND_DONE_CHANNEL,
+            shutdown,
+            move |notice| match notice {
+                Notice::Payload(payload) => {
+                    let Ok(id) = payload.parse::<Uuid>() else {
+                        return;
+                    };
+                    let registry = registry
+                        .lock()
+                        .expect("the registry lock is never poisoned");
+                    for waiter in registry.get(&id).into_iter().flatten() {
+                        // A stored permit: a finish between a waiter's read and its wait is kept.
+                        waiter.notify_one();
+                    }
+                }
                 // Anything finished while nobody listened: every waiter re-checks.
-                Notice::Listening | Notice::Lost => Uuid::nil(),
-            };
-            let _ = sender.send(id);
-        });
+                Notice::Listening | Notice::Lost => recheck.send_modify(|n| *n += 1),
+            },
+        );
         waiters
     }
 
@@ -52,26 +70,84 @@ impl Waiters {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<(T, bool), crate::error::ApiError>>,
     {
-        // Subscribe before the first read, so a finish between the read and the wait is seen.
-        let mut wakeups = self.sender.subscribe();
+        // Registered before the first read, so a finish between the read and the wait is seen.
+        let registration = Registration::new(&self.registry, command_id);
+        let mut recheck = self.recheck.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let (value, done) = check().await?;
             if done {
                 return Ok(value);
             }
-            loop {
-                tokio::select! {
-                    woken = wakeups.recv() => match woken {
-                        Ok(id) if id == command_id || id.is_nil() => break,
-                        Ok(_) => continue,
-                        Err(broadcast::error::RecvError::Lagged(_)) => break,
-                        Err(broadcast::error::RecvError::Closed) => return Ok(value),
-                    },
-                    _ = tokio::time::sleep_until(deadline) => return Ok(value),
-                    _ = self.shutdown.cancelled() => return Ok(value),
-                }
+            tokio::select! {
+                _ = registration.notify.notified() => {}
+                changed = recheck.changed() => if changed.is_err() {
+                    return Ok(value);
+                },
+                _ = tokio::time::sleep_until(deadline) => return Ok(value),
+                _ = self.shutdown.cancelled() => return Ok(value),
             }
         }
+    }
+}
+
+/// One wait's entry in the registry; removed when the wait ends, however it ends.
+struct Registration<'a> {
+    registry: &'a Registry,
+    command_id: Uuid,
+    notify: Arc<Notify>,
+}
+
+impl<'a> Registration<'a> {
+    fn new(registry: &'a Registry, command_id: Uuid) -> Self {
+        let notify = Arc::new(Notify::new());
+        registry
+            .lock()
+            .expect("the registry lock is never poisoned")
+            .entry(command_id)
+            .or_default()
+            .push(notify.clone());
+        Self {
+            registry,
+            command_id,
+            notify,
+        }
+    }
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        let mut registry = self
+            .registry
+            .lock()
+            .expect("the registry lock is never poisoned");
+        if let Some(waiting) = registry.get_mut(&self.command_id) {
+            waiting.retain(|n| !Arc::ptr_eq(n, &self.notify));
+            if waiting.is_empty() {
+                registry.remove(&self.command_id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_registration_is_removed_when_its_wait_ends() {
+        let registry = Registry::default();
+        let id = Uuid::new_v4();
+        let first = Registration::new(&registry, id);
+        let second = Registration::new(&registry, id);
+        assert_eq!(registry.lock().unwrap()[&id].len(), 2);
+        drop(first);
+        assert_eq!(registry.lock().unwrap()[&id].len(), 1);
+        assert!(Arc::ptr_eq(
+            &registry.lock().unwrap()[&id][0],
+            &second.notify
+        ));
+        drop(second);
+        assert!(registry.lock().unwrap().is_empty());
     }
 }
