@@ -64,7 +64,7 @@ function route() {
 // ---- orders -------------------------------------------------------------------------------------
 const ORDER_ROWS = 200;
 function orderRow(order) {
-  return el("tr", { "data-order": order.id },
+  return el("tr", { "data-order": order.id, "data-updated": Date.parse(order.updated_at) },
     el("td", {}, el("a", { href: `#timeline/${order.id}`, class: "mono", title: order.id, text: short(order.id) })),
     el("td", { text: order.client }),
     el("td", {}, el("span", { class: `badge status-${order.status}`, text: order.status })),
@@ -97,7 +97,11 @@ function upsertOrder(order) {
   if (!orderMatchesFilter(order)) return;
   const row = orderRow(order);
   row.classList.add("flash");
-  body.prepend(row);
+  // Newest change first: a command that changed nothing (a rejection) re-sends an order whose
+  // last change is older than rows above it, so it goes where its time puts it.
+  const updated = Number(row.dataset.updated);
+  const after = [...body.rows].find((r) => Number(r.dataset.updated) <= updated);
+  body.insertBefore(row, after ?? null);
   while (body.rows.length > ORDER_ROWS) body.deleteRow(-1);
   $("#orders-count").textContent = `${body.rows.length} shown, newest change first`;
 }
