@@ -57,6 +57,11 @@ pub enum ApiError {
         limit: u32,
         window_secs: u64,
     },
+    /// 429: the order has its maximum of commands accepted but not yet finished.
+    #[error(
+        "this order already has {0} commands waiting for the worker; retry when some have finished"
+    )]
+    OrderBusy(i64),
     /// 429: the client already holds its maximum of open long-polls.
     #[error("at most {0} long-polls (?wait=) per client may be open at once")]
     TooManyWaits(usize),
@@ -100,6 +105,7 @@ impl ApiError {
             }
             ApiError::IdempotencyInFlight => (StatusCode::CONFLICT, "idempotency-key-in-flight"),
             ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate-limited"),
+            ApiError::OrderBusy(_) => (StatusCode::TOO_MANY_REQUESTS, "order-busy"),
             ApiError::TooManyWaits(_) => (StatusCode::TOO_MANY_REQUESTS, "too-many-waits"),
             ApiError::TooManyStreams(_) => (StatusCode::TOO_MANY_REQUESTS, "too-many-streams"),
             ApiError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
@@ -141,7 +147,9 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if let ApiError::TooManyWaits(_) | ApiError::TooManyStreams(_) = &self {
+        if let ApiError::TooManyWaits(_) | ApiError::TooManyStreams(_) | ApiError::OrderBusy(_) =
+            &self
+        {
             headers.insert(
                 header::RETRY_AFTER,
                 HeaderValue::from_static(RETRY_AFTER_SECS),

@@ -132,9 +132,20 @@ pub async fn submit(state: &AppState, s: Submission<'_>) -> Result<Accepted, Api
             }
             1
         }
-        Target::Existing(id) => commands::next_seq(&mut *tx, id, s.client.id)
-            .await?
-            .ok_or(ApiError::NotFound("order"))?,
+        Target::Existing(id) => {
+            let max = state.limits.max_pending_per_order();
+            match commands::next_seq_within(&mut *tx, id, s.client.id, max).await? {
+                Some(seq) => seq,
+                None => {
+                    let pending = commands::pending(&mut *tx, id, s.client.id).await?;
+                    tx.rollback().await?;
+                    return Err(match pending {
+                        Some(_) => ApiError::OrderBusy(max),
+                        None => ApiError::NotFound("order"),
+                    });
+                }
+            }
+        }
     };
     let new = NewCommand {
         id: command_id,

@@ -1,5 +1,6 @@
 //! Traffic control that is orderflow's own: a token bucket per client (governor), with the
-//! API's default quota or the client's override, and a cap on each client's open long-polls.
+//! API's default quota or the client's override, caps on each client's open long-polls and
+//! streams, and the cap on each order's unfinished commands (enforced where its seq is taken).
 //! Per-client state lives in bounded caches (moka) that forget idle clients, so a flood of keys
 //! cannot grow it without end. The global in-flight limit, load shedding and the request timeout
 //! are tower layers (see `routes::router`).
@@ -27,6 +28,8 @@ type Limiter = RateLimiter<
 const MAX_TRACKED_CLIENTS: u64 = 100_000;
 /// SSE streams per client unless configured (a few dashboard tabs).
 const DEFAULT_MAX_STREAMS: usize = 8;
+/// Commands one order may have accepted but not yet finished unless configured.
+const DEFAULT_MAX_PENDING_PER_ORDER: i64 = 64;
 /// A client idle this long starts again with a full bucket.
 const IDLE: Duration = Duration::from_secs(600);
 
@@ -39,6 +42,7 @@ pub struct Limits {
     waits: Cache<ClientId, Arc<Semaphore>>,
     max_streams: usize,
     streams: Cache<ClientId, Arc<Semaphore>>,
+    max_pending_per_order: i64,
     clock: DefaultClock,
 }
 
@@ -55,6 +59,7 @@ impl Limits {
             waits: Cache::builder().max_capacity(MAX_TRACKED_CLIENTS).build(),
             max_streams: DEFAULT_MAX_STREAMS,
             streams: Cache::builder().max_capacity(MAX_TRACKED_CLIENTS).build(),
+            max_pending_per_order: DEFAULT_MAX_PENDING_PER_ORDER,
             clock: DefaultClock::default(),
         }
     }
@@ -97,6 +102,18 @@ impl Limits {
     pub fn with_max_streams(mut self, max_streams_per_client: usize) -> Self {
         self.max_streams = max_streams_per_client;
         self
+    }
+
+    /// Sets how many commands one order may have accepted but not yet finished. A hot order's
+    /// backlog then stays short in its partition queue, so the other orders sharing that
+    /// partition are not kept waiting behind it; its own callers get 429 `order-busy`.
+    pub fn with_max_pending_per_order(mut self, max: i64) -> Self {
+        self.max_pending_per_order = max;
+        self
+    }
+
+    pub fn max_pending_per_order(&self) -> i64 {
+        self.max_pending_per_order
     }
 
     /// Takes one of the client's SSE slots for as long as the permit lives.

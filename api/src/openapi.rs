@@ -282,6 +282,18 @@ problem_response!(
     "RateLimit-Policy" => header(string_matching("^[0-9]+;w=[0-9]+$"), "`<limit>;w=<window seconds>`; `rate-limited` only."),
 );
 problem_response!(
+    /// 429 of a command to an existing order: either limit.
+    RateLimitedOrOrderBusy,
+    "`rate-limited`: the client's token bucket is empty (with `RateLimit-*` headers); or \
+     `order-busy`: the order already has its maximum of commands accepted but not yet finished \
+     (`ORDERFLOW_MAX_PENDING_PER_ORDER`); nothing was accepted.",
+    "Retry-After" => retry_after(),
+    "RateLimit-Limit" => header(integer(1), "The bucket's size (burst); `rate-limited` only."),
+    "RateLimit-Remaining" => header(integer(0), "Requests left now: 0; `rate-limited` only."),
+    "RateLimit-Reset" => header(integer(1), "Seconds until a request is allowed again; `rate-limited` only."),
+    "RateLimit-Policy" => header(string_matching("^[0-9]+;w=[0-9]+$"), "`<limit>;w=<window seconds>`; `rate-limited` only."),
+);
+problem_response!(
     /// 503 of a read.
     Unavailable,
     "`overloaded`: the server is at its in-flight limit or the request outlived its timeout; or \

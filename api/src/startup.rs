@@ -42,6 +42,12 @@ pub struct ApiConfig {
     #[arg(long, env = "ORDERFLOW_MAX_WAITS_PER_CLIENT", default_value_t = 100)]
     pub max_waits_per_client: usize,
 
+    /// Commands one order may have accepted but not yet finished; more answer 429 `order-busy`,
+    /// so that a hot order's backlog cannot fill its partition queue ahead of other orders.
+    #[arg(long, env = "ORDERFLOW_MAX_PENDING_PER_ORDER", default_value_t = 64,
+          value_parser = clap::value_parser!(i64).range(1..))]
+    pub max_pending_per_order: i64,
+
     /// Dashboard live feeds (SSE) one client may hold open at once; more answer 429.
     #[arg(long, env = "ORDERFLOW_MAX_STREAMS_PER_CLIENT", default_value_t = 8,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -161,7 +167,8 @@ impl Application {
                 },
                 config.max_waits_per_client,
             )
-            .with_max_streams(config.max_streams_per_client as usize),
+            .with_max_streams(config.max_streams_per_client as usize)
+            .with_max_pending_per_order(config.max_pending_per_order),
             keys: Keys::new(Duration::from_secs(config.key_cache_secs)),
             hub: Hub::new(Thresholds {
                 conflict_rate: config.alert_conflict_rate,

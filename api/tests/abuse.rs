@@ -350,3 +350,72 @@ async fn a_cached_key_skips_the_database_and_a_revocation_still_reaches_the_cach
         StatusCode::NOT_FOUND
     );
 }
+
+#[tokio::test]
+async fn an_order_with_its_maximum_of_unfinished_commands_answers_429_until_the_worker_catches_up()
+{
+    let mut app = TestApp::spawn_with(Options {
+        start_worker: false,
+        max_pending_per_order: Some(3),
+        ..Default::default()
+    })
+    .await;
+    // The create is the first unfinished command; two more fill the order's allowance.
+    let order = app.create_order(json!([])).await["order_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let add =
+        |sku: &str| json!({"type": "add_item", "sku": sku, "quantity": 1, "unit_price_cents": 100});
+    for sku in ["A", "B"] {
+        assert_eq!(
+            post_command(&app, &order, add(sku)).await.status(),
+            StatusCode::ACCEPTED
+        );
+    }
+    let busy = post_command(&app, &order, add("C")).await;
+    assert_eq!(busy.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(busy.headers()["retry-after"], "1");
+    assert!(!busy.headers().contains_key("ratelimit-limit"));
+    let problem: Value = busy.json().await.unwrap();
+    assert_eq!(problem["type"], "https://orderflow.dev/problems/order-busy");
+    let recorded: i64 = sqlx::query_scalar("select count(*) from commands")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(recorded, 3, "the refused command was not recorded");
+    // Another order is not held back by this one.
+    app.create_order(json!([])).await;
+
+    // Once the worker has finished them, the order takes commands again.
+    app.start_worker().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let accepted = loop {
+        let response = post_command(&app, &order, add("C")).await;
+        if response.status() == StatusCode::ACCEPTED {
+            break response.json::<Value>().await.unwrap();
+        }
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(Instant::now() < deadline, "the order stayed busy");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let outcome = app
+        .wait_final(accepted["command_id"].as_str().unwrap())
+        .await;
+    assert_eq!(outcome["status"], "applied");
+    assert_eq!(
+        app.order(&order).await["version"],
+        4,
+        "create and three items"
+    );
+}
+
+/// POST /v1/orders/{order}/commands with a fresh Idempotency-Key.
+async fn post_command(app: &TestApp, order: &str, command: Value) -> reqwest::Response {
+    app.request(Method::POST, &format!("/v1/orders/{order}/commands"))
+        .header("idempotency-key", uuid::Uuid::new_v4().to_string())
+        .json(&command)
+        .send()
+        .await
+        .unwrap()
+}

@@ -100,7 +100,7 @@ async fn create_order(
         (status = 413, response = inline(openapi::PayloadTooLarge)),
         (status = 415, response = inline(openapi::UnsupportedMediaType)),
         (status = 422, response = inline(openapi::Unprocessable)),
-        (status = 429, response = inline(openapi::RateLimited)),
+        (status = 429, response = inline(openapi::RateLimitedOrOrderBusy)),
         (status = 503, response = inline(openapi::NotAccepted)),
     )
 )]

@@ -33,6 +33,7 @@ pub struct Options {
     pub max_waits_per_client: Option<usize>,
     /// `ORDERFLOW_KEY_CACHE_SECS` (else the API's default: no cache).
     pub key_cache_secs: Option<u64>,
+    pub max_pending_per_order: Option<i64>,
 }
 
 impl Default for Options {
@@ -45,6 +46,7 @@ impl Default for Options {
             max_in_flight: None,
             max_waits_per_client: None,
             key_cache_secs: None,
+            max_pending_per_order: None,
         }
     }
 }
@@ -96,6 +98,9 @@ impl TestApp {
         }
         if let Some(secs) = options.key_cache_secs {
             config.key_cache_secs = secs;
+        }
+        if let Some(max) = options.max_pending_per_order {
+            config.max_pending_per_order = max;
         }
         let app = Application::build(config, api_shutdown.clone())
             .await

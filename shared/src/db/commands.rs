@@ -148,6 +148,43 @@ pub async fn next_seq(
     .await
 }
 
+/// [`next_seq`], unless the order already has `max_pending` commands handed out but not yet
+/// finished by the worker: then `None`, and nothing changes (see [`pending`] for why).
+pub async fn next_seq_within(
+    db: impl PgExecutor<'_>,
+    order_id: OrderId,
+    client_id: ClientId,
+    max_pending: i64,
+) -> sqlx::Result<Option<i64>> {
+    sqlx::query_scalar!(
+        "update order_streams set last_seq = last_seq + 1
+         where order_id = $1 and client_id = $2 and last_seq - processed_seq < $3
+         returning last_seq",
+        order_id.0,
+        client_id.0,
+        max_pending
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// How many of the order's commands are handed out but not yet finished; `None` if the order
+/// does not exist for this client.
+pub async fn pending(
+    db: impl PgExecutor<'_>,
+    order_id: OrderId,
+    client_id: ClientId,
+) -> sqlx::Result<Option<i64>> {
+    sqlx::query_scalar!(
+        r#"select last_seq - processed_seq as "pending!" from order_streams
+         where order_id = $1 and client_id = $2"#,
+        order_id.0,
+        client_id.0
+    )
+    .fetch_optional(db)
+    .await
+}
+
 /// The owner of an order stream, if it exists.
 pub async fn stream_owner(
     db: impl PgExecutor<'_>,
