@@ -39,9 +39,11 @@ pub async fn run_outbox_relay(
             };
         }
         // Drain everything committed so far (also what was committed while we were not listening).
+        // A short batch means the outbox was empty when it was read; anything committed since
+        // then notifies the listener, so no empty pass is needed to be sure.
         loop {
             match relay_batch(&db, publisher, topology).await {
-                Ok(0) => break,
+                Ok(relayed) if (relayed as i64) < BATCH => break,
                 Ok(_) => continue,
                 Err(e) => {
                     tracing::warn!(error = %e, "outbox relay failed; retrying");

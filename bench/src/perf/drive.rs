@@ -2,7 +2,7 @@
 //! was answered: the maximum rate) and open loop (commands due at a fixed rate whatever the
 //! answers do: latency at a given rate, and overload). Open-loop latency runs from when a command
 //! was due, not when it could be sent, so a stalling system cannot hide its queue (coordinated
-//! omission).
+//! omission). Closed-loop clients honour `Retry-After` on a 429 or 503, as a real client would.
 
 use super::target::{Answer, Commands, SKUS, Sample, Target};
 use rand::{Rng, SeedableRng};
@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use uuid::Uuid;
+
+/// How long a closed-loop client waits after a refusal that carried `Retry-After`.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Which orders a generator sends to.
 #[derive(Clone)]
@@ -79,7 +82,16 @@ pub async fn closed(load: &Load, picker: Picker, clients: usize, stream: u64) ->
             let mut rng = load.rng(stream, client as u64);
             let mut samples = Vec::new();
             while Instant::now() < load.until {
-                samples.push(load.call(&mut rng, &picker, Instant::now()).await);
+                let sample = load.call(&mut rng, &picker, Instant::now()).await;
+                // A well-behaved client honours a refusal's Retry-After (orderflow's backpressure
+                // says 1 s) instead of hammering the server with retries.
+                let back_off =
+                    sample.retry_after && matches!(sample.answer, Answer::Status(429 | 503));
+                samples.push(sample);
+                if back_off {
+                    tokio::time::sleep_until(load.until.min(Instant::now() + RETRY_AFTER).into())
+                        .await;
+                }
             }
             samples
         });
