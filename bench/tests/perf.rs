@@ -52,6 +52,9 @@ async fn the_smoke_run_reports_every_system_and_workload_with_work_done() {
             .expect("report.json is JSON");
     let html = std::fs::read_to_string(out.join("report.html")).expect("report.html");
     assert!(html.contains("<svg"), "the HTML report has plots");
+    let uniform_plot = out.join("plots/uniform-applied-percentiles.svg");
+    let svg = std::fs::read_to_string(&uniform_plot).expect("each plot is also a file");
+    assert!(svg.starts_with("<svg"), "{}", uniform_plot.display());
     for system in System::ALL {
         for workload in Workload::ALL {
             let (s, w) = (system.name(), workload.name());

@@ -70,7 +70,11 @@ pub fn render(report: &PerfReport) -> String {
         }
         page.push_str(&format!("<h2>{}</h2>", workload.name()));
         page.push_str(&phase_table(&phases));
-        page.push_str(&workload_plots(workload, &phases));
+        let plots: Vec<String> = workload_plots(workload, &phases)
+            .into_iter()
+            .map(|(_, svg)| svg)
+            .collect();
+        page.push_str(&format!("<div class=\"plots\">{}</div>", plots.concat()));
     }
     if !report.skipped.is_empty() {
         page.push_str("<h2>Not run</h2><ul>");
@@ -245,25 +249,38 @@ fn curves(phases: &[&PhaseResult], curve: fn(&PhaseResult) -> &Vec<(f64, f64)>) 
         .collect()
 }
 
-fn workload_plots(workload: Workload, phases: &[&PhaseResult]) -> String {
+/// The four plots of a workload (SVG, or a note saying why there is none), each with the name
+/// of the file it is also saved under (`plots/` next to the report).
+pub(super) fn workload_plots(workload: Workload, phases: &[&PhaseResult]) -> [(String, String); 4] {
     let name = workload.name();
-    let plots = [
-        plots::over_time(
-            &format!("{name}: accept→applied p99 over time"),
-            &series(phases, |b| b.applied_p99_ms),
+    [
+        (
+            format!("{name}-applied-over-time.svg"),
+            plots::over_time(
+                &format!("{name}: accept→applied p99 over time"),
+                &series(phases, |b| b.applied_p99_ms),
+            ),
         ),
-        plots::over_time(
-            &format!("{name}: answer latency p99 over time"),
-            &series(phases, |b| b.answer_p99_ms),
+        (
+            format!("{name}-answer-over-time.svg"),
+            plots::over_time(
+                &format!("{name}: answer latency p99 over time"),
+                &series(phases, |b| b.answer_p99_ms),
+            ),
         ),
-        plots::percentiles(
-            &format!("{name}: accept→applied by percentile"),
-            &curves(phases, |p| &p.applied_curve),
+        (
+            format!("{name}-applied-percentiles.svg"),
+            plots::percentiles(
+                &format!("{name}: accept→applied by percentile"),
+                &curves(phases, |p| &p.applied_curve),
+            ),
         ),
-        plots::percentiles(
-            &format!("{name}: answer latency by percentile"),
-            &curves(phases, |p| &p.answer_curve),
+        (
+            format!("{name}-answer-percentiles.svg"),
+            plots::percentiles(
+                &format!("{name}: answer latency by percentile"),
+                &curves(phases, |p| &p.answer_curve),
+            ),
         ),
-    ];
-    format!("<div class=\"plots\">{}</div>", plots.concat())
+    ]
 }

@@ -140,13 +140,30 @@ impl PerfReport {
         self.phases_of(system, workload).find(|p| p.phase == phase)
     }
 
-    /// Writes `report.json` and `report.html` into `dir`; returns their paths.
+    /// Writes `report.json`, `report.html` and each plot as an SVG file under `plots/` into
+    /// `dir`; returns the paths of the first two.
     pub fn write(&self, dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
-        std::fs::create_dir_all(dir)?;
+        std::fs::create_dir_all(dir.join("plots"))?;
         let json = dir.join("report.json");
         std::fs::write(&json, serde_json::to_vec_pretty(self)?)?;
         let html = dir.join("report.html");
         std::fs::write(&html, html::render(self))?;
+        for workload in Workload::ALL {
+            let phases: Vec<&PhaseResult> = self
+                .phases
+                .iter()
+                .filter(|p| p.workload == workload)
+                .collect();
+            if phases.is_empty() {
+                continue;
+            }
+            for (name, svg) in html::workload_plots(workload, &phases) {
+                // A plot that could not be drawn is a note in the page, not a file.
+                if svg.starts_with("<svg") {
+                    std::fs::write(dir.join("plots").join(name), svg)?;
+                }
+            }
+        }
         Ok((json, html))
     }
 }
