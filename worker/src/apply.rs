@@ -4,10 +4,11 @@
 //! Per message: record the command if a direct producer sent it; lock it (the inbox: a final
 //! status means done); lock the order's stream; apply any earlier accepted commands of the
 //! order first (the broker may deliver out of order); apply this one; commit.
-//! Per command, inside a savepoint: lock the order row, check the expected version, decide,
-//! perform the side effects (stock in sorted SKU order, payment), append the event, write the
-//! projection, the command's status (with when and at which attempt its message arrived) and the
-//! outbox row. A rejection rolls the savepoint back and records only the rejection.
+//! Per command: lock the order row, check the expected version, decide (nothing written yet),
+//! perform the side effects (stock in sorted SKU order, payment; inside a savepoint when they can
+//! still reject after writing), append the event, write the projection, the command's status
+//! (with when and at which attempt its message arrived) and the outbox row. A rejection records
+//! only itself.
 //! What a transaction finished is counted in the metrics after it commits, never before.
 
 use crate::error::{ApplyError, Failure};
@@ -19,7 +20,9 @@ use orderflow_shared::contract::{CommandMessage, ContractError};
 use orderflow_shared::db::commands::{self, CommandRow, CommandStatus, Delivered};
 use orderflow_shared::db::observability::{self, NewDeadLetter};
 use orderflow_shared::db::{orders, outbox};
-use orderflow_shared::domain::{Command, CommandId, CommandKind, Event, decide, order::evolve};
+use orderflow_shared::domain::{
+    Command, CommandId, CommandKind, Event, Order, Rejection, decide, order::evolve,
+};
 use orderflow_shared::partition::partition_of;
 use serde_json::json;
 use sqlx::{Acquire, PgConnection, PgPool};
@@ -206,7 +209,13 @@ impl Applier {
         if row.seq <= processed {
             return Ok(Outcome::Duplicate);
         }
-        for earlier in commands::lock_between(&mut tx, row.order_id, processed, row.seq).await? {
+        // Earlier commands of the order still to apply; none in the usual case (this is the next).
+        let earlier = if row.seq == processed + 1 {
+            Vec::new()
+        } else {
+            commands::lock_between(&mut tx, row.order_id, processed, row.seq).await?
+        };
+        for earlier in earlier {
             if !earlier.status.is_final() {
                 tracing::info!(
                     command_id = %earlier.id, order_id = %earlier.order_id, seq = earlier.seq,
@@ -248,7 +257,31 @@ impl Applier {
         Ok(failed.is_some())
     }
 
-    /// Applies (or rejects) one command inside a savepoint of `tx`.
+    /// The event's side effects. Those that can still reject the command after writing (stock
+    /// partly reserved, a declined payment) run in a savepoint that the rejection rolls back;
+    /// the others write nothing that a rejection would have to undo.
+    async fn perform(
+        &self,
+        tx: &mut PgConnection,
+        order: Option<&Order>,
+        event: &Event,
+        row: &CommandRow,
+    ) -> Result<Result<(), Rejection>, ApplyError> {
+        if !effects::may_reject(event) {
+            return effects::perform(&*self.gateway, tx, order, event, row).await;
+        }
+        let mut savepoint = tx.begin().await?;
+        let performed = effects::perform(&*self.gateway, &mut savepoint, order, event, row).await?;
+        if performed.is_ok() {
+            savepoint.commit().await?;
+        } else {
+            savepoint.rollback().await?;
+        }
+        Ok(performed)
+    }
+
+    /// Applies (or rejects) one command in `tx`: decided on the locked order before anything is
+    /// written, so a rejection writes only itself.
     async fn apply_one(
         &self,
         tx: &mut PgConnection,
@@ -263,21 +296,18 @@ impl Applier {
                 format!("stored command does not parse: {e}"),
             )
         })?;
-        let mut savepoint = tx.begin().await?;
-        let order = orders::lock(&mut savepoint, row.order_id).await?;
+        let order = orders::lock(&mut *tx, row.order_id).await?;
         let version = order.as_ref().map(|o| o.version);
         let decided = match decide(order.as_ref(), &command, row.expected_version) {
-            Ok(event) => {
-                effects::perform(&*self.gateway, &mut savepoint, order.as_ref(), &event, row)
-                    .await?
-                    .map(|()| event)
-            }
+            Ok(event) => self
+                .perform(tx, order.as_ref(), &event, row)
+                .await?
+                .map(|()| event),
             Err(rejection) => Err(rejection),
         };
         let event = match decided {
             Ok(event) => event,
             Err(rejection) => {
-                savepoint.rollback().await?;
                 let reason = rejection.as_str();
                 tracing::info!(command_id = %row.id, order_id = %row.order_id, reason, "command rejected");
                 let status = CommandStatus::Rejected;
@@ -289,29 +319,11 @@ impl Applier {
         // Microseconds: what timestamptz keeps, so a replay rebuilds the projection exactly.
         let at = Utc::now().trunc_subsecs(6);
         let order = evolve(order, row.order_id, row.client_id, &event, at);
-        orders::append_event(
-            &mut savepoint,
-            row.order_id,
-            order.version,
-            row.id,
-            &event,
-            at,
-        )
-        .await?;
-        orders::save(&mut savepoint, &order).await?;
+        orders::append_event(&mut *tx, row.order_id, order.version, row.id, &event, at).await?;
+        orders::save(&mut *tx, &order).await?;
         let status = CommandStatus::Applied;
         let version = Some(order.version);
-        finish(
-            &mut savepoint,
-            row,
-            status,
-            None,
-            version,
-            Some(&event),
-            delivered,
-        )
-        .await?;
-        savepoint.commit().await?;
+        finish(tx, row, status, None, version, Some(&event), delivered).await?;
         tally.finished.push(finished(row, status, NO_REASON));
         tracing::debug!(command_id = %row.id, order_id = %row.order_id, version = order.version, "command applied");
         Ok(status)

@@ -10,6 +10,15 @@ use orderflow_shared::domain::event::StockLine;
 use orderflow_shared::domain::{Event, Order, Rejection, Sku};
 use sqlx::PgConnection;
 
+/// Whether [`perform`] may reject the command after it has written (stock reserved for some
+/// SKUs before another ran out; a payment declined): the caller must be able to undo it.
+pub fn may_reject(event: &Event) -> bool {
+    matches!(
+        event,
+        Event::StockReserved { .. } | Event::PaymentCaptured { .. }
+    )
+}
+
 /// Stock and payment for an event. `Ok(Err(_))`: the command is rejected after all.
 pub async fn perform(
     gateway: &dyn PaymentGateway,
