@@ -18,6 +18,8 @@ pub enum Claim {
 
 /// Claims `key` for a request. Run inside the transaction that records the command: a concurrent
 /// request with the same key waits on the primary key until this one commits, then sees it.
+/// A key can also vanish between the conflict and the read (its request was refused by the
+/// broker and released it): then the claim is simply tried again.
 pub async fn claim(
     conn: &mut sqlx::PgConnection,
     client_id: ClientId,
@@ -25,30 +27,34 @@ pub async fn claim(
     fingerprint: &[u8],
     command_id: CommandId,
 ) -> sqlx::Result<Claim> {
-    let inserted = sqlx::query!(
-        "insert into idempotency_keys (client_id, key, fingerprint, command_id)
-         values ($1, $2, $3, $4) on conflict do nothing",
-        client_id.0,
-        key,
-        fingerprint,
-        command_id.0
-    )
-    .execute(&mut *conn)
-    .await?;
-    if inserted.rows_affected() == 1 {
-        return Ok(Claim::New);
+    loop {
+        let inserted = sqlx::query!(
+            "insert into idempotency_keys (client_id, key, fingerprint, command_id)
+             values ($1, $2, $3, $4) on conflict do nothing",
+            client_id.0,
+            key,
+            fingerprint,
+            command_id.0
+        )
+        .execute(&mut *conn)
+        .await?;
+        if inserted.rows_affected() == 1 {
+            return Ok(Claim::New);
+        }
+        let row = sqlx::query!(
+            "select fingerprint, command_id from idempotency_keys where client_id = $1 and key = $2",
+            client_id.0,
+            key
+        )
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some(row) = row {
+            return Ok(Claim::Existing {
+                fingerprint: row.fingerprint,
+                command_id: CommandId(row.command_id),
+            });
+        }
     }
-    let row = sqlx::query!(
-        "select fingerprint, command_id from idempotency_keys where client_id = $1 and key = $2",
-        client_id.0,
-        key
-    )
-    .fetch_one(conn)
-    .await?;
-    Ok(Claim::Existing {
-        fingerprint: row.fingerprint,
-        command_id: CommandId(row.command_id),
-    })
 }
 
 /// Forgets a key whose request did not succeed (the broker refused it), so a retry may use it.
