@@ -161,6 +161,10 @@ pub async fn submit(state: &AppState, s: Submission<'_>) -> Result<Accepted, Api
     };
     commands::insert(&mut *tx, &new, seq).await?;
     tx.commit().await?;
+    // The race audit's "API killed between record and publish" (`failpoints` builds only).
+    fail::fail_point!("intake.after_record_before_publish", |_| {
+        std::process::abort()
+    });
 
     let message = CommandMessage {
         version: orderflow_shared::contract::CONTRACT_VERSION,

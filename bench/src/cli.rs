@@ -1,8 +1,11 @@
 //! The command line: `orderflow-bench audit`, its options (each also an environment variable
 //! where the services use the same name), turned into an [`AuditConfig`]; and `orderflow-bench
-//! perf`, whose options live with the benchmark (`perf::args`).
+//! perf`, whose options live with the benchmark (`perf::args`). `audit --spawn` also makes the
+//! [`SpawnOptions`] (the stack to spawn, the faults to inject).
 
 use crate::config::{AuditConfig, Scenario};
+use crate::faults::{Fault, Plan};
+use crate::spawn::SpawnOptions;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -22,6 +25,18 @@ pub struct Cli {
 pub enum Command {
     /// Run an adversarial workload against a running stack, drain it, then check every
     /// invariant; exits non-zero if any is broken.
+    ///
+    /// With --spawn it spawns the stack itself (fresh database and namespace) and can inject
+    /// scheduled faults (--faults). The failpoint faults need executables built with
+    /// failpoints, into their own target directory (the feature changes the binaries):
+    ///
+    ///   cargo build -p orderflow-api -p orderflow-worker --features failpoints --target-dir target/failpoints
+    ///
+    ///   flock /tmp/orderflow-services.lock orderflow-bench audit --spawn --faults all --duration 150
+    ///
+    /// The broker and PostgreSQL faults restart the local services (rabbitmqctl, pg_ctlcluster):
+    /// run it where nothing else uses them, or under the services lock as above.
+    #[command(verbatim_doc_comment)]
     Audit(AuditArgs),
     /// Benchmark orderflow side by side with the raw database ceiling and a naive synchronous
     /// design; writes a JSON and an HTML report and prints a summary with the targets.
@@ -34,9 +49,15 @@ pub struct AuditArgs {
     #[arg(long, env = "ORDERFLOW_URL", default_value = "http://127.0.0.1:8080")]
     pub url: String,
     /// An admin API key: it sets the run's stock (PUT /v1/inventory) and owns the run's orders.
-    #[arg(long, env = "ORDERFLOW_API_KEY", hide_env_values = true)]
-    pub api_key: String,
+    #[arg(
+        long,
+        env = "ORDERFLOW_API_KEY",
+        hide_env_values = true,
+        required_unless_present = "spawn"
+    )]
+    pub api_key: Option<String>,
     /// PostgreSQL URL, read by the checker (and to find the key's client for direct publishing).
+    /// With --spawn: the server on which the run's fresh database is created.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
     /// RabbitMQ URL: the direct producer publishes here and the checker listens to the events.
@@ -86,9 +107,87 @@ pub struct AuditArgs {
     /// Do not draw the progress bar.
     #[arg(long)]
     pub no_progress: bool,
+    /// Spawn the stack (the orderflow-api and orderflow-worker executables) on a fresh database
+    /// and namespace instead of auditing a running one; --url, --api-key and --namespace are
+    /// then ignored.
+    #[arg(long)]
+    pub spawn: bool,
+    /// With --spawn: the orderflow-api executable [default: target/failpoints/debug/orderflow-api].
+    #[arg(long, requires = "spawn")]
+    pub api_bin: Option<PathBuf>,
+    /// With --spawn: the orderflow-worker executable [default: target/failpoints/debug/orderflow-worker].
+    #[arg(long, requires = "spawn")]
+    pub worker_bin: Option<PathBuf>,
+    /// With --spawn: worker processes (at least 2, so that a standby takes over).
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// With --spawn: faults injected in turn while the workload runs, comma-separated, or `all`
+    /// (default: none). Each is healed and the time to recover is reported.
+    #[arg(long, value_enum, value_delimiter = ',', requires = "spawn")]
+    pub faults: Vec<Fault>,
+    /// Seconds of clean running before each fault.
+    #[arg(long, default_value_t = 3)]
+    pub fault_interval: u64,
+    /// Seconds a stopped worker stays stopped (stop-worker); at least 12, past the heartbeat
+    /// timeout of the spawned processes, so that its partitions move on.
+    #[arg(long, default_value_t = 12)]
+    pub stop_pause: u64,
+    /// With --spawn: the partition queues' max length (small, so that queue-full fills one).
+    #[arg(long, default_value_t = 256)]
+    pub queue_max_length: i64,
+    /// With --spawn: where the processes' logs go (one directory per run).
+    #[arg(long, default_value = "audit-logs")]
+    pub log_dir: PathBuf,
 }
 
 impl AuditArgs {
+    /// What `--spawn` needs (`None` without it).
+    pub fn spawn_options(&self) -> anyhow::Result<Option<SpawnOptions>> {
+        if !self.spawn {
+            return Ok(None);
+        }
+        anyhow::ensure!(self.workers >= 2, "--workers must be at least 2");
+        anyhow::ensure!(
+            self.queue_max_length >= 1,
+            "--queue-max-length must be at least 1"
+        );
+        let stop_pause = Duration::from_secs(self.stop_pause);
+        anyhow::ensure!(
+            stop_pause >= crate::spawn::min_stop_pause(),
+            "--stop-pause must be at least {:?}",
+            crate::spawn::min_stop_pause()
+        );
+        // Beside this executable's target directory: target/failpoints/debug.
+        let failpoints_build = |name: &str| -> anyhow::Result<PathBuf> {
+            let here = std::env::current_exe()?;
+            let target = here.parent().and_then(|p| p.parent());
+            Ok(target.map_or_else(
+                || PathBuf::from(name),
+                |t| t.join("failpoints").join("debug").join(name),
+            ))
+        };
+        Ok(Some(SpawnOptions {
+            api_bin: match &self.api_bin {
+                Some(path) => path.clone(),
+                None => failpoints_build("orderflow-api")?,
+            },
+            worker_bin: match &self.worker_bin {
+                Some(path) => path.clone(),
+                None => failpoints_build("orderflow-worker")?,
+            },
+            workers: self.workers,
+            queue_max_length: self.queue_max_length,
+            log_dir: self.log_dir.clone(),
+            plan: Plan {
+                faults: Fault::expand(&self.faults),
+                interval: Duration::from_secs(self.fault_interval),
+                stop_pause,
+                fill_timeout: Duration::from_secs(8),
+                duration: Duration::from_secs(self.duration),
+            },
+        }))
+    }
+
     pub fn into_config(self) -> anyhow::Result<AuditConfig> {
         anyhow::ensure!(
             (0.0..=1.0).contains(&self.hot_skew),
@@ -104,7 +203,7 @@ impl AuditArgs {
         scenarios.dedup();
         Ok(AuditConfig {
             url: self.url.trim_end_matches('/').to_owned(),
-            api_key: self.api_key,
+            api_key: self.api_key.unwrap_or_default(),
             database_url: self.database_url,
             amqp_url: self.amqp_url,
             namespace: self.namespace,
@@ -154,6 +253,52 @@ mod tests {
             vec![Scenario::HotOrders, Scenario::DoublePay]
         );
         assert_eq!(config.seed, 7);
+    }
+
+    #[test]
+    fn spawn_takes_a_fault_list_and_all_expands() {
+        let parse = |extra: &[&str]| {
+            let mut args = vec![
+                "orderflow-bench",
+                "audit",
+                "--database-url",
+                "postgres://x/y",
+                "--spawn",
+            ];
+            args.extend_from_slice(extra);
+            let cli = Cli::try_parse_from(args).unwrap();
+            let Command::Audit(args) = cli.command else {
+                panic!("parsed as audit")
+            };
+            args.spawn_options().unwrap().expect("--spawn")
+        };
+        let options = parse(&["--faults", "pg-restart,kill-worker-in-tx", "--workers", "3"]);
+        assert_eq!(
+            options.plan.faults,
+            vec![Fault::KillWorkerInTx, Fault::PgRestart]
+        );
+        assert_eq!(options.workers, 3);
+        assert!(
+            options
+                .worker_bin
+                .ends_with("failpoints/debug/orderflow-worker")
+        );
+        assert_eq!(parse(&["--faults", "all"]).plan.faults, Fault::ALL);
+        assert!(parse(&[]).plan.faults.is_empty());
+        // Faults need a stack the audit owns.
+        assert!(
+            Cli::try_parse_from([
+                "orderflow-bench",
+                "audit",
+                "--api-key",
+                "k",
+                "--database-url",
+                "postgres://x/y",
+                "--faults",
+                "all",
+            ])
+            .is_err()
+        );
     }
 
     #[test]

@@ -1,10 +1,12 @@
-//! The events-exchange listener: an exclusive queue bound to `<ns>.events` with `#` before the
+//! The events-exchange listener: a queue of its own bound to `<ns>.events` with `#` before the
 //! workload starts, collecting every status event, so the checker can tell which final commands
-//! were announced, in which order, and whether any was announced with two outcomes.
+//! were announced, in which order, and whether any was announced with two outcomes. It survives
+//! the audit's broker faults: the queue is durable and the listener subscribes again.
 
 use anyhow::Context as _;
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,75 +33,119 @@ impl StatusEvent {
 }
 
 pub struct Listener {
-    connection: lapin::Connection,
+    amqp_url: String,
+    queue: String,
     received: Arc<Mutex<Vec<StatusEvent>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Listener {
     pub async fn start(amqp_url: &str, namespace: &str) -> anyhow::Result<Self> {
-        let connection = lapin::Connection::connect(amqp_url, Default::default())
-            .await
-            .context("connecting to RabbitMQ")?;
-        let channel = connection.create_channel().await?;
-        // Exclusive and server-named: it is ours alone and vanishes with the connection.
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    ..Default::default()
-                },
-                Default::default(),
-            )
-            .await?;
-        channel
-            .queue_bind(
-                queue.name().clone(),
-                format!("{namespace}.events").as_str().into(),
-                "#".into(),
-                QueueBindOptions::default(),
-                Default::default(),
-            )
-            .await
-            .context("binding to the events exchange (is the stack running in this namespace?)")?;
-        let mut consumer = channel
-            .basic_consume(
-                queue.name().clone(),
-                "audit".into(),
-                // no_ack: the queue is ours and dies with us; nothing to redeliver to.
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                Default::default(),
-            )
-            .await?;
+        let run = uuid::Uuid::new_v4().simple().to_string();
+        let queue = format!("{namespace}.audit-events.{}", &run[..8]);
+        // The first subscription happens before the workload starts, and its errors are ours.
+        let first = subscribe(amqp_url, namespace, &queue).await?;
         let received = Arc::new(Mutex::new(Vec::new()));
         let sink = received.clone();
+        let (url, ns, name) = (amqp_url.to_owned(), namespace.to_owned(), queue.clone());
         let task = tokio::spawn(async move {
-            while let Some(Ok(delivery)) = consumer.next().await {
-                if let Some(event) = StatusEvent::parse(&delivery.data) {
-                    sink.lock().expect("no panics holding it").push(event);
+            let mut subscription = Some(first);
+            loop {
+                if let Some((connection, mut consumer)) = subscription.take() {
+                    while let Some(Ok(delivery)) = consumer.next().await {
+                        if let Some(event) = StatusEvent::parse(&delivery.data) {
+                            sink.lock().expect("no panics holding it").push(event);
+                        }
+                        // Acked once kept: an event in flight when the connection drops comes
+                        // again (a duplicate says nothing new to the checker).
+                        let _ = delivery.ack(BasicAckOptions::default()).await;
+                    }
+                    drop(connection);
                 }
+                // The broker closed us (a fault of the audit): the durable queue kept what was
+                // routed meanwhile; subscribe again once the broker is back.
+                tokio::time::sleep(RESUBSCRIBE_PAUSE).await;
+                subscription = subscribe(&url, &ns, &name).await.ok();
             }
         });
         Ok(Self {
-            connection,
+            amqp_url: amqp_url.to_owned(),
+            queue,
             received,
             task,
         })
     }
 
-    /// Waits (bounded) until `expected` events arrived, then stops and returns all received.
+    /// Waits (bounded) until `expected` events arrived, then stops, deletes the queue and
+    /// returns all received.
     pub async fn finish(self, expected: usize, timeout: Duration) -> Vec<StatusEvent> {
         let deadline = Instant::now() + timeout;
         while self.received.lock().expect("no panics").len() < expected && Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let _ = self.connection.close(200, "audit done".into()).await;
         self.task.abort();
+        if let Ok(connection) = lapin::Connection::connect(&self.amqp_url, Default::default()).await
+        {
+            if let Ok(channel) = connection.create_channel().await {
+                let _ = channel
+                    .queue_delete(self.queue.as_str().into(), Default::default())
+                    .await;
+            }
+            let _ = connection.close(200, "audit done".into()).await;
+        }
         self.received.lock().expect("no panics").clone()
     }
+}
+
+/// Pause before subscribing again after the broker closed the listener's connection.
+const RESUBSCRIBE_PAUSE: Duration = Duration::from_millis(200);
+
+/// Connects, declares the listener's queue and binds it to `<ns>.events` with `#`, and consumes.
+async fn subscribe(
+    amqp_url: &str,
+    namespace: &str,
+    queue: &str,
+) -> anyhow::Result<(lapin::Connection, lapin::Consumer)> {
+    let connection = lapin::Connection::connect(amqp_url, Default::default())
+        .await
+        .context("connecting to RabbitMQ")?;
+    let channel = connection.create_channel().await?;
+    // A quorum queue, not an exclusive one: it outlives a closed connection and a broker restart
+    // (the audit's faults), so no status event is lost while the listener is away. `finish`
+    // deletes it.
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            arguments,
+        )
+        .await?;
+    channel
+        .queue_bind(
+            queue.into(),
+            format!("{namespace}.events").as_str().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            Default::default(),
+        )
+        .await
+        .context("binding to the events exchange (is the stack running in this namespace?)")?;
+    let consumer = channel
+        .basic_consume(
+            queue.into(),
+            "audit".into(),
+            BasicConsumeOptions::default(),
+            Default::default(),
+        )
+        .await?;
+    Ok((connection, consumer))
 }

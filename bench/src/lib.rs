@@ -1,20 +1,23 @@
 //! orderflow's race auditor. [`audit`] runs an adversarial workload against a running stack
 //! (HTTP API, command exchange), heals and drains it, loads what the stack recorded, and checks
 //! every invariant orderflow claims (see `check`). The binary is a thin CLI around it; the
-//! integration tests call it against an in-process stack. [`perf`] is the performance
-//! benchmark (orderflow beside the raw ceiling and a naive synchronous design).
+//! integration tests call it against an in-process stack. [`spawn::audit_spawned`] runs it on a
+//! stack it spawns itself, with scheduled faults beside the workload (`faults`). [`perf`] is the
+//! performance benchmark (orderflow beside the raw ceiling and a naive synchronous design).
 
 pub mod check;
 pub mod cli;
 pub mod config;
 pub mod drain;
 pub mod events;
+pub mod faults;
 pub mod http;
 pub mod load;
 pub mod perf;
 pub mod record;
 pub mod report;
 pub mod scenarios;
+pub mod spawn;
 pub mod workload;
 
 use anyhow::Context as _;
@@ -33,6 +36,17 @@ pub struct Audit {
 /// Runs the workload, drains, and checks. `Err` only when the audit itself could not run (stack
 /// unreachable, bad key); broken invariants are in the report.
 pub async fn audit(config: &AuditConfig) -> anyhow::Result<Audit> {
+    audit_beside(config, async {})
+        .await
+        .map(|(audit, ())| audit)
+}
+
+/// [`audit`], with `beside` running alongside the workload (the fault scheduler); its output
+/// comes back with the audit once both the workload and `beside` finished.
+pub async fn audit_beside<T>(
+    config: &AuditConfig,
+    beside: impl std::future::Future<Output = T>,
+) -> anyhow::Result<(Audit, T)> {
     let db =
         orderflow_shared::db::pool(&config.database_url, 8).context("opening the database pool")?;
     let dead_before = load::dead_letter_depth(&config.amqp_url, &config.namespace).await?;
@@ -42,7 +56,8 @@ pub async fn audit(config: &AuditConfig) -> anyhow::Result<Audit> {
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
 
     let started = Instant::now();
-    workload::run(config, &api, &db, &run_id).await?;
+    let (workload, beside) = tokio::join!(workload::run(config, &api, &db, &run_id), beside);
+    workload?;
     let duration = started.elapsed().as_secs_f64();
 
     let observed = log.snapshot();
@@ -65,11 +80,14 @@ pub async fn audit(config: &AuditConfig) -> anyhow::Result<Audit> {
         .ok()
         .map(|after| after - dead_before);
     let report = judge(config, &observed, &snapshot, &events, drained, duration);
-    Ok(Audit {
-        report,
-        observed,
-        events,
-    })
+    Ok((
+        Audit {
+            report,
+            observed,
+            events,
+        },
+        beside,
+    ))
 }
 
 /// Loads the rows the checker needs for what was observed.

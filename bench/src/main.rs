@@ -1,5 +1,6 @@
 //! `orderflow-bench`: parse the command line; `audit` runs the audit, prints the summary, writes
-//! the JSON report and exits non-zero if any invariant is broken; `perf` runs the benchmark,
+//! the JSON report and exits non-zero if any invariant is broken (with `--spawn`, on a stack it
+//! spawns and hurts with scheduled faults); `perf` runs the benchmark,
 //! writes its reports and prints the summary (it exits non-zero only if it could not run).
 
 use clap::Parser;
@@ -22,8 +23,12 @@ async fn main() -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
     };
+    let spawn = args.spawn_options()?;
     let config = args.into_config()?;
-    let audit = orderflow_bench::audit(&config).await?;
+    let audit = match &spawn {
+        Some(options) => orderflow_bench::spawn::audit_spawned(&config, options).await?,
+        None => orderflow_bench::audit(&config).await?,
+    };
     println!("{}", audit.report.table());
     if let Some(path) = &config.report {
         std::fs::write(path, serde_json::to_vec_pretty(&audit.report)?)?;

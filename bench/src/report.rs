@@ -1,9 +1,10 @@
 //! The audit's report: requests by outcome and status, commands by final status and reason, each
-//! invariant's violations (with examples), the drain, the duration and the seed. Printed as a
-//! table and written as JSON.
+//! invariant's violations (with examples), the drain, the duration and the seed; with `--spawn`,
+//! the faults injected and the recovery after each. Printed as a table and written as JSON.
 
 use crate::check::Verdict;
 use crate::drain::Drained;
+use crate::faults::FaultsReport;
 use crate::load::Snapshot;
 use crate::record::Observations;
 use comfy_table::{Cell, Table, presets::UTF8_FULL_CONDENSED};
@@ -26,6 +27,9 @@ pub struct Report {
     pub orders: usize,
     pub drain: Drained,
     pub invariants: Vec<Verdict>,
+    /// Scheduled faults (`audit --spawn --faults ...` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub faults: Option<FaultsReport>,
     pub passed: bool,
 }
 
@@ -71,8 +75,16 @@ impl Report {
             orders: snapshot.orders.len(),
             drain,
             invariants,
+            faults: None,
             passed,
         }
+    }
+
+    /// Adds the faults section; a failed one fails the report.
+    pub fn with_faults(mut self, faults: FaultsReport) -> Self {
+        self.passed = self.passed && faults.passed;
+        self.faults = Some(faults);
+        self
     }
 
     /// The terminal summary.
@@ -116,15 +128,74 @@ impl Report {
                 Cell::new(v.examples.first().map(String::as_str).unwrap_or("")),
             ]);
         }
-        let verdict = if self.passed {
-            "PASS: every invariant held".to_owned()
-        } else {
-            format!(
-                "FAIL: {} violations, {} commands unfinished after the drain",
+        let faults = self.faults.as_ref().map(faults_table).unwrap_or_default();
+        let verdict = match (&self.faults, self.passed) {
+            (None, true) => "PASS: every invariant held".to_owned(),
+            (Some(_), true) => "PASS: every invariant held under every fault".to_owned(),
+            (faults, false) => format!(
+                "FAIL: {} violations, {} commands unfinished after the drain{}",
                 self.invariants.iter().map(|v| v.violations).sum::<u64>(),
-                self.drain.unfinished
-            )
+                self.drain.unfinished,
+                if faults.as_ref().is_some_and(|f| !f.passed) {
+                    "; faults not injected, not triggered or not recovered from"
+                } else {
+                    ""
+                }
+            ),
         };
-        format!("{summary}\n{invariants}\n{verdict}")
+        format!("{summary}\n{faults}{invariants}\n{verdict}")
     }
+}
+
+/// The faults section: per kind, then what went wrong, if anything.
+fn faults_table(faults: &FaultsReport) -> String {
+    let seconds = |s: Option<f64>| s.map_or("-".to_owned(), |s| format!("{s:.2} s"));
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED);
+    table.set_header(vec![
+        "fault",
+        "injected",
+        "not triggered",
+        "unrecovered",
+        "recovery max",
+        "recovery mean",
+    ]);
+    for s in &faults.summary {
+        table.add_row(vec![
+            Cell::new(s.fault.name()),
+            Cell::new(s.injected),
+            Cell::new(s.not_triggered),
+            Cell::new(s.unrecovered),
+            Cell::new(seconds(s.recovery_max)),
+            Cell::new(seconds(s.recovery_mean)),
+        ]);
+    }
+    let mut notes = vec![format!(
+        "{} workers, a fault every {:.0} s; recovery: from the heal until a worker applied a command",
+        faults.workers, faults.interval_seconds
+    )];
+    if !faults.never_injected.is_empty() {
+        let names: Vec<&str> = faults.never_injected.iter().map(|f| f.name()).collect();
+        notes.push(format!("never injected (run longer): {}", names.join(", ")));
+    }
+    if faults.refused_then_applied > 0 {
+        notes.push(format!(
+            "{} refused commands were applied later",
+            faults.refused_then_applied
+        ));
+    }
+    for i in &faults.injections {
+        if let Some(error) = &i.error {
+            notes.push(format!("{} at {:.1} s: {error}", i.fault.name(), i.at));
+        }
+        if !i.unexpected_exits.is_empty() {
+            notes.push(format!(
+                "{} at {:.1} s: respawned {}",
+                i.fault.name(),
+                i.at,
+                i.unexpected_exits.join(", ")
+            ));
+        }
+    }
+    format!("{table}\n{}\n", notes.join("\n"))
 }

@@ -6,6 +6,8 @@ pub mod config;
 pub mod contract;
 pub mod db;
 pub mod domain;
+#[cfg(feature = "failpoints")]
+pub mod failpoints;
 pub mod partition;
 pub mod shutdown;
 pub mod telemetry;

@@ -232,6 +232,8 @@ impl Applier {
             .await
             .map_err(|e| e.blame(row.id))?;
         commands::set_processed(&mut tx, row.order_id, row.seq).await?;
+        // The race audit's "worker killed inside the transaction" (`failpoints` builds only).
+        fail::fail_point!("apply.before_commit", |_| std::process::abort());
         tx.commit().await?;
         Ok(Outcome::Finished(status))
     }

@@ -241,6 +241,8 @@ async fn process(
             "message dead-lettered"
         );
     }
+    // The race audit's "worker killed between commit and ack" (`failpoints` builds only).
+    fail::fail_point!("consume.after_commit_before_ack", |_| std::process::abort());
     delivery.ack(BasicAckOptions::default()).await?;
     Ok(())
 }

@@ -2,12 +2,17 @@
 //! spawned as child processes on a fresh database and a fresh AMQP namespace, configured only
 //! through their environment. The bench's client is made with `orderflow-api client create` and
 //! a rate limit far above anything the bench sends. Logs (JSON) go to files in the output
-//! directory; the API's address (it listens on port 0) is read from its log.
+//! directory; the API's address (it listens on port 0) is read from its log. The race audit's
+//! faults (`--spawn`) use the same stack with [`StackExtra`]: a fixed API address (a respawned
+//! API answers at the same URL), extra environment, and methods to signal and respawn each
+//! process. Each process re-arms its failpoints from `<log dir>/<process>.failpoints` on SIGUSR2
+//! (builds with the `failpoints` feature).
 
 use anyhow::Context as _;
 use orderflow_shared::amqp::Topology;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 
@@ -28,20 +33,37 @@ pub struct StackSettings {
     pub log_dir: PathBuf,
 }
 
+/// What the race audit's faults need beyond perf's settings.
+#[derive(Clone, Debug, Default)]
+pub struct StackExtra {
+    /// A fixed API address (port 0 otherwise), so that a respawned API keeps its URL.
+    pub api_listen: Option<SocketAddr>,
+    /// More environment for every process (queue length, AMQP heartbeat in the URL, ...).
+    pub env: Vec<(String, String)>,
+}
+
 /// The running processes.
 pub struct Stack {
     settings: StackSettings,
+    extra: StackExtra,
     api: Child,
     workers: Vec<Child>,
     pub url: String,
     pub key: String,
     api_starts: usize,
+    /// Per worker slot, how many processes it has had (names its log and heartbeat).
+    worker_starts: Vec<usize>,
 }
 
 impl Stack {
     /// Migrates, creates the client, starts the workers and the API, and waits until both are
     /// ready.
     pub async fn start(settings: StackSettings) -> anyhow::Result<Self> {
+        Self::start_with(settings, StackExtra::default()).await
+    }
+
+    /// [`Stack::start`], with the audit's extra settings.
+    pub async fn start_with(settings: StackSettings, extra: StackExtra) -> anyhow::Result<Self> {
         for bin in [&settings.api_bin, &settings.worker_bin] {
             anyhow::ensure!(
                 bin.is_file(),
@@ -50,8 +72,8 @@ impl Stack {
             );
         }
         std::fs::create_dir_all(&settings.log_dir)?;
-        run_to_end(command(&settings, &settings.api_bin).arg("migrate")).await?;
-        let key = run_to_end(command(&settings, &settings.api_bin).args([
+        run_to_end(command(&settings, &extra, &settings.api_bin).arg("migrate")).await?;
+        let key = run_to_end(command(&settings, &extra, &settings.api_bin).args([
             "client",
             "create",
             "--name",
@@ -72,14 +94,13 @@ impl Stack {
 
         let mut workers = Vec::new();
         for n in 0..settings.workers {
-            let log = settings.log_dir.join(format!("worker-{n}.log"));
-            let child = spawn(command(&settings, &settings.worker_bin), &log)?;
-            workers.push(child);
-            wait_for_log(&log, "worker running", &mut workers[n]).await?;
+            workers.push(start_worker(&settings, &extra, n, 0).await?);
         }
-        let (api, url) = start_api(&settings, &[], 0).await?;
+        let (api, url) = start_api(&settings, &extra, &[], 0).await?;
         Ok(Self {
+            worker_starts: vec![1; settings.workers],
             settings,
+            extra,
             api,
             workers,
             url,
@@ -88,10 +109,68 @@ impl Stack {
         })
     }
 
+    /// Number of worker slots.
+    pub fn worker_count(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// The name worker slot `n` heartbeats under right now (`worker-<n>.<generation>`).
+    pub fn worker_name(&self, n: usize) -> String {
+        format!("worker-{n}.{}", self.worker_starts[n] - 1)
+    }
+
+    /// The process id of worker slot `n` (`None` once it was reaped).
+    pub fn worker_pid(&self, n: usize) -> Option<u32> {
+        self.workers[n].id()
+    }
+
+    pub fn api_pid(&self) -> Option<u32> {
+        self.api.id()
+    }
+
+    /// The file a process (`api`, `worker-<n>`) re-reads its failpoints from on SIGUSR2.
+    pub fn failpoints_file(&self, process: &str) -> PathBuf {
+        self.settings.log_dir.join(format!("{process}.failpoints"))
+    }
+
+    /// Waits (bounded) for worker slot `n` to exit; `None` if it is still running.
+    pub async fn wait_worker_exit(
+        &mut self,
+        n: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<Option<ExitStatus>> {
+        wait_exit(&mut self.workers[n], timeout).await
+    }
+
+    /// Waits (bounded) for the API to exit; `None` if it is still running.
+    pub async fn wait_api_exit(&mut self, timeout: Duration) -> anyhow::Result<Option<ExitStatus>> {
+        wait_exit(&mut self.api, timeout).await
+    }
+
+    /// Kills what is left of worker slot `n` and starts a fresh process in it, ready.
+    pub async fn respawn_worker(&mut self, n: usize) -> anyhow::Result<()> {
+        let _ = self.workers[n].kill().await;
+        let generation = self.worker_starts[n];
+        self.workers[n] = start_worker(&self.settings, &self.extra, n, generation).await?;
+        self.worker_starts[n] += 1;
+        Ok(())
+    }
+
+    /// Kills what is left of the API and starts a fresh one (at the same address when
+    /// [`StackExtra::api_listen`] fixes it), ready.
+    pub async fn respawn_api(&mut self) -> anyhow::Result<()> {
+        let _ = self.api.kill().await;
+        let (api, url) = start_api(&self.settings, &self.extra, &[], self.api_starts).await?;
+        self.api_starts += 1;
+        self.api = api;
+        self.url = url;
+        Ok(())
+    }
+
     /// Restarts the API with extra environment (the long-polls need more in-flight room).
     pub async fn restart_api(&mut self, extra_env: &[(&str, String)]) -> anyhow::Result<()> {
         self.api.kill().await.context("stopping the API")?;
-        let (api, url) = start_api(&self.settings, extra_env, self.api_starts).await?;
+        let (api, url) = start_api(&self.settings, &self.extra, extra_env, self.api_starts).await?;
         self.api_starts += 1;
         self.api = api;
         self.url = url;
@@ -133,10 +212,8 @@ impl Stack {
 
     /// Stops the processes and deletes the namespace's queues and exchanges.
     pub async fn stop(mut self) {
-        let _ = self.api.kill().await;
-        for worker in &mut self.workers {
-            let _ = worker.kill().await;
-        }
+        self.kill_all().await;
+        // Only the names matter to delete it.
         let topology = Topology {
             namespace: self.settings.namespace.clone(),
             partitions: self.settings.partitions,
@@ -155,9 +232,19 @@ impl Stack {
     }
 }
 
+impl Stack {
+    /// Stops the processes, leaving the namespace's queues (a failed audit's evidence).
+    pub async fn kill_all(&mut self) {
+        let _ = self.api.kill().await;
+        for worker in &mut self.workers {
+            let _ = worker.kill().await;
+        }
+    }
+}
+
 /// One of the executables with the stack's environment (and only that: no inherited setting
 /// of ours changes what is measured).
-fn command(settings: &StackSettings, bin: &Path) -> Command {
+fn command(settings: &StackSettings, extra: &StackExtra, bin: &Path) -> Command {
     let mut command = Command::new(bin);
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("ORDERFLOW_") {
@@ -172,9 +259,45 @@ fn command(settings: &StackSettings, bin: &Path) -> Command {
         .env("ORDERFLOW_DB_POOL_SIZE", settings.pool_size.to_string())
         .env("ORDERFLOW_LOG_FORMAT", "json")
         .env("RUST_LOG", "info")
+        .envs(extra.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .kill_on_drop(true);
     command
+}
+
+async fn start_worker(
+    settings: &StackSettings,
+    extra: &StackExtra,
+    n: usize,
+    generation: usize,
+) -> anyhow::Result<Child> {
+    let name = format!("worker-{n}.{generation}");
+    let log = settings.log_dir.join(format!("{name}.log"));
+    let mut command = command(settings, extra, &settings.worker_bin);
+    command
+        // Several workers on one host: each its own metrics port.
+        .env("ORDERFLOW_METRICS_LISTEN", "127.0.0.1:0")
+        .env("ORDERFLOW_WORKER_NAME", &name)
+        .env(
+            "ORDERFLOW_FAILPOINTS_FILE",
+            settings.log_dir.join(format!("worker-{n}.failpoints")),
+        );
+    let mut child = spawn(command, &log)?;
+    wait_for_log(&log, "worker running", &mut child).await?;
+    Ok(child)
+}
+
+async fn wait_exit(child: &mut Child, timeout: Duration) -> anyhow::Result<Option<ExitStatus>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn run_to_end(command: &mut Command) -> anyhow::Result<String> {
@@ -204,12 +327,19 @@ fn spawn(mut command: Command, log: &Path) -> anyhow::Result<Child> {
 
 async fn start_api(
     settings: &StackSettings,
+    extra: &StackExtra,
     extra_env: &[(&str, String)],
     number: usize,
 ) -> anyhow::Result<(Child, String)> {
     let log = settings.log_dir.join(format!("api-{number}.log"));
-    let mut command = command(settings, &settings.api_bin);
-    command.env("ORDERFLOW_LISTEN", "127.0.0.1:0");
+    let mut command = command(settings, extra, &settings.api_bin);
+    let listen = extra
+        .api_listen
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+    command.env("ORDERFLOW_LISTEN", listen.to_string()).env(
+        "ORDERFLOW_FAILPOINTS_FILE",
+        settings.log_dir.join("api.failpoints"),
+    );
     for (name, value) in extra_env {
         command.env(name, value);
     }

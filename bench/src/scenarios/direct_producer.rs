@@ -1,7 +1,8 @@
 //! direct-producer: another service publishing the JSON contract straight to `<ns>.commands`
 //! with its own command ids — each create twice, a command re-sent after it applied, and a
 //! command carrying a stale `expected_version`. Duplicates must apply once; the stale one must be
-//! rejected `version_conflict`, never applied.
+//! rejected `version_conflict`, never applied. The producer connects again after the broker
+//! closed its connection (the audit's broker faults), as a real producer would.
 
 use super::{Ctx, price_of};
 use crate::record::DirectCommand;
@@ -15,11 +16,17 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 
+/// Pause before connecting again after the broker dropped the producer.
+const RECONNECT_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// An open connection (kept for the channel's life) and its confirming channel.
+type Link = (lapin::Connection, lapin::Channel);
+
 /// The producer's connection and identity.
 pub struct Producer {
-    /// Kept open for the channel's life.
-    _connection: lapin::Connection,
-    channel: lapin::Channel,
+    amqp_url: String,
+    /// `None` after the broker dropped it: made again at the next publish.
+    link: tokio::sync::Mutex<Option<Link>>,
     exchange: String,
     partitions: u16,
     client_id: ClientId,
@@ -38,17 +45,10 @@ impl Producer {
             .await
             .context("looking up the audit key's client")?
             .context("the audit key belongs to no live client")?;
-        let connection = lapin::Connection::connect(amqp_url, Default::default())
-            .await
-            .context("connecting to RabbitMQ")?;
-        let channel = connection.create_channel().await?;
-        // Confirms: a command counts as accepted only once the broker took responsibility for it.
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+        let link = open(amqp_url).await?;
         Ok(Self {
-            _connection: connection,
-            channel,
+            amqp_url: amqp_url.to_owned(),
+            link: tokio::sync::Mutex::new(Some(link)),
             exchange: format!("{namespace}.commands"),
             partitions,
             client_id: client.id,
@@ -62,8 +62,19 @@ impl Producer {
             .with_content_type("application/json".into())
             // persistent: the quorum queue keeps it across a broker restart
             .with_delivery_mode(2);
+        let mut link = self.link.lock().await;
+        if link.is_none() {
+            match open(&self.amqp_url).await {
+                Ok(opened) => *link = Some(opened),
+                Err(_) => {
+                    tokio::time::sleep(RECONNECT_PAUSE).await;
+                    return false;
+                }
+            }
+        }
+        let (_, channel) = link.as_ref().expect("opened above");
         let confirm = async {
-            self.channel
+            channel
                 .basic_publish(
                     self.exchange.as_str().into(),
                     routing_key.as_str().into(),
@@ -78,11 +89,19 @@ impl Producer {
                 .await?
                 .await
         };
-        matches!(confirm.await, Ok(Confirmation::Ack(None)))
+        match confirm.await {
+            Ok(confirmation) => matches!(confirmation, Confirmation::Ack(None)),
+            Err(_) => {
+                // The connection or channel is gone: open a new one next time.
+                *link = None;
+                false
+            }
+        }
     }
 
-    /// Publishes `copies` copies and records the command if at least one was confirmed.
-    async fn send(&self, ctx: &Ctx, message: &CommandMessage, copies: u32) {
+    /// Publishes `copies` copies and records the command if at least one was confirmed; says
+    /// whether one was.
+    async fn send(&self, ctx: &Ctx, message: &CommandMessage, copies: u32) -> bool {
         let mut confirmed = 0;
         for _ in 0..copies {
             if self.publish(message).await {
@@ -99,6 +118,7 @@ impl Producer {
                 matches!(message.command, Command::Create { .. }),
             );
         }
+        confirmed > 0
     }
 
     fn message(
@@ -129,7 +149,11 @@ pub async fn run(ctx: Ctx, producer: Producer, mut rng: ChaCha8Rng) {
             json!({"type": "create", "customer_id": "direct", "currency": "EUR",
                    "items": [{"sku": sku, "quantity": quantity, "unit_price_cents": price_of(sku)}]}),
         );
-        producer.send(&ctx, &create, 2).await;
+        if !producer.send(&ctx, &create, 2).await {
+            // Refused (partition full) or unconfirmed: a producer does not follow up on an
+            // order it could not create (the worker would dead-letter those as unknown).
+            continue;
+        }
         let add = producer.message(
             order,
             Some(1),
@@ -150,4 +174,17 @@ pub async fn run(ctx: Ctx, producer: Producer, mut rng: ChaCha8Rng) {
         let last = producer.message(order, None, next);
         producer.send(&ctx, &last, 2).await;
     }
+}
+
+/// Connects and opens a confirming channel.
+async fn open(amqp_url: &str) -> anyhow::Result<Link> {
+    let connection = lapin::Connection::connect(amqp_url, Default::default())
+        .await
+        .context("connecting to RabbitMQ")?;
+    let channel = connection.create_channel().await?;
+    // Confirms: a command counts as accepted only once the broker took responsibility for it.
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok((connection, channel))
 }

@@ -1,0 +1,300 @@
+//! Doing the damage and healing it. The scheduler ([`run`]) takes the plan's faults in turn
+//! while the workload runs: pause, inject, heal, measure the recovery, respawn whatever died
+//! that was not meant to. Processes are signalled with `nix`; failpoints are armed in the
+//! running process (its failpoints file, then SIGUSR2), because the worker to kill is the one
+//! active right now and a fresh process would only be a standby. The broker and PostgreSQL are
+//! driven with their own tools (`rabbitmqctl`, `pg_ctlcluster`), as an operator would.
+
+use super::recovery;
+use super::{Fault, FaultsReport, Injection, Plan};
+use crate::perf::stack::Stack;
+use anyhow::Context as _;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use sqlx::PgPool;
+use std::os::unix::process::ExitStatusExt as _;
+use std::process::ExitStatus;
+use std::time::{Duration, Instant};
+
+/// Longest wait for an armed failpoint to be hit (the workload keeps the process busy).
+const FAILPOINT_TIMEOUT: Duration = Duration::from_secs(20);
+/// Longest wait for a worker to finish its in-flight message and exit after SIGTERM.
+const TERM_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for PostgreSQL to accept connections after its restart.
+const PG_START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Pause between two reads of the refusals while a partition fills.
+const FILL_POLL: Duration = Duration::from_millis(50);
+
+/// Where the faults land: the spawned stack, and the auditor's own pool on its database
+/// (its sessions are spared by `pg-terminate`).
+pub struct Target<'a> {
+    pub stack: &'a mut Stack,
+    pub db: PgPool,
+    /// The stack's database (its sessions are the ones `pg-terminate` ends).
+    pub database: String,
+    /// `application_name` of the auditor's sessions.
+    pub auditor: String,
+}
+
+/// Injects the plan's faults in turn until the workload is too close to its end for another.
+pub async fn run(target: &mut Target<'_>, plan: &Plan) -> FaultsReport {
+    let started = Instant::now();
+    let end = started + plan.duration;
+    let mut injections = Vec::new();
+    let mut turn = 0;
+    while plan.may_start(turn, end.saturating_duration_since(Instant::now())) {
+        tokio::time::sleep(plan.interval).await;
+        let fault = plan.fault(turn);
+        turn += 1;
+        let at = started.elapsed().as_secs_f64();
+        let injected = Instant::now();
+        tracing::info!(fault = fault.name(), "injecting");
+        let outcome = inject(target, plan, fault).await;
+        let mut unexpected_exits = revive(target.stack).await;
+        let (healed, healed_at) = (Instant::now(), chrono::Utc::now());
+        let recovery = recovery::measure(&target.db, healed, healed_at).await;
+        unexpected_exits.extend(revive(target.stack).await);
+        let (triggered, error) = match outcome {
+            Ok(triggered) => (triggered, None),
+            Err(e) => (false, Some(format!("{e:#}"))),
+        };
+        tracing::info!(fault = fault.name(), triggered, ?recovery, ?error, "healed");
+        injections.push(Injection {
+            fault,
+            at,
+            triggered,
+            down: (healed - injected).as_secs_f64(),
+            recovery,
+            error,
+            unexpected_exits,
+        });
+    }
+    FaultsReport::new(plan, target.stack.worker_count(), injections)
+}
+
+/// Injects one fault and heals it. `Ok(false)`: it could not be made to happen (no traffic hit
+/// the failpoint, no queue filled); `Err`: the injection or the heal failed.
+async fn inject(target: &mut Target<'_>, plan: &Plan, fault: Fault) -> anyhow::Result<bool> {
+    match fault {
+        Fault::KillWorkerInTx => kill_worker_at(target, "apply.before_commit").await,
+        Fault::KillWorkerBeforeAck => {
+            kill_worker_at(target, "consume.after_commit_before_ack").await
+        }
+        Fault::TermWorker => {
+            let n = active_worker(target).await;
+            signal(target.stack.worker_pid(n), Signal::SIGTERM)?;
+            let exited = target.stack.wait_worker_exit(n, TERM_TIMEOUT).await?;
+            target.stack.respawn_worker(n).await?;
+            anyhow::ensure!(
+                exited.is_some(),
+                "worker-{n} did not exit within {TERM_TIMEOUT:?} of SIGTERM"
+            );
+            Ok(true)
+        }
+        Fault::StopWorker => {
+            let n = active_worker(target).await;
+            let pid = target.stack.worker_pid(n);
+            signal(pid, Signal::SIGSTOP)?;
+            tokio::time::sleep(plan.stop_pause).await;
+            signal(pid, Signal::SIGCONT)?;
+            Ok(true)
+        }
+        Fault::KillApiBeforePublish => {
+            let file = target.stack.failpoints_file("api");
+            let failpoint = "intake.after_record_before_publish";
+            let pid = target.stack.api_pid();
+            arm(&file, failpoint, "1*return", pid)?;
+            let Some(status) = target.stack.wait_api_exit(FAILPOINT_TIMEOUT).await? else {
+                arm(&file, failpoint, "off", pid)?;
+                return Ok(false);
+            };
+            target.stack.respawn_api().await?;
+            aborted(status, "the API")
+        }
+        Fault::BrokerClose => {
+            run_tool("rabbitmqctl", &["close_all_connections", "audit fault"]).await?;
+            Ok(true)
+        }
+        Fault::BrokerRestart => {
+            let stopped = run_tool("rabbitmqctl", &["stop_app"]).await;
+            // Started whatever happened: the broker is always left running.
+            let started = match run_tool("rabbitmqctl", &["start_app"]).await {
+                Ok(_) => Ok(()),
+                Err(_) => run_tool("rabbitmqctl", &["start_app"]).await.map(|_| ()),
+            };
+            stopped?;
+            started?;
+            Ok(true)
+        }
+        Fault::PgRestart => {
+            let version = postgres_version()?;
+            run_tool(
+                "pg_ctlcluster",
+                &[
+                    "--skip-systemctl-redirect",
+                    &version,
+                    "main",
+                    "restart",
+                    "-m",
+                    "immediate",
+                ],
+            )
+            .await?;
+            anyhow::ensure!(
+                recovery::postgres_back(&target.db, PG_START_TIMEOUT).await,
+                "PostgreSQL did not accept connections within {PG_START_TIMEOUT:?} of its restart"
+            );
+            Ok(true)
+        }
+        Fault::PgTerminate => {
+            let ended: i64 = sqlx::query_scalar(
+                "select count(*) filter (where pg_terminate_backend(pid)) from pg_stat_activity
+                 where datname = $1 and pid <> pg_backend_pid() and application_name <> $2",
+            )
+            .bind(&target.database)
+            .bind(&target.auditor)
+            .fetch_one(&target.db)
+            .await?;
+            Ok(ended > 0)
+        }
+        Fault::QueueFull => fill_a_partition(target, plan).await,
+        Fault::All => unreachable!("`all` is expanded before the run"),
+    }
+}
+
+/// Arms `failpoint` in the active worker, waits for it to abort there, and respawns it.
+async fn kill_worker_at(target: &mut Target<'_>, failpoint: &str) -> anyhow::Result<bool> {
+    let n = active_worker(target).await;
+    let file = target.stack.failpoints_file(&format!("worker-{n}"));
+    let pid = target.stack.worker_pid(n);
+    arm(&file, failpoint, "1*return", pid)?;
+    let Some(status) = target.stack.wait_worker_exit(n, FAILPOINT_TIMEOUT).await? else {
+        arm(&file, failpoint, "off", pid)?;
+        return Ok(false);
+    };
+    target.stack.respawn_worker(n).await?;
+    aborted(status, &format!("worker-{n}"))
+}
+
+/// Pauses every worker until the API refuses a command because a partition is full (or the
+/// fill timeout passes), then wakes them.
+async fn fill_a_partition(target: &mut Target<'_>, plan: &Plan) -> anyhow::Result<bool> {
+    let before = recovery::queue_full_refusals(&target.db).await?;
+    let pids: Vec<Option<u32>> = (0..target.stack.worker_count())
+        .map(|n| target.stack.worker_pid(n))
+        .collect();
+    let stopped: anyhow::Result<()> = pids
+        .iter()
+        .try_for_each(|pid| signal(*pid, Signal::SIGSTOP));
+    let deadline = Instant::now() + plan.fill_timeout;
+    let mut filled = false;
+    while stopped.is_ok() && !filled && Instant::now() < deadline {
+        tokio::time::sleep(FILL_POLL).await;
+        filled = recovery::queue_full_refusals(&target.db)
+            .await
+            .is_ok_and(|now| now > before);
+    }
+    // Woken whatever happened above.
+    for pid in &pids {
+        signal(*pid, Signal::SIGCONT)?;
+    }
+    stopped?;
+    Ok(filled)
+}
+
+/// The worker slot active right now: the one with the latest delivery in the heartbeat table
+/// (one consumer per partition is active; the others are standbys). Slot 0 if none is known.
+async fn active_worker(target: &Target<'_>) -> usize {
+    let names: Vec<String> = sqlx::query_scalar(
+        "select worker from worker_partitions
+         where consuming and heartbeat_at > now() - interval '5 seconds'
+         order by last_delivery_at desc nulls last",
+    )
+    .fetch_all(&target.db)
+    .await
+    .unwrap_or_default();
+    names
+        .iter()
+        .find_map(|name| {
+            (0..target.stack.worker_count()).find(|&n| target.stack.worker_name(n) == *name)
+        })
+        .unwrap_or(0)
+}
+
+/// Writes `failpoint=actions` to the process's failpoints file and tells it to re-read it.
+fn arm(
+    file: &std::path::Path,
+    failpoint: &str,
+    actions: &str,
+    pid: Option<u32>,
+) -> anyhow::Result<()> {
+    std::fs::write(file, format!("{failpoint}={actions}"))
+        .with_context(|| format!("writing {}", file.display()))?;
+    signal(pid, Signal::SIGUSR2)
+}
+
+/// Did the process abort at the failpoint (and not die of something else)?
+fn aborted(status: ExitStatus, who: &str) -> anyhow::Result<bool> {
+    match status.signal() {
+        Some(s) if s == Signal::SIGABRT as i32 => Ok(true),
+        Some(s) if s == Signal::SIGUSR2 as i32 => anyhow::bail!(
+            "{who} died of SIGUSR2: it was built without failpoints (cargo build -p orderflow-api -p orderflow-worker --features failpoints --target-dir target/failpoints)"
+        ),
+        _ => anyhow::bail!("{who} exited ({status}) instead of aborting at the failpoint"),
+    }
+}
+
+fn signal(pid: Option<u32>, signal: Signal) -> anyhow::Result<()> {
+    let pid = pid.context("the process was already reaped")?;
+    let pid = i32::try_from(pid).context("a process id out of range")?;
+    kill(Pid::from_raw(pid), signal).with_context(|| format!("sending {signal} to {pid}"))
+}
+
+/// Respawns every process of the stack found dead; returns their names.
+async fn revive(stack: &mut Stack) -> Vec<String> {
+    let mut revived = Vec::new();
+    for n in 0..stack.worker_count() {
+        if let Ok(Some(status)) = stack.wait_worker_exit(n, Duration::ZERO).await {
+            let name = stack.worker_name(n);
+            match stack.respawn_worker(n).await {
+                Ok(()) => revived.push(format!("{name} ({status})")),
+                Err(e) => revived.push(format!("{name} ({status}), not respawned: {e:#}")),
+            }
+        }
+    }
+    if let Ok(Some(status)) = stack.wait_api_exit(Duration::ZERO).await {
+        match stack.respawn_api().await {
+            Ok(()) => revived.push(format!("api ({status})")),
+            Err(e) => revived.push(format!("api ({status}), not respawned: {e:#}")),
+        }
+    }
+    revived
+}
+
+/// The local PostgreSQL cluster's version (`/etc/postgresql/<version>/main`).
+fn postgres_version() -> anyhow::Result<String> {
+    let mut versions: Vec<String> = std::fs::read_dir("/etc/postgresql")
+        .context("reading /etc/postgresql (pg-restart needs the local Debian cluster)")?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    versions.sort();
+    versions.pop().context("no cluster under /etc/postgresql")
+}
+
+/// Runs an operator's tool to its end; `Err` with its stderr if it failed.
+async fn run_tool(program: &str, args: &[&str]) -> anyhow::Result<String> {
+    let output = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .with_context(|| format!("running {program}"))?;
+    anyhow::ensure!(
+        output.status.success(),
+        "{program} {} failed ({}): {}",
+        args.join(" "),
+        output.status,
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}

@@ -1,0 +1,331 @@
+//! Scheduled faults for `orderflow-bench audit --spawn`: while the workload runs, each chosen
+//! fault is injected in turn into the stack the audit spawned (processes killed at a failpoint,
+//! signalled, the broker or PostgreSQL restarted, a partition filled), healed, and the time the
+//! stack takes to apply commands again is measured. This module owns the pure parts (the fault
+//! kinds, the schedule, the summary); `inject` does the damage and heals it, `recovery` measures.
+
+pub mod inject;
+pub mod recovery;
+
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// One kind of fault, chosen by name on the command line.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum, serde::Serialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fault {
+    /// The active worker aborts inside its apply transaction (failpoint `apply.before_commit`).
+    KillWorkerInTx,
+    /// The active worker aborts between its commit and its ack (failpoint
+    /// `consume.after_commit_before_ack`).
+    KillWorkerBeforeAck,
+    /// SIGTERM to the active worker with messages in flight; respawned once it exited.
+    TermWorker,
+    /// SIGSTOP to the active worker, SIGCONT after a pause longer than the AMQP heartbeat's
+    /// timeout: a zombie that wakes after its partitions moved on.
+    StopWorker,
+    /// The API aborts between recording a command and publishing it (failpoint
+    /// `intake.after_record_before_publish`); the worker's relay must publish it.
+    KillApiBeforePublish,
+    /// `rabbitmqctl close_all_connections`.
+    BrokerClose,
+    /// `rabbitmqctl stop_app`, then `start_app`.
+    BrokerRestart,
+    /// `pg_ctlcluster ... restart -m immediate`.
+    PgRestart,
+    /// `pg_terminate_backend` of every session of the stack's database but the auditor's.
+    PgTerminate,
+    /// Every worker paused until a partition queue is full and the API refuses (503).
+    QueueFull,
+    /// Every fault above.
+    All,
+}
+
+impl Fault {
+    pub const ALL: [Fault; 10] = [
+        Fault::KillWorkerInTx,
+        Fault::KillWorkerBeforeAck,
+        Fault::TermWorker,
+        Fault::StopWorker,
+        Fault::KillApiBeforePublish,
+        Fault::BrokerClose,
+        Fault::BrokerRestart,
+        Fault::PgRestart,
+        Fault::PgTerminate,
+        Fault::QueueFull,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::KillWorkerInTx => "kill-worker-in-tx",
+            Fault::KillWorkerBeforeAck => "kill-worker-before-ack",
+            Fault::TermWorker => "term-worker",
+            Fault::StopWorker => "stop-worker",
+            Fault::KillApiBeforePublish => "kill-api-before-publish",
+            Fault::BrokerClose => "broker-close",
+            Fault::BrokerRestart => "broker-restart",
+            Fault::PgRestart => "pg-restart",
+            Fault::PgTerminate => "pg-terminate",
+            Fault::QueueFull => "queue-full",
+            Fault::All => "all",
+        }
+    }
+
+    /// The command line's list as run: `all` expanded, each fault once, in schedule order.
+    pub fn expand(list: &[Fault]) -> Vec<Fault> {
+        let mut faults: Vec<Fault> = if list.contains(&Fault::All) {
+            Fault::ALL.to_vec()
+        } else {
+            list.to_vec()
+        };
+        faults.sort();
+        faults.dedup();
+        faults
+    }
+
+    /// The longest one injection may take, heal and recovery included: the scheduler starts a
+    /// fault only if the workload still runs that long (recovery is measured on live traffic).
+    pub fn budget(self, plan: &Plan) -> Duration {
+        let base = Duration::from_secs(10);
+        match self {
+            Fault::StopWorker => plan.stop_pause + base,
+            Fault::QueueFull => plan.fill_timeout + base,
+            Fault::BrokerRestart | Fault::PgRestart => base + Duration::from_secs(10),
+            _ => base,
+        }
+    }
+}
+
+/// What the scheduler is asked to do.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// The faults, in turn (expanded: no `all`).
+    pub faults: Vec<Fault>,
+    /// Pause before each injection (the stack runs clean meanwhile).
+    pub interval: Duration,
+    /// How long a stopped worker stays stopped.
+    pub stop_pause: Duration,
+    /// Longest wait for a paused stack's partition to fill (queue-full).
+    pub fill_timeout: Duration,
+    /// How long the workload runs.
+    pub duration: Duration,
+}
+
+impl Plan {
+    /// The fault injected `turn`th (from 0): the list in turn, over and over.
+    pub fn fault(&self, turn: usize) -> Fault {
+        self.faults[turn % self.faults.len()]
+    }
+
+    /// May the `turn`th fault start with `left` of the workload to go?
+    pub fn may_start(&self, turn: usize, left: Duration) -> bool {
+        !self.faults.is_empty() && self.interval + self.fault(turn).budget(self) <= left
+    }
+}
+
+/// One injection as it happened. Times are seconds.
+#[derive(Clone, Debug, Serialize)]
+pub struct Injection {
+    pub fault: Fault,
+    /// Since the workload started.
+    pub at: f64,
+    /// Whether the fault happened as intended (a failpoint was hit, a queue filled).
+    pub triggered: bool,
+    /// From injection to heal.
+    pub down: f64,
+    /// From heal until a command was applied again; `None`: not within the deadline.
+    pub recovery: Option<f64>,
+    /// What went wrong with the injection or the heal itself.
+    pub error: Option<String>,
+    /// Processes found dead after the recovery that the fault did not mean to kill (respawned).
+    pub unexpected_exits: Vec<String>,
+}
+
+/// Per fault kind.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub fault: Fault,
+    pub injected: usize,
+    pub not_triggered: usize,
+    pub unrecovered: usize,
+    pub recovery_max: Option<f64>,
+    pub recovery_mean: Option<f64>,
+}
+
+/// The report's `faults` section.
+#[derive(Clone, Debug, Serialize)]
+pub struct FaultsReport {
+    pub workers: usize,
+    pub interval_seconds: f64,
+    pub summary: Vec<Summary>,
+    /// Chosen faults the run was too short to inject.
+    pub never_injected: Vec<Fault>,
+    /// Commands the API refused (queue full, broker down) that nevertheless produced an event.
+    pub refused_then_applied: i64,
+    pub injections: Vec<Injection>,
+    /// Every chosen fault was injected and triggered, every injection healed and recovered, and
+    /// no refused command ran.
+    pub passed: bool,
+}
+
+impl FaultsReport {
+    pub fn new(plan: &Plan, workers: usize, injections: Vec<Injection>) -> Self {
+        let summary = summarize(&injections);
+        let never_injected: Vec<Fault> = plan
+            .faults
+            .iter()
+            .copied()
+            .filter(|f| !summary.iter().any(|s| s.fault == *f))
+            .collect();
+        let mut report = Self {
+            workers,
+            interval_seconds: plan.interval.as_secs_f64(),
+            summary,
+            never_injected,
+            refused_then_applied: 0,
+            injections,
+            passed: false,
+        };
+        report.judge();
+        report
+    }
+
+    /// Sets `passed` from the rest.
+    pub fn judge(&mut self) {
+        self.passed = self.never_injected.is_empty()
+            && self.refused_then_applied == 0
+            && self
+                .injections
+                .iter()
+                .all(|i| i.triggered && i.recovery.is_some() && i.error.is_none());
+    }
+}
+
+/// Per fault kind, in fault order: counts and recovery times.
+pub fn summarize(injections: &[Injection]) -> Vec<Summary> {
+    let mut by_fault: BTreeMap<Fault, Vec<&Injection>> = BTreeMap::new();
+    for i in injections {
+        by_fault.entry(i.fault).or_default().push(i);
+    }
+    by_fault
+        .into_iter()
+        .map(|(fault, list)| {
+            let recoveries: Vec<f64> = list.iter().filter_map(|i| i.recovery).collect();
+            Summary {
+                fault,
+                injected: list.len(),
+                not_triggered: list.iter().filter(|i| !i.triggered).count(),
+                unrecovered: list.len() - recoveries.len(),
+                recovery_max: recoveries.iter().copied().reduce(f64::max),
+                recovery_mean: (!recoveries.is_empty())
+                    .then(|| recoveries.iter().sum::<f64>() / recoveries.len() as f64),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan_of(faults: &[Fault]) -> Plan {
+        Plan {
+            faults: Fault::expand(faults),
+            interval: Duration::from_secs(2),
+            stop_pause: Duration::from_secs(12),
+            fill_timeout: Duration::from_secs(8),
+            duration: Duration::from_secs(60),
+        }
+    }
+
+    fn injection(fault: Fault, recovery: Option<f64>) -> Injection {
+        Injection {
+            fault,
+            at: 1.0,
+            triggered: true,
+            down: 0.5,
+            recovery,
+            error: None,
+            unexpected_exits: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn all_expands_to_every_fault_once_in_schedule_order() {
+        assert_eq!(Fault::expand(&[Fault::All, Fault::PgRestart]), Fault::ALL);
+        assert_eq!(
+            Fault::expand(&[Fault::QueueFull, Fault::TermWorker, Fault::QueueFull]),
+            vec![Fault::TermWorker, Fault::QueueFull]
+        );
+    }
+
+    #[test]
+    fn the_schedule_takes_the_faults_in_turn_while_they_fit() {
+        let plan = plan_of(&[Fault::BrokerClose, Fault::StopWorker]);
+        let turns: Vec<Fault> = (0..4).map(|t| plan.fault(t)).collect();
+        assert_eq!(
+            turns,
+            vec![
+                Fault::StopWorker,
+                Fault::BrokerClose,
+                Fault::StopWorker,
+                Fault::BrokerClose
+            ]
+        );
+        // stop-worker needs interval 2 + pause 12 + 10.
+        assert!(plan.may_start(0, Duration::from_secs(24)));
+        assert!(!plan.may_start(0, Duration::from_secs(23)));
+        assert!(plan.may_start(1, Duration::from_secs(12)));
+        assert!(!plan_of(&[]).may_start(0, Duration::from_secs(1000)));
+    }
+
+    #[test]
+    fn the_summary_gives_max_and_mean_recovery_per_fault() {
+        let summary = summarize(&[
+            injection(Fault::PgRestart, Some(1.0)),
+            injection(Fault::BrokerClose, Some(0.5)),
+            injection(Fault::PgRestart, Some(3.0)),
+            injection(Fault::PgRestart, None),
+        ]);
+        assert_eq!(summary.len(), 2);
+        let pg = summary
+            .iter()
+            .find(|s| s.fault == Fault::PgRestart)
+            .unwrap();
+        assert_eq!(
+            (
+                pg.injected,
+                pg.unrecovered,
+                pg.recovery_max,
+                pg.recovery_mean
+            ),
+            (3, 1, Some(3.0), Some(2.0))
+        );
+    }
+
+    #[test]
+    fn a_fault_never_injected_untriggered_or_unrecovered_fails_the_section() {
+        let plan = plan_of(&[Fault::PgRestart, Fault::BrokerClose]);
+        let ok = vec![
+            injection(Fault::PgRestart, Some(1.0)),
+            injection(Fault::BrokerClose, Some(1.0)),
+        ];
+        assert!(FaultsReport::new(&plan, 2, ok.clone()).passed);
+        let missing = FaultsReport::new(&plan, 2, ok[..1].to_vec());
+        assert_eq!(missing.never_injected, vec![Fault::BrokerClose]);
+        assert!(!missing.passed);
+        let mut untriggered = ok.clone();
+        untriggered[0].triggered = false;
+        assert!(!FaultsReport::new(&plan, 2, untriggered).passed);
+        let mut unrecovered = ok.clone();
+        unrecovered[1].recovery = None;
+        assert!(!FaultsReport::new(&plan, 2, unrecovered).passed);
+        let mut refused = FaultsReport::new(&plan, 2, ok);
+        refused.refused_then_applied = 1;
+        refused.judge();
+        assert!(!refused.passed);
+    }
+}

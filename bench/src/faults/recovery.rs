@@ -1,0 +1,70 @@
+//! Recovery, measured from the database: the stack is applying again once a worker finished a
+//! command after the heal. Read from PostgreSQL (the only place a finished command is certain),
+//! polled with a deadline; errors while PostgreSQL itself comes back count as "not yet".
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use std::time::{Duration, Instant};
+
+/// Longest wait for the stack to apply again after a heal.
+pub const RECOVERY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Pause between two polls.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Seconds from `healed` (the instant and the same moment on the wall clock) until a command
+/// finished by a worker after it; `None` if none within [`RECOVERY_TIMEOUT`].
+pub async fn measure(db: &PgPool, healed: Instant, healed_at: DateTime<Utc>) -> Option<f64> {
+    let deadline = healed + RECOVERY_TIMEOUT;
+    loop {
+        // A refusal is finished by the API, not applied by a worker: it says nothing.
+        let applied = sqlx::query_scalar::<_, bool>(
+            "select exists (select 1 from commands
+                            where finished_at > $1
+                              and coalesce(reason, '') not in ('queue_full', 'broker_unavailable'))",
+        )
+        .bind(healed_at)
+        .fetch_one(db)
+        .await;
+        if let Ok(true) = applied {
+            return Some(healed.elapsed().as_secs_f64());
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Waits (bounded) until PostgreSQL answers a query again.
+pub async fn postgres_back(db: &PgPool, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if orderflow_shared::db::ping(db).await.is_ok() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Refused commands (queue full, broker down) that nevertheless have an event: a refusal
+/// must mean the command never runs.
+pub async fn refused_then_applied(db: &PgPool) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(
+        "select count(distinct c.id) from commands c join order_events e on e.command_id = c.id
+         where c.status = 'rejected' and c.reason in ('queue_full', 'broker_unavailable')",
+    )
+    .fetch_one(db)
+    .await?)
+}
+
+/// How many commands the API refused because a partition was full.
+pub async fn queue_full_refusals(db: &PgPool) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(
+        "select count(*) from commands where status = 'rejected' and reason = 'queue_full'",
+    )
+    .fetch_one(db)
+    .await?)
+}
