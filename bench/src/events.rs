@@ -5,7 +5,7 @@
 
 use anyhow::Context as _;
 use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
@@ -119,26 +119,15 @@ async fn subscribe(
         "x-queue-type".into(),
         AMQPValue::LongString("quorum".into()),
     );
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            arguments,
-        )
-        .await?;
-    channel
-        .queue_bind(
-            queue.into(),
-            format!("{namespace}.events").as_str().into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            Default::default(),
-        )
-        .await
-        .context("binding to the events exchange (is the stack running in this namespace?)")?;
+    orderflow_shared::amqp::declare_bound(
+        &channel,
+        queue,
+        &format!("{namespace}.events"),
+        "#",
+        arguments,
+    )
+    .await
+    .context("binding to the events exchange (is the stack running in this namespace?)")?;
     let consumer = channel
         .basic_consume(
             queue.into(),

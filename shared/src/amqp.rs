@@ -172,7 +172,8 @@ impl Topology {
     }
 }
 
-async fn declare_bound(
+/// Declares a durable queue with `args` and binds it to `exchange` with `routing_key`.
+pub async fn declare_bound(
     channel: &Channel,
     queue: &str,
     exchange: &str,

@@ -60,11 +60,7 @@ pub fn render(report: &PerfReport) -> String {
     }
     page.push_str("</table>");
     for workload in Workload::ALL {
-        let phases: Vec<&PhaseResult> = report
-            .phases
-            .iter()
-            .filter(|p| p.workload == workload)
-            .collect();
+        let phases = report.workload_phases(workload);
         if phases.is_empty() {
             continue;
         }

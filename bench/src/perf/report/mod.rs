@@ -136,6 +136,14 @@ impl PerfReport {
             .filter(move |p| p.system == system && p.workload == workload)
     }
 
+    /// Every phase of one workload, all systems, in run order.
+    pub fn workload_phases(&self, workload: Workload) -> Vec<&PhaseResult> {
+        self.phases
+            .iter()
+            .filter(|p| p.workload == workload)
+            .collect()
+    }
+
     pub fn phase(&self, system: System, workload: Workload, phase: &str) -> Option<&PhaseResult> {
         self.phases_of(system, workload).find(|p| p.phase == phase)
     }
@@ -149,11 +157,7 @@ impl PerfReport {
         let html = dir.join("report.html");
         std::fs::write(&html, html::render(self))?;
         for workload in Workload::ALL {
-            let phases: Vec<&PhaseResult> = self
-                .phases
-                .iter()
-                .filter(|p| p.workload == workload)
-                .collect();
+            let phases = self.workload_phases(workload);
             if phases.is_empty() {
                 continue;
             }
