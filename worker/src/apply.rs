@@ -43,6 +43,10 @@ pub enum Outcome {
     /// The command failed earlier (for this reason); its message is dead-lettered again so the
     /// dead-letter queue surely holds it (a crash may have come between the two).
     AlreadyFailed(Failure),
+    /// The command is recorded but waits for an earlier command of its order that no worker
+    /// has seen yet (a direct producer's create, overtaken by its follow-up). Applied right
+    /// after that one; failed by [`crate::parked`] if it never comes.
+    Parked,
 }
 
 /// What the consumer knows about the message being applied; empty for callers without a
@@ -123,8 +127,8 @@ impl Applier {
             .await;
         metrics::apply_duration(started.elapsed());
         let outcome = result?;
-        // Only a `Finished` outcome committed; every other one rolled back.
-        if !matches!(outcome, Outcome::Finished(_)) {
+        // Only `Finished` and `Parked` outcomes committed; every other one rolled back.
+        if !matches!(outcome, Outcome::Finished(_) | Outcome::Parked) {
             return Ok(Handled {
                 outcome,
                 finished: 0,
@@ -205,7 +209,8 @@ impl Applier {
         if row.status.is_final() {
             return Ok(Outcome::Duplicate);
         }
-        let processed = commands::lock_stream(&mut tx, row.order_id).await?;
+        let stream = commands::lock_stream(&mut tx, row.order_id).await?;
+        let processed = stream.processed_seq;
         if row.seq <= processed {
             return Ok(Outcome::Duplicate);
         }
@@ -215,6 +220,18 @@ impl Applier {
         } else {
             commands::lock_between(&mut tx, row.order_id, processed, row.seq).await?
         };
+        if earlier.len() as i64 != row.seq - processed - 1 {
+            // An earlier seq is reserved but not recorded: the order's create has not reached
+            // any worker yet. Keep this command (recorded, acked) until it does.
+            tracing::info!(
+                command_id = %row.id, order_id = %row.order_id, seq = row.seq,
+                "parking the command until the earlier commands of its order arrive"
+            );
+            commands::park(&mut tx, row.id, row.order_id).await?;
+            tx.commit().await?;
+            metrics::parked();
+            return Ok(Outcome::Parked);
+        }
         for earlier in earlier {
             if !earlier.status.is_final() {
                 tracing::info!(
@@ -231,11 +248,55 @@ impl Applier {
             .apply_one(&mut tx, &row, delivery.delivered, tally)
             .await
             .map_err(|e| e.blame(row.id))?;
-        commands::set_processed(&mut tx, row.order_id, row.seq).await?;
+        let processed = if stream.has_parked {
+            self.apply_parked_after(&mut tx, &row, tally).await?
+        } else {
+            row.seq
+        };
+        commands::set_processed(&mut tx, row.order_id, processed).await?;
         // The race audit's "worker killed inside the transaction" (`failpoints` builds only).
         fail::fail_point!("apply.before_commit", |_| std::process::abort());
         tx.commit().await?;
         Ok(Outcome::Finished(status))
+    }
+
+    /// Applies the parked commands that directly follow `row` (whose own turn just came), in
+    /// order, and says how far the order is now processed. Clears the stream's mark once no
+    /// parked command is left.
+    async fn apply_parked_after(
+        &self,
+        tx: &mut PgConnection,
+        row: &CommandRow,
+        tally: &mut Tally,
+    ) -> Result<i64, ApplyError> {
+        let mut processed = row.seq;
+        let later = commands::lock_after(tx, row.order_id, row.seq).await?;
+        for next in &later {
+            if next.seq != processed + 1 {
+                break;
+            }
+            if !next.status.is_final() {
+                // A command recorded but not parked has its message on the way: its turn.
+                if next.parked_at.is_none() {
+                    break;
+                }
+                tracing::info!(
+                    command_id = %next.id, order_id = %next.order_id, seq = next.seq,
+                    "applying a parked command: the commands before it are done"
+                );
+                self.apply_one(tx, next, None, tally)
+                    .await
+                    .map_err(|e| e.blame(next.id))?;
+            }
+            processed = next.seq;
+        }
+        let still_parked = later
+            .iter()
+            .any(|c| c.seq > processed && c.parked_at.is_some() && !c.status.is_final());
+        if !still_parked {
+            commands::clear_parked(tx, row.order_id).await?;
+        }
+        Ok(processed)
     }
 
     /// Marks a command `failed` if it is still accepted — and, when `own` names its message,
@@ -346,7 +407,7 @@ async fn fail_in(
     if row.status.is_final() || message.is_some_and(|m| !same_command(&row, m)) {
         return Ok(None);
     }
-    let processed = commands::lock_stream(tx, row.order_id).await?;
+    let processed = commands::lock_stream(tx, row.order_id).await?.processed_seq;
     let status = CommandStatus::Failed;
     let delivered = own.and_then(|own| own.delivered);
     finish(
@@ -365,7 +426,11 @@ async fn fail_in(
     Ok(Some(finished(&row, status, failure.code)))
 }
 
-fn finished(row: &CommandRow, status: CommandStatus, reason: &'static str) -> FinishedCommand {
+pub(crate) fn finished(
+    row: &CommandRow,
+    status: CommandStatus,
+    reason: &'static str,
+) -> FinishedCommand {
     FinishedCommand {
         kind: row.kind,
         status,
@@ -392,7 +457,7 @@ fn same_command(row: &CommandRow, message: &CommandMessage) -> bool {
 }
 
 /// Records a command's final status and its status event for the outbox.
-async fn finish(
+pub(crate) async fn finish(
     conn: &mut PgConnection,
     row: &CommandRow,
     status: CommandStatus,

@@ -263,7 +263,9 @@ async fn apply(
             Ok(handled) => {
                 ctx.monitor.finished(partition, handled.finished);
                 return Ok(match handled.outcome {
-                    Outcome::Finished(_) => Verdict::Ack,
+                    // Parked: the command is safe in PostgreSQL; its turn comes with the
+                    // earlier command it waits for.
+                    Outcome::Finished(_) | Outcome::Parked => Verdict::Ack,
                     Outcome::Duplicate => {
                         metrics::inbox_duplicate();
                         Verdict::Ack

@@ -1,6 +1,8 @@
 //! Commands from direct producers (other services publishing the contract straight to the
 //! command exchange): the worker records them on first sight, as the API records its own, with
-//! the next sequence number of their order and the trace they came with.
+//! the next sequence number of their order and the trace they came with. A follow-up that
+//! arrives before its order's create is recorded too, behind a seq reserved for the create, and
+//! parked until the create comes (or the park timeout fails it).
 
 use crate::apply::Delivery;
 use crate::error::{ApplyError, Failure};
@@ -30,17 +32,29 @@ pub(crate) async fn record(
     } else {
         commands::next_seq(&mut *tx, message.order_id, message.client_id).await?
     };
-    let Some(seq) = seq else {
-        let order_id = message.order_id;
-        return Ok(Err(
+    let seq = match seq {
+        Some(seq) => seq,
+        None => {
+            let order_id = message.order_id;
             match commands::stream_owner(&mut *tx, order_id).await? {
-                Some(_) => Failure::new(
-                    "foreign_order",
-                    format!("order {order_id} belongs to another client"),
-                ),
-                None => Failure::new("unknown_order", format!("unknown order {order_id}")),
-            },
-        ));
+                Some(_) => {
+                    let reason = format!("order {order_id} belongs to another client");
+                    return Ok(Err(Failure::new("foreign_order", reason)));
+                }
+                // A follow-up ahead of its create (the broker reordered them after a worker
+                // died): seq 1 waits for the create, and this command is parked behind it.
+                None if !is_create
+                    && commands::open_awaiting_stream(&mut *tx, order_id, message.client_id)
+                        .await? =>
+                {
+                    2
+                }
+                None => {
+                    let reason = format!("unknown order {order_id}");
+                    return Ok(Err(Failure::new("unknown_order", reason)));
+                }
+            }
+        }
     };
     // The producer's trace, or else the one this worker started for the message (the span
     // being applied): the command's status events carry it on.

@@ -8,6 +8,7 @@ pub mod error;
 pub mod metrics;
 pub mod monitor;
 pub mod outbox;
+pub mod parked;
 pub mod payment;
 pub mod startup;
 

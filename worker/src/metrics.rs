@@ -23,6 +23,8 @@ pub const APPLY_DURATION: &str = "orderflow_apply_duration_seconds";
 pub const INBOX_DUPLICATES: &str = "orderflow_inbox_duplicates_total";
 pub const REDELIVERIES: &str = "orderflow_redeliveries_total";
 pub const DEAD_LETTERS: &str = "orderflow_dead_letters_total";
+pub const PARKED: &str = "orderflow_commands_parked_total";
+pub const REPUBLISHED: &str = "orderflow_commands_republished_total";
 pub const TX_RETRIES: &str = "orderflow_tx_retries_total";
 pub const OUTBOX_BACKLOG: &str = "orderflow_outbox_backlog";
 pub const OUTBOX_OLDEST_AGE: &str = "orderflow_outbox_oldest_age_seconds";
@@ -70,6 +72,17 @@ pub fn apply_duration(elapsed: Duration) {
 
 pub fn inbox_duplicate() {
     counter!(INBOX_DUPLICATES).increment(1);
+}
+
+/// A command parked until an earlier command of its order arrives.
+pub fn parked() {
+    counter!(PARKED).increment(1);
+}
+
+/// Commands the relay published again: `unconfirmed` (recorded, never confirmed by the broker)
+/// or `overtaken` (confirmed, but a later message of the partition was delivered before it).
+pub fn republished(why: &'static str, count: usize) {
+    counter!(REPUBLISHED, "why" => why).increment(count as u64);
 }
 
 pub fn dead_lettered(code: &'static str) {

@@ -1,9 +1,12 @@
 //! The relays. The outbox relay publishes status events to the events exchange in outbox order
 //! (hence per-order order), woken by LISTEN/NOTIFY; it deletes rows only after the broker
 //! confirmed them. The command relay republishes commands that were recorded but never
-//! confirmed to the broker (the API died in between, or the broker was down). Both hand on the
-//! trace stored with the command (`traceparent` header): events carry their command's.
+//! confirmed to the broker (the API died in between, or the broker was down), and commands the
+//! broker confirmed but never delivered (overtaken on their partition); it also fails parked
+//! commands that waited too long ([`crate::parked`]). Both hand on the trace stored with the
+//! command (`traceparent` header): events carry their command's.
 
+use crate::metrics;
 use orderflow_shared::amqp::{Outgoing, Publisher, Topology, json_properties, with_traceparent};
 use orderflow_shared::contract::CommandMessage;
 use orderflow_shared::db::{self, commands, observability, outbox};
@@ -15,7 +18,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 /// Rows relayed per transaction.
-const BATCH: i64 = 200;
+pub(crate) const BATCH: i64 = 200;
 
 /// Relays the outbox until shutdown.
 pub async fn run_outbox_relay(
@@ -133,12 +136,15 @@ pub async fn relay_batch(
     Ok(confirmed)
 }
 
-/// Republishes unconfirmed commands older than `after` until shutdown, checking every `after / 2`.
+/// Every `after / 2` until shutdown: republishes the commands the broker never confirmed and
+/// those it overtook (both older than `after`), and fails the commands parked longer than
+/// `park_timeout`.
 pub async fn run_command_relay(
     db: PgPool,
     publisher: &Publisher,
     topology: &Topology,
     after: Duration,
+    park_timeout: Duration,
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(after / 2);
@@ -148,21 +154,55 @@ pub async fn run_command_relay(
             _ = tick.tick() => {}
             _ = shutdown.cancelled() => break,
         }
-        if let Err(e) = republish_stale(&db, publisher, topology, after).await {
-            tracing::warn!(error = %e, "command relay failed; will retry");
+        for (why, pass) in [
+            (Stale::Unconfirmed, "unconfirmed"),
+            (Stale::Overtaken, "overtaken"),
+        ] {
+            if let Err(e) = republish_stale(&db, publisher, topology, after, why).await {
+                tracing::warn!(error = %e, pass, "command relay failed; will retry");
+            }
+        }
+        if let Err(e) = crate::parked::fail_expired(&db, publisher, topology, park_timeout).await {
+            tracing::warn!(error = %e, "failing expired parked commands failed; will retry");
         }
     }
 }
 
-/// One pass of the command relay; returns how many commands were republished.
+/// Which accepted commands a relay pass publishes again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stale {
+    /// Recorded, never confirmed by the broker: the API died (or the broker was down) between
+    /// recording and publishing.
+    Unconfirmed,
+    /// Confirmed, but a message published on its partition after it was delivered first: the
+    /// broker dropped it (a full quorum queue can confirm and drop) or requeued it behind.
+    Overtaken,
+}
+
+impl Stale {
+    fn label(self) -> &'static str {
+        match self {
+            Stale::Unconfirmed => "unconfirmed",
+            Stale::Overtaken => "overtaken",
+        }
+    }
+}
+
+/// One pass of the command relay; returns how many commands were republished. A duplicate of
+/// a command that did arrive is harmless: the worker's inbox skips it.
 pub async fn republish_stale(
     db: &PgPool,
     publisher: &Publisher,
     topology: &Topology,
     after: Duration,
+    which: Stale,
 ) -> anyhow::Result<usize> {
     let mut tx = db.begin().await?;
-    let rows = commands::lock_unpublished(&mut tx, after.as_millis() as i64, BATCH).await?;
+    let min_age = after.as_millis() as i64;
+    let rows = match which {
+        Stale::Unconfirmed => commands::lock_unpublished(&mut tx, min_age, BATCH).await?,
+        Stale::Overtaken => commands::lock_overtaken(&mut tx, min_age, BATCH).await?,
+    };
     if rows.is_empty() {
         return Ok(0);
     }
@@ -194,12 +234,17 @@ pub async fn republish_stale(
         .filter(|(_, r)| r.is_ok())
         .map(|(row, _)| row.id.0)
         .collect();
-    commands::mark_published(&mut *tx, &published).await?;
+    match which {
+        Stale::Unconfirmed => commands::mark_published(&mut *tx, &published).await?,
+        Stale::Overtaken => commands::mark_republished(&mut *tx, &published).await?,
+    }
     tx.commit().await?;
     if !published.is_empty() {
+        metrics::republished(which.label(), published.len());
         tracing::info!(
             count = published.len(),
-            "republished commands the broker had not confirmed"
+            why = which.label(),
+            "republished commands"
         );
     }
     Ok(published.len())

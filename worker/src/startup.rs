@@ -41,6 +41,12 @@ pub struct WorkerConfig {
     #[arg(long, env = "ORDERFLOW_REPUBLISH_AFTER_MS", default_value_t = 5000)]
     pub republish_after_ms: u64,
 
+    /// Fail (and dead-letter) a command parked this many milliseconds waiting for an earlier
+    /// command of its order that never arrived (a direct producer's follow-up whose create was
+    /// lost or never sent).
+    #[arg(long, env = "ORDERFLOW_PARK_TIMEOUT_MS", default_value_t = 30000)]
+    pub park_timeout_ms: u64,
+
     /// The simulated payment gateway declines captures above this amount (cents).
     #[arg(long, env = "ORDERFLOW_PAYMENT_DECLINE_OVER_CENTS")]
     pub payment_decline_over_cents: Option<i64>,
@@ -97,7 +103,14 @@ impl Worker {
     /// PostgreSQL and RabbitMQ to be reachable rather than failing when they are (re)starting.
     pub async fn build(config: WorkerConfig) -> anyhow::Result<Self> {
         let common = &config.common;
-        let db = db::pool(&common.database_url, common.db_pool_size)?;
+        // A worker stopped mid-transaction (SIGSTOP) must not keep its locks from the worker
+        // that took its partitions over: PostgreSQL ends such a session after this idle time.
+        // Longer than anything a worker does inside a transaction (a publish times out at 5 s).
+        let db = db::pool_releasing_idle(
+            &common.database_url,
+            common.db_pool_size,
+            Duration::from_secs(15),
+        )?;
         wait_for("PostgreSQL", || async {
             match db::check_schema(&db).await {
                 Err(SchemaError::Db(e)) => Err(anyhow::Error::from(e)),
@@ -198,9 +211,10 @@ impl Worker {
         let db = self.context.applier.db.clone();
         let (publisher, topology) = (self.relay_publisher.clone(), self.context.topology.clone());
         let after = Duration::from_millis(self.config.republish_after_ms.max(100));
+        let park_timeout = Duration::from_millis(self.config.park_timeout_ms);
         let stop = shutdown.clone();
         tasks.spawn(async move {
-            outbox::run_command_relay(db, &publisher, &topology, after, stop).await
+            outbox::run_command_relay(db, &publisher, &topology, after, park_timeout, stop).await
         });
         let (context, db, stop) = (
             self.context.clone(),

@@ -34,6 +34,8 @@ pub struct Options {
     /// `ORDERFLOW_KEY_CACHE_SECS` (else the API's default: no cache).
     pub key_cache_secs: Option<u64>,
     pub max_pending_per_order: Option<i64>,
+    /// The worker's park timeout (else 30 s).
+    pub park_timeout_ms: Option<u64>,
 }
 
 impl Default for Options {
@@ -47,6 +49,7 @@ impl Default for Options {
             max_waits_per_client: None,
             key_cache_secs: None,
             max_pending_per_order: None,
+            park_timeout_ms: None,
         }
     }
 }
@@ -153,6 +156,7 @@ impl TestApp {
             prefetch: 32,
             poison_after_deliveries: 5,
             republish_after_ms: 1000,
+            park_timeout_ms: self.options.park_timeout_ms.unwrap_or(30_000),
             payment_decline_over_cents: self.options.decline_over_cents,
             sabotage: Default::default(),
             metrics_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),

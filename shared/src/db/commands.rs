@@ -89,6 +89,9 @@ pub struct CommandRow {
     pub accepted_at: DateTime<Utc>,
     pub published_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// Set while the command waits for an earlier command of its order that no worker has
+    /// seen yet (a create overtaken by its follow-up).
+    pub parked_at: Option<DateTime<Utc>>,
 }
 
 macro_rules! command_row {
@@ -108,26 +111,48 @@ macro_rules! command_row {
             accepted_at: $r.accepted_at,
             published_at: $r.published_at,
             finished_at: $r.finished_at,
+            parked_at: $r.parked_at,
         }
     };
 }
 
-/// Opens the stream of a new order (its create command takes seq 1). `false` if the order id is
-/// already taken.
+/// Opens the stream of a new order (its create command takes seq 1), or takes the seq 1 that a
+/// parked follow-up reserved for the create (see [`open_awaiting_stream`]). `false` if the order
+/// id is already taken.
 pub async fn open_stream(
     db: impl PgExecutor<'_>,
     order_id: OrderId,
     client_id: ClientId,
 ) -> sqlx::Result<bool> {
-    let inserted = sqlx::query!(
+    let opened = sqlx::query!(
         "insert into order_streams (order_id, client_id, last_seq) values ($1, $2, 1)
+         on conflict (order_id) do update set awaiting_create = false
+             where order_streams.awaiting_create and order_streams.client_id = excluded.client_id",
+        order_id.0,
+        client_id.0
+    )
+    .execute(db)
+    .await?;
+    Ok(opened.rows_affected() == 1)
+}
+
+/// Opens the stream of an order whose follow-up arrived before its create: seq 1 is reserved
+/// for the create, and the follow-up takes seq 2. `false` if the stream exists.
+pub async fn open_awaiting_stream(
+    db: impl PgExecutor<'_>,
+    order_id: OrderId,
+    client_id: ClientId,
+) -> sqlx::Result<bool> {
+    let opened = sqlx::query!(
+        "insert into order_streams (order_id, client_id, last_seq, awaiting_create)
+         values ($1, $2, 2, true)
          on conflict (order_id) do nothing",
         order_id.0,
         client_id.0
     )
     .execute(db)
     .await?;
-    Ok(inserted.rows_affected() == 1)
+    Ok(opened.rows_affected() == 1)
 }
 
 /// Hands out the next sequence number of an existing order's stream, holding the stream's row
@@ -199,14 +224,91 @@ pub async fn stream_owner(
     Ok(owner.map(ClientId))
 }
 
-/// Locks an order's stream for the apply transaction and returns how far it was processed.
-pub async fn lock_stream(conn: &mut PgConnection, order_id: OrderId) -> sqlx::Result<i64> {
-    sqlx::query_scalar!(
-        "select processed_seq from order_streams where order_id = $1 for update",
+/// An order's stream as the apply transaction sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct Stream {
+    /// Every command up to this seq has been dealt with.
+    pub processed_seq: i64,
+    /// Some command of the order is parked, waiting for an earlier one.
+    pub has_parked: bool,
+}
+
+/// Locks an order's stream for the apply transaction.
+pub async fn lock_stream(conn: &mut PgConnection, order_id: OrderId) -> sqlx::Result<Stream> {
+    let row = sqlx::query!(
+        "select processed_seq, has_parked from order_streams where order_id = $1 for update",
         order_id.0
     )
     .fetch_one(conn)
-    .await
+    .await?;
+    Ok(Stream {
+        processed_seq: row.processed_seq,
+        has_parked: row.has_parked,
+    })
+}
+
+/// Parks a command until the earlier commands of its order are recorded (keeping the time it
+/// was first parked), and marks its stream as having parked commands.
+pub async fn park(conn: &mut PgConnection, id: CommandId, order_id: OrderId) -> sqlx::Result<()> {
+    sqlx::query!(
+        "with parked as (
+             update commands set parked_at = coalesce(parked_at, clock_timestamp()) where id = $1
+         )
+         update order_streams set has_parked = true where order_id = $2",
+        id.0,
+        order_id.0
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records that none of the order's commands is parked any more.
+pub async fn clear_parked(conn: &mut PgConnection, order_id: OrderId) -> sqlx::Result<()> {
+    sqlx::query!(
+        "update order_streams set has_parked = false where order_id = $1",
+        order_id.0
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The order's commands after `after_seq`, in order, locked.
+pub async fn lock_after(
+    conn: &mut PgConnection,
+    order_id: OrderId,
+    after_seq: i64,
+) -> sqlx::Result<Vec<CommandRow>> {
+    let rows = sqlx::query!(
+        "select * from commands where order_id = $1 and seq > $2 order by seq for update",
+        order_id.0,
+        after_seq
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| command_row!(r)).collect())
+}
+
+/// Parked commands that have waited longer than `min_age_ms`, locked so one worker takes each.
+pub async fn lock_expired_parked(
+    conn: &mut PgConnection,
+    min_age_ms: i64,
+    limit: i64,
+) -> sqlx::Result<Vec<CommandRow>> {
+    let rows = sqlx::query!(
+        "select * from commands
+         where status = 'accepted' and parked_at is not null
+           and parked_at < now() - make_interval(secs => $1::bigint / 1000.0)
+         order by parked_at
+         limit $2
+         for update skip locked",
+        min_age_ms,
+        limit
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| command_row!(r)).collect())
 }
 
 /// Records that every command up to `seq` has been dealt with.
@@ -232,8 +334,8 @@ pub async fn insert(
 ) -> sqlx::Result<()> {
     sqlx::query!(
         "insert into commands (id, client_id, order_id, seq, kind, body, expected_version, source, partition,
-                               received_at, traceparent)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                               received_at, traceparent, published_at)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, case when $8 = 'amqp' then now() end)",
         command.id.0,
         command.client_id.0,
         command.order_id.0,
@@ -349,6 +451,45 @@ pub async fn lock_unpublished(
     .fetch_all(conn)
     .await?;
     Ok(rows.into_iter().map(|r| command_row!(r)).collect())
+}
+
+/// Accepted commands whose confirmed message no worker received while a message published
+/// on the same partition more than a second later was delivered: the broker dropped it (see the
+/// migration `parked_and_overtaken`) or requeued it behind later ones. Older than `min_age_ms`,
+/// not parked, locked so that one relay takes each.
+pub async fn lock_overtaken(
+    conn: &mut PgConnection,
+    min_age_ms: i64,
+    limit: i64,
+) -> sqlx::Result<Vec<CommandRow>> {
+    let rows = sqlx::query!(
+        "select * from commands c
+         where c.status = 'accepted' and c.published_at is not null and c.parked_at is null
+           and c.published_at < now() - make_interval(secs => $1::bigint / 1000.0)
+           and exists (select 1 from commands later
+                       where later.partition = c.partition and later.delivered_at is not null
+                         and later.published_at > c.published_at + interval '1 second')
+         order by c.published_at
+         limit $2
+         for update skip locked",
+        min_age_ms,
+        limit
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| command_row!(r)).collect())
+}
+
+/// Records that overtaken commands were published again (now), so that only a message
+/// delivered after this publish makes them overtaken again.
+pub async fn mark_republished(db: impl PgExecutor<'_>, ids: &[uuid::Uuid]) -> sqlx::Result<()> {
+    sqlx::query!(
+        "update commands set published_at = now() where id = any($1) and status = 'accepted'",
+        ids
+    )
+    .execute(db)
+    .await?;
+    Ok(())
 }
 
 /// When the worker that finishes a command received the command's own message, and which

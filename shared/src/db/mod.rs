@@ -35,6 +35,23 @@ pub fn pool(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
         .connect_lazy_with(connect_options(url)?))
 }
 
+/// [`pool`], whose sessions PostgreSQL ends when they sit idle inside a transaction for longer
+/// than `idle_in_transaction`: a process stopped mid-transaction (SIGSTOP, a debugger, a
+/// frozen VM) then releases its row locks instead of blocking whoever took over its work.
+pub fn pool_releasing_idle(
+    url: &str,
+    max_connections: u32,
+    idle_in_transaction: Duration,
+) -> Result<PgPool, sqlx::Error> {
+    let limit = format!("{}ms", idle_in_transaction.as_millis());
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(
+            connect_options(url)?.options([("idle_in_transaction_session_timeout", limit)]),
+        ))
+}
+
 /// The URL's connect options, with one default changed: TLS to a loopback host protects nothing
 /// and costs a third of a small query's throughput on this machine (`pgbench -S`, 4 clients:
 /// about 31k transactions/s with `sslmode=require`, 50k without), so a loopback connection whose

@@ -1,0 +1,101 @@
+//! Parked commands that waited too long. A command is parked when it reached a worker before an
+//! earlier command of its order that no worker has seen (a direct producer's follow-up ahead of
+//! its create; see [`crate::direct`]). Once the park timeout passes, the earlier command is
+//! taken to be lost or never sent: the parked command is dead-lettered with the reason, then
+//! failed, with its status event, in one transaction.
+
+use crate::apply::{finish, finished};
+use crate::metrics;
+use crate::outbox::BATCH;
+use lapin::types::{AMQPValue, FieldTable};
+use orderflow_shared::amqp::{Outgoing, Publisher, REASON_HEADER, Topology, json_properties};
+use orderflow_shared::contract::CommandMessage;
+use orderflow_shared::db::commands::{self, CommandStatus};
+use orderflow_shared::db::observability::{self, NewDeadLetter};
+use sqlx::PgPool;
+use std::time::Duration;
+
+/// Fails the commands parked for longer than `timeout`; returns how many.
+pub async fn fail_expired(
+    db: &PgPool,
+    publisher: &Publisher,
+    topology: &Topology,
+    timeout: Duration,
+) -> anyhow::Result<usize> {
+    let mut tx = db.begin().await?;
+    let rows = commands::lock_expired_parked(&mut tx, timeout.as_millis() as i64, BATCH).await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let reasons: Vec<String> = rows
+        .iter()
+        .map(|row| {
+            format!(
+                "waited {}s for the earlier commands of order {} (seq 1 to {}, its create first), which never arrived",
+                timeout.as_secs(),
+                row.order_id,
+                row.seq - 1
+            )
+        })
+        .collect();
+    let bodies = rows
+        .iter()
+        .map(|row| CommandMessage::from_row(row).map(|m| m.to_bytes()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let queues: Vec<String> = rows
+        .iter()
+        .map(|row| topology.partition_queue(row.partition as u16))
+        .collect();
+    let messages: Vec<Outgoing> = bodies
+        .iter()
+        .zip(&reasons)
+        .zip(&queues)
+        .map(|((body, reason), queue)| {
+            let mut headers = FieldTable::default();
+            headers.insert(
+                REASON_HEADER.into(),
+                AMQPValue::LongString(reason.as_str().into()),
+            );
+            headers.insert(
+                "x-orderflow-queue".into(),
+                AMQPValue::LongString(queue.as_str().into()),
+            );
+            Outgoing {
+                routing_key: "",
+                body,
+                properties: json_properties().with_headers(headers),
+            }
+        })
+        .collect();
+    // Dead-lettered first: a crash before the commit leaves an extra dead letter, never a
+    // failed command missing from the dead-letter queue.
+    let results = publisher
+        .publish_batch(&topology.dead_letter_exchange(), &messages, true)
+        .await;
+    let mut failed = Vec::new();
+    for (((row, reason), body), result) in rows.iter().zip(&reasons).zip(&bodies).zip(&results) {
+        if result.is_err() {
+            continue;
+        }
+        let status = CommandStatus::Failed;
+        finish(&mut tx, row, status, Some(reason), None, None, None).await?;
+        let letter = NewDeadLetter::from_body(row.partition as u16, reason, body);
+        observability::insert_dead_letter(&mut *tx, &letter).await?;
+        failed.push(finished(row, status, "parked_too_long"));
+    }
+    tx.commit().await?;
+    for command in &failed {
+        command.record();
+        metrics::dead_lettered("parked_too_long");
+    }
+    if !failed.is_empty() {
+        tracing::warn!(
+            count = failed.len(),
+            "failed parked commands whose earlier commands never arrived"
+        );
+    }
+    if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
+        anyhow::bail!("dead-lettering parked commands: {e}");
+    }
+    Ok(failed.len())
+}
