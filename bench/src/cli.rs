@@ -32,7 +32,7 @@ pub enum Command {
     ///
     ///   cargo build -p orderflow-api -p orderflow-worker --features failpoints --target-dir target/failpoints
     ///
-    ///   flock /tmp/orderflow-services.lock orderflow-bench audit --spawn --faults all --duration 150
+    ///   flock -o /tmp/orderflow-services.lock orderflow-bench audit --spawn --faults all --duration 150
     ///
     /// The broker and PostgreSQL faults restart the local services (rabbitmqctl, pg_ctlcluster):
     /// run it where nothing else uses them, or under the services lock as above.

@@ -48,26 +48,59 @@ impl Listener {
         let received = Arc::new(Mutex::new(Vec::new()));
         let sink = received.clone();
         let (url, ns, name) = (amqp_url.to_owned(), namespace.to_owned(), queue.clone());
-        let task = tokio::spawn(async move {
-            let mut subscription = Some(first);
-            loop {
-                if let Some((connection, mut consumer)) = subscription.take() {
-                    while let Some(Ok(delivery)) = consumer.next().await {
-                        if let Some(event) = StatusEvent::parse(&delivery.data) {
-                            sink.lock().expect("no panics holding it").push(event);
+        let task =
+            tokio::spawn(async move {
+                let mut subscription = Some(first);
+                loop {
+                    if let Some((connection, mut consumer)) = subscription.take() {
+                        // A broker restart can leave the consumer's stream open but silent: the
+                        // connection's state is checked every second as well.
+                        let mut check = tokio::time::interval(Duration::from_secs(1));
+                        loop {
+                            let delivery = tokio::select! {
+                                next = consumer.next() => match next {
+                                    Some(Ok(delivery)) => delivery,
+                                    _ => break,
+                                },
+                                _ = check.tick() => {
+                                    if connection.status().connected() {
+                                        continue;
+                                    }
+                                    break;
+                                }
+                            };
+                            if let Some(event) = StatusEvent::parse(&delivery.data) {
+                                sink.lock().expect("no panics holding it").push(event);
+                            }
+                            // Acked once kept: an event in flight when the connection drops comes
+                            // again (a duplicate says nothing new to the checker).
+                            let _ = delivery.ack(BasicAckOptions::default()).await;
                         }
-                        // Acked once kept: an event in flight when the connection drops comes
-                        // again (a duplicate says nothing new to the checker).
-                        let _ = delivery.ack(BasicAckOptions::default()).await;
+                        drop(connection);
                     }
-                    drop(connection);
+                    // The broker closed us (a fault of the audit): the durable queue kept what was
+                    // routed meanwhile; subscribe again once the broker is back. Bounded: a broker
+                    // still starting can accept the connection and never answer.
+                    tokio::time::sleep(RESUBSCRIBE_PAUSE).await;
+                    subscription =
+                        match tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribe(&url, &ns, &name))
+                            .await
+                        {
+                            Ok(Ok(subscribed)) => {
+                                tracing::info!(queue = name, "event listener subscribed again");
+                                Some(subscribed)
+                            }
+                            Ok(Err(e)) => {
+                                tracing::info!(error = %e, "event listener cannot subscribe yet");
+                                None
+                            }
+                            Err(_) => {
+                                tracing::info!("event listener's subscription timed out; retrying");
+                                None
+                            }
+                        };
                 }
-                // The broker closed us (a fault of the audit): the durable queue kept what was
-                // routed meanwhile; subscribe again once the broker is back.
-                tokio::time::sleep(RESUBSCRIBE_PAUSE).await;
-                subscription = subscribe(&url, &ns, &name).await.ok();
-            }
-        });
+            });
         Ok(Self {
             amqp_url: amqp_url.to_owned(),
             queue,
@@ -100,6 +133,8 @@ impl Listener {
 
 /// Pause before subscribing again after the broker closed the listener's connection.
 const RESUBSCRIBE_PAUSE: Duration = Duration::from_millis(200);
+/// Longest wait for one subscription (connect, declare, bind, consume).
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Connects, declares the listener's queue and binds it to `<ns>.events` with `#`, and consumes.
 async fn subscribe(
