@@ -5,8 +5,9 @@
 #
 # Makes sure what the tests need is there (PostgreSQL, RabbitMQ, a database role that may create
 # databases, Python packages, docker-compose, Chromium + ChromeDriver, cargo-nextest), installing
-# what is missing, then runs the message-contract tests, the monitoring-config check, the doc tests
-# and the whole Rust test suite. Stops at the first failing stage.
+# what is missing, then runs the message-contract tests, the monitoring-config check, the doc tests,
+# the whole Rust test suite, then the race audit under scheduled faults. Stops at the first failing
+# stage.
 #
 # Environment:
 #   DATABASE_URL   postgres://orderflow:orderflow@127.0.0.1:5432/postgres
@@ -71,6 +72,25 @@ of_log "doc tests: cargo test --workspace --doc"
 cargo test --workspace --doc
 
 # ---- 7. Every other Rust test: unit, integration (real PostgreSQL and RabbitMQ), property tests ---
-# Last on purpose: its summary line is the run's closing line.
 of_log "Rust tests: cargo nextest run --workspace --all-targets --no-fail-fast"
 cargo nextest run --workspace --all-targets --no-fail-fast
+
+# ---- 8. The race audit under scheduled faults -------------------------------------------------------
+# After the suite, never beside it: its faults restart PostgreSQL and RabbitMQ. Every scenario and
+# every fault (most of them twice) in 90 s of workload; fails on any broken invariant, a fault never
+# injected or never recovered from, or a refused command that ran. The failpoints exist only in a
+# build with the `failpoints` feature: it is built in the same target directory (only orderflow's
+# own crates differ), its executables are copied aside, and the feature-free ones put back.
+of_log "race audit under faults: orderflow-bench audit --spawn --faults all"
+TARGET_DIR=$(cargo metadata --format-version 1 --no-deps |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+cargo build -p orderflow-api -p orderflow-worker --features failpoints
+mkdir -p "$TARGET_DIR/failpoints-bin"
+cp "$TARGET_DIR/debug/orderflow-api" "$TARGET_DIR/debug/orderflow-worker" "$TARGET_DIR/failpoints-bin/"
+cargo build --workspace --bins
+# -o: the restarted PostgreSQL and RabbitMQ must not inherit (and keep) the lock.
+flock -o /tmp/orderflow-services.lock "$TARGET_DIR/debug/orderflow-bench" audit --spawn --faults all \
+    --api-bin "$TARGET_DIR/failpoints-bin/orderflow-api" \
+    --worker-bin "$TARGET_DIR/failpoints-bin/orderflow-worker" \
+    --database-url "$DATABASE_URL" --duration 90 --fault-interval 2 --no-progress \
+    --report "$TARGET_DIR/audit-faults.json" --log-dir "$TARGET_DIR/audit-faults-logs"

@@ -256,6 +256,19 @@ async fn a_follow_up_that_overtakes_its_create_waits_for_it_and_runs_after_it() 
         ["accepted", "accepted"],
         "parked commands wait for their create"
     );
+    let status = app
+        .request(Method::GET, &format!("/v1/commands/{}", add.command_id))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(status["status"], "accepted", "{status}");
+    assert!(
+        status["parked_at"].is_string(),
+        "the status says it waits: {status}"
+    );
     let streams: i64 = sqlx::query_scalar("select count(*) from orders where id = $1")
         .bind(order_id.0)
         .fetch_one(&app.db)

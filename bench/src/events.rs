@@ -118,15 +118,16 @@ impl Listener {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         self.task.abort();
-        if let Ok(connection) = lapin::Connection::connect(&self.amqp_url, Default::default()).await
-        {
-            if let Ok(channel) = connection.create_channel().await {
-                let _ = channel
-                    .queue_delete(self.queue.as_str().into(), Default::default())
-                    .await;
-            }
-            let _ = connection.close(200, "audit done".into()).await;
-        }
+        // Best effort, bounded: a broker that does not answer must not hold up the report.
+        let delete = async {
+            let connection = lapin::Connection::connect(&self.amqp_url, Default::default()).await?;
+            let channel = connection.create_channel().await?;
+            channel
+                .queue_delete(self.queue.as_str().into(), Default::default())
+                .await?;
+            connection.close(200, "audit done".into()).await
+        };
+        let _ = tokio::time::timeout(SUBSCRIBE_TIMEOUT, delete).await;
         self.received.lock().expect("no panics").clone()
     }
 }

@@ -117,6 +117,9 @@ pub struct CommandView {
     pub command: serde_json::Value,
     pub accepted_at: DateTime<Utc>,
     pub published_at: Option<DateTime<Utc>>,
+    /// Set while a worker holds the command back until an earlier command of its order arrives
+    /// (a direct producer's follow-up that reached the worker before its create).
+    pub parked_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
 }
 
@@ -135,6 +138,7 @@ impl From<CommandRow> for CommandView {
             command: row.body,
             accepted_at: row.accepted_at,
             published_at: row.published_at,
+            parked_at: row.parked_at,
             finished_at: row.finished_at,
         }
     }

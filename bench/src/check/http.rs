@@ -12,8 +12,9 @@ fn inconclusive(r: &RequestRecord) -> bool {
     matches!(r.status, None | Some(429 | 503))
 }
 
-/// 7: per probed key: one command id across its 202s, of one body; other bodies got 422, the same
-/// body never did; the stored key names that command; and the probed orders have no command that
+/// 7: per probed key: one command id across its 202s, of one body; a 409 only for a body that held
+/// the key, a 422 only where another body held it (the winner's, or one refused with 503 that
+/// released it); the stored key names that command; and the probed orders have no command that
 /// neither an answer nor a stored key names.
 pub fn idempotency_holds(input: &Input<'_>) -> Verdict {
     let mut verdict = Verdict::new(7, "idempotency keys replay, mismatches 422");
@@ -47,12 +48,26 @@ pub fn idempotency_holds(input: &Input<'_>) -> Verdict {
             verdict.violation(|| format!("key {key} accepted different bodies"));
         }
         if let (Some(winner), Some(first)) = (variants.iter().next(), accepted.first()) {
+            // The bodies that held the key at some moment: the winner's, and any body of a
+            // request refused with 503 or left unanswered (it may have claimed the key, then been
+            // refused and released it). A request that met one of those held by its own body is
+            // answered 409 (in flight); one that met another body, 422.
+            let mut held: HashSet<u8> = requests
+                .iter()
+                .filter(|r| matches!(r.status, None | Some(503)))
+                .filter_map(|r| r.probe.as_ref().map(|p| p.variant))
+                .collect();
+            held.insert(*winner);
             for r in requests.iter().filter(|r| !inconclusive(r)) {
-                let same = r.probe.as_ref().is_some_and(|p| p.variant == *winner);
-                let ok = if same {
-                    matches!(r.status, Some(202 | 409))
-                } else {
-                    r.status == Some(422)
+                let Some(variant) = r.probe.as_ref().map(|p| p.variant) else {
+                    continue;
+                };
+                let same = variant == *winner;
+                let ok = match r.status {
+                    Some(202) => same,
+                    Some(409) => held.contains(&variant),
+                    Some(422) => held.iter().any(|v| *v != variant),
+                    _ => false,
                 };
                 if !ok {
                     verdict.violation(|| {
@@ -162,6 +177,24 @@ mod tests {
         let v = idempotency_holds(&f.input());
         assert!(v.passed(), "{v:?}");
         assert!(no_server_errors(&f.input()).passed());
+    }
+
+    #[test]
+    fn answers_that_met_a_refused_first_attempt_pass_and_only_those() {
+        let mut f = Fixture::clean();
+        let id = f.snapshot.commands[1].id;
+        // Body 1 claimed the key first and was refused (503, key released); meanwhile another
+        // body-1 request met it in flight (409) and a body-0 request met it (422). Body 0 won.
+        f.observed.requests.push(probe(1, 503, None));
+        f.observed.requests.push(probe(1, 409, None));
+        f.observed.requests.push(probe(0, 422, None));
+        f.observed.requests.push(probe(0, 202, Some(id)));
+        f.snapshot.idempotency_keys.push(("k".into(), id));
+        let v = idempotency_holds(&f.input());
+        assert!(v.passed(), "{v:?}");
+        // Without a refused body-1 attempt, neither answer could have happened.
+        f.observed.requests.remove(f.observed.requests.len() - 4);
+        assert_eq!(idempotency_holds(&f.input()).violations, 2);
     }
 
     #[test]
