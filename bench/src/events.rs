@@ -74,7 +74,11 @@ impl Listener {
                             }
                             // Acked once kept: an event in flight when the connection drops comes
                             // again (a duplicate says nothing new to the checker).
-                            let _ = delivery.ack(BasicAckOptions::default()).await;
+                            // Bounded: an ack on a connection that died unnoticed can hang.
+                            let ack = delivery.ack(BasicAckOptions::default());
+                            if !matches!(tokio::time::timeout(ACK_TIMEOUT, ack).await, Ok(Ok(_))) {
+                                break;
+                            }
                         }
                         drop(connection);
                     }
@@ -134,6 +138,8 @@ impl Listener {
 
 /// Pause before subscribing again after the broker closed the listener's connection.
 const RESUBSCRIBE_PAUSE: Duration = Duration::from_millis(200);
+/// Longest wait for one ack; past it the listener subscribes again.
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait for one subscription (connect, declare, bind, consume).
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 

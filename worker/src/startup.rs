@@ -240,8 +240,39 @@ impl Worker {
             metrics = %self.metrics_addr,
             "worker running"
         );
-        while let Some(joined) = tasks.join_next().await {
-            joined.context("a worker task panicked")?;
+        // Until shutdown, and then for at most the grace period: a task still busy after it
+        // (a call that never returns while a service restarts) is aborted. Nothing is lost by
+        // that: an unacked message is redelivered and its transaction either committed or not.
+        let mut deadline = None;
+        loop {
+            let joined = match deadline {
+                None => tokio::select! {
+                    joined = tasks.join_next() => joined,
+                    _ = shutdown.cancelled() => {
+                        deadline = Some(tokio::time::Instant::now() + SHUTDOWN_GRACE);
+                        continue;
+                    }
+                },
+                Some(deadline) => {
+                    match tokio::time::timeout_at(deadline, tasks.join_next()).await {
+                        Ok(joined) => joined,
+                        Err(_) => {
+                            tracing::error!(
+                                still_running = tasks.len(),
+                                grace = ?SHUTDOWN_GRACE,
+                                "worker tasks did not stop within the grace period; aborting them (their messages are redelivered)"
+                            );
+                            tasks.abort_all();
+                            while tasks.join_next().await.is_some() {}
+                            break;
+                        }
+                    }
+                }
+            };
+            match joined {
+                Some(joined) => joined.context("a worker task panicked")?,
+                None => break,
+            }
         }
         // The consumers are gone: say so now rather than leave `consuming` to go stale.
         let last = self.context.monitor.beat(&self.context.applier.db);
@@ -256,6 +287,9 @@ impl Worker {
         Ok(())
     }
 }
+
+/// How long a stopping worker waits for its tasks to finish what they hold.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
 /// `<hostname>:<pid>`: unique among the workers of a host, recognisable on the dashboard.
 fn default_worker_name() -> String {
