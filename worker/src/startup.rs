@@ -13,6 +13,7 @@ use orderflow_shared::amqp::{self, Publisher, SharedConnection, Topology};
 use orderflow_shared::config::CommonConfig;
 use orderflow_shared::db::{self, SchemaError};
 use orderflow_shared::shutdown::CancellationToken;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -197,42 +198,51 @@ impl Worker {
     /// Runs every task until `shutdown` fires, then waits for each to finish what it holds.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut tasks = tokio::task::JoinSet::new();
+        // What each task is, to name those that do not stop in time.
+        let mut names: HashMap<tokio::task::Id, String> = HashMap::new();
         for partition in 0..self.config.common.partitions {
-            tasks.spawn(consumer::run(
+            let task = tasks.spawn(consumer::run(
                 self.context.clone(),
                 partition,
                 shutdown.clone(),
             ));
+            names.insert(task.id(), format!("partition {partition} consumer"));
         }
         let db = self.context.applier.db.clone();
         let (publisher, topology) = (self.relay_publisher.clone(), self.context.topology.clone());
         let stop = shutdown.clone();
-        tasks.spawn(async move { outbox::run_outbox_relay(db, &publisher, &topology, stop).await });
+        let task = tasks
+            .spawn(async move { outbox::run_outbox_relay(db, &publisher, &topology, stop).await });
+        names.insert(task.id(), "outbox relay".into());
         let db = self.context.applier.db.clone();
         let (publisher, topology) = (self.relay_publisher.clone(), self.context.topology.clone());
         let after = Duration::from_millis(self.config.republish_after_ms.max(100));
         let park_timeout = Duration::from_millis(self.config.park_timeout_ms);
         let stop = shutdown.clone();
-        tasks.spawn(async move {
+        let task = tasks.spawn(async move {
             outbox::run_command_relay(db, &publisher, &topology, after, park_timeout, stop).await
         });
+        names.insert(task.id(), "command relay".into());
         let (context, db, stop) = (
             self.context.clone(),
             self.context.applier.db.clone(),
             shutdown.clone(),
         );
-        tasks.spawn(async move { context.monitor.run_heartbeat(db, stop).await });
+        let task = tasks.spawn(async move { context.monitor.run_heartbeat(db, stop).await });
+        names.insert(task.id(), "heartbeat".into());
         let (context, db, stop) = (
             self.context.clone(),
             self.context.applier.db.clone(),
             shutdown.clone(),
         );
-        tasks.spawn(async move {
+        let task = tasks.spawn(async move {
             let (monitor, connection, topology) =
                 (&context.monitor, &context.connection, &context.topology);
             monitor.run_sampler(db, connection, topology, stop).await
         });
-        tasks.spawn(metrics::serve(self.metrics_listener, shutdown.clone()));
+        names.insert(task.id(), "partition sampler".into());
+        let task = tasks.spawn(metrics::serve(self.metrics_listener, shutdown.clone()));
+        names.insert(task.id(), "metrics listener".into());
         tracing::info!(
             partitions = self.config.common.partitions,
             namespace = self.config.common.namespace,
@@ -247,18 +257,21 @@ impl Worker {
         loop {
             let joined = match deadline {
                 None => tokio::select! {
-                    joined = tasks.join_next() => joined,
+                    joined = tasks.join_next_with_id() => joined,
                     _ = shutdown.cancelled() => {
                         deadline = Some(tokio::time::Instant::now() + SHUTDOWN_GRACE);
                         continue;
                     }
                 },
                 Some(deadline) => {
-                    match tokio::time::timeout_at(deadline, tasks.join_next()).await {
+                    match tokio::time::timeout_at(deadline, tasks.join_next_with_id()).await {
                         Ok(joined) => joined,
                         Err(_) => {
+                            let mut running: Vec<&str> =
+                                names.values().map(String::as_str).collect();
+                            running.sort_unstable();
                             tracing::error!(
-                                still_running = tasks.len(),
+                                ?running,
                                 grace = ?SHUTDOWN_GRACE,
                                 "worker tasks did not stop within the grace period; aborting them (their messages are redelivered)"
                             );
@@ -270,7 +283,12 @@ impl Worker {
                 }
             };
             match joined {
-                Some(joined) => joined.context("a worker task panicked")?,
+                Some(Ok((id, ()))) => {
+                    names.remove(&id);
+                }
+                Some(Err(e)) => {
+                    return Err(anyhow::Error::from(e).context("a worker task panicked"));
+                }
                 None => break,
             }
         }
