@@ -349,16 +349,11 @@ async fn apply_with_retries(
 
 /// Publishes the message to the dead-letter exchange with the reason, and waits for the confirm.
 async fn dead_letter(ctx: &Context, delivery: &Delivery, reason: &str) -> anyhow::Result<()> {
-    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-    headers.insert(REASON_HEADER.into(), AMQPValue::LongString(reason.into()));
-    headers.insert(
-        "x-orderflow-queue".into(),
-        AMQPValue::LongString(delivery.routing_key.as_str().into()),
-    );
+    let headers = delivery.properties.headers().clone().unwrap_or_default();
     let message = Outgoing {
         routing_key: "",
         body: &delivery.data,
-        properties: json_properties().with_headers(headers),
+        properties: dead_letter_properties(headers, reason, delivery.routing_key.as_str()),
     };
     ctx.publisher
         .publish_batch(&ctx.topology.dead_letter_exchange(), &[message], true)
@@ -366,4 +361,19 @@ async fn dead_letter(ctx: &Context, delivery: &Delivery, reason: &str) -> anyhow
         .pop()
         .expect("one result per message")?;
     Ok(())
+}
+
+/// A dead letter's properties: the message's own headers plus why it was dead-lettered and the
+/// partition queue it came from.
+pub(crate) fn dead_letter_properties(
+    mut headers: FieldTable,
+    reason: &str,
+    queue: &str,
+) -> lapin::BasicProperties {
+    headers.insert(REASON_HEADER.into(), AMQPValue::LongString(reason.into()));
+    headers.insert(
+        "x-orderflow-queue".into(),
+        AMQPValue::LongString(queue.into()),
+    );
+    json_properties().with_headers(headers)
 }

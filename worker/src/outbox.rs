@@ -154,12 +154,9 @@ pub async fn run_command_relay(
             _ = tick.tick() => {}
             _ = shutdown.cancelled() => break,
         }
-        for (why, pass) in [
-            (Stale::Unconfirmed, "unconfirmed"),
-            (Stale::Overtaken, "overtaken"),
-        ] {
-            if let Err(e) = republish_stale(&db, publisher, topology, after, why).await {
-                tracing::warn!(error = %e, pass, "command relay failed; will retry");
+        for which in [Stale::Unconfirmed, Stale::Overtaken] {
+            if let Err(e) = republish_stale(&db, publisher, topology, after, which).await {
+                tracing::warn!(error = %e, pass = which.label(), "command relay failed; will retry");
             }
         }
         if let Err(e) = crate::parked::fail_expired(&db, publisher, topology, park_timeout).await {

@@ -5,10 +5,11 @@
 //! failed, with its status event, in one transaction.
 
 use crate::apply::{finish, finished};
+use crate::consumer::dead_letter_properties;
 use crate::metrics;
 use crate::outbox::BATCH;
-use lapin::types::{AMQPValue, FieldTable};
-use orderflow_shared::amqp::{Outgoing, Publisher, REASON_HEADER, Topology, json_properties};
+use lapin::types::FieldTable;
+use orderflow_shared::amqp::{Outgoing, Publisher, Topology};
 use orderflow_shared::contract::CommandMessage;
 use orderflow_shared::db::commands::{self, CommandStatus};
 use orderflow_shared::db::observability::{self, NewDeadLetter};
@@ -50,21 +51,10 @@ pub async fn fail_expired(
         .iter()
         .zip(&reasons)
         .zip(&queues)
-        .map(|((body, reason), queue)| {
-            let mut headers = FieldTable::default();
-            headers.insert(
-                REASON_HEADER.into(),
-                AMQPValue::LongString(reason.as_str().into()),
-            );
-            headers.insert(
-                "x-orderflow-queue".into(),
-                AMQPValue::LongString(queue.as_str().into()),
-            );
-            Outgoing {
-                routing_key: "",
-                body,
-                properties: json_properties().with_headers(headers),
-            }
+        .map(|((body, reason), queue)| Outgoing {
+            routing_key: "",
+            body,
+            properties: dead_letter_properties(FieldTable::default(), reason, queue),
         })
         .collect();
     // Dead-lettered first: a crash before the commit leaves an extra dead letter, never a
