@@ -197,7 +197,7 @@ pub async fn submit(state: &AppState, s: Submission<'_>) -> Result<Accepted, Api
     // command will never run; anything uncertain answers 202 and leaves it to the relay.
     match published {
         Ok(()) => {
-            if let Err(e) = commands::mark_published(&state.db, &[command_id.0]).await {
+            if let Err(e) = state.confirms.record(command_id).await {
                 // The broker has it; the relay may republish it, which the inbox makes harmless.
                 tracing::warn!(%command_id, error = %e, "could not record the broker's confirm");
             }

@@ -1,6 +1,7 @@
 //! orderflow's HTTP API as a library, so tests run the real thing in-process.
 
 pub mod cli;
+pub mod confirms;
 pub mod dashboard;
 pub mod error;
 pub mod extract;

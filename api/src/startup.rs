@@ -1,6 +1,7 @@
 //! Building and running the API: configuration, migrations, the topology, the listener.
 //! Tests use [`Application::build`] with port 0 and [`Application::port`].
 
+use crate::confirms::Confirms;
 use crate::dashboard::hub::{Hub, Thresholds};
 use crate::keys::Keys;
 use crate::limits::Limits;
@@ -157,6 +158,7 @@ impl Application {
             .with_context(|| format!("listening on {}", config.listen))?;
         let state = AppState {
             waiters: Waiters::start(pool.clone(), shutdown.clone()),
+            confirms: Confirms::start(pool.clone()),
             db: pool,
             publisher: Arc::new(publisher),
             topology,

@@ -1,5 +1,6 @@
 //! What every handler shares.
 
+use crate::confirms::Confirms;
 use crate::dashboard::hub::Hub;
 use crate::keys::Keys;
 use crate::limits::Limits;
@@ -13,6 +14,8 @@ use std::sync::Arc;
 pub struct AppState {
     pub db: PgPool,
     pub publisher: Arc<Publisher>,
+    /// The broker's confirms, recorded in batches.
+    pub confirms: Confirms,
     pub topology: Topology,
     pub waiters: Waiters,
     pub limits: Limits,

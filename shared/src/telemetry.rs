@@ -167,6 +167,9 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// Histogram buckets for counts of messages (series named `…_messages`): batch sizes.
+const COUNT_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
+
 /// The process's Prometheus recorder, installed on first use; every `metrics::counter!` and
 /// friends in the process land in it, and `/metrics` renders it. One per process because the
 /// `metrics` facade has one global recorder (tests that run an API and a worker in one process
@@ -177,6 +180,11 @@ pub fn prometheus() -> &'static metrics_exporter_prometheus::PrometheusHandle {
     HANDLE.get_or_init(|| {
         let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
             .set_buckets(LATENCY_BUCKETS)
+            .expect("the bucket list is not empty")
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Suffix("_messages".into()),
+                COUNT_BUCKETS,
+            )
             .expect("the bucket list is not empty")
             .install_recorder()
             .expect("no other metrics recorder is installed in this process");

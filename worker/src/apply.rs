@@ -19,7 +19,7 @@ use chrono::{SubsecRound, Utc};
 use orderflow_shared::contract::{CommandMessage, ContractError};
 use orderflow_shared::db::commands::{self, CommandRow, CommandStatus, Delivered};
 use orderflow_shared::db::observability::{self, NewDeadLetter};
-use orderflow_shared::db::{orders, outbox};
+use orderflow_shared::db::{inventory, orders, outbox};
 use orderflow_shared::domain::{
     Command, CommandId, CommandKind, Event, Order, Rejection, decide, order::evolve,
 };
@@ -28,6 +28,7 @@ use serde_json::json;
 use sqlx::{Acquire, PgConnection, PgPool};
 use std::sync::Arc;
 use std::time::Instant;
+use tracing::Instrument;
 
 /// What became of a message.
 #[derive(Debug, PartialEq, Eq)]
@@ -68,6 +69,14 @@ pub struct Handled {
     pub finished: usize,
 }
 
+/// One message of a batch ([`Applier::handle_batch`]).
+pub struct BatchItem<'a> {
+    pub body: &'a [u8],
+    pub delivery: Delivery,
+    /// The message's own span: its apply is logged inside it.
+    pub span: tracing::Span,
+}
+
 /// The message in hand when its own command is failed and the message dead-lettered.
 pub struct OwnMessage<'a> {
     /// Checked against the recorded command (a stranger reusing the id must not fail it);
@@ -101,7 +110,21 @@ pub struct Applier {
 #[derive(Default)]
 struct Tally {
     finished: Vec<FinishedCommand>,
-    recorded: Option<CommandKind>,
+    /// Kinds of the direct producers' commands it recorded.
+    recorded: Vec<CommandKind>,
+    parked: usize,
+}
+
+impl Tally {
+    /// Counts what a committed transaction did.
+    fn record(&self) {
+        self.recorded
+            .iter()
+            .copied()
+            .for_each(metrics::command_accepted);
+        self.finished.iter().for_each(FinishedCommand::record);
+        (0..self.parked).for_each(|_| metrics::parked());
+    }
 }
 
 impl Applier {
@@ -134,14 +157,63 @@ impl Applier {
                 finished: 0,
             });
         }
-        if let Some(kind) = tally.recorded {
-            metrics::command_accepted(kind);
-        }
-        tally.finished.iter().for_each(FinishedCommand::record);
+        tally.record();
         Ok(Handled {
             outcome,
             finished: tally.finished.len(),
         })
+    }
+
+    /// Applies a partition's ready messages, in order, in one transaction: one commit, and the
+    /// caller acks them all after it. `Ok(Some(n))`: committed, every message's command
+    /// finished (or parked), `n` commands finished in all. `Ok(None)`: a message needs more than
+    /// that (a duplicate, a message that is not a command, a command that fails); nothing was
+    /// committed, and the caller handles the messages one by one, each in its own transaction.
+    /// `Err`: nothing was committed either.
+    pub async fn handle_batch(
+        &self,
+        items: &[BatchItem<'_>],
+        partition: u16,
+    ) -> Result<Option<usize>, ApplyError> {
+        let started = Instant::now();
+        let mut tally = Tally::default();
+        let result = self.batch_transaction(items, partition, &mut tally).await;
+        metrics::apply_duration(started.elapsed());
+        if !result? {
+            return Ok(None);
+        }
+        tally.record();
+        Ok(Some(tally.finished.len()))
+    }
+
+    async fn batch_transaction(
+        &self,
+        items: &[BatchItem<'_>],
+        partition: u16,
+        tally: &mut Tally,
+    ) -> Result<bool, ApplyError> {
+        let Ok(messages) = items
+            .iter()
+            .map(|item| self.read(item.body, partition))
+            .collect::<Result<Vec<_>, _>>()
+        else {
+            return Ok(false);
+        };
+        let mut tx = self.db.begin().await?;
+        lock_stock(&mut tx, &messages).await?;
+        for (item, message) in items.iter().zip(&messages) {
+            let outcome = self
+                .apply_message(&mut tx, message, partition, &item.delivery, tally)
+                .instrument(item.span.clone())
+                .await?;
+            if !matches!(outcome, Outcome::Finished(_) | Outcome::Parked) {
+                return Ok(false);
+            }
+        }
+        // The race audit's "worker killed inside the transaction" (`failpoints` builds only).
+        fail::fail_point!("apply.before_commit", |_| std::process::abort());
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn transaction(
@@ -151,29 +223,52 @@ impl Applier {
         delivery: &Delivery,
         tally: &mut Tally,
     ) -> Result<Outcome, ApplyError> {
-        let message = match CommandMessage::parse(body) {
+        let message = match self.read(body, partition) {
             Ok(message) => message,
-            Err(e) => {
-                return Ok(Outcome::Poison(Failure::new(
-                    contract_code(&e),
-                    e.to_string(),
-                )));
-            }
+            Err(failure) => return Ok(Outcome::Poison(failure)),
         };
+        let mut tx = self.db.begin().await?;
+        let outcome = self
+            .apply_message(&mut tx, &message, partition, delivery, tally)
+            .await?;
+        if matches!(outcome, Outcome::Finished(_) | Outcome::Parked) {
+            // The race audit's "worker killed inside the transaction" (`failpoints` builds only).
+            fail::fail_point!("apply.before_commit", |_| std::process::abort());
+            tx.commit().await?;
+        }
+        Ok(outcome)
+    }
+
+    /// The message's command, if the message is a command that belongs on `partition`.
+    fn read(&self, body: &[u8], partition: u16) -> Result<CommandMessage, Failure> {
+        let message = CommandMessage::parse(body)
+            .map_err(|e| Failure::new(contract_code(&e), e.to_string()))?;
         let expected_partition = partition_of(message.order_id, self.partitions);
         if expected_partition != partition {
-            return Ok(Outcome::Poison(Failure::new(
+            return Err(Failure::new(
                 "wrong_partition",
                 format!(
                     "routed to partition {partition}, but order {} belongs to partition {expected_partition}",
                     message.order_id
                 ),
-            )));
+            ));
         }
-        let mut tx = self.db.begin().await?;
-        let row = match commands::lock(&mut tx, message.command_id).await? {
+        Ok(message)
+    }
+
+    /// Applies one message in `tx`. Only a `Finished` or `Parked` outcome may be committed;
+    /// after any other one `tx` must be rolled back (it may have written).
+    async fn apply_message(
+        &self,
+        tx: &mut PgConnection,
+        message: &CommandMessage,
+        partition: u16,
+        delivery: &Delivery,
+        tally: &mut Tally,
+    ) -> Result<Outcome, ApplyError> {
+        let row = match commands::lock(&mut *tx, message.command_id).await? {
             Some(row) => {
-                if !same_command(&row, &message) {
+                if !same_command(&row, message) {
                     return Ok(Outcome::Poison(Failure::new(
                         "command_id_reused",
                         format!(
@@ -184,19 +279,16 @@ impl Applier {
                 }
                 row
             }
-            None => match direct::record(&mut tx, &message, partition, delivery).await? {
+            None => match direct::record(&mut *tx, message, partition, delivery).await? {
                 Ok(row) => {
-                    tally.recorded = Some(row.kind);
+                    tally.recorded.push(row.kind);
                     row
                 }
                 Err(failure) => return Ok(Outcome::Poison(failure)),
             },
         };
         if self.sabotage == Sabotage::SkipInbox && row.status == CommandStatus::Applied {
-            let status = self
-                .apply_one(&mut tx, &row, delivery.delivered, tally)
-                .await?;
-            tx.commit().await?;
+            let status = self.apply_one(tx, &row, delivery.delivered, tally).await?;
             return Ok(Outcome::Finished(status));
         }
         if row.status == CommandStatus::Failed {
@@ -209,7 +301,7 @@ impl Applier {
         if row.status.is_final() {
             return Ok(Outcome::Duplicate);
         }
-        let stream = commands::lock_stream(&mut tx, row.order_id).await?;
+        let stream = commands::lock_stream(&mut *tx, row.order_id).await?;
         let processed = stream.processed_seq;
         if row.seq <= processed {
             return Ok(Outcome::Duplicate);
@@ -218,7 +310,7 @@ impl Applier {
         let earlier = if row.seq == processed + 1 {
             Vec::new()
         } else {
-            commands::lock_between(&mut tx, row.order_id, processed, row.seq).await?
+            commands::lock_between(&mut *tx, row.order_id, processed, row.seq).await?
         };
         if earlier.len() as i64 != row.seq - processed - 1 {
             // An earlier seq is reserved but not recorded: the order's create has not reached
@@ -227,9 +319,8 @@ impl Applier {
                 command_id = %row.id, order_id = %row.order_id, seq = row.seq,
                 "parking the command until the earlier commands of its order arrive"
             );
-            commands::park(&mut tx, row.id, row.order_id).await?;
-            tx.commit().await?;
-            metrics::parked();
+            commands::park(&mut *tx, row.id, row.order_id).await?;
+            tally.parked += 1;
             return Ok(Outcome::Parked);
         }
         for earlier in earlier {
@@ -239,24 +330,21 @@ impl Applier {
                     "applying an earlier command of the order first (its message is late)"
                 );
                 // Not its own delivery: its timeline keeps no delivered_at/attempt.
-                self.apply_one(&mut tx, &earlier, None, tally)
+                self.apply_one(tx, &earlier, None, tally)
                     .await
                     .map_err(|e| e.blame(earlier.id))?;
             }
         }
         let status = self
-            .apply_one(&mut tx, &row, delivery.delivered, tally)
+            .apply_one(tx, &row, delivery.delivered, tally)
             .await
             .map_err(|e| e.blame(row.id))?;
         let processed = if stream.has_parked {
-            self.apply_parked_after(&mut tx, &row, tally).await?
+            self.apply_parked_after(tx, &row, tally).await?
         } else {
             row.seq
         };
-        commands::set_processed(&mut tx, row.order_id, processed).await?;
-        // The race audit's "worker killed inside the transaction" (`failpoints` builds only).
-        fail::fail_point!("apply.before_commit", |_| std::process::abort());
-        tx.commit().await?;
+        commands::set_processed(&mut *tx, row.order_id, processed).await?;
         Ok(Outcome::Finished(status))
     }
 
@@ -391,6 +479,41 @@ impl Applier {
         tracing::debug!(command_id = %row.id, order_id = %row.order_id, version = order.version, "command applied");
         Ok(status)
     }
+}
+
+/// Locks, in SKU order, every stock row that the batch's commands may move, before any of them
+/// runs. Each command moves its own SKUs in sorted order; commands one after another in one
+/// transaction would not (reserve B, then ship A), and two workers doing that deadlock. Only
+/// batches with two or more such commands need it. The SKUs are the orders' lines now plus any
+/// line the batch adds first. (A late earlier command applied ahead of its message may still
+/// touch another SKU; a deadlock that causes is retried like any other.)
+async fn lock_stock(tx: &mut PgConnection, messages: &[CommandMessage]) -> sqlx::Result<()> {
+    let moving: Vec<uuid::Uuid> = messages
+        .iter()
+        .filter(|m| {
+            matches!(
+                m.command.kind(),
+                CommandKind::Reserve | CommandKind::Ship | CommandKind::Cancel
+            )
+        })
+        .map(|m| m.order_id.0)
+        .collect();
+    if moving.len() < 2 {
+        return Ok(());
+    }
+    let added: Vec<String> = messages
+        .iter()
+        .flat_map(|m| match &m.command {
+            Command::Create { items, .. } => items
+                .as_slice()
+                .iter()
+                .map(|item| item.sku.as_str().to_owned())
+                .collect(),
+            Command::AddItem { sku, .. } => vec![sku.as_str().to_owned()],
+            _ => Vec::new(),
+        })
+        .collect();
+    inventory::lock_for_orders(tx, &moving, &added).await
 }
 
 /// The failing part of [`Applier::fail`], inside its transaction.

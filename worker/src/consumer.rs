@@ -1,10 +1,12 @@
-//! The AMQP loop of one partition: consume, hand each message to the [`Applier`], ack after the
-//! commit. One message is applied at a time; the prefetch window only keeps the next ones close.
-//! On shutdown the message being applied is finished and acked before the channel closes. Each
-//! message is handled inside its own span (partition, command and order ids, trace id), which
-//! continues the trace named by the message's `traceparent` header.
+//! The AMQP loop of one partition: consume, hand the messages to the [`Applier`], ack after the
+//! commit. Messages are applied one at a time, in order; those the broker has already pushed
+//! when a transaction ends (up to `batch_max`, from the prefetch window) are applied together in
+//! the next one and acked together after its commit. On shutdown the messages in hand are
+//! finished and acked before the channel closes. Each message is handled inside its own span
+//! (partition, command and order ids, trace id), which continues the trace named by the
+//! message's `traceparent` header.
 
-use crate::apply::{Applier, Delivery as DeliveryInfo, Handled, Outcome, OwnMessage};
+use crate::apply::{Applier, BatchItem, Delivery as DeliveryInfo, Handled, Outcome, OwnMessage};
 use crate::error::{ApplyError, Failure};
 use crate::metrics;
 use crate::monitor::Monitor;
@@ -39,6 +41,9 @@ pub struct Context {
     pub publisher: Publisher,
     /// Messages the broker may push ahead of the one being applied.
     pub prefetch: u16,
+    /// Most messages applied in one transaction (those already pushed when the previous
+    /// transaction ended).
+    pub batch_max: usize,
     /// A redelivered message that workers started applying more than this many times is
     /// dead-lettered (with a reason, its command failed) before the broker's own delivery limit
     /// would drop it without one.
@@ -86,7 +91,7 @@ async fn consume(
         .basic_qos(ctx.prefetch, BasicQosOptions::default())
         .await?;
     let queue = ctx.topology.partition_queue(partition);
-    let mut consumer = channel
+    let consumer = channel
         .basic_consume(
             queue.as_str().into(),
             "".into(),
@@ -100,19 +105,34 @@ async fn consume(
         queue,
         "consuming (active when the broker makes this consumer the single active one)"
     );
+    // Whatever the broker has already pushed arrives together, up to a batch.
+    let mut deliveries = consumer.ready_chunks(ctx.batch_max.max(1));
     loop {
         let next = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
-            next = consumer.next() => next,
+            next = deliveries.next() => next,
         };
-        let delivery = match next {
-            Some(Ok(delivery)) => delivery,
-            Some(Err(e)) => return Err(e.into()),
-            None => anyhow::bail!("the broker cancelled the consumer"),
+        let Some(ready) = next else {
+            anyhow::bail!("the broker cancelled the consumer");
         };
-        // Not cancelled by shutdown: the message in hand is finished and acked first.
-        handle(ctx, partition, &delivery, shutdown).await?;
+        let mut received = Vec::with_capacity(ready.len());
+        let mut broken = None;
+        for delivery in ready {
+            match delivery {
+                Ok(delivery) => received.push(delivery),
+                Err(e) => {
+                    // The ones after it stay unacked; the broker redelivers them.
+                    broken = Some(e);
+                    break;
+                }
+            }
+        }
+        // Not cancelled by shutdown: the messages in hand are finished and acked first.
+        handle_ready(ctx, partition, &received, shutdown).await?;
+        if let Some(e) = broken {
+            return Err(e.into());
+        }
     }
     // Unacked prefetched messages go back to the queue when the channel closes.
     let _ = channel.close(200, "worker shutting down".into()).await;
@@ -130,16 +150,102 @@ enum Verdict {
     },
 }
 
-/// Applies one delivery and acks it; `Err` leaves it unacked (the channel is then dropped and the
-/// broker redelivers it to whoever holds the partition next). Everything is logged inside the
-/// message's span: its partition, command and order ids, and the trace it continues (the
-/// message's `traceparent` header) or starts.
-async fn handle(
+/// A message as it arrived, with the span it is handled in.
+struct Incoming<'a> {
+    delivery: &'a Delivery,
+    message: Option<CommandMessage>,
+    traceparent: Option<String>,
+    received: chrono::DateTime<Utc>,
+    /// Carries its partition, command and order ids, and the trace it continues (the message's
+    /// `traceparent` header) or starts.
+    span: tracing::Span,
+}
+
+/// Handles messages that arrived together, in order, each acked after its commit. Runs of fresh
+/// messages (not redelivered) are applied in one transaction per run and acked together; a
+/// redelivered one is handled on its own, since it may have been applied already, or may be
+/// the one that keeps killing workers.
+async fn handle_ready(
     ctx: &Context,
     partition: u16,
-    delivery: &Delivery,
+    deliveries: &[Delivery],
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
+    let mut rest = deliveries;
+    while let Some(first) = rest.first() {
+        let fresh = rest.iter().take_while(|d| !d.redelivered).count();
+        if fresh >= 2 {
+            let (run, after) = rest.split_at(fresh);
+            handle_batch(ctx, partition, run, shutdown).await?;
+            rest = after;
+        } else {
+            handle(ctx, partition, receive(ctx, partition, first), shutdown).await?;
+            rest = &rest[1..];
+        }
+    }
+    Ok(())
+}
+
+/// Applies fresh messages in one transaction and acks them together after its commit. When
+/// they cannot be committed together (one of them needs more than an apply: a duplicate, a
+/// message that is not a command, a command that fails; or the transaction failed), each is
+/// handled on its own instead, as if it had arrived alone.
+async fn handle_batch(
+    ctx: &Context,
+    partition: u16,
+    deliveries: &[Delivery],
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let incoming: Vec<Incoming> = deliveries
+        .iter()
+        .map(|delivery| receive(ctx, partition, delivery))
+        .collect();
+    let items: Vec<BatchItem> = incoming
+        .iter()
+        .map(|m| BatchItem {
+            body: &m.delivery.data,
+            delivery: DeliveryInfo {
+                delivered: Some(Delivered {
+                    at: m.received,
+                    attempt: 1,
+                }),
+                traceparent: m.traceparent.clone(),
+            },
+            span: m.span.clone(),
+        })
+        .collect();
+    match ctx.applier.handle_batch(&items, partition).await {
+        Ok(Some(finished)) => {
+            ctx.monitor.finished(partition, finished);
+            // The race audit's "worker killed between commit and ack" (`failpoints` builds only).
+            fail::fail_point!("consume.after_commit_before_ack", |_| std::process::abort());
+            let last = deliveries.last().expect("a batch has messages");
+            last.ack(BasicAckOptions { multiple: true }).await?;
+            metrics::batch_applied(deliveries.len());
+            return Ok(());
+        }
+        Ok(None) => {
+            tracing::debug!(
+                partition,
+                messages = deliveries.len(),
+                "a message of the batch needs handling on its own; applying them one by one"
+            );
+        }
+        Err(e) => {
+            tracing::info!(
+                partition, messages = deliveries.len(), error = %e,
+                "the batch's transaction failed; applying its messages one by one"
+            );
+        }
+    }
+    for message in incoming {
+        handle(ctx, partition, message, shutdown).await?;
+    }
+    Ok(())
+}
+
+/// Notes the delivery and opens its span.
+fn receive<'a>(ctx: &Context, partition: u16, delivery: &'a Delivery) -> Incoming<'a> {
     let received = Utc::now();
     ctx.monitor
         .delivered(partition, delivery.redelivered, received);
@@ -167,7 +273,31 @@ async fn handle(
     }
     let traceparent = header_str(&delivery.properties, TRACEPARENT);
     telemetry::accept_traceparent(&span, traceparent);
-    let traceparent = traceparent.map(str::to_owned);
+    Incoming {
+        delivery,
+        message,
+        traceparent: traceparent.map(str::to_owned),
+        received,
+        span,
+    }
+}
+
+/// Applies one message and acks it; `Err` leaves it unacked (the channel is then dropped and the
+/// broker redelivers it to whoever holds the partition next). Everything is logged inside the
+/// message's span.
+async fn handle(
+    ctx: &Context,
+    partition: u16,
+    incoming: Incoming<'_>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let Incoming {
+        delivery,
+        message,
+        traceparent,
+        received,
+        span,
+    } = incoming;
     process(
         ctx,
         partition,

@@ -20,6 +20,7 @@ pub const COMMANDS_ACCEPTED: &str = "orderflow_commands_accepted_total";
 pub const VERSION_CONFLICTS: &str = "orderflow_version_conflicts_total";
 pub const ACCEPT_TO_FINISHED: &str = "orderflow_accept_to_applied_seconds";
 pub const APPLY_DURATION: &str = "orderflow_apply_duration_seconds";
+pub const APPLY_BATCH_SIZE: &str = "orderflow_apply_batch_messages";
 pub const INBOX_DUPLICATES: &str = "orderflow_inbox_duplicates_total";
 pub const REDELIVERIES: &str = "orderflow_redeliveries_total";
 pub const DEAD_LETTERS: &str = "orderflow_dead_letters_total";
@@ -68,6 +69,11 @@ pub fn command_accepted(kind: CommandKind) {
 
 pub fn apply_duration(elapsed: Duration) {
     histogram!(APPLY_DURATION).record(elapsed.as_secs_f64());
+}
+
+/// Messages applied together in one committed transaction (only batches of two or more).
+pub fn batch_applied(messages: usize) {
+    histogram!(APPLY_BATCH_SIZE).record(messages as f64);
 }
 
 pub fn inbox_duplicate() {

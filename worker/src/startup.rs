@@ -32,6 +32,13 @@ pub struct WorkerConfig {
     #[arg(long, env = "ORDERFLOW_PREFETCH", default_value_t = 32)]
     pub prefetch: u16,
 
+    /// Most messages of a partition applied in one transaction: those already delivered when
+    /// the previous transaction ends, applied in order and acked together after the commit.
+    /// 1 applies every message in its own transaction.
+    #[arg(long, env = "ORDERFLOW_BATCH_MAX", default_value_t = 16,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub batch_max: u16,
+
     /// Dead-letter a redelivered message (and fail its command) once workers started applying it
     /// more than this many times without finishing. Below the queue's own delivery limit, so the
     /// reason is recorded.
@@ -173,6 +180,7 @@ impl Worker {
                 &format!("orderflow-worker {} consumers", common.namespace),
             ),
             prefetch: config.prefetch,
+            batch_max: usize::from(config.batch_max),
             poison_after_deliveries: config.poison_after_deliveries,
             monitor: Arc::new(Monitor::new(worker_name, common.partitions)),
         });

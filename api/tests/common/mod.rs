@@ -152,15 +152,10 @@ impl TestApp {
         common.amqp_url = amqp_url();
         common.queue_max_length = self.options.queue_max_length;
         WorkerConfig {
-            common,
-            prefetch: 32,
-            poison_after_deliveries: 5,
             republish_after_ms: 1000,
             park_timeout_ms: self.options.park_timeout_ms.unwrap_or(30_000),
             payment_decline_over_cents: self.options.decline_over_cents,
-            sabotage: Default::default(),
-            metrics_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-            worker_name: None,
+            ..WorkerConfig::with_defaults(common)
         }
     }
 

@@ -18,6 +18,8 @@ use serde_json::json;
 
 /// Pause before connecting again after the broker dropped the producer.
 const RECONNECT_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
+/// Longest wait for the broker's confirm of one publish.
+const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// An open connection (kept for the channel's life) and its confirming channel.
 type Link = (lapin::Connection, lapin::Channel);
@@ -64,9 +66,9 @@ impl Producer {
             .with_delivery_mode(2);
         let mut link = self.link.lock().await;
         if link.is_none() {
-            match open(&self.amqp_url).await {
-                Ok(opened) => *link = Some(opened),
-                Err(_) => {
+            match tokio::time::timeout(CONFIRM_TIMEOUT, open(&self.amqp_url)).await {
+                Ok(Ok(opened)) => *link = Some(opened),
+                Ok(Err(_)) | Err(_) => {
                     tokio::time::sleep(RECONNECT_PAUSE).await;
                     return false;
                 }
@@ -89,9 +91,12 @@ impl Producer {
                 .await?
                 .await
         };
-        match confirm.await {
-            Ok(confirmation) => matches!(confirmation, Confirmation::Ack(None)),
-            Err(_) => {
+        // Bounded: a confirm lost with a connection the broker closed mid-publish never comes
+        // (seen once: the whole audit waited on it). Its outcome is then unknown, as after an
+        // error: the message may or may not have been taken.
+        match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
+            Ok(Ok(confirmation)) => matches!(confirmation, Confirmation::Ack(None)),
+            Ok(Err(_)) | Err(_) => {
                 // The connection or channel is gone: open a new one next time.
                 *link = None;
                 false

@@ -396,10 +396,14 @@ pub async fn lock_between(
     Ok(rows.into_iter().map(|r| command_row!(r)).collect())
 }
 
-/// Records the broker's confirm.
+/// Records the broker's confirm. Rows locked by a worker are skipped, not waited for: the
+/// worker is applying that command, and [`finish`] records when its message arrived instead.
 pub async fn mark_published(db: impl PgExecutor<'_>, ids: &[uuid::Uuid]) -> sqlx::Result<()> {
     sqlx::query!(
-        "update commands set published_at = now() where id = any($1) and published_at is null",
+        "update commands set published_at = now()
+         where id in (select id from commands
+                      where id = any($1) and published_at is null
+                      for update skip locked)",
         ids
     )
     .execute(db)
@@ -501,8 +505,10 @@ pub struct Delivered {
 }
 
 /// Ends a command: applied, rejected (with its reason) or failed (with why). Wakes long-polls.
-/// `delivered` is `None` for a command finished without its own message in hand (applied ahead
-/// of a late message, or failed while another message was being applied).
+/// A message in hand was published: its arrival stands in for a confirm the API could not record
+/// (see [`mark_published`]). `delivered` is `None` for a command finished without its own
+/// message in hand (applied ahead of a late message, or failed while another message was being
+/// applied).
 pub async fn finish(
     conn: &mut PgConnection,
     id: CommandId,
@@ -518,7 +524,8 @@ pub async fn finish(
     sqlx::query!(
         r#"with finished as (
              update commands set status = $2, reason = $3, result_version = $4,
-                                 finished_at = clock_timestamp(), delivered_at = $5, attempt = $6
+                                 finished_at = clock_timestamp(), delivered_at = $5, attempt = $6,
+                                 published_at = coalesce(published_at, $5)
              where id = $1
              returning id)
          select count(pg_notify($7, id::text)) as "notified!" from finished"#,

@@ -53,6 +53,29 @@ pub async fn ship(conn: &mut PgConnection, sku: &Sku, quantity: i64) -> sqlx::Re
     Ok(done.rows_affected() == 1)
 }
 
+/// Locks the stock rows of the orders' lines and of `skus`, in SKU order (the lock order), for
+/// a transaction that will move several orders' stock.
+pub async fn lock_for_orders(
+    conn: &mut PgConnection,
+    order_ids: &[uuid::Uuid],
+    skus: &[String],
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "select sku from inventory
+         where sku in (select line->>'sku' from orders, jsonb_array_elements(items) line
+                       where id = any($1)
+                       union
+                       select unnest($2::text[]))
+         order by sku
+         for update",
+        order_ids,
+        skus
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(())
+}
+
 /// Sets the available stock of a SKU (an admin's restock or count), creating the SKU if new.
 pub async fn set_available(
     db: impl PgExecutor<'_>,

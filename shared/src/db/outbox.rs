@@ -21,16 +21,13 @@ pub async fn push(
     routing_key: &str,
     payload: &serde_json::Value,
 ) -> sqlx::Result<()> {
+    // One round trip: the insert runs whatever the select reads.
     sqlx::query!(
-        "insert into outbox (order_id, routing_key, payload) values ($1, $2, $3)",
+        "with queued as (insert into outbox (order_id, routing_key, payload) values ($1, $2, $3))
+         select 1 as notified from pg_notify($4, '')",
         order_id.0,
         routing_key,
-        payload
-    )
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query!(
-        "select 1 as notified from pg_notify($1, '')",
+        payload,
         super::OUTBOX_CHANNEL
     )
     .fetch_one(conn)

@@ -183,6 +183,11 @@ impl Stack {
         tx
     }
 
+    /// A new channel on the stack's connection.
+    pub async fn channel(&self) -> lapin::Channel {
+        self.connection.create_channel().await.unwrap()
+    }
+
     /// A command message of this stack's client.
     pub fn message(
         &self,
