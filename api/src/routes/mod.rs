@@ -51,28 +51,32 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 
 pub fn router(state: AppState, limits: ServerLimits) -> Router {
     // `Router::layer` clones the layer into every route: the concurrency limit must be the global
-    // one (one semaphore shared by the clones), or each route would get its own budget.
+    // one (one semaphore shared by the clones), or each route would get its own budget. Each
+    // `layer` call also boxes every route once more, and a request clones its route's boxes for
+    // as long as it runs (a long-poll: 30 s), so the layers go on in two stacks, not one by one.
     let overload = ServiceBuilder::new()
         .layer(HandleErrorLayer::new(|_: BoxError| async {
             ApiError::Overloaded
         }))
         .load_shed()
         .layer(GlobalConcurrencyLimitLayer::new(limits.max_in_flight))
-        .timeout(limits.request_timeout);
+        .timeout(limits.request_timeout)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+    let every_request = ServiceBuilder::new()
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        .layer(middleware::from_fn(metrics::track_requests))
+        .layer(middleware::from_fn(limit_headers));
     let (api, document) = api();
     api.merge(openapi::router(&document))
         .merge(dashboard::router())
         .route("/metrics", get(metrics::render))
         .fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(overload)
         // Mounted after the overload layer: a live feed must outlive the request timeout (it is
         // capped per client instead, and ends on shutdown).
         .merge(dashboard::streams())
-        .layer(middleware::from_fn(limit_headers))
-        .layer(middleware::from_fn(metrics::track_requests))
-        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        .layer(every_request)
         .with_state(state)
 }
 

@@ -46,7 +46,7 @@ impl NaiveServer {
         let stop = CancellationToken::new();
         let stopped = stop.clone();
         let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
+            let _ = axum::serve(listener, app.into_make_service())
                 .with_graceful_shutdown(async move { stopped.cancelled().await })
                 .await;
         });
