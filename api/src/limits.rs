@@ -29,7 +29,7 @@ const MAX_TRACKED_CLIENTS: u64 = 100_000;
 /// SSE streams per client unless configured (a few dashboard tabs).
 const DEFAULT_MAX_STREAMS: usize = 8;
 /// Commands one order may have accepted but not yet finished unless configured.
-const DEFAULT_MAX_PENDING_PER_ORDER: i64 = 64;
+const DEFAULT_MAX_PENDING_PER_ORDER: i64 = 16;
 /// A client idle this long starts again with a full bucket.
 const IDLE: Duration = Duration::from_secs(600);
 

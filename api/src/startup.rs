@@ -45,7 +45,7 @@ pub struct ApiConfig {
 
     /// Commands one order may have accepted but not yet finished; more answer 429 `order-busy`,
     /// so that a hot order's backlog cannot fill its partition queue ahead of other orders.
-    #[arg(long, env = "ORDERFLOW_MAX_PENDING_PER_ORDER", default_value_t = 64,
+    #[arg(long, env = "ORDERFLOW_MAX_PENDING_PER_ORDER", default_value_t = 16,
           value_parser = clap::value_parser!(i64).range(1..))]
     pub max_pending_per_order: i64,
 

@@ -22,6 +22,7 @@ const SPECS: &[&str] = &[
     "inbox_direct_producer",
     "idempotency_key",
     "order_lock",
+    "confirm_mark",
 ];
 
 #[tokio::test]
@@ -52,6 +53,11 @@ async fn concurrent_requests_with_one_idempotency_key_make_one_command_and_seqs_
 #[tokio::test]
 async fn the_order_row_lock_shows_a_waiting_worker_the_new_version_so_it_conflicts() {
     run_spec("order_lock").await;
+}
+
+#[tokio::test]
+async fn the_brokers_confirm_never_waits_for_a_worker_and_a_final_command_is_published() {
+    run_spec("confirm_mark").await;
 }
 
 #[test]

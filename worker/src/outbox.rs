@@ -232,7 +232,9 @@ pub async fn republish_stale(
         .map(|(row, _)| row.id.0)
         .collect();
     match which {
-        Stale::Unconfirmed => commands::mark_published(&mut *tx, &published).await?,
+        Stale::Unconfirmed => {
+            commands::mark_published(&mut *tx, &published).await?;
+        }
         Stale::Overtaken => commands::mark_republished(&mut *tx, &published).await?,
     }
     tx.commit().await?;

@@ -396,15 +396,32 @@ pub async fn lock_between(
     Ok(rows.into_iter().map(|r| command_row!(r)).collect())
 }
 
-/// Records the broker's confirm. Rows locked by a worker are skipped, not waited for: the
-/// worker is applying that command, and [`finish`] records when its message arrived instead.
-pub async fn mark_published(db: impl PgExecutor<'_>, ids: &[uuid::Uuid]) -> sqlx::Result<()> {
-    sqlx::query!(
+/// Records the broker's confirm; returns the ids it marked. Rows locked by a worker are
+/// skipped, not waited for: the worker is applying that command, and [`finish`] records when
+/// its message arrived. (A caller that must see the mark in place before it answers waits for
+/// such a row with [`mark_published_after_lock`].) Ids already marked are not returned either.
+pub async fn mark_published(
+    db: impl PgExecutor<'_>,
+    ids: &[uuid::Uuid],
+) -> sqlx::Result<Vec<uuid::Uuid>> {
+    sqlx::query_scalar!(
         "update commands set published_at = now()
          where id in (select id from commands
                       where id = any($1) and published_at is null
-                      for update skip locked)",
+                      for update skip locked)
+         returning id",
         ids
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// Records the broker's confirm of one command, waiting for the row lock of a worker that is
+/// applying it; once that worker committed, the command is final and marked already.
+pub async fn mark_published_after_lock(db: impl PgExecutor<'_>, id: CommandId) -> sqlx::Result<()> {
+    sqlx::query!(
+        "update commands set published_at = now() where id = $1 and published_at is null",
+        id.0
     )
     .execute(db)
     .await?;
