@@ -292,7 +292,9 @@ async fn replay(
     if fingerprint != stored_fingerprint {
         return Err(ApiError::IdempotencyMismatch);
     }
-    let row = commands::get_for_client(&state.db, client.id, command_id)
+    // Settled: read after any worker applying it commits (its confirm may have been skipped for
+    // that worker, which records the publish itself).
+    let row = commands::get_for_client_settled(&state.db, client.id, command_id)
         .await?
         .ok_or_else(|| anyhow::anyhow!("idempotency key names a missing command {command_id}"))?;
     // Neither confirmed by the broker nor taken up by a worker yet: the first request is

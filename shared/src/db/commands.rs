@@ -378,6 +378,24 @@ pub async fn get_for_client(
     Ok(row.map(|r| command_row!(r)))
 }
 
+/// [`get_for_client`] once no transaction is writing the command: waits for a worker applying
+/// it (or an API refusing it) to commit, so a replay of its key reads how that ended. (The API
+/// skips recording the broker's confirm on a row a worker holds; see [`mark_published`].)
+pub async fn get_for_client_settled(
+    db: impl PgExecutor<'_>,
+    client_id: ClientId,
+    id: CommandId,
+) -> sqlx::Result<Option<CommandRow>> {
+    let row = sqlx::query!(
+        "select * from commands where id = $1 and client_id = $2 for share",
+        id.0,
+        client_id.0
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|r| command_row!(r)))
+}
+
 /// The commands of an order between two sequence numbers (exclusive), in order, locked.
 pub async fn lock_between(
     conn: &mut PgConnection,
@@ -398,8 +416,8 @@ pub async fn lock_between(
 
 /// Records the broker's confirm; returns the ids it marked. Rows locked by a worker are
 /// skipped, not waited for: the worker is applying that command, and [`finish`] records when
-/// its message arrived. (A caller that must see the mark in place before it answers waits for
-/// such a row with [`mark_published_after_lock`].) Ids already marked are not returned either.
+/// its message arrived, and a replay of the command's key waits for that worker
+/// ([`get_for_client_settled`]). Ids already marked are not returned either.
 pub async fn mark_published(
     db: impl PgExecutor<'_>,
     ids: &[uuid::Uuid],
@@ -414,18 +432,6 @@ pub async fn mark_published(
     )
     .fetch_all(db)
     .await
-}
-
-/// Records the broker's confirm of one command, waiting for the row lock of a worker that is
-/// applying it; once that worker committed, the command is final and marked already.
-pub async fn mark_published_after_lock(db: impl PgExecutor<'_>, id: CommandId) -> sqlx::Result<()> {
-    sqlx::query!(
-        "update commands set published_at = now() where id = $1 and published_at is null",
-        id.0
-    )
-    .execute(db)
-    .await?;
-    Ok(())
 }
 
 /// Marks a command the broker did not take so that nothing ever runs it: rejected with
