@@ -80,6 +80,21 @@ async fn statuses(stack: &Stack, ids: &[CommandId]) -> Vec<(String, i64)> {
     out
 }
 
+/// The order's event seqs, in order, and its projection's version.
+async fn history(stack: &Stack, order: OrderId) -> (Vec<i64>, i64) {
+    let seqs = sqlx::query_scalar("select seq from order_events where order_id = $1 order by seq")
+        .bind(order.0)
+        .fetch_all(&stack.db)
+        .await
+        .unwrap();
+    let version = sqlx::query_scalar("select version from orders where id = $1")
+        .bind(order.0)
+        .fetch_one(&stack.db)
+        .await
+        .unwrap();
+    (seqs, version)
+}
+
 /// The transactions (by PostgreSQL transaction id) that finished these commands.
 async fn transactions(stack: &Stack, ids: &[CommandId]) -> i64 {
     let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
@@ -159,18 +174,7 @@ async fn messages_ready_together_are_applied_in_one_transaction_in_order() {
     );
     // In order: each order's events are gapless and its projection is at the last one.
     for (order, version) in [(one, 4_i64), (two, 4)] {
-        let (seqs, projected): (Vec<i64>, i64) = (
-            sqlx::query_scalar("select seq from order_events where order_id = $1 order by seq")
-                .bind(order.0)
-                .fetch_all(&stack.db)
-                .await
-                .unwrap(),
-            sqlx::query_scalar("select version from orders where id = $1")
-                .bind(order.0)
-                .fetch_one(&stack.db)
-                .await
-                .unwrap(),
-        );
+        let (seqs, projected) = history(&stack, order).await;
         assert_eq!(seqs, (1..=version).collect::<Vec<_>>());
         assert_eq!(projected, version);
     }
@@ -232,18 +236,7 @@ async fn a_batch_that_cannot_commit_whole_falls_back_and_every_message_gets_its_
         }
     })
     .await;
-    let (seqs, version): (Vec<i64>, i64) = (
-        sqlx::query_scalar("select seq from order_events where order_id = $1 order by seq")
-            .bind(order.0)
-            .fetch_all(&stack.db)
-            .await
-            .unwrap(),
-        sqlx::query_scalar("select version from orders where id = $1")
-            .bind(order.0)
-            .fetch_one(&stack.db)
-            .await
-            .unwrap(),
-    );
+    let (seqs, version) = history(&stack, order).await;
     assert_eq!(seqs, [1, 2, 3, 4, 5]);
     assert_eq!(version, 5);
     // No batch of these committed: nothing counted.
