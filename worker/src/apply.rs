@@ -1,5 +1,7 @@
-//! The apply transaction: one message in, one PostgreSQL transaction, one outcome out. No AMQP
-//! types here; the consumer decides what to do with the message from the [`Outcome`].
+//! The apply transaction: one message in, one PostgreSQL transaction, one outcome out; or a
+//! batch of a partition's ready messages in one transaction, committed only if every one of them
+//! finished (or parked). No AMQP types here; the consumer decides what to do with the messages
+//! from the [`Outcome`].
 //!
 //! Per message: record the command if a direct producer sent it; lock it (the inbox: a final
 //! status means done); lock the order's stream; apply any earlier accepted commands of the
@@ -48,6 +50,14 @@ pub enum Outcome {
     /// has seen yet (a direct producer's create, overtaken by its follow-up). Applied right
     /// after that one; failed by [`crate::parked`] if it never comes.
     Parked,
+}
+
+impl Outcome {
+    /// Whether its transaction is committed: only a finished or parked command wrote something
+    /// to keep; after any other outcome the transaction is rolled back.
+    pub fn commits(&self) -> bool {
+        matches!(self, Outcome::Finished(_) | Outcome::Parked)
+    }
 }
 
 /// What the consumer knows about the message being applied; empty for callers without a
@@ -151,7 +161,7 @@ impl Applier {
         metrics::apply_duration(started.elapsed());
         let outcome = result?;
         // Only `Finished` and `Parked` outcomes committed; every other one rolled back.
-        if !matches!(outcome, Outcome::Finished(_) | Outcome::Parked) {
+        if !outcome.commits() {
             return Ok(Handled {
                 outcome,
                 finished: 0,
@@ -206,13 +216,11 @@ impl Applier {
                 .apply_message(&mut tx, message, partition, &item.delivery, tally)
                 .instrument(item.span.clone())
                 .await?;
-            if !matches!(outcome, Outcome::Finished(_) | Outcome::Parked) {
+            if !outcome.commits() {
                 return Ok(false);
             }
         }
-        // The race audit's "worker killed inside the transaction" (`failpoints` builds only).
-        fail::fail_point!("apply.before_commit", |_| std::process::abort());
-        tx.commit().await?;
+        commit(tx).await?;
         Ok(true)
     }
 
@@ -231,10 +239,8 @@ impl Applier {
         let outcome = self
             .apply_message(&mut tx, &message, partition, delivery, tally)
             .await?;
-        if matches!(outcome, Outcome::Finished(_) | Outcome::Parked) {
-            // The race audit's "worker killed inside the transaction" (`failpoints` builds only).
-            fail::fail_point!("apply.before_commit", |_| std::process::abort());
-            tx.commit().await?;
+        if outcome.commits() {
+            commit(tx).await?;
         }
         Ok(outcome)
     }
@@ -479,6 +485,13 @@ impl Applier {
         tracing::debug!(command_id = %row.id, order_id = %row.order_id, version = order.version, "command applied");
         Ok(status)
     }
+}
+
+/// Commits an apply transaction (of one message or of a batch).
+async fn commit(tx: sqlx::Transaction<'_, sqlx::Postgres>) -> sqlx::Result<()> {
+    // The race audit's "worker killed inside the transaction" (`failpoints` builds only).
+    fail::fail_point!("apply.before_commit", |_| std::process::abort());
+    tx.commit().await
 }
 
 /// Locks, in SKU order, every stock row that the batch's commands may move, before any of them
