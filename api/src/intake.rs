@@ -1,5 +1,7 @@
 //! Accepting a command: claim the Idempotency-Key, give the command the next seq of its order,
-//! record it, commit, publish it with a confirm, answer. Both POST routes go through here.
+//! record it, commit, publish it with a confirm, answer. Both POST routes go through here. For an
+//! existing order the first four are one statement (`commands::record_next`): one round trip,
+//! and no transaction held open while the API waits for its turn on a CPU.
 //!
 //! A publish the broker did not confirm (queue full, broker down) marks the command rejected
 //! before answering 503, so nothing runs later by surprise; the key is released for a retry.
@@ -16,7 +18,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use orderflow_shared::amqp::{PublishError, json_properties};
 use orderflow_shared::contract::CommandMessage;
 use orderflow_shared::db::clients::Client;
-use orderflow_shared::db::commands::{self, CommandStatus, NewCommand, Source};
+use orderflow_shared::db::commands::{self, CommandStatus, Intake, NewCommand, Source};
 use orderflow_shared::db::idempotency::{self, Claim};
 use orderflow_shared::domain::{Command, CommandId, OrderId, Rejection};
 use orderflow_shared::partition::partition_of;
@@ -104,49 +106,6 @@ pub async fn submit(state: &AppState, s: Submission<'_>) -> Result<Accepted, Api
     // The request's trace, carried in the command row and the message to the worker's span.
     let traceparent = telemetry::traceparent(&tracing::Span::current());
 
-    let mut tx = state.db.begin().await?;
-    match idempotency::claim(
-        &mut tx,
-        s.client.id,
-        s.idempotency_key,
-        &s.fingerprint,
-        command_id,
-    )
-    .await?
-    {
-        Claim::New => {}
-        Claim::Existing {
-            fingerprint,
-            command_id,
-        } => {
-            tx.rollback().await?;
-            let answer = replay(state, s.client, &s.fingerprint, &fingerprint, command_id).await;
-            observe_replay(state, s.client, command_id, &answer).await;
-            return answer;
-        }
-    }
-    let seq = match s.target {
-        Target::New(id) => {
-            if !commands::open_stream(&mut *tx, id, s.client.id).await? {
-                return Err(anyhow::anyhow!("a fresh UUIDv7 order id {id} was taken").into());
-            }
-            1
-        }
-        Target::Existing(id) => {
-            let max = state.limits.max_pending_per_order();
-            match commands::next_seq_within(&mut *tx, id, s.client.id, max).await? {
-                Some(seq) => seq,
-                None => {
-                    let pending = commands::pending(&mut *tx, id, s.client.id).await?;
-                    tx.rollback().await?;
-                    return Err(match pending {
-                        Some(_) => ApiError::OrderBusy(max),
-                        None => ApiError::NotFound("order"),
-                    });
-                }
-            }
-        }
-    };
     let new = NewCommand {
         id: command_id,
         client_id: s.client.id,
@@ -159,8 +118,17 @@ pub async fn submit(state: &AppState, s: Submission<'_>) -> Result<Accepted, Api
         received_at: Some(s.received_at),
         traceparent: traceparent.as_deref(),
     };
-    commands::insert(&mut *tx, &new, seq).await?;
-    tx.commit().await?;
+    let seq = match record(state, &s, &new).await? {
+        Recorded::Seq(seq) => seq,
+        Recorded::KeyTaken {
+            fingerprint,
+            command_id,
+        } => {
+            let answer = replay(state, s.client, &s.fingerprint, &fingerprint, command_id).await;
+            observe_replay(state, s.client, command_id, &answer).await;
+            return answer;
+        }
+    };
     // The race audit's "API killed between record and publish" (`failpoints` builds only).
     fail::fail_point!("intake.after_record_before_publish", |_| {
         std::process::abort()
@@ -230,6 +198,89 @@ pub async fn submit(state: &AppState, s: Submission<'_>) -> Result<Accepted, Api
         status: CommandStatus::Accepted,
         replayed: false,
     })
+}
+
+/// What recording a submission came to.
+enum Recorded {
+    /// Recorded with this seq; the key is the request's.
+    Seq(i64),
+    /// The key was claimed before (nothing written): replay what it names.
+    KeyTaken {
+        fingerprint: Vec<u8>,
+        command_id: CommandId,
+    },
+}
+
+/// Claims the key and records the command with its order's next seq, atomically.
+async fn record(
+    state: &AppState,
+    s: &Submission<'_>,
+    new: &NewCommand<'_>,
+) -> Result<Recorded, ApiError> {
+    let id = match s.target {
+        Target::New(id) => return record_create(state, s, new, id).await,
+        Target::Existing(id) => id,
+    };
+    let max = state.limits.max_pending_per_order();
+    loop {
+        let intake =
+            commands::record_next(&state.db, new, s.idempotency_key, &s.fingerprint, max).await?;
+        if let Intake::Recorded(seq) = intake {
+            return Ok(Recorded::Seq(seq));
+        }
+        // Nothing was written. A key claimed before is replayed, even on a busy order.
+        if let Some((fingerprint, command_id)) =
+            idempotency::lookup(&state.db, s.client.id, s.idempotency_key).await?
+        {
+            return Ok(Recorded::KeyTaken {
+                fingerprint,
+                command_id,
+            });
+        }
+        if intake == Intake::KeyTaken {
+            // Taken, then released by a request the broker refused: try again.
+            continue;
+        }
+        return Err(match commands::pending(&state.db, id, s.client.id).await? {
+            Some(_) => ApiError::OrderBusy(max),
+            None => ApiError::NotFound("order"),
+        });
+    }
+}
+
+/// A create: claim the key, open the new order's stream and record its first command.
+async fn record_create(
+    state: &AppState,
+    s: &Submission<'_>,
+    new: &NewCommand<'_>,
+    id: OrderId,
+) -> Result<Recorded, ApiError> {
+    let mut tx = state.db.begin().await?;
+    let claim = idempotency::claim(
+        &mut tx,
+        s.client.id,
+        s.idempotency_key,
+        &s.fingerprint,
+        new.id,
+    )
+    .await?;
+    if let Claim::Existing {
+        fingerprint,
+        command_id,
+    } = claim
+    {
+        tx.rollback().await?;
+        return Ok(Recorded::KeyTaken {
+            fingerprint,
+            command_id,
+        });
+    }
+    if !commands::open_stream(&mut *tx, id, s.client.id).await? {
+        return Err(anyhow::anyhow!("a fresh UUIDv7 order id {id} was taken").into());
+    }
+    commands::insert(&mut *tx, new, 1).await?;
+    tx.commit().await?;
+    Ok(Recorded::Seq(1))
 }
 
 /// Marks the command rejected and releases its key, in one transaction: a concurrent replay

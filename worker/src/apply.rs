@@ -21,7 +21,8 @@ use chrono::{SubsecRound, Utc};
 use orderflow_shared::contract::{CommandMessage, ContractError};
 use orderflow_shared::db::commands::{self, CommandRow, CommandStatus, Delivered};
 use orderflow_shared::db::observability::{self, NewDeadLetter};
-use orderflow_shared::db::{inventory, orders, outbox};
+use orderflow_shared::db::outbox::StatusEvent;
+use orderflow_shared::db::{inventory, orders};
 use orderflow_shared::domain::{
     Command, CommandId, CommandKind, Event, Order, Rejection, decide, order::evolve,
 };
@@ -476,8 +477,7 @@ impl Applier {
         // Microseconds: what timestamptz keeps, so a replay rebuilds the projection exactly.
         let at = Utc::now().trunc_subsecs(6);
         let order = evolve(order, row.order_id, row.client_id, &event, at);
-        orders::append_event(&mut *tx, row.order_id, order.version, row.id, &event, at).await?;
-        orders::save(&mut *tx, &order).await?;
+        orders::record_event(&mut *tx, &order, row.id, &event, at).await?;
         let status = CommandStatus::Applied;
         let version = Some(order.version);
         finish(tx, row, status, None, version, Some(&event), delivered).await?;
@@ -602,7 +602,6 @@ pub(crate) async fn finish(
     event: Option<&Event>,
     delivered: Option<Delivered>,
 ) -> Result<(), sqlx::Error> {
-    commands::finish(conn, row.id, status, reason, version, delivered).await?;
     let payload = json!({
         "command_id": row.id,
         "order_id": row.order_id,
@@ -616,5 +615,9 @@ pub(crate) async fn finish(
         "at": Utc::now(),
     });
     let routing_key = format!("command.{}.{}", status.as_str(), row.kind.as_str());
-    outbox::push(conn, row.order_id, &routing_key, &payload).await
+    let event = StatusEvent {
+        routing_key: &routing_key,
+        payload: &payload,
+    };
+    commands::finish(conn, row.id, status, reason, version, delivered, event).await
 }

@@ -1,6 +1,7 @@
 //! Commands and the per-order streams that sequence them. The `commands` table is also the
 //! worker's inbox: a command whose status is final has been dealt with.
 
+use super::outbox::StatusEvent;
 use crate::domain::{ClientId, CommandId, CommandKind, OrderId};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -173,26 +174,6 @@ pub async fn next_seq(
     .await
 }
 
-/// [`next_seq`], unless the order already has `max_pending` commands handed out but not yet
-/// finished by the worker: then `None`, and nothing changes (see [`pending`] for why).
-pub async fn next_seq_within(
-    db: impl PgExecutor<'_>,
-    order_id: OrderId,
-    client_id: ClientId,
-    max_pending: i64,
-) -> sqlx::Result<Option<i64>> {
-    sqlx::query_scalar!(
-        "update order_streams set last_seq = last_seq + 1
-         where order_id = $1 and client_id = $2 and last_seq - processed_seq < $3
-         returning last_seq",
-        order_id.0,
-        client_id.0,
-        max_pending
-    )
-    .fetch_optional(db)
-    .await
-}
-
 /// How many of the order's commands are handed out but not yet finished; `None` if the order
 /// does not exist for this client.
 pub async fn pending(
@@ -351,6 +332,78 @@ pub async fn insert(
     .execute(db)
     .await?;
     Ok(())
+}
+
+/// What [`record_next`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Intake {
+    /// The key is claimed and the command recorded with this seq.
+    Recorded(i64),
+    /// The key was taken (by an earlier request, or by one that committed while this one
+    /// waited); nothing was written.
+    KeyTaken,
+    /// The order is not this client's, or already has `max_pending` unfinished commands; nothing
+    /// was written (not even the key).
+    NoRoom,
+}
+
+/// The API's intake of a command for an existing order, as one statement (one round trip, and
+/// no transaction left open between statements): lock the order's stream if it is the client's
+/// and has room (fewer than `max_pending` unfinished commands), claim the Idempotency-Key, take
+/// the next seq and insert the command. Each part runs only on what the one before returned, and
+/// the statement is atomic: either all of it is written or none. A concurrent request for the
+/// same order waits on the stream row, so seqs come out gapless and in commit order; one with
+/// the same key (on another order) waits on the key and then finds it taken.
+pub async fn record_next(
+    db: impl PgExecutor<'_>,
+    command: &NewCommand<'_>,
+    key: &str,
+    fingerprint: &[u8],
+    max_pending: i64,
+) -> sqlx::Result<Intake> {
+    let row = sqlx::query!(
+        r#"with stream as (
+             select order_id from order_streams
+              where order_id = $3 and client_id = $2 and last_seq - processed_seq < $13
+                for update),
+           claimed as (
+             insert into idempotency_keys (client_id, key, fingerprint, command_id)
+             select $2::uuid, $11::text, $12::bytea, $1::uuid from stream
+                 on conflict do nothing
+             returning command_id),
+           numbered as (
+             update order_streams set last_seq = last_seq + 1
+              where order_id = $3 and exists (select from claimed)
+             returning last_seq),
+           recorded as (
+             insert into commands (id, client_id, order_id, seq, kind, body, expected_version,
+                                   source, partition, received_at, traceparent, published_at)
+             select $1::uuid, $2::uuid, $3::uuid, last_seq, $4::text, $5::jsonb, $6::bigint,
+                    $7::text, $8::int, $9::timestamptz, $10::text,
+                    case when $7 = 'amqp' then now() end from numbered
+             returning seq)
+         select exists (select from stream) as "room!", (select seq from recorded) as seq"#,
+        command.id.0,
+        command.client_id.0,
+        command.order_id.0,
+        command.kind.as_str(),
+        command.body,
+        command.expected_version,
+        command.source.as_str(),
+        i32::from(command.partition),
+        command.received_at,
+        command.traceparent,
+        key,
+        fingerprint,
+        max_pending
+    )
+    .fetch_one(db)
+    .await?;
+    Ok(match (row.room, row.seq) {
+        (_, Some(seq)) => Intake::Recorded(seq),
+        (true, None) => Intake::KeyTaken,
+        (false, None) => Intake::NoRoom,
+    })
 }
 
 /// Reads and locks a command for the apply transaction. The lock orders the worker against the
@@ -527,11 +580,11 @@ pub struct Delivered {
     pub attempt: i32,
 }
 
-/// Ends a command: applied, rejected (with its reason) or failed (with why). Wakes long-polls.
-/// A message in hand was published: its arrival stands in for a confirm the API could not record
-/// (see [`mark_published`]). `delivered` is `None` for a command finished without its own
-/// message in hand (applied ahead of a late message, or failed while another message was being
-/// applied).
+/// Ends a command: applied, rejected (with its reason) or failed (with why), and queues its
+/// status event in the outbox. Wakes long-polls and the outbox relay (at commit). A message in
+/// hand was published: its arrival stands in for a confirm the API could not record (see
+/// [`mark_published`]). `delivered` is `None` for a command finished without its own message in
+/// hand (applied ahead of a late message, or failed while another message was being applied).
 pub async fn finish(
     conn: &mut PgConnection,
     id: CommandId,
@@ -539,26 +592,34 @@ pub async fn finish(
     reason: Option<&str>,
     result_version: Option<i64>,
     delivered: Option<Delivered>,
+    event: StatusEvent<'_>,
 ) -> sqlx::Result<()> {
     debug_assert!(status.is_final());
     // clock_timestamp(), not now(): now() is the transaction's start, which would make every
-    // apply look instantaneous on the timeline. The notification is sent at commit, from the
-    // same statement (one round trip).
+    // apply look instantaneous on the timeline. The update, the outbox row and both
+    // notifications are one statement (one round trip).
     sqlx::query!(
         r#"with finished as (
              update commands set status = $2, reason = $3, result_version = $4,
                                  finished_at = clock_timestamp(), delivered_at = $5, attempt = $6,
                                  published_at = coalesce(published_at, $5)
              where id = $1
-             returning id)
-         select count(pg_notify($7, id::text)) as "notified!" from finished"#,
+             returning id, order_id),
+           queued as (
+             insert into outbox (order_id, routing_key, payload)
+             select order_id, $8, $9 from finished)
+         select count(pg_notify($7, id::text)) + count(pg_notify($10, '')) as "notified!"
+           from finished"#,
         id.0,
         status.as_str(),
         reason,
         result_version,
         delivered.map(|d| d.at),
         delivered.map(|d| d.attempt.max(1)),
-        super::COMMAND_DONE_CHANNEL
+        super::COMMAND_DONE_CHANNEL,
+        event.routing_key,
+        event.payload,
+        super::OUTBOX_CHANNEL
     )
     .fetch_one(conn)
     .await?;

@@ -41,20 +41,29 @@ pub async fn claim(
         if inserted.rows_affected() == 1 {
             return Ok(Claim::New);
         }
-        let row = sqlx::query!(
-            "select fingerprint, command_id from idempotency_keys where client_id = $1 and key = $2",
-            client_id.0,
-            key
-        )
-        .fetch_optional(&mut *conn)
-        .await?;
-        if let Some(row) = row {
+        if let Some((fingerprint, command_id)) = lookup(&mut *conn, client_id, key).await? {
             return Ok(Claim::Existing {
-                fingerprint: row.fingerprint,
-                command_id: CommandId(row.command_id),
+                fingerprint,
+                command_id,
             });
         }
     }
+}
+
+/// The fingerprint and command of a key already claimed, if it is (still) there.
+pub async fn lookup(
+    db: impl PgExecutor<'_>,
+    client_id: ClientId,
+    key: &str,
+) -> sqlx::Result<Option<(Vec<u8>, CommandId)>> {
+    let row = sqlx::query!(
+        "select fingerprint, command_id from idempotency_keys where client_id = $1 and key = $2",
+        client_id.0,
+        key
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|r| (r.fingerprint, CommandId(r.command_id))))
 }
 
 /// Forgets a key whose request did not succeed (the broker refused it), so a retry may use it.

@@ -59,10 +59,21 @@ pub async fn get_for_client(
     Ok(row.map(|r| order_row!(r)))
 }
 
-/// Writes the projection after an event.
-pub async fn save(conn: &mut PgConnection, order: &Order) -> sqlx::Result<()> {
+/// Appends `event` as the order's event number `order.version` (its new version), recorded at
+/// `at`, and writes the projection `order` it led to: one statement, one round trip. The
+/// projection's timestamps are the events', so a replay rebuilds them.
+pub async fn record_event(
+    conn: &mut PgConnection,
+    order: &Order,
+    command_id: CommandId,
+    event: &Event,
+    at: DateTime<Utc>,
+) -> sqlx::Result<()> {
     sqlx::query!(
-        "insert into orders (id, client_id, customer_id, currency, status, version, items, total_cents, created_at, updated_at)
+        "with appended as (
+             insert into order_events (order_id, seq, command_id, type, data, recorded_at)
+             values ($1, $6, $11, $12, $13, $14))
+         insert into orders (id, client_id, customer_id, currency, status, version, items, total_cents, created_at, updated_at)
          values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
          on conflict (id) do update set status = excluded.status, version = excluded.version,
              items = excluded.items, total_cents = excluded.total_cents, updated_at = excluded.updated_at",
@@ -75,7 +86,11 @@ pub async fn save(conn: &mut PgConnection, order: &Order) -> sqlx::Result<()> {
         Json(&order.items) as _,
         order.total_cents,
         order.created_at,
-        order.updated_at
+        order.updated_at,
+        command_id.0,
+        event.name(),
+        Json(event) as _,
+        at
     )
     .execute(conn)
     .await?;
@@ -90,31 +105,6 @@ pub struct EventRecord {
     #[serde(flatten)]
     pub event: Event,
     pub recorded_at: DateTime<Utc>,
-}
-
-/// Appends the event `seq` (= the order's new version), recorded at `at` (the projection's
-/// timestamps are the events', so a replay rebuilds them).
-pub async fn append_event(
-    conn: &mut PgConnection,
-    order_id: OrderId,
-    seq: i64,
-    command_id: CommandId,
-    event: &Event,
-    at: DateTime<Utc>,
-) -> sqlx::Result<()> {
-    sqlx::query!(
-        "insert into order_events (order_id, seq, command_id, type, data, recorded_at)
-         values ($1, $2, $3, $4, $5, $6)",
-        order_id.0,
-        seq,
-        command_id.0,
-        event.name(),
-        Json(event) as _,
-        at
-    )
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 /// The history of an order, seq ascending.

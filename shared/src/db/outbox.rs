@@ -14,25 +14,11 @@ pub struct OutboxRow {
     pub payload: serde_json::Value,
 }
 
-/// Queues a message for the events exchange and wakes the relay (at commit).
-pub async fn push(
-    conn: &mut PgConnection,
-    order_id: OrderId,
-    routing_key: &str,
-    payload: &serde_json::Value,
-) -> sqlx::Result<()> {
-    // One round trip: the insert runs whatever the select reads.
-    sqlx::query!(
-        "with queued as (insert into outbox (order_id, routing_key, payload) values ($1, $2, $3))
-         select 1 as notified from pg_notify($4, '')",
-        order_id.0,
-        routing_key,
-        payload,
-        super::OUTBOX_CHANNEL
-    )
-    .fetch_one(conn)
-    .await?;
-    Ok(())
+/// A status event for the events exchange, queued in the outbox by the statement that finishes
+/// its command ([`super::commands::finish`]), which also wakes the relay (at commit).
+pub struct StatusEvent<'a> {
+    pub routing_key: &'a str,
+    pub payload: &'a serde_json::Value,
 }
 
 /// Takes the oldest rows for relaying, waiting for any other relay's transaction to end first,
