@@ -367,12 +367,14 @@ async fn an_order_with_its_maximum_of_unfinished_commands_answers_429_until_the_
         .to_owned();
     let add =
         |sku: &str| json!({"type": "add_item", "sku": sku, "quantity": 1, "unit_price_cents": 100});
-    for sku in ["A", "B"] {
-        assert_eq!(
-            post_command(&app, &order, add(sku)).await.status(),
-            StatusCode::ACCEPTED
-        );
-    }
+    assert_eq!(
+        post_command(&app, &order, add("A")).await.status(),
+        StatusCode::ACCEPTED
+    );
+    let key = uuid::Uuid::new_v4().to_string();
+    let first = post_command_with_key(&app, &order, &key, add("B")).await;
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    let first: Value = first.json().await.unwrap();
     let busy = post_command(&app, &order, add("C")).await;
     assert_eq!(busy.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(busy.headers()["retry-after"], "1");
@@ -384,6 +386,17 @@ async fn an_order_with_its_maximum_of_unfinished_commands_answers_429_until_the_
         .await
         .unwrap();
     assert_eq!(recorded, 3, "the refused command was not recorded");
+    // A retry of an accepted command is still answered from its key while the order is full.
+    let retry = post_command_with_key(&app, &order, &key, add("B")).await;
+    assert_eq!(retry.status(), StatusCode::ACCEPTED);
+    assert_eq!(retry.headers()["idempotent-replayed"], "true");
+    let retry: Value = retry.json().await.unwrap();
+    assert_eq!(retry["command_id"], first["command_id"]);
+    let recorded: i64 = sqlx::query_scalar("select count(*) from commands")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(recorded, 3, "the replay recorded nothing");
     // Another order is not held back by this one.
     app.create_order(json!([])).await;
 
@@ -412,8 +425,18 @@ async fn an_order_with_its_maximum_of_unfinished_commands_answers_429_until_the_
 
 /// POST /v1/orders/{order}/commands with a fresh Idempotency-Key.
 async fn post_command(app: &TestApp, order: &str, command: Value) -> reqwest::Response {
+    post_command_with_key(app, order, &uuid::Uuid::new_v4().to_string(), command).await
+}
+
+/// POST /v1/orders/{order}/commands with this Idempotency-Key.
+async fn post_command_with_key(
+    app: &TestApp,
+    order: &str,
+    key: &str,
+    command: Value,
+) -> reqwest::Response {
     app.request(Method::POST, &format!("/v1/orders/{order}/commands"))
-        .header("idempotency-key", uuid::Uuid::new_v4().to_string())
+        .header("idempotency-key", key)
         .json(&command)
         .send()
         .await
