@@ -217,18 +217,36 @@ async fn record(
     s: &Submission<'_>,
     new: &NewCommand<'_>,
 ) -> Result<Recorded, ApiError> {
-    let id = match s.target {
-        Target::New(id) => return record_create(state, s, new, id).await,
-        Target::Existing(id) => id,
-    };
+    if let Target::New(id) = s.target {
+        return record_create(state, s, new, id).await;
+    }
     let max = state.limits.max_pending_per_order();
     loop {
-        let intake =
-            commands::record_next(&state.db, new, s.idempotency_key, &s.fingerprint, max).await?;
-        if let Intake::Recorded(seq) = intake {
-            return Ok(Recorded::Seq(seq));
+        let (room, pending) =
+            match commands::record_next(&state.db, new, s.idempotency_key, &s.fingerprint, max)
+                .await?
+            {
+                Intake::Recorded(seq) => return Ok(Recorded::Seq(seq)),
+                // A key claimed before is replayed, even on a busy order.
+                Intake::KeyTaken {
+                    fingerprint,
+                    command_id,
+                } => {
+                    return Ok(Recorded::KeyTaken {
+                        fingerprint,
+                        command_id,
+                    });
+                }
+                Intake::NotRecorded { room, pending } => (room, pending),
+            };
+        match pending {
+            None => return Err(ApiError::NotFound("order")),
+            // Full before this request looked: nothing raced it (the storm's common case).
+            Some(pending) if !room && pending >= max => return Err(ApiError::OrderBusy(max)),
+            _ => {}
         }
-        // Nothing was written. A key claimed before is replayed, even on a busy order.
+        // Something committed while the statement waited for the stream: perhaps a request with
+        // this key (replay it), perhaps another that took the last room.
         if let Some((fingerprint, command_id)) =
             idempotency::lookup(&state.db, s.client.id, s.idempotency_key).await?
         {
@@ -237,14 +255,10 @@ async fn record(
                 command_id,
             });
         }
-        if intake == Intake::KeyTaken {
-            // Taken, then released by a request the broker refused: try again.
-            continue;
+        if !room {
+            return Err(ApiError::OrderBusy(max));
         }
-        return Err(match commands::pending(&state.db, id, s.client.id).await? {
-            Some(_) => ApiError::OrderBusy(max),
-            None => ApiError::NotFound("order"),
-        });
+        // Taken, then released by a request the broker refused: try again.
     }
 }
 

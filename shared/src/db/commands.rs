@@ -174,23 +174,6 @@ pub async fn next_seq(
     .await
 }
 
-/// How many of the order's commands are handed out but not yet finished; `None` if the order
-/// does not exist for this client.
-pub async fn pending(
-    db: impl PgExecutor<'_>,
-    order_id: OrderId,
-    client_id: ClientId,
-) -> sqlx::Result<Option<i64>> {
-    sqlx::query_scalar!(
-        r#"select last_seq - processed_seq as "pending!" from order_streams
-         where order_id = $1 and client_id = $2"#,
-        order_id.0,
-        client_id.0
-    )
-    .fetch_optional(db)
-    .await
-}
-
 /// The owner of an order stream, if it exists.
 pub async fn stream_owner(
     db: impl PgExecutor<'_>,
@@ -339,12 +322,21 @@ pub async fn insert(
 pub enum Intake {
     /// The key is claimed and the command recorded with this seq.
     Recorded(i64),
-    /// The key was taken (by an earlier request, or by one that committed while this one
-    /// waited); nothing was written.
-    KeyTaken,
-    /// The order is not this client's, or already has `max_pending` unfinished commands; nothing
-    /// was written (not even the key).
-    NoRoom,
+    /// Nothing was written: the key was claimed before this statement began, by this command.
+    KeyTaken {
+        fingerprint: Vec<u8>,
+        command_id: CommandId,
+    },
+    /// Nothing was written, and the key names no command this statement could see.
+    NotRecorded {
+        /// The stream was locked, so the key was claimed by a request that committed while this
+        /// one waited (look it up), or released again (try again).
+        room: bool,
+        /// The order's unfinished commands when the statement began; `None`: not this client's
+        /// order. Below the cap without `room`, a concurrent request took the last room while
+        /// this one waited (and may have been this key's: look it up).
+        pending: Option<i64>,
+    },
 }
 
 /// The API's intake of a command for an existing order, as one statement (one round trip, and
@@ -354,6 +346,10 @@ pub enum Intake {
 /// the statement is atomic: either all of it is written or none. A concurrent request for the
 /// same order waits on the stream row, so seqs come out gapless and in commit order; one with
 /// the same key (on another order) waits on the key and then finds it taken.
+///
+/// When nothing is written the statement also says why, as its snapshot saw it: the key's
+/// command, or the order's unfinished commands (or that it is not the client's). So a refusal
+/// (a full order, a retry of an accepted key) costs the one round trip too.
 pub async fn record_next(
     db: impl PgExecutor<'_>,
     command: &NewCommand<'_>,
@@ -382,7 +378,12 @@ pub async fn record_next(
                     $7::text, $8::int, $9::timestamptz, $10::text,
                     case when $7 = 'amqp' then now() end from numbered
              returning seq)
-         select exists (select from stream) as "room!", (select seq from recorded) as seq"#,
+         select exists (select from stream) as "room!", (select seq from recorded) as seq,
+                k.fingerprint as "taken_fingerprint?", k.command_id as "taken_command_id?",
+                (select last_seq - processed_seq from order_streams
+                  where order_id = $3 and client_id = $2) as pending
+           from (select) as statement
+           left join idempotency_keys k on k.client_id = $2 and k.key = $11"#,
         command.id.0,
         command.client_id.0,
         command.order_id.0,
@@ -399,11 +400,19 @@ pub async fn record_next(
     )
     .fetch_one(db)
     .await?;
-    Ok(match (row.room, row.seq) {
-        (_, Some(seq)) => Intake::Recorded(seq),
-        (true, None) => Intake::KeyTaken,
-        (false, None) => Intake::NoRoom,
-    })
+    Ok(
+        match (row.seq, row.taken_fingerprint, row.taken_command_id) {
+            (Some(seq), _, _) => Intake::Recorded(seq),
+            (None, Some(fingerprint), Some(id)) => Intake::KeyTaken {
+                fingerprint,
+                command_id: CommandId(id),
+            },
+            _ => Intake::NotRecorded {
+                room: row.room,
+                pending: row.pending,
+            },
+        },
+    )
 }
 
 /// Reads and locks a command for the apply transaction. The lock orders the worker against the
