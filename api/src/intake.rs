@@ -2,6 +2,8 @@
 //! record it, commit, publish it with a confirm, answer. Both POST routes go through here. For an
 //! existing order the first four are one statement (`commands::record_next`): one round trip,
 //! and no transaction held open while the API waits for its turn on a CPU.
+//! Requests for one order take turns at a gate in memory (`gates`) before that statement, so a
+//! storm on one order queues there instead of on its stream row.
 //!
 //! A publish the broker did not confirm (queue full, broker down) marks the command rejected
 //! before answering 503, so nothing runs later by surprise; the key is released for a retry.
@@ -217,10 +219,17 @@ async fn record(
     s: &Submission<'_>,
     new: &NewCommand<'_>,
 ) -> Result<Recorded, ApiError> {
-    if let Target::New(id) = s.target {
-        return record_create(state, s, new, id).await;
-    }
+    let id = match s.target {
+        Target::New(id) => return record_create(state, s, new, id).await,
+        Target::Existing(id) => id,
+    };
     let max = state.limits.max_pending_per_order();
+    // Requests for one order take turns here rather than on its stream row (see `gates`). More
+    // waiting than the order could take commands are turned away without a statement.
+    let queue = usize::try_from(max).unwrap_or(usize::MAX);
+    let Some(_pass) = state.gates.enter(id, queue).await else {
+        return Err(ApiError::OrderBusy(max));
+    };
     loop {
         let (room, pending) =
             match commands::record_next(&state.db, new, s.idempotency_key, &s.fingerprint, max)

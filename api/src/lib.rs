@@ -5,6 +5,7 @@ pub mod confirms;
 pub mod dashboard;
 pub mod error;
 pub mod extract;
+pub mod gates;
 pub mod intake;
 pub mod keys;
 pub mod limits;

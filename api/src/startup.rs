@@ -3,6 +3,7 @@
 
 use crate::confirms::Confirms;
 use crate::dashboard::hub::{Hub, Thresholds};
+use crate::gates::OrderGates;
 use crate::keys::Keys;
 use crate::limits::Limits;
 use crate::routes::{self, ServerLimits};
@@ -158,6 +159,7 @@ impl Application {
             .with_context(|| format!("listening on {}", config.listen))?;
         let state = AppState {
             waiters: Waiters::start(pool.clone(), shutdown.clone()),
+            gates: OrderGates::default(),
             confirms: Confirms::start(pool.clone()),
             db: pool,
             publisher: Arc::new(publisher),

@@ -2,6 +2,7 @@
 
 use crate::confirms::Confirms;
 use crate::dashboard::hub::Hub;
+use crate::gates::OrderGates;
 use crate::keys::Keys;
 use crate::limits::Limits;
 use crate::waiters::Waiters;
@@ -18,6 +19,8 @@ pub struct AppState {
     pub confirms: Confirms,
     pub topology: Topology,
     pub waiters: Waiters,
+    /// One intake statement per order at a time in this process.
+    pub gates: OrderGates,
     pub limits: Limits,
     /// API-key checks (cached).
     pub keys: Keys,

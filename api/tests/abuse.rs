@@ -423,6 +423,60 @@ async fn an_order_with_its_maximum_of_unfinished_commands_answers_429_until_the_
     );
 }
 
+#[tokio::test]
+async fn a_storm_on_one_order_gets_exactly_its_room_with_gapless_seqs_and_429s_for_the_rest() {
+    let app = TestApp::spawn_with(Options {
+        start_worker: false,
+        max_pending_per_order: Some(8),
+        ..Default::default()
+    })
+    .await;
+    let order = app.create_order(json!([])).await["order_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // 100 requests at once on one order: they queue at its gate, and those beyond the order's
+    // allowance are turned away there or by the database.
+    let storm = (0..100).map(|n| {
+        let (app, order) = (&app, &order);
+        async move {
+            let add = json!({"type": "add_item", "sku": format!("S{n}"), "quantity": 1, "unit_price_cents": 100});
+            let response = post_command(app, order, add).await;
+            let status = response.status();
+            let body: Value = response.json().await.unwrap();
+            (status, body)
+        }
+    });
+    let (storm, other) = tokio::join!(
+        futures_util::future::join_all(storm),
+        // Another order is served meanwhile.
+        app.create_order(json!([]))
+    );
+    assert!(other["order_id"].is_string());
+    let accepted = storm
+        .iter()
+        .filter(|(status, _)| *status == StatusCode::ACCEPTED)
+        .count();
+    assert_eq!(accepted, 7, "the create and 7 more fill the allowance of 8");
+    for (status, body) in &storm {
+        if *status != StatusCode::ACCEPTED {
+            assert_eq!(*status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+            assert_eq!(body["type"], "https://orderflow.dev/problems/order-busy");
+        }
+    }
+    let seqs: Vec<i64> =
+        sqlx::query_scalar("select seq from commands where order_id = $1::uuid order by seq")
+            .bind(&order)
+            .fetch_all(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(
+        seqs,
+        (1..=8).collect::<Vec<i64>>(),
+        "one command per seq, no gap"
+    );
+}
+
 /// POST /v1/orders/{order}/commands with a fresh Idempotency-Key.
 async fn post_command(app: &TestApp, order: &str, command: Value) -> reqwest::Response {
     post_command_with_key(app, order, &uuid::Uuid::new_v4().to_string(), command).await
