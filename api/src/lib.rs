@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod notifications;
 pub mod openapi;
 pub mod routes;
+pub mod serve;
 pub mod startup;
 pub mod state;
 pub mod waiters;

@@ -215,15 +215,12 @@ impl Application {
             .hub
             .start(self.state.clone(), self.shutdown.clone());
         tracing::info!(address = %self.listener.local_addr()?, "orderflow API listening");
-        let shutdown = self.shutdown.clone();
-        // Made into a service once: served as a plain `Router`, axum re-applies the state to
-        // every route for each connection (about 36 KB per open connection, measured).
-        axum::serve(
+        crate::serve::serve(
             self.listener,
-            routes::router(self.state, self.server_limits).into_make_service(),
+            routes::router(self.state, self.server_limits),
+            self.shutdown,
         )
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await?;
+        .await;
         tracing::info!("API stopped");
         Ok(())
     }

@@ -3,6 +3,11 @@
 //! each `?wait=` request registers under its command's id and is woken only by that id (or by a
 //! "re-check everything" signal when notifications may have been missed), then re-reads its
 //! command. No polling loop, and a finish costs one map lookup however many polls are open.
+//!
+//! The re-reads take turns: no more run at once than the pool has connections. Woken together
+//! (a batch of commands finished, or a re-check signal), thousands of polls would otherwise each
+//! hold a query of their own (about 9 KB in sqlx) while they wait for a connection; queued here
+//! each waits with a few bytes.
 
 use crate::notifications::{self, Notice};
 use orderflow_shared::db::COMMAND_DONE_CHANNEL;
@@ -11,7 +16,7 @@ use sqlx::PgPool;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 use uuid::Uuid;
 
 /// The open waits by command id.
@@ -22,6 +27,8 @@ pub struct Waiters {
     registry: Arc<Registry>,
     /// Bumped when notifications may have been missed: every waiter re-checks.
     recheck: watch::Sender<u64>,
+    /// One permit per read running at once.
+    reads: Arc<Semaphore>,
     shutdown: CancellationToken,
 }
 
@@ -31,6 +38,7 @@ impl Waiters {
         let waiters = Self {
             registry: Arc::default(),
             recheck: watch::Sender::new(0),
+            reads: Arc::new(Semaphore::new(db.options().get_max_connections() as usize)),
             shutdown: shutdown.clone(),
         };
         let (registry, recheck) = (waiters.registry.clone(), waiters.recheck.clone());
@@ -75,7 +83,14 @@ impl Waiters {
         let mut recheck = self.recheck.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let (value, done) = check().await?;
+            let (value, done) = {
+                let _turn = self
+                    .reads
+                    .acquire()
+                    .await
+                    .expect("the semaphore is never closed");
+                check().await?
+            };
             if done {
                 return Ok(value);
             }

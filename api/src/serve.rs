@@ -1,0 +1,77 @@
+//! The server loop: HTTP/1.1 over TCP, one task per connection, graceful shutdown.
+//!
+//! `axum::serve` speaks HTTP/1 and HTTP/2 on every connection, so each connection task carries
+//! both protocols' state; with thousands of long-polls open that is most of the API's memory
+//! after hyper's own buffers. orderflow speaks HTTP/1.1 (TLS and HTTP/2 belong to the proxy in
+//! front), which keeps a connection's task small. Also: TCP_NODELAY on every connection, and a
+//! request head must arrive within hyper's 30 s header timeout (a slow-loris client is dropped).
+
+use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use orderflow_shared::shutdown::CancellationToken;
+use std::io;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
+
+/// Serves `app` on `listener` until `shutdown` fires; then stops accepting, lets every
+/// connection finish the request it is serving (long-polls and live feeds end on the same
+/// signal) and returns once all are closed.
+pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationToken) {
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new());
+    let connections = TaskTracker::new();
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                // The peer gave up before we got to it: nothing to serve.
+                Err(e) if is_connection_error(&e) => continue,
+                // Out of file descriptors, most likely: wait for some to be freed.
+                Err(e) => {
+                    tracing::error!(error = %e, "accepting a connection failed; retrying in a second");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        _ = shutdown.cancelled() => break,
+                    }
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+        // A `Router` clone shares its routes; the per-request state is already applied.
+        let connection =
+            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            let mut connection = std::pin::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                _ = shutdown.cancelled() => {
+                    // Finishes the request in flight, if any, then closes.
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+}
+
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}
