@@ -57,9 +57,10 @@ pub enum ApiError {
         limit: u32,
         window_secs: u64,
     },
-    /// 429: the order has its maximum of commands accepted but not yet finished.
+    /// 429: the order has its maximum of commands accepted but not yet finished, or as many
+    /// requests for it are already waiting at its gate in this API process.
     #[error(
-        "this order already has {0} commands waiting for the worker; retry when some have finished"
+        "this order already has {0} commands waiting for the worker, or as many requests arriving at once; retry when some have finished"
     )]
     OrderBusy(i64),
     /// 429: the client already holds its maximum of open long-polls.

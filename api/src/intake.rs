@@ -225,13 +225,17 @@ async fn record(
     };
     let max = state.limits.max_pending_per_order();
     // Requests for one order take turns here rather than on its stream row (see `gates`). More
-    // waiting than the order could take commands are turned away without a statement.
+    // waiting than the order could take commands are turned away without the intake statement,
+    // but a retry of an accepted command is still replayed.
     let queue = usize::try_from(max).unwrap_or(usize::MAX);
     let Some(_pass) = state.gates.enter(id, queue).await else {
-        return Err(ApiError::OrderBusy(max));
+        return match taken(state, s).await? {
+            Some(taken) => Ok(taken),
+            None => Err(ApiError::OrderBusy(max)),
+        };
     };
     loop {
-        let (room, pending) =
+        let (stream_locked, pending) =
             match commands::record_next(&state.db, new, s.idempotency_key, &s.fingerprint, max)
                 .await?
             {
@@ -246,29 +250,40 @@ async fn record(
                         command_id,
                     });
                 }
-                Intake::NotRecorded { room, pending } => (room, pending),
+                Intake::NotRecorded {
+                    stream_locked,
+                    pending,
+                } => (stream_locked, pending),
             };
         match pending {
             None => return Err(ApiError::NotFound("order")),
-            // Full before this request looked: nothing raced it (the storm's common case).
-            Some(pending) if !room && pending >= max => return Err(ApiError::OrderBusy(max)),
+            // Full before this request looked (the storm's common case). A request with this
+            // key that committed after the statement's snapshot is not seen here; the client's
+            // next retry replays it.
+            Some(pending) if !stream_locked && pending >= max => {
+                return Err(ApiError::OrderBusy(max));
+            }
             _ => {}
         }
         // Something committed while the statement waited for the stream: perhaps a request with
         // this key (replay it), perhaps another that took the last room.
-        if let Some((fingerprint, command_id)) =
-            idempotency::lookup(&state.db, s.client.id, s.idempotency_key).await?
-        {
-            return Ok(Recorded::KeyTaken {
-                fingerprint,
-                command_id,
-            });
+        if let Some(taken) = taken(state, s).await? {
+            return Ok(taken);
         }
-        if !room {
+        if !stream_locked {
             return Err(ApiError::OrderBusy(max));
         }
         // Taken, then released by a request the broker refused: try again.
     }
+}
+
+/// The command the request's key already names, if it names one.
+async fn taken(state: &AppState, s: &Submission<'_>) -> Result<Option<Recorded>, ApiError> {
+    let found = idempotency::lookup(&state.db, s.client.id, s.idempotency_key).await?;
+    Ok(found.map(|(fingerprint, command_id)| Recorded::KeyTaken {
+        fingerprint,
+        command_id,
+    }))
 }
 
 /// A create: claim the key, open the new order's stream and record its first command.

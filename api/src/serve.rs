@@ -3,12 +3,12 @@
 //! `axum::serve` speaks HTTP/1 and HTTP/2 on every connection, so each connection task carries
 //! both protocols' state; with thousands of long-polls open that is most of the API's memory
 //! after hyper's own buffers. orderflow speaks HTTP/1.1 (TLS and HTTP/2 belong to the proxy in
-//! front), which keeps a connection's task small. Also: TCP_NODELAY on every connection, and a
-//! request head must arrive within hyper's 30 s header timeout (a slow-loris client is dropped).
+//! front), which keeps a connection's task small. TCP_NODELAY on every connection; idle
+//! keep-alive connections stay open until the client closes them, as with `axum::serve`.
 
 use axum::Router;
 use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use orderflow_shared::shutdown::CancellationToken;
 use std::io;
@@ -16,12 +16,15 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
-/// Serves `app` on `listener` until `shutdown` fires; then stops accepting, lets every
-/// connection finish the request it is serving (long-polls and live feeds end on the same
-/// signal) and returns once all are closed.
+/// How long a stop waits for the connections still serving a request.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
+/// Serves `app` on `listener` until `shutdown` fires; then stops accepting, closes idle
+/// connections, lets every other connection finish the request it is serving (long-polls and
+/// live feeds end on the same signal) and returns once all are closed, or after
+/// [`SHUTDOWN_GRACE`] (a client that never finishes sending a request must not hold a stop up).
 pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationToken) {
-    let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new());
+    let http = http1::Builder::new();
     let connections = TaskTracker::new();
     loop {
         let stream = tokio::select! {
@@ -52,7 +55,8 @@ pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationTok
             let result = tokio::select! {
                 result = connection.as_mut() => result,
                 _ = shutdown.cancelled() => {
-                    // Finishes the request in flight, if any, then closes.
+                    // Closes at once if idle (or if no request has started on it yet);
+                    // otherwise finishes the request in flight first.
                     connection.as_mut().graceful_shutdown();
                     connection.await
                 }
@@ -64,7 +68,15 @@ pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationTok
     }
     drop(listener);
     connections.close();
-    connections.wait().await;
+    if tokio::time::timeout(SHUTDOWN_GRACE, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = connections.len(),
+            "connections still open {SHUTDOWN_GRACE:?} after the stop; closing them"
+        );
+    }
 }
 
 fn is_connection_error(e: &io::Error) -> bool {

@@ -4,10 +4,11 @@
 //! "re-check everything" signal when notifications may have been missed), then re-reads its
 //! command. No polling loop, and a finish costs one map lookup however many polls are open.
 //!
-//! The re-reads take turns: no more run at once than the pool has connections. Woken together
-//! (a batch of commands finished, or a re-check signal), thousands of polls would otherwise each
-//! hold a query of their own (about 9 KB in sqlx) while they wait for a connection; queued here
-//! each waits with a few bytes.
+//! The re-reads after a wake-up take turns: no more run at once than the pool has connections.
+//! Woken together (a batch of commands finished, or a re-check signal), thousands of polls would
+//! otherwise each hold a query of their own (about 9 KB in sqlx) while they wait for a
+//! connection; queued here each waits with a few bytes, and still ends at its deadline or on
+//! shutdown.
 
 use crate::notifications::{self, Notice};
 use orderflow_shared::db::COMMAND_DONE_CHANNEL;
@@ -82,18 +83,12 @@ impl Waiters {
         let registration = Registration::new(&self.registry, command_id);
         let mut recheck = self.recheck.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
+        // The request's own first read is like any status read; only re-reads take turns.
+        let (mut value, done) = check().await?;
+        if done {
+            return Ok(value);
+        }
         loop {
-            let (value, done) = {
-                let _turn = self
-                    .reads
-                    .acquire()
-                    .await
-                    .expect("the semaphore is never closed");
-                check().await?
-            };
-            if done {
-                return Ok(value);
-            }
             tokio::select! {
                 _ = registration.notify.notified() => {}
                 changed = recheck.changed() => if changed.is_err() {
@@ -102,6 +97,17 @@ impl Waiters {
                 _ = tokio::time::sleep_until(deadline) => return Ok(value),
                 _ = self.shutdown.cancelled() => return Ok(value),
             }
+            let _turn = tokio::select! {
+                turn = self.reads.acquire() => turn.expect("the semaphore is never closed"),
+                // Still the status as last read: the client polls again.
+                _ = tokio::time::sleep_until(deadline) => return Ok(value),
+                _ = self.shutdown.cancelled() => return Ok(value),
+            };
+            let (next, done) = check().await?;
+            if done {
+                return Ok(next);
+            }
+            value = next;
         }
     }
 }

@@ -1354,3 +1354,53 @@ async fn the_bearer_scheme_is_case_insensitive_and_two_idempotency_keys_are_refu
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_stop_is_not_held_up_by_silent_or_idle_connections_and_ends_open_long_polls() {
+    let mut app = TestApp::spawn_with(Options {
+        start_worker: false,
+        ..Default::default()
+    })
+    .await;
+    let accepted = app.create_order(json!([])).await;
+    let command = accepted["command_id"].as_str().unwrap().to_owned();
+    let host = app.address.trim_start_matches("http://").to_owned();
+    // A connection that never sends a request (hyper counts it busy, not idle).
+    let silent = tokio::net::TcpStream::connect(&host).await.unwrap();
+    // An idle keep-alive connection: the test client's pool keeps the create's connection open.
+    // A long-poll in flight: the worker is stopped, so the command stays accepted.
+    let poll = tokio::spawn(
+        app.request(Method::GET, &format!("/v1/commands/{command}?wait=30"))
+            .send(),
+    );
+    // The poll is registered once the API counts it as an open long-poll.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = app
+            .http
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains("orderflow_open_streams{kind=\"long_poll\"} 1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the long-poll never opened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let started = Instant::now();
+    assert!(
+        app.stop_api(Duration::from_secs(10)).await,
+        "the API stopped within 10 s (its grace for busy connections is 20 s)"
+    );
+    // The long-poll was answered with the status it had, not cut off.
+    let answer = poll.await.unwrap().unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(body["status"], "accepted");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    drop(silent);
+}

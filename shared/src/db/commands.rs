@@ -322,18 +322,20 @@ pub async fn insert(
 pub enum Intake {
     /// The key is claimed and the command recorded with this seq.
     Recorded(i64),
-    /// Nothing was written: the key was claimed before this statement began, by this command.
+    /// Nothing was written: the key was claimed before this statement began and names this
+    /// command (perhaps another request's: compare the fingerprint).
     KeyTaken {
         fingerprint: Vec<u8>,
         command_id: CommandId,
     },
     /// Nothing was written, and the key names no command this statement could see.
     NotRecorded {
-        /// The stream was locked, so the key was claimed by a request that committed while this
-        /// one waited (look it up), or released again (try again).
-        room: bool,
+        /// The stream had room and was locked, so the key was claimed by a request that
+        /// committed while this one waited (look it up), or released again (try again). False:
+        /// no room, or not the client's order.
+        stream_locked: bool,
         /// The order's unfinished commands when the statement began; `None`: not this client's
-        /// order. Below the cap without `room`, a concurrent request took the last room while
+        /// order. Below the cap without `stream_locked`, a concurrent request took the last room while
         /// this one waited (and may have been this key's: look it up).
         pending: Option<i64>,
     },
@@ -408,7 +410,7 @@ pub async fn record_next(
                 command_id: CommandId(id),
             },
             _ => Intake::NotRecorded {
-                room: row.room,
+                stream_locked: row.room,
                 pending: row.pending,
             },
         },
