@@ -269,22 +269,6 @@ async fn too_many_or_too_large_headers_get_a_431_problem_and_nothing_is_written(
     assert_eq!(create(fine).await.unwrap().status(), StatusCode::ACCEPTED);
 }
 
-/// Reads a counter of the API's own `/metrics` (0 when the series does not exist yet).
-async fn api_counter(app: &TestApp, series: &str) -> f64 {
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test]
 async fn a_cached_key_skips_the_database_and_a_revocation_still_reaches_the_cache() {
     let app = TestApp::spawn_with(Options {
@@ -305,16 +289,16 @@ async fn a_cached_key_skips_the_database_and_a_revocation_still_reaches_the_cach
 
     // Once the API listens for changes to clients, a second check of a key is served from memory.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while api_counter(&app, cached).await < 1.0 {
+    while app.metric(cached).await < 1.0 {
         assert!(Instant::now() < deadline, "no key check was ever cached");
         assert_eq!(read().await.unwrap().status(), StatusCode::NOT_FOUND);
     }
-    let database_reads = api_counter(&app, from_database).await;
+    let database_reads = app.metric(from_database).await;
     for _ in 0..20 {
         assert_eq!(read().await.unwrap().status(), StatusCode::NOT_FOUND);
     }
     assert_eq!(
-        api_counter(&app, from_database).await,
+        app.metric(from_database).await,
         database_reads,
         "20 more requests with a cached key read no key from the database"
     );

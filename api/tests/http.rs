@@ -1375,23 +1375,14 @@ async fn a_stop_is_not_held_up_by_silent_or_idle_connections_and_ends_open_long_
     );
     // The poll is registered once the API counts it as an open long-poll.
     let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let metrics = app
-            .http
-            .get(app.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if metrics.contains("orderflow_open_streams{kind=\"long_poll\"} 1") {
-            break;
-        }
+    while app
+        .metric("orderflow_open_streams{kind=\"long_poll\"}")
+        .await
+        < 1.0
+    {
         assert!(Instant::now() < deadline, "the long-poll never opened");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let started = Instant::now();
     assert!(
         app.stop_api(Duration::from_secs(10)).await,
         "the API stopped within 10 s (its grace for busy connections is 20 s)"
@@ -1401,6 +1392,5 @@ async fn a_stop_is_not_held_up_by_silent_or_idle_connections_and_ends_open_long_
     assert_eq!(answer.status(), StatusCode::OK);
     let body: Value = answer.json().await.unwrap();
     assert_eq!(body["status"], "accepted");
-    assert!(started.elapsed() < Duration::from_secs(10));
     drop(silent);
 }
