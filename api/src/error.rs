@@ -57,6 +57,15 @@ pub enum ApiError {
         limit: u32,
         window_secs: u64,
     },
+    /// 429: the order's own token bucket is empty: more commands for one order than it may take
+    /// per second (per API process), however many clients send them.
+    #[error(
+        "this order takes at most {per_second} commands per second; retry after {retry_after_secs} s"
+    )]
+    OrderRateLimited {
+        per_second: u32,
+        retry_after_secs: u64,
+    },
     /// 429: the order has its maximum of commands accepted but not yet finished, or as many
     /// requests for it are already waiting at its gate in this API process.
     #[error(
@@ -107,6 +116,9 @@ impl ApiError {
             ApiError::IdempotencyInFlight => (StatusCode::CONFLICT, "idempotency-key-in-flight"),
             ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate-limited"),
             ApiError::OrderBusy(_) => (StatusCode::TOO_MANY_REQUESTS, "order-busy"),
+            ApiError::OrderRateLimited { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "order-rate-limited")
+            }
             ApiError::TooManyWaits(_) => (StatusCode::TOO_MANY_REQUESTS, "too-many-waits"),
             ApiError::TooManyStreams(_) => (StatusCode::TOO_MANY_REQUESTS, "too-many-streams"),
             ApiError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
@@ -155,6 +167,12 @@ impl IntoResponse for ApiError {
                 header::RETRY_AFTER,
                 HeaderValue::from_static(RETRY_AFTER_SECS),
             );
+        }
+        if let ApiError::OrderRateLimited {
+            retry_after_secs, ..
+        } = &self
+        {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
         }
         if let ApiError::RateLimited {
             retry_after_secs,

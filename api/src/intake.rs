@@ -27,6 +27,7 @@ use orderflow_shared::partition::partition_of;
 use orderflow_shared::telemetry;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use std::time::Instant;
 
 /// Which order a command is for.
 pub enum Target {
@@ -153,6 +154,7 @@ pub async fn submit(state: &AppState, s: Submission<'_>) -> Result<Accepted, Api
         );
         properties = properties.with_headers(headers);
     }
+    let started = Instant::now();
     let published = state
         .publisher
         .publish(
@@ -167,7 +169,11 @@ pub async fn submit(state: &AppState, s: Submission<'_>) -> Result<Accepted, Api
     // command will never run; anything uncertain answers 202 and leaves it to the relay.
     match published {
         Ok(()) => {
-            if let Err(e) = state.confirms.record(command_id).await {
+            metrics::intake_stage("publish", started);
+            let started = Instant::now();
+            let marked = state.confirms.record(command_id).await;
+            metrics::intake_stage("mark", started);
+            if let Err(e) = marked {
                 // The broker has it; the relay may republish it, which the inbox makes harmless.
                 tracing::warn!(%command_id, error = %e, "could not record the broker's confirm");
             }
@@ -220,20 +226,44 @@ async fn record(
     new: &NewCommand<'_>,
 ) -> Result<Recorded, ApiError> {
     let id = match s.target {
-        Target::New(id) => return record_create(state, s, new, id).await,
+        Target::New(id) => {
+            let started = Instant::now();
+            let recorded = record_create(state, s, new, id).await;
+            metrics::intake_stage("record", started);
+            return recorded;
+        }
         Target::Existing(id) => id,
     };
+    // The order's own rate first: a storm's excess costs nothing but this check. (A retry of an
+    // accepted command refused here is replayed once the client comes back after Retry-After.)
+    state.limits.check_order(id)?;
     let max = state.limits.max_pending_per_order();
     // Requests for one order take turns here rather than on its stream row (see `gates`). More
     // waiting than the order could take commands are turned away without the intake statement,
     // but a retry of an accepted command is still replayed.
     let queue = usize::try_from(max).unwrap_or(usize::MAX);
+    let started = Instant::now();
     let Some(_pass) = state.gates.enter(id, queue).await else {
         return match taken(state, s).await? {
             Some(taken) => Ok(taken),
             None => Err(ApiError::OrderBusy(max)),
         };
     };
+    metrics::intake_stage("gate", started);
+    let started = Instant::now();
+    let recorded = record_next(state, s, new, max).await;
+    metrics::intake_stage("record", started);
+    recorded
+}
+
+/// The intake statement for an existing order (the request's turn at its gate), until it
+/// records the command or says why not.
+async fn record_next(
+    state: &AppState,
+    s: &Submission<'_>,
+    new: &NewCommand<'_>,
+    max: i64,
+) -> Result<Recorded, ApiError> {
     loop {
         let (stream_locked, pending) =
             match commands::record_next(&state.db, new, s.idempotency_key, &s.fingerprint, max)

@@ -1,8 +1,9 @@
 //! Traffic control that is orderflow's own: a token bucket per client (governor), with the
 //! API's default quota or the client's override, caps on each client's open long-polls and
-//! streams, and the cap on each order's unfinished commands (enforced where its seq is taken).
-//! Per-client state lives in bounded caches (moka) that forget idle clients, so a flood of keys
-//! cannot grow it without end. The global in-flight limit, load shedding and the request timeout
+//! streams, a token bucket per order (however many clients send to it), and the cap on each
+//! order's unfinished commands (enforced where its seq is taken). Per-client and per-order state
+//! lives in bounded caches (moka) that forget idle keys, so a flood of keys cannot grow it
+//! without end. The global in-flight limit, load shedding and the request timeout
 //! are tower layers (see `routes::router`).
 
 use crate::error::ApiError;
@@ -11,7 +12,7 @@ use governor::middleware::StateInformationMiddleware;
 use governor::{Quota, RateLimiter};
 use moka::sync::Cache;
 use orderflow_shared::db::clients::{Client, RateLimit};
-use orderflow_shared::domain::ClientId;
+use orderflow_shared::domain::{ClientId, OrderId};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +33,11 @@ const DEFAULT_MAX_STREAMS: usize = 8;
 const DEFAULT_MAX_PENDING_PER_ORDER: i64 = 16;
 /// A client idle this long starts again with a full bucket.
 const IDLE: Duration = Duration::from_secs(600);
+/// Orders whose buckets are kept at most.
+const MAX_TRACKED_ORDERS: u64 = 100_000;
+/// An order untouched this long starts again with a full bucket (a full bucket is all it could
+/// hold after a second anyway).
+const ORDER_IDLE: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 pub struct Limits {
@@ -43,6 +49,9 @@ pub struct Limits {
     max_streams: usize,
     streams: Cache<ClientId, Arc<Semaphore>>,
     max_pending_per_order: i64,
+    /// Commands per second one order may take, and how many at once; `None`: no limit.
+    order_rate: Option<(NonZeroU32, NonZeroU32)>,
+    orders: Cache<OrderId, Arc<Limiter>>,
     clock: DefaultClock,
 }
 
@@ -60,6 +69,11 @@ impl Limits {
             max_streams: DEFAULT_MAX_STREAMS,
             streams: Cache::builder().max_capacity(MAX_TRACKED_CLIENTS).build(),
             max_pending_per_order: DEFAULT_MAX_PENDING_PER_ORDER,
+            order_rate: None,
+            orders: Cache::builder()
+                .max_capacity(MAX_TRACKED_ORDERS)
+                .time_to_idle(ORDER_IDLE)
+                .build(),
             clock: DefaultClock::default(),
         }
     }
@@ -86,6 +100,36 @@ impl Limits {
                 })
             }
         }
+    }
+
+    /// Sets how many commands per second one order may take, whoever sends them, and how many
+    /// at once (`per_second` 0: no limit; `burst` at least 1). A storm on one order then costs the
+    /// rest of the system a bounded share of its capacity, spread out in time: the excess is
+    /// turned away in memory, before any database work.
+    pub fn with_order_rate(mut self, per_second: u32, burst: u32) -> Self {
+        self.order_rate = NonZeroU32::new(per_second)
+            .map(|rate| (rate, NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN)));
+        self
+    }
+
+    /// Takes one token from the order's bucket, or says how long to wait.
+    pub fn check_order(&self, order: OrderId) -> Result<(), ApiError> {
+        let Some((per_second, burst)) = self.order_rate else {
+            return Ok(());
+        };
+        let limiter = self.orders.get_with(order, || {
+            Arc::new(
+                RateLimiter::direct(Quota::per_second(per_second).allow_burst(burst))
+                    .with_middleware(),
+            )
+        });
+        limiter.check().map(|_| ()).map_err(|not_until| {
+            let wait = not_until.wait_time_from(self.clock.now());
+            ApiError::OrderRateLimited {
+                per_second: per_second.get(),
+                retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+            }
+        })
     }
 
     /// Holds one of the client's long-poll slots for as long as the permit lives.
@@ -183,6 +227,40 @@ mod tests {
         }));
         assert!((0..50).all(|_| limits.check(&generous).is_ok()));
         assert!(limits.check(&generous).is_err());
+    }
+
+    #[test]
+    fn an_order_takes_its_rate_whoever_sends_and_other_orders_are_not_touched() {
+        let limits = Limits::new(
+            RateLimit {
+                per_second: 1_000,
+                burst: 1_000,
+            },
+            1,
+        )
+        .with_order_rate(1, 3);
+        let (hot, cold) = (OrderId::new(), OrderId::new());
+        // The burst at once; refill is one token a second, far slower than this loop, so the
+        // outcome does not depend on the machine's speed.
+        assert!((0..3).all(|_| limits.check_order(hot).is_ok()));
+        match limits.check_order(hot) {
+            Err(ApiError::OrderRateLimited {
+                per_second,
+                retry_after_secs,
+            }) => assert_eq!((per_second, retry_after_secs), (1, 1)),
+            other => panic!("{other:?}"),
+        }
+        assert!(limits.check_order(cold).is_ok());
+        // 0 turns the limit off.
+        let unlimited = Limits::new(
+            RateLimit {
+                per_second: 1,
+                burst: 1,
+            },
+            1,
+        )
+        .with_order_rate(0, 1);
+        assert!((0..1_000).all(|_| unlimited.check_order(hot).is_ok()));
     }
 
     #[test]

@@ -50,6 +50,12 @@ pub fn command_accepted(kind: &str) {
     .increment(1);
 }
 
+/// One stage of accepting a command, timed: what a 202 waited for, stage by stage.
+pub fn intake_stage(stage: &'static str, started: Instant) {
+    metrics::histogram!("orderflow_intake_stage_seconds", "stage" => stage)
+        .record(started.elapsed().as_secs_f64());
+}
+
 pub fn idempotent_replay() {
     metrics::counter!("orderflow_idempotent_replays_total").increment(1);
 }

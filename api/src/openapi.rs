@@ -282,9 +282,11 @@ problem_response!(
     "RateLimit-Policy" => header(string_matching("^[0-9]+;w=[0-9]+$"), "`<limit>;w=<window seconds>`; `rate-limited` only."),
 );
 problem_response!(
-    /// 429 of a command to an existing order: either limit.
+    /// 429 of a command to an existing order: any of its limits.
     RateLimitedOrOrderBusy,
-    "`rate-limited`: the client's token bucket is empty (with `RateLimit-*` headers); or \
+    "`rate-limited`: the client's token bucket is empty (with `RateLimit-*` headers); \
+     `order-rate-limited`: the order has taken its commands per second \
+     (`ORDERFLOW_ORDER_RATE_PER_SECOND`), whoever sent them; or \
      `order-busy`: the order already has its maximum of commands accepted but not yet finished \
      (`ORDERFLOW_MAX_PENDING_PER_ORDER`); nothing was accepted.",
     "Retry-After" => retry_after(),

@@ -50,6 +50,19 @@ pub struct ApiConfig {
           value_parser = clap::value_parser!(i64).range(1..))]
     pub max_pending_per_order: i64,
 
+    /// Commands one order may take per second (per API process), whoever sends them; more
+    /// answer 429 `order-rate-limited` at once, before any database work, so a storm on one
+    /// order cannot take the capacity the other orders need. 0: no limit.
+    #[arg(long, env = "ORDERFLOW_ORDER_RATE_PER_SECOND", default_value_t = 50)]
+    pub order_rate_per_second: u32,
+
+    /// Commands one order may take at once (its token bucket's size; by default the order's
+    /// allowance of unfinished commands): a herd of clients arriving together gets this many in,
+    /// the rest answer 429 `order-rate-limited`.
+    #[arg(long, env = "ORDERFLOW_ORDER_RATE_BURST", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub order_rate_burst: u32,
+
     /// Dashboard live feeds (SSE) one client may hold open at once; more answer 429.
     #[arg(long, env = "ORDERFLOW_MAX_STREAMS_PER_CLIENT", default_value_t = 8,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -172,7 +185,8 @@ impl Application {
                 config.max_waits_per_client,
             )
             .with_max_streams(config.max_streams_per_client as usize)
-            .with_max_pending_per_order(config.max_pending_per_order),
+            .with_max_pending_per_order(config.max_pending_per_order)
+            .with_order_rate(config.order_rate_per_second, config.order_rate_burst),
             keys: Keys::new(Duration::from_secs(config.key_cache_secs)),
             hub: Hub::new(Thresholds {
                 conflict_rate: config.alert_conflict_rate,

@@ -412,6 +412,8 @@ async fn a_storm_on_one_order_gets_exactly_its_room_with_gapless_seqs_and_429s_f
     let app = TestApp::spawn_with(Options {
         start_worker: false,
         max_pending_per_order: Some(8),
+        // This test is about the allowance and the gate, not the order's rate.
+        order_rate: Some((0, 1)),
         ..Default::default()
     })
     .await;
@@ -458,6 +460,82 @@ async fn a_storm_on_one_order_gets_exactly_its_room_with_gapless_seqs_and_429s_f
         seqs,
         (1..=8).collect::<Vec<i64>>(),
         "one command per seq, no gap"
+    );
+}
+
+#[tokio::test]
+async fn an_order_beyond_its_rate_is_refused_with_retry_after_and_nothing_written() {
+    let app = TestApp::spawn_with(Options {
+        start_worker: false,
+        order_rate: Some((1, 1)),
+        ..Default::default()
+    })
+    .await;
+    let mut orders = Vec::new();
+    for _ in 0..2 {
+        let created = app.create_order(json!([])).await;
+        orders.push(created["order_id"].as_str().unwrap().to_owned());
+    }
+    let (hot, cold) = (&orders[0], &orders[1]);
+    let started = Instant::now();
+    let storm = futures_util::future::join_all((0..20).map(|n| {
+        let app = &app;
+        async move {
+            let add = json!({"type": "add_item", "sku": format!("S{n}"), "quantity": 1, "unit_price_cents": 100});
+            let response = post_command(app, hot, add).await;
+            let status = response.status();
+            let retry_after = response.headers().get("retry-after").cloned();
+            let content_type = response.headers()["content-type"].clone();
+            let body: Value = response.json().await.unwrap();
+            (status, retry_after, content_type, body)
+        }
+    }))
+    .await;
+    // One token a second, one in the bucket: one command, plus one per second the storm took.
+    let allowed = 1 + started.elapsed().as_secs() as usize;
+    let accepted = storm
+        .iter()
+        .filter(|(status, ..)| *status == StatusCode::ACCEPTED)
+        .count();
+    assert!(
+        (1..=allowed).contains(&accepted),
+        "{accepted} accepted, {allowed} allowed"
+    );
+    for (status, retry_after, content_type, body) in &storm {
+        if *status == StatusCode::ACCEPTED {
+            continue;
+        }
+        assert_eq!(*status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+        assert_eq!(
+            body["type"],
+            "https://orderflow.dev/problems/order-rate-limited"
+        );
+        assert_eq!(content_type, "application/problem+json");
+        let wait: u64 = retry_after
+            .as_ref()
+            .expect("a refusal says when to retry")
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(wait >= 1, "{wait}");
+    }
+    let written: i64 =
+        sqlx::query_scalar("select count(*) from commands where order_id = $1::uuid")
+            .bind(hot)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(
+        written as usize,
+        1 + accepted,
+        "the create and the accepted only"
+    );
+    // Another order has its own bucket.
+    let add = json!({"type": "add_item", "sku": "C", "quantity": 1, "unit_price_cents": 100});
+    assert_eq!(
+        post_command(&app, cold, add).await.status(),
+        StatusCode::ACCEPTED
     );
 }
 

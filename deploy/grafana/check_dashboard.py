@@ -33,6 +33,7 @@ API_SERIES = {
     "orderflow_idempotent_replays_total": set(),
     "orderflow_idempotency_mismatches_total": set(),
     "orderflow_open_streams": {"kind"},
+    "orderflow_intake_stage_seconds": {"stage"},
 }
 WORKER_SERIES = {
     "orderflow_commands_finished_total": {"type", "status", "reason"},

@@ -167,6 +167,13 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// Finer buckets (seconds) for the stages of accepting a command (`orderflow_intake_…`): each is
+/// a few milliseconds, and which one grows is what an operator needs to see.
+const STAGE_BUCKETS: &[f64] = &[
+    0.00025, 0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0065, 0.008, 0.01, 0.0125, 0.015,
+    0.02, 0.025, 0.035, 0.05, 0.1, 0.25, 1.0,
+];
+
 /// Histogram buckets for counts of messages (series named `…_messages`): batch sizes.
 const COUNT_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
 
@@ -180,6 +187,11 @@ pub fn prometheus() -> &'static metrics_exporter_prometheus::PrometheusHandle {
     HANDLE.get_or_init(|| {
         let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
             .set_buckets(LATENCY_BUCKETS)
+            .expect("the bucket list is not empty")
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Prefix("orderflow_intake_".into()),
+                STAGE_BUCKETS,
+            )
             .expect("the bucket list is not empty")
             .set_buckets_for_metric(
                 metrics_exporter_prometheus::Matcher::Suffix("_messages".into()),

@@ -34,6 +34,8 @@ pub struct Options {
     /// `ORDERFLOW_KEY_CACHE_SECS` (else the API's default: no cache).
     pub key_cache_secs: Option<u64>,
     pub max_pending_per_order: Option<i64>,
+    /// `ORDERFLOW_ORDER_RATE_PER_SECOND` and `_BURST` (else the API's defaults).
+    pub order_rate: Option<(u32, u32)>,
     /// The worker's park timeout (else 30 s).
     pub park_timeout_ms: Option<u64>,
 }
@@ -49,6 +51,7 @@ impl Default for Options {
             max_waits_per_client: None,
             key_cache_secs: None,
             max_pending_per_order: None,
+            order_rate: None,
             park_timeout_ms: None,
         }
     }
@@ -104,6 +107,10 @@ impl TestApp {
         }
         if let Some(max) = options.max_pending_per_order {
             config.max_pending_per_order = max;
+        }
+        if let Some((per_second, burst)) = options.order_rate {
+            config.order_rate_per_second = per_second;
+            config.order_rate_burst = burst;
         }
         let app = Application::build(config, api_shutdown.clone())
             .await

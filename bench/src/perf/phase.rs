@@ -170,6 +170,7 @@ struct Row {
     status: String,
     accepted_at: DateTime<Utc>,
     finished_at: Option<DateTime<Utc>>,
+    partition: i32,
 }
 
 /// How the phase's commands ended: their accept→applied figures, counts by final status, how
@@ -223,9 +224,13 @@ async fn ended(
         sut.commits.as_ref().map(|c| c.take()).unwrap_or_default();
     let mut unseen = 0u64;
     let mut found = 0u64;
+    // Cold commands' accept→applied by partition, and the hot order's partition (the storm).
+    let mut cold_by_partition: Vec<(i32, u64)> = Vec::new();
+    let mut hot_partition = None;
     for chunk in ids.chunks(CHUNK) {
         let rows: Vec<Row> = sqlx::query_as(
-            "select id, order_id, status, accepted_at, finished_at from commands where id = any($1)",
+            "select id, order_id, status, accepted_at, finished_at, partition
+             from commands where id = any($1)",
         )
         .bind(chunk)
         .fetch_all(&sut.db)
@@ -247,13 +252,37 @@ async fn ended(
             let us = (end - row.accepted_at)
                 .num_microseconds()
                 .unwrap_or(i64::MAX);
+            let is_hot = Some(row.order_id) == hot;
+            if is_hot {
+                hot_partition = Some(row.partition);
+            } else if hot.is_some() {
+                cold_by_partition.push((row.partition, us.max(0) as u64));
+            }
             finished.push(Finished {
                 accepted: seconds_between(window.start_wall, row.accepted_at),
                 us: us.max(0) as u64,
-                hot: Some(row.order_id) == hot,
+                hot: is_hot,
                 in_window: end <= window.end_wall,
             });
         }
+    }
+    // Only orderflow has partitions (naive's rows carry a placeholder).
+    if let Some(shared) = hot_partition.filter(|_| sut.system == System::Orderflow) {
+        let cold = |same: bool| {
+            Latency::from_values(
+                cold_by_partition
+                    .iter()
+                    .filter(|(p, _)| (*p == shared) == same)
+                    .map(|(_, us)| *us),
+            )
+            .0
+        };
+        let (with_hot, elsewhere) = (cold(true), cold(false));
+        notes.push(format!(
+            "cold orders in the hot order's partition: accept→applied p50/p99 {:.1}/{:.1} ms ({} commands); in the other partitions {:.1}/{:.1} ms ({})",
+            with_hot.p50_ms, with_hot.p99_ms, with_hot.count,
+            elsewhere.p50_ms, elsewhere.p99_ms, elsewhere.count,
+        ));
     }
     let lost = (ids.len() as u64 - found) + by_status.get("accepted").copied().unwrap_or(0);
     if unseen > 0 {
