@@ -27,7 +27,6 @@ use orderflow_shared::partition::partition_of;
 use orderflow_shared::telemetry;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use std::time::Instant;
 
 /// Which order a command is for.
 pub enum Target {
@@ -154,26 +153,23 @@ pub async fn submit(state: &AppState, s: Submission<'_>) -> Result<Accepted, Api
         );
         properties = properties.with_headers(headers);
     }
-    let started = Instant::now();
-    let published = state
-        .publisher
-        .publish(
+    let published = metrics::intake_stage(
+        "publish",
+        state.publisher.publish(
             &state.topology.command_exchange(),
             &partition.to_string(),
             &message.to_bytes(),
             properties,
             true,
-        )
-        .await;
+        ),
+    )
+    .await;
     // From here on the command is recorded: a 503 is only allowed once it is certain that the
     // command will never run; anything uncertain answers 202 and leaves it to the relay.
     match published {
         Ok(()) => {
-            metrics::intake_stage("publish", started);
-            let started = Instant::now();
-            let marked = state.confirms.record(command_id).await;
-            metrics::intake_stage("mark", started);
-            if let Err(e) = marked {
+            let marked = metrics::intake_stage("mark", state.confirms.record(command_id));
+            if let Err(e) = marked.await {
                 // The broker has it; the relay may republish it, which the inbox makes harmless.
                 tracing::warn!(%command_id, error = %e, "could not record the broker's confirm");
             }
@@ -227,10 +223,7 @@ async fn record(
 ) -> Result<Recorded, ApiError> {
     let id = match s.target {
         Target::New(id) => {
-            let started = Instant::now();
-            let recorded = record_create(state, s, new, id).await;
-            metrics::intake_stage("record", started);
-            return recorded;
+            return metrics::intake_stage("record", record_create(state, s, new, id)).await;
         }
         Target::Existing(id) => id,
     };
@@ -242,18 +235,13 @@ async fn record(
     // waiting than the order could take commands are turned away without the intake statement,
     // but a retry of an accepted command is still replayed.
     let queue = usize::try_from(max).unwrap_or(usize::MAX);
-    let started = Instant::now();
-    let Some(_pass) = state.gates.enter(id, queue).await else {
+    let Some(_pass) = metrics::intake_stage("gate", state.gates.enter(id, queue)).await else {
         return match taken(state, s).await? {
             Some(taken) => Ok(taken),
             None => Err(ApiError::OrderBusy(max)),
         };
     };
-    metrics::intake_stage("gate", started);
-    let started = Instant::now();
-    let recorded = record_next(state, s, new, max).await;
-    metrics::intake_stage("record", started);
-    recorded
+    metrics::intake_stage("record", record_next(state, s, new, max)).await
 }
 
 /// The intake statement for an existing order (the request's turn at its gate), until it

@@ -83,22 +83,18 @@ impl Limits {
         let rate = client.rate_limit.unwrap_or(self.default);
         let limiter = self.buckets.get_with((client.id, rate), || {
             let per_second = NonZeroU32::new(rate.per_second).unwrap_or(NonZeroU32::MIN);
-            let burst = NonZeroU32::new(rate.burst).unwrap_or(per_second);
-            Arc::new(
-                RateLimiter::direct(Quota::per_second(per_second).allow_burst(burst))
-                    .with_middleware(),
+            bucket(
+                per_second,
+                NonZeroU32::new(rate.burst).unwrap_or(per_second),
             )
         });
-        match limiter.check() {
-            Ok(_) => Ok(()),
-            Err(not_until) => {
-                let wait = not_until.wait_time_from(self.clock.now());
-                Err(ApiError::RateLimited {
-                    retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
-                    limit: rate.burst,
-                    window_secs: (f64::from(rate.burst) / f64::from(rate.per_second)).ceil() as u64,
-                })
-            }
+        match self.take(&limiter) {
+            Ok(()) => Ok(()),
+            Err(retry_after_secs) => Err(ApiError::RateLimited {
+                retry_after_secs,
+                limit: rate.burst,
+                window_secs: (f64::from(rate.burst) / f64::from(rate.per_second)).ceil() as u64,
+            }),
         }
     }
 
@@ -117,18 +113,19 @@ impl Limits {
         let Some((per_second, burst)) = self.order_rate else {
             return Ok(());
         };
-        let limiter = self.orders.get_with(order, || {
-            Arc::new(
-                RateLimiter::direct(Quota::per_second(per_second).allow_burst(burst))
-                    .with_middleware(),
-            )
-        });
+        let limiter = self.orders.get_with(order, || bucket(per_second, burst));
+        self.take(&limiter)
+            .map_err(|retry_after_secs| ApiError::OrderRateLimited {
+                per_second: per_second.get(),
+                retry_after_secs,
+            })
+    }
+
+    /// Takes a token from `limiter`, or says in whole seconds (at least 1) when to come back.
+    fn take(&self, limiter: &Limiter) -> Result<(), u64> {
         limiter.check().map(|_| ()).map_err(|not_until| {
             let wait = not_until.wait_time_from(self.clock.now());
-            ApiError::OrderRateLimited {
-                per_second: per_second.get(),
-                retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
-            }
+            wait.as_secs_f64().ceil().max(1.0) as u64
         })
     }
 
@@ -169,6 +166,13 @@ impl Limits {
             .try_acquire_owned()
             .map_err(|_| ApiError::TooManyStreams(self.max_streams))
     }
+}
+
+/// A token bucket: `per_second` refill, `burst` at most.
+fn bucket(per_second: NonZeroU32, burst: NonZeroU32) -> Arc<Limiter> {
+    Arc::new(
+        RateLimiter::direct(Quota::per_second(per_second).allow_burst(burst)).with_middleware(),
+    )
 }
 
 #[cfg(test)]

@@ -50,10 +50,13 @@ pub fn command_accepted(kind: &str) {
     .increment(1);
 }
 
-/// One stage of accepting a command, timed: what a 202 waited for, stage by stage.
-pub fn intake_stage(stage: &'static str, started: Instant) {
+/// Runs one stage of accepting a command and times it: what a 202 waited for, stage by stage.
+pub async fn intake_stage<T>(stage: &'static str, work: impl std::future::Future<Output = T>) -> T {
+    let started = Instant::now();
+    let done = work.await;
     metrics::histogram!("orderflow_intake_stage_seconds", "stage" => stage)
         .record(started.elapsed().as_secs_f64());
+    done
 }
 
 pub fn idempotent_replay() {
