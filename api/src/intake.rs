@@ -6,7 +6,8 @@
 //! storm on one order queues there instead of on its stream row.
 //!
 //! A publish the broker did not confirm (queue full, broker down) marks the command rejected
-//! before answering 503, so nothing runs later by surprise; the key is released for a retry.
+//! before answering 503, so nothing runs later by surprise; the key is released for a retry. If
+//! that transaction's outcome is unknown, the command is read back until it is known.
 //! If the API dies between commit and publish, the worker's command relay publishes it later
 //! and the key's replay answers the 202 the caller never saw.
 
@@ -16,6 +17,7 @@ use crate::metrics;
 use crate::state::AppState;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use backon::{BackoffBuilder, ExponentialBuilder};
 use lapin::types::{AMQPValue, FieldTable};
 use orderflow_shared::amqp::{PublishError, json_properties};
 use orderflow_shared::contract::CommandMessage;
@@ -27,6 +29,7 @@ use orderflow_shared::partition::partition_of;
 use orderflow_shared::telemetry;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use std::time::Duration;
 
 /// Which order a command is for.
 pub enum Target {
@@ -183,13 +186,19 @@ pub async fn submit(state: &AppState, s: Submission<'_>) -> Result<Accepted, Api
                 ),
             };
             match refuse(state, s.client, s.idempotency_key, command_id, reason).await {
-                Ok(true) => return Err(api_error),
-                Ok(false) => {
+                Ok(Refusal::Recorded) => return Err(api_error),
+                Ok(Refusal::TakenUp) => {
                     tracing::info!(%command_id, "publish failed, but the command was already taken up");
                 }
                 Err(e) => {
-                    tracing::warn!(%command_id, error = %e, publish_error = %error,
-                        "publish failed and the refusal could not be recorded; the relay will publish it");
+                    // PostgreSQL stayed out of reach: the command may be refused or may still be
+                    // published by the relay. A retry with the same key answers which.
+                    tracing::error!(%command_id, error = %e, publish_error = %error,
+                        "publish failed and what the refusal came to is unknown");
+                    return Err(ApiError::Unavailable(anyhow::anyhow!(
+                        "command {command_id}: the broker refused it and its refusal could not be \
+                         confirmed; retry with the same Idempotency-Key to learn whether it runs"
+                    )));
                 }
             }
         }
@@ -339,9 +348,88 @@ async fn record_create(
     Ok(Recorded::Seq(1))
 }
 
-/// Marks the command rejected and releases its key, in one transaction: a concurrent replay
-/// sees either the key with an undecided command (409) or no key at all.
+/// What became of a recorded command the broker would not take.
+#[derive(Debug, PartialEq, Eq)]
+enum Refusal {
+    /// Marked rejected and its key released: it never runs.
+    Recorded,
+    /// Published or taken up meanwhile (by the relay, or a worker behind it): it runs.
+    TakenUp,
+}
+
+/// How long the intake keeps asking what a refusal came to when its transaction's outcome is
+/// unknown (its connection died around the commit).
+const REFUSAL_SETTLE: Duration = Duration::from_secs(10);
+
+/// Refuses the command. When the refusing transaction fails, it may still have committed (a
+/// connection cut between the commit and its answer): the command is read again, on another
+/// connection and after any transaction still holding it, until it is known whether the refusal
+/// landed. Only a command read as still accepted and unpublished is refused again.
 async fn refuse(
+    state: &AppState,
+    client: &Client,
+    key: &str,
+    command_id: CommandId,
+    reason: Rejection,
+) -> Result<Refusal, sqlx::Error> {
+    let mut delays = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(20))
+        .with_max_delay(Duration::from_secs(1))
+        .with_total_delay(Some(REFUSAL_SETTLE))
+        .without_max_times()
+        .with_jitter()
+        .build();
+    loop {
+        let mut error = match refuse_once(state, client, key, command_id, reason).await {
+            Ok(true) => return Ok(Refusal::Recorded),
+            Ok(false) => return Ok(Refusal::TakenUp),
+            Err(e) => e,
+        };
+        tracing::warn!(%command_id, %error, "refusing the command failed; reading what it came to");
+        loop {
+            let Some(delay) = delays.next() else {
+                return Err(error);
+            };
+            tokio::time::sleep(delay).await;
+            match commands::get_for_client_settled(&state.db, client.id, command_id).await {
+                Ok(Some(row)) => match settled_refusal(
+                    row.status,
+                    row.reason.as_deref(),
+                    row.published_at.is_some(),
+                ) {
+                    Some(refusal) => return Ok(refusal),
+                    // The refusal did not land: try it again.
+                    None => break,
+                },
+                Ok(None) => return Err(sqlx::Error::RowNotFound),
+                Err(e) => error = e,
+            }
+        }
+    }
+}
+
+/// What a command read after a failed refusal says about it; `None` while it is still accepted
+/// and unpublished (the refusal did not land and nothing took it up).
+fn settled_refusal(
+    status: CommandStatus,
+    reason: Option<&str>,
+    published: bool,
+) -> Option<Refusal> {
+    let refused = [Rejection::QueueFull, Rejection::BrokerUnavailable]
+        .iter()
+        .any(|r| reason == Some(r.as_str()));
+    match status {
+        // Only the intake rejects for these reasons; a worker's rejections have their own.
+        CommandStatus::Rejected if refused => Some(Refusal::Recorded),
+        CommandStatus::Accepted if !published => None,
+        _ => Some(Refusal::TakenUp),
+    }
+}
+
+/// Marks the command rejected and releases its key, in one transaction: a concurrent replay
+/// sees either the key with an undecided command (409) or no key at all. `false` when the command
+/// was no longer accepted and unpublished.
+async fn refuse_once(
     state: &AppState,
     client: &Client,
     key: &str,
@@ -426,4 +514,39 @@ async fn replay(
         status: CommandStatus::Accepted,
         replayed: true,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_that_landed_is_told_from_one_that_did_not_and_from_a_command_that_ran() {
+        // Rejected as refused: the refusal committed.
+        assert_eq!(
+            settled_refusal(CommandStatus::Rejected, Some("queue_full"), false),
+            Some(Refusal::Recorded)
+        );
+        // Still accepted and unpublished: the refusal rolled back; refuse again.
+        assert_eq!(settled_refusal(CommandStatus::Accepted, None, false), None);
+        // Published by the relay meanwhile, or applied, or rejected by the worker on its
+        // merits: it ran (or runs), so the answer is 202.
+        assert_eq!(
+            settled_refusal(CommandStatus::Accepted, None, true),
+            Some(Refusal::TakenUp)
+        );
+        assert_eq!(
+            settled_refusal(CommandStatus::Applied, None, true),
+            Some(Refusal::TakenUp)
+        );
+        assert_eq!(
+            settled_refusal(CommandStatus::Rejected, Some("insufficient_stock"), true,),
+            Some(Refusal::TakenUp)
+        );
+        // Refused either way, it never runs: never a 202.
+        assert_eq!(
+            settled_refusal(CommandStatus::Rejected, Some("broker_unavailable"), false,),
+            Some(Refusal::Recorded)
+        );
+    }
 }

@@ -564,6 +564,102 @@ async fn a_full_partition_answers_503_and_the_refused_command_never_runs() {
 }
 
 #[tokio::test]
+async fn a_refusal_cut_off_mid_transaction_is_read_back_and_still_answers_503() {
+    let mut app = TestApp::spawn_with(Options {
+        start_worker: false,
+        queue_max_length: 1,
+        ..Default::default()
+    })
+    .await;
+    // The first transaction that marks a command refused loses its connection midway (the
+    // backend terminates itself): the API cannot tell from the error whether it committed. A
+    // sequence counts the attempts, since it is not rolled back with them.
+    sqlx::raw_sql(
+        "create sequence refusal_attempts;
+         create function cut_first_refusal() returns trigger language plpgsql as $$
+         begin
+             if nextval('refusal_attempts') = 1 then
+                 perform pg_terminate_backend(pg_backend_pid());
+             end if;
+             return new;
+         end $$;
+         create trigger cut_first_refusal before update on commands
+             for each row when (new.status = 'rejected') execute function cut_first_refusal();",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+
+    let body = json!({"customer_id": "c", "currency": "EUR", "items": []});
+    let mut accepted = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let problem = loop {
+        assert!(Instant::now() < deadline, "no publish was ever refused");
+        let response = app
+            .request(Method::POST, "/v1/orders")
+            .header("idempotency-key", Uuid::new_v4().to_string())
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        match response.status() {
+            StatusCode::ACCEPTED => accepted.push(response.json::<Value>().await.unwrap()),
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(response.headers()["retry-after"], "1");
+                break response.json::<Value>().await.unwrap();
+            }
+            other => panic!("unexpected {other}"),
+        }
+    };
+    assert_eq!(problem["type"], "https://orderflow.dev/problems/queue-full");
+    let attempts: i64 = sqlx::query_scalar("select last_value from refusal_attempts")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(
+        attempts, 2,
+        "the first refusal was cut off, the second landed"
+    );
+    let rejected: Vec<Uuid> = sqlx::query_scalar(
+        "select id from commands where status = 'rejected' and reason = 'queue_full'",
+    )
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(rejected.len(), 1);
+    assert!(
+        accepted
+            .iter()
+            .all(|a| a["command_id"].as_str() != Some(rejected[0].to_string().as_str())),
+        "the refused command was never answered 202"
+    );
+    // And no 202 stands for a command the broker never took (as one would if the API had
+    // given up on the cut-off refusal and answered 202 for the relay to publish).
+    let unpublished: i64 = sqlx::query_scalar(
+        "select count(*) from commands where status = 'accepted' and published_at is null",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(unpublished, 0);
+
+    // Everything answered 202 runs; the refused command stays refused.
+    app.start_worker().await;
+    for a in &accepted {
+        assert_eq!(
+            app.wait_final(a["command_id"].as_str().unwrap()).await["status"],
+            "applied"
+        );
+    }
+    let status: String = sqlx::query_scalar("select status from commands where id = $1")
+        .bind(rejected[0])
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(status, "rejected");
+}
+
+#[tokio::test]
 async fn a_worker_stopped_mid_stream_loses_nothing_and_applies_nothing_twice() {
     let mut app = TestApp::spawn().await;
     let mut accepted = Vec::new();
