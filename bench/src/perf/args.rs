@@ -48,6 +48,10 @@ pub struct PerfArgs {
     /// smoke 20).
     #[arg(long)]
     pub storm_cold_rate: Option<f64>,
+    /// Seconds of random jitter a refused closed-loop client adds to its 1 s back-off (default
+    /// 0: every refused client comes back exactly 1 s later, in step with the others).
+    #[arg(long)]
+    pub back_off_jitter: Option<f64>,
     /// Burst rate as a multiple of the sustainable rate (default 5).
     #[arg(long)]
     pub burst_factor: Option<f64>,
@@ -128,6 +132,13 @@ impl PerfArgs {
         }
         if let Some(v) = self.storm_cold_rate {
             config.storm_cold_rate = v;
+        }
+        if let Some(v) = self.back_off_jitter {
+            anyhow::ensure!(
+                v >= 0.0 && v.is_finite(),
+                "--back-off-jitter must be 0 or more seconds"
+            );
+            config.back_off_jitter = Duration::from_secs_f64(v);
         }
         if let Some(v) = self.burst_factor {
             config.burst_factor = v;

@@ -46,6 +46,8 @@ pub struct Load {
     /// Answers so far (the progress bar reads it).
     pub answered: Arc<AtomicU64>,
     pub seed: u64,
+    /// Random extra wait, up to this, after [`RETRY_AFTER`] (0: refused clients come back in step).
+    pub back_off_jitter: Duration,
 }
 
 impl Load {
@@ -89,8 +91,9 @@ pub async fn closed(load: &Load, picker: Picker, clients: usize, stream: u64) ->
                     sample.retry_after && matches!(sample.answer, Answer::Status(429 | 503));
                 samples.push(sample);
                 if back_off {
-                    tokio::time::sleep_until(load.until.min(Instant::now() + RETRY_AFTER).into())
-                        .await;
+                    let jitter = load.back_off_jitter.mul_f64(rng.gen_range(0.0..=1.0));
+                    let wake = Instant::now() + RETRY_AFTER + jitter;
+                    tokio::time::sleep_until(load.until.min(wake).into()).await;
                 }
             }
             samples

@@ -60,6 +60,7 @@ where
         until: start + spec.duration,
         answered: answered.clone(),
         seed: config.seed,
+        back_off_jitter: config.back_off_jitter,
     };
     let ticker = {
         let (bar, answered, total) = (bar.clone(), answered.clone(), spec.duration);

@@ -141,8 +141,12 @@ async fn storm(config: &PerfConfig, sut: &mut Sut) -> anyhow::Result<Vec<PhaseRe
         cold_samples
     })
     .await?;
+    let back_off = match config.back_off_jitter {
+        jitter if jitter.is_zero() => "1 s after a refusal, in step".to_string(),
+        jitter => format!("1 s plus up to {jitter:?} at random after a refusal"),
+    };
     with.notes.push(format!(
-        "{clients} closed-loop clients on one hot order, cold orders open loop at {rate:.0}/s"
+        "{clients} closed-loop clients on one hot order (back off {back_off}), cold orders open loop at {rate:.0}/s"
     ));
     Ok(vec![without, with])
 }
