@@ -45,7 +45,8 @@ pub enum ClientCommand {
         #[arg(long, requires = "rate_limit_per_second", value_parser = clap::value_parser!(u32).range(1..))]
         rate_limit_burst: Option<u32>,
     },
-    /// Revoke a client's key at once.
+    /// Revoke a client's key: every API refuses it as soon as the change reaches it (about a
+    /// millisecond; at once with ORDERFLOW_KEY_CACHE_SECS=0).
     Revoke {
         /// The client's id.
         #[arg(long)]

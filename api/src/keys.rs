@@ -2,10 +2,11 @@
 //! indexed equality on a hash leaks nothing about the key through timing); the live client it
 //! belongs to is then kept in memory for a while so that a request costs no database round trip.
 //!
-//! A revoked key must fail at once, in every API process. Every change to `clients` (a trigger,
-//! so a hand-written `update` counts too) notifies [`CLIENTS_CHANNEL`]; each notification starts a
-//! new cache generation, and an entry is only believed if it was read in the current one. An
-//! entry read before a revocation but stored after its notification is thereby still discarded.
+//! A revoked key must fail in every API process as soon as it hears of it. Every change to
+//! `clients` (a trigger, so a hand-written `update` counts too) notifies [`CLIENTS_CHANNEL`]; each
+//! notification starts a new cache generation, and an entry is only believed if it was read in
+//! the current one. An entry read before a revocation but stored after its notification is
+//! thereby still discarded.
 //! While the notification connection is down nothing is believed from the cache, so a missed
 //! notification cannot keep a revoked key alive.
 

@@ -85,11 +85,11 @@ pub struct ApiConfig {
     )]
     pub alert_partition_lag_secs: f64,
 
-    /// Seconds an API key's check is remembered. 0 (the default): every request reads the
-    /// database, so a revoked key fails on the very next request. Above 0: a change to clients
-    /// reaches every API as a PostgreSQL notification (about a millisecond on one host), and a
-    /// revoked key may pass until then; nothing is cached while that connection is down.
-    #[arg(long, env = "ORDERFLOW_KEY_CACHE_SECS", default_value_t = 0)]
+    /// Seconds an API key's check is remembered (default 60). A change to clients reaches every
+    /// API as a PostgreSQL notification (about a millisecond on one host) that empties the
+    /// cache, and a revoked key may pass until then; nothing is cached while that connection is
+    /// down. 0: every request reads the database, so a revoked key fails on the very next one.
+    #[arg(long, env = "ORDERFLOW_KEY_CACHE_SECS", default_value_t = 60)]
     pub key_cache_secs: u64,
 
     /// Requests in flight across the whole server; more are shed at once with 503.

@@ -5,6 +5,7 @@ mod common;
 use common::TestApp;
 use reqwest::StatusCode;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 const API: &str = env!("CARGO_BIN_EXE_orderflow-api");
 
@@ -45,8 +46,11 @@ async fn client_create_prints_a_working_key_alone_on_stdout() {
 }
 
 #[tokio::test]
-async fn client_revoke_stops_a_key_at_once() {
+async fn client_revoke_stops_a_key_even_where_the_api_has_it_cached() {
     let app = TestApp::spawn().await;
+    let read = || app.request(reqwest::Method::GET, "/v1/inventory/X").send();
+    // Checked once (and so cached, by default, once the API listens for changes to clients).
+    assert_eq!(read().await.unwrap().status(), StatusCode::NOT_FOUND);
     let id: uuid::Uuid = sqlx::query_scalar("select id from clients where name = 'test-client'")
         .fetch_one(&app.db)
         .await
@@ -61,12 +65,20 @@ async fn client_revoke_stops_a_key_at_once() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let response = app
-        .request(reqwest::Method::GET, "/v1/inventory/X")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    // Another process revoked it: the notification empties the API's cache.
+    let revoked_at = Instant::now();
+    loop {
+        let status = read().await.unwrap().status();
+        if status == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(5),
+            "the revoked key is still served"
+        );
+    }
+    assert_eq!(read().await.unwrap().status(), StatusCode::UNAUTHORIZED);
 }
 
 #[test]

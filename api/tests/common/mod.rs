@@ -31,7 +31,7 @@ pub struct Options {
     pub rate_limit: Option<orderflow_shared::db::clients::RateLimit>,
     pub max_in_flight: Option<u64>,
     pub max_waits_per_client: Option<usize>,
-    /// `ORDERFLOW_KEY_CACHE_SECS` (else the API's default: no cache).
+    /// `ORDERFLOW_KEY_CACHE_SECS` (else the API's default: 60 s).
     pub key_cache_secs: Option<u64>,
     pub max_pending_per_order: Option<i64>,
     /// `ORDERFLOW_ORDER_RATE_PER_SECOND` and `_BURST` (else the API's defaults).

@@ -48,6 +48,11 @@ pub struct PerfArgs {
     /// smoke 20).
     #[arg(long)]
     pub storm_cold_rate: Option<f64>,
+    /// A setting for orderflow's API and workers, `NAME=VALUE` (repeatable), for an A/B of one
+    /// lever: e.g. `--orderflow-env ORDERFLOW_KEY_CACHE_SECS=60`. The processes inherit no
+    /// `ORDERFLOW_*` variable of the bench's own environment.
+    #[arg(long = "orderflow-env", value_name = "NAME=VALUE", value_parser = setting)]
+    pub orderflow_env: Vec<(String, String)>,
     /// Seconds of random jitter a refused closed-loop client adds to its 1 s back-off (default
     /// 0: every refused client comes back exactly 1 s later, in step with the others).
     #[arg(long)]
@@ -133,6 +138,7 @@ impl PerfArgs {
         if let Some(v) = self.storm_cold_rate {
             config.storm_cold_rate = v;
         }
+        config.orderflow_env = self.orderflow_env;
         if let Some(v) = self.back_off_jitter {
             anyhow::ensure!(
                 v >= 0.0 && v.is_finite(),
@@ -174,5 +180,30 @@ impl PerfArgs {
         anyhow::ensure!(config.workers > 0, "--workers must be at least 1");
         anyhow::ensure!(!config.systems.is_empty() && !config.workloads.is_empty());
         Ok(config)
+    }
+}
+
+/// `NAME=VALUE` of `--orderflow-env`.
+fn setting(arg: &str) -> Result<(String, String), String> {
+    match arg.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
+        _ => Err(format!("expected NAME=VALUE, got {arg:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::setting;
+
+    #[test]
+    fn a_setting_is_a_name_and_a_value() {
+        assert_eq!(
+            setting("ORDERFLOW_KEY_CACHE_SECS=60"),
+            Ok(("ORDERFLOW_KEY_CACHE_SECS".into(), "60".into()))
+        );
+        assert_eq!(setting("A=b=c"), Ok(("A".into(), "b=c".into())));
+        assert_eq!(setting("A="), Ok(("A".into(), String::new())));
+        assert!(setting("=1").is_err());
+        assert!(setting("ORDERFLOW_KEY_CACHE_SECS").is_err());
     }
 }

@@ -120,6 +120,8 @@ pub struct PerfConfig {
     /// The storm's cold load (commands per second, open loop): the same for every system, so
     /// their cold-order latencies compare.
     pub storm_cold_rate: f64,
+    /// Extra settings of orderflow's processes (`--orderflow-env`), for an A/B of one lever.
+    pub orderflow_env: Vec<(String, String)>,
     /// Random extra wait, up to this, of a closed-loop client's 1 s back-off after a refusal.
     pub back_off_jitter: Duration,
     /// The burst's rate as a multiple of the sustainable rate, and its length.
@@ -166,6 +168,7 @@ impl PerfConfig {
             orders: 10_000,
             storm_clients: 200,
             storm_cold_rate: 200.0,
+            orderflow_env: Vec::new(),
             back_off_jitter: Duration::ZERO,
             burst_factor: 5.0,
             burst_duration: Duration::from_secs(10),

@@ -7,7 +7,7 @@ use super::config::{PerfConfig, System};
 use super::database::{self, Database};
 use super::naive::NaiveServer;
 use super::observe::Watched;
-use super::stack::{Stack, StackSettings};
+use super::stack::{Stack, StackExtra, StackSettings};
 use super::target::{RawTarget, Target};
 use anyhow::Context as _;
 use orderflow_shared::db::clients;
@@ -122,17 +122,24 @@ impl Sut {
                 self.own_pool = Some(pool);
             }
             System::Orderflow => {
-                let stack = Stack::start(StackSettings {
-                    api_bin: config.api_bin.clone(),
-                    worker_bin: config.worker_bin.clone(),
-                    database_url: self.database.url.clone(),
-                    amqp_url: config.amqp_url.clone(),
-                    namespace: format!("perf.{run_id}"),
-                    partitions: config.partitions,
-                    pool_size: config.pool_size,
-                    workers: config.workers,
-                    log_dir: config.out_dir.join("logs"),
-                })
+                let extra = StackExtra {
+                    api_listen: None,
+                    env: config.orderflow_env.clone(),
+                };
+                let stack = Stack::start_with(
+                    StackSettings {
+                        api_bin: config.api_bin.clone(),
+                        worker_bin: config.worker_bin.clone(),
+                        database_url: self.database.url.clone(),
+                        amqp_url: config.amqp_url.clone(),
+                        namespace: format!("perf.{run_id}"),
+                        partitions: config.partitions,
+                        pool_size: config.pool_size,
+                        workers: config.workers,
+                        log_dir: config.out_dir.join("logs"),
+                    },
+                    extra,
+                )
                 .await?;
                 self.client = sqlx::query_scalar("select id from clients where name = 'perf'")
                     .fetch_one(&self.db)
