@@ -94,12 +94,19 @@ pub async fn snapshot(
     skus: &[String],
     keys: &[String],
 ) -> anyhow::Result<Snapshot> {
+    // One snapshot for every table: a command a straggling request records (and a worker applies)
+    // while this reads must not be seen accepted in one table and applied in another.
+    let mut tx = db.begin().await.context("starting the snapshot")?;
+    sqlx::query("set transaction isolation level repeatable read, read only")
+        .execute(&mut *tx)
+        .await
+        .context("starting the snapshot")?;
     let commands = sqlx::query_as(
         "select id, order_id, seq, kind, source, status, reason, result_version, finished_at
          from commands where order_id = any($1) order by order_id, seq",
     )
     .bind(orders)
-    .fetch_all(db)
+    .fetch_all(&mut *tx)
     .await
     .context("loading commands")?;
     let events = sqlx::query_as(
@@ -107,7 +114,7 @@ pub async fn snapshot(
          from order_events where order_id = any($1) order by order_id, seq",
     )
     .bind(orders)
-    .fetch_all(db)
+    .fetch_all(&mut *tx)
     .await
     .context("loading events")?;
     let order_rows = sqlx::query_as(
@@ -116,14 +123,14 @@ pub async fn snapshot(
          from orders where id = any($1)",
     )
     .bind(orders)
-    .fetch_all(db)
+    .fetch_all(&mut *tx)
     .await
     .context("loading orders")?;
     let inventory = sqlx::query_as(
         "select sku, available, reserved, shipped from inventory where sku = any($1) order by sku",
     )
     .bind(skus)
-    .fetch_all(db)
+    .fetch_all(&mut *tx)
     .await
     .context("loading inventory")?;
     let payments = sqlx::query_as(
@@ -131,22 +138,23 @@ pub async fn snapshot(
          where order_id = any($1) order by id",
     )
     .bind(orders)
-    .fetch_all(db)
+    .fetch_all(&mut *tx)
     .await
     .context("loading payments")?;
     let idempotency_keys = sqlx::query_as::<_, (String, Uuid)>(
         "select key, command_id from idempotency_keys where key = any($1)",
     )
     .bind(keys)
-    .fetch_all(db)
+    .fetch_all(&mut *tx)
     .await
     .context("loading idempotency keys")?;
     let outbox_rows =
         sqlx::query_scalar::<_, i64>("select count(*) from outbox where order_id = any($1)")
             .bind(orders)
-            .fetch_one(db)
+            .fetch_one(&mut *tx)
             .await
             .context("counting outbox rows")?;
+    tx.commit().await.context("ending the snapshot")?;
     Ok(Snapshot {
         commands,
         events,
