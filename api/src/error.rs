@@ -160,19 +160,24 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if let ApiError::TooManyWaits(_) | ApiError::TooManyStreams(_) | ApiError::OrderBusy(_) =
-            &self
-        {
-            headers.insert(
-                header::RETRY_AFTER,
-                HeaderValue::from_static(RETRY_AFTER_SECS),
-            );
-        }
-        if let ApiError::OrderRateLimited {
-            retry_after_secs, ..
-        } = &self
-        {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+        // A bucket knows when its next token comes; the other refusals say a second.
+        let retry_after = match &self {
+            ApiError::RateLimited {
+                retry_after_secs, ..
+            }
+            | ApiError::OrderRateLimited {
+                retry_after_secs, ..
+            } => Some(HeaderValue::from(*retry_after_secs)),
+            ApiError::TooManyWaits(_) | ApiError::TooManyStreams(_) | ApiError::OrderBusy(_) => {
+                Some(HeaderValue::from_static(RETRY_AFTER_SECS))
+            }
+            _ if status == StatusCode::SERVICE_UNAVAILABLE => {
+                Some(HeaderValue::from_static(RETRY_AFTER_SECS))
+            }
+            _ => None,
+        };
+        if let Some(retry_after) = retry_after {
+            headers.insert(header::RETRY_AFTER, retry_after);
         }
         if let ApiError::RateLimited {
             retry_after_secs,
@@ -182,7 +187,6 @@ impl IntoResponse for ApiError {
         {
             // RateLimit-* as in draft-ietf-httpapi-ratelimit-headers.
             let number = |n: u64| HeaderValue::from(n);
-            headers.insert(header::RETRY_AFTER, number(*retry_after_secs));
             headers.insert("ratelimit-limit", number(u64::from(*limit)));
             headers.insert("ratelimit-remaining", number(0));
             headers.insert("ratelimit-reset", number(*retry_after_secs));
@@ -190,12 +194,6 @@ impl IntoResponse for ApiError {
                 "ratelimit-policy",
                 HeaderValue::from_str(&format!("{limit};w={window_secs}"))
                     .expect("digits and ';w=' are a valid header"),
-            );
-        }
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            headers.insert(
-                header::RETRY_AFTER,
-                HeaderValue::from_static(RETRY_AFTER_SECS),
             );
         }
         if status == StatusCode::UNAUTHORIZED {

@@ -415,15 +415,19 @@ fn settled_refusal(
     reason: Option<&str>,
     published: bool,
 ) -> Option<Refusal> {
-    let refused = [Rejection::QueueFull, Rejection::BrokerUnavailable]
-        .iter()
-        .any(|r| reason == Some(r.as_str()));
     match status {
-        // Only the intake rejects for these reasons; a worker's rejections have their own.
-        CommandStatus::Rejected if refused => Some(Refusal::Recorded),
+        CommandStatus::Rejected if intake_refusal(reason).is_some() => Some(Refusal::Recorded),
         CommandStatus::Accepted if !published => None,
         _ => Some(Refusal::TakenUp),
     }
+}
+
+/// The reason of a command the intake refused (never enqueued, never runs): a worker's
+/// rejections have reasons of their own.
+fn intake_refusal(reason: Option<&str>) -> Option<Rejection> {
+    [Rejection::QueueFull, Rejection::BrokerUnavailable]
+        .into_iter()
+        .find(|r| reason == Some(r.as_str()))
 }
 
 /// Marks the command rejected and releases its key, in one transaction: a concurrent replay
@@ -499,14 +503,14 @@ async fn replay(
     }
     // Refused commands release their key in the same transaction, so this is only reachable if
     // that transaction's outcome was unknown to its request; answer what the refusal meant.
-    match row.reason.as_deref() {
-        Some(r) if r == Rejection::QueueFull.as_str() => return Err(ApiError::QueueFull),
-        Some(r) if r == Rejection::BrokerUnavailable.as_str() => {
+    match intake_refusal(row.reason.as_deref()) {
+        Some(Rejection::QueueFull) => return Err(ApiError::QueueFull),
+        Some(_) => {
             return Err(ApiError::Unavailable(anyhow::anyhow!(
                 "command {command_id} was refused by the broker"
             )));
         }
-        _ => {}
+        None => {}
     }
     Ok(Accepted {
         command_id: row.id,

@@ -5,7 +5,6 @@ mod common;
 use common::TestApp;
 use reqwest::StatusCode;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 const API: &str = env!("CARGO_BIN_EXE_orderflow-api");
 
@@ -66,18 +65,7 @@ async fn client_revoke_stops_a_key_even_where_the_api_has_it_cached() {
         String::from_utf8_lossy(&output.stderr)
     );
     // Another process revoked it: the notification empties the API's cache.
-    let revoked_at = Instant::now();
-    loop {
-        let status = read().await.unwrap().status();
-        if status == StatusCode::UNAUTHORIZED {
-            break;
-        }
-        assert_eq!(status, StatusCode::NOT_FOUND);
-        assert!(
-            revoked_at.elapsed() < Duration::from_secs(5),
-            "the revoked key is still served"
-        );
-    }
+    common::until_unauthorized(StatusCode::NOT_FOUND, read).await;
     assert_eq!(read().await.unwrap().status(), StatusCode::UNAUTHORIZED);
 }
 

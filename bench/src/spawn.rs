@@ -55,7 +55,7 @@ async fn on_database(
     run_id: &str,
 ) -> anyhow::Result<Audit> {
     let namespace = format!("audit.{run_id}");
-    let mut stack = Stack::start_with(
+    let mut stack = Stack::start(
         StackSettings {
             api_bin: options.api_bin.clone(),
             worker_bin: options.worker_bin.clone(),

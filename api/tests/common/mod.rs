@@ -469,3 +469,24 @@ impl Drop for TestApp {
         testing::remove(Some(self.topology.clone()), self.database_name.clone());
     }
 }
+
+/// Sends `read` (a request with a key just revoked) until it answers 401, every answer before
+/// that being `before`; fails after 5 s. Returns how long the revocation took to land.
+pub async fn until_unauthorized<F, Fut>(before: StatusCode, read: F) -> Duration
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = reqwest::Result<reqwest::Response>>,
+{
+    let started = Instant::now();
+    loop {
+        let status = read().await.unwrap().status();
+        if status == StatusCode::UNAUTHORIZED {
+            return started.elapsed();
+        }
+        assert_eq!(status, before);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the revoked key is still served"
+        );
+    }
+}

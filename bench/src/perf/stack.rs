@@ -56,14 +56,9 @@ pub struct Stack {
 }
 
 impl Stack {
-    /// Migrates, creates the client, starts the workers and the API, and waits until both are
-    /// ready.
-    pub async fn start(settings: StackSettings) -> anyhow::Result<Self> {
-        Self::start_with(settings, StackExtra::default()).await
-    }
-
-    /// [`Stack::start`], with the audit's extra settings.
-    pub async fn start_with(settings: StackSettings, extra: StackExtra) -> anyhow::Result<Self> {
+    /// Migrates, creates the client, starts the workers and the API (with `extra`: the audit's
+    /// settings, or a benchmark's A/B), and waits until both are ready.
+    pub async fn start(settings: StackSettings, extra: StackExtra) -> anyhow::Result<Self> {
         for bin in [&settings.api_bin, &settings.worker_bin] {
             anyhow::ensure!(
                 bin.is_file(),

@@ -126,7 +126,7 @@ impl Sut {
                     api_listen: None,
                     env: config.orderflow_env.clone(),
                 };
-                let stack = Stack::start_with(
+                let stack = Stack::start(
                     StackSettings {
                         api_bin: config.api_bin.clone(),
                         worker_bin: config.worker_bin.clone(),
