@@ -5,7 +5,8 @@
 #
 # Makes sure what the tests need is there (PostgreSQL, RabbitMQ, a database role that may create
 # databases, Python packages, docker-compose, Chromium + ChromeDriver, cargo-nextest), installing
-# what is missing, then runs the message-contract tests, the monitoring-config check, the doc tests,
+# what is missing, then checks the compose file and that the Docker image builds from what its
+# Dockerfile copies, runs the message-contract tests, the monitoring-config check, the doc tests,
 # the whole Rust test suite, then the race audit under scheduled faults. Stops at the first failing
 # stage.
 #
@@ -46,6 +47,14 @@ fi
 
 # ---- 3. docker-compose (a test validates deploy/docker-compose.yml with it) -----------------------
 command -v docker-compose >/dev/null || of_apt_install docker-compose
+
+# ---- 3a. The compose stack: its file is valid, and its image builds from what the Dockerfile copies -
+# No Docker engine needed: the build context is assembled as deploy/Dockerfile copies it (honouring
+# deploy/Dockerfile.dockerignore) and the Dockerfile's cargo build runs in it, --locked.
+of_log "compose file: docker-compose -f deploy/docker-compose.yml config -q"
+docker-compose -f deploy/docker-compose.yml config -q
+of_log "docker build context: deploy/check-docker-context.sh"
+"$DEPLOY_DIR/check-docker-context.sh"
 
 # ---- 3b. Chromium and ChromeDriver for the dashboard's browser test (Debian's; nothing downloaded) --
 if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
