@@ -24,14 +24,33 @@ use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 /// The W3C Trace Context header (HTTP) and AMQP message header carrying a trace.
 pub const TRACEPARENT: &str = "traceparent";
 
-/// Installs the global subscriber once, logging to stderr; later calls (tests) are no-ops.
+/// Installs the global subscriber once, logging to stderr; later calls (tests) are no-ops. Text
+/// lines are coloured only when stderr is a terminal and `NO_COLOR` is unset, so that logs
+/// redirected to a file (deploy/local-up.sh) or collected by Docker carry no escape codes.
 pub fn init(format: &str) {
-    init_with_writer(format, std::io::stderr);
+    let ansi = colour(
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
+    install(format, std::io::stderr, ansi);
 }
 
 /// [`init`] with another destination for the log lines (tests capture them to check what they
-/// carry). Only the first call in a process installs anything.
+/// carry), never coloured. Only the first call in a process installs anything.
 pub fn init_with_writer<W>(format: &str, writer: W)
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    install(format, writer, false);
+}
+
+/// Whether text log lines get ANSI colours: only on a terminal, and not when `NO_COLOR` is set
+/// to anything but the empty string (<https://no-color.org>).
+fn colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|value| value.is_empty())
+}
+
+fn install<W>(format: &str, writer: W, ansi: bool)
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
@@ -57,7 +76,10 @@ where
             .with_filter(filter);
         registry.with(logs).try_init()
     } else {
-        let logs = fmt::layer().with_writer(writer).with_filter(filter);
+        let logs = fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(writer)
+            .with_filter(filter);
         registry.with(logs).try_init()
     };
 }
@@ -236,6 +258,16 @@ mod tests {
         ] {
             assert_eq!(trace_id_of(invalid), None, "{invalid:?}");
         }
+    }
+
+    #[test]
+    fn text_logs_are_coloured_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(colour(true, None));
+        assert!(colour(true, Some(OsStr::new(""))));
+        assert!(!colour(true, Some(OsStr::new("1"))));
+        // A log file, a pipe, Docker's log collector.
+        assert!(!colour(false, None));
     }
 
     #[test]
