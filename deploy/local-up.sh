@@ -3,10 +3,13 @@
 #
 #   deploy/local-up.sh            (as root; on a fresh Debian 12 machine or a dev machine)
 #
-# PostgreSQL and RabbitMQ are installed (Debian packages) and started when absent, the binaries are
+# PostgreSQL, RabbitMQ, curl, python3 and jq are installed (Debian packages, apt-get as root) and
+# started when absent, the binaries (orderflow-api, orderflow-worker, orderflow-bench; release) are
 # built, migrations applied, the API and two workers started in the background, and a demo admin
 # client, inventory and a few orders are created. Run it again at any time: it restarts the
 # processes with a fresh build and reuses the demo client and demo orders.
+# It ends by printing `export API=… KEY=… DATABASE_URL=…` lines for the README's commands (also
+# written to $ORDERFLOW_STATE_DIR/env: `. /tmp/orderflow-local/env`).
 # Stop with deploy/local-down.sh.
 #
 # Environment:
@@ -31,8 +34,9 @@ export ORDERFLOW_STATE_DIR=$STATE_DIR
 of_ensure_postgres
 if [[ -z "${DATABASE_URL:-}" ]]; then
     # A password login works whether 127.0.0.1 is trust (dev machine) or scram (fresh Debian).
-    # shellcheck disable=SC2119 # no argument: no CREATEDB needed here
-    of_ensure_app_role
+    # CREATEDB: the benchmark (orderflow-bench perf) and the spawned race audit create a fresh
+    # database per run on this server with this role.
+    of_ensure_app_role createdb
     of_ensure_database orderflow
 fi
 of_ensure_rabbitmq
@@ -40,6 +44,8 @@ of_ensure_rabbitmq
 # ---- 2. Tools this script itself uses -------------------------------------------------------------
 command -v curl >/dev/null || of_apt_install curl
 command -v python3 >/dev/null || of_apt_install python3
+# Not used here: the README's walkthrough reads ids out of JSON answers with it.
+command -v jq >/dev/null || of_apt_install jq
 
 # ---- 3. Rust toolchain: required, but not installed behind your back ------------------------------
 of_add_cargo_path
@@ -57,13 +63,15 @@ MSG
     exit 1
 fi
 
-# ---- 4. Build the two binaries (sqlx macros use the checked-in .sqlx/ data) -----------------------
-of_log "building orderflow-api and orderflow-worker (release)"
-(cd "$REPO_ROOT" && SQLX_OFFLINE=true cargo build --release -p orderflow-api -p orderflow-worker)
+# ---- 4. Build the binaries (sqlx macros use the checked-in .sqlx/ data) ---------------------------
+# The bench is not run here; the README's race audit and benchmark use it against this stack.
+of_log "building orderflow-api, orderflow-worker and orderflow-bench (release; the first build takes a while)"
+(cd "$REPO_ROOT" && SQLX_OFFLINE=true cargo build --release -p orderflow-api -p orderflow-worker -p orderflow-bench)
 TARGET_DIR=$(cd "$REPO_ROOT" && cargo metadata --format-version 1 --no-deps |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 API_BIN="$TARGET_DIR/release/orderflow-api"
 WORKER_BIN="$TARGET_DIR/release/orderflow-worker"
+BENCH_BIN="$TARGET_DIR/release/orderflow-bench"
 
 # ---- 5. Stop a previous run's processes ------------------------------------------------------------
 mkdir -p "$STATE_DIR"
@@ -193,6 +201,15 @@ api POST "/v1/orders/${order_ids[0]}/commands" '{"type":"reserve"}' "$(idem_key 
 of_log "sent reserve for order ${order_ids[0]}"
 
 # ---- 13. How to use it ---------------------------------------------------------------------------------
+ENV_FILE="$STATE_DIR/env"
+(
+    umask 077
+    cat >"$ENV_FILE" <<EOF
+export API=$BASE_URL
+export KEY=$ADMIN_KEY
+export DATABASE_URL=$DATABASE_URL
+EOF
+)
 cat <<EOF
 
 orderflow is running.
@@ -202,18 +219,15 @@ orderflow is running.
   Metrics:      $BASE_URL/metrics, http://127.0.0.1:9091/metrics, http://127.0.0.1:9092/metrics
   Demo API key: $ADMIN_KEY
                 (admin; stored in $KEY_FILE)
+  Binaries:     $API_BIN
+                $WORKER_BIN
+                $BENCH_BIN
   Logs:         $STATE_DIR/api.log, $STATE_DIR/worker-1.log, $STATE_DIR/worker-2.log
   Demo orders:  ${order_ids[*]}
   Stop:         $DEPLOY_DIR/local-down.sh
 
-Try it:
+For the README's commands, paste these lines into your shell (or run: . $ENV_FILE):
 
-  curl -s -X POST $BASE_URL/v1/orders \\
-    -H 'Authorization: Bearer $ADMIN_KEY' \\
-    -H "Idempotency-Key: \$(cat /proc/sys/kernel/random/uuid)" \\
-    -H 'content-type: application/json' \\
-    -d '{"customer_id":"c1","currency":"EUR","items":[{"sku":"WIDGET-1","quantity":2,"unit_price_cents":1250}]}'
-
-  curl -s -H 'Authorization: Bearer $ADMIN_KEY' $BASE_URL/v1/orders/${order_ids[0]}
+$(cat "$ENV_FILE")
 
 EOF
