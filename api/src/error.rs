@@ -36,6 +36,9 @@ pub enum ApiError {
     /// 413
     #[error("the body is larger than {0} bytes")]
     PayloadTooLarge(usize),
+    /// 408: the body did not arrive in time.
+    #[error("the request body did not arrive within {0} s")]
+    BodyTimeout(u64),
     /// 431: too many request headers, or too many bytes of them.
     #[error("the request headers are too large: at most {max_count} headers and {max_bytes} bytes")]
     HeadersTooLarge { max_count: usize, max_bytes: usize },
@@ -105,6 +108,7 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type")
             }
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large"),
+            ApiError::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "body-timeout"),
             ApiError::HeadersTooLarge { .. } => (
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "headers-too-large",

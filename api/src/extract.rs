@@ -1,6 +1,7 @@
 //! Extractors that turn a request into validated values or an [`ApiError`] — never axum's
 //! plain-text rejections, so every 4xx has the same problem+json shape.
 
+use crate::admission::{Credential, presented_key};
 use crate::error::ApiError;
 use crate::openapi::MAX_IDEMPOTENCY_KEY_LEN;
 use crate::state::AppState;
@@ -17,19 +18,23 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let key = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            // The scheme is case-insensitive (RFC 9110 §11.1).
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, key)| key.trim())
-            .filter(|k| !k.is_empty() && k.len() <= 200)
-            .ok_or(ApiError::Unauthorized)?;
-        let client = state.keys.authenticate(&state.db, key).await?;
+        let client = authenticated(parts, state).await?;
         state.limits.check(&client)?;
         Ok(Caller(client))
+    }
+}
+
+/// The client whose key the request presents (header, else dashboard cookie), as the admission
+/// middleware found it (see [`crate::admission`]); looked up here only where that did not run.
+pub async fn authenticated(parts: &Parts, state: &AppState) -> Result<Client, ApiError> {
+    match parts.extensions.get::<Credential>() {
+        Some(Credential::Valid(client)) => return Ok(client.clone()),
+        Some(Credential::Invalid) => return Err(ApiError::Unauthorized),
+        None => {}
+    }
+    match presented_key(&parts.headers)? {
+        Some(key) if !key.is_empty() => state.keys.authenticate(&state.db, key).await,
+        _ => Err(ApiError::Unauthorized),
     }
 }
 
@@ -59,6 +64,10 @@ pub struct StrictJson<T> {
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// How long a request may take to send its whole body: a client that starts a body and stalls
+/// gets 408 and gives its in-flight slot back (see [`crate::admission`]).
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for StrictJson<T> {
     type Rejection = ApiError;
 
@@ -75,11 +84,19 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for StrictJson<T> {
         if !is_json {
             return Err(ApiError::UnsupportedMediaType);
         }
-        let bytes = Bytes::from_request(req, state)
+        let bytes = tokio::time::timeout(BODY_READ_TIMEOUT, Bytes::from_request(req, state))
             .await
+            .map_err(|_| ApiError::BodyTimeout(BODY_READ_TIMEOUT.as_secs()))?
             .map_err(|_| ApiError::PayloadTooLarge(MAX_BODY_BYTES))?;
-        let raw =
+        let raw: serde_json::Value =
             serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+        // Serde reads a struct from a JSON array too (its fields in order); every body here is an
+        // object with named fields.
+        if !raw.is_object() {
+            return Err(ApiError::InvalidBody(
+                "the body must be a JSON object".into(),
+            ));
+        }
         // Straight from the bytes (not from `raw`), so that a duplicated key is refused rather
         // than silently merged.
         let value =
@@ -154,9 +171,16 @@ impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        let Some(value) = parts.headers.get(header::IF_MATCH) else {
+        let mut values = parts.headers.get_all(header::IF_MATCH).iter();
+        let Some(value) = values.next() else {
             return Ok(IfMatch(None));
         };
+        // Which one would be meant? Refused rather than guessed.
+        if values.next().is_some() {
+            return Err(ApiError::InvalidRequest(
+                "send one If-Match header, not several".into(),
+            ));
+        }
         let invalid = || {
             ApiError::InvalidRequest(
                 "If-Match must be an order ETag such as \"3\" (the order's version)".into(),

@@ -185,7 +185,16 @@ pub async fn submit(state: &AppState, s: Submission<'_>) -> Result<Accepted, Api
                     ApiError::Unavailable(anyhow::anyhow!("publishing {command_id}: {error}")),
                 ),
             };
-            match refuse(state, s.client, s.idempotency_key, command_id, reason).await {
+            match refuse(
+                state,
+                s.client,
+                s.idempotency_key,
+                order_id,
+                command_id,
+                reason,
+            )
+            .await
+            {
                 Ok(Refusal::Recorded) => return Err(api_error),
                 Ok(Refusal::TakenUp) => {
                     tracing::info!(%command_id, "publish failed, but the command was already taken up");
@@ -238,13 +247,15 @@ async fn record(
     };
     // The order's own rate first: a storm's excess costs nothing but this check. (A retry of an
     // accepted command refused here is replayed once the client comes back after Retry-After.)
-    state.limits.check_order(id)?;
+    state.limits.check_order(s.client.id, id)?;
     let max = state.limits.max_pending_per_order();
     // Requests for one order take turns here rather than on its stream row (see `gates`). More
     // waiting than the order could take commands are turned away without the intake statement,
     // but a retry of an accepted command is still replayed.
     let queue = usize::try_from(max).unwrap_or(usize::MAX);
-    let Some(_pass) = metrics::intake_stage("gate", state.gates.enter(id, queue)).await else {
+    let Some(_pass) =
+        metrics::intake_stage("gate", state.gates.enter(s.client.id, id, queue)).await
+    else {
         return match taken(state, s).await? {
             Some(taken) => Ok(taken),
             None => Err(ApiError::OrderBusy(max)),
@@ -369,6 +380,7 @@ async fn refuse(
     state: &AppState,
     client: &Client,
     key: &str,
+    order_id: OrderId,
     command_id: CommandId,
     reason: Rejection,
 ) -> Result<Refusal, sqlx::Error> {
@@ -380,7 +392,7 @@ async fn refuse(
         .with_jitter()
         .build();
     loop {
-        let mut error = match refuse_once(state, client, key, command_id, reason).await {
+        let mut error = match refuse_once(state, client, key, order_id, command_id, reason).await {
             Ok(true) => return Ok(Refusal::Recorded),
             Ok(false) => return Ok(Refusal::TakenUp),
             Err(e) => e,
@@ -430,13 +442,18 @@ fn intake_refusal(reason: Option<&str>) -> Option<Rejection> {
         .find(|r| reason == Some(r.as_str()))
 }
 
-/// Marks the command rejected and releases its key, in one transaction: a concurrent replay
-/// sees either the key with an undecided command (409) or no key at all. `false` when the command
-/// was no longer accepted and unpublished.
+/// Marks the command rejected, releases its key and gives its room back to the order, in one
+/// transaction: a concurrent replay sees either the key with an undecided command (409) or no key
+/// at all. `false` when the command was no longer accepted and unpublished.
+///
+/// Once the command is final, the order's processed seq moves past it if nothing before it is
+/// pending (otherwise the worker moves past it when it finishes the one before). The command is
+/// locked before the stream, in the order a worker applying its own message locks them.
 async fn refuse_once(
     state: &AppState,
     client: &Client,
     key: &str,
+    order_id: OrderId,
     command_id: CommandId,
     reason: Rejection,
 ) -> Result<bool, sqlx::Error> {
@@ -445,6 +462,7 @@ async fn refuse_once(
         return Ok(false);
     }
     idempotency::release(&mut *tx, client.id, key, command_id).await?;
+    commands::set_processed(&mut tx, order_id, 0).await?;
     tx.commit().await?;
     Ok(true)
 }

@@ -1,5 +1,6 @@
 //! orderflow's HTTP API as a library, so tests run the real thing in-process.
 
+pub mod admission;
 pub mod cli;
 pub mod confirms;
 pub mod dashboard;

@@ -44,6 +44,9 @@ pub struct Limits {
     default: RateLimit,
     /// Keyed by the quota too, so a changed override takes effect at once.
     buckets: Cache<(ClientId, RateLimit), Arc<Limiter>>,
+    /// The dashboard's own buckets, with the same quota: a script loading the API with an admin
+    /// key does not lock the same key's dashboard out, nor the other way round.
+    dashboard_buckets: Cache<(ClientId, RateLimit), Arc<Limiter>>,
     max_waits: usize,
     waits: Cache<ClientId, Arc<Semaphore>>,
     max_streams: usize,
@@ -51,7 +54,9 @@ pub struct Limits {
     max_pending_per_order: i64,
     /// Commands per second one order may take, and how many at once; `None`: no limit.
     order_rate: Option<(NonZeroU32, NonZeroU32)>,
-    orders: Cache<OrderId, Arc<Limiter>>,
+    /// Keyed by the sending client too: another client's requests for an order id (all 404)
+    /// spend that client's bucket, never the owner's.
+    orders: Cache<(ClientId, OrderId), Arc<Limiter>>,
     clock: DefaultClock,
 }
 
@@ -60,6 +65,10 @@ impl Limits {
         Self {
             default,
             buckets: Cache::builder()
+                .max_capacity(MAX_TRACKED_CLIENTS)
+                .time_to_idle(IDLE)
+                .build(),
+            dashboard_buckets: Cache::builder()
                 .max_capacity(MAX_TRACKED_CLIENTS)
                 .time_to_idle(IDLE)
                 .build(),
@@ -80,8 +89,21 @@ impl Limits {
 
     /// Takes one token from the client's bucket, or says how long to wait.
     pub fn check(&self, client: &Client) -> Result<(), ApiError> {
+        self.check_in(&self.buckets, client)
+    }
+
+    /// [`Limits::check`] against the client's dashboard bucket.
+    pub fn check_dashboard(&self, client: &Client) -> Result<(), ApiError> {
+        self.check_in(&self.dashboard_buckets, client)
+    }
+
+    fn check_in(
+        &self,
+        buckets: &Cache<(ClientId, RateLimit), Arc<Limiter>>,
+        client: &Client,
+    ) -> Result<(), ApiError> {
         let rate = client.rate_limit.unwrap_or(self.default);
-        let limiter = self.buckets.get_with((client.id, rate), || {
+        let limiter = buckets.get_with((client.id, rate), || {
             let per_second = NonZeroU32::new(rate.per_second).unwrap_or(NonZeroU32::MIN);
             bucket(
                 per_second,
@@ -109,11 +131,13 @@ impl Limits {
     }
 
     /// Takes one token from the order's bucket, or says how long to wait.
-    pub fn check_order(&self, order: OrderId) -> Result<(), ApiError> {
+    pub fn check_order(&self, client: ClientId, order: OrderId) -> Result<(), ApiError> {
         let Some((per_second, burst)) = self.order_rate else {
             return Ok(());
         };
-        let limiter = self.orders.get_with(order, || bucket(per_second, burst));
+        let limiter = self
+            .orders
+            .get_with((client, order), || bucket(per_second, burst));
         self.take(&limiter)
             .map_err(|retry_after_secs| ApiError::OrderRateLimited {
                 per_second: per_second.get(),
@@ -244,17 +268,20 @@ mod tests {
         )
         .with_order_rate(1, 3);
         let (hot, cold) = (OrderId::new(), OrderId::new());
+        let sender = ClientId::new();
         // The burst at once; refill is one token a second, far slower than this loop, so the
         // outcome does not depend on the machine's speed.
-        assert!((0..3).all(|_| limits.check_order(hot).is_ok()));
-        match limits.check_order(hot) {
+        assert!((0..3).all(|_| limits.check_order(sender, hot).is_ok()));
+        match limits.check_order(sender, hot) {
             Err(ApiError::OrderRateLimited {
                 per_second,
                 retry_after_secs,
             }) => assert_eq!((per_second, retry_after_secs), (1, 1)),
             other => panic!("{other:?}"),
         }
-        assert!(limits.check_order(cold).is_ok());
+        assert!(limits.check_order(sender, cold).is_ok());
+        // Another client naming the same order spends a bucket of its own.
+        assert!(limits.check_order(ClientId::new(), hot).is_ok());
         // 0 turns the limit off.
         let unlimited = Limits::new(
             RateLimit {
@@ -264,7 +291,7 @@ mod tests {
             1,
         )
         .with_order_rate(0, 1);
-        assert!((0..1_000).all(|_| unlimited.check_order(hot).is_ok()));
+        assert!((0..1_000).all(|_| unlimited.check_order(sender, hot).is_ok()));
     }
 
     #[test]

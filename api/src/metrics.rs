@@ -5,7 +5,7 @@
 //! is open like a health check; put it behind the network's scrape policy in production.
 
 use axum::extract::{MatchedPath, Request};
-use axum::http::header;
+use axum::http::{Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::time::Instant;
@@ -23,16 +23,43 @@ pub async fn track_requests(mut request: Request, next: Next) -> Response {
         .map(|p| p.as_str().to_owned())
         // Unmatched paths share one label value.
         .unwrap_or_else(|| "unmatched".to_owned());
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method());
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
     metrics::counter!("orderflow_http_requests_total",
-        "method" => method.clone(), "route" => route.clone(), "status" => status)
+        "method" => method, "route" => route.clone(), "status" => status)
     .increment(1);
     metrics::histogram!("orderflow_http_request_duration_seconds",
         "method" => method, "route" => route)
     .record(started.elapsed().as_secs_f64());
     response
+}
+
+/// The `method` label: a standard method's name, anything else `other` (a client chooses the
+/// method, and every label value must come from a closed set).
+fn method_label(method: &Method) -> &'static str {
+    const KNOWN: [Method; 9] = [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::PATCH,
+        Method::DELETE,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::CONNECT,
+    ];
+    KNOWN
+        .iter()
+        .find(|known| *known == method)
+        .map_or("other", Method::as_str)
+}
+
+/// Creates the counters that alerts and charts read at 0, so that a rate over them is 0 (not "no
+/// data") until the first event.
+pub fn register() {
+    metrics::counter!("orderflow_idempotent_replays_total").increment(0);
+    metrics::counter!("orderflow_idempotency_mismatches_total").increment(0);
 }
 
 /// `GET /metrics`: the Prometheus text exposition of this process's series.
@@ -80,5 +107,17 @@ impl OpenStream {
 impl Drop for OpenStream {
     fn drop(&mut self) {
         metrics::gauge!("orderflow_open_streams", "kind" => self.0).decrement(1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_made_up_method_is_labelled_other() {
+        assert_eq!(method_label(&Method::PATCH), "PATCH");
+        assert_eq!(method_label(&Method::from_bytes(b"M123").unwrap()), "other");
+        assert_eq!(method_label(&Method::from_bytes(b"get").unwrap()), "other");
     }
 }

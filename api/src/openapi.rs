@@ -239,6 +239,13 @@ problem_response!(
      same), or no route for this path."
 );
 problem_response!(
+    OrderNotFound,
+    "`not-found`: no such order for this client (another client's ids answer exactly the same). \
+     An order accepted with 202 is also 404 here until its `create` command is applied by a \
+     worker (and for good if that command is rejected): its command (`Location` of the 202), \
+     which exists at once, says when."
+);
+problem_response!(
     IdempotencyInFlight,
     "`idempotency-key-in-flight`: the first request with this `Idempotency-Key` is still being \
      processed; retry shortly."
@@ -338,7 +345,19 @@ impl<'r> ToResponse<'r> for AcceptedResponse {
                 ),
             )
             .link("command", link("get_command", "command_id", "command_id"))
-            .link("order", link("get_order", "order_id", "order_id"))
+            .link(
+                "order",
+                LinkBuilder::new()
+                    .operation_id("get_order")
+                    .parameter("order_id", "$response.body#/order_id")
+                    .description(
+                        "The order's projection. It exists once the order's `create` command is \
+                         applied (usually milliseconds after the 202): until then, and for good if \
+                         the create is rejected, this answers 404. Follow `command` (long-poll it \
+                         with `?wait=`) to know when.",
+                    )
+                    .build(),
+            )
             .link("events", link("get_events", "order_id", "order_id"))
             .link("send_command", link("post_command", "order_id", "order_id"));
         ("Accepted", response.build().into())

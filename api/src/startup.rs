@@ -1,6 +1,7 @@
 //! Building and running the API: configuration, migrations, the topology, the listener.
 //! Tests use [`Application::build`] with port 0 and [`Application::port`].
 
+use crate::admission::Admission;
 use crate::confirms::Confirms;
 use crate::dashboard::hub::{Hub, Thresholds};
 use crate::gates::OrderGates;
@@ -92,10 +93,17 @@ pub struct ApiConfig {
     #[arg(long, env = "ORDERFLOW_KEY_CACHE_SECS", default_value_t = 60)]
     pub key_cache_secs: u64,
 
-    /// Requests in flight across the whole server; more are shed at once with 503.
+    /// Requests with a valid key in flight across the whole server; more are shed at once with
+    /// 503. `/healthz`, `/readyz` and `/metrics` take no slot.
     #[arg(long, env = "ORDERFLOW_MAX_IN_FLIGHT", default_value_t = 1024,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_in_flight: u64,
+
+    /// Requests without a valid key (sign-in, the page, the OpenAPI document, wrong keys) in
+    /// flight at once: a budget of their own, so that they never take a slot a client needs.
+    #[arg(long, env = "ORDERFLOW_MAX_ANONYMOUS_IN_FLIGHT", default_value_t = 64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_anonymous_in_flight: u64,
 
     /// Seconds before a request is abandoned with 503 (must exceed the 30 s longest long-poll).
     #[arg(long, env = "ORDERFLOW_REQUEST_TIMEOUT_SECS", default_value_t = 40,
@@ -126,6 +134,13 @@ impl ApiConfig {
     }
 }
 
+/// Pool connections the API holds for good: one `LISTEN` each for long-poll wake-ups, API-key
+/// changes and the dashboard's feed.
+const LISTENING_CONNECTIONS: u32 = 3;
+/// The smallest pool the API can serve with: the listeners, plus requests, the confirm writer
+/// and the key purge.
+pub const MIN_POOL_SIZE: u32 = LISTENING_CONNECTIONS + 3;
+
 pub struct Application {
     listener: TcpListener,
     state: AppState,
@@ -139,8 +154,18 @@ impl Application {
     /// server and every long-poll.
     pub async fn build(config: ApiConfig, shutdown: CancellationToken) -> anyhow::Result<Self> {
         let common = &config.common;
+        anyhow::ensure!(
+            common.db_pool_size >= MIN_POOL_SIZE,
+            "ORDERFLOW_DB_POOL_SIZE is {}, too small to serve: the API keeps {LISTENING_CONNECTIONS} \
+             connections listening for notifications (long-poll wake-ups, API-key changes, the \
+             dashboard's feed) and needs at least {} more for requests; set it to at least \
+             {MIN_POOL_SIZE}",
+            common.db_pool_size,
+            MIN_POOL_SIZE - LISTENING_CONNECTIONS
+        );
         // Before any series is touched, so that none goes to the no-op recorder.
         orderflow_shared::telemetry::prometheus();
+        crate::metrics::register();
         let pool = db::pool(&common.database_url, common.db_pool_size)?;
         // sqlx's migrator takes an advisory lock: several APIs starting together are fine.
         db::MIGRATOR
@@ -187,6 +212,10 @@ impl Application {
             .with_max_streams(config.max_streams_per_client as usize)
             .with_max_pending_per_order(config.max_pending_per_order)
             .with_order_rate(config.order_rate_per_second, config.order_rate_burst),
+            admission: Admission::new(
+                config.max_in_flight as usize,
+                config.max_anonymous_in_flight as usize,
+            ),
             keys: Keys::new(Duration::from_secs(config.key_cache_secs)),
             hub: Hub::new(Thresholds {
                 conflict_rate: config.alert_conflict_rate,
@@ -196,7 +225,6 @@ impl Application {
             shutdown: shutdown.clone(),
         };
         let server_limits = ServerLimits {
-            max_in_flight: config.max_in_flight as usize,
             request_timeout: Duration::from_secs(config.request_timeout_secs),
         };
         Ok(Self {

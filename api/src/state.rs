@@ -1,5 +1,6 @@
 //! What every handler shares.
 
+use crate::admission::Admission;
 use crate::confirms::Confirms;
 use crate::dashboard::hub::Hub;
 use crate::gates::OrderGates;
@@ -22,6 +23,8 @@ pub struct AppState {
     /// One intake statement per order at a time in this process.
     pub gates: OrderGates,
     pub limits: Limits,
+    /// The in-flight budgets: clients' and anonymous requests'.
+    pub admission: Admission,
     /// API-key checks (cached).
     pub keys: Keys,
     /// The dashboard's live feed.

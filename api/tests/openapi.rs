@@ -283,7 +283,8 @@ async fn schemathesis_finds_no_server_error_and_no_schema_violation_with_every_c
         // The one check left out: it reads a 404 from `GET /v1/orders/{id}` right after a 2xx
         // `POST /v1/orders` as "created resource not found". Here the POST answers `202
         // Accepted` and the worker creates the order a moment later; until then the order is
-        // 404 by design (its command, events and `Location` exist at once).
+        // 404 by design (its command, events and `Location` exist at once), as the document
+        // says in the `order` link of the 202 and in the 404 of `GET /v1/orders/{order_id}`.
         .args(["--exclude-checks", "ensure_resource_availability"])
         .args(["--max-examples", "200"])
         // Reproducible: the same cases every run (no random seed, no example database).

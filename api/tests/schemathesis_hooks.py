@@ -24,31 +24,10 @@ def _request_identity(case) -> tuple:
     return (case.method.upper(), case.formatted_path, if_match, body)
 
 
-def _integral_floats_as_integers(value):
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _integral_floats_as_integers(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_integral_floats_as_integers(v) for v in value]
-    return value
-
-
 @schemathesis.hook
 def before_call(context, case, kwargs):
-    _write_integers_without_a_fraction(case)
     _one_line_per_sku(case)
     _fresh_idempotency_key_per_request(case)
-
-
-def _write_integers_without_a_fraction(case):
-    """orderflow reads integers written as integers (`5`, not `5.0`), as its message contract
-    says; JSON Schema's `integer` admits `5.0`, so generated bodies may hold it. Such a number
-    is written as the integer it equals (which keeps the body as valid or invalid as it was)."""
-    if isinstance(case.body, (dict, list)):
-        converted = _integral_floats_as_integers(case.body)
-        if converted != case.body or json.dumps(converted) != json.dumps(case.body):
-            case.body = converted
 
 
 # The sku rule of the document: 1 to 64 of letters, digits, '.', '_', ':', '-'.

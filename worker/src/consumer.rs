@@ -24,6 +24,8 @@ use orderflow_shared::amqp::{
 use orderflow_shared::contract::CommandMessage;
 use orderflow_shared::db::commands::{self, Delivered};
 use orderflow_shared::db::observability::{self, NewDeadLetter};
+use orderflow_shared::db::{is_data_refused, is_transient};
+use orderflow_shared::domain::CommandId;
 use orderflow_shared::shutdown::CancellationToken;
 use orderflow_shared::telemetry::{self, TRACEPARENT};
 use std::sync::Arc;
@@ -271,7 +273,9 @@ fn receive<'a>(ctx: &Context, partition: u16, delivery: &'a Delivery) -> Incomin
             span.record("order_id", display(id));
         }
     }
-    let traceparent = header_str(&delivery.properties, TRACEPARENT);
+    // Only a well-formed W3C value is kept: it is stored with the command.
+    let traceparent = header_str(&delivery.properties, TRACEPARENT)
+        .filter(|value| telemetry::trace_id_of(value).is_some());
     telemetry::accept_traceparent(&span, traceparent);
     Incoming {
         delivery,
@@ -348,22 +352,30 @@ async fn process(
                 delivered: info.delivered,
                 dead_letter: NewDeadLetter::from_body(partition, &failure.reason, &delivery.data),
             };
-            if ctx.applier.fail(m.command_id, &failure, Some(&own)).await? {
-                ctx.monitor.finished(partition, 1);
-            }
-            Verdict::DeadLetter {
-                failure,
-                recorded: true,
-            }
+            let recorded = fail_own(ctx, partition, m.command_id, &failure, &own).await?;
+            Verdict::DeadLetter { failure, recorded }
         }
         _ => apply(ctx, partition, delivery, message, &info, shutdown).await?,
     };
     if let Verdict::DeadLetter { failure, recorded } = verdict {
+        let mut unrecorded = None;
         if !recorded {
             let letter = NewDeadLetter::from_body(partition, &failure.reason, &delivery.data);
-            observability::insert_dead_letter(&ctx.applier.db, &letter).await?;
+            match observability::insert_dead_letter(&ctx.applier.db, &letter).await {
+                Ok(_) => {}
+                // PostgreSQL is out of reach: nothing can be applied anyway; it comes back.
+                Err(e) if is_transient(&e) => return Err(e.into()),
+                // Refused for good: the broker's dead letter is then the only record, with the
+                // reason and why it is not in the table in its headers. The partition goes on.
+                Err(e) => {
+                    tracing::error!(error = %e, reason = failure.reason,
+                        "the dead letter's record was refused; dead-lettering through the broker only");
+                    metrics::dead_letter_unrecorded();
+                    unrecorded = Some(e.to_string());
+                }
+            }
         }
-        dead_letter(ctx, delivery, &failure.reason).await?;
+        dead_letter(ctx, delivery, &failure.reason, unrecorded.as_deref()).await?;
         metrics::dead_lettered(failure.code);
         tracing::warn!(
             reason = failure.reason,
@@ -422,13 +434,8 @@ async fn apply(
                             &delivery.data,
                         ),
                     };
-                    if ctx.applier.fail(command_id, &failure, Some(&own)).await? {
-                        ctx.monitor.finished(partition, 1);
-                    }
-                    return Ok(Verdict::DeadLetter {
-                        failure,
-                        recorded: true,
-                    });
+                    let recorded = fail_own(ctx, partition, command_id, &failure, &own).await?;
+                    return Ok(Verdict::DeadLetter { failure, recorded });
                 }
                 // An earlier command of the order broke (its message is late); it is failed
                 // now, and this message's command gets its turn.
@@ -436,6 +443,32 @@ async fn apply(
                     ctx.monitor.finished(partition, 1);
                 }
                 tracing::warn!(%command_id, reason = failure.reason, "an earlier command of the order failed");
+            }
+            Err(ApplyError::Db(e)) if is_data_refused(&e) => {
+                // PostgreSQL refuses what this message would store (a value it cannot hold, a
+                // constraint): it would every time. Its command fails (if it was recorded) and the
+                // message is dead-lettered, so the partition goes on.
+                let failure = Failure::new(
+                    "storage_refused",
+                    format!("PostgreSQL refused to store this message's command: {e}"),
+                );
+                let Some(m) = message else {
+                    return Ok(Verdict::DeadLetter {
+                        failure,
+                        recorded: false,
+                    });
+                };
+                let own = OwnMessage {
+                    message: Some(m),
+                    delivered: info.delivered,
+                    dead_letter: NewDeadLetter::from_body(
+                        partition,
+                        &failure.reason,
+                        &delivery.data,
+                    ),
+                };
+                let recorded = fail_own(ctx, partition, m.command_id, &failure, &own).await?;
+                return Ok(Verdict::DeadLetter { failure, recorded });
             }
             Err(ApplyError::Db(e)) => {
                 // Transient with shutdown first, or a database error outside any command's apply:
@@ -477,9 +510,44 @@ async fn apply_with_retries(
     }
 }
 
+/// Fails the message's own command and records its dead letter, in one transaction. `Ok(false)`
+/// when PostgreSQL refused that for good: the dead letter is then still to be recorded (or, if
+/// that is refused too, left to the broker alone).
+async fn fail_own(
+    ctx: &Context,
+    partition: u16,
+    command_id: CommandId,
+    failure: &Failure,
+    own: &OwnMessage<'_>,
+) -> anyhow::Result<bool> {
+    match ctx.applier.fail(command_id, failure, Some(own)).await {
+        Ok(failed) => {
+            if failed {
+                ctx.monitor.finished(partition, 1);
+            }
+            Ok(true)
+        }
+        Err(e) if is_transient(&e) => Err(e.into()),
+        Err(e) => {
+            tracing::error!(%command_id, error = %e, reason = failure.reason,
+                "failing the command was refused; dead-lettering its message without it");
+            Ok(false)
+        }
+    }
+}
+
 /// Publishes the message to the dead-letter exchange with the reason, and waits for the confirm.
-async fn dead_letter(ctx: &Context, delivery: &Delivery, reason: &str) -> anyhow::Result<()> {
-    let headers = delivery.properties.headers().clone().unwrap_or_default();
+/// `unrecorded`: why its `dead_letters` row could not be written, if it could not.
+async fn dead_letter(
+    ctx: &Context,
+    delivery: &Delivery,
+    reason: &str,
+    unrecorded: Option<&str>,
+) -> anyhow::Result<()> {
+    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    if let Some(why) = unrecorded {
+        headers.insert(UNRECORDED_HEADER.into(), AMQPValue::LongString(why.into()));
+    }
     let message = Outgoing {
         routing_key: "",
         body: &delivery.data,
@@ -492,6 +560,9 @@ async fn dead_letter(ctx: &Context, delivery: &Delivery, reason: &str) -> anyhow
         .expect("one result per message")?;
     Ok(())
 }
+
+/// On a dead letter the broker alone holds: why PostgreSQL refused its `dead_letters` row.
+pub const UNRECORDED_HEADER: &str = "x-orderflow-unrecorded";
 
 /// A dead letter's properties: the message's own headers plus why it was dead-lettered and the
 /// partition queue it came from.

@@ -10,7 +10,7 @@
 //! Each permanent failure carries a short stable code (the `reason` label of the metrics) besides
 //! the sentence people read.
 
-use orderflow_shared::db::is_transient;
+use orderflow_shared::db::{MAX_STORED_TEXT_BYTES, is_transient, storable_text};
 use orderflow_shared::domain::CommandId;
 
 #[derive(Debug, thiserror::Error)]
@@ -36,16 +36,18 @@ pub struct Failure {
 }
 
 impl Failure {
-    pub fn new(code: &'static str, reason: impl Into<String>) -> Self {
+    /// The reason is made storable (see `storable_text`): it often quotes the message it is
+    /// about, and a NUL or an endless text from a message must not make its own record fail.
+    pub fn new(code: &'static str, reason: impl AsRef<str>) -> Self {
         Self {
             code,
-            reason: reason.into(),
+            reason: storable_text(reason.as_ref(), MAX_STORED_TEXT_BYTES),
         }
     }
 }
 
 impl ApplyError {
-    pub fn broken(command_id: CommandId, code: &'static str, reason: impl Into<String>) -> Self {
+    pub fn broken(command_id: CommandId, code: &'static str, reason: impl AsRef<str>) -> Self {
         ApplyError::Broken {
             command_id,
             failure: Failure::new(code, reason),

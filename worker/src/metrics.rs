@@ -34,6 +34,32 @@ pub const CONSUMER_UP: &str = "orderflow_partition_consumer_up";
 pub const LAST_DELIVERY: &str = "orderflow_partition_last_delivery_timestamp_seconds";
 pub const OLDEST_PENDING_AGE: &str = "orderflow_partition_oldest_pending_age_seconds";
 pub const DEAD_LETTER_QUEUE_DEPTH: &str = "orderflow_dead_letter_queue_depth";
+pub const DEAD_LETTERS_UNRECORDED: &str = "orderflow_dead_letters_unrecorded_total";
+
+/// Causes of `orderflow_tx_retries_total` (see `ApplyError::retry_cause`).
+const RETRY_CAUSES: [&str; 5] = [
+    "deadlock",
+    "serialization",
+    "lock_timeout",
+    "connection",
+    "other",
+];
+
+/// Creates the counters that alerts and charts read at 0, so that a rate over them is 0 (not "no
+/// data") until the first event.
+pub fn register() {
+    for name in [
+        VERSION_CONFLICTS,
+        INBOX_DUPLICATES,
+        PARKED,
+        DEAD_LETTERS_UNRECORDED,
+    ] {
+        counter!(name).increment(0);
+    }
+    for cause in RETRY_CAUSES {
+        counter!(TX_RETRIES, "cause" => cause).increment(0);
+    }
+}
 
 /// The `reason` label of an applied command.
 pub const NO_REASON: &str = "none";
@@ -93,6 +119,12 @@ pub fn republished(why: &'static str, count: usize) {
 
 pub fn dead_lettered(code: &'static str) {
     counter!(DEAD_LETTERS, "reason" => code).increment(1);
+}
+
+/// A message dead-lettered through the broker only: PostgreSQL refused its `dead_letters` row
+/// (the broker's copy carries the reason in its headers).
+pub fn dead_letter_unrecorded() {
+    counter!(DEAD_LETTERS_UNRECORDED).increment(1);
 }
 
 pub fn tx_retry(cause: &'static str) {

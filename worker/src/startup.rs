@@ -106,11 +106,22 @@ pub struct Worker {
     metrics_addr: SocketAddr,
 }
 
+/// The smallest pool a worker can work with: the outbox listener, an apply and a relay pass.
+pub const MIN_POOL_SIZE: u32 = 3;
+
 impl Worker {
     /// Connects, checks the schema (refusing an old one) and declares the topology. Waits for
     /// PostgreSQL and RabbitMQ to be reachable rather than failing when they are (re)starting.
     pub async fn build(config: WorkerConfig) -> anyhow::Result<Self> {
         let common = &config.common;
+        anyhow::ensure!(
+            common.db_pool_size >= MIN_POOL_SIZE,
+            "ORDERFLOW_DB_POOL_SIZE is {}, too small to work: the worker keeps one connection \
+             listening for the outbox and needs at least {} more to apply commands and relay \
+             events; set it to at least {MIN_POOL_SIZE}",
+            common.db_pool_size,
+            MIN_POOL_SIZE - 1
+        );
         // A worker stopped mid-transaction (SIGSTOP) must not keep its locks from the worker
         // that took its partitions over: PostgreSQL ends such a session after this idle time.
         // Longer than anything a worker does inside a transaction (a publish times out at 5 s).
@@ -158,6 +169,7 @@ impl Worker {
         let metrics_addr = metrics_listener.local_addr()?;
         // Installs the process's recorder before any series handle is taken.
         orderflow_shared::telemetry::prometheus();
+        crate::metrics::register();
         let worker_name = config
             .worker_name
             .clone()

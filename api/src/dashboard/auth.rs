@@ -6,7 +6,7 @@
 //! which a cross-site form cannot send.
 
 use crate::error::ApiError;
-use crate::extract::Admin;
+use crate::extract::authenticated;
 use crate::state::AppState;
 use axum::extract::FromRequestParts;
 use axum::http::{HeaderMap, HeaderValue, header, request::Parts};
@@ -24,22 +24,18 @@ impl FromRequestParts<AppState> for DashboardAdmin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        if parts.headers.contains_key(header::AUTHORIZATION) {
-            let Admin(client) = Admin::from_request_parts(parts, state).await?;
-            return Ok(DashboardAdmin(client));
-        }
-        let key = cookie_key(&parts.headers).ok_or(ApiError::Unauthorized)?;
-        let client = state.keys.authenticate(&state.db, key).await?;
-        state.limits.check(&client)?;
+        let client = authenticated(parts, state).await?;
         if !client.is_admin {
             return Err(ApiError::Forbidden);
         }
+        // The dashboard's own bucket: a script's load on the same key cannot sign the page out.
+        state.limits.check_dashboard(&client)?;
         Ok(DashboardAdmin(client))
     }
 }
 
 /// The key in the dashboard cookie, if there is a well-formed one.
-fn cookie_key(headers: &HeaderMap) -> Option<&str> {
+pub fn cookie_key(headers: &HeaderMap) -> Option<&str> {
     headers
         .get_all(header::COOKIE)
         .iter()

@@ -1,7 +1,8 @@
 //! Redriving a dead letter: its command is re-submitted through the normal intake, as a new
 //! command at the end of its order's stream, under the client that sent it (so ownership and
-//! ordering hold), with the Idempotency-Key `orderflow-redrive-<id>` so that a repeated or
-//! concurrent redrive of the same letter yields the same command. The dead letter records what it
+//! ordering hold), with the Idempotency-Key [`redrive_key`] so that a repeated or concurrent
+//! redrive of the same letter yields the same command. That key has spaces in it, which no
+//! `Idempotency-Key` header may carry, so no tenant can claim it first. The dead letter records what it
 //! became, and the admin action is written to the audit log in the same transaction.
 
 use super::auth::DashboardAdmin;
@@ -16,6 +17,12 @@ use orderflow_shared::db::{clients, dashboard};
 use orderflow_shared::domain::Command;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+/// The Idempotency-Key of a dead letter's redrive: outside what a client can send (see
+/// `extract::IdempotencyKey`: visible ASCII only), so a tenant cannot take it first.
+pub fn redrive_key(dead_letter: i64) -> String {
+    format!("orderflow redrive {dead_letter}")
+}
 
 /// The body of a redrive: an empty object (a JSON body keeps cross-site forms out).
 #[derive(Deserialize)]
@@ -73,7 +80,7 @@ pub async fn redrive(
         &state,
         Submission {
             client: &client,
-            idempotency_key: &format!("orderflow-redrive-{id}"),
+            idempotency_key: &redrive_key(id),
             fingerprint: intake::fingerprint("redrive", message.expected_version, &body),
             target,
             command: message.command,

@@ -26,6 +26,7 @@ const MAX_AVAILABLE: i64 = 1_000_000_000;
 struct SetStock {
     /// The stock available for reservation (replaces the current figure).
     #[schema(minimum = 0, maximum = 1_000_000_000)]
+    #[serde(deserialize_with = "orderflow_shared::domain::values::deserialize_integer")]
     available: i64,
 }
 

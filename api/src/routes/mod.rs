@@ -5,6 +5,7 @@ pub mod health;
 pub mod inventory;
 pub mod orders;
 
+use crate::admission;
 use crate::dashboard;
 use crate::error::ApiError;
 use crate::extract::MAX_BODY_BYTES;
@@ -19,7 +20,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use std::time::Duration;
-use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::{BoxError, ServiceBuilder};
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
@@ -30,11 +30,10 @@ use utoipa_axum::router::OpenApiRouter;
 pub const MAX_HEADERS: usize = 64;
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 
-/// Server-wide limits (per-client ones are in [`crate::limits`]).
+/// Server-wide limits (per-client ones are in [`crate::limits`], the in-flight budgets in
+/// [`crate::admission`]).
 #[derive(Clone, Copy, Debug)]
 pub struct ServerLimits {
-    /// Requests in flight across all routes; beyond it requests are shed with a 503 at once.
-    pub max_in_flight: usize,
     /// A request still running after this is answered 503 (it covers the longest long-poll).
     pub request_timeout: Duration,
 }
@@ -50,22 +49,24 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 }
 
 pub fn router(state: AppState, limits: ServerLimits) -> Router {
-    // `Router::layer` clones the layer into every route: the concurrency limit must be the global
-    // one (one semaphore shared by the clones), or each route would get its own budget. Each
-    // `layer` call also boxes every route once more, and a request clones its route's boxes for
+    // Each `layer` call boxes every route once more, and a request clones its route's boxes for
     // as long as it runs (a long-poll: 30 s), so the layers go on in two stacks, not one by one.
+    // The in-flight budgets are the admission middleware's, around every route (live feeds
+    // included): it authenticates first, so that only a valid key spends the shared budget.
     let overload = ServiceBuilder::new()
         .layer(HandleErrorLayer::new(|_: BoxError| async {
             ApiError::Overloaded
         }))
-        .load_shed()
-        .layer(GlobalConcurrencyLimitLayer::new(limits.max_in_flight))
         .timeout(limits.request_timeout)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
     let every_request = ServiceBuilder::new()
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .layer(middleware::from_fn(metrics::track_requests))
-        .layer(middleware::from_fn(limit_headers));
+        .layer(middleware::from_fn(limit_headers))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            admission::admit,
+        ));
     let (api, document) = api();
     api.merge(openapi::router(&document))
         .merge(dashboard::router())

@@ -187,7 +187,7 @@ impl From<Order> for OrderView {
         (status = 200, response = inline(openapi::OrderResponse)),
         (status = 400, response = inline(openapi::BadRequest)),
         (status = 401, response = inline(openapi::Unauthorized)),
-        (status = 404, response = inline(openapi::NotFound)),
+        (status = 404, response = inline(openapi::OrderNotFound)),
         (status = 429, response = inline(openapi::RateLimited)),
         (status = 503, response = inline(openapi::Unavailable)),
     )

@@ -275,14 +275,26 @@ pub async fn lock_expired_parked(
     Ok(rows.into_iter().map(|r| command_row!(r)).collect())
 }
 
-/// Records that every command up to `seq` has been dealt with.
+/// Records that every command up to `seq` has been dealt with (`seq` 0: as far as it was), and
+/// goes on past the commands after it that are already final: those the API refused (queue full,
+/// broker down) after recording them, which no worker will ever see. So an order's room
+/// (`last_seq - processed_seq`, see [`record_next`]) never stays taken by refused commands. It
+/// stops at the first seq that is not final or not recorded yet.
 pub async fn set_processed(
     conn: &mut PgConnection,
     order_id: OrderId,
     seq: i64,
 ) -> sqlx::Result<()> {
     sqlx::query!(
-        "update order_streams set processed_seq = $2 where order_id = $1",
+        "update order_streams s
+            set processed_seq = coalesce(
+                  (select min(g.seq) - 1
+                     from generate_series(greatest(s.processed_seq, $2) + 1, s.last_seq) as g(seq)
+                    where not exists (select from commands c
+                                       where c.order_id = s.order_id and c.seq = g.seq
+                                         and c.status in ('applied', 'rejected', 'failed'))),
+                  s.last_seq)
+          where s.order_id = $1",
         order_id.0,
         seq
     )
@@ -623,7 +635,7 @@ pub async fn finish(
            from finished"#,
         id.0,
         status.as_str(),
-        reason,
+        reason.map(|r| super::storable_text(r, super::MAX_STORED_TEXT_BYTES)),
         result_version,
         delivered.map(|d| d.at),
         delivered.map(|d| d.attempt.max(1)),

@@ -121,6 +121,44 @@ pub async fn check_schema(pool: &PgPool) -> Result<(), SchemaError> {
     }
 }
 
+/// Did PostgreSQL refuse the data itself (a data exception or an integrity constraint, but not a
+/// duplicate key, which a concurrent insert of the same row causes and a retry resolves)? Such an
+/// error comes back every time the same message is applied: the message, not the system, is at
+/// fault, so it is dead-lettered rather than retried.
+pub fn is_data_refused(error: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = error else {
+        return false;
+    };
+    db.code()
+        .is_some_and(|code| (code.starts_with("22") || code.starts_with("23")) && code != "23505")
+}
+
+/// Most bytes of a sentence stored for people (a reason, a trace header).
+pub const MAX_STORED_TEXT_BYTES: usize = 2048;
+
+/// Text from outside (a message, a header, an error that quotes them) made storable: NUL, which
+/// PostgreSQL's `text` and `jsonb` refuse, becomes U+FFFD, other control characters but newline
+/// and tab become spaces, and it is cut at a character boundary to at most `max_bytes`.
+pub fn storable_text(text: &str, max_bytes: usize) -> String {
+    let mut clean: String = text
+        .chars()
+        .map(|c| match c {
+            '\0' => '\u{FFFD}',
+            '\n' | '\t' => c,
+            c if c.is_control() => ' ',
+            c => c,
+        })
+        .collect();
+    if clean.len() > max_bytes {
+        let mut end = max_bytes;
+        while !clean.is_char_boundary(end) {
+            end -= 1;
+        }
+        clean.truncate(end);
+    }
+    clean
+}
+
 /// Is this error worth retrying the whole transaction for? Serialization failures, deadlocks,
 /// lost connections and an exhausted pool are; constraint violations and bugs are not.
 pub fn is_transient(error: &sqlx::Error) -> bool {
@@ -149,6 +187,13 @@ pub fn is_transient(error: &sqlx::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_text_has_no_nul_no_control_characters_and_a_bound() {
+        assert_eq!(storable_text("x\0y\u{7}z\n", 100), "x\u{FFFD}y z\n");
+        assert_eq!(storable_text("ééé", 3), "é");
+        assert_eq!(storable_text("plain", 100), "plain");
+    }
 
     #[test]
     fn a_loopback_host_without_an_sslmode_goes_without_tls() {

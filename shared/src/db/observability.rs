@@ -70,7 +70,7 @@ pub async fn insert_dead_letter(
         letter.order_id,
         letter.client_id,
         i32::from(letter.partition),
-        letter.reason,
+        super::storable_text(letter.reason, super::MAX_STORED_TEXT_BYTES),
         body_text(letter.body)
     )
     .fetch_one(db)

@@ -111,10 +111,60 @@ impl From<Currency> for String {
     }
 }
 
+/// A whole number as JSON Schema (2020-12) means `integer`: any number with a zero fractional
+/// part, so `2`, `2.0` and `2e3` are all integers, and `2.5` is not. serde's `i64` takes only the
+/// first spelling; a generic client that writes `234173.0` for an integer field is within the
+/// published schema and must not be refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Integer(pub i64);
+
+impl<'de> Deserialize<'de> for Integer {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Integer;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an integer")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Integer, E> {
+                Ok(Integer(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Integer, E> {
+                i64::try_from(v)
+                    .map(Integer)
+                    .map_err(|_| E::custom(format!("{v} is out of range")))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Integer, E> {
+                // 2^63 is the first float past i64::MAX; every float below it converts exactly.
+                if v.fract() == 0.0 && v >= -(2f64.powi(63)) && v < 2f64.powi(63) {
+                    Ok(Integer(v as i64))
+                } else {
+                    Err(E::invalid_type(serde::de::Unexpected::Float(v), &self))
+                }
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// For `#[serde(deserialize_with = "…")]` on an `i64` field: an [`Integer`].
+pub fn deserialize_integer<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<i64, D::Error> {
+    Integer::deserialize(deserializer).map(|i| i.0)
+}
+
 /// A quantity of one SKU: 1 to 10,000.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "i64", into = "i64")]
+#[serde(try_from = "Integer", into = "i64")]
 pub struct Quantity(i64);
+
+impl TryFrom<Integer> for Quantity {
+    type Error = String;
+    fn try_from(value: Integer) -> Result<Self, String> {
+        Self::try_from(value.0)
+    }
+}
 
 impl Quantity {
     pub fn get(self) -> i64 {
@@ -142,8 +192,15 @@ impl From<Quantity> for i64 {
 
 /// A unit price in minor units (cents): 0 to 100,000,000.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "i64", into = "i64")]
+#[serde(try_from = "Integer", into = "i64")]
 pub struct UnitPrice(i64);
+
+impl TryFrom<Integer> for UnitPrice {
+    type Error = String;
+    fn try_from(value: Integer) -> Result<Self, String> {
+        Self::try_from(value.0)
+    }
+}
 
 impl UnitPrice {
     pub fn cents(self) -> i64 {
@@ -246,6 +303,18 @@ impl From<Note> for String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_integer_may_be_written_as_a_float_with_no_fraction() {
+        let parse = |json: &str| serde_json::from_str::<Integer>(json).map(|i| i.0);
+        assert_eq!(parse("234173").unwrap(), 234173);
+        assert_eq!(parse("234173.0").unwrap(), 234173);
+        assert_eq!(parse("2e3").unwrap(), 2000);
+        assert!(parse("2.5").is_err());
+        assert!(parse("1e300").is_err());
+        assert!(parse("\"2\"").is_err());
+        assert_eq!(serde_json::from_str::<Quantity>("3.0").unwrap().get(), 3);
+    }
     use serde_json::json;
 
     #[test]
