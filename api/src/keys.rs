@@ -9,6 +9,10 @@
 //! thereby still discarded.
 //! While the notification connection is down nothing is believed from the cache, so a missed
 //! notification cannot keep a revoked key alive.
+//!
+//! What outlives one request (the dashboard's live feed) watches [`Keys::changes`] and checks its
+//! client again on every change, so a revocation ends it too. The listener therefore runs even
+//! with the cache off.
 
 use crate::error::ApiError;
 use crate::notifications::{self, Notice};
@@ -20,6 +24,7 @@ use sqlx::PgPool;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// Keys remembered at most; beyond it the least recently used are forgotten.
 const MAX_CACHED_KEYS: u64 = 100_000;
@@ -35,6 +40,8 @@ struct Inner {
     generation: AtomicU64,
     /// Is the notification connection listening (so the cache can be believed)?
     listening: AtomicBool,
+    /// The generation, told to whoever must re-check a client on every change.
+    changes: watch::Sender<u64>,
 }
 
 impl Keys {
@@ -52,19 +59,17 @@ impl Keys {
                 cache,
                 generation: AtomicU64::new(0),
                 listening: AtomicBool::new(false),
+                changes: watch::channel(0).0,
             }),
         }
     }
 
     /// Listens for changes to clients until shutdown.
     pub fn start(&self, db: PgPool, shutdown: CancellationToken) {
-        if self.inner.cache.is_none() {
-            return;
-        }
         let inner = self.inner.clone();
         notifications::spawn(db, CLIENTS_CHANNEL, shutdown, move |notice| {
             // A new generation first, so nothing read before this moment is believed after it.
-            inner.generation.fetch_add(1, Ordering::SeqCst);
+            let generation = inner.generation.fetch_add(1, Ordering::SeqCst) + 1;
             match notice {
                 Notice::Listening => inner.listening.store(true, Ordering::SeqCst),
                 Notice::Lost => inner.listening.store(false, Ordering::SeqCst),
@@ -74,7 +79,20 @@ impl Keys {
                 // Changes to clients are rare: forget everyone rather than look for the one.
                 cache.invalidate_all();
             }
+            // After the cache is emptied: whoever re-checks now reads the database.
+            inner.changes.send_replace(generation);
         });
+    }
+
+    /// Changes when any client may have changed (and when the notification connection is lost
+    /// or back): re-check what was authenticated before.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.inner.changes.subscribe()
+    }
+
+    /// Is every change to clients heard right now? (If not, re-check on a timer instead.)
+    pub fn listening(&self) -> bool {
+        self.inner.listening.load(Ordering::SeqCst)
     }
 
     /// The live client holding `key`, or 401.

@@ -242,3 +242,427 @@ async fn the_dashboard_shows_orders_conflicts_and_partitions_change_live_in_a_re
 
     browser.close().await.unwrap();
 }
+
+/// Runs `script` (a function body) in the page and returns what it returns.
+async fn js(browser: &Client, script: &str) -> Value {
+    browser
+        .execute(script, vec![])
+        .await
+        .unwrap_or_else(|e| panic!("{script}: {e}"))
+}
+
+/// Waits until `script` returns true; panics with its last value otherwise.
+async fn js_until(browser: &Client, script: &str, what: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let value = browser.execute(script, vec![]).await;
+        if matches!(value, Ok(Value::Bool(true))) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: never true; last {value:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Does the page scroll sideways? (The whole document wider than the window.)
+async fn overflows_sideways(browser: &Client) -> Value {
+    js(
+        browser,
+        "const d = document.documentElement;
+         return d.scrollWidth > window.innerWidth ? `${d.scrollWidth} > ${window.innerWidth}` : false;",
+    )
+    .await
+}
+
+async fn sign_in(browser: &Client, app: &TestApp) {
+    browser.goto(&app.url("/")).await.unwrap();
+    browser
+        .find(Locator::Css("#key"))
+        .await
+        .unwrap()
+        .send_keys(&app.admin_key)
+        .await
+        .unwrap();
+    click(browser, "#sign-in-form button").await;
+    text_until(browser, "#feed-state", |t| t == "live").await;
+}
+
+/// Clicks a button that asks for confirmation, and confirms.
+async fn click_and_confirm(browser: &Client, css: &str) {
+    click(browser, css).await;
+    let deadline = Instant::now() + PATIENCE;
+    while browser.accept_alert().await.is_err() {
+        assert!(Instant::now() < deadline, "{css} asked for no confirmation");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn insert_dead_letter(app: &TestApp, order: Option<&str>, reason: &str, body: &str) -> i64 {
+    let message: Option<Value> = serde_json::from_str(body).ok();
+    let client = message
+        .as_ref()
+        .and_then(|m| m["client_id"].as_str())
+        .map(|s| s.parse::<uuid::Uuid>().unwrap());
+    sqlx::query_scalar(
+        "insert into dead_letters (order_id, client_id, partition, reason, body)
+         values ($1, $2, 0, $3, $4) returning id",
+    )
+    .bind(order.map(|o| o.parse::<uuid::Uuid>().unwrap()))
+    .bind(client)
+    .bind(reason)
+    .bind(body)
+    .fetch_one(&app.db)
+    .await
+    .unwrap()
+}
+
+fn cancel_message(app: &TestApp, order: &str) -> String {
+    json!({
+        "version": 1, "command_id": uuid::Uuid::now_v7(), "client_id": app.client_id,
+        "order_id": order, "command": {"type": "cancel"}
+    })
+    .to_string()
+}
+
+/// The WCAG contrast ratio of an element's text colour against its background, in the page.
+const CONTRAST: &str = "
+    const lum = (css) => {
+      const [r, g, b] = css.match(/[\\d.]+/g).slice(0, 3).map((v) => {
+        const c = Number(v) / 255;
+        return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4;
+      });
+      return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+    };
+    const style = getComputedStyle(arguments_element);
+    const [a, b] = [lum(style.color), lum(style.backgroundColor)].sort((x, y) => y - x);
+    return (a + 0.05) / (b + 0.05);";
+
+#[tokio::test]
+async fn dead_letters_failures_and_journeys_read_right_in_a_real_browser() {
+    let app = TestApp::spawn_with(Options {
+        start_worker: true,
+        ..Options::default()
+    })
+    .await;
+    let order = app.new_order(json!([])).await;
+    let other = app.new_order(json!([])).await;
+    let readable = insert_dead_letter(
+        &app,
+        Some(&order),
+        "delivery limit reached",
+        &cancel_message(&app, &order),
+    )
+    .await;
+    let taken = insert_dead_letter(
+        &app,
+        Some(&other),
+        "delivery limit reached",
+        &cancel_message(&app, &other),
+    )
+    .await;
+    let long_reason = format!(
+        "the message is not a command: unknown variant `{}`, expected one of create, add_item",
+        "refund".repeat(300)
+    );
+    let unreadable = insert_dead_letter(&app, None, &long_reason, "{not json").await;
+
+    let driver = Driver::start().await;
+    let browser = driver.browser().await;
+    sign_in(&browser, &app).await;
+    click(&browser, "nav a[data-tab=\"partitions\"]").await;
+    let row = |id: i64| format!("#dead-letters-table tr[data-dead-letter=\"{id}\"]");
+    text_until(&browser, &row(unreadable), |t| {
+        t.contains("unknown variant")
+    })
+    .await;
+    text_until(&browser, "#dlq-depth", |t| t.contains("3 open")).await;
+    text_until(&browser, "#alerts", |t| t.contains("dead letters")).await;
+
+    // Redrive only where it can work; acknowledge everywhere open.
+    let has = |css: String| {
+        let browser = browser.clone();
+        async move { browser.find(Locator::Css(&css)).await.is_ok() }
+    };
+    assert!(!has(format!("{} button.redrive", row(unreadable))).await);
+    assert!(has(format!("{} button.acknowledge", row(unreadable))).await);
+    assert!(has(format!("{} button.redrive", row(readable))).await);
+
+    // A long reason wraps inside its cell; the page does not scroll sideways.
+    let cell = browser
+        .find(Locator::Css(&format!("{} td.reason", row(unreadable))))
+        .await
+        .unwrap();
+    let fits = browser
+        .execute(
+            "const [c] = arguments; return c.scrollWidth <= c.clientWidth + 1 && c.getBoundingClientRect().right <= window.innerWidth;",
+            vec![serde_json::to_value(&cell).unwrap()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        fits,
+        Value::Bool(true),
+        "the long reason overflows its cell"
+    );
+    assert_eq!(overflows_sideways(&browser).await, Value::Bool(false));
+    screenshot(&browser, "dead-letters").await;
+
+    // Another admin acknowledged `taken` meanwhile: redriving it fails, in a readable toast.
+    let acknowledged = app
+        .http
+        .post(app.url(&format!("/dashboard/api/dead-letters/{taken}/acknowledge")))
+        .bearer_auth(&app.admin_key)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(acknowledged.status(), 200);
+    click_and_confirm(&browser, &format!("{} button.redrive", row(taken))).await;
+    text_until(&browser, ".toast.error", |t| t.contains("redrive failed")).await;
+    let toast = browser.find(Locator::Css(".toast.error")).await.unwrap();
+    let contrast = browser
+        .execute(
+            &format!("const arguments_element = arguments[0]; {CONTRAST}"),
+            vec![serde_json::to_value(&toast).unwrap()],
+        )
+        .await
+        .unwrap()
+        .as_f64()
+        .unwrap();
+    assert!(
+        contrast >= 4.5,
+        "the error toast's contrast is {contrast:.2}"
+    );
+    screenshot(&browser, "error-toast").await;
+
+    // Redrive: the open count drops at once, and the command links back to its dead letter.
+    click_and_confirm(&browser, &format!("{} button.redrive", row(readable))).await;
+    text_until(&browser, "#dlq-depth", |t| t.contains("1 open")).await;
+    let redriven_link = format!("{} a.redriven", row(readable));
+    text_until(&browser, &redriven_link, |t| t.contains("redriven as")).await;
+    // Acknowledge the unreadable one: nothing open, the banner clears.
+    click(&browser, &format!("{} button.acknowledge", row(unreadable))).await;
+    text_until(&browser, "#dlq-depth", |t| t.contains("0 open")).await;
+    js_until(
+        &browser,
+        "return document.querySelector('#alerts .alert-dead_letters') === null;",
+        "the dead-letter banner clears",
+    )
+    .await;
+
+    click(&browser, &redriven_link).await;
+    let command_id: String =
+        sqlx::query_scalar::<_, uuid::Uuid>("select redriven_as from dead_letters where id = $1")
+            .bind(readable)
+            .fetch_one(&app.db)
+            .await
+            .unwrap()
+            .to_string();
+    let back = format!(".journey[data-command=\"{command_id}\"] a.dead-letter");
+    text_until(&browser, &back, |t| t.contains(&format!("#{readable}"))).await;
+    click(&browser, &back).await;
+    js_until(
+        &browser,
+        &format!(
+            "return !document.querySelector('#tab-partitions').hidden &&
+               document.querySelector('#dead-letters-table tr[data-dead-letter=\"{readable}\"]')?.classList.contains('target') === true;"
+        ),
+        "the dead letter is shown",
+    )
+    .await;
+
+    // A failed refresh turns the live indicator amber; the next good one turns it back.
+    sqlx::query("alter table dead_letters rename to dead_letters_away")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    click(&browser, "nav a[data-tab=\"partitions\"]").await;
+    let amber = "const s = document.querySelector('#feed-state');
+                 return s.classList.contains('stale') &&
+                   getComputedStyle(s, '::before').color === 'rgb(240, 140, 0)';";
+    js_until(&browser, amber, "the indicator turns amber").await;
+    text_until(&browser, "#feed-state", |t| t.contains("refresh failed")).await;
+    screenshot(&browser, "refresh-failed").await;
+    sqlx::query("alter table dead_letters_away rename to dead_letters")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    text_until(&browser, "#feed-state", |t| t == "live").await;
+
+    // A command from a direct producer: received by the worker before it is recorded. No
+    // stage of its journey may read negative.
+    let direct = orderflow_shared::domain::OrderId::new();
+    let command_id = uuid::Uuid::now_v7();
+    let message = json!({
+        "version": 1, "command_id": command_id, "client_id": app.client_id,
+        "order_id": direct.0, "command": {"type": "create", "customer_id": "direct",
+        "currency": "EUR", "items": [{"sku": "D-1", "quantity": 1, "unit_price_cents": 100}]}
+    });
+    let partition = orderflow_shared::partition::partition_of(direct, app.topology.partitions);
+    app.publish_raw(&partition.to_string(), message.to_string().as_bytes())
+        .await;
+    app.wait_final(&command_id.to_string()).await;
+    browser
+        .goto(&app.url(&format!("/#timeline/{}", direct.0)))
+        .await
+        .unwrap();
+    let stages = text_until(
+        &browser,
+        &format!(".journey[data-command=\"{command_id}\"] .stages"),
+        |t| t.contains("ms"),
+    )
+    .await;
+    assert!(
+        !stages.contains("-"),
+        "a negative duration on the timeline: {stages}"
+    );
+    let head = browser
+        .find(Locator::Css(&format!(
+            ".journey[data-command=\"{command_id}\"] .journey-head"
+        )))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!head.contains(" -"), "{head}");
+    browser.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_dashboard_fits_a_narrow_window_backfills_its_charts_and_shows_what_it_does_not_know() {
+    let app = TestApp::spawn_with(Options {
+        start_worker: true,
+        ..Options::default()
+    })
+    .await;
+    let driver = Driver::start().await;
+    let browser = driver.browser().await;
+    sign_in(&browser, &app).await;
+
+    // Nothing finished yet: the conflict rate is unknown, not 0 %.
+    js_until(
+        &browser,
+        "return series.t.length >= 2;",
+        "two statistics frames",
+    )
+    .await;
+    // (The contention tab is hidden: its text is read from the DOM.)
+    assert_eq!(
+        js(
+            &browser,
+            "return document.querySelector('#c-rate').textContent;"
+        )
+        .await,
+        "–"
+    );
+    // The icon is the API's own, and nothing comes from another origin.
+    js_until(
+        &browser,
+        "const link = document.querySelector('link[rel~=\"icon\"]');
+         return link !== null && new URL(link.href).origin === location.origin;",
+        "a same-origin icon",
+    )
+    .await;
+    let icon = js(
+        &browser,
+        "return fetch(document.querySelector('link[rel~=\"icon\"]').href)
+           .then((r) => `${r.status} ${r.headers.get('content-type')}`);",
+    )
+    .await;
+    assert!(
+        icon.as_str().is_some_and(|s| s.starts_with("200 image/")),
+        "{icon}"
+    );
+    assert_eq!(
+        js(
+            &browser,
+            "return performance.getEntriesByType('resource').filter((e) => !e.name.startsWith(location.origin)).map((e) => e.name);",
+        )
+        .await,
+        json!([])
+    );
+
+    // Traffic: the rate becomes known.
+    let order = app.new_order(json!([])).await;
+    js_until(
+        &browser,
+        "return document.querySelector('#c-rate').textContent.includes('%');",
+        "a conflict rate",
+    )
+    .await;
+
+    // The charts' five minutes come from the server when the page opens.
+    js_until(
+        &browser,
+        "return series.t.length >= 4;",
+        "four statistics frames",
+    )
+    .await;
+    // A new document (not only a new fragment): the page opens again.
+    browser.goto(&app.url("/?again#throughput")).await.unwrap();
+    js_until(
+        &browser,
+        "return typeof series !== 'undefined' && series.t.length > 0;",
+        "chart data",
+    )
+    .await;
+    let backfilled = js(
+        &browser,
+        "return series.t[0] < performance.timeOrigin / 1000 - 2 && series.applied.some((v) => v > 0);",
+    )
+    .await;
+    assert_eq!(
+        backfilled,
+        Value::Bool(true),
+        "the charts start empty on opening the page"
+    );
+
+    // A narrow window: the navigation and every panel fit, nothing scrolls sideways.
+    browser.set_window_size(400, 900).await.unwrap();
+    let width = js(&browser, "return window.innerWidth;").await;
+    assert!(width.as_u64().is_some_and(|w| w <= 420), "window {width}");
+    for tab in [
+        "orders",
+        "timeline",
+        "partitions",
+        "contention",
+        "throughput",
+    ] {
+        click(&browser, &format!("nav a[data-tab=\"{tab}\"]")).await;
+        js_until(
+            &browser,
+            &format!("return !document.querySelector('#tab-{tab}').hidden;"),
+            tab,
+        )
+        .await;
+        if tab == "timeline" {
+            browser
+                .goto(&app.url(&format!("/#timeline/{order}")))
+                .await
+                .unwrap();
+            text_until(&browser, "#timeline-title", |t| t.contains(&order)).await;
+        }
+        assert_eq!(
+            overflows_sideways(&browser).await,
+            Value::Bool(false),
+            "the {tab} tab scrolls sideways at 400 px"
+        );
+        let nav_fits = js(
+            &browser,
+            "return [...document.querySelectorAll('header nav a, #sign-out, #feed-state')].every((e) => {
+               const r = e.getBoundingClientRect(); return r.left >= 0 && r.right <= window.innerWidth; });",
+        )
+        .await;
+        assert_eq!(
+            nav_fits,
+            Value::Bool(true),
+            "the navigation is cut off ({tab})"
+        );
+    }
+    screenshot(&browser, "narrow").await;
+    browser.close().await.unwrap();
+}

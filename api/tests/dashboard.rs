@@ -605,3 +605,647 @@ async fn a_dead_letter_is_redriven_once_as_a_new_command_and_the_action_is_audit
     .unwrap();
     assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
 }
+
+const API: &str = env!("CARGO_BIN_EXE_orderflow-api");
+
+/// Reads the feed until the server ends it; false if it is still open after `limit`.
+async fn ends_within(feed: &mut reqwest::Response, limit: Duration) -> bool {
+    let until = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(until, feed.chunk()).await {
+            Err(_) => return false,
+            Ok(Ok(Some(_))) => continue,
+            Ok(Ok(None) | Err(_)) => return true,
+        }
+    }
+}
+
+/// An admin's feed, open and streaming (a statistics frame came).
+async fn open_feed(app: &TestApp, key: &str) -> reqwest::Response {
+    let mut feed = app
+        .http
+        .get(app.url("/dashboard/api/stream"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(feed.status(), StatusCode::OK);
+    assert!(
+        read_frames(&mut feed, Duration::from_secs(10), |event, _| event
+            == "stats")
+        .await,
+        "the feed streams"
+    );
+    feed
+}
+
+#[tokio::test]
+async fn client_revoke_ends_an_open_live_feed_of_that_key_even_with_the_key_cache_on() {
+    // The default key cache (60 s): only the notification of the change can end the feed in time.
+    let app = TestApp::spawn_with(Options {
+        start_worker: false,
+        ..Options::default()
+    })
+    .await;
+    let mut feed = open_feed(&app, &app.admin_key).await;
+    // Another admin's feed is not touched by the revocation.
+    let (other, other_key) = orderflow_shared::db::clients::create(&app.db, "other-admin", true)
+        .await
+        .unwrap();
+    let mut other_feed = open_feed(&app, &other_key).await;
+    let id: Uuid = sqlx::query_scalar("select id from clients where name = 'test-admin'")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    let output = std::process::Command::new(API)
+        .args(["client", "revoke", "--id", &id.to_string()])
+        .env("DATABASE_URL", &app.database_url)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        ends_within(&mut feed, Duration::from_secs(2)).await,
+        "the revoked key's feed still streams 2 s after `client revoke`"
+    );
+    assert!(
+        read_frames(&mut other_feed, Duration::from_secs(5), |event, _| event
+            == "stats")
+        .await,
+        "another admin's feed ({}) goes on",
+        other.name
+    );
+}
+
+#[tokio::test]
+async fn a_key_that_stops_being_an_admin_loses_its_live_feed_with_the_key_cache_off() {
+    let app = TestApp::spawn_with(Options {
+        start_worker: false,
+        key_cache_secs: Some(0),
+        ..Options::default()
+    })
+    .await;
+    let mut feed = open_feed(&app, &app.admin_key).await;
+    // Disabled by hand, not through the CLI: any change to the client counts.
+    sqlx::query("update clients set is_admin = false where name = 'test-admin'")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    assert!(
+        ends_within(&mut feed, Duration::from_secs(2)).await,
+        "the feed of a key that is no longer an admin's still streams after 2 s"
+    );
+    let again = admin(&app, Method::GET, "/dashboard/api/stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::FORBIDDEN);
+}
+
+/// A dead letter as the worker records one (the message as received, with its reason); its id.
+async fn insert_dead_letter(app: &TestApp, order: Option<&str>, reason: &str, body: &str) -> i64 {
+    let message: Option<Value> = serde_json::from_str(body).ok();
+    let id_of = |field: &str| {
+        message
+            .as_ref()
+            .and_then(|m| m[field].as_str())
+            .and_then(|s| Uuid::parse_str(s).ok())
+    };
+    sqlx::query_scalar(
+        "insert into dead_letters (command_id, order_id, client_id, partition, reason, body)
+         values ($1, $2, $3, 0, $4, $5) returning id",
+    )
+    .bind(id_of("command_id"))
+    .bind(order.map(|o| Uuid::parse_str(o).unwrap()))
+    .bind(id_of("client_id"))
+    .bind(reason)
+    .bind(body)
+    .fetch_one(&app.db)
+    .await
+    .unwrap()
+}
+
+/// A readable cancel of `order` from `client`, as a message body.
+fn cancel_message(client: Uuid, order: &str) -> String {
+    json!({
+        "version": 1, "command_id": Uuid::now_v7(), "client_id": client,
+        "order_id": order, "command": {"type": "cancel"}
+    })
+    .to_string()
+}
+
+async fn dead_letter_list(app: &TestApp) -> Vec<Value> {
+    let response = admin(app, Method::GET, "/dashboard/api/dead-letters")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response.json().await.unwrap()
+}
+
+fn letter(list: &[Value], id: i64) -> &Value {
+    list.iter()
+        .find(|l| l["id"] == id)
+        .unwrap_or_else(|| panic!("dead letter {id} in {list:?}"))
+}
+
+async fn dead_letter_action(app: &TestApp, id: &str, action: &str) -> reqwest::Response {
+    admin(
+        app,
+        Method::POST,
+        &format!("/dashboard/api/dead-letters/{id}/{action}"),
+    )
+    .json(&json!({}))
+    .send()
+    .await
+    .unwrap()
+}
+
+async fn assert_problem(response: reqwest::Response, status: StatusCode) -> Value {
+    assert_eq!(response.status(), status);
+    assert_eq!(
+        response.headers()[header::CONTENT_TYPE],
+        "application/problem+json"
+    );
+    response.json().await.unwrap()
+}
+
+/// The open dead letters the stats frames count (the banner), once it reads `want`.
+async fn open_dead_letters_become(feed: &mut reqwest::Response, want: i64) -> bool {
+    read_frames(feed, Duration::from_secs(10), |event, data| {
+        event == "stats"
+            && data["dead_letters_open"] == want
+            && data["alerts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a["kind"] == "dead_letters")
+                == (want > 0)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn redrive_is_offered_only_where_it_can_work_and_an_acknowledged_dead_letter_clears_the_banner()
+ {
+    let app = TestApp::spawn_with(Options {
+        start_worker: true,
+        ..Options::default()
+    })
+    .await;
+    let order = app.new_order(json!([])).await;
+    let readable = insert_dead_letter(
+        &app,
+        Some(&order),
+        "delivery limit reached",
+        &cancel_message(app.client_id, &order),
+    )
+    .await;
+    let unreadable = insert_dead_letter(&app, None, "malformed", "not json").await;
+    let (gone, _) = orderflow_shared::db::clients::create(&app.db, "gone", false)
+        .await
+        .unwrap();
+    let orphan = insert_dead_letter(
+        &app,
+        Some(&order),
+        "delivery limit reached",
+        &cancel_message(gone.id.0, &order),
+    )
+    .await;
+    orderflow_shared::db::clients::revoke(&app.db, gone.id)
+        .await
+        .unwrap();
+
+    let list = dead_letter_list(&app).await;
+    assert_eq!(letter(&list, readable)["redrivable"], true);
+    assert!(letter(&list, readable)["not_redrivable_because"].is_null());
+    for id in [unreadable, orphan] {
+        assert_eq!(letter(&list, id)["redrivable"], false, "{list:?}");
+        assert!(
+            letter(&list, id)["not_redrivable_because"]
+                .as_str()
+                .is_some_and(|why| !why.is_empty())
+        );
+    }
+    let mut feed = open_feed(&app, &app.admin_key).await;
+    assert!(open_dead_letters_become(&mut feed, 3).await);
+
+    // Acknowledging: audited once, repeatable, and the letter no longer counts as open.
+    for _ in 0..2 {
+        let acknowledged = dead_letter_action(&app, &unreadable.to_string(), "acknowledge").await;
+        assert_eq!(acknowledged.status(), StatusCode::OK);
+        let acknowledged: Value = acknowledged.json().await.unwrap();
+        assert_eq!(acknowledged["dead_letter_id"], unreadable);
+        assert!(acknowledged["acknowledged_at"].is_string());
+    }
+    let audited: i64 = sqlx::query_scalar(
+        "select count(*) from admin_actions where action = 'acknowledge_dead_letter' and target = $1",
+    )
+    .bind(unreadable.to_string())
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(audited, 1);
+    let list = dead_letter_list(&app).await;
+    assert!(letter(&list, unreadable)["acknowledged_at"].is_string());
+    assert_eq!(letter(&list, unreadable)["redrivable"], false);
+    assert!(open_dead_letters_become(&mut feed, 2).await);
+
+    // An acknowledged letter is not redriven; a redriven one is not acknowledged.
+    let refused = dead_letter_action(&app, &unreadable.to_string(), "redrive").await;
+    assert_problem(refused, StatusCode::CONFLICT).await;
+    let redriven = dead_letter_action(&app, &readable.to_string(), "redrive").await;
+    assert_eq!(redriven.status(), StatusCode::OK);
+    let refused = dead_letter_action(&app, &readable.to_string(), "acknowledge").await;
+    assert_problem(refused, StatusCode::CONFLICT).await;
+    // The orphan's client is gone: redrive refused, acknowledge clears the last one.
+    let refused = dead_letter_action(&app, &orphan.to_string(), "redrive").await;
+    assert_problem(refused, StatusCode::UNPROCESSABLE_ENTITY).await;
+    let acknowledged = dead_letter_action(&app, &orphan.to_string(), "acknowledge").await;
+    assert_eq!(acknowledged.status(), StatusCode::OK);
+    assert!(open_dead_letters_become(&mut feed, 0).await);
+
+    // Bad input: a 4xx problem each.
+    assert_problem(
+        dead_letter_action(&app, "999999", "acknowledge").await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    assert_problem(
+        dead_letter_action(&app, "nope", "acknowledge").await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    let no_json = admin(
+        &app,
+        Method::POST,
+        &format!("/dashboard/api/dead-letters/{orphan}/acknowledge"),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert!(no_json.status().is_client_error(), "{}", no_json.status());
+    let not_admin = app
+        .request(
+            Method::POST,
+            &format!("/dashboard/api/dead-letters/{orphan}/acknowledge"),
+        )
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(not_admin, StatusCode::FORBIDDEN).await;
+}
+
+#[tokio::test]
+async fn a_redrive_lowers_the_open_dead_letter_count_and_its_command_names_the_dead_letter() {
+    let app = TestApp::spawn_with(Options {
+        start_worker: true,
+        ..Options::default()
+    })
+    .await;
+    let order = app.new_order(json!([])).await;
+    let id = insert_dead_letter(
+        &app,
+        Some(&order),
+        "delivery limit reached",
+        &cancel_message(app.client_id, &order),
+    )
+    .await;
+    let partitions = || async {
+        let response = admin(&app, Method::GET, "/dashboard/api/partitions")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json::<Value>().await.unwrap()
+    };
+    assert_eq!(partitions().await["dead_letters_open"], 1);
+    let redriven = dead_letter_action(&app, &id.to_string(), "redrive").await;
+    assert_eq!(redriven.status(), StatusCode::OK);
+    let command_id = redriven.json::<Value>().await.unwrap()["command_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(partitions().await["dead_letters_open"], 0);
+    app.wait_final(&command_id).await;
+
+    let timeline = timeline(&app, &order).await;
+    assert_eq!(command(&timeline, &command_id)["redrive_of"], id);
+    let create = &timeline["commands"][0];
+    assert!(create["redrive_of"].is_null(), "{create}");
+}
+
+#[tokio::test]
+async fn no_stage_of_a_journey_lasts_less_than_nothing() {
+    let app = TestApp::spawn_with(Options {
+        start_worker: true,
+        ..Options::default()
+    })
+    .await;
+    // A command from a direct producer: the worker receives its message before it records it.
+    let order = orderflow_shared::domain::OrderId::new();
+    let command_id = Uuid::now_v7();
+    let message = json!({
+        "version": 1, "command_id": command_id, "client_id": app.client_id,
+        "order_id": order.0, "command": {"type": "create", "customer_id": "direct",
+        "currency": "EUR", "items": [{"sku": "D-1", "quantity": 1, "unit_price_cents": 100}]}
+    });
+    let partition = orderflow_shared::partition::partition_of(order, common::PARTITIONS);
+    app.publish_raw(&partition.to_string(), message.to_string().as_bytes())
+        .await;
+    assert_eq!(
+        app.wait_final(&command_id.to_string()).await["status"],
+        "applied"
+    );
+    // And one through the API.
+    let through_api = app
+        .run(&order.0.to_string(), json!({"type": "cancel"}), None)
+        .await;
+
+    let timeline = timeline(&app, &order.0.to_string()).await;
+    for id in [
+        command_id.to_string(),
+        through_api["command_id"].as_str().unwrap().to_owned(),
+    ] {
+        let c = command(&timeline, &id);
+        let stages = c["stages"].as_array().unwrap_or_else(|| panic!("{c}"));
+        assert!(!stages.is_empty(), "{c}");
+        for stage in stages {
+            assert!(stage["ms"].as_f64().unwrap() >= 0.0, "{stage} of {c}");
+        }
+        assert!(c["total_ms"].as_f64().unwrap() >= 0.0, "{c}");
+    }
+    let direct = command(&timeline, &command_id.to_string());
+    let names: Vec<&str> = direct["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["record", "apply"], "{direct}");
+}
+
+#[tokio::test]
+async fn the_hottest_orders_are_the_ones_with_the_most_conflicts() {
+    let app = TestApp::spawn_with(Options {
+        start_worker: true,
+        ..Options::default()
+    })
+    .await;
+    let mut feed = open_feed(&app, &app.admin_key).await;
+    let item =
+        |sku: &str| json!({"type": "add_item", "sku": sku, "quantity": 1, "unit_price_cents": 100});
+    // Busy but calm: five commands, no conflict.
+    let busy = app.new_order(json!([])).await;
+    for (version, sku) in (1..).zip(["A", "B", "C", "D"]) {
+        app.run(&busy, item(sku), Some(version)).await;
+    }
+    // Fewer commands, one race lost.
+    let contended = app.new_order(json!([])).await;
+    assert_eq!(
+        app.run(&contended, item("A"), Some(1)).await["status"],
+        "applied"
+    );
+    let lost = app.run(&contended, item("B"), Some(1)).await;
+    assert_eq!(lost["reason"], "version_conflict");
+
+    let mut hot = Value::Null;
+    let both = read_frames(&mut feed, Duration::from_secs(10), |event, data| {
+        if event != "stats" {
+            return false;
+        }
+        hot = data["hot_orders"].clone();
+        let ids: Vec<&str> = hot
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|o| o["order_id"].as_str())
+            .collect();
+        ids.contains(&busy.as_str()) && ids.contains(&contended.as_str())
+    })
+    .await;
+    assert!(both, "{hot}");
+    assert_eq!(hot[0]["order_id"], contended.as_str(), "{hot}");
+    assert_eq!(
+        (hot[0]["conflicts"].as_u64(), hot[0]["commands"].as_u64()),
+        (Some(1), Some(3))
+    );
+}
+
+#[tokio::test]
+async fn rates_are_unknown_until_measured() {
+    let app = TestApp::spawn_with(Options {
+        start_worker: true,
+        ..Options::default()
+    })
+    .await;
+    // The first look at the partitions has nothing to take a difference from.
+    let partitions = || async {
+        admin(&app, Method::GET, "/dashboard/api/partitions")
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    };
+    let first = partitions().await;
+    for p in first["partitions"].as_array().unwrap() {
+        assert!(p["messages_per_s"].is_null(), "{p}");
+    }
+    // Nothing finished yet: no conflict rate, no accepted/s on the first frame.
+    let mut feed = admin(&app, Method::GET, "/dashboard/api/stream")
+        .send()
+        .await
+        .unwrap();
+    let mut frames = Vec::new();
+    read_frames(&mut feed, Duration::from_secs(10), |event, data| {
+        if event == "stats" {
+            frames.push(data.clone());
+        }
+        frames.len() == 2
+    })
+    .await;
+    assert_eq!(frames.len(), 2);
+    assert!(frames[0]["accepted_per_s"].is_null(), "{}", frames[0]);
+    assert!(frames[1]["conflict_rate"].is_null(), "{}", frames[1]);
+    // Once measured, they are numbers.
+    app.new_order(json!([])).await;
+    assert!(
+        read_frames(&mut feed, Duration::from_secs(10), |event, data| {
+            event == "stats" && data["conflict_rate"] == 0.0 && data["accepted_per_s"].is_number()
+        })
+        .await
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let view = partitions().await;
+        if view["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["messages_per_s"].is_number())
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "rates never measured: {view}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_stats_of_the_last_five_minutes_are_served_for_the_charts() {
+    let app = TestApp::spawn_with(Options {
+        start_worker: true,
+        ..Options::default()
+    })
+    .await;
+    let history = || async {
+        let response = admin(&app, Method::GET, "/dashboard/api/stats/history")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json::<Value>().await.unwrap()
+    };
+    let mut feed = open_feed(&app, &app.admin_key).await;
+    app.new_order(json!([])).await;
+    let mut seen = Vec::new();
+    read_frames(&mut feed, Duration::from_secs(15), |event, data| {
+        if event == "stats" {
+            seen.push(data["at"].as_str().unwrap().to_owned());
+        }
+        seen.len() == 4
+    })
+    .await;
+    drop(feed);
+    let points = history().await;
+    let points = points.as_array().unwrap();
+    let at: Vec<&str> = points.iter().map(|p| p["at"].as_str().unwrap()).collect();
+    for frame in &seen {
+        assert!(at.contains(&frame.as_str()), "{frame} not in {at:?}");
+    }
+    let parse = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap();
+    assert!(
+        at.windows(2).all(|w| parse(w[0]) < parse(w[1])),
+        "oldest first"
+    );
+    let now = chrono::Utc::now();
+    assert!(
+        at.iter()
+            .all(|a| now.signed_duration_since(parse(a)).num_seconds() <= 300)
+    );
+    // The fields the charts plot.
+    assert!(
+        points
+            .iter()
+            .any(|p| p["applied_per_s"].as_f64() > Some(0.0))
+    );
+    for field in [
+        "accepted_per_s",
+        "rejected_per_s",
+        "latency_ms",
+        "rejections",
+    ] {
+        assert!(points[0].get(field).is_some(), "{field}: {}", points[0]);
+    }
+}
+
+#[tokio::test]
+async fn the_api_serves_its_own_favicon_and_the_pages_link_it() {
+    let app = TestApp::spawn().await;
+    let icon = app.http.get(app.url("/favicon.ico")).send().await.unwrap();
+    assert_eq!(icon.status(), StatusCode::OK);
+    assert_eq!(icon.headers()[header::CONTENT_TYPE], "image/x-icon");
+    let bytes = icon.bytes().await.unwrap();
+    assert_eq!(&bytes[..4], &[0, 0, 1, 0], "an ICO file");
+    let sign_in = app
+        .http
+        .get(app.url("/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(sign_in.contains(r#"rel="icon""#), "{sign_in}");
+    let svg = app
+        .http
+        .get(app.url("/dashboard/assets/favicon.svg"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(svg.status(), StatusCode::OK);
+    assert_eq!(svg.headers()[header::CONTENT_TYPE], "image/svg+xml");
+}
+
+#[tokio::test]
+async fn the_consumer_count_is_the_brokers() {
+    let app = TestApp::spawn_with(Options {
+        start_worker: true,
+        ..Options::default()
+    })
+    .await;
+    // A second worker: one consumer per partition each, one active and one standby.
+    let shutdown = orderflow_shared::shutdown::CancellationToken::new();
+    let second = orderflow_worker::Worker::build(orderflow_worker::WorkerConfig {
+        worker_name: Some("second-worker".into()),
+        ..app.worker_config()
+    })
+    .await
+    .unwrap();
+    let task = tokio::spawn(second.run_until_stopped(shutdown.clone()));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let view = loop {
+        let view: Value = admin(&app, Method::GET, "/dashboard/api/partitions")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if view["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["workers"].as_array().unwrap().len() == 2)
+        {
+            break view;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "two workers never showed: {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // What the broker says: every consumer of every queue (over AMQP a single-active-consumer
+    // queue reports only its active one).
+    let listed = std::process::Command::new("rabbitmqctl")
+        .args([
+            "list_consumers",
+            "-q",
+            "--no-table-headers",
+            "queue_name",
+            "activity_status",
+        ])
+        .output()
+        .expect("rabbitmqctl (the test broker is local)");
+    assert!(listed.status.success(), "{listed:?}");
+    let listed = String::from_utf8_lossy(&listed.stdout).to_string();
+    for p in view["partitions"].as_array().unwrap() {
+        let queue = p["queue"].as_str().unwrap();
+        let brokers = listed
+            .lines()
+            .filter(|line| line.split('\t').next() == Some(queue))
+            .count();
+        assert_eq!(brokers, 2, "{listed}");
+        assert_eq!(p["consumers"], brokers, "{p}\n{listed}");
+        assert_eq!(p["active_consumers"], 1, "{p}");
+    }
+    shutdown.cancel();
+    let _ = task.await;
+}

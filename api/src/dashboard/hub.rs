@@ -6,11 +6,15 @@
 //! SSE frames. Once a second it also sends a statistics frame (rates, latency percentiles, conflicts
 //! by reason, the hottest orders and SKUs, alerts), and every two seconds a partitions frame.
 //!
-//! It only queries while someone watches: with no subscriber it keeps listening (so idempotency
-//! conflicts stay on the order timelines) but fetches nothing.
+//! It keeps the last five minutes of statistics ([`HISTORY`]) so that a page that opens draws its
+//! charts from them at once (`GET /dashboard/api/stats/history`).
+//!
+//! It only queries while someone watches, and for [`HISTORY`] after the last one left (so that a
+//! page opened again soon finds no hole in its charts): otherwise it keeps listening (so
+//! idempotency conflicts stay on the order timelines) but fetches nothing.
 
 use super::partitions::{self, RateMemory};
-use super::stats::{Sample, Window};
+use super::stats::{Point, Sample, Window};
 use crate::state::AppState;
 use orderflow_shared::db::{self, dashboard};
 use orderflow_shared::shutdown::CancellationToken;
@@ -18,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgListener;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
@@ -31,6 +35,8 @@ const BATCH_EVERY: Duration = Duration::from_millis(200);
 const HTTP_EVENTS_KEPT: usize = 10_000;
 /// Frames a slow dashboard may fall behind by before it skips ahead.
 const FEED_CAPACITY: usize = 4096;
+/// How far back the charts reach, and how long the hub goes on after the last viewer left.
+const HISTORY: Duration = Duration::from_secs(300);
 
 /// One SSE frame, serialized once for every subscriber.
 #[derive(Debug)]
@@ -70,6 +76,10 @@ pub struct Hub {
     pub thresholds: Thresholds,
     /// Heartbeat counters of the last partitions snapshot (messages/s).
     pub rates: RateMemory,
+    /// The statistics of the last [`HISTORY`], oldest first.
+    history: Arc<Mutex<VecDeque<Arc<Point>>>>,
+    /// When someone last watched (None: nobody yet).
+    last_watched: Arc<Mutex<Option<Instant>>>,
 }
 
 impl Hub {
@@ -80,6 +90,8 @@ impl Hub {
             window: Arc::default(),
             thresholds,
             rates: RateMemory::default(),
+            history: Arc::default(),
+            last_watched: Arc::default(),
         }
     }
 
@@ -93,8 +105,27 @@ impl Hub {
         self.feed.subscribe()
     }
 
+    /// Does anyone watch, or did anyone in the last [`HISTORY`]?
     fn watched(&self) -> bool {
-        self.feed.receiver_count() > 0
+        let mut last = self.last_watched.lock().expect("not poisoned");
+        if self.feed.receiver_count() > 0 {
+            *last = Some(Instant::now());
+            return true;
+        }
+        last.is_some_and(|at| at.elapsed() < HISTORY)
+    }
+
+    /// The statistics of the last five minutes, oldest first.
+    pub fn history(&self) -> Vec<Arc<Point>> {
+        let mut history = self.history.lock().expect("not poisoned");
+        prune_history(&mut history);
+        history.iter().cloned().collect()
+    }
+
+    fn keep(&self, point: Point) {
+        let mut history = self.history.lock().expect("not poisoned");
+        history.push_back(Arc::new(point));
+        prune_history(&mut history);
     }
 
     fn send(&self, event: &'static str, data: &impl Serialize) {
@@ -128,6 +159,14 @@ pub async fn announce(db: &sqlx::PgPool, event: &HttpEvent) {
     let payload = serde_json::to_string(event).expect("an event serializes");
     if let Err(e) = db::dashboard::notify(db, HTTP_EVENTS_CHANNEL, &payload).await {
         tracing::debug!(error = %e, "could not announce an idempotency event to the dashboards");
+    }
+}
+
+fn prune_history(history: &mut VecDeque<Arc<Point>>) {
+    let oldest = chrono::Utc::now()
+        - chrono::Duration::from_std(HISTORY).expect("five minutes fit a chrono duration");
+    while history.front().is_some_and(|p| p.at < oldest) {
+        history.pop_front();
     }
 }
 
@@ -249,6 +288,7 @@ async fn tick(hub: Hub, state: AppState, shutdown: CancellationToken) {
                     partition_lag,
                     &hub.thresholds,
                 );
+                hub.keep(Point::of(&stats));
                 hub.send("stats", &stats);
             }
             Err(e) => tracing::warn!(error = %e, "dashboard could not read the gauges"),

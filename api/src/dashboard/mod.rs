@@ -10,10 +10,13 @@
 //! | `GET /dashboard/api/orders?status=&q=&limit=` | the latest orders, by status and id part |
 //! | `GET /dashboard/api/orders/{id}` | one order's timeline |
 //! | `GET /dashboard/api/partitions` | the partitions panel |
-//! | `GET /dashboard/api/dead-letters` | the dead letters, newest first |
+//! | `GET /dashboard/api/dead-letters` | the dead letters, newest first, each saying whether it can be redriven |
 //! | `POST /dashboard/api/dead-letters/{id}/redrive` | re-submit one (audited) |
+//! | `POST /dashboard/api/dead-letters/{id}/acknowledge` | close one without redriving it (audited) |
 //! | `GET /dashboard/api/config` | the alert thresholds |
+//! | `GET /dashboard/api/stats/history` | the last five minutes of statistics frames, for the charts |
 //! | `GET /dashboard/api/stream` | the live feed (SSE) |
+//! | `GET /favicon.ico`, `GET /dashboard/assets/favicon.svg` | the icon |
 
 pub mod auth;
 pub mod hub;
@@ -63,7 +66,15 @@ const ASSETS: &[(&str, &str, &str)] = &[
         "text/css; charset=utf-8",
         include_str!("../../static/vendor/uPlot.min.css"),
     ),
+    (
+        "favicon.svg",
+        "image/svg+xml",
+        include_str!("../../static/dashboard/favicon.svg"),
+    ),
 ];
+
+/// The same icon for browsers that ask for `/favicon.ico` whatever the page says (16 and 32 px).
+const FAVICON_ICO: &[u8] = include_bytes!("../../static/dashboard/favicon.ico");
 
 /// Everything but the live feed (which must outlive the request timeout; see [`streams`]).
 pub fn router() -> Router<AppState> {
@@ -79,7 +90,13 @@ pub fn router() -> Router<AppState> {
             "/dashboard/api/dead-letters/{id}/redrive",
             post(redrive::redrive),
         )
+        .route(
+            "/dashboard/api/dead-letters/{id}/acknowledge",
+            post(redrive::acknowledge),
+        )
         .route("/dashboard/api/config", get(config))
+        .route("/dashboard/api/stats/history", get(stats_history))
+        .route("/favicon.ico", get(favicon))
 }
 
 /// The live feed: long-lived, so it is mounted outside the request timeout.
@@ -122,6 +139,17 @@ async fn asset(ApiPath(name): ApiPath<String>) -> Result<Response, ApiError> {
         *body,
     )
         .into_response())
+}
+
+async fn favicon() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "image/x-icon"),
+            (header::CACHE_CONTROL, "max-age=86400"),
+        ],
+        FAVICON_ICO,
+    )
+        .into_response()
 }
 
 #[derive(Deserialize)]
@@ -233,8 +261,17 @@ async fn partitions_view(
 async fn dead_letters(
     State(state): State<AppState>,
     _: DashboardAdmin,
-) -> Result<Json<Vec<dashboard::DeadLetter>>, ApiError> {
-    Ok(Json(dashboard::dead_letters(&state.db, 100).await?))
+) -> Result<Json<Vec<redrive::DeadLetterView>>, ApiError> {
+    let letters = dashboard::dead_letters(&state.db, 100).await?;
+    Ok(Json(letters.into_iter().map(Into::into).collect()))
+}
+
+/// The statistics frames of the last five minutes, oldest first: the charts start from them.
+async fn stats_history(
+    State(state): State<AppState>,
+    _: DashboardAdmin,
+) -> Json<Vec<std::sync::Arc<stats::Point>>> {
+    Json(state.hub.history())
 }
 
 async fn config(State(state): State<AppState>, _: DashboardAdmin) -> Json<hub::Thresholds> {

@@ -70,7 +70,7 @@ pub struct Window {
     http: VecDeque<(Instant, String, Uuid)>,
 }
 
-#[derive(Debug, Default, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct Latency {
     pub p50: f64,
     pub p90: f64,
@@ -114,8 +114,9 @@ pub struct Stats {
     pub rejections: HashMap<String, usize>,
     /// Conflicts of the last minute by reason (idempotency mismatches included).
     pub conflicts: HashMap<String, usize>,
-    /// Share of the last minute's finished commands rejected for a conflict.
-    pub conflict_rate: f64,
+    /// Share of the last minute's finished commands rejected for a conflict (None: nothing
+    /// finished in the last minute, so there is no rate).
+    pub conflict_rate: Option<f64>,
     pub finished_last_minute: usize,
     pub hot_orders: Vec<HotOrder>,
     pub hot_skus: Vec<HotSku>,
@@ -128,6 +129,33 @@ pub struct Stats {
     pub dead_letters_open: i64,
     pub partition_lag_secs: Option<f64>,
     pub alerts: Vec<Alert>,
+}
+
+/// One second of the series the charts plot (a statistics frame, less its lists): what
+/// `GET /dashboard/api/stats/history` serves, so that a page opens with the last five minutes.
+#[derive(Debug, Serialize)]
+pub struct Point {
+    pub at: chrono::DateTime<chrono::Utc>,
+    pub accepted_per_s: Option<f64>,
+    pub applied_per_s: f64,
+    pub rejected_per_s: f64,
+    pub failed_per_s: f64,
+    pub latency_ms: Option<Latency>,
+    pub rejections: HashMap<String, usize>,
+}
+
+impl Point {
+    pub fn of(stats: &Stats) -> Self {
+        Self {
+            at: stats.at,
+            accepted_per_s: stats.accepted_per_s,
+            applied_per_s: stats.applied_per_s,
+            rejected_per_s: stats.rejected_per_s,
+            failed_per_s: stats.failed_per_s,
+            latency_ms: stats.latency_ms.clone(),
+            rejections: stats.rejections.clone(),
+        }
+    }
 }
 
 impl Window {
@@ -224,11 +252,7 @@ impl Window {
         }
         let finished = self.samples.len();
         let race_conflicts = self.samples.iter().filter(|s| s.is_conflict()).count();
-        let conflict_rate = if finished == 0 {
-            0.0
-        } else {
-            race_conflicts as f64 / finished as f64
-        };
+        let conflict_rate = (finished > 0).then(|| race_conflicts as f64 / finished as f64);
 
         let mut hot_orders: Vec<HotOrder> = orders
             .into_iter()
@@ -238,8 +262,9 @@ impl Window {
                 conflicts,
             })
             .collect();
+        // Hottest: the most races lost, then the most commands.
         hot_orders.sort_by(|a, b| {
-            (b.commands, b.conflicts, a.order_id).cmp(&(a.commands, a.conflicts, b.order_id))
+            (b.conflicts, b.commands, a.order_id).cmp(&(a.conflicts, a.commands, b.order_id))
         });
         hot_orders.truncate(TOP);
         let mut hot_skus: Vec<HotSku> = skus
@@ -254,12 +279,15 @@ impl Window {
         hot_skus.truncate(TOP);
 
         let mut alerts = Vec::new();
-        if finished >= MIN_FOR_RATE_ALERT && conflict_rate > thresholds.conflict_rate {
+        if let Some(rate) = conflict_rate
+            && finished >= MIN_FOR_RATE_ALERT
+            && rate > thresholds.conflict_rate
+        {
             alerts.push(Alert {
                 kind: "conflict_rate",
                 message: format!(
                     "{:.0} % of the last minute's {finished} commands lost a race (threshold {:.0} %)",
-                    conflict_rate * 100.0,
+                    rate * 100.0,
                     thresholds.conflict_rate * 100.0
                 ),
             });
@@ -385,13 +413,38 @@ mod tests {
         assert_eq!((stats.applied_per_s, stats.rejected_per_s), (2.0, 1.0));
         assert_eq!(stats.rejections.get("version_conflict"), Some(&1));
         assert_eq!(stats.conflicts.get("version_conflict"), Some(&2));
-        assert_eq!(stats.conflict_rate, 0.5);
+        assert_eq!(stats.conflict_rate, Some(0.5));
         assert_eq!(stats.hot_orders[0].order_id, hot);
         assert_eq!(
             (stats.hot_orders[0].commands, stats.hot_orders[0].conflicts),
             (3, 2)
         );
         assert_eq!(stats.latency_ms.map(|l| l.p99), Some(2.0));
+    }
+
+    #[test]
+    fn the_hottest_order_is_the_one_that_lost_the_most_races() {
+        let now = Instant::now();
+        let (busy, contended) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let mut window = Window::default();
+        for _ in 0..5 {
+            window.record(sample(now, "applied", None, busy, &[]));
+        }
+        window.record(sample(now, "applied", None, contended, &[]));
+        window.record(sample(
+            now,
+            "rejected",
+            Some("version_conflict"),
+            contended,
+            &[],
+        ));
+        let stats = window.stats_at(now, None, &Gauges::default(), None, &THRESHOLDS);
+        let ranked: Vec<(Uuid, usize, usize)> = stats
+            .hot_orders
+            .iter()
+            .map(|o| (o.order_id, o.commands, o.conflicts))
+            .collect();
+        assert_eq!(ranked, [(contended, 2, 1), (busy, 5, 0)]);
     }
 
     #[test]
@@ -418,6 +471,7 @@ mod tests {
         let stats = window.stats_at(now, None, &Gauges::default(), None, &THRESHOLDS);
         assert_eq!(stats.finished_last_minute, 0);
         assert!(stats.latency_ms.is_none());
+        assert_eq!(stats.conflict_rate, None, "no rate of nothing");
     }
 
     #[test]

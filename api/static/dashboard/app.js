@@ -20,6 +20,33 @@ const money = (cents, currency) => `${(cents / 100).toFixed(2)} ${currency}`;
 const time = (iso) => (iso ? new Date(iso).toLocaleTimeString([], { hour12: false }) + "." + String(new Date(iso).getMilliseconds()).padStart(3, "0") : "–");
 const ago = (secs) => (secs < 1 ? `${Math.round(secs * 1000)} ms` : `${secs.toFixed(1)} s`);
 
+// ---- the live indicator: green while the feed is open and the last refresh worked, amber when
+// a refresh failed (the figures on screen may be stale), red while the feed reconnects.
+let feedOpen = false;
+// What failed at its last refresh (orders, partitions, history) → why.
+const refreshErrors = new Map();
+function showFeedState() {
+  const state = $("#feed-state");
+  if (!state) return;
+  if (!feedOpen) {
+    state.textContent = "reconnecting…"; state.className = "feed-state down"; state.title = "live feed";
+  } else if (refreshErrors.size) {
+    const why = [...refreshErrors].map(([what, message]) => `${what}: ${message}`).join("; ");
+    state.textContent = "live · refresh failed"; state.className = "feed-state stale"; state.title = `last refresh failed — ${why}`;
+  } else {
+    state.textContent = "live"; state.className = "feed-state live"; state.title = "live feed";
+  }
+}
+function refreshed(what, error) {
+  if (error) {
+    console.warn(what, error);
+    refreshErrors.set(what, error.message);
+  } else {
+    refreshErrors.delete(what);
+  }
+  showFeedState();
+}
+
 async function api(path, options = {}) {
   const response = await fetch(path, { credentials: "same-origin", ...options });
   if (response.status === 401 || response.status === 403) {
@@ -55,10 +82,14 @@ function showTab(name) {
   if (name === "partitions") loadPartitions();
   if (name === "contention" || name === "throughput") resizeCharts();
 }
+let targetDeadLetter = null;
 function route() {
   const [tab, id] = location.hash.slice(1).split("/");
   if (tab === "timeline" && id) openTimeline(id);
-  showTab(["orders", "timeline", "partitions", "contention", "throughput"].includes(tab) ? tab : "orders");
+  // `#dead-letters/<id>`: the partitions tab, that dead letter marked.
+  targetDeadLetter = tab === "dead-letters" && id ? id : null;
+  const name = tab === "dead-letters" ? "partitions" : tab;
+  showTab(["orders", "timeline", "partitions", "contention", "throughput"].includes(name) ? name : "orders");
 }
 
 // ---- orders -------------------------------------------------------------------------------------
@@ -86,8 +117,10 @@ async function loadOrders() {
     const orders = await api(`/dashboard/api/orders?${params}`);
     $("#orders-table tbody").replaceChildren(...orders.map(orderRow));
     $("#orders-count").textContent = `${orders.length} shown, newest change first`;
+    refreshed("orders", null);
   } catch (error) {
     $("#orders-count").textContent = error.message;
+    refreshed("orders", error);
   }
 }
 function upsertOrder(order) {
@@ -134,8 +167,8 @@ async function openTimeline(id) {
       ? `Order ${order.id} — ${order.status}, version ${order.version}, ${money(order.total_cents, order.currency)} (${order.client})`
       : `Order ${id} — not created yet`;
     // Every journey is drawn from its own start, on one scale: the longest journey spans the bar.
-    const stampsOf = (c) => [c.received_at, c.accepted_at, c.published_at, c.delivered_at, c.finished_at].filter(Boolean).map(Date.parse);
-    const duration = (c) => Math.max(...stampsOf(c)) - Math.min(...stampsOf(c));
+    // The server computes the stages (never negative; see timeline.rs).
+    const duration = (c) => Math.max(0, ...c.stages.map((s) => Date.parse(s.to) - Date.parse(c.started_at)));
     const longest = Math.max(1, ...timeline.commands.map(duration));
     $("#journeys").replaceChildren(...timeline.commands.map((c) => journey(c, longest)));
     $("#events-table tbody").replaceChildren(...timeline.events.map((e) =>
@@ -150,24 +183,20 @@ async function openTimeline(id) {
 }
 function journey(c, longest) {
   const bar = el("div", { class: "bar" });
-  const origin = Date.parse(c.received_at || c.accepted_at);
+  const origin = Date.parse(c.started_at);
   const at = (iso) => `${(((Date.parse(iso) - origin) / longest) * 100).toFixed(3)}%`;
   const stages = [];
-  for (const [from, to, kind, label] of STAGES) {
-    if (!c[from] || !c[to]) continue;
-    // The broker can deliver before the API has recorded its confirm: then the publish stage
-    // ends at the delivery, and the queue stage is empty.
-    const end = from === "accepted_at" && c.delivered_at && c.delivered_at < c[to] ? c.delivered_at : c[to];
-    const begin = from === "published_at" && c[from] > c[to] ? c[to] : c[from];
-    const ms = Date.parse(end) - Date.parse(begin);
-    stages.push(end !== c[to] ? `${label} ${ms} ms (confirm recorded after delivery)` : `${label} ${ms} ms`);
-    if (ms === 0 && begin === c[to]) continue;
-    const segment = el("i", { class: kind, title: `${label}: ${time(begin)} → ${time(end)} (${ms} ms)` });
-    segment.style.left = at(begin);
-    segment.style.width = `max(2px, calc(${at(end)} - ${at(begin)}))`;
+  for (const stage of c.stages) {
+    const kind = { record: "seg-api", publish: "seg-publish", queue: "seg-queue", apply: "seg-apply" }[stage.name];
+    const ms = Math.round(stage.ms);
+    stages.push(stage.note ? `${stage.name} ${ms} ms (${stage.note})` : `${stage.name} ${ms} ms`);
+    if (stage.ms === 0) continue;
+    const segment = el("i", { class: kind, title: `${stage.name}: ${time(stage.from)} → ${time(stage.to)} (${stage.ms} ms)` });
+    segment.style.left = at(stage.from);
+    segment.style.width = `max(2px, calc(${at(stage.to)} - ${at(stage.from)}))`;
     bar.append(segment);
   }
-  const total = c.finished_at ? `${Date.parse(c.finished_at) - Date.parse(c.received_at || c.accepted_at)} ms to ${c.status}` : "in flight";
+  const total = c.total_ms != null ? `${Math.round(c.total_ms)} ms to ${c.status}` : "in flight";
   const facts = [
     `#${c.seq} ${c.kind}`,
     `${c.source}`,
@@ -182,7 +211,11 @@ function journey(c, longest) {
       el("span", { text: facts }),
       el("span", { class: "mono muted", title: c.id, text: short(c.id) })),
     bar,
-    el("div", { class: "stages muted", text: `received ${time(c.received_at || c.accepted_at)} · ${stages.join(" · ") || "not delivered yet"}` }));
+    el("div", { class: "stages muted", text: `${c.source === "amqp" ? "received by the worker" : "received"} ${time(c.started_at)} · ${stages.join(" · ") || "not delivered yet"}` }));
+  if (c.redrive_of != null) {
+    row.append(el("div", { class: "redrive-note" }, "a redrive of ",
+      el("a", { class: "dead-letter", href: `#dead-letters/${c.redrive_of}`, text: `dead letter #${c.redrive_of}` })));
+  }
   if (c.conflict) {
     const w = c.conflict.winner;
     row.append(el("div", { class: "conflict-note" },
@@ -205,15 +238,18 @@ function renderPartitions(view) {
     el("tr", { "data-partition": p.partition, class: p.oldest_pending_age_secs > thresholds.partition_lag_secs ? "lagging" : "" },
       el("td", { class: "num", text: p.partition }),
       el("td", { class: "num depth", text: p.depth ?? "?" }),
-      el("td", { class: "num", text: p.consumers ?? "?" }),
+      el("td", { class: "num", title: p.active_consumers == null ? "" : `${p.active_consumers} active`, text: p.consumers ?? "?" }),
       el("td", { class: "active-worker", text: p.active_worker || "–" }),
       el("td", { text: p.workers.filter((w) => w !== p.active_worker).join(", ") || "–" }),
-      el("td", { class: "num", text: p.messages_per_s.toFixed(1) }),
+      el("td", { class: "num", text: p.messages_per_s == null ? "–" : p.messages_per_s.toFixed(1) }),
       el("td", { class: "num", text: p.pending }),
       el("td", { class: "num", text: p.pending ? ago(p.oldest_pending_age_secs) : "–" }),
       el("td", { class: "num", text: p.redeliveries }),
       el("td", { text: time(p.last_delivery_at) }))));
-  $("#dlq-depth").textContent = view.dead_letter_depth == null ? "" : `(${view.dead_letter_depth} in the dead-letter queue)`;
+  // Open: neither redriven nor acknowledged. The broker's queue keeps every dead letter, so its
+  // depth never drops on a redrive; it is only the detail.
+  const kept = view.dead_letter_depth == null ? "" : ` · ${view.dead_letter_depth} kept in the broker's dead-letter queue`;
+  $("#dlq-depth").textContent = `(${view.dead_letters_open} open${kept})`;
 }
 async function loadPartitions() {
   try {
@@ -221,14 +257,32 @@ async function loadPartitions() {
     const letters = await api("/dashboard/api/dead-letters");
     $("#dead-letters-table tbody").replaceChildren(...(letters.length ? letters.map(deadLetterRow) :
       [el("tr", {}, el("td", { colspan: 7, class: "muted", text: "no dead letters" }))]));
+    const target = targetDeadLetter && $(`#dead-letters-table tr[data-dead-letter="${targetDeadLetter}"]`);
+    if (target) {
+      target.classList.add("target");
+      target.scrollIntoView({ block: "center" });
+    }
+    refreshed("partitions", null);
   } catch (error) {
-    console.warn(error);
+    refreshed("partitions", error);
   }
 }
 function deadLetterRow(d) {
-  const action = d.redriven_as
-    ? el("span", { class: "muted", text: `redriven as ${short(d.redriven_as)}` })
-    : el("button", { type: "button", class: "redrive", onclick: () => redrive(d.id) }, "Redrive");
+  // Redrive only where it can work (the server says why not); acknowledge any open letter.
+  let action;
+  if (d.redriven_as && !d.order_id) {
+    action = el("span", { class: "muted", text: `redriven as ${short(d.redriven_as)}` });
+  } else if (d.redriven_as) {
+    action = el("a", { class: "redriven mono", href: `#timeline/${d.order_id}`, title: d.redriven_as, text: `redriven as ${short(d.redriven_as)}` });
+  } else if (d.acknowledged_at) {
+    action = el("span", { class: "muted", text: `acknowledged by ${d.acknowledged_by || "an admin"}` });
+  } else {
+    action = el("span", {},
+      d.redrivable
+        ? el("button", { type: "button", class: "redrive", onclick: () => redrive(d.id) }, "Redrive")
+        : el("span", { class: "muted", title: d.not_redrivable_because || "", text: "cannot be redriven" }),
+      el("button", { type: "button", class: "acknowledge", title: "seen; not to be redriven (clears the banner)", onclick: () => acknowledge(d.id) }, "Acknowledge"));
+  }
   return el("tr", { "data-dead-letter": d.id },
     el("td", { class: "num", text: d.id }), el("td", { text: time(d.dead_lettered_at) }),
     el("td", { class: "num", text: d.partition }), el("td", { class: "reason", text: d.reason }),
@@ -248,6 +302,17 @@ async function redrive(id) {
   }
   loadPartitions();
 }
+async function acknowledge(id) {
+  try {
+    await api(`/dashboard/api/dead-letters/${id}/acknowledge`, {
+      method: "POST", headers: { "content-type": "application/json" }, body: "{}",
+    });
+    banner("info", `dead letter ${id} acknowledged`);
+  } catch (error) {
+    banner("error", `acknowledge failed: ${error.message}`);
+  }
+  loadPartitions();
+}
 
 // ---- contention, throughput, alerts -------------------------------------------------------------
 const HISTORY = 300;
@@ -259,7 +324,7 @@ let thresholds = { conflict_rate: 0.25, outbox_lag_secs: 5, partition_lag_secs: 
 function makeCharts() {
   const line = (label, stroke) => ({ label, stroke, width: 2, spanGaps: true });
   const opts = (title, lines) => ({
-    width: Math.max(400, $("main, body").clientWidth - 60), height: 220, title,
+    width: chartWidth(), height: 220, title,
     // Always the last HISTORY seconds, so that a few points do not stretch over years.
     scales: { x: { time: true, range: (u, min, max) => [max - HISTORY, max] } }, series: [{}, ...lines],
   });
@@ -270,13 +335,19 @@ function makeCharts() {
   charts.latency = new uPlot(opts("", [line("p50", "#2f9e44"), line("p90", "#f08c00"), line("p99", "#e03131")]),
     [series.t, series.p50, series.p90, series.p99], $("#chart-latency"));
 }
+function chartWidth() {
+  return Math.max(200, document.body.clientWidth - 60);
+}
 function resizeCharts() {
-  const width = Math.max(400, document.body.clientWidth - 60);
+  const width = chartWidth();
   for (const chart of Object.values(charts)) chart.setSize({ width, height: 220 });
 }
-function onStats(stats) {
+// One second of the charts' series: a statistics frame, or a point of the server's history.
+function pushPoint(stats) {
+  const t = Date.parse(stats.at) / 1000;
+  if (series.t.length && t <= series.t[series.t.length - 1]) return false;
   const push = (name, value) => { series[name].push(value); if (series[name].length > HISTORY) series[name].shift(); };
-  push("t", Date.parse(stats.at) / 1000);
+  push("t", t);
   push("accepted", stats.accepted_per_s);
   push("applied", stats.applied_per_s);
   push("rejected", stats.rejected_per_s);
@@ -286,11 +357,27 @@ function onStats(stats) {
   const known = REASONS.slice(0, -1);
   for (const reason of known) push(reason, stats.rejections[reason] || 0);
   push("other", Object.entries(stats.rejections).filter(([r]) => !known.includes(r)).reduce((sum, [, n]) => sum + n, 0));
+  return true;
+}
+function drawCharts() {
   charts.rejections.setData([series.t, ...REASONS.map((r) => series[r])]);
   charts.rates.setData([series.t, series.accepted, series.applied, series.rejected]);
   charts.latency.setData([series.t, series.p50, series.p90, series.p99]);
-
-  $("#c-rate").textContent = `${(stats.conflict_rate * 100).toFixed(1)} % of ${stats.finished_last_minute}`;
+}
+// The last five minutes, from the server, so the charts do not start empty.
+async function backfill() {
+  try {
+    for (const point of await api("/dashboard/api/stats/history")) pushPoint(point);
+    drawCharts();
+    refreshed("history", null);
+  } catch (error) {
+    refreshed("history", error);
+  }
+}
+function onStats(stats) {
+  if (pushPoint(stats)) drawCharts();
+  // Unknown (nothing finished in the last minute) reads "–", not 0 %.
+  $("#c-rate").textContent = stats.conflict_rate == null ? "–" : `${(stats.conflict_rate * 100).toFixed(1)} % of ${stats.finished_last_minute}`;
   $("#c-locks").textContent = stats.lock_waits;
   $("#c-deadlocks").textContent = stats.deadlocks;
   $("#c-replays").textContent = stats.idempotent_replays;
@@ -298,7 +385,7 @@ function onStats(stats) {
   $("#c-outbox").textContent = `${stats.outbox_backlog} (${ago(stats.outbox_oldest_age_secs)})`;
   $("#hot-orders tbody").replaceChildren(...stats.hot_orders.map((o) => el("tr", {},
     el("td", {}, el("a", { class: "mono", href: `#timeline/${o.order_id}`, text: short(o.order_id) })),
-    el("td", { class: "num", text: o.commands }), el("td", { class: "num", text: o.conflicts }))));
+    el("td", { class: "num", text: o.conflicts }), el("td", { class: "num", text: o.commands }))));
   $("#hot-skus tbody").replaceChildren(...stats.hot_skus.map((s) => el("tr", {},
     el("td", { class: "mono", text: s.sku }), el("td", { class: "num", text: s.reserves }), el("td", { class: "num", text: s.lost }))));
   renderAlerts(stats.alerts);
@@ -315,9 +402,8 @@ function banner(kind, message) {
 // ---- the live feed --------------------------------------------------------------------------------
 function connect() {
   const source = new EventSource("/dashboard/api/stream");
-  const state = $("#feed-state");
-  source.onopen = () => { state.textContent = "live"; state.className = "feed-state live"; };
-  source.onerror = () => { state.textContent = "reconnecting…"; state.className = "feed-state down"; };
+  source.onopen = () => { feedOpen = true; showFeedState(); };
+  source.onerror = () => { feedOpen = false; showFeedState(); };
   source.addEventListener("order", (e) => upsertOrder(JSON.parse(e.data)));
   source.addEventListener("command", (e) => scheduleTimelineRefresh(JSON.parse(e.data).order_id));
   source.addEventListener("conflict", (e) => scheduleTimelineRefresh(JSON.parse(e.data).order_id));
@@ -339,6 +425,7 @@ async function dashboardPage() {
   window.addEventListener("resize", resizeCharts);
   await loadOrders();
   route();
+  await backfill();
   connect();
   setInterval(() => { if (!$("#tab-partitions").hidden) loadPartitions(); }, 5000);
 }

@@ -1,6 +1,7 @@
 //! What the operators' dashboard reads, across clients: the order list, one order's command
 //! journeys and events, the partitions' backlog and owners, the dead letters and their redrives,
-//! and a few cluster-wide counters. Read-only except for a redrive and its audit record.
+//! and a few cluster-wide counters. Read-only except for a redrive or an acknowledgement of a
+//! dead letter and their audit records.
 
 use crate::domain::{ClientId, CommandId, OrderId};
 use chrono::{DateTime, Utc};
@@ -257,15 +258,24 @@ pub struct DeadLetter {
     pub dead_lettered_at: DateTime<Utc>,
     pub redriven_at: Option<DateTime<Utc>>,
     pub redriven_as: Option<Uuid>,
+    pub acknowledged_at: Option<DateTime<Utc>>,
+    /// The name of the admin who acknowledged it.
+    pub acknowledged_by: Option<String>,
+    /// Does the client it names still exist, unrevoked? (A redrive sends as that client.)
+    pub client_live: bool,
 }
 
 /// The latest dead letters, newest first.
 pub async fn dead_letters(db: impl PgExecutor<'_>, limit: i64) -> sqlx::Result<Vec<DeadLetter>> {
     sqlx::query_as!(
         DeadLetter,
-        "select id, command_id, order_id, client_id, partition, reason, body, dead_lettered_at,
-                redriven_at, redriven_as
-         from dead_letters order by dead_lettered_at desc, id desc limit $1",
+        r#"select d.id, d.command_id, d.order_id, d.client_id, d.partition, d.reason, d.body,
+                  d.dead_lettered_at, d.redriven_at, d.redriven_as, d.acknowledged_at,
+                  a.name as "acknowledged_by?",
+                  exists (select 1 from clients c
+                          where c.id = d.client_id and c.revoked_at is null) as "client_live!"
+           from dead_letters d left join clients a on a.id = d.acknowledged_by
+           order by d.dead_lettered_at desc, d.id desc limit $1"#,
         limit
     )
     .fetch_all(db)
@@ -273,13 +283,18 @@ pub async fn dead_letters(db: impl PgExecutor<'_>, limit: i64) -> sqlx::Result<V
 }
 
 /// One dead letter. (Concurrent redrives of it need no lock: they share an Idempotency-Key, so
-/// they yield one command, and only the first [`mark_redriven`] takes.)
+/// they yield one command, and only the first [`mark_redriven`] takes. A redrive that races an
+/// acknowledgement is still recorded: the letter then reads both, and is closed either way.)
 pub async fn dead_letter(db: impl PgExecutor<'_>, id: i64) -> sqlx::Result<Option<DeadLetter>> {
     sqlx::query_as!(
         DeadLetter,
-        "select id, command_id, order_id, client_id, partition, reason, body, dead_lettered_at,
-                redriven_at, redriven_as
-         from dead_letters where id = $1",
+        r#"select d.id, d.command_id, d.order_id, d.client_id, d.partition, d.reason, d.body,
+                  d.dead_lettered_at, d.redriven_at, d.redriven_as, d.acknowledged_at,
+                  a.name as "acknowledged_by?",
+                  exists (select 1 from clients c
+                          where c.id = d.client_id and c.revoked_at is null) as "client_live!"
+           from dead_letters d left join clients a on a.id = d.acknowledged_by
+           where d.id = $1"#,
         id
     )
     .fetch_optional(db)
@@ -310,6 +325,60 @@ pub async fn mark_redriven(
         &serde_json::json!({ "command_id": command_id.0 }),
     )
     .await
+}
+
+/// Acknowledges an open dead letter (neither redriven nor acknowledged) for `admin`, with the
+/// audit entry; when it is acknowledged. None if it was not open.
+pub async fn acknowledge(
+    conn: &mut PgConnection,
+    id: i64,
+    admin: ClientId,
+) -> sqlx::Result<Option<DateTime<Utc>>> {
+    let at = sqlx::query_scalar!(
+        "update dead_letters set acknowledged_at = now(), acknowledged_by = $2
+         where id = $1 and redriven_at is null and acknowledged_at is null
+         returning acknowledged_at as \"acknowledged_at!\"",
+        id,
+        admin.0
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    if at.is_some() {
+        record_action(
+            conn,
+            admin,
+            "acknowledge_dead_letter",
+            &id.to_string(),
+            &serde_json::json!({}),
+        )
+        .await?;
+    }
+    Ok(at)
+}
+
+/// Dead letters neither redriven nor acknowledged.
+pub async fn open_dead_letters(db: impl PgExecutor<'_>) -> sqlx::Result<i64> {
+    sqlx::query_scalar!(
+        r#"select count(*) as "open!" from dead_letters
+           where redriven_at is null and acknowledged_at is null"#
+    )
+    .fetch_one(db)
+    .await
+}
+
+/// The commands of an order that are redrives: (command, the dead letter it came from).
+pub async fn redrives_of_order(
+    db: impl PgExecutor<'_>,
+    order_id: OrderId,
+) -> sqlx::Result<Vec<(Uuid, i64)>> {
+    let rows = sqlx::query!(
+        r#"select redriven_as as "command_id!", id from dead_letters
+           where order_id = $1 and redriven_as is not null"#,
+        order_id.0
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.command_id, r.id)).collect())
 }
 
 /// Appends to the admin audit log.
@@ -343,7 +412,7 @@ pub struct Gauges {
     pub lock_waits: i64,
     pub outbox_backlog: i64,
     pub outbox_oldest_age_secs: f64,
-    /// Dead letters not redriven.
+    /// Dead letters neither redriven nor acknowledged.
     pub dead_letters_open: i64,
 }
 
@@ -360,7 +429,8 @@ pub async fn gauges(db: impl PgExecutor<'_>) -> sqlx::Result<Gauges> {
              (select count(*) from outbox) as "outbox_backlog!",
              coalesce((select extract(epoch from now() - min(created_at))::float8 from outbox),
                       0) as "outbox_oldest_age_secs!",
-             (select count(*) from dead_letters where redriven_at is null) as "dead_letters_open!""#
+             (select count(*) from dead_letters
+              where redriven_at is null and acknowledged_at is null) as "dead_letters_open!""#
     )
     .fetch_one(db)
     .await
