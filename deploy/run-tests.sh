@@ -48,13 +48,9 @@ fi
 # ---- 3. docker-compose (a test validates deploy/docker-compose.yml with it) -----------------------
 command -v docker-compose >/dev/null || of_apt_install docker-compose
 
-# ---- 3a. The compose stack: its file is valid, and its image builds from what the Dockerfile copies -
-# No Docker engine needed: the build context is assembled as deploy/Dockerfile copies it (honouring
-# deploy/Dockerfile.dockerignore) and the Dockerfile's cargo build runs in it, --locked.
+# ---- 3a. The compose file is valid (that its image builds is checked last, stage 9) --------------
 of_log "compose file: docker-compose -f deploy/docker-compose.yml config -q"
 docker-compose -f deploy/docker-compose.yml config -q
-of_log "docker build context: deploy/check-docker-context.sh"
-"$DEPLOY_DIR/check-docker-context.sh"
 
 # ---- 3b. Chromium and ChromeDriver for the dashboard's browser test (Debian's; nothing downloaded) --
 if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
@@ -103,3 +99,8 @@ flock -o /tmp/orderflow-services.lock "$TARGET_DIR/debug/orderflow-bench" audit 
     --worker-bin "$TARGET_DIR/failpoints-bin/orderflow-worker" \
     --database-url "$DATABASE_URL" --duration 90 --fault-interval 2 --no-progress \
     --report "$TARGET_DIR/audit-faults.json" --log-dir "$TARGET_DIR/audit-faults-logs"
+
+# ---- 9. The Docker build context (no Docker engine needed) ----------------------------------------
+# Last: its build of the copied tree shares this target directory (see the script).
+of_log "docker build context: deploy/check-docker-context.sh"
+"$DEPLOY_DIR/check-docker-context.sh"

@@ -687,10 +687,13 @@ async fn commands_from_the_python_producer_are_applied() {
     let app = TestApp::spawn().await;
     app.set_stock("PY-SKU-1", 10).await;
     app.set_stock("PY-SKU-2", 10).await;
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/contract/producer.py"
-    );
+    // The shared crate's contract folder, beside this crate.
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the api crate is inside the workspace")
+        .join("shared")
+        .join("contract")
+        .join("producer.py");
     let output = tokio::process::Command::new("python3")
         .arg(script)
         .args(["--amqp-url", &common::amqp_url()])

@@ -168,7 +168,8 @@ async fn sign_in(
         return Err(ApiError::Unauthorized);
     }
     let client = state.keys.authenticate(&state.db, key).await?;
-    state.limits.check(&client)?;
+    // The dashboard's own bucket (see `auth::DashboardAdmin`).
+    state.limits.check_dashboard(&client)?;
     if !client.is_admin {
         return Err(ApiError::Forbidden);
     }

@@ -364,6 +364,12 @@ pub enum Intake {
 /// When nothing is written the statement also says why, as its snapshot saw it: the key's
 /// command, or the order's unfinished commands (or that it is not the client's). So a refusal
 /// (a full order, a retry of an accepted key) costs the one round trip too.
+///
+/// Room is counted from the stream's seqs (`last_seq - processed_seq`, the common case, one
+/// row); only when that says full are the commands after `processed_seq` that are already final
+/// taken off: those the API recorded and the broker then refused, which sit behind a command
+/// still pending until the worker moves past them (see [`set_processed`]). A snapshot that misses
+/// a refusal committed meanwhile only counts less room, never more.
 pub async fn record_next(
     db: impl PgExecutor<'_>,
     command: &NewCommand<'_>,
@@ -373,8 +379,13 @@ pub async fn record_next(
 ) -> sqlx::Result<Intake> {
     let row = sqlx::query!(
         r#"with stream as (
-             select order_id from order_streams
-              where order_id = $3 and client_id = $2 and last_seq - processed_seq < $13
+             select order_id from order_streams s
+              where order_id = $3 and client_id = $2
+                and (last_seq - processed_seq < $13
+                     or last_seq - processed_seq
+                        - (select count(*) from commands c
+                            where c.order_id = s.order_id and c.seq > s.processed_seq
+                              and c.status <> 'accepted') < $13)
                 for update),
            claimed as (
              insert into idempotency_keys (client_id, key, fingerprint, command_id)
