@@ -305,7 +305,10 @@ async fn refused_commands_give_their_room_back_and_the_order_accepts_once_the_qu
         }
         assert!(Instant::now() < deadline, "partition {p} never filled");
     }
-    assert!(accepted_before < 8, "{accepted_before} commands fitted a queue of one");
+    assert!(
+        accepted_before < 8,
+        "{accepted_before} commands fitted a queue of one"
+    );
     let max = 16;
     for i in 0..max + 4 {
         let response = app
