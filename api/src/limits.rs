@@ -1,7 +1,8 @@
 //! Traffic control that is orderflow's own: a token bucket per client (governor), with the
 //! API's default quota or the client's override, caps on each client's open long-polls and
-//! streams, a token bucket per order (however many clients send to it), and the cap on each
-//! order's unfinished commands (enforced where its seq is taken). Per-client and per-order state
+//! streams, a token bucket per order as its sender names it (another client's requests for the
+//! same id spend a bucket of their own), a second bucket per client for the dashboard, and the cap
+//! on each order's unfinished commands (enforced where its seq is taken). Per-client and per-order state
 //! lives in bounded caches (moka) that forget idle keys, so a flood of keys cannot grow it
 //! without end. The global in-flight limit, load shedding and the request timeout
 //! are tower layers (see `routes::router`).
