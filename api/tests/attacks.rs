@@ -614,3 +614,59 @@ async fn a_script_that_spends_an_admin_keys_bucket_leaves_the_dashboard_its_own(
         .unwrap();
     assert!(signed_in.status().is_success(), "{}", signed_in.status());
 }
+
+/// Item 7: a tenant cannot pre-claim the Idempotency-Key of an admin's redrive of its dead
+/// letter (it was `orderflow-redrive-<id>`, which any client could send first).
+#[tokio::test]
+async fn a_tenant_cannot_take_the_idempotency_key_of_a_redrive_first() {
+    let app = TestApp::spawn().await;
+    let order = app.new_order(json!([])).await;
+    let message = json!({
+        "version": 1, "command_id": Uuid::now_v7(), "client_id": app.client_id,
+        "order_id": order, "command": {"type": "cancel"}
+    });
+    let id: i64 = sqlx::query_scalar(
+        "insert into dead_letters (command_id, order_id, client_id, partition, reason, body)
+         values ($1, $2, $3, 0, 'delivery limit reached', $4) returning id",
+    )
+    .bind(Uuid::parse_str(message["command_id"].as_str().unwrap()).unwrap())
+    .bind(Uuid::parse_str(&order).unwrap())
+    .bind(app.client_id)
+    .bind(message.to_string())
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    // The tenant guesses the key the redrive would use, and spends it on something else.
+    let taken = app
+        .request(Method::POST, &format!("/v1/orders/{order}/commands"))
+        .header("idempotency-key", format!("orderflow-redrive-{id}"))
+        .json(&json!({"type": "reserve"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(taken.status(), StatusCode::ACCEPTED);
+    let taken: Value = taken.json().await.unwrap();
+    app.wait_final(taken["command_id"].as_str().unwrap()).await;
+
+    let redriven = app
+        .http
+        .post(app.url(&format!("/dashboard/api/dead-letters/{id}/redrive")))
+        .bearer_auth(&app.admin_key)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        redriven.status(),
+        StatusCode::OK,
+        "{:?}",
+        redriven.text().await
+    );
+    let redriven: Value = redriven.json().await.unwrap();
+    assert_ne!(redriven["command_id"], taken["command_id"]);
+    let done = app
+        .wait_final(redriven["command_id"].as_str().unwrap())
+        .await;
+    assert_eq!(done["type"], "cancel", "{done}");
+    assert_eq!(done["status"], "applied", "{done}");
+}
