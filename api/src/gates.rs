@@ -167,12 +167,18 @@ mod tests {
     async fn another_clients_requests_for_the_same_order_wait_at_a_gate_of_their_own() {
         let gates = OrderGates::default();
         let (owner, stranger, order) = (ClientId::new(), ClientId::new(), OrderId::new());
-        let strangers: Vec<_> =
-            futures_util::future::join_all((0..2).map(|_| gates.enter(stranger, order, 2))).await;
-        assert!(strangers.iter().all(Option::is_some));
-        // The stranger's queue is full; the owner walks straight in.
-        let owner =
-            tokio::time::timeout(Duration::from_secs(5), gates.enter(owner, order, 2)).await;
-        assert!(matches!(owner, Ok(Some(_))));
+        // The stranger holds its gate for the order, one more of its requests waits, and a third
+        // is turned away: its queue is full.
+        let held = gates.enter(stranger, order, 2).await.expect("room");
+        let mut waiting = Box::pin(gates.enter(stranger, order, 2));
+        assert!(futures_util::poll!(waiting.as_mut()).is_pending());
+        assert!(gates.enter(stranger, order, 2).await.is_none());
+        // The owner walks straight in.
+        let owner = tokio::time::timeout(Duration::from_secs(5), gates.enter(owner, order, 2))
+            .await
+            .expect("the owner does not wait behind the stranger");
+        assert!(owner.is_some());
+        drop((held, waiting, owner));
+        assert!(gates.is_empty());
     }
 }
