@@ -65,8 +65,8 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 
 # ---- 5. Message-contract tests (Python, against the JSON schemas) ---------------------------------
-of_log "contract tests: python3 shared/contract/test_contract.py"
-python3 shared/contract/test_contract.py
+of_log "contract tests: python3 contract/test_contract.py"
+python3 contract/test_contract.py
 
 # ---- 5b. The Grafana dashboard and Prometheus rules name only series the code exports -----------
 of_log "monitoring config: python3 deploy/grafana/check_dashboard.py"

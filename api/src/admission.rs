@@ -25,7 +25,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use orderflow_shared::db::clients::Client;
+use orderflow_storage::clients::Client;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;

@@ -3,8 +3,8 @@
 use crate::startup::{ApiConfig, Application};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use orderflow_shared::db::{self, clients};
-use orderflow_shared::domain::ClientId;
+use orderflow_domain::ClientId;
+use orderflow_storage::{self as db, clients};
 
 /// orderflow's HTTP API: accepts order commands, records and enqueues them, serves their status.
 #[derive(Parser, Debug)]
@@ -58,7 +58,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let common = &cli.config.common;
     match cli.command.unwrap_or(CliCommand::Serve) {
         CliCommand::Serve => {
-            let shutdown = orderflow_shared::shutdown::on_signal();
+            let shutdown = orderflow_runtime::shutdown::on_signal();
             Application::build(cli.config, shutdown)
                 .await?
                 .run_until_stopped()

@@ -8,8 +8,8 @@
 //! ([`commands::get_for_client_settled`]), so it never finds unpublished a command whose request
 //! was answered 202.
 
-use orderflow_shared::db::commands;
-use orderflow_shared::domain::CommandId;
+use orderflow_domain::CommandId;
+use orderflow_storage::commands;
 use sqlx::PgPool;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};

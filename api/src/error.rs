@@ -136,7 +136,7 @@ impl ApiError {
 impl From<sqlx::Error> for ApiError {
     /// A database that cannot be reached is a 503 (retry later); anything else is a bug.
     fn from(error: sqlx::Error) -> Self {
-        if orderflow_shared::db::is_transient(&error) {
+        if orderflow_storage::is_transient(&error) {
             ApiError::Unavailable(error.into())
         } else {
             ApiError::Internal(error.into())

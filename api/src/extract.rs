@@ -8,7 +8,7 @@ use crate::state::AppState;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{header, request::Parts};
-use orderflow_shared::db::clients::Client;
+use orderflow_storage::clients::Client;
 use serde::de::DeserializeOwned;
 
 /// The authenticated client.

@@ -9,7 +9,7 @@
 //! the same order id (all of which answer 404) wait at a gate of their own, so they cannot take
 //! the owner's turn or room.
 
-use orderflow_shared::domain::{ClientId, OrderId};
+use orderflow_domain::{ClientId, OrderId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};

@@ -19,14 +19,16 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use lapin::types::{AMQPValue, FieldTable};
-use orderflow_shared::amqp::{PublishError, json_properties};
-use orderflow_shared::contract::CommandMessage;
-use orderflow_shared::db::clients::Client;
-use orderflow_shared::db::commands::{self, CommandStatus, Intake, NewCommand, Source};
-use orderflow_shared::db::idempotency::{self, Claim};
-use orderflow_shared::domain::{Command, CommandId, OrderId, Rejection};
-use orderflow_shared::partition::partition_of;
-use orderflow_shared::telemetry;
+use orderflow_contract::CommandMessage;
+use orderflow_contract::CommandStatus;
+use orderflow_contract::IntakeRefusal;
+use orderflow_contract::partition::partition_of;
+use orderflow_domain::{Command, CommandId, OrderId};
+use orderflow_messaging::{PublishError, json_properties};
+use orderflow_runtime::telemetry;
+use orderflow_storage::clients::Client;
+use orderflow_storage::commands::{self, Intake, NewCommand, Source};
+use orderflow_storage::idempotency::{self, Claim};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::time::Duration;
@@ -140,7 +142,7 @@ pub async fn submit(state: &AppState, s: Submission<'_>) -> Result<Accepted, Api
     });
 
     let message = CommandMessage {
-        version: orderflow_shared::contract::CONTRACT_VERSION,
+        version: orderflow_contract::CONTRACT_VERSION,
         command_id,
         client_id: s.client.id,
         order_id,
@@ -179,9 +181,9 @@ pub async fn submit(state: &AppState, s: Submission<'_>) -> Result<Accepted, Api
         }
         Err(error) => {
             let (reason, api_error) = match &error {
-                PublishError::Refused => (Rejection::QueueFull, ApiError::QueueFull),
+                PublishError::Refused => (IntakeRefusal::QueueFull, ApiError::QueueFull),
                 PublishError::Unroutable | PublishError::Unavailable(_) => (
-                    Rejection::BrokerUnavailable,
+                    IntakeRefusal::BrokerUnavailable,
                     ApiError::Unavailable(anyhow::anyhow!("publishing {command_id}: {error}")),
                 ),
             };
@@ -382,7 +384,7 @@ async fn refuse(
     key: &str,
     order_id: OrderId,
     command_id: CommandId,
-    reason: Rejection,
+    reason: IntakeRefusal,
 ) -> Result<Refusal, sqlx::Error> {
     let mut delays = ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(20))
@@ -428,18 +430,12 @@ fn settled_refusal(
     published: bool,
 ) -> Option<Refusal> {
     match status {
-        CommandStatus::Rejected if intake_refusal(reason).is_some() => Some(Refusal::Recorded),
+        CommandStatus::Rejected if IntakeRefusal::parse(reason).is_some() => {
+            Some(Refusal::Recorded)
+        }
         CommandStatus::Accepted if !published => None,
         _ => Some(Refusal::TakenUp),
     }
-}
-
-/// The reason of a command the intake refused (never enqueued, never runs): a worker's
-/// rejections have reasons of their own.
-fn intake_refusal(reason: Option<&str>) -> Option<Rejection> {
-    [Rejection::QueueFull, Rejection::BrokerUnavailable]
-        .into_iter()
-        .find(|r| reason == Some(r.as_str()))
 }
 
 /// Marks the command rejected, releases its key and gives its room back to the order, in one
@@ -455,7 +451,7 @@ async fn refuse_once(
     key: &str,
     order_id: OrderId,
     command_id: CommandId,
-    reason: Rejection,
+    reason: IntakeRefusal,
 ) -> Result<bool, sqlx::Error> {
     let mut tx = state.db.begin().await?;
     if !commands::refuse_unpublished(&mut *tx, command_id, reason.as_str()).await? {
@@ -521,8 +517,8 @@ async fn replay(
     }
     // Refused commands release their key in the same transaction, so this is only reachable if
     // that transaction's outcome was unknown to its request; answer what the refusal meant.
-    match intake_refusal(row.reason.as_deref()) {
-        Some(Rejection::QueueFull) => return Err(ApiError::QueueFull),
+    match IntakeRefusal::parse(row.reason.as_deref()) {
+        Some(IntakeRefusal::QueueFull) => return Err(ApiError::QueueFull),
         Some(_) => {
             return Err(ApiError::Unavailable(anyhow::anyhow!(
                 "command {command_id} was refused by the broker"

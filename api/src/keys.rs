@@ -17,9 +17,9 @@
 use crate::error::ApiError;
 use crate::notifications::{self, Notice};
 use moka::sync::Cache;
-use orderflow_shared::db::CLIENTS_CHANNEL;
-use orderflow_shared::db::clients::{self, Client};
-use orderflow_shared::shutdown::CancellationToken;
+use orderflow_runtime::shutdown::CancellationToken;
+use orderflow_storage::CLIENTS_CHANNEL;
+use orderflow_storage::clients::{self, Client};
 use sqlx::PgPool;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -4,8 +4,8 @@ use orderflow_api::cli::{Cli, run};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    orderflow_shared::telemetry::init(&cli.config.common.log_format);
+    orderflow_runtime::telemetry::init(&cli.config.common.log_format);
     #[cfg(feature = "failpoints")]
-    let _failpoints = orderflow_shared::failpoints::arm();
+    let _failpoints = orderflow_runtime::failpoints::arm();
     run(cli).await
 }

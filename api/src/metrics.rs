@@ -66,7 +66,7 @@ pub fn register() {
 pub async fn render() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        orderflow_shared::telemetry::prometheus().render(),
+        orderflow_runtime::telemetry::prometheus().render(),
     )
 }
 

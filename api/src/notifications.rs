@@ -3,7 +3,7 @@
 //! are gone, so whatever depends on them must be re-checked) and of every payload. Reconnects
 //! after a second; stops on shutdown.
 
-use orderflow_shared::shutdown::CancellationToken;
+use orderflow_runtime::shutdown::CancellationToken;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use std::time::Duration;

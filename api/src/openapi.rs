@@ -5,7 +5,7 @@
 //! downloaded) at `/docs`; neither needs a key. CI fuzzes the live API against it (schemathesis).
 
 use crate::state::AppState;
-use orderflow_shared::domain::Command;
+use orderflow_domain::Command;
 use serde::Serialize;
 use utoipa::openapi::header::{Header, HeaderBuilder};
 use utoipa::openapi::link::{Link, LinkBuilder};

@@ -10,7 +10,7 @@ use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
-use orderflow_shared::shutdown::CancellationToken;
+use orderflow_runtime::shutdown::CancellationToken;
 use std::io;
 use std::time::Duration;
 use tokio::net::TcpListener;

@@ -12,11 +12,11 @@ use crate::state::AppState;
 use crate::waiters::Waiters;
 use anyhow::Context;
 use clap::Args;
-use orderflow_shared::amqp::{self, Publisher, Topology};
-use orderflow_shared::config::CommonConfig;
-use orderflow_shared::db;
-use orderflow_shared::db::clients::RateLimit;
-use orderflow_shared::shutdown::CancellationToken;
+use orderflow_messaging::{self as amqp, Publisher, Topology};
+use orderflow_runtime::config::CommonConfig;
+use orderflow_runtime::shutdown::CancellationToken;
+use orderflow_storage as db;
+use orderflow_storage::clients::RateLimit;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -164,7 +164,7 @@ impl Application {
             MIN_POOL_SIZE - LISTENING_CONNECTIONS
         );
         // Before any series is touched, so that none goes to the no-op recorder.
-        orderflow_shared::telemetry::prometheus();
+        orderflow_runtime::telemetry::prometheus();
         crate::metrics::register();
         let pool = db::pool(&common.database_url, common.db_pool_size)?;
         // sqlx's migrator takes an advisory lock: several APIs starting together are fine.

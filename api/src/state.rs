@@ -7,8 +7,8 @@ use crate::gates::OrderGates;
 use crate::keys::Keys;
 use crate::limits::Limits;
 use crate::waiters::Waiters;
-use orderflow_shared::amqp::{Publisher, Topology};
-use orderflow_shared::shutdown::CancellationToken;
+use orderflow_messaging::{Publisher, Topology};
+use orderflow_runtime::shutdown::CancellationToken;
 use sqlx::PgPool;
 use std::sync::Arc;
 

@@ -11,8 +11,8 @@
 //! shutdown.
 
 use crate::notifications::{self, Notice};
-use orderflow_shared::db::COMMAND_DONE_CHANNEL;
-use orderflow_shared::shutdown::CancellationToken;
+use orderflow_runtime::shutdown::CancellationToken;
+use orderflow_storage::COMMAND_DONE_CHANNEL;
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

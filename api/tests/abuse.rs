@@ -5,7 +5,7 @@
 mod common;
 
 use common::{Options, TestApp};
-use orderflow_shared::db::clients::{self, RateLimit};
+use orderflow_storage::clients::{self, RateLimit};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};

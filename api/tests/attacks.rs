@@ -5,8 +5,8 @@
 mod common;
 
 use common::{Options, PARTITIONS, TestApp};
-use orderflow_shared::domain::OrderId;
-use orderflow_shared::partition::partition_of;
+use orderflow_contract::partition::partition_of;
+use orderflow_domain::OrderId;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
@@ -263,7 +263,7 @@ async fn a_dead_letter_postgresql_will_not_record_goes_to_the_broker_alone() {
         Some(lapin::types::AMQPValue::LongString(s)) => s.to_string(),
         other => panic!("{name}: {other:?}"),
     };
-    assert!(!header(orderflow_shared::amqp::REASON_HEADER).is_empty());
+    assert!(!header(orderflow_messaging::REASON_HEADER).is_empty());
     assert!(header("x-orderflow-unrecorded").contains("no dead letters today"));
     let _ = connection.close(200, "done".into()).await;
     let rows: i64 = sqlx::query_scalar("select count(*) from dead_letters")
@@ -376,7 +376,7 @@ async fn another_clients_requests_for_my_order_do_not_spend_its_budget() {
     })
     .await;
     let order_id = app.new_order(json!([])).await;
-    let (_, stranger) = orderflow_shared::db::clients::create(&app.db, "stranger", false)
+    let (_, stranger) = orderflow_storage::clients::create(&app.db, "stranger", false)
         .await
         .unwrap();
     for _ in 0..20 {
@@ -478,7 +478,7 @@ async fn a_pool_too_small_to_serve_is_refused_at_start() {
         ..Default::default()
     })
     .await;
-    let mut common = orderflow_shared::config::CommonConfig::for_tests(
+    let mut common = orderflow_runtime::config::CommonConfig::for_tests(
         app.database_url.clone(),
         app.namespace.clone(),
         PARTITIONS,
@@ -575,7 +575,7 @@ async fn an_integer_written_with_a_zero_fraction_is_an_integer() {
 async fn a_script_that_spends_an_admin_keys_bucket_leaves_the_dashboard_its_own() {
     let app = TestApp::spawn_with(Options {
         start_worker: false,
-        rate_limit: Some(orderflow_shared::db::clients::RateLimit {
+        rate_limit: Some(orderflow_storage::clients::RateLimit {
             per_second: 1,
             burst: 5,
         }),

@@ -215,8 +215,8 @@ async fn the_dashboard_shows_orders_conflicts_and_partitions_change_live_in_a_re
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let partition = orderflow_shared::partition::partition_of(
-        orderflow_shared::domain::OrderId(order.parse().unwrap()),
+    let partition = orderflow_contract::partition::partition_of(
+        orderflow_domain::OrderId(order.parse().unwrap()),
         app.topology.partitions,
     );
     app.run(&order, json!({"type": "cancel"}), None).await;
@@ -494,14 +494,14 @@ async fn dead_letters_failures_and_journeys_read_right_in_a_real_browser() {
 
     // A command from a direct producer: received by the worker before it is recorded. No
     // stage of its journey may read negative.
-    let direct = orderflow_shared::domain::OrderId::new();
+    let direct = orderflow_domain::OrderId::new();
     let command_id = uuid::Uuid::now_v7();
     let message = json!({
         "version": 1, "command_id": command_id, "client_id": app.client_id,
         "order_id": direct.0, "command": {"type": "create", "customer_id": "direct",
         "currency": "EUR", "items": [{"sku": "D-1", "quantity": 1, "unit_price_cents": 100}]}
     });
-    let partition = orderflow_shared::partition::partition_of(direct, app.topology.partitions);
+    let partition = orderflow_contract::partition::partition_of(direct, app.topology.partitions);
     app.publish_raw(&partition.to_string(), message.to_string().as_bytes())
         .await;
     app.wait_final(&command_id.to_string()).await;

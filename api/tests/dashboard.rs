@@ -649,7 +649,7 @@ async fn client_revoke_ends_an_open_live_feed_of_that_key_even_with_the_key_cach
     .await;
     let mut feed = open_feed(&app, &app.admin_key).await;
     // Another admin's feed is not touched by the revocation.
-    let (other, other_key) = orderflow_shared::db::clients::create(&app.db, "other-admin", true)
+    let (other, other_key) = orderflow_storage::clients::create(&app.db, "other-admin", true)
         .await
         .unwrap();
     let mut other_feed = open_feed(&app, &other_key).await;
@@ -805,7 +805,7 @@ async fn redrive_is_offered_only_where_it_can_work_and_an_acknowledged_dead_lett
     )
     .await;
     let unreadable = insert_dead_letter(&app, None, "malformed", "not json").await;
-    let (gone, _) = orderflow_shared::db::clients::create(&app.db, "gone", false)
+    let (gone, _) = orderflow_storage::clients::create(&app.db, "gone", false)
         .await
         .unwrap();
     let orphan = insert_dead_letter(
@@ -815,7 +815,7 @@ async fn redrive_is_offered_only_where_it_can_work_and_an_acknowledged_dead_lett
         &cancel_message(gone.id.0, &order),
     )
     .await;
-    orderflow_shared::db::clients::revoke(&app.db, gone.id)
+    orderflow_storage::clients::revoke(&app.db, gone.id)
         .await
         .unwrap();
 
@@ -947,14 +947,14 @@ async fn no_stage_of_a_journey_lasts_less_than_nothing() {
     })
     .await;
     // A command from a direct producer: the worker receives its message before it records it.
-    let order = orderflow_shared::domain::OrderId::new();
+    let order = orderflow_domain::OrderId::new();
     let command_id = Uuid::now_v7();
     let message = json!({
         "version": 1, "command_id": command_id, "client_id": app.client_id,
         "order_id": order.0, "command": {"type": "create", "customer_id": "direct",
         "currency": "EUR", "items": [{"sku": "D-1", "quantity": 1, "unit_price_cents": 100}]}
     });
-    let partition = orderflow_shared::partition::partition_of(order, common::PARTITIONS);
+    let partition = orderflow_contract::partition::partition_of(order, common::PARTITIONS);
     app.publish_raw(&partition.to_string(), message.to_string().as_bytes())
         .await;
     assert_eq!(
@@ -1191,7 +1191,7 @@ async fn the_consumer_count_is_the_brokers() {
     })
     .await;
     // A second worker: one consumer per partition each, one active and one standby.
-    let shutdown = orderflow_shared::shutdown::CancellationToken::new();
+    let shutdown = orderflow_runtime::shutdown::CancellationToken::new();
     let second = orderflow_worker::Worker::build(orderflow_worker::WorkerConfig {
         worker_name: Some("second-worker".into()),
         ..app.worker_config()

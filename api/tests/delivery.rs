@@ -5,10 +5,10 @@
 mod common;
 
 use common::{Options, PARTITIONS, TestApp};
-use orderflow_shared::contract::{CONTRACT_VERSION, CommandMessage};
-use orderflow_shared::db::commands::{self, NewCommand, Source};
-use orderflow_shared::domain::{ClientId, CommandId, OrderId};
-use orderflow_shared::partition::partition_of;
+use orderflow_contract::partition::partition_of;
+use orderflow_contract::{CONTRACT_VERSION, CommandMessage};
+use orderflow_domain::{ClientId, CommandId, OrderId};
+use orderflow_storage::commands::{self, NewCommand, Source};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -424,7 +424,7 @@ async fn a_confirmed_command_the_broker_never_delivered_is_published_again() {
 async fn a_producer_cannot_touch_another_clients_order() {
     let app = TestApp::spawn().await;
     let order = app.new_order(json!([])).await;
-    let (other, _) = orderflow_shared::db::clients::create(&app.db, "other", false)
+    let (other, _) = orderflow_storage::clients::create(&app.db, "other", false)
         .await
         .unwrap();
     let mut hijack = message(
@@ -687,11 +687,10 @@ async fn commands_from_the_python_producer_are_applied() {
     let app = TestApp::spawn().await;
     app.set_stock("PY-SKU-1", 10).await;
     app.set_stock("PY-SKU-2", 10).await;
-    // The shared crate's contract folder, beside this crate.
+    // The contract crate's folder, beside this crate.
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("the api crate is inside the workspace")
-        .join("shared")
         .join("contract")
         .join("producer.py");
     let output = tokio::process::Command::new("python3")
@@ -734,7 +733,7 @@ async fn status_events_reach_subscribers_in_per_order_order() {
     use lapin::options::{BasicAckOptions, BasicGetOptions};
     let app = TestApp::spawn().await;
     let (connection, channel, queue) =
-        orderflow_shared::testing::subscribe_events(&app.topology, "command.#").await;
+        orderflow_testkit::subscribe_events(&app.topology, "command.#").await;
 
     let order = app.new_order(json!([])).await;
     let mut sent = Vec::new();

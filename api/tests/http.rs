@@ -5,7 +5,7 @@
 mod common;
 
 use common::{Options, PARTITIONS, TestApp};
-use orderflow_shared::db::clients;
+use orderflow_storage::clients;
 use reqwest::header::{
     ALLOW, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, IF_MATCH, LOCATION,
     WWW_AUTHENTICATE,

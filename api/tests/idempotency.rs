@@ -5,10 +5,10 @@
 mod common;
 
 use common::TestApp;
-use orderflow_shared::db::commands::{self, NewCommand, Source};
-use orderflow_shared::db::idempotency;
-use orderflow_shared::domain::{ClientId, CommandId, CommandKind, OrderId};
-use orderflow_shared::partition::partition_of;
+use orderflow_contract::partition::partition_of;
+use orderflow_domain::{ClientId, CommandId, CommandKind, OrderId};
+use orderflow_storage::commands::{self, NewCommand, Source};
+use orderflow_storage::idempotency;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::collections::HashSet;
@@ -208,7 +208,7 @@ async fn concurrent_requests_with_one_key_create_one_command() {
 #[tokio::test]
 async fn keys_are_scoped_per_client() {
     let app = TestApp::spawn().await;
-    let (_, other_key) = orderflow_shared::db::clients::create(&app.db, "other", false)
+    let (_, other_key) = orderflow_storage::clients::create(&app.db, "other", false)
         .await
         .unwrap();
     let mine: Value = post_order(&app, "shared-key", &order_body())

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{Options, TestApp};
-use orderflow_shared::db::clients::RateLimit;
+use orderflow_storage::clients::RateLimit;
 use reqwest::StatusCode;
 use serde_json::Value;
 use std::collections::BTreeSet;

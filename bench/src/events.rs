@@ -161,7 +161,7 @@ async fn subscribe(
         "x-queue-type".into(),
         AMQPValue::LongString("quorum".into()),
     );
-    orderflow_shared::amqp::declare_bound(
+    orderflow_messaging::declare_bound(
         &channel,
         queue,
         &format!("{namespace}.events"),

@@ -48,7 +48,7 @@ pub async fn audit_beside<T>(
     beside: impl std::future::Future<Output = T>,
 ) -> anyhow::Result<(Audit, T)> {
     let db =
-        orderflow_shared::db::pool(&config.database_url, 8).context("opening the database pool")?;
+        orderflow_storage::pool(&config.database_url, 8).context("opening the database pool")?;
     let dead_before = load::dead_letter_depth(&config.amqp_url, &config.namespace).await?;
     let listener = events::Listener::start(&config.amqp_url, &config.namespace).await?;
     let log = record::Log::default();

@@ -12,7 +12,7 @@ async fn main() -> anyhow::Result<ExitCode> {
     // Log lines (fault injections, the event listener's resubscriptions) only when asked for,
     // e.g. RUST_LOG=orderflow_bench=info: the terminal belongs to the progress bar and report.
     if std::env::var_os("RUST_LOG").is_some() {
-        orderflow_shared::telemetry::init("text");
+        orderflow_runtime::telemetry::init("text");
     }
     let args = match Cli::parse().command {
         Command::Audit(args) => args,

@@ -91,7 +91,7 @@ async fn on_database(
     let result = async {
         let mut target = Target {
             stack: &mut stack,
-            db: orderflow_shared::db::pool(&auditor_url, 4)?,
+            db: orderflow_storage::pool(&auditor_url, 4)?,
             database: database.name.clone(),
             auditor: AUDITOR.into(),
         };

@@ -5,7 +5,7 @@
 //! in every phase; it asserts nothing about speed.
 
 use orderflow_bench::perf::{self, PerfConfig, System, Workload};
-use orderflow_shared::testing::{amqp_url, base_database_url};
+use orderflow_testkit::{amqp_url, base_database_url};
 use std::path::PathBuf;
 
 /// `target/<profile>/`: the test executable is `target/<profile>/deps/perf-<hash>`.

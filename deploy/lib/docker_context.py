@@ -297,13 +297,13 @@ def copy_file(context, rel, out, dest_rel):
 
 
 def self_test():
-    rules = IgnoreRules(["# c", "*", "!Cargo.toml", "!shared", "!bench", "**/target", "!keep/**/x.txt"])
+    rules = IgnoreRules(["# c", "*", "!Cargo.toml", "!domain", "!bench", "**/target", "!keep/**/x.txt"])
     cases = {
         "Cargo.toml": False,
         "Cargo.lock": True,
         "README.md": True,
-        "shared/src/lib.rs": False,
-        "shared/target/debug/x": True,
+        "domain/src/lib.rs": False,
+        "domain/target/debug/x": True,
         "bench/src/main.rs": False,
         "target/debug/orderflow-api": True,
         ".git/HEAD": True,

@@ -18,15 +18,16 @@ use crate::metrics::{self, FinishedCommand, NO_REASON};
 use crate::payment::PaymentGateway;
 use crate::{direct, effects};
 use chrono::{SubsecRound, Utc};
-use orderflow_shared::contract::{CommandMessage, ContractError};
-use orderflow_shared::db::commands::{self, CommandRow, CommandStatus, Delivered};
-use orderflow_shared::db::observability::{self, NewDeadLetter};
-use orderflow_shared::db::outbox::StatusEvent;
-use orderflow_shared::db::{inventory, orders};
-use orderflow_shared::domain::{
+use orderflow_contract::CommandStatus;
+use orderflow_contract::partition::partition_of;
+use orderflow_contract::{CommandMessage, ContractError};
+use orderflow_domain::{
     Command, CommandId, CommandKind, Event, Order, Rejection, decide, order::evolve,
 };
-use orderflow_shared::partition::partition_of;
+use orderflow_storage::commands::{self, CommandRow, Delivered};
+use orderflow_storage::observability::{self, NewDeadLetter};
+use orderflow_storage::outbox::StatusEvent;
+use orderflow_storage::{inventory, orders};
 use serde_json::json;
 use sqlx::{Acquire, PgConnection, PgPool};
 use std::sync::Arc;

@@ -18,16 +18,16 @@ use lapin::{
     options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions},
     types::{AMQPValue, FieldTable},
 };
-use orderflow_shared::amqp::{
+use orderflow_contract::CommandMessage;
+use orderflow_domain::CommandId;
+use orderflow_messaging::{
     Outgoing, Publisher, REASON_HEADER, SharedConnection, Topology, header_str, json_properties,
 };
-use orderflow_shared::contract::CommandMessage;
-use orderflow_shared::db::commands::{self, Delivered};
-use orderflow_shared::db::observability::{self, NewDeadLetter};
-use orderflow_shared::db::{is_data_refused, is_transient};
-use orderflow_shared::domain::CommandId;
-use orderflow_shared::shutdown::CancellationToken;
-use orderflow_shared::telemetry::{self, TRACEPARENT};
+use orderflow_runtime::shutdown::CancellationToken;
+use orderflow_runtime::telemetry::{self, TRACEPARENT};
+use orderflow_storage::commands::{self, Delivered};
+use orderflow_storage::observability::{self, NewDeadLetter};
+use orderflow_storage::{is_data_refused, is_transient};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;

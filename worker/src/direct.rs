@@ -6,10 +6,10 @@
 
 use crate::apply::Delivery;
 use crate::error::{ApplyError, Failure};
-use orderflow_shared::contract::CommandMessage;
-use orderflow_shared::db::clients;
-use orderflow_shared::db::commands::{self, CommandRow, NewCommand, Source};
-use orderflow_shared::domain::Command;
+use orderflow_contract::CommandMessage;
+use orderflow_domain::Command;
+use orderflow_storage::clients;
+use orderflow_storage::commands::{self, CommandRow, NewCommand, Source};
 use sqlx::PgConnection;
 
 /// Records a direct producer's command, giving it the next seq of its order.
@@ -61,7 +61,7 @@ pub(crate) async fn record(
     let traceparent = delivery
         .traceparent
         .clone()
-        .or_else(|| orderflow_shared::telemetry::traceparent(&tracing::Span::current()));
+        .or_else(|| orderflow_runtime::telemetry::traceparent(&tracing::Span::current()));
     let body = serde_json::to_value(&message.command).expect("commands serialize");
     let new = NewCommand {
         id: message.command_id,

@@ -4,10 +4,10 @@
 
 use crate::error::ApplyError;
 use crate::payment::{Charge, GatewayError, PaymentGateway};
-use orderflow_shared::db::commands::CommandRow;
-use orderflow_shared::db::inventory;
-use orderflow_shared::domain::event::StockLine;
-use orderflow_shared::domain::{Event, Order, Rejection, Sku};
+use orderflow_domain::event::StockLine;
+use orderflow_domain::{Event, Order, Rejection, Sku};
+use orderflow_storage::commands::CommandRow;
+use orderflow_storage::inventory;
 use sqlx::PgConnection;
 
 /// Whether [`perform`] may reject the command after it has written (stock reserved for some

@@ -10,8 +10,8 @@
 //! Each permanent failure carries a short stable code (the `reason` label of the metrics) besides
 //! the sentence people read.
 
-use orderflow_shared::db::{MAX_STORED_TEXT_BYTES, is_transient, storable_text};
-use orderflow_shared::domain::CommandId;
+use orderflow_domain::CommandId;
+use orderflow_storage::{MAX_STORED_TEXT_BYTES, is_transient, storable_text};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {

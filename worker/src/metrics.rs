@@ -1,6 +1,6 @@
 //! The worker's Prometheus series (names fixed: dashboards and alerts are written against them)
 //! and the `/metrics` listener that serves them. Recording is in memory (the process's
-//! `metrics` recorder, [`orderflow_shared::telemetry::prometheus`]); nothing here touches
+//! `metrics` recorder, [`orderflow_runtime::telemetry::prometheus`]); nothing here touches
 //! PostgreSQL or RabbitMQ. Counters are recorded after the commit they describe, so a retried
 //! transaction is counted once.
 
@@ -9,9 +9,9 @@ use axum::http::header::CONTENT_TYPE;
 use axum::routing::get;
 use chrono::{DateTime, Utc};
 use metrics::{Counter, Gauge, counter, gauge, histogram};
-use orderflow_shared::db::commands::CommandStatus;
-use orderflow_shared::domain::CommandKind;
-use orderflow_shared::shutdown::CancellationToken;
+use orderflow_contract::CommandStatus;
+use orderflow_domain::CommandKind;
+use orderflow_runtime::shutdown::CancellationToken;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
@@ -170,7 +170,7 @@ fn router() -> Router {
         get(|| async {
             (
                 [(CONTENT_TYPE, "text/plain; version=0.0.4")],
-                orderflow_shared::telemetry::prometheus().render(),
+                orderflow_runtime::telemetry::prometheus().render(),
             )
         }),
     )

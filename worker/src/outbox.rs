@@ -7,10 +7,9 @@
 //! command (`traceparent` header): events carry their command's.
 
 use crate::metrics;
-use orderflow_shared::amqp::{Outgoing, Publisher, Topology, json_properties, with_traceparent};
-use orderflow_shared::contract::CommandMessage;
-use orderflow_shared::db::{self, commands, observability, outbox};
-use orderflow_shared::shutdown::CancellationToken;
+use orderflow_messaging::{Outgoing, Publisher, Topology, json_properties, with_traceparent};
+use orderflow_runtime::shutdown::CancellationToken;
+use orderflow_storage::{self as db, commands, observability, outbox};
 use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool};
 use std::collections::HashMap;
@@ -206,7 +205,7 @@ pub async fn republish_stale(
     let mut bodies = Vec::with_capacity(rows.len());
     let mut keys = Vec::with_capacity(rows.len());
     for row in &rows {
-        bodies.push(CommandMessage::from_row(row)?.to_bytes());
+        bodies.push(row.to_message()?.to_bytes());
         keys.push(row.partition.to_string());
     }
     let traces = traceparents(&mut tx, rows.iter().map(|r| r.id.0).collect()).await?;

@@ -9,10 +9,10 @@ use crate::consumer::dead_letter_properties;
 use crate::metrics;
 use crate::outbox::BATCH;
 use lapin::types::FieldTable;
-use orderflow_shared::amqp::{Outgoing, Publisher, Topology};
-use orderflow_shared::contract::CommandMessage;
-use orderflow_shared::db::commands::{self, CommandStatus};
-use orderflow_shared::db::observability::{self, NewDeadLetter};
+use orderflow_contract::CommandStatus;
+use orderflow_messaging::{Outgoing, Publisher, Topology};
+use orderflow_storage::commands;
+use orderflow_storage::observability::{self, NewDeadLetter};
 use sqlx::PgPool;
 use std::time::Duration;
 
@@ -41,7 +41,7 @@ pub async fn fail_expired(
         .collect();
     let bodies = rows
         .iter()
-        .map(|row| CommandMessage::from_row(row).map(|m| m.to_bytes()))
+        .map(|row| row.to_message().map(|m| m.to_bytes()))
         .collect::<Result<Vec<_>, _>>()?;
     let queues: Vec<String> = rows
         .iter()

@@ -2,8 +2,8 @@
 //! the command id as the gateway's idempotency key, so a retried transaction never charges twice.
 
 use async_trait::async_trait;
-use orderflow_shared::db::payments::{self, PaymentKind};
-use orderflow_shared::domain::{CommandId, OrderId};
+use orderflow_domain::{CommandId, OrderId};
+use orderflow_storage::payments::{self, PaymentKind};
 use sqlx::PgConnection;
 
 /// One capture or refund.

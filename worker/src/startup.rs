@@ -9,10 +9,10 @@ use crate::payment::SimulatedGateway;
 use crate::{metrics, outbox};
 use anyhow::Context as _;
 use clap::Parser;
-use orderflow_shared::amqp::{self, Publisher, SharedConnection, Topology};
-use orderflow_shared::config::CommonConfig;
-use orderflow_shared::db::{self, SchemaError};
-use orderflow_shared::shutdown::CancellationToken;
+use orderflow_messaging::{self as amqp, Publisher, SharedConnection, Topology};
+use orderflow_runtime::config::CommonConfig;
+use orderflow_runtime::shutdown::CancellationToken;
+use orderflow_storage::{self as db, SchemaError};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -168,7 +168,7 @@ impl Worker {
             })?;
         let metrics_addr = metrics_listener.local_addr()?;
         // Installs the process's recorder before any series handle is taken.
-        orderflow_shared::telemetry::prometheus();
+        orderflow_runtime::telemetry::prometheus();
         crate::metrics::register();
         let worker_name = config
             .worker_name

@@ -6,8 +6,8 @@
 mod common;
 
 use common::{Stack, add_item, create, wait};
-use orderflow_shared::db::inventory;
-use orderflow_shared::domain::{CommandId, OrderId, Sku};
+use orderflow_domain::{CommandId, OrderId, Sku};
+use orderflow_storage::inventory;
 use serde_json::json;
 use uuid::Uuid;
 

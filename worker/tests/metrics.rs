@@ -8,13 +8,13 @@ mod common;
 use common::{Stack, add_item, create, wait};
 use lapin::options::BasicConsumeOptions;
 use lapin::types::FieldTable;
-use orderflow_shared::domain::ClientId;
-use orderflow_shared::testing;
+use orderflow_domain::ClientId;
+use orderflow_testkit as testing;
 use orderflow_worker::metrics::*;
 use sqlx::Row;
 use std::time::Duration;
 
-/// The outbox relay's advisory lock (shared/src/db/outbox.rs): holding it stops the relay.
+/// The outbox relay's advisory lock (storage/src/outbox.rs): holding it stops the relay.
 const RELAY_LOCK: i64 = 0x6f72_6465_7266_6c6f;
 
 /// Takes the next message of a partition queue with another consumer and hands it back unacked,

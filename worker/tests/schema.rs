@@ -1,6 +1,6 @@
 //! The worker binary refuses to run on a database whose schema is older than it needs.
 
-use orderflow_shared::testing;
+use orderflow_testkit as testing;
 use std::process::Command;
 use std::time::{Duration, Instant};
 

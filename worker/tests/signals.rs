@@ -4,7 +4,7 @@
 mod common;
 
 use common::{PARTITIONS, Stack, create};
-use orderflow_shared::domain::OrderId;
+use orderflow_domain::OrderId;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 

@@ -10,7 +10,7 @@ use crate::extract::authenticated;
 use crate::state::AppState;
 use axum::extract::FromRequestParts;
 use axum::http::{HeaderMap, HeaderValue, header, request::Parts};
-use orderflow_shared::db::clients::Client;
+use orderflow_storage::clients::Client;
 
 /// The cookie that carries the admin key.
 pub const COOKIE: &str = "orderflow_dashboard";

@@ -16,8 +16,8 @@
 use super::partitions::{self, RateMemory};
 use super::stats::{Point, Sample, Window};
 use crate::state::AppState;
-use orderflow_shared::db::{self, dashboard};
-use orderflow_shared::shutdown::CancellationToken;
+use orderflow_runtime::shutdown::CancellationToken;
+use orderflow_storage::{self as db, dashboard};
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgListener;
 use std::collections::VecDeque;

@@ -36,8 +36,8 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
-use orderflow_shared::db::dashboard;
-use orderflow_shared::domain::OrderId;
+use orderflow_domain::OrderId;
+use orderflow_storage::dashboard;
 use serde::Deserialize;
 use uuid::Uuid;
 

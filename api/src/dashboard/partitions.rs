@@ -14,7 +14,7 @@ use crate::state::AppState;
 use chrono::{DateTime, Utc};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
-use orderflow_shared::db::dashboard::{self, WorkerPartition};
+use orderflow_storage::dashboard::{self, WorkerPartition};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -24,9 +24,9 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use orderflow_shared::contract::CommandMessage;
-use orderflow_shared::db::{clients, dashboard};
-use orderflow_shared::domain::Command;
+use orderflow_contract::CommandMessage;
+use orderflow_domain::Command;
+use orderflow_storage::{clients, dashboard};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 

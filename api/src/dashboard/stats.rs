@@ -5,7 +5,7 @@
 
 use super::hub::{HttpEvent, Thresholds};
 use hdrhistogram::Histogram;
-use orderflow_shared::db::dashboard::{FinishedCommand, Gauges};
+use orderflow_storage::dashboard::{FinishedCommand, Gauges};
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};

@@ -14,7 +14,7 @@ use crate::state::AppState;
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
-use orderflow_shared::db::clients::{self, Client};
+use orderflow_storage::clients::{self, Client};
 use std::convert::Infallible;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;

@@ -9,9 +9,9 @@
 
 use super::hub::{HttpEvent, Hub};
 use chrono::{DateTime, Utc};
-use orderflow_shared::db::dashboard::{self, CommandJourney, OrderSummary};
-use orderflow_shared::db::orders::{self, EventRecord};
-use orderflow_shared::domain::OrderId;
+use orderflow_domain::OrderId;
+use orderflow_storage::dashboard::{self, CommandJourney, OrderSummary};
+use orderflow_storage::orders::{self, EventRecord};
 use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;

@@ -7,9 +7,10 @@ use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
 use chrono::{DateTime, Utc};
-use orderflow_shared::db::commands::{self, CommandRow, CommandStatus};
+use orderflow_contract::CommandStatus;
 #[allow(unused_imports)] // `Command` names the schema of `CommandView::command`
-use orderflow_shared::domain::{Command, CommandId, CommandKind, OrderId};
+use orderflow_domain::{Command, CommandId, CommandKind, OrderId};
+use orderflow_storage::commands::{self, CommandRow};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use utoipa::{IntoParams, ToSchema};

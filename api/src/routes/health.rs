@@ -59,7 +59,7 @@ async fn healthz() -> Json<Health> {
     )
 )]
 async fn readyz(State(state): State<AppState>) -> Result<Json<Readiness>, ApiError> {
-    orderflow_shared::db::ping(&state.db)
+    orderflow_storage::ping(&state.db)
         .await
         .map_err(|e| ApiError::Unavailable(anyhow::Error::from(e).context("PostgreSQL")))?;
     state

@@ -6,9 +6,9 @@ use crate::openapi;
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
-use orderflow_shared::db::inventory::{self, Stock};
-use orderflow_shared::domain::Sku;
-use serde::Deserialize;
+use orderflow_domain::Sku;
+use orderflow_storage::inventory;
+use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -21,12 +21,32 @@ pub fn router() -> OpenApiRouter<AppState> {
 const MAX_AVAILABLE: i64 = 1_000_000_000;
 
 /// The body of `PUT /v1/inventory/{sku}`.
+/// A SKU's stock: what may still be reserved, what is reserved by orders, what has shipped.
+#[derive(Serialize, ToSchema)]
+struct Stock {
+    sku: String,
+    available: i64,
+    reserved: i64,
+    shipped: i64,
+}
+
+impl From<inventory::Stock> for Stock {
+    fn from(s: inventory::Stock) -> Self {
+        Self {
+            sku: s.sku,
+            available: s.available,
+            reserved: s.reserved,
+            shipped: s.shipped,
+        }
+    }
+}
+
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SetStock {
     /// The stock available for reservation (replaces the current figure).
     #[schema(minimum = 0, maximum = 1_000_000_000)]
-    #[serde(deserialize_with = "orderflow_shared::domain::values::deserialize_integer")]
+    #[serde(deserialize_with = "orderflow_domain::values::deserialize_integer")]
     available: i64,
 }
 
@@ -78,7 +98,7 @@ async fn put_stock(
     }
     let stock = inventory::set_available(&state.db, &sku, available).await?;
     tracing::info!(sku = %sku, available, admin = %admin.id, "stock set");
-    Ok(Json(stock))
+    Ok(Json(stock.into()))
 }
 
 /// Read a SKU's stock.
@@ -106,5 +126,5 @@ async fn get_stock(
     let stock = inventory::get(&state.db, &sku)
         .await?
         .ok_or(ApiError::NotFound("sku"))?;
-    Ok(Json(stock))
+    Ok(Json(stock.into()))
 }

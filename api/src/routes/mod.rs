@@ -109,8 +109,8 @@ fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Spa
     );
     let header = request
         .headers()
-        .get(orderflow_shared::telemetry::TRACEPARENT)
+        .get(orderflow_runtime::telemetry::TRACEPARENT)
         .and_then(|v| v.to_str().ok());
-    orderflow_shared::telemetry::accept_traceparent(&span, header);
+    orderflow_runtime::telemetry::accept_traceparent(&span, header);
     span
 }

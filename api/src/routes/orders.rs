@@ -9,9 +9,9 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use orderflow_shared::db::orders::EventRecord;
-use orderflow_shared::db::{commands, orders};
-use orderflow_shared::domain::{Command, Currency, CustomerId, Items, Order, OrderId};
+use chrono::{DateTime, Utc};
+use orderflow_domain::{Command, CommandId, Currency, CustomerId, Event, Items, Order, OrderId};
+use orderflow_storage::{commands, orders};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -152,9 +152,9 @@ pub struct OrderView {
     order_id: OrderId,
     customer_id: CustomerId,
     currency: Currency,
-    status: orderflow_shared::domain::OrderStatus,
+    status: orderflow_domain::OrderStatus,
     version: i64,
-    items: Vec<orderflow_shared::domain::Item>,
+    items: Vec<orderflow_domain::Item>,
     total_cents: i64,
     created_at: chrono::DateTime<chrono::Utc>,
     updated_at: chrono::DateTime<chrono::Utc>,
@@ -210,6 +210,27 @@ struct EventsView {
     events: Vec<EventRecord>,
 }
 
+/// One event of an order's history.
+#[derive(Serialize, ToSchema)]
+struct EventRecord {
+    seq: i64,
+    command_id: CommandId,
+    #[serde(flatten)]
+    event: Event,
+    recorded_at: DateTime<Utc>,
+}
+
+impl From<orders::EventRecord> for EventRecord {
+    fn from(r: orders::EventRecord) -> Self {
+        Self {
+            seq: r.seq,
+            command_id: r.command_id,
+            event: r.event,
+            recorded_at: r.recorded_at,
+        }
+    }
+}
+
 /// Read an order's append-only history (empty until its `create` command is applied).
 #[utoipa::path(
     get,
@@ -236,5 +257,6 @@ async fn get_events(
         return Err(ApiError::NotFound("order"));
     }
     let events = orders::events(&state.db, order_id).await?;
+    let events = events.into_iter().map(EventRecord::from).collect();
     Ok(Json(EventsView { order_id, events }))
 }

@@ -5,11 +5,11 @@
 #![allow(dead_code)]
 
 use orderflow_api::{ApiConfig, Application};
-use orderflow_shared::amqp::Topology;
-use orderflow_shared::config::CommonConfig;
-use orderflow_shared::db::clients;
-use orderflow_shared::shutdown::CancellationToken;
-use orderflow_shared::testing;
+use orderflow_messaging::Topology;
+use orderflow_runtime::config::CommonConfig;
+use orderflow_runtime::shutdown::CancellationToken;
+use orderflow_storage::clients;
+use orderflow_testkit as testing;
 use orderflow_worker::{Worker, WorkerConfig};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 pub const PARTITIONS: u16 = 4;
 
-pub use orderflow_shared::testing::amqp_url;
+pub use orderflow_testkit::amqp_url;
 
 /// Options of a test stack.
 #[derive(Clone)]
@@ -28,7 +28,7 @@ pub struct Options {
     pub queue_max_length: i64,
     pub decline_over_cents: Option<i64>,
     /// The API's default per-client rate limit (else its own default).
-    pub rate_limit: Option<orderflow_shared::db::clients::RateLimit>,
+    pub rate_limit: Option<orderflow_storage::clients::RateLimit>,
     pub max_in_flight: Option<u64>,
     pub max_waits_per_client: Option<usize>,
     /// `ORDERFLOW_KEY_CACHE_SECS` (else the API's default: 60 s).
@@ -81,7 +81,7 @@ impl TestApp {
     }
 
     pub async fn spawn_with(options: Options) -> Self {
-        orderflow_shared::telemetry::init("text");
+        orderflow_runtime::telemetry::init("text");
         let id = Uuid::new_v4().simple().to_string();
         let (database_url, database_name) = testing::create_database(&id).await;
         let namespace = format!("test.{id}");
@@ -390,7 +390,7 @@ impl TestApp {
                     ..Default::default()
                 },
                 body,
-                orderflow_shared::amqp::json_properties().with_delivery_mode(2),
+                orderflow_messaging::json_properties().with_delivery_mode(2),
             )
             .await
             .unwrap()
@@ -428,11 +428,7 @@ impl TestApp {
                         .properties
                         .headers()
                         .as_ref()
-                        .and_then(|h| {
-                            h.inner()
-                                .get(orderflow_shared::amqp::REASON_HEADER)
-                                .cloned()
-                        })
+                        .and_then(|h| h.inner().get(orderflow_messaging::REASON_HEADER).cloned())
                         .map(|v| match v {
                             lapin::types::AMQPValue::LongString(s) => s.to_string(),
                             other => format!("{other:?}"),

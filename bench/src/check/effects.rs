@@ -5,7 +5,7 @@
 
 use super::history::by_order;
 use super::{Input, Verdict};
-use orderflow_shared::domain::Event;
+use orderflow_domain::Event;
 use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
 

@@ -4,8 +4,8 @@
 
 use super::{Input, Verdict};
 use crate::load::{EventRow, OrderRow};
-use orderflow_shared::domain::order::evolve;
-use orderflow_shared::domain::{ClientId, Event, Order, OrderId};
+use orderflow_domain::order::evolve;
+use orderflow_domain::{ClientId, Event, Order, OrderId};
 use std::collections::{BTreeMap, HashMap};
 use uuid::Uuid;
 

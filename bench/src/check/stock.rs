@@ -5,8 +5,8 @@
 
 use super::history::{by_order, replay};
 use super::{Input, Verdict};
-use orderflow_shared::domain::Event;
-use orderflow_shared::domain::event::StockLine;
+use orderflow_domain::Event;
+use orderflow_domain::event::StockLine;
 use std::collections::{BTreeMap, HashMap};
 
 /// 3: conservation per SKU and a per-order stock ledger from the events.
@@ -27,7 +27,7 @@ pub fn no_oversell(input: &Input<'_>) -> Verdict {
             continue;
         };
         let mut held: Vec<StockLine> = Vec::new();
-        let mut before: Option<&orderflow_shared::domain::Order> = None;
+        let mut before: Option<&orderflow_domain::Order> = None;
         for (event, after) in &steps {
             let moved = |lines: &[StockLine],
                          sign: i64,

@@ -39,7 +39,7 @@ pub async fn measure(db: &PgPool, healed: Instant, healed_at: DateTime<Utc>) -> 
 pub async fn postgres_back(db: &PgPool, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
-        if orderflow_shared::db::ping(db).await.is_ok() {
+        if orderflow_storage::ping(db).await.is_ok() {
             return true;
         }
         if Instant::now() >= deadline {

@@ -23,7 +23,7 @@ impl Commits {
     pub async fn listen(database_url: &str) -> anyhow::Result<Self> {
         let mut listener = PgListener::connect(database_url).await?;
         listener
-            .listen(orderflow_shared::db::COMMAND_DONE_CHANNEL)
+            .listen(orderflow_storage::COMMAND_DONE_CHANNEL)
             .await?;
         let seen: Seen = Arc::default();
         let task = {

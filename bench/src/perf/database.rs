@@ -63,7 +63,7 @@ impl Database {
 
 /// Applies orderflow's migrations.
 pub async fn migrate(db: &PgPool) -> anyhow::Result<()> {
-    orderflow_shared::db::MIGRATOR
+    orderflow_storage::MIGRATOR
         .run(db)
         .await
         .context("applying the migrations")?;
@@ -195,7 +195,7 @@ pub async fn finish_probes(db: &PgPool, ids: &[Uuid]) -> anyhow::Result<i64> {
          select count(pg_notify($2, id::text)) from done",
     )
     .bind(ids)
-    .bind(orderflow_shared::db::COMMAND_DONE_CHANNEL)
+    .bind(orderflow_storage::COMMAND_DONE_CHANNEL)
     .fetch_one(db)
     .await?;
     Ok(woken)

@@ -9,7 +9,7 @@
 //! (builds with the `failpoints` feature).
 
 use anyhow::Context as _;
-use orderflow_shared::amqp::Topology;
+use orderflow_messaging::Topology;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};

@@ -10,7 +10,7 @@ use super::observe::Watched;
 use super::stack::{Stack, StackExtra, StackSettings};
 use super::target::{RawTarget, Target};
 use anyhow::Context as _;
-use orderflow_shared::db::clients;
+use orderflow_storage::clients;
 use orderflow_worker::apply::{Applier, Sabotage};
 use orderflow_worker::payment::SimulatedGateway;
 use sqlx::PgPool;
@@ -91,7 +91,7 @@ impl Sut {
 
     async fn prepare(&mut self, config: &PerfConfig, run_id: &str) -> anyhow::Result<()> {
         let own_pool = || {
-            orderflow_shared::db::pool(&self.database.url, config.pool_size)
+            orderflow_storage::pool(&self.database.url, config.pool_size)
                 .context("opening the system's pool")
         };
         match self.system {

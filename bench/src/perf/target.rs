@@ -2,10 +2,10 @@
 //! applier (the raw ceiling) or over HTTP (naive sync and orderflow share the route and body).
 //! Every call ends in a [`Sample`]; nothing is retried behind the load generator's back.
 
-use orderflow_shared::contract::{CONTRACT_VERSION, CommandMessage};
-use orderflow_shared::db::commands::CommandStatus;
-use orderflow_shared::domain::{ClientId, Command, CommandId, OrderId};
-use orderflow_shared::partition::partition_of;
+use orderflow_contract::CommandStatus;
+use orderflow_contract::partition::partition_of;
+use orderflow_contract::{CONTRACT_VERSION, CommandMessage};
+use orderflow_domain::{ClientId, Command, CommandId, OrderId};
 use orderflow_worker::apply::{Applier, Outcome};
 use reqwest::header;
 use serde::Serialize;

@@ -9,9 +9,9 @@ use crate::record::DirectCommand;
 use anyhow::Context as _;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Confirmation};
-use orderflow_shared::contract::{CONTRACT_VERSION, CommandMessage};
-use orderflow_shared::domain::{ClientId, Command, CommandId, OrderId};
-use orderflow_shared::partition::partition_of;
+use orderflow_contract::partition::partition_of;
+use orderflow_contract::{CONTRACT_VERSION, CommandMessage};
+use orderflow_domain::{ClientId, Command, CommandId, OrderId};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
@@ -43,7 +43,7 @@ impl Producer {
         db: &sqlx::PgPool,
         api_key: &str,
     ) -> anyhow::Result<Self> {
-        let client = orderflow_shared::db::clients::find_by_key(db, api_key)
+        let client = orderflow_storage::clients::find_by_key(db, api_key)
             .await
             .context("looking up the audit key's client")?
             .context("the audit key belongs to no live client")?;

@@ -41,7 +41,7 @@ pub fn task_rng(seed: u64, scenario: u64, task: u64) -> ChaCha8Rng {
 
 /// Each SKU has one price, so adding it again never trips `price_mismatch` by accident.
 pub fn price_of(sku: &str) -> i64 {
-    100 + i64::from(orderflow_shared::partition::fnv1a32(sku.as_bytes()) % 900)
+    100 + i64::from(orderflow_contract::partition::fnv1a32(sku.as_bytes()) % 900)
 }
 
 pub fn item(sku: &str, quantity: i64) -> Value {

@@ -4,10 +4,10 @@
 
 use orderflow_api::{ApiConfig, Application};
 use orderflow_bench::AuditConfig;
-use orderflow_shared::amqp::Topology;
-use orderflow_shared::config::CommonConfig;
-use orderflow_shared::shutdown::CancellationToken;
-use orderflow_shared::testing::{self, amqp_url};
+use orderflow_messaging::Topology;
+use orderflow_runtime::config::CommonConfig;
+use orderflow_runtime::shutdown::CancellationToken;
+use orderflow_testkit::{self as testing, amqp_url};
 use orderflow_worker::apply::Sabotage;
 use orderflow_worker::{Worker, WorkerConfig};
 use sqlx::PgPool;
@@ -57,7 +57,7 @@ impl Stack {
         tokio::spawn(worker.run_until_stopped(shutdown.clone()));
 
         let db = PgPool::connect(&database_url).await.unwrap();
-        let (_, key) = orderflow_shared::db::clients::create(&db, "audit", true)
+        let (_, key) = orderflow_storage::clients::create(&db, "audit", true)
             .await
             .unwrap();
         let mut config = AuditConfig::short(url, key, database_url, namespace.clone());

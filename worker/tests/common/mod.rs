@@ -5,15 +5,15 @@
 #![allow(dead_code)]
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use orderflow_shared::amqp::{Topology, json_properties, with_traceparent};
-use orderflow_shared::config::CommonConfig;
-use orderflow_shared::contract::{CONTRACT_VERSION, CommandMessage};
-use orderflow_shared::db::commands::{self, NewCommand, Source};
-use orderflow_shared::db::{self, clients};
-use orderflow_shared::domain::{ClientId, CommandId, OrderId};
-use orderflow_shared::partition::partition_of;
-use orderflow_shared::shutdown::CancellationToken;
-use orderflow_shared::testing;
+use orderflow_contract::partition::partition_of;
+use orderflow_contract::{CONTRACT_VERSION, CommandMessage};
+use orderflow_domain::{ClientId, CommandId, OrderId};
+use orderflow_messaging::{Topology, json_properties, with_traceparent};
+use orderflow_runtime::config::CommonConfig;
+use orderflow_runtime::shutdown::CancellationToken;
+use orderflow_storage::commands::{self, NewCommand, Source};
+use orderflow_storage::{self as db, clients};
+use orderflow_testkit as testing;
 use orderflow_worker::{Worker, WorkerConfig};
 use serde_json::{Value, json};
 use sqlx::PgPool;

@@ -1,0 +1,11 @@
+//! orderflow's wire contract: what a producer publishes to the command exchange
+//! ([`CommandMessage`], JSON Schema in `contract/command.schema.json`), where it goes
+//! ([`partition::partition_of`]), and the statuses a command moves through ([`CommandStatus`]).
+//! It depends on the domain and on nothing that does IO.
+
+mod message;
+pub mod partition;
+mod status;
+
+pub use message::*;
+pub use status::{CommandStatus, IntakeRefusal};

@@ -1,0 +1,128 @@
+//! The order projection and its event history.
+
+use chrono::{DateTime, Utc};
+use orderflow_domain::{ClientId, CommandId, Event, Item, Order, OrderId};
+use serde::Serialize;
+use sqlx::{PgConnection, PgExecutor, types::Json};
+
+macro_rules! order_row {
+    ($r:expr) => {
+        Order {
+            id: OrderId($r.id),
+            client_id: ClientId($r.client_id),
+            customer_id: $r
+                .customer_id
+                .try_into()
+                .expect("stored values were validated"),
+            currency: $r
+                .currency
+                .try_into()
+                .expect("stored values were validated"),
+            status: $r.status.parse().expect("the status check constraint"),
+            version: $r.version,
+            items: $r.items.0,
+            total_cents: $r.total_cents,
+            created_at: $r.created_at,
+            updated_at: $r.updated_at,
+        }
+    };
+}
+
+/// Locks the order row for the apply transaction (`None`: not created yet).
+pub async fn lock(conn: &mut PgConnection, id: OrderId) -> sqlx::Result<Option<Order>> {
+    let row = sqlx::query!(
+        r#"select id, client_id, customer_id, currency, status, version,
+                  items as "items: Json<Vec<Item>>", total_cents, created_at, updated_at
+           from orders where id = $1 for update"#,
+        id.0
+    )
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|r| order_row!(r)))
+}
+
+/// An order as its client sees it: another client's order does not exist.
+pub async fn get_for_client(
+    db: impl PgExecutor<'_>,
+    client_id: ClientId,
+    id: OrderId,
+) -> sqlx::Result<Option<Order>> {
+    let row = sqlx::query!(
+        r#"select id, client_id, customer_id, currency, status, version,
+                  items as "items: Json<Vec<Item>>", total_cents, created_at, updated_at
+           from orders where id = $1 and client_id = $2"#,
+        id.0,
+        client_id.0
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|r| order_row!(r)))
+}
+
+/// Appends `event` as the order's event number `order.version` (its new version), recorded at
+/// `at`, and writes the projection `order` it led to: one statement, one round trip. The
+/// projection's timestamps are the events', so a replay rebuilds them.
+pub async fn record_event(
+    conn: &mut PgConnection,
+    order: &Order,
+    command_id: CommandId,
+    event: &Event,
+    at: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "with appended as (
+             insert into order_events (order_id, seq, command_id, type, data, recorded_at)
+             values ($1, $6, $11, $12, $13, $14))
+         insert into orders (id, client_id, customer_id, currency, status, version, items, total_cents, created_at, updated_at)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         on conflict (id) do update set status = excluded.status, version = excluded.version,
+             items = excluded.items, total_cents = excluded.total_cents, updated_at = excluded.updated_at",
+        order.id.0,
+        order.client_id.0,
+        order.customer_id.as_str(),
+        order.currency.as_str(),
+        order.status.as_str(),
+        order.version,
+        Json(&order.items) as _,
+        order.total_cents,
+        order.created_at,
+        order.updated_at,
+        command_id.0,
+        event.name(),
+        Json(event) as _,
+        at
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// One stored event.
+#[derive(Clone, Debug, Serialize)]
+pub struct EventRecord {
+    pub seq: i64,
+    pub command_id: CommandId,
+    #[serde(flatten)]
+    pub event: Event,
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// The history of an order, seq ascending.
+pub async fn events(db: impl PgExecutor<'_>, order_id: OrderId) -> sqlx::Result<Vec<EventRecord>> {
+    let rows = sqlx::query!(
+        r#"select seq, command_id, data as "data: Json<Event>", recorded_at
+           from order_events where order_id = $1 order by seq"#,
+        order_id.0
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| EventRecord {
+            seq: r.seq,
+            command_id: CommandId(r.command_id),
+            event: r.data.0,
+            recorded_at: r.recorded_at,
+        })
+        .collect())
+}
