@@ -4,6 +4,7 @@ use crate::startup::{ApiConfig, Application};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use orderflow_domain::ClientId;
+use orderflow_runtime::config::ExposeSecret;
 use orderflow_storage::{self as db, clients};
 
 /// orderflow's HTTP API: accepts order commands, records and enqueues them, serves their status.
@@ -65,7 +66,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
         }
         CliCommand::Migrate => {
-            let pool = db::pool(&common.database_url, 1)?;
+            let pool = db::pool(common.database_url.expose_secret(), 1)?;
             db::MIGRATOR
                 .run(&pool)
                 .await
@@ -79,7 +80,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             rate_limit_per_second,
             rate_limit_burst,
         }) => {
-            let pool = db::pool(&common.database_url, 1)?;
+            let pool = db::pool(common.database_url.expose_secret(), 1)?;
             db::check_schema(&pool).await?;
             let rate_limit = rate_limit_per_second.map(|per_second| clients::RateLimit {
                 per_second,
@@ -95,7 +96,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         CliCommand::Client(ClientCommand::Revoke { id }) => {
-            let pool = db::pool(&common.database_url, 1)?;
+            let pool = db::pool(common.database_url.expose_secret(), 1)?;
             if clients::revoke(&pool, ClientId(id)).await? {
                 eprintln!("revoked client {id}");
                 Ok(())

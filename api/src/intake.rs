@@ -18,13 +18,12 @@ use crate::state::AppState;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use backon::{BackoffBuilder, ExponentialBuilder};
-use lapin::types::{AMQPValue, FieldTable};
 use orderflow_contract::CommandMessage;
 use orderflow_contract::CommandStatus;
 use orderflow_contract::IntakeRefusal;
 use orderflow_contract::partition::partition_of;
 use orderflow_domain::{Command, CommandId, OrderId};
-use orderflow_messaging::{PublishError, json_properties};
+use orderflow_messaging::{PublishError, json_properties, with_traceparent};
 use orderflow_runtime::telemetry;
 use orderflow_storage::clients::Client;
 use orderflow_storage::commands::{self, Intake, NewCommand, Source};
@@ -149,15 +148,10 @@ pub async fn submit(state: &AppState, s: Submission<'_>) -> Result<Accepted, Api
         expected_version: s.expected_version,
         command: s.command,
     };
-    let mut properties = json_properties().with_message_id(command_id.to_string().as_str().into());
-    if let Some(traceparent) = &traceparent {
-        let mut headers = FieldTable::default();
-        headers.insert(
-            telemetry::TRACEPARENT.into(),
-            AMQPValue::LongString(traceparent.as_str().into()),
-        );
-        properties = properties.with_headers(headers);
-    }
+    let properties = with_traceparent(
+        json_properties().with_message_id(command_id.to_string().as_str().into()),
+        traceparent.as_deref(),
+    );
     let published = metrics::intake_stage(
         "publish",
         state.publisher.publish(

@@ -15,11 +15,12 @@
 //! with the cache off.
 
 use crate::error::ApiError;
-use crate::notifications::{self, Notice};
+use crate::notifications;
 use moka::sync::Cache;
 use orderflow_runtime::shutdown::CancellationToken;
 use orderflow_storage::CLIENTS_CHANNEL;
 use orderflow_storage::clients::{self, Client};
+use orderflow_storage::listen::Notice;
 use sqlx::PgPool;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -73,7 +74,7 @@ impl Keys {
             match notice {
                 Notice::Listening => inner.listening.store(true, Ordering::SeqCst),
                 Notice::Lost => inner.listening.store(false, Ordering::SeqCst),
-                Notice::Payload(_) => {}
+                Notice::Notification { .. } => {}
             }
             if let Some(cache) = &inner.cache {
                 // Changes to clients are rare: forget everyone rather than look for the one.

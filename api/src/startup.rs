@@ -14,6 +14,7 @@ use anyhow::Context;
 use clap::Args;
 use orderflow_messaging::{self as amqp, Publisher, Topology};
 use orderflow_runtime::config::CommonConfig;
+use orderflow_runtime::config::ExposeSecret;
 use orderflow_runtime::shutdown::CancellationToken;
 use orderflow_storage as db;
 use orderflow_storage::clients::RateLimit;
@@ -126,8 +127,12 @@ impl ApiConfig {
             api: ApiConfig,
         }
         use clap::Parser;
-        let mut config =
-            Defaults::parse_from(["orderflow-api", "--database-url", &common.database_url]).api;
+        let mut config = Defaults::parse_from([
+            "orderflow-api",
+            "--database-url",
+            common.database_url.expose_secret(),
+        ])
+        .api;
         config.common = common;
         config.listen = listen.to_owned();
         config
@@ -166,7 +171,7 @@ impl Application {
         // Before any series is touched, so that none goes to the no-op recorder.
         orderflow_runtime::telemetry::prometheus();
         crate::metrics::register();
-        let pool = db::pool(&common.database_url, common.db_pool_size)?;
+        let pool = db::pool(common.database_url.expose_secret(), common.db_pool_size)?;
         // sqlx's migrator takes an advisory lock: several APIs starting together are fine.
         db::MIGRATOR
             .run(&pool)
@@ -179,7 +184,7 @@ impl Application {
             queue_max_length: common.queue_max_length,
         };
         let amqp = amqp::pool(
-            &common.amqp_url,
+            common.amqp_url.expose_secret(),
             &format!("orderflow-api {}", common.namespace),
         );
         let publisher = Publisher::new(amqp);

@@ -10,9 +10,10 @@
 //! connection; queued here each waits with a few bytes, and still ends at its deadline or on
 //! shutdown.
 
-use crate::notifications::{self, Notice};
+use crate::notifications;
 use orderflow_runtime::shutdown::CancellationToken;
 use orderflow_storage::COMMAND_DONE_CHANNEL;
+use orderflow_storage::listen::Notice;
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -48,7 +49,7 @@ impl Waiters {
             COMMAND_DONE_CHANNEL,
             shutdown,
             move |notice| match notice {
-                Notice::Payload(payload) => {
+                Notice::Notification { payload, .. } => {
                     let Ok(id) = payload.parse::<Uuid>() else {
                         return;
                     };

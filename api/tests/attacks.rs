@@ -483,7 +483,7 @@ async fn a_pool_too_small_to_serve_is_refused_at_start() {
         app.namespace.clone(),
         PARTITIONS,
     );
-    common.amqp_url = common::amqp_url();
+    common.amqp_url = common::amqp_url().into();
     common.db_pool_size = 2;
     let config = orderflow_api::ApiConfig::with_defaults(common.clone(), "127.0.0.1:0");
     let refused = orderflow_api::Application::build(config, Default::default()).await;

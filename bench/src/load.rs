@@ -4,7 +4,6 @@
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
-use lapin::options::QueueDeclareOptions;
 use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -171,17 +170,9 @@ pub async fn snapshot(
 pub async fn dead_letter_depth(amqp_url: &str, namespace: &str) -> anyhow::Result<i64> {
     let connection = lapin::Connection::connect(amqp_url, Default::default()).await?;
     let channel = connection.create_channel().await?;
-    let queue = channel
-        .queue_declare(
-            format!("{namespace}.dead-letter").as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            Default::default(),
-        )
+    let depth = orderflow_messaging::queue_depth(&channel, &format!("{namespace}.dead-letter"))
         .await
         .context("reading the dead-letter queue's depth")?;
     let _ = connection.close(200, "done".into()).await;
-    Ok(i64::from(queue.message_count()))
+    Ok(i64::from(depth.ready))
 }

@@ -79,7 +79,9 @@ async fn the_checker_reports_stock_from_nowhere_and_a_deleted_event() {
 /// direct producer sends, and the audit must say so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_worker_without_its_inbox_check_fails_the_audit() {
-    let mut stack = Stack::spawn_with(orderflow_worker::apply::Sabotage::SkipInbox).await;
+    // nextest runs each test in a process of its own, so the failpoint breaks only this stack.
+    fail::cfg("apply.skip_inbox", "return").expect("the failpoint arms");
+    let mut stack = Stack::spawn().await;
     stack.config.duration = std::time::Duration::from_secs(2);
     stack.config.scenarios = vec![orderflow_bench::config::Scenario::DirectProducer];
     let run = audit(&stack.config).await.expect("the audit runs");

@@ -201,6 +201,32 @@ pub async fn declare_bound(
         .await
 }
 
+/// What the broker holds of a queue right now: its ready messages and its consumers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueDepth {
+    pub ready: u32,
+    pub consumers: u32,
+}
+
+/// Reads a queue's depth by a passive declare, which creates nothing. A missing queue is an
+/// error, and it closes the channel (the broker answers 404): open another one to go on.
+pub async fn queue_depth(channel: &Channel, queue: &str) -> lapin::Result<QueueDepth> {
+    let declared = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(QueueDepth {
+        ready: declared.message_count(),
+        consumers: declared.consumer_count(),
+    })
+}
+
 /// A pool of broker connections; broken ones are replaced on the next `get`. The name shows in
 /// the management UI (and lets a test close exactly its own connections).
 pub fn pool(url: &str, connection_name: &str) -> Pool {

@@ -2,22 +2,25 @@
 //! meaning; `--help` describes each. The values are passed down, never read from globals.
 
 use clap::Args;
+pub use secrecy::{ExposeSecret, SecretString};
 
 /// Where the data lives and how the queues are named.
 #[derive(Args, Clone, Debug)]
 pub struct CommonConfig {
     /// PostgreSQL connection string.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: String,
+    /// (Its password is a secret: `Debug` and logs never print it.)
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_parser = secret)]
+    pub database_url: SecretString,
 
     /// RabbitMQ connection string.
     #[arg(
         long,
         env = "AMQP_URL",
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = secret
     )]
-    pub amqp_url: String,
+    pub amqp_url: SecretString,
 
     /// Prefix of every exchange and queue orderflow declares (letters, digits, '-', '_', '.').
     #[arg(long, env = "ORDERFLOW_NAMESPACE", default_value = "orderflow", value_parser = parse_namespace)]
@@ -42,6 +45,11 @@ pub struct CommonConfig {
     pub log_format: String,
 }
 
+/// A connection string, kept out of `Debug` output (it may carry a password).
+fn secret(value: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(value))
+}
+
 fn parse_namespace(value: &str) -> Result<String, String> {
     let ok = !value.is_empty()
         && value.len() <= 100
@@ -59,7 +67,7 @@ impl CommonConfig {
     /// Settings for a test: a given database and namespace, local broker, few partitions.
     pub fn for_tests(database_url: String, namespace: String, partitions: u16) -> Self {
         Self {
-            database_url,
+            database_url: database_url.into(),
             amqp_url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
             namespace,
             partitions,
@@ -67,5 +75,26 @@ impl CommonConfig {
             db_pool_size: 8,
             log_format: "text".into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_never_shows_the_connection_strings() {
+        let config = CommonConfig::for_tests(
+            "postgres://orderflow:hunter2@db:5432/orderflow".into(),
+            "ns".into(),
+            4,
+        );
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(!printed.contains("guest:guest"), "{printed}");
+        assert_eq!(
+            config.database_url.expose_secret(),
+            "postgres://orderflow:hunter2@db:5432/orderflow"
+        );
     }
 }

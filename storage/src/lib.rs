@@ -4,13 +4,16 @@
 pub mod clients;
 pub mod commands;
 pub mod dashboard;
+mod errors;
 pub mod idempotency;
 pub mod inventory;
+pub mod listen;
 pub mod observability;
 pub mod orders;
 pub mod outbox;
 pub mod payments;
 
+pub use errors::{ErrorClass, classify, is_data_refused, is_transient};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::{PgPool, migrate::Migrator};
 use std::time::Duration;
@@ -121,18 +124,6 @@ pub async fn check_schema(pool: &PgPool) -> Result<(), SchemaError> {
     }
 }
 
-/// Did PostgreSQL refuse the data itself (a data exception or an integrity constraint, but not a
-/// duplicate key, which a concurrent insert of the same row causes and a retry resolves)? Such an
-/// error comes back every time the same message is applied: the message, not the system, is at
-/// fault, so it is dead-lettered rather than retried.
-pub fn is_data_refused(error: &sqlx::Error) -> bool {
-    let sqlx::Error::Database(db) = error else {
-        return false;
-    };
-    db.code()
-        .is_some_and(|code| (code.starts_with("22") || code.starts_with("23")) && code != "23505")
-}
-
 /// Most bytes of a sentence stored for people (a reason, a trace header).
 pub const MAX_STORED_TEXT_BYTES: usize = 2048;
 
@@ -157,31 +148,6 @@ pub fn storable_text(text: &str, max_bytes: usize) -> String {
         clean.truncate(end);
     }
     clean
-}
-
-/// Is this error worth retrying the whole transaction for? Serialization failures, deadlocks,
-/// lost connections and an exhausted pool are; constraint violations and bugs are not.
-pub fn is_transient(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            matches!(
-                code.as_ref(),
-                // serialization_failure, deadlock_detected, statement_completion_unknown,
-                // query_canceled (statement timeout), lock_not_available, read_only_sql_transaction
-                // (a failover in progress), admin/crash shutdown, cannot_connect_now
-                "40001" | "40P01" | "40003" | "57014" | "55P03" | "25006" | "57P01" | "57P02" | "57P03"
-            )
-            // connection exceptions; insufficient resources (e.g. too many connections)
-            || code.starts_with("08")
-            || code.starts_with("53")
-        }),
-        sqlx::Error::Io(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Protocol(_) => true,
-        _ => false,
-    }
 }
 
 #[cfg(test)]

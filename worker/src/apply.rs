@@ -99,23 +99,12 @@ pub struct OwnMessage<'a> {
     pub dead_letter: NewDeadLetter<'a>,
 }
 
-/// Deliberate breakage, for proving that the race audit can fail. Only code can set it (the
-/// audit's own tests): no flag or environment variable turns it on.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Sabotage {
-    #[default]
-    None,
-    /// Ignore the inbox: a redelivered or duplicated command is applied again.
-    SkipInbox,
-}
-
 /// Applies commands to PostgreSQL.
 #[derive(Clone)]
 pub struct Applier {
     pub db: PgPool,
     pub gateway: Arc<dyn PaymentGateway>,
     pub partitions: u16,
-    pub sabotage: Sabotage,
 }
 
 /// What a transaction did, counted only once it committed.
@@ -295,7 +284,7 @@ impl Applier {
                 Err(failure) => return Ok(Outcome::Poison(failure)),
             },
         };
-        if self.sabotage == Sabotage::SkipInbox && row.status == CommandStatus::Applied {
+        if inbox_sabotaged() && row.status == CommandStatus::Applied {
             let status = self.apply_one(tx, &row, delivery.delivered, tally).await?;
             return Ok(Outcome::Finished(status));
         }
@@ -621,4 +610,19 @@ pub(crate) async fn finish(
         payload: &payload,
     };
     commands::finish(conn, row.id, status, reason, version, delivered, event).await
+}
+
+/// Deliberate breakage, for proving that the race audit can fail: the failpoint
+/// `apply.skip_inbox` (armed with `return`) makes the worker ignore its inbox, so that a
+/// redelivered or duplicated command is applied again. It exists only in builds with the
+/// `failpoints` feature (the audit's tests and the race audit's binaries), never in a release.
+fn inbox_sabotaged() -> bool {
+    #[cfg(feature = "failpoints")]
+    {
+        fail::eval("apply.skip_inbox", |_| ()).is_some()
+    }
+    #[cfg(not(feature = "failpoints"))]
+    {
+        false
+    }
 }

@@ -11,7 +11,7 @@
 //! the sentence people read.
 
 use orderflow_domain::CommandId;
-use orderflow_storage::{MAX_STORED_TEXT_BYTES, is_transient, storable_text};
+use orderflow_storage::{ErrorClass, MAX_STORED_TEXT_BYTES, classify, storable_text};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -54,9 +54,12 @@ impl ApplyError {
         }
     }
 
+    /// Worth retrying the transaction for: a transient database error, or a concurrent insert
+    /// of the same row (e.g. a zombie worker recording the same direct-producer command), which
+    /// a retry finds.
     pub fn is_transient(&self) -> bool {
         match self {
-            ApplyError::Db(e) => is_transient(e) || is_unique_violation(e),
+            ApplyError::Db(e) => retried(classify(e)),
             ApplyError::Broken { .. } => false,
         }
     }
@@ -64,41 +67,19 @@ impl ApplyError {
     /// What kind of transient failure this is, for `orderflow_tx_retries_total{cause}`:
     /// deadlock, serialization, lock_timeout, connection or other.
     pub fn retry_cause(&self) -> &'static str {
-        let ApplyError::Db(e) = self else {
-            return "other";
-        };
-        match e {
-            sqlx::Error::Database(db) => match db.code().as_deref() {
-                Some("40P01") => "deadlock",
-                Some("40001") => "serialization",
-                // lock_not_available (lock_timeout), query_canceled (statement_timeout)
-                Some("55P03" | "57014") => "lock_timeout",
-                // connection exceptions, insufficient resources, server shutting down, a
-                // failover in progress, a commit whose outcome was lost with the connection
-                Some(code)
-                    if code.starts_with("08")
-                        || code.starts_with("53")
-                        || code.starts_with("57P")
-                        || code == "25006"
-                        || code == "40003" =>
-                {
-                    "connection"
-                }
+        match self {
+            ApplyError::Db(e) => match classify(e) {
+                class if class.is_transient() => class.as_str(),
                 _ => "other",
             },
-            sqlx::Error::Io(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed
-            | sqlx::Error::Protocol(_) => "connection",
-            _ => "other",
+            ApplyError::Broken { .. } => "other",
         }
     }
 
     /// Attributes a permanent failure to the command being applied.
     pub fn blame(self, command_id: CommandId) -> Self {
         match self {
-            ApplyError::Db(e) if !is_transient(&e) && !is_unique_violation(&e) => {
+            ApplyError::Db(e) if !retried(classify(&e)) => {
                 ApplyError::broken(command_id, "database_error", format!("database error: {e}"))
             }
             other => other,
@@ -106,10 +87,8 @@ impl ApplyError {
     }
 }
 
-/// Another transaction inserted the same row first (e.g. a zombie worker recording the same
-/// direct-producer command): retrying finds its row.
-fn is_unique_violation(error: &sqlx::Error) -> bool {
-    matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
+fn retried(class: ErrorClass) -> bool {
+    class.is_transient() || class == ErrorClass::Duplicate
 }
 
 #[cfg(test)]

@@ -7,9 +7,7 @@
 
 use crate::metrics::{self, PartitionSeries};
 use chrono::{DateTime, Utc};
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
-use orderflow_messaging::{SharedConnection, Topology};
+use orderflow_messaging::{SharedConnection, Topology, queue_depth};
 use orderflow_runtime::shutdown::CancellationToken;
 use orderflow_storage::observability::{self, PartitionBeat};
 use sqlx::PgPool;
@@ -182,10 +180,14 @@ impl Monitor {
         }
         let channel = channel.as_ref().expect("opened above");
         for (p, (_, series)) in self.partitions.iter().enumerate() {
-            let depth = ready_messages(channel, &topology.partition_queue(p as u16)).await?;
+            let depth = queue_depth(channel, &topology.partition_queue(p as u16))
+                .await?
+                .ready;
             series.queue_depth.set(f64::from(depth));
         }
-        let depth = ready_messages(channel, &topology.dead_letter_queue()).await?;
+        let depth = queue_depth(channel, &topology.dead_letter_queue())
+            .await?
+            .ready;
         metrics::dead_letter_queue_depth(depth);
         Ok(())
     }
@@ -208,21 +210,6 @@ fn last_delivery(state: &PartitionState) -> Option<DateTime<Utc>> {
         0 => None,
         ms => DateTime::from_timestamp_millis(ms),
     }
-}
-
-/// Ready messages of a queue, by a passive declare (which creates nothing).
-async fn ready_messages(channel: &lapin::Channel, queue: &str) -> lapin::Result<u32> {
-    let declared = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    Ok(declared.message_count())
 }
 
 /// Logs a background task's failure once when it starts failing and once when it recovers, not

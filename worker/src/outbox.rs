@@ -9,8 +9,8 @@
 use crate::metrics;
 use orderflow_messaging::{Outgoing, Publisher, Topology, json_properties, with_traceparent};
 use orderflow_runtime::shutdown::CancellationToken;
+use orderflow_storage::listen::{Listener, Notice};
 use orderflow_storage::{self as db, commands, observability, outbox};
-use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -26,23 +26,21 @@ pub async fn run_outbox_relay(
     topology: &Topology,
     shutdown: CancellationToken,
 ) {
-    let mut listener = None;
-    while !shutdown.is_cancelled() {
-        if listener.is_none() {
-            listener = match listen(&db).await {
-                Ok(l) => Some(l),
-                Err(e) => {
-                    tracing::warn!(error = %e, "outbox relay cannot LISTEN; retrying");
-                    if pause(&shutdown, Duration::from_secs(1)).await {
-                        break;
-                    }
+    let mut listener = Listener::new(db.clone(), &[db::OUTBOX_CHANNEL]);
+    loop {
+        // Wait until there may be something to relay: any notification, and also (re)gaining
+        // the connection, since what was committed while nobody listened notified no one.
+        tokio::select! {
+            notice = listener.next() => {
+                if notice == Notice::Lost {
                     continue;
                 }
-            };
+            }
+            _ = shutdown.cancelled() => return,
         }
-        // Drain everything committed so far (also what was committed while we were not listening).
-        // A short batch means the outbox was empty when it was read; anything committed since
-        // then notifies the listener, so no empty pass is needed to be sure.
+        // Drain everything committed so far. A short batch means the outbox was empty when it
+        // was read; anything committed since then notifies the listener, so no empty pass is
+        // needed to be sure.
         loop {
             match relay_batch(&db, publisher, topology).await {
                 Ok(relayed) if (relayed as i64) < BATCH => break,
@@ -55,26 +53,7 @@ pub async fn run_outbox_relay(
                 }
             }
         }
-        let l = listener.as_mut().expect("listening");
-        tokio::select! {
-            notification = l.try_recv() => match notification {
-                Ok(Some(_)) => {}
-                // The connection was lost and re-established: drain again, we may have missed one.
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "outbox listener failed");
-                    listener = None;
-                }
-            },
-            _ = shutdown.cancelled() => break,
-        }
     }
-}
-
-async fn listen(db: &PgPool) -> sqlx::Result<PgListener> {
-    let mut listener = PgListener::connect_with(db).await?;
-    listener.listen(db::OUTBOX_CHANNEL).await?;
-    Ok(listener)
 }
 
 /// Sleeps unless shutdown comes first; `true` if it did.

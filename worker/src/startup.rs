@@ -2,15 +2,17 @@
 //! the tasks (one consumer per partition, the outbox relay, the command relay, the heartbeat,
 //! the gauge sampler and the `/metrics` listener).
 
-use crate::apply::{Applier, Sabotage};
+use crate::apply::Applier;
 use crate::consumer::{self, Context};
 use crate::monitor::Monitor;
 use crate::payment::SimulatedGateway;
 use crate::{metrics, outbox};
 use anyhow::Context as _;
+use backon::{ExponentialBuilder, Retryable};
 use clap::Parser;
 use orderflow_messaging::{self as amqp, Publisher, SharedConnection, Topology};
 use orderflow_runtime::config::CommonConfig;
+use orderflow_runtime::config::ExposeSecret;
 use orderflow_runtime::shutdown::CancellationToken;
 use orderflow_storage::{self as db, SchemaError};
 use std::collections::HashMap;
@@ -72,10 +74,6 @@ pub struct WorkerConfig {
     /// [default: <hostname>:<pid>]
     #[arg(long, env = "ORDERFLOW_WORKER_NAME")]
     pub worker_name: Option<String>,
-
-    /// Deliberate breakage for the audit's own tests; never from the command line.
-    #[arg(skip)]
-    pub sabotage: Sabotage,
 }
 
 impl WorkerConfig {
@@ -88,9 +86,12 @@ impl WorkerConfig {
             #[command(flatten)]
             worker: WorkerConfig,
         }
-        let mut config =
-            Defaults::parse_from(["orderflow-worker", "--database-url", &common.database_url])
-                .worker;
+        let mut config = Defaults::parse_from([
+            "orderflow-worker",
+            "--database-url",
+            common.database_url.expose_secret(),
+        ])
+        .worker;
         config.common = common;
         config.metrics_listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config
@@ -126,7 +127,7 @@ impl Worker {
         // that took its partitions over: PostgreSQL ends such a session after this idle time.
         // Longer than anything a worker does inside a transaction (a publish times out at 5 s).
         let db = db::pool_releasing_idle(
-            &common.database_url,
+            common.database_url.expose_secret(),
             common.db_pool_size,
             Duration::from_secs(15),
         )?;
@@ -145,7 +146,7 @@ impl Worker {
             queue_max_length: common.queue_max_length,
         };
         let pool = amqp::pool(
-            &common.amqp_url,
+            common.amqp_url.expose_secret(),
             &format!("orderflow-worker {}", common.namespace),
         );
         wait_for("RabbitMQ", || async {
@@ -181,14 +182,13 @@ impl Worker {
                 decline_over_cents: config.payment_decline_over_cents,
             }),
             partitions: common.partitions,
-            sabotage: config.sabotage,
         };
         let context = Arc::new(Context {
             applier,
             topology,
             publisher: Publisher::new(pool.clone()),
             connection: SharedConnection::new(
-                &common.amqp_url,
+                common.amqp_url.expose_secret(),
                 &format!("orderflow-worker {} consumers", common.namespace),
             ),
             prefetch: config.prefetch,
@@ -340,23 +340,22 @@ fn default_worker_name() -> String {
     format!("{host}:{}", std::process::id())
 }
 
-/// Retries `attempt` with backoff until it succeeds, logging what it waits for.
+/// Retries `attempt` with exponential backoff (100 ms growing to 5 s, with jitter) until it
+/// succeeds, logging what it waits for; gives up after two minutes.
 async fn wait_for<T, F, Fut>(what: &str, attempt: F) -> anyhow::Result<T>
 where
-    F: Fn() -> Fut,
+    F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<T>>,
 {
-    let mut delay = Duration::from_millis(100);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        match attempt().await {
-            Ok(value) => return Ok(value),
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                tracing::warn!(error = %e, "waiting for {what}");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-            Err(e) => return Err(e.context(format!("{what} unreachable for 2 minutes"))),
-        }
-    }
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_total_delay(Some(Duration::from_secs(120)))
+        .without_max_times()
+        .with_jitter();
+    attempt
+        .retry(backoff)
+        .notify(|e: &anyhow::Error, _| tracing::warn!(error = %e, "waiting for {what}"))
+        .await
+        .map_err(|e| e.context(format!("{what} unreachable for 2 minutes")))
 }

@@ -17,9 +17,9 @@ use super::partitions::{self, RateMemory};
 use super::stats::{Point, Sample, Window};
 use crate::state::AppState;
 use orderflow_runtime::shutdown::CancellationToken;
+use orderflow_storage::listen::{Listener, Notice};
 use orderflow_storage::{self as db, dashboard};
 use serde::{Deserialize, Serialize};
-use sqlx::postgres::PgListener;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -171,59 +171,39 @@ fn prune_history(history: &mut VecDeque<Arc<Point>>) {
 }
 
 async fn listen(hub: Hub, state: AppState, shutdown: CancellationToken) {
-    while !shutdown.is_cancelled() {
-        let mut listener = match connect(&state.db).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(error = %e, "dashboard feed cannot LISTEN; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                    _ = shutdown.cancelled() => return,
-                }
-            }
-        };
-        let mut finished: Vec<Uuid> = Vec::new();
-        let mut flush = tokio::time::interval(BATCH_EVERY);
-        loop {
-            tokio::select! {
-                received = listener.try_recv() => match received {
-                    Ok(Some(n)) if n.channel() == HTTP_EVENTS_CHANNEL => {
-                        if let Ok(event) = serde_json::from_str::<HttpEvent>(n.payload()) {
-                            hub.remember(event.clone());
-                            hub.window.lock().expect("not poisoned").record_http(&event);
-                            hub.send("conflict", &event);
-                        }
-                    }
-                    Ok(Some(n)) => {
-                        if hub.watched() && let Ok(id) = n.payload().parse::<Uuid>() {
-                            finished.push(id);
-                        }
-                    }
-                    // The connection was re-established; what finished meanwhile is not replayed.
-                    Ok(None) => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e, "dashboard feed lost its listener; reconnecting");
-                        break;
-                    }
-                },
-                _ = flush.tick(), if !finished.is_empty() => {
-                    let batch = std::mem::take(&mut finished);
-                    if let Err(e) = publish_finished(&hub, &state, &batch).await {
-                        tracing::warn!(error = %e, "dashboard feed could not read finished commands");
+    let mut listener = Listener::new(
+        state.db.clone(),
+        &[db::COMMAND_DONE_CHANNEL, HTTP_EVENTS_CHANNEL],
+    );
+    let mut finished: Vec<Uuid> = Vec::new();
+    let mut flush = tokio::time::interval(BATCH_EVERY);
+    loop {
+        tokio::select! {
+            notice = listener.next() => match notice {
+                Notice::Notification { channel, payload } if channel == HTTP_EVENTS_CHANNEL => {
+                    if let Ok(event) = serde_json::from_str::<HttpEvent>(&payload) {
+                        hub.remember(event.clone());
+                        hub.window.lock().expect("not poisoned").record_http(&event);
+                        hub.send("conflict", &event);
                     }
                 }
-                _ = shutdown.cancelled() => return,
+                Notice::Notification { payload, .. } => {
+                    if hub.watched() && let Ok(id) = payload.parse::<Uuid>() {
+                        finished.push(id);
+                    }
+                }
+                // A live feed: what finished while the connection was down is not replayed.
+                Notice::Listening | Notice::Lost => {}
+            },
+            _ = flush.tick(), if !finished.is_empty() => {
+                let batch = std::mem::take(&mut finished);
+                if let Err(e) = publish_finished(&hub, &state, &batch).await {
+                    tracing::warn!(error = %e, "dashboard feed could not read finished commands");
+                }
             }
+            _ = shutdown.cancelled() => return,
         }
     }
-}
-
-async fn connect(db: &sqlx::PgPool) -> sqlx::Result<PgListener> {
-    let mut listener = PgListener::connect_with(db).await?;
-    listener
-        .listen_all([db::COMMAND_DONE_CHANNEL, HTTP_EVENTS_CHANNEL])
-        .await?;
-    Ok(listener)
 }
 
 /// Sends the finished commands and their orders' new rows, and feeds the statistics window.

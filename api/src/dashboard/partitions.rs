@@ -12,8 +12,7 @@
 
 use crate::state::AppState;
 use chrono::{DateTime, Utc};
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
+use orderflow_messaging as amqp;
 use orderflow_storage::dashboard::{self, WorkerPartition};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -181,18 +180,11 @@ pub async fn snapshot(state: &AppState) -> anyhow::Result<PartitionsView> {
 async fn queue_depths(state: &AppState, queues: &[String]) -> Option<Vec<(u32, u32)>> {
     let connection = state.publisher.pool().get().await.ok()?;
     let channel = connection.create_channel().await.ok()?;
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
     let mut depths = Vec::with_capacity(queues.len());
     for queue in queues {
         // A missing queue closes the channel (404): then the broker view is simply unknown.
-        let declared = channel
-            .queue_declare(queue.as_str().into(), passive, FieldTable::default())
-            .await
-            .ok()?;
-        depths.push((declared.message_count(), declared.consumer_count()));
+        let depth = amqp::queue_depth(&channel, queue).await.ok()?;
+        depths.push((depth.ready, depth.consumers));
     }
     let _ = channel.close(200, "done".into()).await;
     Some(depths)

@@ -88,7 +88,7 @@ impl TestApp {
 
         let mut common =
             CommonConfig::for_tests(database_url.clone(), namespace.clone(), PARTITIONS);
-        common.amqp_url = amqp_url();
+        common.amqp_url = amqp_url().into();
         common.queue_max_length = options.queue_max_length;
         let api_shutdown = CancellationToken::new();
         let mut config = ApiConfig::with_defaults(common.clone(), "127.0.0.1:0");
@@ -156,7 +156,7 @@ impl TestApp {
             self.namespace.clone(),
             PARTITIONS,
         );
-        common.amqp_url = amqp_url();
+        common.amqp_url = amqp_url().into();
         common.queue_max_length = self.options.queue_max_length;
         WorkerConfig {
             republish_after_ms: 1000,

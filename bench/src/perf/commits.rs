@@ -5,9 +5,11 @@
 //! the time each id arrives. Same machine, same clock as `accepted_at`.
 
 use chrono::{DateTime, Utc};
-use sqlx::postgres::PgListener;
+use orderflow_storage::listen::{Listener, Notice};
+use sqlx::postgres::PgPoolOptions;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
@@ -21,20 +23,26 @@ pub struct Commits {
 impl Commits {
     /// Listens from now on (returns once LISTEN is in place).
     pub async fn listen(database_url: &str) -> anyhow::Result<Self> {
-        let mut listener = PgListener::connect(database_url).await?;
-        listener
-            .listen(orderflow_storage::COMMAND_DONE_CHANNEL)
-            .await?;
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_lazy(database_url)?;
+        let mut listener = Listener::new(pool, &[orderflow_storage::COMMAND_DONE_CHANNEL]);
+        match tokio::time::timeout(Duration::from_secs(10), listener.next()).await {
+            Ok(Notice::Listening) => {}
+            other => anyhow::bail!("could not LISTEN for applied commands: {other:?}"),
+        }
         let seen: Seen = Arc::default();
         let task = {
             let seen = seen.clone();
             tokio::spawn(async move {
-                // A lost connection ends the listening; the report then falls back to
-                // `finished_at` for the commands it did not see.
-                while let Ok(notification) = listener.recv().await {
-                    let at = Utc::now();
-                    if let Ok(id) = notification.payload().parse::<Uuid>() {
-                        seen.lock().expect("not poisoned").insert(id, at);
+                // While the connection is down the ids are not seen; the report then falls
+                // back to `finished_at` for those commands.
+                loop {
+                    if let Notice::Notification { payload, .. } = listener.next().await {
+                        let at = Utc::now();
+                        if let Ok(id) = payload.parse::<Uuid>() {
+                            seen.lock().expect("not poisoned").insert(id, at);
+                        }
                     }
                 }
             })

@@ -11,7 +11,7 @@ use super::stack::{Stack, StackExtra, StackSettings};
 use super::target::{RawTarget, Target};
 use anyhow::Context as _;
 use orderflow_storage::clients;
-use orderflow_worker::apply::{Applier, Sabotage};
+use orderflow_worker::apply::Applier;
 use orderflow_worker::payment::SimulatedGateway;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
@@ -108,7 +108,6 @@ impl Sut {
                                 decline_over_cents: None,
                             }),
                             partitions: config.partitions,
-                            sabotage: Sabotage::None,
                         },
                         client: client.id,
                         partitions: config.partitions,

@@ -8,7 +8,6 @@ use orderflow_messaging::Topology;
 use orderflow_runtime::config::CommonConfig;
 use orderflow_runtime::shutdown::CancellationToken;
 use orderflow_testkit::{self as testing, amqp_url};
-use orderflow_worker::apply::Sabotage;
 use orderflow_worker::{Worker, WorkerConfig};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -25,17 +24,12 @@ pub struct Stack {
 
 impl Stack {
     pub async fn spawn() -> Self {
-        Self::spawn_with(Sabotage::None).await
-    }
-
-    /// A stack whose worker is deliberately broken (the audit must then fail).
-    pub async fn spawn_with(sabotage: Sabotage) -> Self {
         let id = Uuid::new_v4().simple().to_string();
         let (database_url, database_name) = testing::create_database(&id).await;
         let namespace = format!("test.{id}");
         let mut common =
             CommonConfig::for_tests(database_url.clone(), namespace.clone(), PARTITIONS);
-        common.amqp_url = amqp_url();
+        common.amqp_url = amqp_url().into();
 
         let shutdown = CancellationToken::new();
         // The API's default limits (rate, in-flight): the audit must hold under them too.
@@ -49,7 +43,6 @@ impl Stack {
         tokio::spawn(app.run_until_stopped());
         let worker = Worker::build(WorkerConfig {
             republish_after_ms: 1000,
-            sabotage,
             ..WorkerConfig::with_defaults(common.clone())
         })
         .await

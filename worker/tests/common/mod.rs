@@ -85,7 +85,7 @@ impl Stack {
             self.topology.namespace.clone(),
             PARTITIONS,
         );
-        common.amqp_url = testing::amqp_url();
+        common.amqp_url = testing::amqp_url().into();
         WorkerConfig::with_defaults(common)
     }
 
