@@ -9,6 +9,7 @@
 //! was answered 202.
 
 use orderflow_domain::CommandId;
+use orderflow_runtime::tasks::Tasks;
 use orderflow_storage::commands;
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -26,10 +27,10 @@ pub struct Confirms {
 }
 
 impl Confirms {
-    /// Starts the writer task on `db`.
-    pub fn start(db: PgPool) -> Self {
+    /// Starts the writer task on `db` among `tasks`; it ends once every handle is dropped.
+    pub fn start(tasks: &mut Tasks, db: PgPool) -> Self {
         let (queue, pending) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(write(db, pending));
+        tasks.spawn("confirm writer", write(db, pending));
         Self { queue }
     }
 

@@ -18,6 +18,7 @@ use crate::error::ApiError;
 use crate::notifications;
 use moka::sync::Cache;
 use orderflow_runtime::shutdown::CancellationToken;
+use orderflow_runtime::tasks::Tasks;
 use orderflow_storage::CLIENTS_CHANNEL;
 use orderflow_storage::clients::{self, Client};
 use orderflow_storage::listen::Notice;
@@ -66,9 +67,9 @@ impl Keys {
     }
 
     /// Listens for changes to clients until shutdown.
-    pub fn start(&self, db: PgPool, shutdown: CancellationToken) {
+    pub fn start(&self, tasks: &mut Tasks, db: PgPool, shutdown: CancellationToken) {
         let inner = self.inner.clone();
-        notifications::spawn(db, CLIENTS_CHANNEL, shutdown, move |notice| {
+        notifications::spawn(tasks, db, CLIENTS_CHANNEL, shutdown, move |notice| {
             // A new generation first, so nothing read before this moment is believed after it.
             let generation = inner.generation.fetch_add(1, Ordering::SeqCst) + 1;
             match notice {

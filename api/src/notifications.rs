@@ -4,17 +4,20 @@
 //! must be re-checked) and of every payload. Stops on shutdown.
 
 use orderflow_runtime::shutdown::CancellationToken;
+use orderflow_runtime::tasks::Tasks;
 use orderflow_storage::listen::{Listener, Notice};
 use sqlx::PgPool;
 
-/// Spawns the listener task for `channel`; `on` runs on the task, so keep it short.
+/// Spawns the listener task for `channel` among `tasks`; `on` runs on the task, so keep it
+/// short.
 pub fn spawn(
+    tasks: &mut Tasks,
     db: PgPool,
     channel: &'static str,
     shutdown: CancellationToken,
     mut on: impl FnMut(Notice) + Send + 'static,
 ) {
-    tokio::spawn(async move {
+    tasks.spawn(format!("LISTEN {channel}"), async move {
         let mut listener = Listener::new(db, &[channel]);
         loop {
             tokio::select! {

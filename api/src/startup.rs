@@ -16,6 +16,7 @@ use orderflow_messaging::{self as amqp, Publisher, Topology};
 use orderflow_runtime::config::CommonConfig;
 use orderflow_runtime::config::ExposeSecret;
 use orderflow_runtime::shutdown::CancellationToken;
+use orderflow_runtime::tasks::Tasks;
 use orderflow_storage as db;
 use orderflow_storage::clients::RateLimit;
 use std::sync::Arc;
@@ -152,6 +153,8 @@ pub struct Application {
     server_limits: ServerLimits,
     retention: Duration,
     shutdown: CancellationToken,
+    /// The background tasks, stopped with the server.
+    tasks: Tasks,
 }
 
 impl Application {
@@ -200,10 +203,11 @@ impl Application {
         let listener = TcpListener::bind(&config.listen)
             .await
             .with_context(|| format!("listening on {}", config.listen))?;
+        let mut tasks = Tasks::new();
         let state = AppState {
-            waiters: Waiters::start(pool.clone(), shutdown.clone()),
+            waiters: Waiters::start(&mut tasks, pool.clone(), shutdown.clone()),
             gates: OrderGates::default(),
-            confirms: Confirms::start(pool.clone()),
+            confirms: Confirms::start(&mut tasks, pool.clone()),
             db: pool,
             publisher: Arc::new(publisher),
             topology,
@@ -238,6 +242,7 @@ impl Application {
             server_limits,
             retention: Duration::from_secs(u64::from(config.idempotency_retention_hours) * 3600),
             shutdown,
+            tasks,
         })
     }
 
@@ -250,28 +255,42 @@ impl Application {
 
     /// Serves until the shutdown token fires, then lets in-flight requests finish.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        tokio::spawn(purge_idempotency_keys(
-            self.state.db.clone(),
-            self.retention,
-            self.shutdown.clone(),
-        ));
-        self.state
+        let Self {
+            listener,
+            state,
+            server_limits,
+            retention,
+            shutdown,
+            mut tasks,
+        } = self;
+        tasks.spawn(
+            "idempotency key purge",
+            purge_idempotency_keys(state.db.clone(), retention, shutdown.clone()),
+        );
+        state
             .keys
-            .start(self.state.db.clone(), self.shutdown.clone());
-        self.state
-            .hub
-            .start(self.state.clone(), self.shutdown.clone());
-        tracing::info!(address = %self.listener.local_addr()?, "orderflow API listening");
+            .start(&mut tasks, state.db.clone(), shutdown.clone());
+        state.hub.start(&mut tasks, state.clone(), shutdown.clone());
+        tracing::info!(address = %listener.local_addr()?, "orderflow API listening");
         crate::serve::serve(
-            self.listener,
-            routes::router(self.state, self.server_limits),
-            self.shutdown,
+            listener,
+            routes::router(state, server_limits),
+            shutdown.clone(),
         )
         .await;
+        // The connections are closed; the background tasks stop on the same signal (the confirm
+        // writer once the last request's handle is gone).
+        tasks
+            .join(&shutdown, TASKS_GRACE)
+            .await
+            .context("an API task panicked")?;
         tracing::info!("API stopped");
         Ok(())
     }
 }
+
+/// How long a stopping API waits for its background tasks after its connections are closed.
+const TASKS_GRACE: Duration = Duration::from_secs(5);
 
 /// Deletes Idempotency-Keys past their retention, hourly.
 async fn purge_idempotency_keys(

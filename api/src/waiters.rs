@@ -12,6 +12,7 @@
 
 use crate::notifications;
 use orderflow_runtime::shutdown::CancellationToken;
+use orderflow_runtime::tasks::Tasks;
 use orderflow_storage::COMMAND_DONE_CHANNEL;
 use orderflow_storage::listen::Notice;
 use sqlx::PgPool;
@@ -36,7 +37,7 @@ pub struct Waiters {
 
 impl Waiters {
     /// Starts the listener task; it stops on `shutdown`, which also ends every wait.
-    pub fn start(db: PgPool, shutdown: CancellationToken) -> Self {
+    pub fn start(tasks: &mut Tasks, db: PgPool, shutdown: CancellationToken) -> Self {
         let waiters = Self {
             registry: Arc::default(),
             recheck: watch::Sender::new(0),
@@ -45,6 +46,7 @@ impl Waiters {
         };
         let (registry, recheck) = (waiters.registry.clone(), waiters.recheck.clone());
         notifications::spawn(
+            tasks,
             db,
             COMMAND_DONE_CHANNEL,
             shutdown,

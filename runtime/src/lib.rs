@@ -5,4 +5,5 @@ pub mod config;
 #[cfg(feature = "failpoints")]
 pub mod failpoints;
 pub mod shutdown;
+pub mod tasks;
 pub mod telemetry;

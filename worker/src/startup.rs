@@ -14,8 +14,8 @@ use orderflow_messaging::{self as amqp, Publisher, SharedConnection, Topology};
 use orderflow_runtime::config::CommonConfig;
 use orderflow_runtime::config::ExposeSecret;
 use orderflow_runtime::shutdown::CancellationToken;
+use orderflow_runtime::tasks::Tasks;
 use orderflow_storage::{self as db, SchemaError};
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -217,52 +217,49 @@ impl Worker {
 
     /// Runs every task until `shutdown` fires, then waits for each to finish what it holds.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let mut tasks = tokio::task::JoinSet::new();
-        // What each task is, to name those that do not stop in time.
-        let mut names: HashMap<tokio::task::Id, String> = HashMap::new();
+        let mut tasks = Tasks::new();
         for partition in 0..self.config.common.partitions {
-            let task = tasks.spawn(consumer::run(
-                self.context.clone(),
-                partition,
-                shutdown.clone(),
-            ));
-            names.insert(task.id(), format!("partition {partition} consumer"));
+            tasks.spawn(
+                format!("partition {partition} consumer"),
+                consumer::run(self.context.clone(), partition, shutdown.clone()),
+            );
         }
         let db = self.context.applier.db.clone();
         let (publisher, topology) = (self.relay_publisher.clone(), self.context.topology.clone());
         let stop = shutdown.clone();
-        let task = tasks
-            .spawn(async move { outbox::run_outbox_relay(db, &publisher, &topology, stop).await });
-        names.insert(task.id(), "outbox relay".into());
+        tasks.spawn("outbox relay", async move {
+            outbox::run_outbox_relay(db, &publisher, &topology, stop).await
+        });
         let db = self.context.applier.db.clone();
         let (publisher, topology) = (self.relay_publisher.clone(), self.context.topology.clone());
         let after = Duration::from_millis(self.config.republish_after_ms.max(100));
         let park_timeout = Duration::from_millis(self.config.park_timeout_ms);
         let stop = shutdown.clone();
-        let task = tasks.spawn(async move {
+        tasks.spawn("command relay", async move {
             outbox::run_command_relay(db, &publisher, &topology, after, park_timeout, stop).await
         });
-        names.insert(task.id(), "command relay".into());
         let (context, db, stop) = (
             self.context.clone(),
             self.context.applier.db.clone(),
             shutdown.clone(),
         );
-        let task = tasks.spawn(async move { context.monitor.run_heartbeat(db, stop).await });
-        names.insert(task.id(), "heartbeat".into());
+        tasks.spawn("heartbeat", async move {
+            context.monitor.run_heartbeat(db, stop).await
+        });
         let (context, db, stop) = (
             self.context.clone(),
             self.context.applier.db.clone(),
             shutdown.clone(),
         );
-        let task = tasks.spawn(async move {
+        tasks.spawn("partition sampler", async move {
             let (monitor, connection, topology) =
                 (&context.monitor, &context.connection, &context.topology);
             monitor.run_sampler(db, connection, topology, stop).await
         });
-        names.insert(task.id(), "partition sampler".into());
-        let task = tasks.spawn(metrics::serve(self.metrics_listener, shutdown.clone()));
-        names.insert(task.id(), "metrics listener".into());
+        tasks.spawn(
+            "metrics listener",
+            metrics::serve(self.metrics_listener, shutdown.clone()),
+        );
         tracing::info!(
             partitions = self.config.common.partitions,
             namespace = self.config.common.namespace,
@@ -270,48 +267,13 @@ impl Worker {
             metrics = %self.metrics_addr,
             "worker running"
         );
-        // Until shutdown, and then for at most the grace period: a task still busy after it
-        // (a call that never returns while a service restarts) is aborted. Nothing is lost by
-        // that: an unacked message is redelivered and its transaction either committed or not.
-        let mut deadline = None;
-        loop {
-            let joined = match deadline {
-                None => tokio::select! {
-                    joined = tasks.join_next_with_id() => joined,
-                    _ = shutdown.cancelled() => {
-                        deadline = Some(tokio::time::Instant::now() + SHUTDOWN_GRACE);
-                        continue;
-                    }
-                },
-                Some(deadline) => {
-                    match tokio::time::timeout_at(deadline, tasks.join_next_with_id()).await {
-                        Ok(joined) => joined,
-                        Err(_) => {
-                            let mut running: Vec<&str> =
-                                names.values().map(String::as_str).collect();
-                            running.sort_unstable();
-                            tracing::error!(
-                                ?running,
-                                grace = ?SHUTDOWN_GRACE,
-                                "worker tasks did not stop within the grace period; aborting them (their messages are redelivered)"
-                            );
-                            tasks.abort_all();
-                            while tasks.join_next().await.is_some() {}
-                            break;
-                        }
-                    }
-                }
-            };
-            match joined {
-                Some(Ok((id, ()))) => {
-                    names.remove(&id);
-                }
-                Some(Err(e)) => {
-                    return Err(anyhow::Error::from(e).context("a worker task panicked"));
-                }
-                None => break,
-            }
-        }
+        // Until shutdown, and then for at most the grace period: a task still busy after it is
+        // aborted. Nothing is lost by that: an unacked message is redelivered and its
+        // transaction either committed or not.
+        tasks
+            .join(&shutdown, SHUTDOWN_GRACE)
+            .await
+            .context("a worker task panicked")?;
         // The consumers are gone: say so now rather than leave `consuming` to go stale.
         let last = self.context.monitor.beat(&self.context.applier.db);
         match tokio::time::timeout(Duration::from_secs(5), last).await {

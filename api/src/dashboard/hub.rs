@@ -17,6 +17,7 @@ use super::partitions::{self, RateMemory};
 use super::stats::{Point, Sample, Window};
 use crate::state::AppState;
 use orderflow_runtime::shutdown::CancellationToken;
+use orderflow_runtime::tasks::Tasks;
 use orderflow_storage::listen::{Listener, Notice};
 use orderflow_storage::{self as db, dashboard};
 use serde::{Deserialize, Serialize};
@@ -96,9 +97,12 @@ impl Hub {
     }
 
     /// Starts listening and ticking until `shutdown`.
-    pub fn start(&self, state: AppState, shutdown: CancellationToken) {
-        tokio::spawn(listen(self.clone(), state.clone(), shutdown.clone()));
-        tokio::spawn(tick(self.clone(), state, shutdown));
+    pub fn start(&self, tasks: &mut Tasks, state: AppState, shutdown: CancellationToken) {
+        tasks.spawn(
+            "dashboard feed",
+            listen(self.clone(), state.clone(), shutdown.clone()),
+        );
+        tasks.spawn("dashboard ticks", tick(self.clone(), state, shutdown));
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Frame>> {
