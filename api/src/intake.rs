@@ -20,8 +20,8 @@ use axum::response::{IntoResponse, Response};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use orderflow_contract::CommandMessage;
 use orderflow_contract::CommandStatus;
-use orderflow_contract::IntakeRefusal;
 use orderflow_contract::partition::partition_of;
+use orderflow_contract::{IntakeRefusal, Reason};
 use orderflow_domain::{Command, CommandId, OrderId};
 use orderflow_messaging::{PublishError, json_properties, with_traceparent};
 use orderflow_runtime::telemetry;
@@ -400,15 +400,13 @@ async fn refuse(
             };
             tokio::time::sleep(delay).await;
             match commands::get_for_client_settled(&state.db, client.id, command_id).await {
-                Ok(Some(row)) => match settled_refusal(
-                    row.status,
-                    row.reason.as_deref(),
-                    row.published_at.is_some(),
-                ) {
-                    Some(refusal) => return Ok(refusal),
-                    // The refusal did not land: try it again.
-                    None => break,
-                },
+                Ok(Some(row)) => {
+                    match settled_refusal(row.status, row.reason, row.published_at.is_some()) {
+                        Some(refusal) => return Ok(refusal),
+                        // The refusal did not land: try it again.
+                        None => break,
+                    }
+                }
                 Ok(None) => return Err(sqlx::Error::RowNotFound),
                 Err(e) => error = e,
             }
@@ -420,14 +418,12 @@ async fn refuse(
 /// and unpublished (the refusal did not land and nothing took it up).
 fn settled_refusal(
     status: CommandStatus,
-    reason: Option<&str>,
+    reason: Option<Reason>,
     published: bool,
 ) -> Option<Refusal> {
-    match status {
-        CommandStatus::Rejected if IntakeRefusal::parse(reason).is_some() => {
-            Some(Refusal::Recorded)
-        }
-        CommandStatus::Accepted if !published => None,
+    match (status, reason) {
+        (CommandStatus::Rejected, Some(Reason::Refused(_))) => Some(Refusal::Recorded),
+        (CommandStatus::Accepted, _) if !published => None,
         _ => Some(Refusal::TakenUp),
     }
 }
@@ -448,7 +444,7 @@ async fn refuse_once(
     reason: IntakeRefusal,
 ) -> Result<bool, sqlx::Error> {
     let mut tx = state.db.begin().await?;
-    if !commands::refuse_unpublished(&mut *tx, command_id, reason.as_str()).await? {
+    if !commands::refuse_unpublished(&mut *tx, command_id, reason).await? {
         return Ok(false);
     }
     idempotency::release(&mut *tx, client.id, key, command_id).await?;
@@ -511,14 +507,14 @@ async fn replay(
     }
     // Refused commands release their key in the same transaction, so this is only reachable if
     // that transaction's outcome was unknown to its request; answer what the refusal meant.
-    match IntakeRefusal::parse(row.reason.as_deref()) {
-        Some(IntakeRefusal::QueueFull) => return Err(ApiError::QueueFull),
-        Some(_) => {
+    match row.reason {
+        Some(Reason::Refused(IntakeRefusal::QueueFull)) => return Err(ApiError::QueueFull),
+        Some(Reason::Refused(IntakeRefusal::BrokerUnavailable)) => {
             return Err(ApiError::Unavailable(anyhow::anyhow!(
                 "command {command_id} was refused by the broker"
             )));
         }
-        None => {}
+        _ => {}
     }
     Ok(Accepted {
         command_id: row.id,
@@ -532,11 +528,15 @@ async fn replay(
 mod tests {
     use super::*;
 
+    const QUEUE_FULL: Reason = Reason::Refused(IntakeRefusal::QueueFull);
+    const UNCONFIRMED: Reason = Reason::Refused(IntakeRefusal::BrokerUnavailable);
+    const NO_STOCK: Reason = Reason::Rejected(orderflow_domain::Rejection::InsufficientStock);
+
     #[test]
     fn a_refusal_that_landed_is_told_from_one_that_did_not_and_from_a_command_that_ran() {
         // Rejected as refused: the refusal committed.
         assert_eq!(
-            settled_refusal(CommandStatus::Rejected, Some("queue_full"), false),
+            settled_refusal(CommandStatus::Rejected, Some(QUEUE_FULL), false),
             Some(Refusal::Recorded)
         );
         // Still accepted and unpublished: the refusal rolled back; refuse again.
@@ -552,12 +552,12 @@ mod tests {
             Some(Refusal::TakenUp)
         );
         assert_eq!(
-            settled_refusal(CommandStatus::Rejected, Some("insufficient_stock"), true,),
+            settled_refusal(CommandStatus::Rejected, Some(NO_STOCK), true),
             Some(Refusal::TakenUp)
         );
         // Refused either way, it never runs: never a 202.
         assert_eq!(
-            settled_refusal(CommandStatus::Rejected, Some("broker_unavailable"), false,),
+            settled_refusal(CommandStatus::Rejected, Some(UNCONFIRMED), false),
             Some(Refusal::Recorded)
         );
     }

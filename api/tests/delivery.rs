@@ -345,13 +345,14 @@ async fn a_parked_follow_up_whose_create_never_comes_fails_visibly_and_is_dead_l
     publish(&app, &orphan).await;
     let failed = app.wait_final(&orphan.command_id.to_string()).await;
     assert_eq!(failed["status"], "failed", "{failed}");
-    let reason = failed["reason"].as_str().unwrap();
+    assert_eq!(failed["reason"], "parked_too_long", "{failed}");
+    let detail = failed["detail"].as_str().unwrap();
     assert!(
-        reason.contains("never arrived") && reason.contains(&order_id.to_string()),
-        "{reason}"
+        detail.contains("never arrived") && detail.contains(&order_id.to_string()),
+        "{detail}"
     );
     let dead = app.dead_letters(1).await;
-    assert_eq!(dead[0].1, reason);
+    assert_eq!(dead[0].1, detail);
     let body: CommandMessage = serde_json::from_slice(&dead[0].0).unwrap();
     assert_eq!(body.command_id, orphan.command_id);
     let recorded: i64 =
@@ -459,8 +460,9 @@ async fn a_command_that_breaks_an_invariant_fails_visibly_and_is_dead_lettered()
         .unwrap();
     let ship = app.run(&order, json!({"type": "ship"}), None).await;
     assert_eq!(ship["status"], "failed", "{ship}");
+    assert_eq!(ship["reason"], "invariant_violated", "{ship}");
     assert!(
-        ship["reason"]
+        ship["detail"]
             .as_str()
             .unwrap()
             .contains("less reserved stock"),
@@ -469,7 +471,7 @@ async fn a_command_that_breaks_an_invariant_fails_visibly_and_is_dead_lettered()
     let dead = app.dead_letters(1).await;
     let body: Value = serde_json::from_slice(&dead[0].0).unwrap();
     assert_eq!(body["command_id"], ship["command_id"]);
-    assert_eq!(dead[0].1, ship["reason"].as_str().unwrap());
+    assert_eq!(dead[0].1, ship["detail"].as_str().unwrap());
     // Nothing of the failed command was applied, and the order still takes commands.
     assert_eq!(app.order(&order).await["status"], "paid");
     assert_eq!(
@@ -826,12 +828,13 @@ async fn a_message_that_keeps_killing_its_worker_is_dead_lettered_and_its_comman
     app.start_worker().await;
     let done = app.wait_final(&command_id.to_string()).await;
     assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(done["reason"], "delivery_limit", "{done}");
     assert!(
-        done["reason"].as_str().unwrap().contains("6 times"),
+        done["detail"].as_str().unwrap().contains("6 times"),
         "{done}"
     );
     let dead = app.dead_letters(1).await;
-    assert_eq!(dead[0].1, done["reason"].as_str().unwrap());
+    assert_eq!(dead[0].1, done["detail"].as_str().unwrap());
     let orders: i64 = sqlx::query_scalar("select count(*) from orders")
         .fetch_one(&app.db)
         .await
@@ -866,8 +869,9 @@ async fn a_broken_earlier_command_is_failed_itself_and_the_later_one_still_runs(
     );
     let failed = app.wait_final(&ship.command_id.to_string()).await;
     assert_eq!(failed["status"], "failed");
+    assert_eq!(failed["reason"], "invariant_violated", "{failed}");
     assert!(
-        failed["reason"]
+        failed["detail"]
             .as_str()
             .unwrap()
             .contains("less reserved stock"),
@@ -876,6 +880,6 @@ async fn a_broken_earlier_command_is_failed_itself_and_the_later_one_still_runs(
     // The ship's own late message ends in the dead-letter queue with the reason it failed for.
     publish(&app, &ship).await;
     let dead = app.dead_letters(1).await;
-    assert_eq!(dead[0].1, failed["reason"].as_str().unwrap());
+    assert_eq!(dead[0].1, failed["detail"].as_str().unwrap());
     assert_eq!(app.order(&order).await["status"], "paid");
 }

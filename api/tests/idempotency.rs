@@ -5,6 +5,7 @@
 mod common;
 
 use common::TestApp;
+use orderflow_contract::IntakeRefusal;
 use orderflow_contract::partition::partition_of;
 use orderflow_domain::{ClientId, CommandId, CommandKind, OrderId};
 use orderflow_storage::commands::{self, NewCommand, Source};
@@ -237,7 +238,7 @@ async fn a_key_left_on_a_refused_command_replays_the_refusal_not_a_202() {
     let body = order_body();
     let (command_id, _) = record_in_flight(&app, "refused", &body).await;
     assert!(
-        commands::refuse_unpublished(&app.db, command_id, "queue_full")
+        commands::refuse_unpublished(&app.db, command_id, IntakeRefusal::QueueFull)
             .await
             .unwrap()
     );

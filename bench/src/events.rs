@@ -7,11 +7,11 @@ use anyhow::Context as _;
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use serde_json::Value;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// One status event as received: command, order, seq and status.
+/// What the checker reads of a status event ([`orderflow_contract::StatusEvent`]): command,
+/// order, seq and status.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StatusEvent {
     pub command_id: uuid::Uuid,
@@ -22,12 +22,12 @@ pub struct StatusEvent {
 
 impl StatusEvent {
     pub fn parse(body: &[u8]) -> Option<Self> {
-        let v: Value = serde_json::from_slice(body).ok()?;
+        let event = orderflow_contract::StatusEvent::parse(body).ok()?;
         Some(Self {
-            command_id: v["command_id"].as_str()?.parse().ok()?,
-            order_id: v["order_id"].as_str()?.parse().ok()?,
-            seq: v["seq"].as_i64()?,
-            status: v["status"].as_str()?.to_owned(),
+            command_id: event.command_id.0,
+            order_id: event.order_id.0,
+            seq: event.seq,
+            status: event.status.as_str().to_owned(),
         })
     }
 }

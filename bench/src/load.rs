@@ -4,6 +4,7 @@
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
+use orderflow_contract::Reason;
 use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -26,8 +27,8 @@ impl CommandRow {
     pub fn refused(&self) -> bool {
         self.status == "rejected"
             && matches!(
-                self.reason.as_deref(),
-                Some("queue_full" | "broker_unavailable")
+                self.reason.as_deref().map(Reason::parse),
+                Some(Reason::Refused(_))
             )
     }
 }

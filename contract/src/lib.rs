@@ -5,7 +5,11 @@
 
 mod message;
 pub mod partition;
+mod reason;
 mod status;
+mod status_event;
 
 pub use message::*;
+pub use reason::{FailureCode, Reason};
 pub use status::{CommandStatus, IntakeRefusal};
+pub use status_event::{STATUS_EVENT_VERSION, StatusEvent};

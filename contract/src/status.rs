@@ -57,29 +57,4 @@ impl IntakeRefusal {
             IntakeRefusal::BrokerUnavailable => "broker_unavailable",
         }
     }
-
-    /// The refusal a stored reason names, if it names one.
-    pub fn parse(reason: Option<&str>) -> Option<Self> {
-        Self::ALL.into_iter().find(|r| reason == Some(r.as_str()))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use orderflow_domain::Rejection;
-
-    #[test]
-    fn intake_refusals_never_share_a_code_with_a_rejection() {
-        for refusal in IntakeRefusal::ALL {
-            assert!(
-                Rejection::ALL
-                    .iter()
-                    .all(|r| r.as_str() != refusal.as_str())
-            );
-            assert_eq!(IntakeRefusal::parse(Some(refusal.as_str())), Some(refusal));
-        }
-        assert_eq!(IntakeRefusal::parse(Some("version_conflict")), None);
-        assert_eq!(IntakeRefusal::parse(None), None);
-    }
 }

@@ -1,9 +1,10 @@
 //! Commands and the per-order streams that sequence them. The `commands` table is also the
 //! worker's inbox: a command whose status is final has been dealt with.
 
-use super::outbox::StatusEvent;
 use chrono::{DateTime, Utc};
-use orderflow_contract::{CONTRACT_VERSION, CommandMessage, CommandStatus};
+use orderflow_contract::{
+    CONTRACT_VERSION, CommandMessage, CommandStatus, IntakeRefusal, Reason, StatusEvent,
+};
 use orderflow_domain::{ClientId, CommandId, CommandKind, OrderId};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgExecutor};
@@ -52,7 +53,10 @@ pub struct CommandRow {
     pub body: serde_json::Value,
     pub expected_version: Option<i64>,
     pub status: CommandStatus,
-    pub reason: Option<String>,
+    /// Why it was rejected or failed.
+    pub reason: Option<Reason>,
+    /// For people: what went wrong, when it failed.
+    pub detail: Option<String>,
     pub result_version: Option<i64>,
     pub partition: i32,
     pub accepted_at: DateTime<Utc>,
@@ -88,7 +92,8 @@ macro_rules! command_row {
             body: $r.body,
             expected_version: $r.expected_version,
             status: CommandStatus::parse(&$r.status),
-            reason: $r.reason,
+            reason: $r.reason.as_deref().map(Reason::parse),
+            detail: $r.detail,
             result_version: $r.result_version,
             partition: $r.partition,
             accepted_at: $r.accepted_at,
@@ -509,7 +514,7 @@ pub async fn mark_published(
 pub async fn refuse_unpublished(
     db: impl PgExecutor<'_>,
     id: CommandId,
-    reason: &str,
+    reason: IntakeRefusal,
 ) -> sqlx::Result<bool> {
     let done = sqlx::query_scalar!(
         "with refused as (
@@ -519,7 +524,7 @@ pub async fn refuse_unpublished(
          )
          select count(pg_notify($3, id::text)) as \"refused!\" from refused",
         id.0,
-        reason,
+        reason.as_str(),
         super::COMMAND_DONE_CHANNEL
     )
     .fetch_one(db)
@@ -596,27 +601,25 @@ pub struct Delivered {
     pub attempt: i32,
 }
 
-/// Ends a command: applied, rejected (with its reason) or failed (with why), and queues its
-/// status event in the outbox. Wakes long-polls and the outbox relay (at commit). A message in
-/// hand was published: its arrival stands in for a confirm the API could not record (see
-/// [`mark_published`]). `delivered` is `None` for a command finished without its own message in
-/// hand (applied ahead of a late message, or failed while another message was being applied).
+/// Ends a command as its status event says: applied, rejected (with its reason) or failed
+/// (with its reason and detail), and queues that event in the outbox. Wakes long-polls and the
+/// outbox relay (at commit). A message in hand was published: its arrival stands in for a
+/// confirm the API could not record (see [`mark_published`]). `delivered` is `None` for a
+/// command finished without its own message in hand (applied ahead of a late message, or failed
+/// while another message was being applied).
 pub async fn finish(
     conn: &mut PgConnection,
-    id: CommandId,
-    status: CommandStatus,
-    reason: Option<&str>,
-    result_version: Option<i64>,
+    event: &StatusEvent,
     delivered: Option<Delivered>,
-    event: StatusEvent<'_>,
 ) -> sqlx::Result<()> {
+    let status = event.status;
     debug_assert!(status.is_final());
     // clock_timestamp(), not now(): now() is the transaction's start, which would make every
     // apply look instantaneous on the timeline. The update, the outbox row and both
     // notifications are one statement (one round trip).
     sqlx::query!(
         r#"with finished as (
-             update commands set status = $2, reason = $3, result_version = $4,
+             update commands set status = $2, reason = $3, detail = $11, result_version = $4,
                                  finished_at = clock_timestamp(), delivered_at = $5, attempt = $6,
                                  published_at = coalesce(published_at, $5)
              where id = $1
@@ -626,16 +629,20 @@ pub async fn finish(
              select order_id, $8, $9 from finished)
          select count(pg_notify($7, id::text)) + count(pg_notify($10, '')) as "notified!"
            from finished"#,
-        id.0,
+        event.command_id.0,
         status.as_str(),
-        reason.map(|r| super::storable_text(r, super::MAX_STORED_TEXT_BYTES)),
-        result_version,
+        event.reason.map(Reason::as_str),
+        event.version,
         delivered.map(|d| d.at),
         delivered.map(|d| d.attempt.max(1)),
         super::COMMAND_DONE_CHANNEL,
-        event.routing_key,
-        event.payload,
-        super::OUTBOX_CHANNEL
+        event.routing_key(),
+        event.to_json(),
+        super::OUTBOX_CHANNEL,
+        event
+            .detail
+            .as_deref()
+            .map(|d| super::storable_text(d, super::MAX_STORED_TEXT_BYTES))
     )
     .fetch_one(conn)
     .await?;

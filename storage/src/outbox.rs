@@ -14,13 +14,6 @@ pub struct OutboxRow {
     pub payload: serde_json::Value,
 }
 
-/// A status event for the events exchange, queued in the outbox by the statement that finishes
-/// its command ([`super::commands::finish`]), which also wakes the relay (at commit).
-pub struct StatusEvent<'a> {
-    pub routing_key: &'a str,
-    pub payload: &'a serde_json::Value,
-}
-
 /// Takes the oldest rows for relaying, waiting for any other relay's transaction to end first,
 /// so that two relays never interleave (and per-order order holds across processes).
 pub async fn lock_batch(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<OutboxRow>> {

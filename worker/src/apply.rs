@@ -14,21 +14,21 @@
 //! What a transaction finished is counted in the metrics after it commits, never before.
 
 use crate::error::{ApplyError, Failure};
-use crate::metrics::{self, FinishedCommand, NO_REASON};
+use crate::metrics::{self, FinishedCommand};
 use crate::payment::PaymentGateway;
 use crate::{direct, effects};
 use chrono::{SubsecRound, Utc};
-use orderflow_contract::CommandStatus;
 use orderflow_contract::partition::partition_of;
-use orderflow_contract::{CommandMessage, ContractError};
+use orderflow_contract::{
+    CommandMessage, CommandStatus, ContractError, FailureCode, Reason, STATUS_EVENT_VERSION,
+    StatusEvent,
+};
 use orderflow_domain::{
     Command, CommandId, CommandKind, Event, Order, Rejection, decide, order::evolve,
 };
 use orderflow_storage::commands::{self, CommandRow, Delivered};
 use orderflow_storage::observability::{self, NewDeadLetter};
-use orderflow_storage::outbox::StatusEvent;
 use orderflow_storage::{inventory, orders};
-use serde_json::json;
 use sqlx::{Acquire, PgConnection, PgPool};
 use std::sync::Arc;
 use std::time::Instant;
@@ -243,7 +243,7 @@ impl Applier {
         let expected_partition = partition_of(message.order_id, self.partitions);
         if expected_partition != partition {
             return Err(Failure::new(
-                "wrong_partition",
+                FailureCode::WrongPartition,
                 format!(
                     "routed to partition {partition}, but order {} belongs to partition {expected_partition}",
                     message.order_id
@@ -267,7 +267,7 @@ impl Applier {
             Some(row) => {
                 if !same_command(&row, message) {
                     return Ok(Outcome::Poison(Failure::new(
-                        "command_id_reused",
+                        FailureCode::CommandIdReused,
                         format!(
                             "command_id {} was already used for a different command",
                             row.id
@@ -289,10 +289,10 @@ impl Applier {
             return Ok(Outcome::Finished(status));
         }
         if row.status == CommandStatus::Failed {
-            let reason = row.reason.unwrap_or_default();
+            let detail = row.detail.unwrap_or_default();
             return Ok(Outcome::AlreadyFailed(Failure::new(
-                "already_failed",
-                reason,
+                FailureCode::AlreadyFailed,
+                detail,
             )));
         }
         if row.status.is_final() {
@@ -440,7 +440,7 @@ impl Applier {
         let command: Command = serde_json::from_value(row.body.clone()).map_err(|e| {
             ApplyError::broken(
                 row.id,
-                "unreadable_command",
+                FailureCode::UnreadableCommand,
                 format!("stored command does not parse: {e}"),
             )
         })?;
@@ -459,8 +459,10 @@ impl Applier {
                 let reason = rejection.as_str();
                 tracing::info!(command_id = %row.id, order_id = %row.order_id, reason, "command rejected");
                 let status = CommandStatus::Rejected;
-                finish(tx, row, status, Some(reason), version, None, delivered).await?;
-                tally.finished.push(finished(row, status, reason));
+                finish(tx, row, Ending::Rejected { rejection, version }, delivered).await?;
+                tally
+                    .finished
+                    .push(finished(row, status, Some(Reason::Rejected(rejection))));
                 return Ok(status);
             }
         };
@@ -469,9 +471,12 @@ impl Applier {
         let order = evolve(order, row.order_id, row.client_id, &event, at);
         orders::record_event(&mut *tx, &order, row.id, &event, at).await?;
         let status = CommandStatus::Applied;
-        let version = Some(order.version);
-        finish(tx, row, status, None, version, Some(&event), delivered).await?;
-        tally.finished.push(finished(row, status, NO_REASON));
+        let ending = Ending::Applied {
+            version: order.version,
+            event: &event,
+        };
+        finish(tx, row, ending, delivered).await?;
+        tally.finished.push(finished(row, status, None));
         tracing::debug!(command_id = %row.id, order_id = %row.order_id, version = order.version, "command applied");
         Ok(status)
     }
@@ -536,26 +541,21 @@ async fn fail_in(
     let processed = commands::lock_stream(tx, row.order_id).await?.processed_seq;
     let status = CommandStatus::Failed;
     let delivered = own.and_then(|own| own.delivered);
-    finish(
-        tx,
-        &row,
-        status,
-        Some(&failure.reason),
-        None,
-        None,
-        delivered,
-    )
-    .await?;
+    finish(tx, &row, Ending::Failed(failure), delivered).await?;
     if processed == row.seq - 1 {
         commands::set_processed(tx, row.order_id, row.seq).await?;
     }
-    Ok(Some(finished(&row, status, failure.code)))
+    Ok(Some(finished(
+        &row,
+        status,
+        Some(Reason::Failed(failure.code)),
+    )))
 }
 
 pub(crate) fn finished(
     row: &CommandRow,
     status: CommandStatus,
-    reason: &'static str,
+    reason: Option<Reason>,
 ) -> FinishedCommand {
     FinishedCommand {
         kind: row.kind,
@@ -566,11 +566,11 @@ pub(crate) fn finished(
 }
 
 /// The metric label of a message that is not a valid command.
-fn contract_code(error: &ContractError) -> &'static str {
+fn contract_code(error: &ContractError) -> FailureCode {
     match error {
-        ContractError::TooLarge(_) => "too_large",
-        ContractError::Version(_) => "unsupported_version",
-        ContractError::Malformed(_) | ContractError::NegativeVersion => "malformed",
+        ContractError::TooLarge(_) => FailureCode::TooLarge,
+        ContractError::Version(_) => FailureCode::UnsupportedVersion,
+        ContractError::Malformed(_) | ContractError::NegativeVersion => FailureCode::Malformed,
     }
 }
 
@@ -582,34 +582,64 @@ fn same_command(row: &CommandRow, message: &CommandMessage) -> bool {
         && serde_json::to_value(&message.command).ok().as_ref() == Some(&row.body)
 }
 
+/// How a command ended, for [`finish`].
+pub(crate) enum Ending<'a> {
+    Applied {
+        version: i64,
+        event: &'a Event,
+    },
+    Rejected {
+        rejection: Rejection,
+        version: Option<i64>,
+    },
+    Failed(&'a Failure),
+}
+
 /// Records a command's final status and its status event for the outbox.
 pub(crate) async fn finish(
     conn: &mut PgConnection,
     row: &CommandRow,
-    status: CommandStatus,
-    reason: Option<&str>,
-    version: Option<i64>,
-    event: Option<&Event>,
+    ending: Ending<'_>,
     delivered: Option<Delivered>,
 ) -> Result<(), sqlx::Error> {
-    let payload = json!({
-        "command_id": row.id,
-        "order_id": row.order_id,
-        "client_id": row.client_id,
-        "seq": row.seq,
-        "type": row.kind,
-        "status": status,
-        "reason": reason,
-        "version": version,
-        "event": event,
-        "at": Utc::now(),
-    });
-    let routing_key = format!("command.{}.{}", status.as_str(), row.kind.as_str());
-    let event = StatusEvent {
-        routing_key: &routing_key,
-        payload: &payload,
+    let (status, reason, detail, version, event) = match ending {
+        Ending::Applied { version, event } => (
+            CommandStatus::Applied,
+            None,
+            None,
+            Some(version),
+            Some(event.clone()),
+        ),
+        Ending::Rejected { rejection, version } => (
+            CommandStatus::Rejected,
+            Some(Reason::Rejected(rejection)),
+            None,
+            version,
+            None,
+        ),
+        Ending::Failed(failure) => (
+            CommandStatus::Failed,
+            Some(Reason::Failed(failure.code)),
+            Some(failure.detail.clone()),
+            None,
+            None,
+        ),
     };
-    commands::finish(conn, row.id, status, reason, version, delivered, event).await
+    let event = StatusEvent {
+        schema_version: STATUS_EVENT_VERSION,
+        command_id: row.id,
+        order_id: row.order_id,
+        client_id: row.client_id,
+        seq: row.seq,
+        kind: row.kind,
+        status,
+        reason,
+        detail,
+        version,
+        event,
+        at: Utc::now(),
+    };
+    commands::finish(conn, &event, delivered).await
 }
 
 /// Deliberate breakage, for proving that the race audit can fail: the failpoint

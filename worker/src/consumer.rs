@@ -18,7 +18,7 @@ use lapin::{
     options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions},
     types::{AMQPValue, FieldTable},
 };
-use orderflow_contract::CommandMessage;
+use orderflow_contract::{CommandMessage, FailureCode};
 use orderflow_domain::CommandId;
 use orderflow_messaging::{
     Outgoing, Publisher, REASON_HEADER, SharedConnection, Topology, header_str, json_properties,
@@ -342,7 +342,7 @@ async fn process(
     let verdict = match (message, attempts) {
         (Some(m), Some(attempts)) if i64::from(attempts) > ctx.poison_after_deliveries => {
             let failure = Failure::new(
-                "delivery_limit",
+                FailureCode::DeliveryLimit,
                 format!(
                     "a worker started applying this message {attempts} times without finishing (it crashed or lost its connection each time)"
                 ),
@@ -350,7 +350,7 @@ async fn process(
             let own = OwnMessage {
                 message: Some(m),
                 delivered: info.delivered,
-                dead_letter: NewDeadLetter::from_body(partition, &failure.reason, &delivery.data),
+                dead_letter: NewDeadLetter::from_body(partition, &failure.detail, &delivery.data),
             };
             let recorded = fail_own(ctx, partition, m.command_id, &failure, &own).await?;
             Verdict::DeadLetter { failure, recorded }
@@ -360,7 +360,7 @@ async fn process(
     if let Verdict::DeadLetter { failure, recorded } = verdict {
         let mut unrecorded = None;
         if !recorded {
-            let letter = NewDeadLetter::from_body(partition, &failure.reason, &delivery.data);
+            let letter = NewDeadLetter::from_body(partition, &failure.detail, &delivery.data);
             match observability::insert_dead_letter(&ctx.applier.db, &letter).await {
                 Ok(_) => {}
                 // PostgreSQL is out of reach: nothing can be applied anyway; it comes back.
@@ -368,18 +368,18 @@ async fn process(
                 // Refused for good: the broker's dead letter is then the only record, with the
                 // reason and why it is not in the table in its headers. The partition goes on.
                 Err(e) => {
-                    tracing::error!(error = %e, reason = failure.reason,
+                    tracing::error!(error = %e, reason = failure.detail,
                         "the dead letter's record was refused; dead-lettering through the broker only");
                     metrics::dead_letter_unrecorded();
                     unrecorded = Some(e.to_string());
                 }
             }
         }
-        dead_letter(ctx, delivery, &failure.reason, unrecorded.as_deref()).await?;
+        dead_letter(ctx, delivery, &failure.detail, unrecorded.as_deref()).await?;
         metrics::dead_lettered(failure.code);
         tracing::warn!(
-            reason = failure.reason,
-            code = failure.code,
+            reason = failure.detail,
+            code = failure.code.as_str(),
             "message dead-lettered"
         );
     }
@@ -430,7 +430,7 @@ async fn apply(
                         delivered: info.delivered,
                         dead_letter: NewDeadLetter::from_body(
                             partition,
-                            &failure.reason,
+                            &failure.detail,
                             &delivery.data,
                         ),
                     };
@@ -442,14 +442,14 @@ async fn apply(
                 if ctx.applier.fail(command_id, &failure, None).await? {
                     ctx.monitor.finished(partition, 1);
                 }
-                tracing::warn!(%command_id, reason = failure.reason, "an earlier command of the order failed");
+                tracing::warn!(%command_id, reason = failure.detail, "an earlier command of the order failed");
             }
             Err(ApplyError::Db(e)) if is_data_refused(&e) => {
                 // PostgreSQL refuses what this message would store (a value it cannot hold, a
                 // constraint): it would every time. Its command fails (if it was recorded) and the
                 // message is dead-lettered, so the partition goes on.
                 let failure = Failure::new(
-                    "storage_refused",
+                    FailureCode::StorageRefused,
                     format!("PostgreSQL refused to store this message's command: {e}"),
                 );
                 let Some(m) = message else {
@@ -463,7 +463,7 @@ async fn apply(
                     delivered: info.delivered,
                     dead_letter: NewDeadLetter::from_body(
                         partition,
-                        &failure.reason,
+                        &failure.detail,
                         &delivery.data,
                     ),
                 };
@@ -529,7 +529,7 @@ async fn fail_own(
         }
         Err(e) if is_transient(&e) => Err(e.into()),
         Err(e) => {
-            tracing::error!(%command_id, error = %e, reason = failure.reason,
+            tracing::error!(%command_id, error = %e, reason = failure.detail,
                 "failing the command was refused; dead-lettering its message without it");
             Ok(false)
         }

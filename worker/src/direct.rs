@@ -6,7 +6,7 @@
 
 use crate::apply::Delivery;
 use crate::error::{ApplyError, Failure};
-use orderflow_contract::CommandMessage;
+use orderflow_contract::{CommandMessage, FailureCode};
 use orderflow_domain::Command;
 use orderflow_storage::clients;
 use orderflow_storage::commands::{self, CommandRow, NewCommand, Source};
@@ -22,7 +22,7 @@ pub(crate) async fn record(
 ) -> Result<Result<CommandRow, Failure>, ApplyError> {
     if !clients::exists(&mut *tx, message.client_id).await? {
         let reason = format!("unknown client {}", message.client_id);
-        return Ok(Err(Failure::new("unknown_client", reason)));
+        return Ok(Err(Failure::new(FailureCode::UnknownClient, reason)));
     }
     let is_create = matches!(message.command, Command::Create { .. });
     let seq = if is_create
@@ -39,7 +39,7 @@ pub(crate) async fn record(
             match commands::stream_owner(&mut *tx, order_id).await? {
                 Some(_) => {
                     let reason = format!("order {order_id} belongs to another client");
-                    return Ok(Err(Failure::new("foreign_order", reason)));
+                    return Ok(Err(Failure::new(FailureCode::ForeignOrder, reason)));
                 }
                 // A follow-up ahead of its create (the broker reordered them after a worker
                 // died): seq 1 waits for the create, and this command is parked behind it.
@@ -51,7 +51,7 @@ pub(crate) async fn record(
                 }
                 None => {
                     let reason = format!("unknown order {order_id}");
-                    return Ok(Err(Failure::new("unknown_order", reason)));
+                    return Ok(Err(Failure::new(FailureCode::UnknownOrder, reason)));
                 }
             }
         }

@@ -4,6 +4,7 @@
 
 use crate::error::ApplyError;
 use crate::payment::{Charge, GatewayError, PaymentGateway};
+use orderflow_contract::FailureCode;
 use orderflow_domain::event::StockLine;
 use orderflow_domain::{Event, Order, Rejection, Sku};
 use orderflow_storage::commands::CommandRow;
@@ -81,7 +82,7 @@ pub async fn perform(
                     Err(GatewayError::Declined) => {
                         return Err(ApplyError::broken(
                             row.id,
-                            "refund_refused",
+                            FailureCode::RefundRefused,
                             "the gateway refused a refund",
                         ));
                     }
@@ -100,7 +101,7 @@ pub async fn perform(
 fn missing_reservation(row: &CommandRow, sku: &Sku) -> ApplyError {
     ApplyError::broken(
         row.id,
-        "invariant_violated",
+        FailureCode::InvariantViolated,
         format!("sku {sku} has less reserved stock than this order reserved"),
     )
 }

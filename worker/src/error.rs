@@ -10,6 +10,7 @@
 //! Each permanent failure carries a short stable code (the `reason` label of the metrics) besides
 //! the sentence people read.
 
+use orderflow_contract::FailureCode;
 use orderflow_domain::CommandId;
 use orderflow_storage::{ErrorClass, MAX_STORED_TEXT_BYTES, classify, storable_text};
 
@@ -27,30 +28,30 @@ pub enum ApplyError {
 
 /// Why a command failed or a message is dead-lettered.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{reason}")]
+#[error("{detail}")]
 pub struct Failure {
-    /// Short, stable, from a small set: safe as a metric label.
-    pub code: &'static str,
-    /// The sentence for people: the command's `reason`, the dead-letter header and record.
-    pub reason: String,
+    /// The code: the command's `reason`, the `reason` label of the metrics.
+    pub code: FailureCode,
+    /// The sentence for people: the command's `detail`, the dead-letter header and record.
+    pub detail: String,
 }
 
 impl Failure {
-    /// The reason is made storable (see `storable_text`): it often quotes the message it is
+    /// The detail is made storable (see `storable_text`): it often quotes the message it is
     /// about, and a NUL or an endless text from a message must not make its own record fail.
-    pub fn new(code: &'static str, reason: impl AsRef<str>) -> Self {
+    pub fn new(code: FailureCode, detail: impl AsRef<str>) -> Self {
         Self {
             code,
-            reason: storable_text(reason.as_ref(), MAX_STORED_TEXT_BYTES),
+            detail: storable_text(detail.as_ref(), MAX_STORED_TEXT_BYTES),
         }
     }
 }
 
 impl ApplyError {
-    pub fn broken(command_id: CommandId, code: &'static str, reason: impl AsRef<str>) -> Self {
+    pub fn broken(command_id: CommandId, code: FailureCode, detail: impl AsRef<str>) -> Self {
         ApplyError::Broken {
             command_id,
-            failure: Failure::new(code, reason),
+            failure: Failure::new(code, detail),
         }
     }
 
@@ -79,9 +80,11 @@ impl ApplyError {
     /// Attributes a permanent failure to the command being applied.
     pub fn blame(self, command_id: CommandId) -> Self {
         match self {
-            ApplyError::Db(e) if !retried(classify(&e)) => {
-                ApplyError::broken(command_id, "database_error", format!("database error: {e}"))
-            }
+            ApplyError::Db(e) if !retried(classify(&e)) => ApplyError::broken(
+                command_id,
+                FailureCode::DatabaseError,
+                format!("database error: {e}"),
+            ),
             other => other,
         }
     }
@@ -101,7 +104,7 @@ mod tests {
             ApplyError::Db(sqlx::Error::PoolTimedOut).retry_cause(),
             "connection"
         );
-        let broken = ApplyError::broken(CommandId::new(), "x", "y");
+        let broken = ApplyError::broken(CommandId::new(), FailureCode::Malformed, "y");
         assert_eq!(broken.retry_cause(), "other");
         assert!(!broken.is_transient());
     }

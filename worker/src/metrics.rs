@@ -10,7 +10,9 @@ use axum::routing::get;
 use chrono::{DateTime, Utc};
 use metrics::{Counter, Gauge, counter, gauge, histogram};
 use orderflow_contract::CommandStatus;
+use orderflow_contract::{FailureCode, Reason};
 use orderflow_domain::CommandKind;
+use orderflow_domain::Rejection;
 use orderflow_runtime::shutdown::CancellationToken;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -69,8 +71,8 @@ pub const NO_REASON: &str = "none";
 pub struct FinishedCommand {
     pub kind: CommandKind,
     pub status: CommandStatus,
-    /// The rejection or failure code, [`NO_REASON`] when applied.
-    pub reason: &'static str,
+    /// Why it was rejected or failed; `None` when applied.
+    pub reason: Option<Reason>,
     pub accepted_at: DateTime<Utc>,
 }
 
@@ -78,9 +80,10 @@ impl FinishedCommand {
     /// Counts the command and observes its time from acceptance to now.
     pub fn record(&self) {
         let status = self.status.as_str();
-        counter!(COMMANDS_FINISHED, "type" => self.kind.as_str(), "status" => status, "reason" => self.reason)
+        let reason = self.reason.map_or(NO_REASON, Reason::as_str);
+        counter!(COMMANDS_FINISHED, "type" => self.kind.as_str(), "status" => status, "reason" => reason)
             .increment(1);
-        if self.reason == "version_conflict" {
+        if self.reason == Some(Reason::Rejected(Rejection::VersionConflict)) {
             counter!(VERSION_CONFLICTS).increment(1);
         }
         let waited = (Utc::now() - self.accepted_at).to_std().unwrap_or_default();
@@ -117,8 +120,8 @@ pub fn republished(why: &'static str, count: usize) {
     counter!(REPUBLISHED, "why" => why).increment(count as u64);
 }
 
-pub fn dead_lettered(code: &'static str) {
-    counter!(DEAD_LETTERS, "reason" => code).increment(1);
+pub fn dead_lettered(code: FailureCode) {
+    counter!(DEAD_LETTERS, "reason" => code.as_str()).increment(1);
 }
 
 /// A message dead-lettered through the broker only: PostgreSQL refused its `dead_letters` row

@@ -7,10 +7,12 @@
 //! command (`traceparent` header): events carry their command's.
 
 use crate::metrics;
+use orderflow_contract::StatusEvent;
 use orderflow_messaging::{Outgoing, Publisher, Topology, json_properties, with_traceparent};
 use orderflow_runtime::shutdown::CancellationToken;
 use orderflow_storage::listen::{Listener, Notice};
 use orderflow_storage::{self as db, commands, observability, outbox};
+use serde::Deserialize;
 use sqlx::{PgConnection, PgPool};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -81,7 +83,11 @@ pub async fn relay_batch(
         .collect();
     let command_ids: Vec<Option<Uuid>> = rows
         .iter()
-        .map(|r| r.payload.get("command_id")?.as_str()?.parse().ok())
+        .map(|r| {
+            StatusEvent::deserialize(&r.payload)
+                .ok()
+                .map(|e| e.command_id.0)
+        })
         .collect();
     let traces = traceparents(&mut tx, command_ids.iter().flatten().copied().collect()).await?;
     let messages: Vec<Outgoing> = rows

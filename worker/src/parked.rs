@@ -4,12 +4,13 @@
 //! taken to be lost or never sent: the parked command is dead-lettered with the reason, then
 //! failed, with its status event, in one transaction.
 
-use crate::apply::{finish, finished};
+use crate::apply::{Ending, finish, finished};
 use crate::consumer::dead_letter_properties;
+use crate::error::Failure;
 use crate::metrics;
 use crate::outbox::BATCH;
 use lapin::types::FieldTable;
-use orderflow_contract::CommandStatus;
+use orderflow_contract::{CommandStatus, FailureCode, Reason};
 use orderflow_messaging::{Outgoing, Publisher, Topology};
 use orderflow_storage::commands;
 use orderflow_storage::observability::{self, NewDeadLetter};
@@ -67,16 +68,17 @@ pub async fn fail_expired(
         if result.is_err() {
             continue;
         }
-        let status = CommandStatus::Failed;
-        finish(&mut tx, row, status, Some(reason), None, None, None).await?;
+        let failure = Failure::new(FailureCode::ParkedTooLong, reason);
+        finish(&mut tx, row, Ending::Failed(&failure), None).await?;
         let letter = NewDeadLetter::from_body(row.partition as u16, reason, body);
         observability::insert_dead_letter(&mut *tx, &letter).await?;
-        failed.push(finished(row, status, "parked_too_long"));
+        let reason = Reason::Failed(FailureCode::ParkedTooLong);
+        failed.push(finished(row, CommandStatus::Failed, Some(reason)));
     }
     tx.commit().await?;
     for command in &failed {
         command.record();
-        metrics::dead_lettered("parked_too_long");
+        metrics::dead_lettered(FailureCode::ParkedTooLong);
     }
     if !failed.is_empty() {
         tracing::warn!(

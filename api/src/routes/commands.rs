@@ -7,7 +7,7 @@ use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
 use chrono::{DateTime, Utc};
-use orderflow_contract::CommandStatus;
+use orderflow_contract::{CommandStatus, Reason};
 #[allow(unused_imports)] // `Command` names the schema of `CommandView::command`
 use orderflow_domain::{Command, CommandId, CommandKind, OrderId};
 use orderflow_storage::commands::{self, CommandRow};
@@ -107,8 +107,12 @@ pub struct CommandView {
     pub seq: i64,
     /// `accepted`, then one of `applied`, `rejected`, `failed`.
     pub status: CommandStatus,
-    /// Why it was rejected or failed.
-    pub reason: Option<String>,
+    /// Why it was rejected or failed: a code (see the README's list of reasons).
+    #[schema(value_type = Option<String>, pattern = "^[a-z][a-z_]*$")]
+    pub reason: Option<Reason>,
+    /// What went wrong, for people, when it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
     /// The order version it produced (applied) or found (rejected).
     pub version: Option<i64>,
     pub expected_version: Option<i64>,
@@ -133,6 +137,7 @@ impl From<CommandRow> for CommandView {
             seq: row.seq,
             status: row.status,
             reason: row.reason,
+            detail: row.detail,
             version: row.result_version,
             expected_version: row.expected_version,
             partition: row.partition,

@@ -3,6 +3,7 @@
 //! polled with a deadline; errors while PostgreSQL itself comes back count as "not yet".
 
 use chrono::{DateTime, Utc};
+use orderflow_contract::IntakeRefusal;
 use sqlx::PgPool;
 use std::time::{Duration, Instant};
 
@@ -20,9 +21,10 @@ pub async fn measure(db: &PgPool, healed: Instant, healed_at: DateTime<Utc>) -> 
         let applied = sqlx::query_scalar::<_, bool>(
             "select exists (select 1 from commands
                             where finished_at > $1
-                              and coalesce(reason, '') not in ('queue_full', 'broker_unavailable'))",
+                              and coalesce(reason, '') <> all($2))",
         )
         .bind(healed_at)
+        .bind(refusal_codes())
         .fetch_one(db)
         .await;
         if let Ok(true) = applied {
@@ -54,8 +56,9 @@ pub async fn postgres_back(db: &PgPool, timeout: Duration) -> bool {
 pub async fn refused_then_applied(db: &PgPool) -> anyhow::Result<i64> {
     Ok(sqlx::query_scalar(
         "select count(distinct c.id) from commands c join order_events e on e.command_id = c.id
-         where c.status = 'rejected' and c.reason in ('queue_full', 'broker_unavailable')",
+         where c.status = 'rejected' and c.reason = any($1)",
     )
+    .bind(refusal_codes())
     .fetch_one(db)
     .await?)
 }
@@ -63,8 +66,14 @@ pub async fn refused_then_applied(db: &PgPool) -> anyhow::Result<i64> {
 /// How many commands the API refused because a partition was full.
 pub async fn queue_full_refusals(db: &PgPool) -> anyhow::Result<i64> {
     Ok(sqlx::query_scalar(
-        "select count(*) from commands where status = 'rejected' and reason = 'queue_full'",
+        "select count(*) from commands where status = 'rejected' and reason = $1",
     )
+    .bind(IntakeRefusal::QueueFull.as_str())
     .fetch_one(db)
     .await?)
+}
+
+/// The reasons of the commands the API refused (never enqueued, never run).
+fn refusal_codes() -> Vec<&'static str> {
+    IntakeRefusal::ALL.map(IntakeRefusal::as_str).to_vec()
 }
