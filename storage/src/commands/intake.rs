@@ -1,0 +1,222 @@
+//! What the API does with a command: record it (with its seq), read it back for its client,
+//! mark the broker's confirm, or refuse it when the broker would not take it.
+
+use super::{CommandRow, NewCommand};
+use orderflow_contract::{CommandStatus, IntakeRefusal, Reason};
+use orderflow_domain::{ClientId, CommandId, OrderId};
+use sqlx::PgExecutor;
+
+pub async fn insert(
+    db: impl PgExecutor<'_>,
+    command: &NewCommand<'_>,
+    seq: i64,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "insert into commands (id, client_id, order_id, seq, kind, body, expected_version, source, partition,
+                               received_at, traceparent, published_at)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, case when $8 = 'amqp' then now() end)",
+        command.id.0,
+        command.client_id.0,
+        command.order_id.0,
+        seq,
+        command.kind.as_str(),
+        command.body,
+        command.expected_version,
+        command.source.as_str(),
+        i32::from(command.partition),
+        command.received_at,
+        command.traceparent
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// What [`record_next`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Intake {
+    /// The key is claimed and the command recorded with this seq.
+    Recorded(i64),
+    /// Nothing was written: the key was claimed before this statement began and names this
+    /// command (perhaps another request's: compare the fingerprint).
+    KeyTaken {
+        fingerprint: Vec<u8>,
+        command_id: CommandId,
+    },
+    /// Nothing was written, and the key names no command this statement could see.
+    NotRecorded {
+        /// The stream had room and was locked, so the key was claimed by a request that
+        /// committed while this one waited (look it up), or released again (try again). False:
+        /// no room, or not the client's order.
+        stream_locked: bool,
+        /// The order's unfinished commands when the statement began; `None`: not this client's
+        /// order. Below the cap without `stream_locked`, a concurrent request took the last room while
+        /// this one waited (and may have been this key's: look it up).
+        pending: Option<i64>,
+    },
+}
+
+/// The API's intake of a command for an existing order, as one statement (one round trip, and
+/// no transaction left open between statements): lock the order's stream if it is the client's
+/// and has room (fewer than `max_pending` unfinished commands), claim the Idempotency-Key, take
+/// the next seq and insert the command. Each part runs only on what the one before returned, and
+/// the statement is atomic: either all of it is written or none. A concurrent request for the
+/// same order waits on the stream row, so seqs come out gapless and in commit order; one with
+/// the same key (on another order) waits on the key and then finds it taken.
+///
+/// When nothing is written the statement also says why, as its snapshot saw it: the key's
+/// command, or the order's unfinished commands (or that it is not the client's). So a refusal
+/// (a full order, a retry of an accepted key) costs the one round trip too.
+///
+/// Room is counted from the stream's seqs (`last_seq - processed_seq`, the common case, one
+/// row); only when that says full are the commands after `processed_seq` that are already final
+/// taken off: those the API recorded and the broker then refused, which sit behind a command
+/// still pending until the worker moves past them (see [`set_processed`]). A snapshot that misses
+/// a refusal committed meanwhile only counts less room, never more.
+pub async fn record_next(
+    db: impl PgExecutor<'_>,
+    command: &NewCommand<'_>,
+    key: &str,
+    fingerprint: &[u8],
+    max_pending: i64,
+) -> sqlx::Result<Intake> {
+    let row = sqlx::query!(
+        r#"with stream as (
+             select order_id from order_streams s
+              where order_id = $3 and client_id = $2
+                and (last_seq - processed_seq < $13
+                     or last_seq - processed_seq
+                        - (select count(*) from commands c
+                            where c.order_id = s.order_id and c.seq > s.processed_seq
+                              and c.status <> 'accepted') < $13)
+                for update),
+           claimed as (
+             insert into idempotency_keys (client_id, key, fingerprint, command_id)
+             select $2::uuid, $11::text, $12::bytea, $1::uuid from stream
+                 on conflict do nothing
+             returning command_id),
+           numbered as (
+             update order_streams set last_seq = last_seq + 1
+              where order_id = $3 and exists (select from claimed)
+             returning last_seq),
+           recorded as (
+             insert into commands (id, client_id, order_id, seq, kind, body, expected_version,
+                                   source, partition, received_at, traceparent, published_at)
+             select $1::uuid, $2::uuid, $3::uuid, last_seq, $4::text, $5::jsonb, $6::bigint,
+                    $7::text, $8::int, $9::timestamptz, $10::text,
+                    case when $7 = 'amqp' then now() end from numbered
+             returning seq)
+         select exists (select from stream) as "room!", (select seq from recorded) as seq,
+                k.fingerprint as "taken_fingerprint?", k.command_id as "taken_command_id?",
+                (select last_seq - processed_seq from order_streams
+                  where order_id = $3 and client_id = $2) as pending
+           from (select) as statement
+           left join idempotency_keys k on k.client_id = $2 and k.key = $11"#,
+        command.id.0,
+        command.client_id.0,
+        command.order_id.0,
+        command.kind.as_str(),
+        command.body,
+        command.expected_version,
+        command.source.as_str(),
+        i32::from(command.partition),
+        command.received_at,
+        command.traceparent,
+        key,
+        fingerprint,
+        max_pending
+    )
+    .fetch_one(db)
+    .await?;
+    Ok(
+        match (row.seq, row.taken_fingerprint, row.taken_command_id) {
+            (Some(seq), _, _) => Intake::Recorded(seq),
+            (None, Some(fingerprint), Some(id)) => Intake::KeyTaken {
+                fingerprint,
+                command_id: CommandId(id),
+            },
+            _ => Intake::NotRecorded {
+                stream_locked: row.room,
+                pending: row.pending,
+            },
+        },
+    )
+}
+
+/// A command as its client sees it: another client's command does not exist.
+pub async fn get_for_client(
+    db: impl PgExecutor<'_>,
+    client_id: ClientId,
+    id: CommandId,
+) -> sqlx::Result<Option<CommandRow>> {
+    let row = sqlx::query!(
+        "select * from commands where id = $1 and client_id = $2",
+        id.0,
+        client_id.0
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|r| command_row!(r)))
+}
+
+/// [`get_for_client`] once no transaction is writing the command: waits for a worker applying
+/// it (or an API refusing it) to commit, so a replay of its key reads how that ended. (The API
+/// skips recording the broker's confirm on a row a worker holds; see [`mark_published`].)
+pub async fn get_for_client_settled(
+    db: impl PgExecutor<'_>,
+    client_id: ClientId,
+    id: CommandId,
+) -> sqlx::Result<Option<CommandRow>> {
+    let row = sqlx::query!(
+        "select * from commands where id = $1 and client_id = $2 for share",
+        id.0,
+        client_id.0
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|r| command_row!(r)))
+}
+
+/// Records the broker's confirm; returns the ids it marked. Rows locked by a worker are
+/// skipped, not waited for: the worker is applying that command, and [`finish`] records when
+/// its message arrived, and a replay of the command's key waits for that worker
+/// ([`get_for_client_settled`]). Ids already marked are not returned either.
+pub async fn mark_published(
+    db: impl PgExecutor<'_>,
+    ids: &[uuid::Uuid],
+) -> sqlx::Result<Vec<uuid::Uuid>> {
+    sqlx::query_scalar!(
+        "update commands set published_at = now()
+         where id in (select id from commands
+                      where id = any($1) and published_at is null
+                      for update skip locked)
+         returning id",
+        ids
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// Marks a command the broker did not take so that nothing ever runs it: rejected with
+/// `reason`. Returns `false` if it was published (by the relay) or applied (ahead of its message,
+/// by a later command of its order) meanwhile: then it stands, and the caller says so.
+pub async fn refuse_unpublished(
+    db: impl PgExecutor<'_>,
+    id: CommandId,
+    reason: IntakeRefusal,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query_scalar!(
+        "with refused as (
+             update commands set status = 'rejected', reason = $2, finished_at = now()
+             where id = $1 and published_at is null and status = 'accepted'
+             returning id
+         )
+         select count(pg_notify($3, id::text)) as \"refused!\" from refused",
+        id.0,
+        reason.as_str(),
+        crate::COMMAND_DONE_CHANNEL
+    )
+    .fetch_one(db)
+    .await?;
+    Ok(done == 1)
+}
