@@ -34,12 +34,7 @@ pub async fn drain(
     let mut unfinished;
     loop {
         // Direct commands exist once a worker recorded them: count finals, not non-finals.
-        let finished: i64 = sqlx::query_scalar(
-            "select count(*) from commands where id = any($1) and status <> 'accepted'",
-        )
-        .bind(&accepted)
-        .fetch_one(db)
-        .await?;
+        let finished = orderflow_storage::audit::finished_count(db, &accepted).await?;
         unfinished = accepted.len().saturating_sub(finished as usize);
         if unfinished == 0 || Instant::now() >= deadline {
             break;
@@ -49,10 +44,7 @@ pub async fn drain(
     let mut outbox_left;
     loop {
         outbox_left =
-            sqlx::query_scalar::<_, i64>("select count(*) from outbox where order_id = any($1)")
-                .bind(orders)
-                .fetch_one(db)
-                .await?;
+            orderflow_storage::audit::outbox_rows(db, orders).await?;
         if outbox_left == 0 || Instant::now() >= deadline {
             break;
         }

@@ -1,6 +1,7 @@
 //! PostgreSQL access: the only place SQL lives. One file per aggregate; every function takes an
 //! executor (a pool or a transaction) so callers compose transactions.
 
+pub mod audit;
 pub mod clients;
 pub mod commands;
 pub mod dashboard;

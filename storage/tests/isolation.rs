@@ -177,13 +177,8 @@ async fn run_spec(name: &str) {
         "isolation_{name}_{}",
         &uuid::Uuid::new_v4().simple().to_string()[..12]
     );
-    let (url, database) = testing::create_database(&id).await;
+    let (url, database) = testing::create_migrated_database(&id, &MIGRATOR).await;
     let _database = Database { name: database };
-    let pool = sqlx::PgPool::connect(&url)
-        .await
-        .expect("connecting to the spec's database");
-    MIGRATOR.run(&pool).await.expect("migrating");
-    pool.close().await;
 
     let spec = std::fs::File::open(isolation_dir().join(format!("{name}.spec")))
         .expect("the spec is readable");

@@ -4,7 +4,7 @@
 //! arrives before its order's create is recorded too, behind a seq reserved for the create, and
 //! parked until the create comes (or the park timeout fails it).
 
-use crate::apply::Delivery;
+use crate::apply::DeliveryInfo;
 use crate::error::{ApplyError, Failure};
 use orderflow_contract::{CommandMessage, FailureCode};
 use orderflow_domain::Command;
@@ -18,7 +18,7 @@ pub(crate) async fn record(
     tx: &mut PgConnection,
     message: &CommandMessage,
     partition: u16,
-    delivery: &Delivery,
+    delivery: &DeliveryInfo,
 ) -> Result<Result<CommandRow, Failure>, ApplyError> {
     if !clients::exists(&mut *tx, message.client_id).await? {
         let reason = format!("unknown client {}", message.client_id);

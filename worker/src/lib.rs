@@ -1,6 +1,7 @@
 //! orderflow's worker as a library, so tests run the real thing in-process.
 
 pub mod apply;
+pub mod command_relay;
 pub mod consumer;
 pub mod direct;
 pub mod effects;
@@ -10,6 +11,7 @@ pub mod monitor;
 pub mod outbox;
 pub mod parked;
 pub mod payment;
+mod relay;
 pub mod startup;
 
 pub use startup::{Worker, WorkerConfig};

@@ -8,7 +8,7 @@ use crate::apply::{Ending, finish, finished};
 use crate::consumer::dead_letter_properties;
 use crate::error::Failure;
 use crate::metrics;
-use crate::outbox::BATCH;
+use crate::relay::BATCH;
 use lapin::types::FieldTable;
 use orderflow_contract::{CommandStatus, FailureCode, Reason};
 use orderflow_messaging::{Outgoing, Publisher, Topology};

@@ -6,7 +6,7 @@ use crate::apply::Applier;
 use crate::consumer::{self, Context};
 use crate::monitor::Monitor;
 use crate::payment::SimulatedGateway;
-use crate::{metrics, outbox};
+use crate::{command_relay, metrics, outbox};
 use anyhow::Context as _;
 use backon::{ExponentialBuilder, Retryable};
 use clap::Parser;
@@ -236,7 +236,8 @@ impl Worker {
         let park_timeout = Duration::from_millis(self.config.park_timeout_ms);
         let stop = shutdown.clone();
         tasks.spawn("command relay", async move {
-            outbox::run_command_relay(db, &publisher, &topology, after, park_timeout, stop).await
+            command_relay::run_command_relay(db, &publisher, &topology, after, park_timeout, stop)
+                .await
         });
         let (context, db, stop) = (
             self.context.clone(),

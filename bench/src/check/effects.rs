@@ -125,7 +125,7 @@ pub fn one_capture_per_order(input: &Input<'_>) -> Verdict {
 mod tests {
     use super::*;
     use crate::check::fixtures::{Fixture, ORDER, command_id};
-    use crate::load::PaymentRow;
+    use orderflow_storage::audit::PaymentRow;
 
     #[test]
     fn a_clean_run_passes_both() {

@@ -3,7 +3,8 @@
 
 use crate::check::Input;
 use crate::events::StatusEvent;
-use crate::load::{CommandRow, EventRow, OrderRow, PaymentRow, Snapshot, StockRow};
+use crate::load::Snapshot;
+use orderflow_storage::audit::{CommandRow, EventRow, OrderRow, PaymentRow, StockRow};
 use crate::record::{Observations, Outcome, RequestRecord};
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::json;

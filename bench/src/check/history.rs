@@ -3,7 +3,7 @@
 //! order's commands took effect in the order they were accepted (their `seq`).
 
 use super::{Input, Verdict};
-use crate::load::{EventRow, OrderRow};
+use orderflow_storage::audit::{EventRow, OrderRow};
 use orderflow_domain::order::evolve;
 use orderflow_domain::{ClientId, Event, Order, OrderId};
 use std::collections::{BTreeMap, HashMap};

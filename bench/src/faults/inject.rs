@@ -147,13 +147,11 @@ async fn inject(target: &mut Target<'_>, plan: &Plan, fault: Fault) -> anyhow::R
             Ok(true)
         }
         Fault::PgTerminate => {
-            let ended: i64 = sqlx::query_scalar(
-                "select count(*) filter (where pg_terminate_backend(pid)) from pg_stat_activity
-                 where datname = $1 and pid <> pg_backend_pid() and application_name <> $2",
+            let ended = orderflow_storage::audit::terminate_sessions(
+                &target.db,
+                &target.database,
+                &target.auditor,
             )
-            .bind(&target.database)
-            .bind(&target.auditor)
-            .fetch_one(&target.db)
             .await?;
             Ok(ended > 0)
         }
@@ -205,14 +203,9 @@ async fn fill_a_partition(target: &mut Target<'_>, plan: &Plan) -> anyhow::Resul
 /// The worker slot active right now: the one with the latest delivery in the heartbeat table
 /// (one consumer per partition is active; the others are standbys). Slot 0 if none is known.
 async fn active_worker(target: &Target<'_>) -> usize {
-    let names: Vec<String> = sqlx::query_scalar(
-        "select worker from worker_partitions
-         where consuming and heartbeat_at > now() - interval '5 seconds'
-         order by last_delivery_at desc nulls last",
-    )
-    .fetch_all(&target.db)
-    .await
-    .unwrap_or_default();
+    let names = orderflow_storage::audit::consuming_workers(&target.db)
+        .await
+        .unwrap_or_default();
     names
         .iter()
         .find_map(|name| {

@@ -3,7 +3,7 @@
 //! polled with a deadline; errors while PostgreSQL itself comes back count as "not yet".
 
 use chrono::{DateTime, Utc};
-use orderflow_contract::IntakeRefusal;
+use orderflow_storage::audit;
 use sqlx::PgPool;
 use std::time::{Duration, Instant};
 
@@ -18,15 +18,7 @@ pub async fn measure(db: &PgPool, healed: Instant, healed_at: DateTime<Utc>) -> 
     let deadline = healed + RECOVERY_TIMEOUT;
     loop {
         // A refusal is finished by the API, not applied by a worker: it says nothing.
-        let applied = sqlx::query_scalar::<_, bool>(
-            "select exists (select 1 from commands
-                            where finished_at > $1
-                              and coalesce(reason, '') <> all($2))",
-        )
-        .bind(healed_at)
-        .bind(refusal_codes())
-        .fetch_one(db)
-        .await;
+        let applied = audit::finished_by_a_worker_since(db, healed_at).await;
         if let Ok(true) = applied {
             return Some(healed.elapsed().as_secs_f64());
         }
@@ -54,26 +46,10 @@ pub async fn postgres_back(db: &PgPool, timeout: Duration) -> bool {
 /// Refused commands (queue full, broker down) that nevertheless have an event: a refusal
 /// must mean the command never runs.
 pub async fn refused_then_applied(db: &PgPool) -> anyhow::Result<i64> {
-    Ok(sqlx::query_scalar(
-        "select count(distinct c.id) from commands c join order_events e on e.command_id = c.id
-         where c.status = 'rejected' and c.reason = any($1)",
-    )
-    .bind(refusal_codes())
-    .fetch_one(db)
-    .await?)
+    Ok(audit::refused_then_applied(db).await?)
 }
 
 /// How many commands the API refused because a partition was full.
 pub async fn queue_full_refusals(db: &PgPool) -> anyhow::Result<i64> {
-    Ok(sqlx::query_scalar(
-        "select count(*) from commands where status = 'rejected' and reason = $1",
-    )
-    .bind(IntakeRefusal::QueueFull.as_str())
-    .fetch_one(db)
-    .await?)
-}
-
-/// The reasons of the commands the API refused (never enqueued, never run).
-fn refusal_codes() -> Vec<&'static str> {
-    IntakeRefusal::ALL.map(IntakeRefusal::as_str).to_vec()
+    Ok(audit::queue_full_refusals(db).await?)
 }

@@ -47,7 +47,8 @@ struct Running {
 impl Stack {
     pub async fn new() -> Self {
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let (database_url, database_name) = testing::create_database(&id).await;
+        let (database_url, database_name) =
+            testing::create_migrated_database(&id, &orderflow_storage::MIGRATOR).await;
         let db = PgPool::connect(&database_url).await.unwrap();
         db::MIGRATOR.run(&db).await.unwrap();
         let (client, _) = clients::create(&db, "producer", false).await.unwrap();

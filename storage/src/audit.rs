@@ -1,0 +1,253 @@
+//! What the race audit's checker reads: the raw rows of a run's orders and SKUs, as stored, in
+//! one read-only repeatable-read snapshot (so a command a straggling request records while this
+//! reads is not seen accepted in one table and applied in another). Plain structs of plain
+//! values: the checker judges the rows, not orderflow's own reading of them.
+
+use chrono::{DateTime, Utc};
+use orderflow_contract::{IntakeRefusal, Reason};
+use serde_json::Value;
+use sqlx::{PgExecutor, PgPool};
+use uuid::Uuid;
+
+#[derive(Clone, Debug)]
+pub struct CommandRow {
+    pub id: Uuid,
+    pub order_id: Uuid,
+    pub seq: i64,
+    pub kind: String,
+    pub source: String,
+    pub status: String,
+    pub reason: Option<String>,
+    pub result_version: Option<i64>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl CommandRow {
+    /// Refused by the API after the broker said no: it never reached a worker.
+    pub fn refused(&self) -> bool {
+        self.status == "rejected"
+            && matches!(
+                self.reason.as_deref().map(Reason::parse),
+                Some(Reason::Refused(_))
+            )
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct EventRow {
+    pub order_id: Uuid,
+    pub seq: i64,
+    pub command_id: Uuid,
+    pub data: Value,
+    pub recorded_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug)]
+pub struct OrderRow {
+    pub id: Uuid,
+    pub client_id: Uuid,
+    pub customer_id: String,
+    pub currency: String,
+    pub status: String,
+    pub version: i64,
+    pub items: Value,
+    pub total_cents: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StockRow {
+    pub sku: String,
+    pub available: i64,
+    pub reserved: i64,
+    pub shipped: i64,
+}
+
+#[derive(Clone, Debug)]
+pub struct PaymentRow {
+    pub order_id: Uuid,
+    pub command_id: Uuid,
+    pub kind: String,
+    pub amount_cents: i64,
+}
+
+/// The rows of a run, read at one instant.
+#[derive(Clone, Debug, Default)]
+pub struct Tables {
+    pub commands: Vec<CommandRow>,
+    pub events: Vec<EventRow>,
+    pub orders: Vec<OrderRow>,
+    pub inventory: Vec<StockRow>,
+    pub payments: Vec<PaymentRow>,
+    /// `(key, command_id)` of the run's Idempotency-Keys.
+    pub idempotency_keys: Vec<(String, Uuid)>,
+    /// Outbox rows of the run's orders not yet relayed.
+    pub outbox_rows: i64,
+}
+
+/// Reads the rows of `orders` and `skus` (and the given Idempotency-Keys) in one snapshot.
+pub async fn snapshot(
+    db: &PgPool,
+    orders: &[Uuid],
+    skus: &[String],
+    keys: &[String],
+) -> sqlx::Result<Tables> {
+    let mut tx = db.begin().await?;
+    sqlx::query!("set transaction isolation level repeatable read, read only")
+        .execute(&mut *tx)
+        .await?;
+    let commands = sqlx::query_as!(
+        CommandRow,
+        "select id, order_id, seq, kind, source, status, reason, result_version, finished_at
+         from commands where order_id = any($1) order by order_id, seq",
+        orders
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let events = sqlx::query_as!(
+        EventRow,
+        "select order_id, seq, command_id, data, recorded_at
+         from order_events where order_id = any($1) order by order_id, seq",
+        orders
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let order_rows = sqlx::query_as!(
+        OrderRow,
+        "select id, client_id, customer_id, currency, status, version, items, total_cents,
+                created_at, updated_at
+         from orders where id = any($1)",
+        orders
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let inventory = sqlx::query_as!(
+        StockRow,
+        "select sku, available, reserved, shipped from inventory where sku = any($1) order by sku",
+        skus
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let payments = sqlx::query_as!(
+        PaymentRow,
+        "select order_id, command_id, kind, amount_cents from payments
+         where order_id = any($1) order by id",
+        orders
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let idempotency_keys = sqlx::query!(
+        "select key, command_id from idempotency_keys where key = any($1)",
+        keys
+    )
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .map(|r| (r.key, r.command_id))
+    .collect();
+    let outbox_rows = sqlx::query_scalar!(
+        r#"select count(*) as "n!" from outbox where order_id = any($1)"#,
+        orders
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Tables {
+        commands,
+        events,
+        orders: order_rows,
+        inventory,
+        payments,
+        idempotency_keys,
+        outbox_rows,
+    })
+}
+
+/// How many of `ids` are final (applied, rejected or failed).
+pub async fn finished_count(db: impl PgExecutor<'_>, ids: &[Uuid]) -> sqlx::Result<i64> {
+    sqlx::query_scalar!(
+        r#"select count(*) as "n!" from commands where id = any($1) and status <> 'accepted'"#,
+        ids
+    )
+    .fetch_one(db)
+    .await
+}
+
+/// Outbox rows of `orders` not yet relayed.
+pub async fn outbox_rows(db: impl PgExecutor<'_>, orders: &[Uuid]) -> sqlx::Result<i64> {
+    sqlx::query_scalar!(
+        r#"select count(*) as "n!" from outbox where order_id = any($1)"#,
+        orders
+    )
+    .fetch_one(db)
+    .await
+}
+
+/// Has a worker finished a command since `since`, other than one the API refused? (Recovery
+/// after a fault: a refusal is finished by the API and says nothing about the workers.)
+pub async fn finished_by_a_worker_since(
+    db: impl PgExecutor<'_>,
+    since: DateTime<Utc>,
+) -> sqlx::Result<bool> {
+    let refusals = IntakeRefusal::ALL.map(IntakeRefusal::as_str);
+    sqlx::query_scalar!(
+        r#"select exists (select 1 from commands
+                          where finished_at > $1 and coalesce(reason, '') <> all($2)) as "some!""#,
+        since,
+        &refusals as &[&str]
+    )
+    .fetch_one(db)
+    .await
+}
+
+/// Commands the API refused (never enqueued) that nevertheless have an event.
+pub async fn refused_then_applied(db: impl PgExecutor<'_>) -> sqlx::Result<i64> {
+    let refusals = IntakeRefusal::ALL.map(IntakeRefusal::as_str);
+    sqlx::query_scalar!(
+        r#"select count(distinct c.id) as "n!" from commands c
+             join order_events e on e.command_id = c.id
+           where c.status = 'rejected' and c.reason = any($1)"#,
+        &refusals as &[&str]
+    )
+    .fetch_one(db)
+    .await
+}
+
+/// How many commands the API refused because a partition was full.
+pub async fn queue_full_refusals(db: impl PgExecutor<'_>) -> sqlx::Result<i64> {
+    sqlx::query_scalar!(
+        r#"select count(*) as "n!" from commands where status = 'rejected' and reason = $1"#,
+        IntakeRefusal::QueueFull.as_str()
+    )
+    .fetch_one(db)
+    .await
+}
+
+/// The workers consuming right now, the one that took a delivery last first.
+pub async fn consuming_workers(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar!(
+        "select worker from worker_partitions
+         where consuming and heartbeat_at > now() - interval '5 seconds'
+         order by last_delivery_at desc nulls last"
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// Ends every session on `database` but this one and those named `spared` (the auditor's);
+/// how many it ended. The audit's "PostgreSQL terminates the stack's connections" fault.
+pub async fn terminate_sessions(
+    db: impl PgExecutor<'_>,
+    database: &str,
+    spared: &str,
+) -> sqlx::Result<i64> {
+    sqlx::query_scalar!(
+        r#"select count(*) filter (where pg_terminate_backend(pid)) as "n!" from pg_stat_activity
+           where datname = $1 and pid <> pg_backend_pid() and application_name <> $2"#,
+        database,
+        spared
+    )
+    .fetch_one(db)
+    .await
+}

@@ -1,0 +1,138 @@
+//! How a command ends: its final status and status event ([`finish`]), what the metrics count of
+//! it ([`finished`]), and failing a command outside its apply ([`Applier::fail_command`]).
+
+use super::inbox::same_command;
+use super::{Applier, OwnMessage};
+use crate::error::Failure;
+use crate::metrics::FinishedCommand;
+use chrono::Utc;
+use orderflow_contract::{CommandStatus, Reason, STATUS_EVENT_VERSION, StatusEvent};
+use orderflow_domain::{CommandId, Event, Rejection};
+use orderflow_storage::commands::{self, CommandRow, Delivered};
+use orderflow_storage::observability;
+use sqlx::PgConnection;
+
+impl Applier {
+    /// Marks a command `failed` if it is still accepted — and, when `own` names its message,
+    /// only if the message is that command (a stranger's message must not fail it) — recording
+    /// the message's dead letter in the same transaction. Returns whether it failed the command.
+    pub async fn fail_command(
+        &self,
+        command_id: CommandId,
+        failure: &Failure,
+        own: Option<&OwnMessage<'_>>,
+    ) -> Result<bool, sqlx::Error> {
+        let mut tx = self.db.begin().await?;
+        let failed = fail_command_in(&mut tx, command_id, failure, own).await?;
+        if let Some(own) = own {
+            observability::insert_dead_letter(&mut *tx, &own.dead_letter).await?;
+        }
+        tx.commit().await?;
+        if let Some(failed) = &failed {
+            failed.record();
+        }
+        Ok(failed.is_some())
+    }
+}
+
+/// The failing part of [`Applier::fail_command`], inside its transaction.
+async fn fail_command_in(
+    tx: &mut PgConnection,
+    command_id: CommandId,
+    failure: &Failure,
+    own: Option<&OwnMessage<'_>>,
+) -> Result<Option<FinishedCommand>, sqlx::Error> {
+    let Some(row) = commands::lock(tx, command_id).await? else {
+        return Ok(None);
+    };
+    let message = own.and_then(|own| own.message);
+    if row.status.is_final() || message.is_some_and(|m| !same_command(&row, m)) {
+        return Ok(None);
+    }
+    let processed = commands::lock_stream(tx, row.order_id).await?.processed_seq;
+    let status = CommandStatus::Failed;
+    let delivered = own.and_then(|own| own.delivered);
+    finish(tx, &row, Ending::Failed(failure), delivered).await?;
+    if processed == row.seq - 1 {
+        commands::set_processed(tx, row.order_id, row.seq).await?;
+    }
+    Ok(Some(finished(
+        &row,
+        status,
+        Some(Reason::Failed(failure.code)),
+    )))
+}
+
+/// What the metrics count of a command that reached `status`.
+pub(crate) fn finished(
+    row: &CommandRow,
+    status: CommandStatus,
+    reason: Option<Reason>,
+) -> FinishedCommand {
+    FinishedCommand {
+        kind: row.kind,
+        status,
+        reason,
+        accepted_at: row.accepted_at,
+    }
+}
+
+/// How a command ended, for [`finish`].
+pub(crate) enum Ending<'a> {
+    Applied {
+        version: i64,
+        event: &'a Event,
+    },
+    Rejected {
+        rejection: Rejection,
+        version: Option<i64>,
+    },
+    Failed(&'a Failure),
+}
+
+/// Records a command's final status and its status event for the outbox.
+pub(crate) async fn finish(
+    conn: &mut PgConnection,
+    row: &CommandRow,
+    ending: Ending<'_>,
+    delivered: Option<Delivered>,
+) -> Result<(), sqlx::Error> {
+    let (status, reason, detail, version, event) = match ending {
+        Ending::Applied { version, event } => (
+            CommandStatus::Applied,
+            None,
+            None,
+            Some(version),
+            Some(event.clone()),
+        ),
+        Ending::Rejected { rejection, version } => (
+            CommandStatus::Rejected,
+            Some(Reason::Rejected(rejection)),
+            None,
+            version,
+            None,
+        ),
+        Ending::Failed(failure) => (
+            CommandStatus::Failed,
+            Some(Reason::Failed(failure.code)),
+            Some(failure.detail.clone()),
+            None,
+            None,
+        ),
+    };
+    let event = StatusEvent {
+        schema_version: STATUS_EVENT_VERSION,
+        command_id: row.id,
+        order_id: row.order_id,
+        client_id: row.client_id,
+        seq: row.seq,
+        kind: row.kind,
+        status,
+        reason,
+        detail,
+        version,
+        event,
+        at: Utc::now(),
+    };
+    commands::finish(conn, &event, delivered).await
+}

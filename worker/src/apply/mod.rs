@@ -1,0 +1,136 @@
+//! The apply transaction: one message in, one PostgreSQL transaction, one outcome out; or a
+//! batch of a partition's ready messages in one transaction, committed only if every one of them
+//! finished (or parked). No AMQP types here; the consumer decides what to do with the messages
+//! from the [`Outcome`].
+//!
+//! Per message: record the command if a direct producer sent it; lock it (the inbox: a final
+//! status means done); lock the order's stream; apply any earlier accepted commands of the
+//! order first (the broker may deliver out of order); apply this one; commit.
+//! Per command: lock the order row, check the expected version, decide (nothing written yet),
+//! perform the side effects (stock in sorted SKU order, payment; inside a savepoint when they can
+//! still reject after writing), append the event, write the projection, the command's status
+//! (with when and at which attempt its message arrived) and the outbox row. A rejection records
+//! only itself.
+//! What a transaction finished is counted in the metrics after it commits, never before.
+//!
+//! The stages, one file each:
+//!
+//! 1. `transaction.rs`: the transaction of one message (`Applier::apply_delivery`) or of a
+//!    batch (`Applier::apply_batch`): read the message, begin, apply, commit, count.
+//! 2. `inbox.rs`: one message inside the transaction (`Applier::apply_through_inbox`): record a
+//!    direct producer's command, the inbox check, the order's stream, earlier and parked commands.
+//! 3. `command.rs`: one command (`Applier::apply_command`): decide, perform its effects
+//!    (`Applier::perform_effects`), append its event.
+//! 4. `ending.rs`: how a command ends (`Ending`, `finish`), and failing one
+//!    (`Applier::fail_command`).
+
+mod command;
+mod ending;
+mod inbox;
+mod transaction;
+
+pub(crate) use ending::{Ending, finish, finished};
+
+use crate::error::Failure;
+use crate::metrics::{self, FinishedCommand};
+use crate::payment::PaymentGateway;
+use orderflow_contract::{CommandMessage, CommandStatus};
+use orderflow_domain::CommandKind;
+use orderflow_storage::commands::Delivered;
+use orderflow_storage::observability::NewDeadLetter;
+use sqlx::PgPool;
+use std::sync::Arc;
+
+/// What became of a message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The command reached this final status now.
+    Finished(CommandStatus),
+    /// The command had already been dealt with (a redelivery, or applied ahead of this message
+    /// because a later command of its order arrived first).
+    Duplicate,
+    /// The message can never be applied; dead-letter it. It names no recorded command of its own
+    /// (or the id belongs to another command), so no command is failed.
+    Poison(Failure),
+    /// The command failed earlier (for this reason); its message is dead-lettered again so the
+    /// dead-letter queue surely holds it (a crash may have come between the two).
+    AlreadyFailed(Failure),
+    /// The command is recorded but waits for an earlier command of its order that no worker
+    /// has seen yet (a direct producer's create, overtaken by its follow-up). Applied right
+    /// after that one; failed by [`crate::parked`] if it never comes.
+    Parked,
+}
+
+impl Outcome {
+    /// Whether its transaction is committed: only a finished or parked command wrote something
+    /// to keep; after any other outcome the transaction is rolled back.
+    pub fn commits(&self) -> bool {
+        matches!(self, Outcome::Finished(_) | Outcome::Parked)
+    }
+}
+
+/// What the consumer knows about the message being applied; empty for callers without a
+/// broker (benchmarks, tests).
+#[derive(Clone, Debug, Default)]
+pub struct DeliveryInfo {
+    /// When this worker received the message and which attempt it is; written on the message's
+    /// own command when this transaction finishes it.
+    pub delivered: Option<Delivered>,
+    /// The message's `traceparent` header, stored with a direct producer's command.
+    pub traceparent: Option<String>,
+}
+
+/// What one apply transaction did.
+#[derive(Debug)]
+pub struct Handled {
+    pub outcome: Outcome,
+    /// Commands it brought to a final status: the message's own and earlier ones of its order.
+    pub finished: usize,
+}
+
+/// One message of a batch ([`Applier::apply_batch`]).
+pub struct BatchItem<'a> {
+    pub body: &'a [u8],
+    pub delivery: DeliveryInfo,
+    /// The message's own span: its apply is logged inside it.
+    pub span: tracing::Span,
+}
+
+/// The message in hand when its own command is failed and the message dead-lettered.
+pub struct OwnMessage<'a> {
+    /// Checked against the recorded command (a stranger reusing the id must not fail it);
+    /// `None` when the command is known to be this message's.
+    pub message: Option<&'a CommandMessage>,
+    pub delivered: Option<Delivered>,
+    /// Recorded in the same transaction as the failure.
+    pub dead_letter: NewDeadLetter<'a>,
+}
+
+/// Applies commands to PostgreSQL.
+#[derive(Clone)]
+pub struct Applier {
+    pub db: PgPool,
+    pub gateway: Arc<dyn PaymentGateway>,
+    pub partitions: u16,
+}
+
+/// What a transaction did, counted only once it committed.
+#[derive(Default)]
+struct Tally {
+    finished: Vec<FinishedCommand>,
+    /// Kinds of the direct producers' commands it recorded.
+    recorded: Vec<CommandKind>,
+    parked: usize,
+}
+
+impl Tally {
+    /// Counts what a committed transaction did.
+    fn record(&self) {
+        self.recorded
+            .iter()
+            .copied()
+            .for_each(metrics::command_accepted);
+        self.finished.iter().for_each(FinishedCommand::record);
+        (0..self.parked).for_each(|_| metrics::parked());
+    }
+}

@@ -1,0 +1,151 @@
+//! What arrived together: each delivery received (noted, read, given its span), then split into
+//! runs. A run of fresh messages is applied in one transaction and acked together; any other
+//! message, or a run that cannot commit as a whole, goes on its own (`single.rs`).
+
+use super::Context;
+use super::single::apply_alone;
+use crate::apply::{BatchItem, DeliveryInfo};
+use crate::metrics;
+use chrono::Utc;
+use lapin::{message::Delivery, options::BasicAckOptions};
+use orderflow_contract::CommandMessage;
+use orderflow_messaging::header_str;
+use orderflow_runtime::shutdown::CancellationToken;
+use orderflow_runtime::telemetry::{self, TRACEPARENT};
+use orderflow_storage::commands::Delivered;
+use orderflow_storage::observability::NewDeadLetter;
+use tracing::field::{Empty, display};
+
+/// A message as it arrived, with the span it is handled in.
+pub(super) struct Incoming<'a> {
+    pub(super) delivery: &'a Delivery,
+    pub(super) message: Option<CommandMessage>,
+    pub(super) traceparent: Option<String>,
+    pub(super) received: chrono::DateTime<Utc>,
+    /// Carries its partition, command and order ids, and the trace it continues (the message's
+    /// `traceparent` header) or starts.
+    pub(super) span: tracing::Span,
+}
+
+/// Handles messages that arrived together, in order, each acked after its commit. Runs of fresh
+/// messages (not redelivered) are applied in one transaction per run and acked together; a
+/// redelivered one is handled on its own, since it may have been applied already, or may be
+/// the one that keeps killing workers.
+pub(super) async fn apply_ready(
+    ctx: &Context,
+    partition: u16,
+    deliveries: &[Delivery],
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let mut rest = deliveries;
+    while let Some(first) = rest.first() {
+        let fresh = rest.iter().take_while(|d| !d.redelivered).count();
+        if fresh >= 2 {
+            let (run, after) = rest.split_at(fresh);
+            apply_fresh_run(ctx, partition, run, shutdown).await?;
+            rest = after;
+        } else {
+            apply_alone(ctx, partition, receive(ctx, partition, first), shutdown).await?;
+            rest = &rest[1..];
+        }
+    }
+    Ok(())
+}
+
+/// Applies fresh messages in one transaction and acks them together after its commit. When
+/// they cannot be committed together (one of them needs more than an apply: a duplicate, a
+/// message that is not a command, a command that fails; or the transaction failed), each is
+/// handled on its own instead, as if it had arrived alone.
+async fn apply_fresh_run(
+    ctx: &Context,
+    partition: u16,
+    deliveries: &[Delivery],
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let incoming: Vec<Incoming> = deliveries
+        .iter()
+        .map(|delivery| receive(ctx, partition, delivery))
+        .collect();
+    let items: Vec<BatchItem> = incoming
+        .iter()
+        .map(|m| BatchItem {
+            body: &m.delivery.data,
+            delivery: DeliveryInfo {
+                delivered: Some(Delivered {
+                    at: m.received,
+                    attempt: 1,
+                }),
+                traceparent: m.traceparent.clone(),
+            },
+            span: m.span.clone(),
+        })
+        .collect();
+    match ctx.applier.apply_batch(&items, partition).await {
+        Ok(Some(finished)) => {
+            ctx.monitor.finished(partition, finished);
+            // The race audit's "worker killed between commit and ack" (`failpoints` builds only).
+            fail::fail_point!("consume.after_commit_before_ack", |_| std::process::abort());
+            let last = deliveries.last().expect("a batch has messages");
+            last.ack(BasicAckOptions { multiple: true }).await?;
+            metrics::batch_applied(deliveries.len());
+            return Ok(());
+        }
+        Ok(None) => {
+            tracing::debug!(
+                partition,
+                messages = deliveries.len(),
+                "a message of the batch needs handling on its own; applying them one by one"
+            );
+        }
+        Err(e) => {
+            tracing::info!(
+                partition, messages = deliveries.len(), error = %e,
+                "the batch's transaction failed; applying its messages one by one"
+            );
+        }
+    }
+    for message in incoming {
+        apply_alone(ctx, partition, message, shutdown).await?;
+    }
+    Ok(())
+}
+
+/// Notes the delivery and opens its span.
+fn receive<'a>(ctx: &Context, partition: u16, delivery: &'a Delivery) -> Incoming<'a> {
+    let received = Utc::now();
+    ctx.monitor
+        .delivered(partition, delivery.redelivered, received);
+    let message = CommandMessage::parse(&delivery.data).ok();
+    let span = tracing::info_span!(
+        "message",
+        partition,
+        command_id = Empty,
+        order_id = Empty,
+        trace_id = Empty,
+        redelivered = delivery.redelivered,
+    );
+    if let Some(m) = &message {
+        span.record("command_id", display(m.command_id));
+        span.record("order_id", display(m.order_id));
+    } else {
+        // Not a valid command; name what it claims to be, if it says.
+        let claimed = NewDeadLetter::from_body(partition, "", &delivery.data);
+        if let Some(id) = claimed.command_id {
+            span.record("command_id", display(id));
+        }
+        if let Some(id) = claimed.order_id {
+            span.record("order_id", display(id));
+        }
+    }
+    // Only a well-formed W3C value is kept: it is stored with the command.
+    let traceparent = header_str(&delivery.properties, TRACEPARENT)
+        .filter(|value| telemetry::trace_id_of(value).is_some());
+    telemetry::accept_traceparent(&span, traceparent);
+    Incoming {
+        delivery,
+        message,
+        traceparent: traceparent.map(str::to_owned),
+        received,
+        span,
+    }
+}
