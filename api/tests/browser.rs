@@ -519,15 +519,13 @@ async fn dead_letters_failures_and_journeys_read_right_in_a_real_browser() {
         !stages.contains("-"),
         "a negative duration on the timeline: {stages}"
     );
-    let head = browser
-        .find(Locator::Css(&format!(
-            ".journey[data-command=\"{command_id}\"] .journey-head"
-        )))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // Read with retries: the live timeline re-renders, so a found element may go stale.
+    let head = text_until(
+        &browser,
+        &format!(".journey[data-command=\"{command_id}\"] .journey-head"),
+        |t| !t.is_empty(),
+    )
+    .await;
     assert!(!head.contains(" -"), "{head}");
     browser.close().await.unwrap();
 }

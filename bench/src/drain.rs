@@ -43,8 +43,7 @@ pub async fn drain(
     }
     let mut outbox_left;
     loop {
-        outbox_left =
-            orderflow_storage::audit::outbox_rows(db, orders).await?;
+        outbox_left = orderflow_storage::audit::outbox_rows(db, orders).await?;
         if outbox_left == 0 || Instant::now() >= deadline {
             break;
         }

@@ -35,10 +35,12 @@ async fn create(id: &str, template: Option<&str>) -> (String, String) {
     let name = format!("orderflow_test_{id}");
     let admin = admin().await;
     let template = template.map_or(String::new(), |t| format!(r#" template "{t}""#));
-    sqlx::query(sqlx::AssertSqlSafe(format!(r#"create database "{name}"{template}"#)))
-        .execute(&admin)
-        .await
-        .expect("creating the test database");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        r#"create database "{name}"{template}"#
+    )))
+    .execute(&admin)
+    .await
+    .expect("creating the test database");
     admin.close().await;
     (database_url(&name), name)
 }
@@ -71,7 +73,10 @@ async fn ensure_template(migrations: &Migrator) -> String {
         admin.close().await;
         return name;
     }
-    let mut lock = admin.acquire().await.expect("a connection for the template lock");
+    let mut lock = admin
+        .acquire()
+        .await
+        .expect("a connection for the template lock");
     // Any fixed number: "someone is making a test template".
     sqlx::query("select pg_advisory_lock(7243901)")
         .execute(&mut *lock)

@@ -28,12 +28,13 @@ use tokio::sync::broadcast;
 use uuid::Uuid;
 
 /// LISTEN/NOTIFY channel of the API instances' idempotency events (replays and mismatches), so
-/// that every instance's dashboard sees every instance's conflicts. Nothing is stored.
-pub const HTTP_EVENTS_CHANNEL: &str = "orderflow_http_events";
+/// that every instance's dashboard sees every instance's conflicts. Nothing is stored. (The
+/// channel keeps its older name, so that instances of different versions still hear each other.)
+pub const IDEMPOTENCY_EVENTS_CHANNEL: &str = "orderflow_http_events";
 /// How often finished commands are fetched and sent, at most.
 const BATCH_EVERY: Duration = Duration::from_millis(200);
 /// Idempotency events kept in memory for the order timelines.
-const HTTP_EVENTS_KEPT: usize = 10_000;
+const IDEMPOTENCY_EVENTS_KEPT: usize = 10_000;
 /// Frames a slow dashboard may fall behind by before it skips ahead.
 const FEED_CAPACITY: usize = 4096;
 /// How far back the charts reach, and how long the hub goes on after the last viewer left.
@@ -46,9 +47,10 @@ pub struct Frame {
     pub data: String,
 }
 
-/// An idempotency event of the HTTP API, as broadcast between instances.
+/// An idempotency event of the HTTP API (a replay or a mismatch), as broadcast between
+/// instances, kept for the order timelines and sent to the dashboards as a `conflict` frame.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct HttpEvent {
+pub struct IdempotencyEvent {
     /// `replay` or `idempotency_mismatch`.
     pub kind: String,
     pub at: chrono::DateTime<chrono::Utc>,
@@ -72,7 +74,7 @@ pub struct Thresholds {
 #[derive(Clone)]
 pub struct Hub {
     feed: broadcast::Sender<Arc<Frame>>,
-    http_events: Arc<Mutex<VecDeque<HttpEvent>>>,
+    idempotency_events: Arc<Mutex<VecDeque<IdempotencyEvent>>>,
     window: Arc<Mutex<Window>>,
     pub thresholds: Thresholds,
     /// Heartbeat counters of the last partitions snapshot (messages/s).
@@ -87,7 +89,7 @@ impl Hub {
     pub fn new(thresholds: Thresholds) -> Self {
         Self {
             feed: broadcast::channel(FEED_CAPACITY).0,
-            http_events: Arc::default(),
+            idempotency_events: Arc::default(),
             window: Arc::default(),
             thresholds,
             rates: RateMemory::default(),
@@ -139,8 +141,8 @@ impl Hub {
     }
 
     /// The idempotency events about one order still in memory, oldest first.
-    pub fn http_events_of(&self, order_id: Uuid) -> Vec<HttpEvent> {
-        let events = self.http_events.lock().expect("not poisoned");
+    pub fn idempotency_events_of(&self, order_id: Uuid) -> Vec<IdempotencyEvent> {
+        let events = self.idempotency_events.lock().expect("not poisoned");
         events
             .iter()
             .filter(|e| e.order_id == order_id)
@@ -148,9 +150,9 @@ impl Hub {
             .collect()
     }
 
-    fn remember(&self, event: HttpEvent) {
-        let mut events = self.http_events.lock().expect("not poisoned");
-        if events.len() == HTTP_EVENTS_KEPT {
+    fn remember(&self, event: IdempotencyEvent) {
+        let mut events = self.idempotency_events.lock().expect("not poisoned");
+        if events.len() == IDEMPOTENCY_EVENTS_KEPT {
             events.pop_front();
         }
         events.push_back(event);
@@ -159,9 +161,9 @@ impl Hub {
 
 /// Tells every API instance (this one included) about an idempotency event. Best effort: a
 /// dashboard detail must never fail the request it describes.
-pub async fn announce(db: &sqlx::PgPool, event: &HttpEvent) {
+pub async fn announce(db: &sqlx::PgPool, event: &IdempotencyEvent) {
     let payload = serde_json::to_string(event).expect("an event serializes");
-    if let Err(e) = db::dashboard::notify(db, HTTP_EVENTS_CHANNEL, &payload).await {
+    if let Err(e) = db::dashboard::notify(db, IDEMPOTENCY_EVENTS_CHANNEL, &payload).await {
         tracing::debug!(error = %e, "could not announce an idempotency event to the dashboards");
     }
 }
@@ -177,17 +179,17 @@ fn prune_history(history: &mut VecDeque<Arc<Point>>) {
 async fn listen(hub: Hub, state: AppState, shutdown: CancellationToken) {
     let mut listener = Listener::new(
         state.db.clone(),
-        &[db::COMMAND_DONE_CHANNEL, HTTP_EVENTS_CHANNEL],
+        &[db::COMMAND_DONE_CHANNEL, IDEMPOTENCY_EVENTS_CHANNEL],
     );
     let mut finished: Vec<Uuid> = Vec::new();
     let mut flush = tokio::time::interval(BATCH_EVERY);
     loop {
         tokio::select! {
             notice = listener.next() => match notice {
-                Notice::Notification { channel, payload } if channel == HTTP_EVENTS_CHANNEL => {
-                    if let Ok(event) = serde_json::from_str::<HttpEvent>(&payload) {
+                Notice::Notification { channel, payload } if channel == IDEMPOTENCY_EVENTS_CHANNEL => {
+                    if let Ok(event) = serde_json::from_str::<IdempotencyEvent>(&payload) {
                         hub.remember(event.clone());
-                        hub.window.lock().expect("not poisoned").record_http(&event);
+                        hub.window.lock().expect("not poisoned").record_idempotency(&event);
                         hub.send("conflict", &event);
                     }
                 }

@@ -7,7 +7,7 @@
 //! - `insufficient_stock`: the latest applied reserve of another order sharing a SKU, before it;
 //! - an Idempotency-Key mismatch (HTTP 422, nothing recorded): the command holding the key.
 
-use super::hub::{HttpEvent, Hub};
+use super::hub::{Hub, IdempotencyEvent};
 use chrono::{DateTime, Utc};
 use orderflow_domain::OrderId;
 use orderflow_storage::dashboard::{self, CommandJourney, OrderSummary};
@@ -23,8 +23,9 @@ pub struct Timeline {
     pub commands: Vec<Step>,
     pub events: Vec<EventRecord>,
     /// Idempotency replays and mismatches on this order seen by the API instances (kept in
-    /// memory, recent ones only).
-    pub http_events: Vec<HttpEvent>,
+    /// memory, recent ones only). `http_events` on the wire: the dashboard's script reads it.
+    #[serde(rename = "http_events")]
+    pub idempotency_events: Vec<IdempotencyEvent>,
 }
 
 #[derive(Debug, Serialize)]
@@ -159,7 +160,7 @@ pub async fn build(db: &PgPool, hub: &Hub, order_id: OrderId) -> sqlx::Result<Op
         order,
         commands,
         events,
-        http_events: hub.http_events_of(order_id.0),
+        idempotency_events: hub.idempotency_events_of(order_id.0),
     }))
 }
 

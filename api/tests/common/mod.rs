@@ -83,7 +83,8 @@ impl TestApp {
     pub async fn spawn_with(options: Options) -> Self {
         orderflow_runtime::telemetry::init("text");
         let id = Uuid::new_v4().simple().to_string();
-        let (database_url, database_name) = testing::create_migrated_database(&id, &orderflow_storage::MIGRATOR).await;
+        let (database_url, database_name) =
+            testing::create_migrated_database(&id, &orderflow_storage::MIGRATOR).await;
         let namespace = format!("test.{id}");
 
         let mut common =

@@ -4,9 +4,9 @@
 use crate::check::Input;
 use crate::events::StatusEvent;
 use crate::load::Snapshot;
-use orderflow_storage::audit::{CommandRow, EventRow, OrderRow, PaymentRow, StockRow};
 use crate::record::{Observations, Outcome, RequestRecord};
 use chrono::{DateTime, TimeZone, Utc};
+use orderflow_storage::audit::{CommandRow, EventRow, OrderRow, PaymentRow, StockRow};
 use serde_json::json;
 use uuid::Uuid;
 

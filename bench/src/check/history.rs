@@ -3,9 +3,9 @@
 //! order's commands took effect in the order they were accepted (their `seq`).
 
 use super::{Input, Verdict};
-use orderflow_storage::audit::{EventRow, OrderRow};
 use orderflow_domain::order::evolve;
 use orderflow_domain::{ClientId, Event, Order, OrderId};
+use orderflow_storage::audit::{EventRow, OrderRow};
 use std::collections::{BTreeMap, HashMap};
 use uuid::Uuid;
 

@@ -25,7 +25,8 @@ pub struct Stack {
 impl Stack {
     pub async fn spawn() -> Self {
         let id = Uuid::new_v4().simple().to_string();
-        let (database_url, database_name) = testing::create_migrated_database(&id, &orderflow_storage::MIGRATOR).await;
+        let (database_url, database_name) =
+            testing::create_migrated_database(&id, &orderflow_storage::MIGRATOR).await;
         let namespace = format!("test.{id}");
         let mut common =
             CommonConfig::for_tests(database_url.clone(), namespace.clone(), PARTITIONS);
