@@ -122,15 +122,7 @@ async fn made_up_methods_share_one_metric_label() {
         .await
         .expect("the server answers the pipelined requests")
         .unwrap();
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     let methods: BTreeSet<&str> = text
         .lines()
         .filter(|l| l.starts_with("orderflow_http_requests_total{"))
@@ -503,15 +495,7 @@ async fn a_pool_too_small_to_serve_is_refused_at_start() {
 #[tokio::test]
 async fn counters_that_alerts_read_exist_at_zero_from_the_start() {
     let app = TestApp::spawn().await;
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     for series in [
         "orderflow_version_conflicts_total 0",
         "orderflow_inbox_duplicates_total 0",
@@ -625,17 +609,9 @@ async fn a_tenant_cannot_take_the_idempotency_key_of_a_redrive_first() {
         "version": 1, "command_id": Uuid::now_v7(), "client_id": app.client_id,
         "order_id": order, "command": {"type": "cancel"}
     });
-    let id: i64 = sqlx::query_scalar(
-        "insert into dead_letters (command_id, order_id, client_id, partition, reason, body)
-         values ($1, $2, $3, 0, 'delivery limit reached', $4) returning id",
-    )
-    .bind(Uuid::parse_str(message["command_id"].as_str().unwrap()).unwrap())
-    .bind(Uuid::parse_str(&order).unwrap())
-    .bind(app.client_id)
-    .bind(message.to_string())
-    .fetch_one(&app.db)
-    .await
-    .unwrap();
+    let id = app
+        .insert_dead_letter(Some(&order), "delivery limit reached", &message.to_string())
+        .await;
     // The tenant guesses the key the redrive would use, and spends it on something else.
     let taken = app
         .request(Method::POST, &format!("/v1/orders/{order}/commands"))

@@ -300,25 +300,6 @@ async fn click_and_confirm(browser: &Client, css: &str) {
     }
 }
 
-async fn insert_dead_letter(app: &TestApp, order: Option<&str>, reason: &str, body: &str) -> i64 {
-    let message: Option<Value> = serde_json::from_str(body).ok();
-    let client = message
-        .as_ref()
-        .and_then(|m| m["client_id"].as_str())
-        .map(|s| s.parse::<uuid::Uuid>().unwrap());
-    sqlx::query_scalar(
-        "insert into dead_letters (order_id, client_id, partition, reason, body)
-         values ($1, $2, 0, $3, $4) returning id",
-    )
-    .bind(order.map(|o| o.parse::<uuid::Uuid>().unwrap()))
-    .bind(client)
-    .bind(reason)
-    .bind(body)
-    .fetch_one(&app.db)
-    .await
-    .unwrap()
-}
-
 fn cancel_message(app: &TestApp, order: &str) -> String {
     json!({
         "version": 1, "command_id": uuid::Uuid::now_v7(), "client_id": app.client_id,
@@ -349,25 +330,27 @@ async fn dead_letters_failures_and_journeys_read_right_in_a_real_browser() {
     .await;
     let order = app.new_order(json!([])).await;
     let other = app.new_order(json!([])).await;
-    let readable = insert_dead_letter(
-        &app,
-        Some(&order),
-        "delivery limit reached",
-        &cancel_message(&app, &order),
-    )
-    .await;
-    let taken = insert_dead_letter(
-        &app,
-        Some(&other),
-        "delivery limit reached",
-        &cancel_message(&app, &other),
-    )
-    .await;
+    let readable = app
+        .insert_dead_letter(
+            Some(&order),
+            "delivery limit reached",
+            &cancel_message(&app, &order),
+        )
+        .await;
+    let taken = app
+        .insert_dead_letter(
+            Some(&other),
+            "delivery limit reached",
+            &cancel_message(&app, &other),
+        )
+        .await;
     let long_reason = format!(
         "the message is not a command: unknown variant `{}`, expected one of create, add_item",
         "refund".repeat(300)
     );
-    let unreadable = insert_dead_letter(&app, None, &long_reason, "{not json").await;
+    let unreadable = app
+        .insert_dead_letter(None, &long_reason, "{not json")
+        .await;
 
     let driver = Driver::start().await;
     let browser = driver.browser().await;

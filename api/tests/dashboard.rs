@@ -705,29 +705,6 @@ async fn a_key_that_stops_being_an_admin_loses_its_live_feed_with_the_key_cache_
     assert_eq!(again.status(), StatusCode::FORBIDDEN);
 }
 
-/// A dead letter as the worker records one (the message as received, with its reason); its id.
-async fn insert_dead_letter(app: &TestApp, order: Option<&str>, reason: &str, body: &str) -> i64 {
-    let message: Option<Value> = serde_json::from_str(body).ok();
-    let id_of = |field: &str| {
-        message
-            .as_ref()
-            .and_then(|m| m[field].as_str())
-            .and_then(|s| Uuid::parse_str(s).ok())
-    };
-    sqlx::query_scalar(
-        "insert into dead_letters (command_id, order_id, client_id, partition, reason, body)
-         values ($1, $2, $3, 0, $4, $5) returning id",
-    )
-    .bind(id_of("command_id"))
-    .bind(order.map(|o| Uuid::parse_str(o).unwrap()))
-    .bind(id_of("client_id"))
-    .bind(reason)
-    .bind(body)
-    .fetch_one(&app.db)
-    .await
-    .unwrap()
-}
-
 /// A readable cancel of `order` from `client`, as a message body.
 fn cancel_message(client: Uuid, order: &str) -> String {
     json!({
@@ -797,24 +774,24 @@ async fn redrive_is_offered_only_where_it_can_work_and_an_acknowledged_dead_lett
     })
     .await;
     let order = app.new_order(json!([])).await;
-    let readable = insert_dead_letter(
-        &app,
-        Some(&order),
-        "delivery limit reached",
-        &cancel_message(app.client_id, &order),
-    )
-    .await;
-    let unreadable = insert_dead_letter(&app, None, "malformed", "not json").await;
+    let readable = app
+        .insert_dead_letter(
+            Some(&order),
+            "delivery limit reached",
+            &cancel_message(app.client_id, &order),
+        )
+        .await;
+    let unreadable = app.insert_dead_letter(None, "malformed", "not json").await;
     let (gone, _) = orderflow_storage::clients::create(&app.db, "gone", false)
         .await
         .unwrap();
-    let orphan = insert_dead_letter(
-        &app,
-        Some(&order),
-        "delivery limit reached",
-        &cancel_message(gone.id.0, &order),
-    )
-    .await;
+    let orphan = app
+        .insert_dead_letter(
+            Some(&order),
+            "delivery limit reached",
+            &cancel_message(gone.id.0, &order),
+        )
+        .await;
     orderflow_storage::clients::revoke(&app.db, gone.id)
         .await
         .unwrap();
@@ -908,13 +885,13 @@ async fn a_redrive_lowers_the_open_dead_letter_count_and_its_command_names_the_d
     })
     .await;
     let order = app.new_order(json!([])).await;
-    let id = insert_dead_letter(
-        &app,
-        Some(&order),
-        "delivery limit reached",
-        &cancel_message(app.client_id, &order),
-    )
-    .await;
+    let id = app
+        .insert_dead_letter(
+            Some(&order),
+            "delivery limit reached",
+            &cancel_message(app.client_id, &order),
+        )
+        .await;
     let partitions = || async {
         let response = admin(&app, Method::GET, "/dashboard/api/partitions")
             .send()

@@ -102,7 +102,7 @@ async fn on_database(
         let db = target.db.clone();
         let (mut audit, mut faults) =
             crate::audit_beside(&config, faults::inject::run(&mut target, &plan)).await?;
-        faults.refused_then_applied = faults::recovery::refused_then_applied(&db).await?;
+        faults.refused_then_applied = orderflow_storage::audit::refused_then_applied(&db).await?;
         faults.judge();
         audit.report = audit.report.with_faults(faults);
         anyhow::Ok(audit)

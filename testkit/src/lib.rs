@@ -55,21 +55,8 @@ async fn ensure_template(migrations: &Migrator) -> String {
         (migration.version, &*migration.checksum).hash(&mut hasher);
     }
     let name = format!("orderflow_template_{:016x}", hasher.finish());
-    let ready = |admin: &PgPool| {
-        let name = name.clone();
-        let admin = admin.clone();
-        async move {
-            sqlx::query_scalar::<_, bool>(
-                "select exists (select 1 from pg_database where datname = $1 and datistemplate)",
-            )
-            .bind(name)
-            .fetch_one(&admin)
-            .await
-            .expect("reading pg_database")
-        }
-    };
     let admin = admin().await;
-    if ready(&admin).await {
+    if is_template(&admin, &name).await {
         admin.close().await;
         return name;
     }
@@ -82,7 +69,7 @@ async fn ensure_template(migrations: &Migrator) -> String {
         .execute(&mut *lock)
         .await
         .expect("taking the template lock");
-    if !ready(&admin).await {
+    if !is_template(&admin, &name).await {
         // A half-made one (a process that died making it) is made again.
         let statements = [
             format!(r#"drop database if exists "{name}" with (force)"#),
@@ -116,6 +103,17 @@ async fn ensure_template(migrations: &Migrator) -> String {
     drop(lock);
     admin.close().await;
     name
+}
+
+/// Is `name` a finished template (marked one after its last migration)?
+async fn is_template(admin: &PgPool, name: &str) -> bool {
+    sqlx::query_scalar(
+        "select exists (select 1 from pg_database where datname = $1 and datistemplate)",
+    )
+    .bind(name)
+    .fetch_one(admin)
+    .await
+    .expect("reading pg_database")
 }
 
 async fn admin() -> PgPool {

@@ -205,17 +205,45 @@ impl TestApp {
         }
     }
 
-    /// A series of the API's own `/metrics` (0 when it does not exist yet).
-    pub async fn metric(&self, series: &str) -> f64 {
-        let text = self
-            .http
+    /// The API's own `/metrics` text.
+    pub async fn metrics_text(&self) -> String {
+        self.http
             .get(self.url("/metrics"))
             .send()
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// A dead letter as the worker records one (the message as received, with its reason; the
+    /// command and client ids when the body is a readable message); its id.
+    pub async fn insert_dead_letter(&self, order: Option<&str>, reason: &str, body: &str) -> i64 {
+        let message: Option<Value> = serde_json::from_str(body).ok();
+        let id_of = |field: &str| {
+            message
+                .as_ref()
+                .and_then(|m| m[field].as_str())
+                .and_then(|s| Uuid::parse_str(s).ok())
+        };
+        sqlx::query_scalar(
+            "insert into dead_letters (command_id, order_id, client_id, partition, reason, body)
+             values ($1, $2, $3, 0, $4, $5) returning id",
+        )
+        .bind(id_of("command_id"))
+        .bind(order.map(|o| Uuid::parse_str(o).unwrap()))
+        .bind(id_of("client_id"))
+        .bind(reason)
+        .bind(body)
+        .fetch_one(&self.db)
+        .await
+        .unwrap()
+    }
+
+    /// A series of the API's own `/metrics` (0 when it does not exist yet).
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.metrics_text().await;
         text.lines()
             .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
             .unwrap_or(0.0)

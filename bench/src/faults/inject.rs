@@ -177,7 +177,7 @@ async fn kill_worker_at(target: &mut Target<'_>, failpoint: &str) -> anyhow::Res
 /// Pauses every worker until the API refuses a command because a partition is full (or the
 /// fill timeout passes), then wakes them.
 async fn fill_a_partition(target: &mut Target<'_>, plan: &Plan) -> anyhow::Result<bool> {
-    let before = recovery::queue_full_refusals(&target.db).await?;
+    let before = orderflow_storage::audit::queue_full_refusals(&target.db).await?;
     let pids: Vec<Option<u32>> = (0..target.stack.worker_count())
         .map(|n| target.stack.worker_pid(n))
         .collect();
@@ -188,7 +188,7 @@ async fn fill_a_partition(target: &mut Target<'_>, plan: &Plan) -> anyhow::Resul
     let mut filled = false;
     while stopped.is_ok() && !filled && Instant::now() < deadline {
         tokio::time::sleep(FILL_POLL).await;
-        filled = recovery::queue_full_refusals(&target.db)
+        filled = orderflow_storage::audit::queue_full_refusals(&target.db)
             .await
             .is_ok_and(|now| now > before);
     }

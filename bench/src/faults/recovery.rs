@@ -42,14 +42,3 @@ pub async fn postgres_back(db: &PgPool, timeout: Duration) -> bool {
         tokio::time::sleep(POLL).await;
     }
 }
-
-/// Refused commands (queue full, broker down) that nevertheless have an event: a refusal
-/// must mean the command never runs.
-pub async fn refused_then_applied(db: &PgPool) -> anyhow::Result<i64> {
-    Ok(audit::refused_then_applied(db).await?)
-}
-
-/// How many commands the API refused because a partition was full.
-pub async fn queue_full_refusals(db: &PgPool) -> anyhow::Result<i64> {
-    Ok(audit::queue_full_refusals(db).await?)
-}
