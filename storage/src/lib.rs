@@ -1,6 +1,7 @@
 //! PostgreSQL access: the only place SQL lives. One file per aggregate; every function takes an
 //! executor (a pool or a transaction) so callers compose transactions.
 
+pub mod admin;
 pub mod audit;
 pub mod clients;
 pub mod commands;
@@ -13,6 +14,7 @@ pub mod observability;
 pub mod orders;
 pub mod outbox;
 pub mod payments;
+pub mod perf;
 
 pub use errors::{ErrorClass, classify, is_data_refused, is_transient};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};

@@ -49,6 +49,7 @@ where
     let answered = Arc::new(AtomicU64::new(0));
     let bar = progress_bar(config, sut.system, &spec);
     let counters_before = dbstats::counters(&sut.db).await;
+    let tables_before = dbstats::table_writes(&sut.db).await;
     let waits = dbstats::Waits::start(sut.db.clone());
     let observer = Observer::start(sut.watched());
     let start_wall = Utc::now();
@@ -90,6 +91,7 @@ where
     let unfinished_left = drain(sut, config.drain_timeout, &bar).await?;
     let drain_seconds = drain_started.elapsed().as_secs_f64();
     let db_counters = dbstats::delta(&counters_before, &dbstats::counters(&sut.db).await);
+    let table_writes = dbstats::table_delta(&tables_before, &dbstats::table_writes(&sut.db).await);
     bar.finish_and_clear();
 
     let window = Window {
@@ -115,6 +117,7 @@ where
         window,
     );
     phase.db_counters = db_counters;
+    phase.table_writes = table_writes;
     phase.db_waits = db_waits;
     Ok(phase)
 }
@@ -152,26 +155,13 @@ fn progress_bar(config: &PerfConfig, system: System, spec: &Spec) -> ProgressBar
 async fn drain(sut: &Sut, timeout: Duration, bar: &ProgressBar) -> anyhow::Result<i64> {
     let deadline = Instant::now() + timeout;
     loop {
-        let left: i64 =
-            sqlx::query_scalar("select count(*) from commands where status = 'accepted'")
-                .fetch_one(&sut.db)
-                .await?;
+        let left = orderflow_storage::perf::accepted_count(&sut.db).await?;
         if left == 0 || Instant::now() >= deadline {
             return Ok(left);
         }
         bar.set_message(format!("draining: {left} commands not yet applied"));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-#[derive(sqlx::FromRow)]
-struct Row {
-    id: Uuid,
-    order_id: Uuid,
-    status: String,
-    accepted_at: DateTime<Utc>,
-    finished_at: Option<DateTime<Utc>>,
-    partition: i32,
 }
 
 /// How the phase's commands ended: their accept→applied figures, counts by final status, how
@@ -229,13 +219,7 @@ async fn ended(
     let mut cold_by_partition: Vec<(i32, u64)> = Vec::new();
     let mut hot_partition = None;
     for chunk in ids.chunks(CHUNK) {
-        let rows: Vec<Row> = sqlx::query_as(
-            "select id, order_id, status, accepted_at, finished_at, partition
-             from commands where id = any($1)",
-        )
-        .bind(chunk)
-        .fetch_all(&sut.db)
-        .await?;
+        let rows = orderflow_storage::perf::outcomes(&sut.db, chunk).await?;
         found += rows.len() as u64;
         for row in rows {
             *by_status.entry(row.status.clone()).or_default() += 1;
@@ -377,6 +361,7 @@ fn result(
         applied_curve: stats::curve(&applied_histogram),
         long_polls: None,
         db_counters: BTreeMap::new(),
+        table_writes: BTreeMap::new(),
         db_waits: BTreeMap::new(),
         notes: ended.notes,
     }

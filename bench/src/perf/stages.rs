@@ -9,15 +9,6 @@ use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, HashMap};
 use uuid::Uuid;
 
-#[derive(sqlx::FromRow)]
-struct Times {
-    id: Uuid,
-    received_at: Option<DateTime<Utc>>,
-    accepted_at: DateTime<Utc>,
-    delivered_at: Option<DateTime<Utc>>,
-    finished_at: Option<DateTime<Utc>>,
-}
-
 /// The stages, in order, each named for the report.
 pub const STAGES: [&str; 4] = [
     "1 API: request → its transaction",
@@ -38,14 +29,7 @@ pub async fn breakdown(
 ) -> BTreeMap<String, Latency> {
     let mut stages: [Vec<u64>; 4] = Default::default();
     for chunk in ids.chunks(20_000) {
-        let rows: Vec<Times> = match sqlx::query_as(
-            "select id, received_at, accepted_at, delivered_at, finished_at
-             from commands where id = any($1)",
-        )
-        .bind(chunk)
-        .fetch_all(db)
-        .await
-        {
+        let rows = match orderflow_storage::perf::stage_times(db, chunk).await {
             Ok(rows) => rows,
             Err(e) => {
                 tracing::debug!(error = %e, "no stage timestamps");

@@ -140,9 +140,9 @@ impl Sut {
                     extra,
                 )
                 .await?;
-                self.client = sqlx::query_scalar("select id from clients where name = 'perf'")
-                    .fetch_one(&self.db)
-                    .await?;
+                self.client = orderflow_storage::perf::client_named(&self.db, "perf")
+                    .await?
+                    .context("the stack made no client named perf")?;
                 self.target = Target::http(&stack.url, &stack.key)?;
                 self.stack = Some(stack);
                 self.commits = Some(Commits::listen(&self.database.url).await?);

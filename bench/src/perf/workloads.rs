@@ -180,9 +180,7 @@ async fn growth(config: &PerfConfig, sut: &mut Sut) -> anyhow::Result<Vec<PhaseR
     )
     .await?;
     let (active, seeding) = database::grow(&sut.db, sut.client, config.growth_to, have).await?;
-    let tables: i64 = sqlx::query_scalar("select count(*) from orders")
-        .fetch_one(&sut.db)
-        .await?;
+    let tables = orderflow_storage::perf::order_count(&sut.db).await?;
     let mut large = max_rate(
         config,
         sut,

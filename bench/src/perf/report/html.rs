@@ -176,24 +176,27 @@ fn phase_table(phases: &[&PhaseResult]) -> String {
 
 /// Per command: what PostgreSQL counted; and what its busy backends waited on, by share.
 fn database_note(p: &PhaseResult) -> String {
-    let commands: u64 = p
-        .finished
-        .iter()
-        .filter(|(status, _)| status.as_str() != "accepted")
-        .map(|(_, n)| n)
-        .sum();
     let mut parts = Vec::new();
-    if commands > 0 && !p.db_counters.is_empty() {
-        let per =
-            |name: &str| p.db_counters.get(name).copied().unwrap_or(0) as f64 / commands as f64;
+    if p.commands_ended() > 0 && !p.db_counters.is_empty() {
+        let per = |name: &str| p.per_command(name).unwrap_or(0.0);
         parts.push(format!(
-            "per command {:.1} commits, {:.1} rows inserted, {:.1} updated, {:.1} deleted, {:.1} fetched",
+            "per command {:.2} commits, {:.1} rows inserted, {:.1} updated, {:.1} deleted, {:.1} fetched",
             per("xact_commit"),
             per("tup_inserted"),
             per("tup_updated"),
             per("tup_deleted"),
             per("tup_fetched")
         ));
+    }
+    if !p.table_writes.is_empty() {
+        parts.push(format!(
+            "rows written per command by table (inserted/updated/deleted): {}",
+            escape(&super::table::table_writes(p))
+        ));
+    }
+    let cpu = super::table::cpu_per_thousand(p);
+    if !cpu.is_empty() {
+        parts.push(format!("CPU seconds per 1,000 applied: {}", escape(&cpu)));
     }
     let samples = p.db_waits.get("(samples)").copied().unwrap_or(0);
     if samples > 0 {

@@ -66,6 +66,8 @@ pub struct PhaseResult {
     /// PostgreSQL's counters for the system's database over the phase and its drain
     /// (`pg_stat_database`; flushed by backends with up to a few seconds' lag).
     pub db_counters: BTreeMap<String, i64>,
+    /// Rows written per table over the phase and its drain (`pg_stat_user_tables`).
+    pub table_writes: BTreeMap<String, super::dbstats::RowWrites>,
     /// What the database's busy backends waited on during the load, in backend-samples (one
     /// sample of `pg_stat_activity` every 100 ms; `(samples)` counts them).
     pub db_waits: BTreeMap<String, u64>,
@@ -122,6 +124,45 @@ pub struct PerfReport {
     pub phases: Vec<PhaseResult>,
     pub skipped: Vec<Skipped>,
     pub targets: Vec<TargetCheck>,
+}
+
+impl PhaseResult {
+    /// Commands that reached a final status in the phase or its drain.
+    pub fn commands_ended(&self) -> u64 {
+        self.finished
+            .iter()
+            .filter(|(status, _)| status.as_str() != "accepted")
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// A `pg_stat_database` counter per ended command (`None`: nothing ended or not read).
+    pub fn per_command(&self, counter: &str) -> Option<f64> {
+        let commands = self.commands_ended();
+        let value = self.db_counters.get(counter)?;
+        (commands > 0).then(|| *value as f64 / commands as f64)
+    }
+
+    /// Rows written (inserted, updated, deleted) per ended command, all tables together.
+    pub fn rows_written_per_command(&self) -> Option<f64> {
+        let commands = self.commands_ended();
+        let rows: i64 = self.table_writes.values().map(|w| w.total()).sum();
+        (commands > 0 && !self.table_writes.is_empty()).then(|| rows as f64 / commands as f64)
+    }
+
+    /// CPU seconds per 1,000 commands applied inside the window, per process (the CPU is read
+    /// over the window only, so it is divided by the window's commands, not the drain's).
+    pub fn cpu_per_thousand(&self) -> BTreeMap<String, f64> {
+        let commands = self.applied_per_s * self.seconds;
+        if commands < 1.0 {
+            return BTreeMap::new();
+        }
+        self.cost
+            .cpu_seconds
+            .iter()
+            .map(|(name, s)| (name.clone(), s * 1000.0 / commands))
+            .collect()
+    }
 }
 
 impl PerfReport {
@@ -188,8 +229,7 @@ impl Machine {
                 Some((kb / 1024.0 / 1024.0 * 10.0).round() / 10.0)
             })
             .unwrap_or(0.0);
-        let postgres = sqlx::query_scalar::<_, String>("select version()")
-            .fetch_one(db)
+        let postgres = orderflow_storage::admin::server_version(db)
             .await
             .unwrap_or_default();
         Self {

@@ -90,6 +90,35 @@ pub fn render(report: &PerfReport) -> String {
         ]);
     }
 
+    let mut cost = Table::new();
+    cost.load_preset(UTF8_FULL_CONDENSED);
+    cost.set_header(vec![
+        "system",
+        "workload",
+        "phase",
+        "commits/cmd",
+        "rows written/cmd",
+        "by table (ins/upd/del per cmd)",
+        "CPU s per 1,000 applied",
+    ]);
+    for p in report.phases.iter().filter(|p| p.commands_ended() > 0) {
+        cost.add_row(vec![
+            Cell::new(p.system.name()),
+            Cell::new(p.workload.name()),
+            Cell::new(&p.phase),
+            Cell::new(
+                p.per_command("xact_commit")
+                    .map_or("–".into(), |v| format!("{v:.2}")),
+            ),
+            Cell::new(
+                p.rows_written_per_command()
+                    .map_or("–".into(), |v| format!("{v:.1}")),
+            ),
+            Cell::new(table_writes(p)),
+            Cell::new(cpu_per_thousand(p)),
+        ]);
+    }
+
     let mut targets = Table::new();
     targets.load_preset(UTF8_FULL_CONDENSED);
     targets.set_header(vec!["target", "figure", "goal", "held"]);
@@ -105,7 +134,7 @@ pub fn render(report: &PerfReport) -> String {
             }),
         ]);
     }
-    let mut text = format!("{phases}\n{targets}\n");
+    let mut text = format!("{phases}\ncost per command\n{cost}\n{targets}\n");
     for s in &report.skipped {
         text.push_str(&format!(
             "not run: {} × {}: {}\n",
@@ -119,4 +148,33 @@ pub fn render(report: &PerfReport) -> String {
         report.machine.cores, report.machine.memory_gib, report.machine.build, report.seconds
     ));
     text
+}
+
+/// Each table's row writes per ended command, as `table ins/upd/del`, the most written first.
+pub fn table_writes(p: &PhaseResult) -> String {
+    let commands = p.commands_ended().max(1) as f64;
+    let mut tables: Vec<_> = p.table_writes.iter().collect();
+    tables.sort_by_key(|(_, w)| std::cmp::Reverse(w.total()));
+    tables
+        .iter()
+        .map(|(table, w)| {
+            format!(
+                "{table} {:.1}/{:.1}/{:.1}",
+                w.inserted as f64 / commands,
+                w.updated as f64 / commands,
+                w.deleted as f64 / commands
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// CPU seconds per 1,000 applied commands, per process, the busiest first.
+pub fn cpu_per_thousand(p: &PhaseResult) -> String {
+    let mut cpu: Vec<_> = p.cpu_per_thousand().into_iter().collect();
+    cpu.sort_by(|a, b| b.1.total_cmp(&a.1));
+    cpu.iter()
+        .map(|(name, s)| format!("{name} {s:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
