@@ -52,6 +52,9 @@ command -v docker-compose >/dev/null || of_apt_install docker-compose
 of_log "compose file: docker-compose -f deploy/docker-compose.yml config -q"
 docker-compose -f deploy/docker-compose.yml config -q
 
+# ---- 3a'. The Kubernetes manifests: validated against Kubernetes' and the operators' schemas ---------
+"$DEPLOY_DIR/check-k8s.sh"
+
 # ---- 3b. Chromium and ChromeDriver for the dashboard's browser test (Debian's; nothing downloaded) --
 if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
     of_apt_install chromium chromium-driver
