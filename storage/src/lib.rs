@@ -73,6 +73,18 @@ pub fn connect_options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
     })
 }
 
+/// Whether [`connect_options`] makes connections to `url` without TLS (a tool that connects
+/// with libpq instead, like the benchmark's pgbench, then asks for `sslmode=disable` to match).
+pub fn goes_without_tls(url: &str) -> bool {
+    url.parse::<PgConnectOptions>().is_ok_and(|options| {
+        without_tls(
+            url,
+            options.get_host(),
+            std::env::var_os("PGSSLMODE").is_some(),
+        )
+    })
+}
+
 /// Whether [`connect_options`] turns TLS off: a loopback host, and no `sslmode` asked for.
 fn without_tls(url: &str, host: &str, pgsslmode_set: bool) -> bool {
     !url.contains("sslmode=") && !pgsslmode_set && is_loopback(host)

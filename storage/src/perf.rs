@@ -50,6 +50,24 @@ pub async fn seed_orders(
     .await
 }
 
+/// Numbers the orders from 1 in `pgbench_orders (n, order_id)`, for the pgbench ceiling's
+/// script (`bench/sql/one-command.pgbench`) to draw one by a random integer; how many.
+pub async fn number_orders_for_pgbench(db: &mut PgConnection) -> sqlx::Result<i64> {
+    sqlx::query!("drop table if exists pgbench_orders")
+        .execute(&mut *db)
+        .await?;
+    sqlx::query!(
+        "create table pgbench_orders as
+         select row_number() over (order by id) as n, id as order_id from orders"
+    )
+    .execute(&mut *db)
+    .await?;
+    sqlx::query!("alter table pgbench_orders add primary key (n)")
+        .execute(&mut *db)
+        .await?;
+    order_count(db).await
+}
+
 /// How many orders the database holds.
 pub async fn order_count(db: impl PgExecutor<'_>) -> sqlx::Result<i64> {
     sqlx::query_scalar!(r#"select count(*) as "n!" from orders"#)
@@ -182,19 +200,26 @@ pub async fn client_named(db: impl PgExecutor<'_>, name: &str) -> sqlx::Result<O
         .await
 }
 
-/// The database's own transaction, row and block counters (`pg_stat_database`), by name.
-/// Statistics are cached per transaction: call it outside one, so each call reads them anew.
+/// The database's own transaction, row and block counters (`pg_stat_database`), by name, and
+/// two exact server-wide ones: `write_xacts`, the next transaction id (each transaction that
+/// writes takes one as it writes: the difference of two readings counts them at once, where the
+/// statistics lag), and `wal_bytes`, the write-ahead log's position. Statistics are cached per
+/// transaction: call it outside one, so each call reads them anew.
 pub async fn database_counters(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<(String, i64)>> {
     let row = sqlx::query!(
         r#"select xact_commit as "xact_commit!", xact_rollback as "xact_rollback!",
                   tup_inserted as "tup_inserted!", tup_updated as "tup_updated!",
                   tup_deleted as "tup_deleted!", tup_fetched as "tup_fetched!",
-                  blks_read as "blks_read!", blks_hit as "blks_hit!"
+                  blks_read as "blks_read!", blks_hit as "blks_hit!",
+                  pg_snapshot_xmax(pg_current_snapshot())::text::bigint as "write_xacts!",
+                  (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint as "wal_bytes!"
            from pg_stat_database where datname = current_database()"#
     )
     .fetch_one(db)
     .await?;
     Ok(vec![
+        ("write_xacts".into(), row.write_xacts),
+        ("wal_bytes".into(), row.wal_bytes),
         ("xact_commit".into(), row.xact_commit),
         ("xact_rollback".into(), row.xact_rollback),
         ("tup_inserted".into(), row.tup_inserted),

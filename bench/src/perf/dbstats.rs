@@ -13,6 +13,19 @@ use tokio::task::JoinHandle;
 /// Pause between two samples of `pg_stat_activity`.
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 
+/// How long a busy backend may hold statistics before it reports them: PostgreSQL 15 flushes a
+/// backend's pending counters at a transaction's end at most once a second
+/// (`PGSTAT_MIN_INTERVAL`). Waiting this long before a reading lets every backend that goes on
+/// working report what it did up to the wait. One that fell idle right after a flush reports its
+/// last second only after 10 s (`PGSTAT_IDLE_INTERVAL`): so a phase's `pg_stat_*` figures may
+/// carry up to a second of its neighbour's work. `write_xacts` and `wal_bytes` are exact.
+pub const REPORTING_LAG: Duration = Duration::from_millis(1100);
+
+/// Waits out [`REPORTING_LAG`].
+pub async fn settle() {
+    tokio::time::sleep(REPORTING_LAG).await;
+}
+
 /// The database's counters now (empty if they cannot be read).
 pub async fn counters(db: &sqlx::PgPool) -> BTreeMap<String, i64> {
     // Statistics are cached per transaction; this statement is a transaction of its own.

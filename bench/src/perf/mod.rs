@@ -13,6 +13,7 @@ pub mod dbstats;
 pub mod drive;
 pub mod naive;
 pub mod observe;
+pub mod pgbench;
 pub mod phase;
 pub mod report;
 pub mod stack;

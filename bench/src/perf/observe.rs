@@ -28,18 +28,33 @@ pub fn rss_mb(pid: u32) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-/// User + system CPU seconds of one process.
+/// User + system CPU seconds of one process (`/proc/<pid>/stat` utime and stime).
 fn cpu_seconds(pid: u32) -> Option<f64> {
+    cpu_fields(pid, 11..=12)
+}
+
+/// [`cpu_seconds`] plus what its children that have exited used (cutime and cstime): a server
+/// whose connections end during the phase (PostgreSQL's backends of a pgbench run) would
+/// otherwise lose their CPU from the sum as they exit. A live child is not counted twice: only
+/// children that were waited for are in the parent's figures.
+fn cpu_seconds_with_exited_children(pid: u32) -> Option<f64> {
+    cpu_fields(pid, 11..=14)
+}
+
+fn cpu_fields(pid: u32, fields: std::ops::RangeInclusive<usize>) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may contain spaces; the fields after it are fixed.
     let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / TICKS_PER_SECOND)
+    let values: Vec<&str> = rest.split_whitespace().collect();
+    let mut ticks = 0.0;
+    for i in fields {
+        ticks += values.get(i)?.parse::<f64>().ok()?;
+    }
+    Some(ticks / TICKS_PER_SECOND)
 }
 
-/// CPU seconds of every process whose command name is `comm` (e.g. `postgres`, `beam.smp`).
+/// CPU seconds of every process whose command name is `comm` (e.g. `postgres`, `beam.smp`),
+/// with their exited children's.
 fn cpu_seconds_named(comm: &str) -> f64 {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return 0.0;
@@ -50,7 +65,7 @@ fn cpu_seconds_named(comm: &str) -> f64 {
         .filter(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
         })
-        .filter_map(cpu_seconds)
+        .filter_map(cpu_seconds_with_exited_children)
         .sum()
 }
 

@@ -48,6 +48,7 @@ where
 {
     let answered = Arc::new(AtomicU64::new(0));
     let bar = progress_bar(config, sut.system, &spec);
+    dbstats::settle().await;
     let counters_before = dbstats::counters(&sut.db).await;
     let tables_before = dbstats::table_writes(&sut.db).await;
     let waits = dbstats::Waits::start(sut.db.clone());
@@ -90,6 +91,7 @@ where
     let drain_started = Instant::now();
     let unfinished_left = drain(sut, config.drain_timeout, &bar).await?;
     let drain_seconds = drain_started.elapsed().as_secs_f64();
+    dbstats::settle().await;
     let db_counters = dbstats::delta(&counters_before, &dbstats::counters(&sut.db).await);
     let table_writes = dbstats::table_delta(&tables_before, &dbstats::table_writes(&sut.db).await);
     bar.finish_and_clear();

@@ -32,21 +32,42 @@ pub fn evaluate(report: &PerfReport) -> Vec<TargetCheck> {
     let phase = |system, workload, name: &str| report.phase(system, workload, name);
     let mut checks = Vec::new();
 
-    let ceiling =
-        phase(of, Workload::Uniform, "max").zip(phase(System::Raw, Workload::Uniform, "max"));
+    let orderflow_max = phase(of, Workload::Uniform, "max");
+    for (target, baseline) in [
+        (
+            "orderflow applied/s ÷ naive sync's (uniform, max)",
+            phase(System::Naive, Workload::Uniform, "max"),
+        ),
+        (
+            "orderflow applied/s ÷ raw ceiling (uniform, max)",
+            phase(System::Raw, Workload::Uniform, "max"),
+        ),
+        (
+            "orderflow applied/s ÷ pgbench ceiling (one transaction per command)",
+            phase(System::Raw, Workload::Uniform, super::pgbench::PHASE),
+        ),
+    ] {
+        checks.push(check(
+            target,
+            "≥ 1.0",
+            orderflow_max.zip(baseline).map(|(o, b)| {
+                let ratio = o.applied_per_s / b.applied_per_s.max(1e-9);
+                (
+                    format!(
+                        "{:.0} / {:.0} = {ratio:.2}",
+                        o.applied_per_s, b.applied_per_s
+                    ),
+                    ratio >= 1.0,
+                )
+            }),
+        ));
+    }
     checks.push(check(
-        "orderflow applied/s ÷ raw ceiling (uniform, max)",
-        "≥ 0.5",
-        ceiling.map(|(o, r)| {
-            let ratio = o.applied_per_s / r.applied_per_s.max(1e-9);
-            (
-                format!(
-                    "{:.0} / {:.0} = {ratio:.2}",
-                    o.applied_per_s, r.applied_per_s
-                ),
-                ratio >= 0.5,
-            )
-        }),
+        "orderflow PostgreSQL write transactions per command (uniform, max)",
+        "≤ 0.5",
+        orderflow_max
+            .and_then(|o| o.per_command("write_xacts"))
+            .map(|commits| (format!("{commits:.2}"), commits <= 0.5)),
     ));
 
     let half = phase(of, Workload::Uniform, "half-rate");

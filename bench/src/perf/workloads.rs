@@ -3,7 +3,7 @@
 //! the uniform workload, so each is driven relative to its own capacity; the storm's cold load is
 //! the same absolute rate for every system, so their cold-order latencies compare.
 
-use super::config::{PerfConfig, Workload};
+use super::config::{PerfConfig, System, Workload};
 use super::database;
 use super::drive::{self, Picker};
 use super::observe;
@@ -38,7 +38,7 @@ pub async fn run(
     }
 }
 
-fn spec(workload: Workload, phase: &str, duration: Duration) -> Spec {
+pub(super) fn spec(workload: Workload, phase: &str, duration: Duration) -> Spec {
     Spec {
         workload,
         phase: phase.to_owned(),
@@ -108,7 +108,11 @@ async fn uniform(config: &PerfConfig, sut: &mut Sut) -> anyhow::Result<Vec<Phase
         orders,
     )
     .await?;
-    Ok(vec![max, half])
+    let mut phases = vec![max, half];
+    if sut.system == System::Raw {
+        phases.push(super::pgbench::ceiling(config, sut).await?);
+    }
+    Ok(phases)
 }
 
 async fn storm(config: &PerfConfig, sut: &mut Sut) -> anyhow::Result<Vec<PhaseResult>> {

@@ -180,7 +180,9 @@ fn database_note(p: &PhaseResult) -> String {
     if p.commands_ended() > 0 && !p.db_counters.is_empty() {
         let per = |name: &str| p.per_command(name).unwrap_or(0.0);
         parts.push(format!(
-            "per command {:.2} commits, {:.1} rows inserted, {:.1} updated, {:.1} deleted, {:.1} fetched",
+            "per command {:.2} write transactions (exact), {:.1} KB of WAL, {:.2} commits, {:.1} rows inserted, {:.1} updated, {:.1} deleted, {:.1} fetched",
+            per("write_xacts"),
+            per("wal_bytes") / 1024.0,
             per("xact_commit"),
             per("tup_inserted"),
             per("tup_updated"),

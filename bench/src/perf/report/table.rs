@@ -97,6 +97,8 @@ pub fn render(report: &PerfReport) -> String {
         "workload",
         "phase",
         "commits/cmd",
+        "write xacts/cmd",
+        "WAL KB/cmd",
         "rows written/cmd",
         "by table (ins/upd/del per cmd)",
         "CPU s per 1,000 applied",
@@ -109,6 +111,14 @@ pub fn render(report: &PerfReport) -> String {
             Cell::new(
                 p.per_command("xact_commit")
                     .map_or("–".into(), |v| format!("{v:.2}")),
+            ),
+            Cell::new(
+                p.per_command("write_xacts")
+                    .map_or("–".into(), |v| format!("{v:.2}")),
+            ),
+            Cell::new(
+                p.per_command("wal_bytes")
+                    .map_or("–".into(), |v| format!("{:.1}", v / 1024.0)),
             ),
             Cell::new(
                 p.rows_written_per_command()
