@@ -43,19 +43,35 @@ pub fn pool(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
 
 /// [`pool`], whose sessions PostgreSQL ends when they sit idle inside a transaction for longer
 /// than `idle_in_transaction`: a process stopped mid-transaction (SIGSTOP, a debugger, a
-/// frozen VM) then releases its row locks instead of blocking whoever took over its work.
+/// frozen VM) then releases its row locks instead of blocking whoever took over its work. Its
+/// sessions carry `application_name` (in `pg_stat_activity`), so that an operator, or a fault
+/// test, can tell one process's sessions from another's.
 pub fn pool_releasing_idle(
     url: &str,
     max_connections: u32,
     idle_in_transaction: Duration,
+    application_name: &str,
 ) -> Result<PgPool, sqlx::Error> {
     let limit = format!("{}ms", idle_in_transaction.as_millis());
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
         .connect_lazy_with(
-            connect_options(url)?.options([("idle_in_transaction_session_timeout", limit)]),
+            connect_options(url)?
+                .options([("idle_in_transaction_session_timeout", limit)])
+                .application_name(&application_name_of(application_name)),
         ))
+}
+
+/// `name` cut to what PostgreSQL keeps of an `application_name` (63 bytes, at a character
+/// boundary), so that what it shows is what was asked for, as far as it goes.
+pub fn application_name_of(name: &str) -> String {
+    const KEPT: usize = 63;
+    let mut end = name.len().min(KEPT);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name[..end].to_owned()
 }
 
 /// The URL's connect options, with one default changed: TLS to a loopback host protects nothing
@@ -168,6 +184,18 @@ pub fn storable_text(text: &str, max_bytes: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_application_name_is_cut_where_postgresql_cuts_it_at_a_character_boundary() {
+        assert_eq!(
+            application_name_of("orderflow-worker w1"),
+            "orderflow-worker w1"
+        );
+        let long = format!("orderflow-worker {}", "é".repeat(40));
+        let kept = application_name_of(&long);
+        assert!(kept.len() <= 63 && kept.len() >= 62, "{}", kept.len());
+        assert!(long.starts_with(&kept));
+    }
 
     #[test]
     fn stored_text_has_no_nul_no_control_characters_and_a_bound() {

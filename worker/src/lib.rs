@@ -1,6 +1,7 @@
 //! orderflow's worker as a library, so tests run the real thing in-process.
 
 pub mod apply;
+pub mod assignment;
 pub mod command_relay;
 pub mod consumer;
 pub mod direct;

@@ -126,10 +126,15 @@ impl Worker {
         // A worker stopped mid-transaction (SIGSTOP) must not keep its locks from the worker
         // that took its partitions over: PostgreSQL ends such a session after this idle time.
         // Longer than anything a worker does inside a transaction (a publish times out at 5 s).
+        let worker_name = config
+            .worker_name
+            .clone()
+            .unwrap_or_else(default_worker_name);
         let db = db::pool_releasing_idle(
             common.database_url.expose_secret(),
             common.db_pool_size,
             Duration::from_secs(15),
+            &format!("orderflow-worker {worker_name}"),
         )?;
         wait_for("PostgreSQL", || async {
             match db::check_schema(&db).await {
@@ -147,7 +152,7 @@ impl Worker {
         };
         let pool = amqp::pool(
             common.amqp_url.expose_secret(),
-            &format!("orderflow-worker {}", common.namespace),
+            &format!("orderflow-worker {} {worker_name}", common.namespace),
         );
         wait_for("RabbitMQ", || async {
             let connection = pool.get().await?;
@@ -171,11 +176,6 @@ impl Worker {
         // Installs the process's recorder before any series handle is taken.
         orderflow_runtime::telemetry::prometheus();
         crate::metrics::register();
-        let worker_name = config
-            .worker_name
-            .clone()
-            .unwrap_or_else(default_worker_name);
-
         let applier = Applier {
             db,
             gateway: Arc::new(SimulatedGateway {
@@ -189,7 +189,10 @@ impl Worker {
             publisher: Publisher::new(pool.clone()),
             connection: SharedConnection::new(
                 common.amqp_url.expose_secret(),
-                &format!("orderflow-worker {} consumers", common.namespace),
+                &format!(
+                    "orderflow-worker {} {worker_name} consumers",
+                    common.namespace
+                ),
             ),
             prefetch: config.prefetch,
             batch_max: usize::from(config.batch_max),
