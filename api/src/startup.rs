@@ -189,7 +189,8 @@ impl Application {
         let amqp = amqp::pool(
             common.amqp_url.expose_secret(),
             &format!("orderflow-api {}", common.namespace),
-        );
+        )
+        .map_err(|e| anyhow::anyhow!("AMQP_URL: {e}"))?;
         let publisher = Publisher::new(amqp);
         let channel = publisher
             .channel()

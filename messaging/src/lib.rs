@@ -7,8 +7,12 @@
 //! <ns>.events (topic): status events from the outbox, routing key `command.<status>.<type>`
 //! ```
 
-pub use deadpool_lapin::Pool as ConnectionPool;
-use deadpool_lapin::Pool;
+pub mod brokers;
+
+pub use brokers::Brokers;
+/// A pool of broker connections (see [`pool`]).
+pub type Pool = deadpool::managed::Pool<brokers::Manager>;
+pub use Pool as ConnectionPool;
 use lapin::{
     BasicProperties, Channel, Confirmation, ConnectionProperties, ExchangeKind,
     options::{
@@ -227,37 +231,41 @@ pub async fn queue_depth(channel: &Channel, queue: &str) -> lapin::Result<QueueD
     })
 }
 
-/// A pool of broker connections; broken ones are replaced on the next `get`. The name shows in
-/// the management UI (and lets a test close exactly its own connections).
-pub fn pool(url: &str, connection_name: &str) -> Pool {
+/// A pool of broker connections to the node(s) `urls` lists (see [`Brokers`]); broken ones are
+/// replaced on the next `get`, on whichever node answers. The name shows in the management UI
+/// (and lets a test close exactly its own connections). `Err`: `urls` is not a list of AMQP URLs.
+pub fn pool(urls: &str, connection_name: &str) -> Result<Pool, String> {
     let name = connection_name.to_owned();
-    deadpool_lapin::Config {
-        url: Some(url.to_owned()),
-        pool: Some(deadpool_lapin::PoolConfig::new(4)),
-    }
-    .create_pool(
-        move || ConnectionProperties::default().with_connection_name(name.as_str().into()),
-        deadpool_lapin::Runtime::Tokio1,
-    )
-    .expect("a pool with a runtime always builds")
+    let manager = brokers::Manager {
+        brokers: Brokers::parse(urls)?,
+        properties: Box::new(move || {
+            ConnectionProperties::default().with_connection_name(name.as_str().into())
+        }),
+    };
+    Ok(Pool::builder(manager)
+        .max_size(4)
+        .runtime(deadpool::Runtime::Tokio1)
+        .build()
+        .expect("a pool with a runtime always builds"))
 }
 
 /// One long-lived connection shared by many consumers (a channel each), re-opened when lost.
 /// Consumers hold their channel for their whole life, so they must not each hold a pooled
 /// connection: that would starve the pool the publishers need.
 pub struct SharedConnection {
-    url: String,
+    brokers: Brokers,
     name: String,
     current: Mutex<Option<Arc<lapin::Connection>>>,
 }
 
 impl SharedConnection {
-    pub fn new(url: &str, connection_name: &str) -> Self {
-        Self {
-            url: url.to_owned(),
+    /// `Err`: `urls` is not a list of AMQP URLs (see [`Brokers`]).
+    pub fn new(urls: &str, connection_name: &str) -> Result<Self, String> {
+        Ok(Self {
+            brokers: Brokers::parse(urls)?,
             name: connection_name.to_owned(),
             current: Mutex::new(None),
-        }
+        })
     }
 
     /// The open connection, or a new one if it was lost.
@@ -268,7 +276,7 @@ impl SharedConnection {
         }
         let properties =
             ConnectionProperties::default().with_connection_name(self.name.as_str().into());
-        let connection = Arc::new(lapin::Connection::connect(&self.url, properties).await?);
+        let connection = Arc::new(self.brokers.connect(properties).await?);
         *current = Some(connection.clone());
         Ok(connection)
     }

@@ -12,7 +12,8 @@ pub struct CommonConfig {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_parser = secret)]
     pub database_url: SecretString,
 
-    /// RabbitMQ connection string.
+    /// RabbitMQ connection string; or the nodes of a cluster, comma-separated: every new
+    /// connection tries them in turn, starting with the one that answered last.
     #[arg(
         long,
         env = "AMQP_URL",

@@ -153,7 +153,8 @@ impl Worker {
         let pool = amqp::pool(
             common.amqp_url.expose_secret(),
             &format!("orderflow-worker {} {worker_name}", common.namespace),
-        );
+        )
+        .map_err(|e| anyhow::anyhow!("AMQP_URL: {e}"))?;
         wait_for("RabbitMQ", || async {
             let connection = pool.get().await?;
             let channel = connection.create_channel().await?;
@@ -193,7 +194,8 @@ impl Worker {
                     "orderflow-worker {} {worker_name} consumers",
                     common.namespace
                 ),
-            ),
+            )
+            .map_err(|e| anyhow::anyhow!("AMQP_URL: {e}"))?,
             prefetch: config.prefetch,
             batch_max: usize::from(config.batch_max),
             poison_after_deliveries: config.poison_after_deliveries,
