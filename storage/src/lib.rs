@@ -15,6 +15,7 @@ pub mod orders;
 pub mod outbox;
 pub mod payments;
 pub mod perf;
+pub mod primary;
 
 pub use errors::{ErrorClass, classify, is_data_refused, is_transient};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
@@ -33,12 +34,31 @@ pub const COMMAND_DONE_CHANNEL: &str = "orderflow_command_done";
 pub const CLIENTS_CHANNEL: &str = "orderflow_clients";
 
 /// Opens a pool. Connections are made lazily, so a process starts while PostgreSQL restarts and
-/// a request fails fast (acquire timeout) instead of hanging. See [`connect_options`] for TLS.
+/// a request fails fast (acquire timeout) instead of hanging. See [`connect_options`] for TLS,
+/// and [`primary`] for a URL that names several hosts (a primary and its standbys).
 pub fn pool(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
-    Ok(PgPoolOptions::new()
+    open(url, max_connections, |options| options)
+}
+
+/// A pool over `url`'s host, or following the primary among its hosts (see [`primary`]), each
+/// host's options made by [`connect_options`] and then `customize`.
+fn open(
+    url: &str,
+    max_connections: u32,
+    customize: impl Fn(PgConnectOptions) -> PgConnectOptions,
+) -> Result<PgPool, sqlx::Error> {
+    let options = PgPoolOptions::new()
         .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with(connect_options(url)?))
+        .acquire_timeout(Duration::from_secs(5));
+    let mut hosts = primary::split_hosts(url)
+        .iter()
+        .map(|url| connect_options(url).map(&customize))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(if hosts.len() == 1 {
+        options.connect_lazy_with(hosts.remove(0))
+    } else {
+        primary::following_pool(options, hosts)
+    })
 }
 
 /// [`pool`], whose sessions PostgreSQL ends when they sit idle inside a transaction for longer
@@ -53,14 +73,12 @@ pub fn pool_releasing_idle(
     application_name: &str,
 ) -> Result<PgPool, sqlx::Error> {
     let limit = format!("{}ms", idle_in_transaction.as_millis());
-    Ok(PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with(
-            connect_options(url)?
-                .options([("idle_in_transaction_session_timeout", limit)])
-                .application_name(&application_name_of(application_name)),
-        ))
+    let name = application_name_of(application_name);
+    open(url, max_connections, |options| {
+        options
+            .options([("idle_in_transaction_session_timeout", limit.as_str())])
+            .application_name(&name)
+    })
 }
 
 /// `name` cut to what PostgreSQL keeps of an `application_name` (63 bytes, at a character
