@@ -1,26 +1,28 @@
 //! Holding the line under abuse: per-client rate limits, the per-client long-poll cap, and load
 //! shedding at the server's in-flight limit — each answered with a clear problem+json and the
-//! headers a client needs to back off, while everyone else keeps being served.
+//! headers a client needs to back off, while everyone else keeps being served. (An order's
+//! allowance coming back as the worker finishes its commands: `e2e/tests/abuse.rs`.)
 
 mod common;
 
-use common::{Options, TestApp};
 use orderflow_storage::clients::{self, RateLimit};
+use orderflow_testkit::{Stack, wait_for};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
+use uuid::Uuid;
 
 #[tokio::test]
 async fn a_flooding_client_gets_429s_while_the_others_are_served() {
-    let app = TestApp::spawn_with(Options {
-        // A slow refill: the count of 429s must not depend on how fast the machine is.
-        rate_limit: Some(RateLimit {
-            per_second: 1,
-            burst: 20,
-        }),
-        ..Default::default()
-    })
-    .await;
+    let app = Stack::builder()
+        .api_config(|c| {
+            // A slow refill: the count of 429s must not depend on how fast the machine is.
+            c.rate_limit_per_second = 1;
+            c.rate_limit_burst = 20;
+        })
+        .api()
+        .start()
+        .await;
     let mut polite = Vec::new();
     for i in 0..4 {
         polite.push(
@@ -96,14 +98,14 @@ async fn a_flooding_client_gets_429s_while_the_others_are_served() {
 
 #[tokio::test]
 async fn a_clients_own_rate_limit_overrides_the_default() {
-    let app = TestApp::spawn_with(Options {
-        rate_limit: Some(RateLimit {
-            per_second: 1,
-            burst: 2,
-        }),
-        ..Default::default()
-    })
-    .await;
+    let app = Stack::builder()
+        .api_config(|c| {
+            c.rate_limit_per_second = 1;
+            c.rate_limit_burst = 2;
+        })
+        .api()
+        .start()
+        .await;
     let (_, generous) = clients::create_with_limit(
         &app.db,
         "generous",
@@ -141,12 +143,11 @@ async fn a_clients_own_rate_limit_overrides_the_default() {
 
 #[tokio::test]
 async fn long_polls_are_capped_per_client() {
-    let app = TestApp::spawn_with(Options {
-        start_worker: false,
-        max_waits_per_client: Some(3),
-        ..Default::default()
-    })
-    .await;
+    let app = Stack::builder()
+        .api_config(|c| c.max_waits_per_client = 3)
+        .api()
+        .start()
+        .await;
     let accepted = app.create_order(json!([])).await;
     let path = format!(
         "/v1/commands/{}?wait=2",
@@ -178,12 +179,11 @@ async fn long_polls_are_capped_per_client() {
 
 #[tokio::test]
 async fn beyond_the_in_flight_limit_requests_are_shed_with_503() {
-    let app = TestApp::spawn_with(Options {
-        start_worker: false,
-        max_in_flight: Some(2),
-        ..Default::default()
-    })
-    .await;
+    let app = Stack::builder()
+        .api_config(|c| c.max_in_flight = 2)
+        .api()
+        .start()
+        .await;
     let accepted = app.create_order(json!([])).await;
     let path = format!(
         "/v1/commands/{}?wait=3",
@@ -192,20 +192,26 @@ async fn beyond_the_in_flight_limit_requests_are_shed_with_503() {
     let slow =
         futures_util::future::join_all((0..2).map(|_| app.request(Method::GET, &path).send()));
     let shed = async {
-        // Let the two long-polls take both slots; then a third request is shed at once.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let response = app
-                .request(Method::GET, "/v1/inventory/NONE")
-                .send()
-                .await
-                .unwrap();
-            if response.status() == StatusCode::SERVICE_UNAVAILABLE {
-                return response;
-            }
-            assert!(Instant::now() < deadline, "nothing was shed");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        // Let the two long-polls take both slots (each counts as an open long-poll once it holds
+        // one: `/metrics` is outside the budgets); then a third request is shed at once.
+        let open = r#"orderflow_open_streams{kind="long_poll"}"#;
+        wait_for("both long-polls to hold their slots")
+            .within(Duration::from_secs(10))
+            .every(Duration::from_millis(20))
+            .until(|| async { app.metric(open).await >= 2.0 })
+            .await;
+        wait_for("a request to be shed")
+            .within(Duration::from_secs(10))
+            .every(Duration::from_millis(20))
+            .until(|| async {
+                let response = app
+                    .request(Method::GET, "/v1/inventory/NONE")
+                    .send()
+                    .await
+                    .unwrap();
+                (response.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(response)
+            })
+            .await
     };
     let (slow, shed) = tokio::join!(slow, shed);
     assert!(
@@ -219,11 +225,7 @@ async fn beyond_the_in_flight_limit_requests_are_shed_with_503() {
 
 #[tokio::test]
 async fn too_many_or_too_large_headers_get_a_431_problem_and_nothing_is_written() {
-    let app = TestApp::spawn_with(Options {
-        start_worker: false,
-        ..Default::default()
-    })
-    .await;
+    let app = Stack::builder().api().start().await;
     let create = |extra: Vec<(String, String)>| {
         let mut request = app
             .request(Method::POST, "/v1/orders")
@@ -271,12 +273,11 @@ async fn too_many_or_too_large_headers_get_a_431_problem_and_nothing_is_written(
 
 #[tokio::test]
 async fn a_cached_key_skips_the_database_and_a_revocation_still_reaches_the_cache() {
-    let app = TestApp::spawn_with(Options {
-        start_worker: false,
-        key_cache_secs: Some(600),
-        ..Default::default()
-    })
-    .await;
+    let app = Stack::builder()
+        .api_config(|c| c.key_cache_secs = 600)
+        .api()
+        .start()
+        .await;
     let (client, key) = clients::create(&app.db, "cached", false).await.unwrap();
     let read = || {
         app.http
@@ -288,11 +289,17 @@ async fn a_cached_key_skips_the_database_and_a_revocation_still_reaches_the_cach
     let from_database = r#"orderflow_api_key_lookups_total{result="database"}"#;
 
     // Once the API listens for changes to clients, a second check of a key is served from memory.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while app.metric(cached).await < 1.0 {
-        assert!(Instant::now() < deadline, "no key check was ever cached");
-        assert_eq!(read().await.unwrap().status(), StatusCode::NOT_FOUND);
-    }
+    wait_for("a key check to be cached")
+        .within(Duration::from_secs(10))
+        .every(Duration::ZERO)
+        .until(|| async {
+            if app.metric(cached).await >= 1.0 {
+                return true;
+            }
+            assert_eq!(read().await.unwrap().status(), StatusCode::NOT_FOUND);
+            false
+        })
+        .await;
     let database_reads = app.metric(from_database).await;
     for _ in 0..20 {
         assert_eq!(read().await.unwrap().status(), StatusCode::NOT_FOUND);
@@ -322,87 +329,17 @@ async fn a_cached_key_skips_the_database_and_a_revocation_still_reaches_the_cach
 }
 
 #[tokio::test]
-async fn an_order_with_its_maximum_of_unfinished_commands_answers_429_until_the_worker_catches_up()
-{
-    let mut app = TestApp::spawn_with(Options {
-        start_worker: false,
-        max_pending_per_order: Some(3),
-        ..Default::default()
-    })
-    .await;
-    // The create is the first unfinished command; two more fill the order's allowance.
-    let order = app.create_order(json!([])).await["order_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let add =
-        |sku: &str| json!({"type": "add_item", "sku": sku, "quantity": 1, "unit_price_cents": 100});
-    assert_eq!(
-        post_command(&app, &order, add("A")).await.status(),
-        StatusCode::ACCEPTED
-    );
-    let key = uuid::Uuid::new_v4().to_string();
-    let first = post_command_with_key(&app, &order, &key, add("B")).await;
-    assert_eq!(first.status(), StatusCode::ACCEPTED);
-    let first: Value = first.json().await.unwrap();
-    let busy = post_command(&app, &order, add("C")).await;
-    assert_eq!(busy.status(), StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(busy.headers()["retry-after"], "1");
-    assert!(!busy.headers().contains_key("ratelimit-limit"));
-    let problem: Value = busy.json().await.unwrap();
-    assert_eq!(problem["type"], "https://orderflow.dev/problems/order-busy");
-    let recorded: i64 = sqlx::query_scalar("select count(*) from commands")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
-    assert_eq!(recorded, 3, "the refused command was not recorded");
-    // A retry of an accepted command is still answered from its key while the order is full.
-    let retry = post_command_with_key(&app, &order, &key, add("B")).await;
-    assert_eq!(retry.status(), StatusCode::ACCEPTED);
-    assert_eq!(retry.headers()["idempotent-replayed"], "true");
-    let retry: Value = retry.json().await.unwrap();
-    assert_eq!(retry["command_id"], first["command_id"]);
-    let recorded: i64 = sqlx::query_scalar("select count(*) from commands")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
-    assert_eq!(recorded, 3, "the replay recorded nothing");
-    // Another order is not held back by this one.
-    app.create_order(json!([])).await;
-
-    // Once the worker has finished them, the order takes commands again.
-    app.start_worker().await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let accepted = loop {
-        let response = post_command(&app, &order, add("C")).await;
-        if response.status() == StatusCode::ACCEPTED {
-            break response.json::<Value>().await.unwrap();
-        }
-        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
-        assert!(Instant::now() < deadline, "the order stayed busy");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let outcome = app
-        .wait_final(accepted["command_id"].as_str().unwrap())
-        .await;
-    assert_eq!(outcome["status"], "applied");
-    assert_eq!(
-        app.order(&order).await["version"],
-        4,
-        "create and three items"
-    );
-}
-
-#[tokio::test]
 async fn a_storm_on_one_order_gets_exactly_its_room_with_gapless_seqs_and_429s_for_the_rest() {
-    let app = TestApp::spawn_with(Options {
-        start_worker: false,
-        max_pending_per_order: Some(8),
-        // This test is about the allowance and the gate, not the order's rate.
-        order_rate: Some((0, 1)),
-        ..Default::default()
-    })
-    .await;
+    let app = Stack::builder()
+        .api_config(|c| {
+            c.max_pending_per_order = 8;
+            // This test is about the allowance and the gate, not the order's rate.
+            c.order_rate_per_second = 0;
+            c.order_rate_burst = 1;
+        })
+        .api()
+        .start()
+        .await;
     let order = app.create_order(json!([])).await["order_id"]
         .as_str()
         .unwrap()
@@ -413,7 +350,7 @@ async fn a_storm_on_one_order_gets_exactly_its_room_with_gapless_seqs_and_429s_f
         let (app, order) = (&app, &order);
         async move {
             let add = json!({"type": "add_item", "sku": format!("S{n}"), "quantity": 1, "unit_price_cents": 100});
-            let response = post_command(app, order, add).await;
+            let response = app.post_command(order, &Uuid::new_v4().to_string(), &add).await;
             let status = response.status();
             let body: Value = response.json().await.unwrap();
             (status, body)
@@ -451,12 +388,14 @@ async fn a_storm_on_one_order_gets_exactly_its_room_with_gapless_seqs_and_429s_f
 
 #[tokio::test]
 async fn an_order_beyond_its_rate_is_refused_with_retry_after_and_nothing_written() {
-    let app = TestApp::spawn_with(Options {
-        start_worker: false,
-        order_rate: Some((1, 1)),
-        ..Default::default()
-    })
-    .await;
+    let app = Stack::builder()
+        .api_config(|c| {
+            c.order_rate_per_second = 1;
+            c.order_rate_burst = 1;
+        })
+        .api()
+        .start()
+        .await;
     let mut orders = Vec::new();
     for _ in 0..2 {
         let created = app.create_order(json!([])).await;
@@ -468,7 +407,7 @@ async fn an_order_beyond_its_rate_is_refused_with_retry_after_and_nothing_writte
         let app = &app;
         async move {
             let add = json!({"type": "add_item", "sku": format!("S{n}"), "quantity": 1, "unit_price_cents": 100});
-            let response = post_command(app, hot, add).await;
+            let response = app.post_command(hot, &Uuid::new_v4().to_string(), &add).await;
             let status = response.status();
             let retry_after = response.headers().get("retry-after").cloned();
             let content_type = response.headers()["content-type"].clone();
@@ -520,27 +459,9 @@ async fn an_order_beyond_its_rate_is_refused_with_retry_after_and_nothing_writte
     // Another order has its own bucket.
     let add = json!({"type": "add_item", "sku": "C", "quantity": 1, "unit_price_cents": 100});
     assert_eq!(
-        post_command(&app, cold, add).await.status(),
+        app.post_command(cold, &Uuid::new_v4().to_string(), &add)
+            .await
+            .status(),
         StatusCode::ACCEPTED
     );
-}
-
-/// POST /v1/orders/{order}/commands with a fresh Idempotency-Key.
-async fn post_command(app: &TestApp, order: &str, command: Value) -> reqwest::Response {
-    post_command_with_key(app, order, &uuid::Uuid::new_v4().to_string(), command).await
-}
-
-/// POST /v1/orders/{order}/commands with this Idempotency-Key.
-async fn post_command_with_key(
-    app: &TestApp,
-    order: &str,
-    key: &str,
-    command: Value,
-) -> reqwest::Response {
-    app.request(Method::POST, &format!("/v1/orders/{order}/commands"))
-        .header("idempotency-key", key)
-        .json(&command)
-        .send()
-        .await
-        .unwrap()
 }

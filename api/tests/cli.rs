@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::TestApp;
+use orderflow_testkit::Stack;
 use reqwest::StatusCode;
 use std::process::Command;
 
@@ -10,7 +10,7 @@ const API: &str = env!("CARGO_BIN_EXE_orderflow-api");
 
 #[tokio::test]
 async fn client_create_prints_a_working_key_alone_on_stdout() {
-    let app = TestApp::spawn().await;
+    let app = Stack::builder().api().start().await;
     let output = Command::new(API)
         .args(["client", "create", "--name", "cli-test", "--admin"])
         .env("DATABASE_URL", &app.database_url)
@@ -46,7 +46,7 @@ async fn client_create_prints_a_working_key_alone_on_stdout() {
 
 #[tokio::test]
 async fn client_revoke_stops_a_key_even_where_the_api_has_it_cached() {
-    let app = TestApp::spawn().await;
+    let app = Stack::builder().api().start().await;
     let read = || app.request(reqwest::Method::GET, "/v1/inventory/X").send();
     // Checked once (and so cached, by default, once the API listens for changes to clients).
     assert_eq!(read().await.unwrap().status(), StatusCode::NOT_FOUND);

@@ -1,21 +1,18 @@
-//! The HTTP contract, against the real API, worker, PostgreSQL and RabbitMQ: every refusal is
-//! `application/problem+json` with its stable `type`, a refused write writes nothing, one client
-//! never sees (or touches) another's orders, and a 202 says where its status lives.
+//! The HTTP contract, against the real API, PostgreSQL and RabbitMQ: every refusal is
+//! `application/problem+json` with its stable `type`, a refused write writes nothing, and a 202
+//! says where its status lives. (Where a worker must apply commands — one client never seeing
+//! another's orders, long-polls that end: `e2e/tests/http.rs`.)
 
-mod common;
-
-use common::{Options, PARTITIONS, TestApp};
 use orderflow_storage::clients;
+use orderflow_testkit::{Stack, Writes, problem, wait_for};
 use reqwest::header::{
     ALLOW, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, IF_MATCH, LOCATION,
     WWW_AUTHENTICATE,
 };
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde_json::{Value, json};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use uuid::Uuid;
-
-const PROBLEM_JSON: &str = "application/problem+json";
 
 fn widget() -> Value {
     json!([{"sku": "WIDGET", "quantity": 2, "unit_price_cents": 1250}])
@@ -51,88 +48,11 @@ fn fresh_key() -> String {
     Uuid::new_v4().to_string()
 }
 
-/// The rows an accepted write creates. A refused write must leave all three unchanged.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Writes {
-    commands: i64,
-    order_streams: i64,
-    idempotency_keys: i64,
-}
-
-async fn writes(app: &TestApp) -> Writes {
-    let count = |sql: &'static str| async move {
-        sqlx::query_scalar::<_, i64>(sql)
-            .fetch_one(&app.db)
-            .await
-            .unwrap()
-    };
-    Writes {
-        commands: count("select count(*) from commands").await,
-        order_streams: count("select count(*) from order_streams").await,
-        idempotency_keys: count("select count(*) from idempotency_keys").await,
-    }
-}
-
-async fn inventory_rows(app: &TestApp) -> i64 {
+async fn inventory_rows(app: &Stack) -> i64 {
     sqlx::query_scalar("select count(*) from inventory")
         .fetch_one(&app.db)
         .await
         .unwrap()
-}
-
-/// Sends a request that must fail with `status` and problem `kind`; checks the problem+json
-/// shape and returns the response headers and body.
-async fn problem(
-    request: RequestBuilder,
-    status: StatusCode,
-    kind: &str,
-    what: &str,
-) -> (HeaderMap, Value) {
-    let response = request
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
-    let actual = response.status();
-    let headers = response.headers().clone();
-    let text = response.text().await.unwrap();
-    assert_eq!(actual, status, "{what}: {text}");
-    assert_eq!(
-        headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()),
-        Some(PROBLEM_JSON),
-        "{what}: content-type of {text}"
-    );
-    let body: Value = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("{what}: the body is not JSON ({e}): {text}"));
-    assert_eq!(
-        body["type"],
-        format!("https://orderflow.dev/problems/{kind}"),
-        "{what}: {body}"
-    );
-    assert_eq!(body["status"], status.as_u16(), "{what}: {body}");
-    assert!(body["title"].is_string(), "{what}: {body}");
-    assert!(
-        body["detail"].as_str().is_some_and(|d| !d.is_empty()),
-        "{what}: {body}"
-    );
-    (headers, body)
-}
-
-/// A write that must be refused: the problem as [`problem`] checks it, and not one row written.
-async fn refused(
-    app: &TestApp,
-    request: RequestBuilder,
-    status: StatusCode,
-    kind: &str,
-    what: &str,
-) -> (HeaderMap, Value) {
-    let before = writes(app).await;
-    let answer = problem(request, status, kind, what).await;
-    assert_eq!(
-        writes(app).await,
-        before,
-        "{what}: a refused write wrote rows"
-    );
-    answer
 }
 
 /// Sends a request that must be accepted; returns the Location header and the body.
@@ -149,19 +69,19 @@ async fn accepted(request: RequestBuilder, what: &str) -> (HeaderMap, Value) {
     (headers, body)
 }
 
-fn post_order(app: &TestApp) -> RequestBuilder {
+fn post_order(app: &Stack) -> RequestBuilder {
     app.request(Method::POST, "/v1/orders")
         .header("idempotency-key", fresh_key())
 }
 
-fn post_command(app: &TestApp, order_id: &str) -> RequestBuilder {
+fn post_command(app: &Stack, order_id: &str) -> RequestBuilder {
     app.request(Method::POST, &format!("/v1/orders/{order_id}/commands"))
         .header("idempotency-key", fresh_key())
 }
 
 #[tokio::test]
 async fn requests_without_a_valid_bearer_key_are_401_with_www_authenticate_and_write_nothing() {
-    let app = TestApp::spawn().await;
+    let app = Stack::builder().api().start().await;
     let created = app.create_order(widget()).await;
     let order_id = created["order_id"].as_str().unwrap().to_owned();
     let command_id = created["command_id"].as_str().unwrap().to_owned();
@@ -222,14 +142,9 @@ async fn requests_without_a_valid_bearer_key_are_401_with_www_authenticate_and_w
                 request = request.json(body);
             }
             let what = format!("{method} {path} with {label}");
-            let (headers, _) = refused(
-                &app,
-                request,
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                &what,
-            )
-            .await;
+            let (headers, _) = app
+                .refused(request, StatusCode::UNAUTHORIZED, "unauthorized", &what)
+                .await;
             assert_eq!(
                 headers.get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()),
                 Some("Bearer"),
@@ -248,11 +163,11 @@ async fn requests_without_a_valid_bearer_key_are_401_with_www_authenticate_and_w
 async fn a_revoked_key_is_refused_at_once_without_the_key_cache() {
     // With the cache (the default) a revocation takes the notification's delivery to arrive:
     // `abuse::a_cached_key_skips_the_database_and_a_revocation_still_reaches_the_cache`.
-    let app = TestApp::spawn_with(Options {
-        key_cache_secs: Some(0),
-        ..Default::default()
-    })
-    .await;
+    let app = Stack::builder()
+        .api_config(|c| c.key_cache_secs = 0)
+        .api()
+        .start()
+        .await;
     let (client, key) = clients::create(&app.db, "soon-revoked", false)
         .await
         .unwrap();
@@ -290,18 +205,18 @@ async fn a_revoked_key_is_refused_at_once_without_the_key_cache() {
         .await;
         assert_eq!(headers[WWW_AUTHENTICATE], "Bearer", "{what}");
     }
-    let (headers, _) = refused(
-        &app,
-        app.http
-            .post(app.url("/v1/orders"))
-            .bearer_auth(&key)
-            .header("idempotency-key", fresh_key())
-            .json(&order_body()),
-        StatusCode::UNAUTHORIZED,
-        "unauthorized",
-        "POST /v1/orders with a revoked key",
-    )
-    .await;
+    let (headers, _) = app
+        .refused(
+            app.http
+                .post(app.url("/v1/orders"))
+                .bearer_auth(&key)
+                .header("idempotency-key", fresh_key())
+                .json(&order_body()),
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "POST /v1/orders with a revoked key",
+        )
+        .await;
     assert_eq!(headers[WWW_AUTHENTICATE], "Bearer");
     // Revoking one client's key leaves the others working.
     problem(
@@ -315,7 +230,7 @@ async fn a_revoked_key_is_refused_at_once_without_the_key_cache() {
 
 #[tokio::test]
 async fn only_an_admin_key_may_set_stock_and_every_client_may_read_it() {
-    let app = TestApp::spawn().await;
+    let app = Stack::builder().api().start().await;
     let (_, other_key) = clients::create(&app.db, "other", false).await.unwrap();
 
     for (label, key) in [
@@ -369,118 +284,8 @@ async fn only_an_admin_key_may_set_stock_and_every_client_may_read_it() {
 }
 
 #[tokio::test]
-async fn another_clients_order_and_commands_answer_404_exactly_like_unknown_ids_and_write_nothing()
-{
-    let app = TestApp::spawn().await;
-    let created = app.create_order(widget()).await;
-    let order_id = created["order_id"].as_str().unwrap().to_owned();
-    let command_id = created["command_id"].as_str().unwrap().to_owned();
-    assert_eq!(app.wait_final(&command_id).await["status"], "applied");
-    let (_, other_key) = clients::create(&app.db, "other", false).await.unwrap();
-    let other = |method: Method, path: &str| {
-        app.http
-            .request(method, app.url(path))
-            .bearer_auth(&other_key)
-    };
-    let (unknown_order, unknown_command) = (Uuid::now_v7(), Uuid::now_v7());
-
-    for (theirs, unknown) in [
-        (
-            format!("/v1/orders/{order_id}"),
-            format!("/v1/orders/{unknown_order}"),
-        ),
-        (
-            format!("/v1/orders/{order_id}/events"),
-            format!("/v1/orders/{unknown_order}/events"),
-        ),
-        (
-            format!("/v1/commands/{command_id}"),
-            format!("/v1/commands/{unknown_command}"),
-        ),
-        (
-            format!("/v1/commands/{command_id}?wait=0"),
-            format!("/v1/commands/{unknown_command}?wait=0"),
-        ),
-    ] {
-        let (theirs_headers, theirs_body) = problem(
-            other(Method::GET, &theirs),
-            StatusCode::NOT_FOUND,
-            "not-found",
-            &format!("another client's GET {theirs}"),
-        )
-        .await;
-        let (unknown_headers, unknown_body) = problem(
-            other(Method::GET, &unknown),
-            StatusCode::NOT_FOUND,
-            "not-found",
-            &format!("GET {unknown}"),
-        )
-        .await;
-        assert_eq!(theirs_body, unknown_body, "GET {theirs} vs GET {unknown}");
-        assert_eq!(
-            theirs_headers.get(CONTENT_TYPE),
-            unknown_headers.get(CONTENT_TYPE)
-        );
-        // and the owner does see it
-        let response = app.request(Method::GET, &theirs).send().await.unwrap();
-        assert_eq!(
-            response.status(),
-            StatusCode::OK,
-            "the owner's GET {theirs}"
-        );
-    }
-
-    for (command, if_match) in [
-        (json!({"type": "cancel"}), None),
-        (
-            json!({"type": "cancel", "reason": "mine now"}),
-            Some("\"1\""),
-        ),
-        (
-            json!({"type": "add_item", "sku": "X", "quantity": 1, "unit_price_cents": 1}),
-            None,
-        ),
-    ] {
-        let post = |order: String| {
-            let mut request = other(Method::POST, &format!("/v1/orders/{order}/commands"))
-                .header("idempotency-key", fresh_key())
-                .json(&command);
-            if let Some(if_match) = if_match {
-                request = request.header(IF_MATCH, if_match);
-            }
-            request
-        };
-        let (_, theirs) = refused(
-            &app,
-            post(order_id.clone()),
-            StatusCode::NOT_FOUND,
-            "not-found",
-            &format!("another client's {command} on the order"),
-        )
-        .await;
-        let (_, unknown) = refused(
-            &app,
-            post(unknown_order.to_string()),
-            StatusCode::NOT_FOUND,
-            "not-found",
-            &format!("{command} on an unknown order"),
-        )
-        .await;
-        assert_eq!(theirs, unknown, "{command}");
-    }
-
-    // The owner's order is untouched.
-    let order = app.order(&order_id).await;
-    assert_eq!(
-        (order["version"].clone(), order["status"].clone()),
-        (json!(1), json!("pending"))
-    );
-    assert_eq!(app.events(&order_id).await.len(), 1);
-}
-
-#[tokio::test]
 async fn the_same_idempotency_key_from_two_clients_creates_two_commands() {
-    let app = TestApp::spawn().await;
+    let app = Stack::builder().api().start().await;
     let (_, other_key) = clients::create(&app.db, "other", false).await.unwrap();
     let key = fresh_key();
     let post = |client_key: &str| {
@@ -490,7 +295,7 @@ async fn the_same_idempotency_key_from_two_clients_creates_two_commands() {
             .header("idempotency-key", &key)
             .json(&order_body())
     };
-    let before = writes(&app).await;
+    let before = app.writes().await;
     let (mine_headers, mine) = accepted(post(&app.key), "the first client").await;
     let (theirs_headers, theirs) = accepted(post(&other_key), "the second client").await;
     assert_ne!(mine["command_id"], theirs["command_id"]);
@@ -498,7 +303,7 @@ async fn the_same_idempotency_key_from_two_clients_creates_two_commands() {
     assert!(mine_headers.get("idempotent-replayed").is_none());
     assert!(theirs_headers.get("idempotent-replayed").is_none());
     assert_eq!(
-        writes(&app).await,
+        app.writes().await,
         Writes {
             commands: before.commands + 2,
             order_streams: before.order_streams + 2,
@@ -516,19 +321,19 @@ async fn the_same_idempotency_key_from_two_clients_creates_two_commands() {
     assert_ne!(owners[0], owners[1]);
 
     // Each client's retry replays its own command and writes nothing.
-    let after = writes(&app).await;
+    let after = app.writes().await;
     for (client_key, original) in [(&app.key, &mine), (&other_key, &theirs)] {
         let (headers, replay) = accepted(post(client_key), "a retry").await;
         assert_eq!(replay["command_id"], original["command_id"]);
         assert_eq!(replay["order_id"], original["order_id"]);
         assert_eq!(headers["idempotent-replayed"], "true");
     }
-    assert_eq!(writes(&app).await, after);
+    assert_eq!(app.writes().await, after);
 }
 
 #[tokio::test]
 async fn every_post_needs_an_idempotency_key_of_1_to_255_visible_ascii_characters() {
-    let app = TestApp::spawn().await;
+    let app = Stack::builder().api().start().await;
     let order_id = app.create_order(widget()).await["order_id"]
         .as_str()
         .unwrap()
@@ -562,8 +367,7 @@ async fn every_post_needs_an_idempotency_key_of_1_to_255_visible_ascii_character
             if let Some(key) = key {
                 request = request.header("idempotency-key", key.clone());
             }
-            refused(
-                &app,
+            app.refused(
                 request,
                 StatusCode::BAD_REQUEST,
                 "invalid-request",
@@ -593,7 +397,7 @@ async fn every_post_needs_an_idempotency_key_of_1_to_255_visible_ascii_character
 
 #[tokio::test]
 async fn a_body_that_is_not_json_is_400_and_one_not_declared_json_is_415_and_neither_writes() {
-    let app = TestApp::spawn().await;
+    let app = Stack::builder().api().start().await;
     let order_id = app.create_order(widget()).await["order_id"]
         .as_str()
         .unwrap()
@@ -612,8 +416,7 @@ async fn a_body_that_is_not_json_is_400_and_one_not_declared_json_is_415_and_nei
             ("trailing garbage", r#"{"type": "cancel"} x"#),
             ("a single quoted string", "{'type': 'cancel'}"),
         ] {
-            refused(
-                &app,
+            app.refused(
                 app.request(Method::POST, path)
                     .header("idempotency-key", fresh_key())
                     .header(CONTENT_TYPE, "application/json")
@@ -639,8 +442,7 @@ async fn a_body_that_is_not_json_is_400_and_one_not_declared_json_is_415_and_nei
             if let Some(content_type) = content_type {
                 request = request.header(CONTENT_TYPE, content_type);
             }
-            refused(
-                &app,
+            app.refused(
                 request,
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported-media-type",
@@ -677,7 +479,7 @@ async fn a_body_that_is_not_json_is_400_and_one_not_declared_json_is_415_and_nei
 
 #[tokio::test]
 async fn a_create_body_that_is_not_a_valid_order_is_422_invalid_body_and_writes_nothing() {
-    let app = TestApp::spawn().await;
+    let app = Stack::builder().api().start().await;
     let item = |sku: &str| json!({"sku": sku, "quantity": 1, "unit_price_cents": 100});
     let many: Vec<Value> = (0..101).map(|i| item(&format!("SKU-{i}"))).collect();
 
@@ -768,8 +570,7 @@ async fn a_create_body_that_is_not_a_valid_order_is_422_invalid_body_and_writes_
         ("a JSON string", json!("order")),
     ];
     for (label, body) in cases {
-        refused(
-            &app,
+        app.refused(
             post_order(&app).json(&body),
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid-body",
@@ -785,8 +586,7 @@ async fn a_create_body_that_is_not_a_valid_order_is_422_invalid_body_and_writes_
             .header("idempotency-key", &key)
             .json(&body)
     };
-    refused(
-        &app,
+    app.refused(
         with_key(order_body_with_item("quantity", json!(0))),
         StatusCode::UNPROCESSABLE_ENTITY,
         "invalid-body",
@@ -799,7 +599,7 @@ async fn a_create_body_that_is_not_a_valid_order_is_422_invalid_body_and_writes_
 
 #[tokio::test]
 async fn a_command_body_that_is_not_a_valid_command_is_422_invalid_body_and_writes_nothing() {
-    let app = TestApp::spawn().await;
+    let app = Stack::builder().api().start().await;
     let order_id = app.create_order(widget()).await["order_id"]
         .as_str()
         .unwrap()
@@ -860,8 +660,7 @@ async fn a_command_body_that_is_not_a_valid_command_is_422_invalid_body_and_writ
         ("a JSON array", json!([{"type": "cancel"}])),
     ];
     for (label, body) in cases {
-        refused(
-            &app,
+        app.refused(
             post_command(&app, &order_id).json(&body),
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid-body",
@@ -873,7 +672,7 @@ async fn a_command_body_that_is_not_a_valid_command_is_422_invalid_body_and_writ
 
 #[tokio::test]
 async fn a_body_over_64_kib_is_413_and_writes_nothing() {
-    let app = TestApp::spawn().await;
+    let app = Stack::builder().api().start().await;
     let order_id = app.create_order(widget()).await["order_id"]
         .as_str()
         .unwrap()
@@ -888,8 +687,7 @@ async fn a_body_over_64_kib_is_413_and_writes_nothing() {
         ),
     ] {
         body["padding"] = json!(padding.as_str());
-        refused(
-            &app,
+        app.refused(
             app.request(Method::POST, &path)
                 .header("idempotency-key", fresh_key())
                 .json(&body),
@@ -914,7 +712,7 @@ async fn a_body_over_64_kib_is_413_and_writes_nothing() {
 
 #[tokio::test]
 async fn a_malformed_if_match_is_400_invalid_request_and_writes_nothing() {
-    let app = TestApp::spawn().await;
+    let app = Stack::builder().api().start().await;
     let order_id = app.create_order(widget()).await["order_id"]
         .as_str()
         .unwrap()
@@ -930,8 +728,7 @@ async fn a_malformed_if_match_is_400_invalid_request_and_writes_nothing() {
         "\"1.0\"",
         "\"99999999999999999999\"",
     ] {
-        refused(
-            &app,
+        app.refused(
             post_command(&app, &order_id)
                 .header(IF_MATCH, if_match)
                 .json(&json!({"type": "cancel"})),
@@ -954,46 +751,8 @@ async fn a_malformed_if_match_is_400_invalid_request_and_writes_nothing() {
 }
 
 #[tokio::test]
-async fn a_wait_over_30_seconds_a_malformed_wait_or_an_unknown_query_parameter_is_400() {
-    let app = TestApp::spawn().await;
-    let command_id = app.create_order(widget()).await["command_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    for query in [
-        "wait=31",
-        "wait=abc",
-        "wait=-1",
-        "wait=1.5",
-        "wait=18446744073709551616",
-        "timeout=5",
-        "wait=1&foo=bar",
-    ] {
-        let started = Instant::now();
-        problem(
-            app.request(Method::GET, &format!("/v1/commands/{command_id}?{query}")),
-            StatusCode::BAD_REQUEST,
-            "invalid-request",
-            &format!("GET /v1/commands/{{id}}?{query}"),
-        )
-        .await;
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "?{query} was refused only after waiting"
-        );
-    }
-    // The bound itself is accepted.
-    let response = app
-        .request(Method::GET, &format!("/v1/commands/{command_id}?wait=30"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-}
-
-#[tokio::test]
 async fn an_id_that_is_not_a_uuid_is_400_invalid_request_on_every_route_with_an_id() {
-    let app = TestApp::spawn().await;
+    let app = Stack::builder().api().start().await;
     for id in ["not-a-uuid", "123", "0000000-0000-0000-0000-000000000000"] {
         for path in [
             format!("/v1/orders/{id}"),
@@ -1010,8 +769,7 @@ async fn an_id_that_is_not_a_uuid_is_400_invalid_request_on_every_route_with_an_
             .await;
         }
         let path = format!("/v1/orders/{id}/commands");
-        refused(
-            &app,
+        app.refused(
             post_command(&app, id).json(&json!({"type": "cancel"})),
             StatusCode::BAD_REQUEST,
             "invalid-request",
@@ -1045,7 +803,7 @@ async fn an_id_that_is_not_a_uuid_is_400_invalid_request_on_every_route_with_an_
 
 #[tokio::test]
 async fn unknown_routes_are_404_and_wrong_methods_405_as_problem_json() {
-    let app = TestApp::spawn().await;
+    let app = Stack::builder().api().start().await;
     let id = Uuid::now_v7();
     for (method, path) in [
         // (`/` is the dashboard.)
@@ -1059,8 +817,7 @@ async fn unknown_routes_are_404_and_wrong_methods_405_as_problem_json() {
         (Method::GET, "/v1/inventory".to_owned()),
     ] {
         let what = format!("{method} {path}");
-        refused(
-            &app,
+        app.refused(
             app.request(method, &path),
             StatusCode::NOT_FOUND,
             "not-found",
@@ -1082,16 +839,16 @@ async fn unknown_routes_are_404_and_wrong_methods_405_as_problem_json() {
         (Method::POST, "/healthz".to_owned(), "GET"),
     ] {
         let what = format!("{method} {path}");
-        let (headers, _) = refused(
-            &app,
-            app.request(method, &path)
-                .header("idempotency-key", fresh_key())
-                .json(&json!({"type": "cancel"})),
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method-not-allowed",
-            &what,
-        )
-        .await;
+        let (headers, _) = app
+            .refused(
+                app.request(method, &path)
+                    .header("idempotency-key", fresh_key())
+                    .json(&json!({"type": "cancel"})),
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                &what,
+            )
+            .await;
         let allow = headers
             .get(ALLOW)
             .and_then(|v| v.to_str().ok())
@@ -1105,7 +862,7 @@ async fn unknown_routes_are_404_and_wrong_methods_405_as_problem_json() {
 
 #[tokio::test]
 async fn healthz_and_readyz_answer_200_with_json_and_need_no_key() {
-    let app = TestApp::spawn().await;
+    let app = Stack::builder().api().start().await;
     for (path, expected) in [
         ("/healthz", json!({"status": "ok"})),
         (
@@ -1126,7 +883,7 @@ async fn healthz_and_readyz_answer_200_with_json_and_need_no_key() {
 
 #[tokio::test]
 async fn a_202_points_its_location_at_the_command_status() {
-    let app = TestApp::spawn().await;
+    let app = Stack::builder().api().start().await;
     let key = fresh_key();
     let create = || {
         app.request(Method::POST, "/v1/orders")
@@ -1181,96 +938,9 @@ async fn a_202_points_its_location_at_the_command_status() {
     }
 }
 
-/// GET of a command status that must answer 200 JSON; returns the body and how long it took.
-async fn read(app: &TestApp, path: &str, query: &str) -> (Value, Duration) {
-    let started = Instant::now();
-    let response = app
-        .request(Method::GET, &format!("{path}{query}"))
-        .send()
-        .await
-        .unwrap();
-    let elapsed = started.elapsed();
-    assert_eq!(response.status(), StatusCode::OK, "{query}");
-    assert_eq!(
-        response.headers()[CONTENT_TYPE],
-        "application/json",
-        "{query}"
-    );
-    (response.json::<Value>().await.unwrap(), elapsed)
-}
-
-#[tokio::test]
-async fn wait_0_answers_at_once_with_the_commands_current_status() {
-    let mut app = TestApp::spawn_with(Options {
-        start_worker: false,
-        ..Options::default()
-    })
-    .await;
-    let created = app.create_order(widget()).await;
-    let command_id = created["command_id"].as_str().unwrap().to_owned();
-    let order_id = created["order_id"].as_str().unwrap().to_owned();
-    let path = format!("/v1/commands/{command_id}");
-
-    // No worker runs: the command stays accepted, and ?wait=0 does not wait for it.
-    let (pending, elapsed) = read(&app, &path, "?wait=0").await;
-    assert!(elapsed < Duration::from_secs(2), "?wait=0 took {elapsed:?}");
-    assert_eq!(pending["status"], "accepted", "{pending}");
-    assert_eq!(pending["command_id"], command_id.as_str());
-    assert_eq!(pending["order_id"], order_id.as_str());
-    assert_eq!(pending["type"], "create");
-    assert_eq!(pending["seq"], 1);
-    assert!(pending["reason"].is_null(), "{pending}");
-    assert!(pending["version"].is_null(), "{pending}");
-    assert!(pending["expected_version"].is_null(), "{pending}");
-    assert!(pending["finished_at"].is_null(), "{pending}");
-    assert!(pending["accepted_at"].is_string(), "{pending}");
-    assert!(
-        pending["published_at"].is_string(),
-        "a 202 comes after the broker's confirm: {pending}"
-    );
-    let partition = pending["partition"].as_i64().unwrap();
-    assert!((0..i64::from(PARTITIONS)).contains(&partition), "{pending}");
-    let mut expected_command = order_body();
-    expected_command["type"] = json!("create");
-    assert_eq!(pending["command"], expected_command);
-    // No ?wait at all is the same as ?wait=0.
-    let (no_wait, elapsed) = read(&app, &path, "").await;
-    assert!(
-        elapsed < Duration::from_secs(2),
-        "no ?wait took {elapsed:?}"
-    );
-    assert_eq!(no_wait, pending);
-    // A real wait does wait, then answers the same current status (not a 4xx).
-    let (waited, elapsed) = read(&app, &path, "?wait=1").await;
-    assert!(
-        elapsed >= Duration::from_millis(900),
-        "?wait=1 took {elapsed:?}"
-    );
-    assert_eq!(waited, pending);
-
-    app.start_worker().await;
-    let done = app.wait_final(&command_id).await;
-    assert_eq!(done["status"], "applied", "{done}");
-
-    // Once final, ?wait=0 (and even ?wait=30) answer at once with the outcome.
-    for query in ["?wait=0", "?wait=30"] {
-        let (finished, elapsed) = read(&app, &path, query).await;
-        assert!(elapsed < Duration::from_secs(2), "{query} took {elapsed:?}");
-        assert_eq!(finished["status"], "applied", "{finished}");
-        assert_eq!(finished["version"], 1, "{finished}");
-        assert!(finished["finished_at"].is_string(), "{finished}");
-        assert!(finished["reason"].is_null(), "{finished}");
-        assert_eq!(finished["command_id"], command_id.as_str());
-        assert_eq!(finished["seq"], 1);
-        assert_eq!(finished["partition"], partition);
-        assert_eq!(finished["accepted_at"], pending["accepted_at"]);
-        assert_eq!(finished["command"], expected_command);
-    }
-}
-
 #[tokio::test]
 async fn the_limits_themselves_are_accepted() {
-    let app = TestApp::spawn().await;
+    let app = Stack::builder().api().start().await;
     let items: Vec<Value> = (0..100)
         .map(|i| {
             json!({
@@ -1312,19 +982,19 @@ async fn the_limits_themselves_are_accepted() {
 
 #[tokio::test]
 async fn a_duplicated_json_key_is_refused_not_merged() {
-    let app = TestApp::spawn().await;
+    let app = Stack::builder().api().start().await;
     let body = r#"{"customer_id":"a","customer_id":"b","currency":"EUR","items":[]}"#;
     let request = post_order(&app)
         .header(CONTENT_TYPE, "application/json")
         .body(body);
-    let (_, problem) = refused(
-        &app,
-        request,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "invalid-body",
-        "duplicate key",
-    )
-    .await;
+    let (_, problem) = app
+        .refused(
+            request,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-body",
+            "duplicate key",
+        )
+        .await;
     assert!(
         problem["detail"]
             .as_str()
@@ -1336,7 +1006,7 @@ async fn a_duplicated_json_key_is_refused_not_merged() {
 
 #[tokio::test]
 async fn the_bearer_scheme_is_case_insensitive_and_two_idempotency_keys_are_refused() {
-    let app = TestApp::spawn().await;
+    let app = Stack::builder().api().start().await;
     let response = app
         .http
         .get(app.url("/v1/inventory/NONE"))
@@ -1351,8 +1021,7 @@ async fn the_bearer_scheme_is_case_insensitive_and_two_idempotency_keys_are_refu
         .header("idempotency-key", "one")
         .header("idempotency-key", "two")
         .json(&order_body());
-    refused(
-        &app,
+    app.refused(
         request,
         StatusCode::BAD_REQUEST,
         "invalid-request",
@@ -1363,14 +1032,10 @@ async fn the_bearer_scheme_is_case_insensitive_and_two_idempotency_keys_are_refu
 
 #[tokio::test]
 async fn a_stop_is_not_held_up_by_silent_or_idle_connections_and_ends_open_long_polls() {
-    let mut app = TestApp::spawn_with(Options {
-        start_worker: false,
-        ..Default::default()
-    })
-    .await;
+    let mut app = Stack::builder().api().start().await;
     let accepted = app.create_order(json!([])).await;
     let command = accepted["command_id"].as_str().unwrap().to_owned();
-    let host = app.address.trim_start_matches("http://").to_owned();
+    let host = app.address().trim_start_matches("http://").to_owned();
     // A connection that never sends a request (hyper counts it busy, not idle).
     let silent = tokio::net::TcpStream::connect(&host).await.unwrap();
     // An idle keep-alive connection: the test client's pool keeps the create's connection open.
@@ -1380,15 +1045,15 @@ async fn a_stop_is_not_held_up_by_silent_or_idle_connections_and_ends_open_long_
             .send(),
     );
     // The poll is registered once the API counts it as an open long-poll.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while app
-        .metric("orderflow_open_streams{kind=\"long_poll\"}")
-        .await
-        < 1.0
-    {
-        assert!(Instant::now() < deadline, "the long-poll never opened");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for("the long-poll to open")
+        .within(Duration::from_secs(10))
+        .every(Duration::from_millis(20))
+        .until(|| async {
+            app.metric("orderflow_open_streams{kind=\"long_poll\"}")
+                .await
+                >= 1.0
+        })
+        .await;
     assert!(
         app.stop_api(Duration::from_secs(10)).await,
         "the API stopped within 10 s (its grace for busy connections is 20 s)"

@@ -4,14 +4,15 @@
 
 mod common;
 
-use common::Stack;
+use common::{audit_config, stack};
 use orderflow_bench::drain::Drained;
 use orderflow_bench::{audit, judge, snapshot};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_short_audit_of_every_scenario_finds_no_violation() {
-    let stack = Stack::spawn().await;
-    let run = audit(&stack.config).await.expect("the audit runs");
+    let stack = stack().await;
+    let config = audit_config(&stack);
+    let run = audit(&config).await.expect("the audit runs");
     println!("{}", run.report.table());
     assert!(run.report.passed, "{:#?}", run.report.invariants);
     assert!(
@@ -29,9 +30,10 @@ async fn a_short_audit_of_every_scenario_finds_no_violation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_checker_reports_stock_from_nowhere_and_a_deleted_event() {
-    let mut stack = Stack::spawn().await;
-    stack.config.duration = std::time::Duration::from_secs(1);
-    let run = audit(&stack.config).await.expect("the audit runs");
+    let stack = stack().await;
+    let mut config = audit_config(&stack);
+    config.duration = std::time::Duration::from_secs(1);
+    let run = audit(&config).await.expect("the audit runs");
     assert!(run.report.passed, "{:#?}", run.report.invariants);
 
     let sku = &run.observed.stock[0].0;
@@ -48,11 +50,9 @@ async fn the_checker_reports_stock_from_nowhere_and_a_deleted_event() {
     .await
     .unwrap();
 
-    let tampered = snapshot(&stack.config, &stack.db, &run.observed)
-        .await
-        .unwrap();
+    let tampered = snapshot(&config, &stack.db, &run.observed).await.unwrap();
     let report = judge(
-        &stack.config,
+        &config,
         &run.observed,
         &tampered,
         &run.events,
@@ -81,10 +81,11 @@ async fn the_checker_reports_stock_from_nowhere_and_a_deleted_event() {
 async fn a_worker_without_its_inbox_check_fails_the_audit() {
     // nextest runs each test in a process of its own, so the failpoint breaks only this stack.
     fail::cfg("apply.skip_inbox", "return").expect("the failpoint arms");
-    let mut stack = Stack::spawn().await;
-    stack.config.duration = std::time::Duration::from_secs(2);
-    stack.config.scenarios = vec![orderflow_bench::config::Scenario::DirectProducer];
-    let run = audit(&stack.config).await.expect("the audit runs");
+    let stack = stack().await;
+    let mut config = audit_config(&stack);
+    config.duration = std::time::Duration::from_secs(2);
+    config.scenarios = vec![orderflow_bench::config::Scenario::DirectProducer];
+    let run = audit(&config).await.expect("the audit runs");
     println!("{}", run.report.table());
     assert!(!run.report.passed, "a broken worker must fail the audit");
     let applied_twice = run

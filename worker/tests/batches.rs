@@ -5,9 +5,10 @@
 
 mod common;
 
-use common::{Stack, add_item, create, wait};
+use common::{add_item, create, created_order, lock_order};
 use orderflow_domain::{CommandId, OrderId, Sku};
 use orderflow_storage::inventory;
+use orderflow_testkit::{Stack, wait_for};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -18,49 +19,51 @@ const BATCH_SIZE: &str = "orderflow_apply_batch_messages_count";
 /// it. Returns once the broker has pushed every one of them to the consumer (none left ready in
 /// the queue), so that they arrive together when the lock is released.
 async fn behind_a_held_order(stack: &Stack, blocker: OrderId, then: &[Vec<u8>]) -> CommandId {
-    let held = stack.lock_order(blocker).await;
+    let held = lock_order(stack, blocker).await;
     let first = stack.message(blocker, add_item("HELD"), None);
-    stack.publish(&first, None).await;
+    stack.publish(&first).await;
     // The consumer has it in hand (its transaction waits for the lock) before the rest come.
     let db = stack.db.clone();
-    wait("the worker to wait for the held order", || {
-        let db = db.clone();
-        async move {
-            let waiting: i64 = sqlx::query_scalar(
-                "select count(*) from pg_stat_activity
+    wait_for("the worker to wait for the held order")
+        .until(|| {
+            let db = db.clone();
+            async move {
+                let waiting: i64 = sqlx::query_scalar(
+                    "select count(*) from pg_stat_activity
                  where datname = current_database() and wait_event_type = 'Lock'",
-            )
-            .fetch_one(&db)
-            .await
-            .unwrap();
-            (waiting == 1).then_some(())
-        }
-    })
-    .await;
+                )
+                .fetch_one(&db)
+                .await
+                .unwrap();
+                (waiting == 1).then_some(())
+            }
+        })
+        .await;
     for body in then {
-        stack.publish_raw(0, body, None).await;
+        stack.publish_raw(0, body).await;
     }
     let queue = stack.topology.partition_queue(0);
     let channel = stack.channel().await;
-    wait("every message to be pushed to the consumer", || {
-        let channel = channel.clone();
-        let queue = queue.clone();
-        async move {
-            let declared = channel
-                .queue_declare(
-                    queue.as_str().into(),
-                    lapin::options::QueueDeclareOptions {
-                        passive: true,
-                        ..Default::default()
-                    },
-                    Default::default(),
-                )
-                .await
-                .unwrap();
-            (declared.message_count() == 0).then_some(())
-        }
-    })
-    .await;
+    wait_for("every message to be pushed to the consumer")
+        .until(|| {
+            let channel = channel.clone();
+            let queue = queue.clone();
+            async move {
+                let declared = channel
+                    .queue_declare(
+                        queue.as_str().into(),
+                        lapin::options::QueueDeclareOptions {
+                            passive: true,
+                            ..Default::default()
+                        },
+                        Default::default(),
+                    )
+                    .await
+                    .unwrap();
+                (declared.message_count() == 0).then_some(())
+            }
+        })
+        .await;
     held.rollback().await.unwrap();
     first.command_id
 }
@@ -68,7 +71,7 @@ async fn behind_a_held_order(stack: &Stack, blocker: OrderId, then: &[Vec<u8>]) 
 async fn statuses(stack: &Stack, ids: &[CommandId]) -> Vec<(String, i64)> {
     let mut out = Vec::new();
     for id in ids {
-        let status = stack.wait_final(*id).await;
+        let status = stack.wait_final_status(*id).await;
         let events: i64 =
             sqlx::query_scalar("select count(*) from order_events where command_id = $1")
                 .bind(id.0)
@@ -107,16 +110,15 @@ async fn transactions(stack: &Stack, ids: &[CommandId]) -> i64 {
 
 #[tokio::test]
 async fn messages_ready_together_are_applied_in_one_transaction_in_order() {
-    let mut stack = Stack::new().await;
-    stack.start(stack.config()).await;
+    let stack = common::stack().worker().start().await;
     for sku in ["SKU-A", "SKU-B", "SKU-C"] {
         inventory::set_available(&stack.db, &Sku::parse(sku).unwrap(), 5)
             .await
             .unwrap();
     }
-    let blocker = stack.created_order(0).await;
-    let one = stack.created_order(0).await;
-    let two = stack.created_order(0).await;
+    let blocker = created_order(&stack, 0).await;
+    let one = created_order(&stack, 0).await;
+    let two = created_order(&stack, 0).await;
     // Two orders that reserve overlapping SKUs in opposite line order, each adding a line
     // first (the reservation must see it), and a conditional command that is stale by then.
     let messages = [
@@ -132,7 +134,7 @@ async fn messages_ready_together_are_applied_in_one_transaction_in_order() {
     let held = behind_a_held_order(&stack, blocker, &bodies).await;
     let ids: Vec<CommandId> = messages.iter().map(|m| m.command_id).collect();
 
-    assert_eq!(stack.wait_final(held).await, "applied");
+    assert_eq!(stack.wait_final_status(held).await, "applied");
     let applied = ("applied".to_owned(), 1);
     let stale = ("rejected".to_owned(), 0);
     assert_eq!(
@@ -179,7 +181,7 @@ async fn messages_ready_together_are_applied_in_one_transaction_in_order() {
         assert_eq!(projected, version);
     }
     let scrape = stack
-        .scrape_until("the batch to be counted", |s| {
+        .worker_metrics_until("the batch to be counted", |s| {
             s.value(BATCH_SIZE, &[]) >= 1.0
         })
         .await;
@@ -193,13 +195,12 @@ async fn messages_ready_together_are_applied_in_one_transaction_in_order() {
 
 #[tokio::test]
 async fn a_batch_that_cannot_commit_whole_falls_back_and_every_message_gets_its_due() {
-    let mut stack = Stack::new().await;
-    stack.start(stack.config()).await;
-    let blocker = stack.created_order(0).await;
+    let stack = common::stack().worker().start().await;
+    let blocker = created_order(&stack, 0).await;
     let order = stack.order_in(0);
     let created = stack.message(order, create(), None);
-    stack.publish(&created, None).await;
-    assert_eq!(stack.wait_final(created.command_id).await, "applied");
+    stack.publish(&created).await;
+    assert_eq!(stack.wait_final_status(created.command_id).await, "applied");
 
     // A duplicate in the middle: the batch has written the first command when it meets it, so
     // the whole transaction is rolled back and each message is applied on its own.
@@ -207,7 +208,7 @@ async fn a_batch_that_cannot_commit_whole_falls_back_and_every_message_gets_its_
     let second = stack.message(order, add_item("SKU-2"), None);
     let bodies = [first.to_bytes(), created.to_bytes(), second.to_bytes()];
     let held = behind_a_held_order(&stack, blocker, &bodies).await;
-    assert_eq!(stack.wait_final(held).await, "applied");
+    assert_eq!(stack.wait_final_status(held).await, "applied");
     let ids = [first.command_id, second.command_id];
     let applied = ("applied".to_owned(), 1);
     assert_eq!(
@@ -221,24 +222,25 @@ async fn a_batch_that_cannot_commit_whole_falls_back_and_every_message_gets_its_
     let fourth = stack.message(order, add_item("SKU-4"), None);
     let bodies = [third.to_bytes(), b"{not json".to_vec(), fourth.to_bytes()];
     let held = behind_a_held_order(&stack, blocker, &bodies).await;
-    assert_eq!(stack.wait_final(held).await, "applied");
+    assert_eq!(stack.wait_final_status(held).await, "applied");
     let ids = [third.command_id, fourth.command_id];
     assert_eq!(statuses(&stack, &ids).await, [applied.clone(), applied]);
     let db = stack.db.clone();
-    wait("the malformed message's dead letter", || {
-        let db = db.clone();
-        async move {
-            let letters: i64 = sqlx::query_scalar("select count(*) from dead_letters")
-                .fetch_one(&db)
-                .await
-                .unwrap();
-            (letters == 1).then_some(())
-        }
-    })
-    .await;
+    wait_for("the malformed message's dead letter")
+        .until(|| {
+            let db = db.clone();
+            async move {
+                let letters: i64 = sqlx::query_scalar("select count(*) from dead_letters")
+                    .fetch_one(&db)
+                    .await
+                    .unwrap();
+                (letters == 1).then_some(())
+            }
+        })
+        .await;
     let (seqs, version) = history(&stack, order).await;
     assert_eq!(seqs, [1, 2, 3, 4, 5]);
     assert_eq!(version, 5);
     // No batch of these committed: nothing counted.
-    assert_eq!(stack.scrape().await.value(BATCH_SIZE, &[]), 0.0);
+    assert_eq!(stack.worker_metrics().await.value(BATCH_SIZE, &[]), 0.0);
 }

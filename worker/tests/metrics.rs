@@ -5,11 +5,11 @@
 
 mod common;
 
-use common::{Stack, add_item, create, wait};
+use common::{add_item, create, created_order, lock_order};
 use lapin::options::BasicConsumeOptions;
 use lapin::types::FieldTable;
 use orderflow_domain::ClientId;
-use orderflow_testkit as testing;
+use orderflow_testkit::{self as testing, Scrape, Stack, wait_for};
 use orderflow_worker::metrics::*;
 use sqlx::Row;
 use std::time::Duration;
@@ -21,10 +21,7 @@ const RELAY_LOCK: i64 = 0x6f72_6465_7266_6c6f;
 /// so that the broker redelivers it (flagged redelivered) to the worker.
 async fn hand_back(stack: &Stack, partition: u16) {
     use futures_util::StreamExt;
-    let connection = lapin::Connection::connect(&testing::amqp_url(), Default::default())
-        .await
-        .unwrap();
-    let channel = connection.create_channel().await.unwrap();
+    let (connection, channel) = testing::broker::channel().await;
     // A consumer, not basic.get: quorum queues with a single active consumer refuse gets.
     let mut consumer = channel
         .basic_consume(
@@ -61,23 +58,23 @@ async fn timeline(stack: &Stack, id: uuid::Uuid) -> (bool, Option<i32>) {
 #[tokio::test]
 async fn every_series_is_served_and_moves_with_applied_rejected_duplicate_and_redelivered_commands()
 {
-    let mut stack = Stack::new().await;
+    let mut stack = common::stack().start().await;
     // Before the worker starts: a message that will come to it redelivered.
     let redelivered = stack.message(stack.order_in(1), create(), None);
-    stack.publish(&redelivered, None).await;
+    stack.publish(&redelivered).await;
     hand_back(&stack, 1).await;
-    stack.start(stack.config()).await;
-    let before = stack.scrape().await;
+    stack.start_worker().await;
+    let before = stack.worker_metrics().await;
 
     // Applied, then rejected for a stale expected version, then the create again (a duplicate).
     let order = stack.order_in(0);
     let created = stack.message(order, create(), None);
-    stack.publish(&created, None).await;
-    assert_eq!(stack.wait_final(created.command_id).await, "applied");
+    stack.publish(&created).await;
+    assert_eq!(stack.wait_final_status(created.command_id).await, "applied");
     let stale = stack.message(order, add_item("SKU-1"), Some(7));
-    stack.publish(&stale, None).await;
-    assert_eq!(stack.wait_final(stale.command_id).await, "rejected");
-    stack.publish(&created, None).await;
+    stack.publish(&stale).await;
+    assert_eq!(stack.wait_final_status(stale.command_id).await, "rejected");
+    stack.publish(&created).await;
     // Two commands recorded as the API does; the second's message comes first, so the first is
     // applied ahead of its own (late) message, which is then a duplicate.
     let late_order = stack.order_in(1);
@@ -85,17 +82,20 @@ async fn every_series_is_served_and_moves_with_applied_rejected_duplicate_and_re
     let second = stack.message(late_order, add_item("SKU-2"), None);
     stack.record(&first, None).await;
     stack.record(&second, None).await;
-    stack.publish(&second, None).await;
-    assert_eq!(stack.wait_final(second.command_id).await, "applied");
-    assert_eq!(stack.wait_final(first.command_id).await, "applied");
-    stack.publish(&first, None).await;
-    assert_eq!(stack.wait_final(redelivered.command_id).await, "applied");
+    stack.publish(&second).await;
+    assert_eq!(stack.wait_final_status(second.command_id).await, "applied");
+    assert_eq!(stack.wait_final_status(first.command_id).await, "applied");
+    stack.publish(&first).await;
+    assert_eq!(
+        stack.wait_final_status(redelivered.command_id).await,
+        "applied"
+    );
 
-    let delta = |scrape: &common::Scrape, name: &str, labels: &[(&str, &str)]| {
+    let delta = |scrape: &Scrape, name: &str, labels: &[(&str, &str)]| {
         scrape.value(name, labels) - before.value(name, labels)
     };
     let scrape = stack
-        .scrape_until("both duplicates counted and the gauges sampled", |s| {
+        .worker_metrics_until("both duplicates counted and the gauges sampled", |s| {
             delta(s, INBOX_DUPLICATES, &[]) >= 2.0
                 && s.get(QUEUE_DEPTH, &[("partition", "1")]).is_some()
                 && s.value(LAST_DELIVERY, &[("partition", "0")]) > 0.0
@@ -168,18 +168,19 @@ async fn every_series_is_served_and_moves_with_applied_rejected_duplicate_and_re
         (1, true, true, 3, 1, 3),
     ];
     let db = stack.db.clone();
-    wait("the heartbeat to show every delivery", || {
-        let (db, worker, expected) = (db.clone(), worker.clone(), expected.clone());
-        async move {
-            let rows = heartbeat(&db, &worker).await;
-            (rows == expected).then_some(())
-        }
-    })
-    .await;
+    wait_for("the heartbeat to show every delivery")
+        .until(|| {
+            let (db, worker, expected) = (db.clone(), worker.clone(), expected.clone());
+            async move {
+                let rows = heartbeat(&db, &worker).await;
+                (rows == expected).then_some(())
+            }
+        })
+        .await;
 
     // Stopping: the last heartbeat says the consumers are gone; the listener is closed.
-    let metrics_url = stack.metrics_url();
-    stack.stop().await;
+    let metrics_url = stack.worker_metrics_url();
+    stack.stop_workers().await;
     let rows = heartbeat(&stack.db, &worker).await;
     assert!(rows.iter().all(|r| !r.1), "{rows:?}");
     assert!(stack.http.get(&metrics_url).send().await.is_err());
@@ -202,13 +203,16 @@ async fn heartbeat(db: &sqlx::PgPool, worker: &str) -> Vec<(i32, bool, bool, i64
 
 #[tokio::test]
 async fn the_gauges_show_a_backed_up_partition_a_held_outbox_and_the_oldest_pending_command() {
-    let mut stack = Stack::new().await;
-    let mut config = stack.config();
-    // One message in hand per partition: the others stay ready in the queue.
-    config.prefetch = 1;
-    // The pending command below stays unpublished for the whole test.
-    config.republish_after_ms = 3_600_000;
-    stack.start(config).await;
+    let stack = common::stack()
+        .worker_config(|c| {
+            // One message in hand per partition: the others stay ready in the queue.
+            c.prefetch = 1;
+            // The pending command below stays unpublished for the whole test.
+            c.republish_after_ms = 3_600_000;
+        })
+        .worker()
+        .start()
+        .await;
     let pending = stack.message(stack.order_in(1), create(), None);
     stack.record(&pending, None).await;
 
@@ -220,18 +224,18 @@ async fn the_gauges_show_a_backed_up_partition_a_held_outbox_and_the_oldest_pend
         .execute(&mut *relay)
         .await
         .unwrap();
-    let order = stack.created_order(0).await;
-    let row = stack.lock_order(order).await;
+    let order = created_order(&stack, 0).await;
+    let row = lock_order(&stack, order).await;
     let mut queued = Vec::new();
     for i in 0..5 {
         let message = stack.message(order, add_item(&format!("SKU-{i}")), None);
-        stack.publish(&message, None).await;
+        stack.publish(&message).await;
         queued.push(message.command_id);
     }
     let p0 = [("partition", "0")];
     let p1 = [("partition", "1")];
     stack
-        .scrape_until("the backlog to show", |s| {
+        .worker_metrics_until("the backlog to show", |s| {
             s.value(QUEUE_DEPTH, &p0) >= 4.0
                 && s.value(OLDEST_PENDING_AGE, &p1) > 0.0
                 && s.value(OUTBOX_BACKLOG, &[]) >= 1.0
@@ -242,11 +246,11 @@ async fn the_gauges_show_a_backed_up_partition_a_held_outbox_and_the_oldest_pend
     // Let go: the partition drains and the relay empties the outbox.
     row.rollback().await.unwrap();
     for id in queued {
-        assert_eq!(stack.wait_final(id).await, "applied");
+        assert_eq!(stack.wait_final_status(id).await, "applied");
     }
     relay.rollback().await.unwrap();
     stack
-        .scrape_until("the backlog to clear", |s| {
+        .worker_metrics_until("the backlog to clear", |s| {
             s.get(QUEUE_DEPTH, &p0) == Some(0.0)
                 && s.get(OUTBOX_BACKLOG, &[]) == Some(0.0)
                 && s.get(OUTBOX_OLDEST_AGE, &[]) == Some(0.0)
@@ -258,25 +262,25 @@ async fn the_gauges_show_a_backed_up_partition_a_held_outbox_and_the_oldest_pend
 
 #[tokio::test]
 async fn dead_lettered_messages_are_recorded_and_counted_and_a_failed_command_with_its_record() {
-    let mut stack = Stack::new().await;
+    let mut stack = common::stack().start().await;
     // A command recorded as the API does, whose message comes back redelivered: with no
     // redelivered start allowed, the worker fails it and dead-letters the message.
     let doomed = stack.message(stack.order_in(0), create(), None);
     stack.record(&doomed, None).await;
-    stack.publish(&doomed, None).await;
+    stack.publish(&doomed).await;
     hand_back(&stack, 0).await;
-    let mut config = stack.config();
-    config.poison_after_deliveries = 0;
-    stack.start(config).await;
-    let before = stack.scrape().await;
+    stack
+        .start_worker_with(|c| c.poison_after_deliveries = 0)
+        .await;
+    let before = stack.worker_metrics().await;
     // Not a command at all (with a NUL byte, which a text column cannot hold), and a valid
     // command of a client nobody knows.
-    stack.publish_raw(1, b"not json\0at all", None).await;
+    stack.publish_raw(1, b"not json\0at all").await;
     let mut stranger = stack.message(stack.order_in(1), create(), None);
     stranger.client_id = ClientId::new();
-    stack.publish(&stranger, None).await;
+    stack.publish(&stranger).await;
 
-    assert_eq!(stack.wait_final(doomed.command_id).await, "failed");
+    assert_eq!(stack.wait_final_status(doomed.command_id).await, "failed");
     // Written in the failing transaction: visible together with the status.
     let record: (uuid::Uuid, uuid::Uuid, i32, String, String) = sqlx::query_as(
         "select order_id, client_id, partition, reason, body from dead_letters where command_id = $1",
@@ -298,7 +302,7 @@ async fn dead_lettered_messages_are_recorded_and_counted_and_a_failed_command_wi
 
     let db = stack.db.clone();
     let rows: Vec<DeadLetterRow> =
-        wait("three dead letters", || {
+        wait_for("three dead letters").until(|| {
             let db = db.clone();
             async move {
                 let rows: Vec<_> = sqlx::query_as(
@@ -326,11 +330,11 @@ async fn dead_lettered_messages_are_recorded_and_counted_and_a_failed_command_wi
     assert_eq!(refused.1, Some(stranger.client_id.0));
     assert!(refused.3.starts_with("unknown client"), "{}", refused.3);
 
-    let delta = |scrape: &common::Scrape, name: &str, labels: &[(&str, &str)]| {
+    let delta = |scrape: &Scrape, name: &str, labels: &[(&str, &str)]| {
         scrape.value(name, labels) - before.value(name, labels)
     };
     let scrape = stack
-        .scrape_until("three dead letters counted and in the queue", |s| {
+        .worker_metrics_until("three dead letters counted and in the queue", |s| {
             delta(s, DEAD_LETTERS, &[]) >= 3.0 && s.value(DEAD_LETTER_QUEUE_DEPTH, &[]) >= 3.0
         })
         .await;
@@ -356,7 +360,7 @@ async fn dead_lettered_messages_are_recorded_and_counted_and_a_failed_command_wi
 
 #[tokio::test]
 async fn a_transaction_that_times_out_waiting_for_a_lock_is_retried_and_counted_by_cause() {
-    let mut stack = Stack::new().await;
+    let mut stack = common::stack().start().await;
     // The worker's sessions give up on a lock after 200 ms (a transient error, retried).
     let database: String = sqlx::query_scalar("select current_database()")
         .fetch_one(&stack.db)
@@ -368,29 +372,29 @@ async fn a_transaction_that_times_out_waiting_for_a_lock_is_retried_and_counted_
     .execute(&stack.db)
     .await
     .unwrap();
-    stack.start(stack.config()).await;
-    let order = stack.created_order(0).await;
-    let before = stack.scrape().await;
+    stack.start_worker().await;
+    let order = created_order(&stack, 0).await;
+    let before = stack.worker_metrics().await;
 
-    let row = stack.lock_order(order).await;
+    let row = lock_order(&stack, order).await;
     let added = stack.message(order, add_item("SKU-1"), None);
-    stack.publish(&added, None).await;
+    stack.publish(&added).await;
     let cause = [("cause", "lock_timeout")];
     stack
-        .scrape_until("a retry after a lock timeout", |s| {
+        .worker_metrics_until("a retry after a lock timeout", |s| {
             s.value(TX_RETRIES, &cause) > before.value(TX_RETRIES, &cause)
         })
         .await;
     row.rollback().await.unwrap();
-    assert_eq!(stack.wait_final(added.command_id).await, "applied");
+    assert_eq!(stack.wait_final_status(added.command_id).await, "applied");
     // However many attempts it took, the command is counted once.
     let applied = [("type", "add_item"), ("status", "applied")];
-    let scrape = stack.scrape().await;
+    let scrape = stack.worker_metrics().await;
     assert_eq!(
         scrape.value(COMMANDS_FINISHED, &applied) - before.value(COMMANDS_FINISHED, &applied),
         1.0
     );
-    tokio::time::timeout(Duration::from_secs(30), stack.stop())
+    tokio::time::timeout(Duration::from_secs(30), stack.stop_workers())
         .await
         .unwrap();
 }

@@ -3,10 +3,11 @@
 
 mod common;
 
-use common::{PARTITIONS, Stack, create};
+use common::{PARTITIONS, create};
 use orderflow_domain::OrderId;
+use orderflow_testkit::wait_for;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn spawn_worker(database_url: &str, namespace: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_orderflow-worker"))
@@ -23,7 +24,7 @@ fn spawn_worker(database_url: &str, namespace: &str) -> Child {
 
 #[tokio::test]
 async fn sigterm_finishes_the_message_in_hand_and_a_restart_applies_the_rest_once() {
-    let stack = Stack::new().await;
+    let stack = common::stack().start().await;
     let (url, namespace, pool) = (
         stack.database_url.clone(),
         stack.topology.namespace.clone(),
@@ -33,7 +34,7 @@ async fn sigterm_finishes_the_message_in_hand_and_a_restart_applies_the_rest_onc
     const ORDERS: usize = 300;
     for _ in 0..ORDERS {
         stack
-            .publish(&stack.message(OrderId::new(), create(), None), None)
+            .publish(&stack.message(OrderId::new(), create(), None))
             .await;
     }
 
@@ -44,14 +45,11 @@ async fn sigterm_finishes_the_message_in_hand_and_a_restart_applies_the_rest_onc
             .await
             .unwrap()
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while applied(pool.clone()).await == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the worker never applied anything"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for("the worker to apply its first command")
+        .within(Duration::from_secs(60))
+        .every(Duration::from_millis(20))
+        .until(|| async { applied(pool.clone()).await > 0 })
+        .await;
     let term = Command::new("kill")
         .args(["-TERM", &worker.id().to_string()])
         .status()
@@ -65,14 +63,17 @@ async fn sigterm_finishes_the_message_in_hand_and_a_restart_applies_the_rest_onc
     let after_stop = applied(pool.clone()).await;
 
     let mut restarted = spawn_worker(&url, &namespace);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while applied(pool.clone()).await < ORDERS as i64 {
-        assert!(
-            Instant::now() < deadline,
-            "the restarted worker did not finish"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for("the restarted worker to finish")
+        .within(Duration::from_secs(60))
+        .until(|| async {
+            let done = applied(pool.clone()).await;
+            if done >= ORDERS as i64 {
+                Ok(())
+            } else {
+                Err(format!("{done} of {ORDERS} applied"))
+            }
+        })
+        .await;
     let _ = restarted.kill();
     let _ = restarted.wait();
     let events: i64 = sqlx::query_scalar("select count(*) from order_events")

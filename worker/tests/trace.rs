@@ -6,13 +6,13 @@
 
 mod common;
 
-use common::{Stack, add_item, create, wait};
+use common::{add_item, create, created_order};
 use futures_util::StreamExt;
 use lapin::options::BasicConsumeOptions;
 use lapin::types::FieldTable;
 use orderflow_messaging::header_str;
 use orderflow_runtime::telemetry::{self, TRACEPARENT, trace_id_of};
-use orderflow_testkit as testing;
+use orderflow_testkit::{self as testing, Stack, wait_for};
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -50,17 +50,15 @@ impl Capture {
 
     /// Waits for the line with this message inside the span of this command; returns the span.
     async fn span_of(&self, message: &str, command_id: &str) -> Value {
-        wait(
-            &format!("a {message:?} line about {command_id}"),
-            || async {
+        wait_for(format!("a {message:?} line about {command_id}"))
+            .until(|| async {
                 self.lines().into_iter().find_map(|line| {
                     let span = line.get("span")?.clone();
                     (line["fields"]["message"] == message && span["command_id"] == command_id)
                         .then_some(span)
                 })
-            },
-        )
-        .await
+            })
+            .await
     }
 }
 
@@ -76,9 +74,10 @@ async fn stored_traceparent(stack: &Stack, id: uuid::Uuid) -> Option<String> {
 async fn a_traceparent_header_reaches_the_log_lines_about_its_command_and_goes_on_with_its_event() {
     let logs = Capture::default();
     telemetry::init_with_writer("json", logs.clone());
-    let mut stack = Stack::new().await;
+    let mut stack = common::stack().start().await;
     // A subscriber of the status events.
-    let (connection, channel, queue) = testing::subscribe_events(&stack.topology, "#").await;
+    let (connection, channel, queue) =
+        testing::broker::subscribe_events(&stack.topology, "#").await;
     let mut events = channel
         .basic_consume(
             queue.as_str().into(),
@@ -91,18 +90,18 @@ async fn a_traceparent_header_reaches_the_log_lines_about_its_command_and_goes_o
         )
         .await
         .unwrap();
-    let mut config = stack.config();
-    config.republish_after_ms = 200;
-    stack.start(config).await;
+    stack
+        .start_worker_with(|c| c.republish_after_ms = 200)
+        .await;
 
-    let order = stack.created_order(0).await;
+    let order = created_order(&stack, 0).await;
 
     // A traced command that the worker rejects (and logs a line about).
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let header = format!("00-{trace_id}-00f067aa0ba902b7-01");
     let stale = stack.message(order, add_item("SKU-1"), Some(9));
-    stack.publish(&stale, Some(&header)).await;
-    assert_eq!(stack.wait_final(stale.command_id).await, "rejected");
+    stack.publish_traced(&stale, &header).await;
+    assert_eq!(stack.wait_final_status(stale.command_id).await, "rejected");
     let span = logs
         .span_of("command rejected", &stale.command_id.to_string())
         .await;
@@ -138,7 +137,10 @@ async fn a_traceparent_header_reaches_the_log_lines_about_its_command_and_goes_o
     let relayed = stack.message(order, add_item("SKU-2"), Some(9));
     let relayed_header = format!("00-{relayed_trace}-b7ad6b7169203331-01");
     stack.record(&relayed, Some(&relayed_header)).await;
-    assert_eq!(stack.wait_final(relayed.command_id).await, "rejected");
+    assert_eq!(
+        stack.wait_final_status(relayed.command_id).await,
+        "rejected"
+    );
     let span = logs
         .span_of("command rejected", &relayed.command_id.to_string())
         .await;
@@ -146,14 +148,17 @@ async fn a_traceparent_header_reaches_the_log_lines_about_its_command_and_goes_o
 
     // Without a header the worker starts a trace, and a direct producer's command keeps it.
     let untraced = stack.message(stack.order_in(1), create(), None);
-    stack.publish(&untraced, None).await;
-    assert_eq!(stack.wait_final(untraced.command_id).await, "applied");
+    stack.publish(&untraced).await;
+    assert_eq!(
+        stack.wait_final_status(untraced.command_id).await,
+        "applied"
+    );
     let started = stored_traceparent(&stack, untraced.command_id.0)
         .await
         .expect("a trace was started");
     let started_id = trace_id_of(&started).expect("a valid traceparent");
     assert_ne!(started_id, trace_id);
 
-    stack.stop().await;
+    stack.stop_workers().await;
     let _ = connection.close(200, "done".into()).await;
 }

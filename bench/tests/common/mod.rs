@@ -1,80 +1,30 @@
-//! The in-process stack the audit tests run against (the pattern of `api/tests/common`): a fresh
-//! database and queue namespace, the real API on port 0 and the real worker, an admin client for
-//! the audit; everything is removed when the stack is dropped.
+//! What the audit tests share beyond the test kit (`orderflow-testkit`, which runs the stack):
+//! the stack the audit runs against, and the audit's settings for it.
 
-use orderflow_api::{ApiConfig, Application};
 use orderflow_bench::AuditConfig;
-use orderflow_messaging::Topology;
-use orderflow_runtime::config::CommonConfig;
-use orderflow_runtime::shutdown::CancellationToken;
-use orderflow_testkit::{self as testing, amqp_url};
-use orderflow_worker::{Worker, WorkerConfig};
-use sqlx::PgPool;
-use uuid::Uuid;
+use orderflow_testkit::{Stack, amqp_url};
 
-pub const PARTITIONS: u16 = 4;
-
-pub struct Stack {
-    pub db: PgPool,
-    pub config: AuditConfig,
-    database_name: String,
-    topology: Topology,
-    shutdown: CancellationToken,
+/// The real API (its default limits, rate and in-flight: the audit must hold under them too)
+/// and a worker whose command relay republishes after 1 s (5 s by default), so that the
+/// audit's drain does not wait on it.
+pub async fn stack() -> Stack {
+    Stack::builder()
+        .api()
+        .worker_config(|c| c.republish_after_ms = 1000)
+        .worker()
+        .start()
+        .await
 }
 
-impl Stack {
-    pub async fn spawn() -> Self {
-        let id = Uuid::new_v4().simple().to_string();
-        let (database_url, database_name) =
-            testing::create_migrated_database(&id, &orderflow_storage::MIGRATOR).await;
-        let namespace = format!("test.{id}");
-        let mut common =
-            CommonConfig::for_tests(database_url.clone(), namespace.clone(), PARTITIONS);
-        common.amqp_url = amqp_url().into();
-
-        let shutdown = CancellationToken::new();
-        // The API's default limits (rate, in-flight): the audit must hold under them too.
-        let app = Application::build(
-            ApiConfig::with_defaults(common.clone(), "127.0.0.1:0"),
-            shutdown.clone(),
-        )
-        .await
-        .expect("the API builds");
-        let url = format!("http://127.0.0.1:{}", app.port());
-        tokio::spawn(app.run_until_stopped());
-        let worker = Worker::build(WorkerConfig {
-            republish_after_ms: 1000,
-            ..WorkerConfig::with_defaults(common.clone())
-        })
-        .await
-        .expect("the worker builds");
-        tokio::spawn(worker.run_until_stopped(shutdown.clone()));
-
-        let db = PgPool::connect(&database_url).await.unwrap();
-        let (_, key) = orderflow_storage::clients::create(&db, "audit", true)
-            .await
-            .unwrap();
-        let mut config = AuditConfig::short(url, key, database_url, namespace.clone());
-        config.amqp_url = amqp_url();
-        config.partitions = PARTITIONS;
-        Stack {
-            db,
-            config,
-            database_name,
-            topology: Topology {
-                namespace,
-                partitions: PARTITIONS,
-                queue_max_length: common.queue_max_length,
-            },
-            shutdown,
-        }
-    }
-}
-
-impl Drop for Stack {
-    /// Stops the servers and removes the database and the namespace's queues and exchanges.
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-        testing::remove(Some(self.topology.clone()), self.database_name.clone());
-    }
+/// A short audit of `stack`, with its admin key.
+pub fn audit_config(stack: &Stack) -> AuditConfig {
+    let mut config = AuditConfig::short(
+        stack.url(""),
+        stack.admin_key.clone(),
+        stack.database_url.clone(),
+        stack.namespace.clone(),
+    );
+    config.amqp_url = amqp_url();
+    config.partitions = stack.topology.partitions;
+    config
 }

@@ -3,7 +3,6 @@
 
 mod common;
 
-use common::TestApp;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -13,7 +12,7 @@ fn widget(quantity: i64) -> Value {
 
 #[tokio::test]
 async fn a_created_order_is_applied_and_readable_with_its_version_as_etag() {
-    let app = TestApp::spawn().await;
+    let app = common::stack().worker().start().await;
     let accepted = app.create_order(widget(2)).await;
     assert_eq!(accepted["status"], "accepted");
     let command_id = accepted["command_id"].as_str().unwrap();
@@ -47,7 +46,7 @@ async fn a_created_order_is_applied_and_readable_with_its_version_as_etag() {
 
 #[tokio::test]
 async fn every_command_type_walks_an_order_through_its_life() {
-    let app = TestApp::spawn().await;
+    let app = common::stack().worker().start().await;
     app.set_stock("WIDGET", 10).await;
     app.set_stock("GADGET", 10).await;
     let order = app.new_order(widget(2)).await;
@@ -127,7 +126,7 @@ async fn every_command_type_walks_an_order_through_its_life() {
 
 #[tokio::test]
 async fn cancelling_a_paid_order_releases_its_stock_and_refunds_the_capture_once() {
-    let app = TestApp::spawn().await;
+    let app = common::stack().worker().start().await;
     app.set_stock("WIDGET", 5).await;
     let order = app.new_order(widget(2)).await;
     app.run(&order, json!({"type": "reserve"}), None).await;
@@ -167,7 +166,7 @@ async fn cancelling_a_paid_order_releases_its_stock_and_refunds_the_capture_once
 
 #[tokio::test]
 async fn cancelling_a_reserved_order_releases_its_stock() {
-    let app = TestApp::spawn().await;
+    let app = common::stack().worker().start().await;
     app.set_stock("WIDGET", 3).await;
     let order = app.new_order(widget(3)).await;
     app.run(&order, json!({"type": "reserve"}), None).await;
@@ -184,11 +183,11 @@ async fn cancelling_a_reserved_order_releases_its_stock() {
 
 #[tokio::test]
 async fn a_declined_payment_is_a_rejection_and_captures_nothing() {
-    let app = TestApp::spawn_with(common::Options {
-        decline_over_cents: Some(1000),
-        ..Default::default()
-    })
-    .await;
+    let app = common::stack()
+        .worker_config(|c| c.payment_decline_over_cents = Some(1000))
+        .worker()
+        .start()
+        .await;
     app.set_stock("WIDGET", 5).await;
     let order = app.new_order(widget(1)).await;
     app.run(&order, json!({"type": "reserve"}), None).await;
@@ -198,15 +197,18 @@ async fn a_declined_payment_is_a_rejection_and_captures_nothing() {
         (json!("rejected"), json!("payment_declined"))
     );
     assert_eq!(app.order(&order).await["status"], "reserved");
-    let captures = app
-        .count("select count(*) from payments where order_id = $1", &order)
-        .await;
+    let captures = common::count(
+        &app,
+        "select count(*) from payments where order_id = $1",
+        &order,
+    )
+    .await;
     assert_eq!(captures, 0);
 }
 
 #[tokio::test]
 async fn a_stale_if_match_is_rejected_as_a_version_conflict_and_changes_nothing() {
-    let app = TestApp::spawn().await;
+    let app = common::stack().worker().start().await;
     app.set_stock("WIDGET", 5).await;
     let order = app.new_order(widget(1)).await;
     let fresh = app
@@ -227,7 +229,7 @@ async fn a_stale_if_match_is_rejected_as_a_version_conflict_and_changes_nothing(
 
 #[tokio::test]
 async fn two_orders_racing_for_the_last_unit_reserve_exactly_one() {
-    let app = TestApp::spawn().await;
+    let app = common::stack().worker().start().await;
     app.set_stock("LAST", 1).await;
     let items = json!([{"sku": "LAST", "quantity": 1, "unit_price_cents": 999}]);
     let (a, b) = tokio::join!(app.new_order(items.clone()), app.new_order(items));
@@ -252,7 +254,7 @@ async fn two_orders_racing_for_the_last_unit_reserve_exactly_one() {
 
 #[tokio::test]
 async fn illegal_commands_are_typed_rejections_never_silent() {
-    let app = TestApp::spawn().await;
+    let app = common::stack().worker().start().await;
     let order = app.new_order(json!([])).await;
     let reserve = app.run(&order, json!({"type": "reserve"}), None).await;
     assert_eq!(reserve["reason"], "empty_order");

@@ -4,11 +4,11 @@
 
 mod common;
 
-use common::TestApp;
+use orderflow_testkit::{Stack, wait_for};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use uuid::Uuid;
 
 /// Closes every broker connection whose name mentions `namespace`; returns how many.
@@ -45,40 +45,40 @@ fn close_broker_connections(namespace: &str) -> usize {
 }
 
 /// Creates an order, retrying while the API answers 503 (nothing accepted), until applied.
-async fn order_goes_through(app: &TestApp) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "no order went through after the fault"
-        );
-        let response = app
-            .request(Method::POST, "/v1/orders")
-            .header("idempotency-key", Uuid::new_v4().to_string())
-            .json(&json!({"customer_id": "c", "currency": "EUR", "items": []}))
-            .send()
-            .await
-            .unwrap();
-        match response.status() {
-            StatusCode::ACCEPTED => {
-                let accepted: Value = response.json().await.unwrap();
-                return app
-                    .wait_final(accepted["command_id"].as_str().unwrap())
-                    .await;
+async fn order_goes_through(app: &Stack) -> Value {
+    // Reconnection is asynchronous to the test: poll.
+    wait_for("an order to go through after the fault")
+        .within(Duration::from_secs(30))
+        .every(Duration::from_millis(100))
+        .until(|| async {
+            let response = app
+                .request(Method::POST, "/v1/orders")
+                .header("idempotency-key", Uuid::new_v4().to_string())
+                .json(&json!({"customer_id": "c", "currency": "EUR", "items": []}))
+                .send()
+                .await
+                .unwrap();
+            match response.status() {
+                StatusCode::ACCEPTED => {
+                    let accepted: Value = response.json().await.unwrap();
+                    Some(
+                        app.wait_final(accepted["command_id"].as_str().unwrap())
+                            .await,
+                    )
+                }
+                StatusCode::SERVICE_UNAVAILABLE => {
+                    assert!(response.headers().contains_key("retry-after"));
+                    None
+                }
+                other => panic!("unexpected {other}: {}", response.text().await.unwrap()),
             }
-            StatusCode::SERVICE_UNAVAILABLE => {
-                assert!(response.headers().contains_key("retry-after"));
-                // Reconnection is asynchronous to the test: poll with the deadline above.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            other => panic!("unexpected {other}: {}", response.text().await.unwrap()),
-        }
-    }
+        })
+        .await
 }
 
 #[tokio::test]
 async fn the_api_and_worker_reconnect_after_the_broker_drops_their_connections() {
-    let app = TestApp::spawn().await;
+    let app = common::stack().worker().start().await;
     assert_eq!(order_goes_through(&app).await["status"], "applied");
     let closed = close_broker_connections(&app.namespace);
     assert!(
@@ -92,7 +92,7 @@ async fn the_api_and_worker_reconnect_after_the_broker_drops_their_connections()
         let done = order_goes_through(&app).await;
         assert_eq!(done["status"], "applied");
         recovered.insert(done["partition"].as_i64().unwrap());
-        if recovered.len() == common::PARTITIONS as usize {
+        if recovered.len() == app.topology.partitions as usize {
             return;
         }
     }
@@ -101,7 +101,7 @@ async fn the_api_and_worker_reconnect_after_the_broker_drops_their_connections()
 
 #[tokio::test]
 async fn the_api_and_worker_recover_when_postgres_kills_their_sessions() {
-    let app = TestApp::spawn().await;
+    let app = common::stack().worker().start().await;
     assert_eq!(order_goes_through(&app).await["status"], "applied");
     let killed: Vec<bool> = sqlx::query_scalar(
         "select pg_terminate_backend(pid) from pg_stat_activity
@@ -119,19 +119,17 @@ async fn the_api_and_worker_recover_when_postgres_kills_their_sessions() {
         assert_eq!(order_goes_through(&app).await["status"], "applied");
     }
     // The outbox relay came back too: nothing is left waiting once the commands are done.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let backlog: i64 = sqlx::query_scalar("select count(*) from outbox")
-            .fetch_one(&app.db)
-            .await
-            .unwrap();
-        if backlog == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "outbox still holds {backlog} rows"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for("the outbox to empty")
+        .until(|| async {
+            let backlog: i64 = sqlx::query_scalar("select count(*) from outbox")
+                .fetch_one(&app.db)
+                .await
+                .unwrap();
+            if backlog == 0 {
+                Ok(())
+            } else {
+                Err(format!("{backlog} rows"))
+            }
+        })
+        .await;
 }

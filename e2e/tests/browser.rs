@@ -6,13 +6,13 @@
 
 mod common;
 
-use common::{Options, TestApp};
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
+use orderflow_testkit::{Stack, wait_for};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -44,14 +44,10 @@ impl Driver {
             .spawn()
             .expect("chromedriver starts");
         let url = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + PATIENCE;
-        while reqwest::get(format!("{url}/status")).await.is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "chromedriver answered within {PATIENCE:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_for("chromedriver to answer")
+            .within(PATIENCE)
+            .until(|| async { reqwest::get(format!("{url}/status")).await.is_ok() })
+            .await;
         Self { child, url }
     }
 
@@ -95,20 +91,19 @@ async fn screenshot(browser: &Client, name: &str) {
 
 /// Waits until the element at `css` exists and its text satisfies `ok`; returns the text.
 async fn text_until(browser: &Client, css: &str, ok: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + PATIENCE;
-    let mut last = String::from("<absent>");
-    while Instant::now() < deadline {
-        if let Ok(element) = browser.find(Locator::Css(css)).await
-            && let Ok(text) = element.text().await
-        {
-            if ok(&text) {
-                return text;
+    wait_for(format!("{css} to show the expected text"))
+        .within(PATIENCE)
+        .until(|| async {
+            match browser.find(Locator::Css(css)).await {
+                Ok(element) => match element.text().await {
+                    Ok(text) if ok(&text) => Ok(text),
+                    Ok(text) => Err(format!("{text:?}")),
+                    Err(_) => Err("<absent>".to_owned()),
+                },
+                Err(_) => Err("<absent>".to_owned()),
             }
-            last = text;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{css} never showed the expected text; last: {last:?}");
+        })
+        .await
 }
 
 async fn click(browser: &Client, css: &str) {
@@ -127,11 +122,7 @@ fn item(sku: &str) -> Value {
 
 #[tokio::test]
 async fn the_dashboard_shows_orders_conflicts_and_partitions_change_live_in_a_real_browser() {
-    let app = TestApp::spawn_with(Options {
-        start_worker: true,
-        ..Options::default()
-    })
-    .await;
+    let app = common::stack().worker().start().await;
     let driver = Driver::start().await;
     let browser = driver.browser().await;
 
@@ -199,22 +190,20 @@ async fn the_dashboard_shows_orders_conflicts_and_partitions_change_live_in_a_re
     // Partitions: the panel fills from the live feed; traffic shows the active worker.
     click(&browser, "nav a[data-tab=\"partitions\"]").await;
     let partitions = app.topology.partitions as usize;
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let rows = browser
-            .find_all(Locator::Css("#partitions-table tbody tr"))
-            .await
-            .unwrap();
-        if rows.len() == partitions {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} partition rows, not {partitions}",
-            rows.len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for(format!("{partitions} partition rows"))
+        .within(PATIENCE)
+        .until(|| async {
+            let rows = browser
+                .find_all(Locator::Css("#partitions-table tbody tr"))
+                .await
+                .unwrap();
+            if rows.len() == partitions {
+                Ok(())
+            } else {
+                Err(format!("{} partition rows", rows.len()))
+            }
+        })
+        .await;
     let partition = orderflow_contract::partition::partition_of(
         orderflow_domain::OrderId(order.parse().unwrap()),
         app.topology.partitions,
@@ -253,18 +242,17 @@ async fn js(browser: &Client, script: &str) -> Value {
 
 /// Waits until `script` returns true; panics with its last value otherwise.
 async fn js_until(browser: &Client, script: &str, what: &str) {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let value = browser.execute(script, vec![]).await;
-        if matches!(value, Ok(Value::Bool(true))) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: never true; last {value:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for(format!("{what} (`{script}` to return true)"))
+        .within(PATIENCE)
+        .until(|| async {
+            let value = browser.execute(script, vec![]).await;
+            if matches!(value, Ok(Value::Bool(true))) {
+                Ok(())
+            } else {
+                Err(format!("{value:?}"))
+            }
+        })
+        .await;
 }
 
 /// Does the page scroll sideways? (The whole document wider than the window.)
@@ -277,7 +265,7 @@ async fn overflows_sideways(browser: &Client) -> Value {
     .await
 }
 
-async fn sign_in(browser: &Client, app: &TestApp) {
+async fn sign_in(browser: &Client, app: &Stack) {
     browser.goto(&app.url("/")).await.unwrap();
     browser
         .find(Locator::Css("#key"))
@@ -293,14 +281,13 @@ async fn sign_in(browser: &Client, app: &TestApp) {
 /// Clicks a button that asks for confirmation, and confirms.
 async fn click_and_confirm(browser: &Client, css: &str) {
     click(browser, css).await;
-    let deadline = Instant::now() + PATIENCE;
-    while browser.accept_alert().await.is_err() {
-        assert!(Instant::now() < deadline, "{css} asked for no confirmation");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for(format!("{css} to ask for a confirmation"))
+        .within(PATIENCE)
+        .until(|| async { browser.accept_alert().await.is_ok() })
+        .await;
 }
 
-fn cancel_message(app: &TestApp, order: &str) -> String {
+fn cancel_message(app: &Stack, order: &str) -> String {
     json!({
         "version": 1, "command_id": uuid::Uuid::now_v7(), "client_id": app.client_id,
         "order_id": order, "command": {"type": "cancel"}
@@ -323,34 +310,28 @@ const CONTRAST: &str = "
 
 #[tokio::test]
 async fn dead_letters_failures_and_journeys_read_right_in_a_real_browser() {
-    let app = TestApp::spawn_with(Options {
-        start_worker: true,
-        ..Options::default()
-    })
-    .await;
+    let app = common::stack().worker().start().await;
     let order = app.new_order(json!([])).await;
     let other = app.new_order(json!([])).await;
-    let readable = app
-        .insert_dead_letter(
-            Some(&order),
-            "delivery limit reached",
-            &cancel_message(&app, &order),
-        )
-        .await;
-    let taken = app
-        .insert_dead_letter(
-            Some(&other),
-            "delivery limit reached",
-            &cancel_message(&app, &other),
-        )
-        .await;
+    let readable = common::insert_dead_letter(
+        &app,
+        Some(&order),
+        "delivery limit reached",
+        &cancel_message(&app, &order),
+    )
+    .await;
+    let taken = common::insert_dead_letter(
+        &app,
+        Some(&other),
+        "delivery limit reached",
+        &cancel_message(&app, &other),
+    )
+    .await;
     let long_reason = format!(
         "the message is not a command: unknown variant `{}`, expected one of create, add_item",
         "refund".repeat(300)
     );
-    let unreadable = app
-        .insert_dead_letter(None, &long_reason, "{not json")
-        .await;
+    let unreadable = common::insert_dead_letter(&app, None, &long_reason, "{not json").await;
 
     let driver = Driver::start().await;
     let browser = driver.browser().await;
@@ -484,8 +465,7 @@ async fn dead_letters_failures_and_journeys_read_right_in_a_real_browser() {
         "order_id": direct.0, "command": {"type": "create", "customer_id": "direct",
         "currency": "EUR", "items": [{"sku": "D-1", "quantity": 1, "unit_price_cents": 100}]}
     });
-    let partition = orderflow_contract::partition::partition_of(direct, app.topology.partitions);
-    app.publish_raw(&partition.to_string(), message.to_string().as_bytes())
+    app.publish_raw(app.partition_of(direct), message.to_string().as_bytes())
         .await;
     app.wait_final(&command_id.to_string()).await;
     browser
@@ -515,11 +495,7 @@ async fn dead_letters_failures_and_journeys_read_right_in_a_real_browser() {
 
 #[tokio::test]
 async fn the_dashboard_fits_a_narrow_window_backfills_its_charts_and_shows_what_it_does_not_know() {
-    let app = TestApp::spawn_with(Options {
-        start_worker: true,
-        ..Options::default()
-    })
-    .await;
+    let app = common::stack().worker().start().await;
     let driver = Driver::start().await;
     let browser = driver.browser().await;
     sign_in(&browser, &app).await;

@@ -1,4 +1,4 @@
-"""schemathesis hooks for api/tests/openapi.rs: rules of the API that JSON Schema cannot say.
+"""schemathesis hooks for e2e/tests/openapi.rs: rules of the API that JSON Schema cannot say.
 
 Without them schemathesis would send requests the document calls valid and the API refuses by
 design (422), and report them as "valid data rejected". Neither hook turns off a check.

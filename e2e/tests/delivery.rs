@@ -4,35 +4,14 @@
 
 mod common;
 
-use common::{Options, PARTITIONS, TestApp};
-use orderflow_contract::partition::partition_of;
-use orderflow_contract::{CONTRACT_VERSION, CommandMessage};
-use orderflow_domain::{ClientId, CommandId, OrderId};
-use orderflow_storage::commands::{self, NewCommand, Source};
+use orderflow_contract::CommandMessage;
+use orderflow_domain::{CommandId, OrderId};
+use orderflow_testkit::{Stack, wait_for};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use std::time::{Duration, Instant};
+use std::cell::{Cell, RefCell};
+use std::time::Duration;
 use uuid::Uuid;
-
-fn message(app: &TestApp, order_id: OrderId, command: Value) -> CommandMessage {
-    CommandMessage {
-        version: CONTRACT_VERSION,
-        command_id: CommandId::new(),
-        client_id: ClientId(app.client_id),
-        order_id,
-        expected_version: None,
-        command: serde_json::from_value(command).unwrap(),
-    }
-}
-
-fn key_of(order_id: OrderId) -> String {
-    partition_of(order_id, PARTITIONS).to_string()
-}
-
-async fn publish(app: &TestApp, message: &CommandMessage) {
-    app.publish_raw(&key_of(message.order_id), &message.to_bytes())
-        .await;
-}
 
 fn create() -> Value {
     json!({"type": "create", "customer_id": "direct", "currency": "EUR",
@@ -41,54 +20,32 @@ fn create() -> Value {
 
 /// Records a command the way the API does (next seq, marked published so no relay sends it)
 /// without publishing it: the test decides when its message arrives.
-async fn record_unsent(app: &TestApp, order_id: OrderId, command: Value) -> CommandMessage {
-    let message = message(app, order_id, command);
-    let body = serde_json::to_value(&message.command).unwrap();
-    let mut tx = app.db.begin().await.unwrap();
-    let seq = commands::next_seq(&mut *tx, order_id, message.client_id)
-        .await
-        .unwrap()
-        .unwrap();
-    let new = NewCommand {
-        id: message.command_id,
-        client_id: message.client_id,
-        order_id,
-        kind: message.command.kind(),
-        body: &body,
-        expected_version: None,
-        source: Source::Http,
-        partition: partition_of(order_id, PARTITIONS),
-        received_at: None,
-        traceparent: None,
-    };
-    commands::insert(&mut *tx, &new, seq).await.unwrap();
-    commands::mark_published(&mut *tx, &[message.command_id.0])
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
+async fn record_unsent(app: &Stack, order_id: OrderId, command: Value) -> CommandMessage {
+    let message = app.message(order_id, command, None);
+    app.record_published(&message).await;
     message
 }
 
 #[tokio::test]
 async fn a_duplicated_delivery_is_applied_once() {
-    let app = TestApp::spawn().await;
+    let app = common::stack().worker().start().await;
     let order_id = OrderId::new();
-    let created = message(&app, order_id, create());
-    publish(&app, &created).await;
-    publish(&app, &created).await;
-    let add = message(
-        &app,
+    let created = app.message(order_id, create(), None);
+    app.publish(&created).await;
+    app.publish(&created).await;
+    let add = app.message(
         order_id,
         json!({"type": "add_item", "sku": "D-2", "quantity": 2, "unit_price_cents": 50}),
+        None,
     );
-    publish(&app, &add).await;
-    publish(&app, &add).await;
+    app.publish(&add).await;
+    app.publish(&add).await;
     // A third copy after the first was applied: still nothing new.
     let done = app.wait_final(&add.command_id.to_string()).await;
     assert_eq!(done["status"], "applied", "{done}");
-    publish(&app, &add).await;
-    let marker = message(&app, order_id, json!({"type": "reserve"}));
-    publish(&app, &marker).await;
+    app.publish(&add).await;
+    let marker = app.message(order_id, json!({"type": "reserve"}), None);
+    app.publish(&marker).await;
     app.wait_final(&marker.command_id.to_string()).await;
 
     let events = app.events(&order_id.to_string()).await;
@@ -103,18 +60,18 @@ async fn a_duplicated_delivery_is_applied_once() {
         order["items"][1]["quantity"], 2,
         "added once, not three times"
     );
-    let recorded = app
-        .count(
-            "select count(*) from commands where order_id = $1",
-            &order_id.to_string(),
-        )
-        .await;
+    let recorded = common::count(
+        &app,
+        "select count(*) from commands where order_id = $1",
+        &order_id.to_string(),
+    )
+    .await;
     assert_eq!(recorded, 3);
 }
 
 #[tokio::test]
 async fn an_out_of_order_delivery_is_applied_in_the_order_the_commands_were_accepted() {
-    let app = TestApp::spawn().await;
+    let app = common::stack().worker().start().await;
     app.set_stock("WIDGET", 10).await;
     let order = app.new_order(json!([])).await;
     let order_id = OrderId(order.parse().unwrap());
@@ -127,7 +84,7 @@ async fn an_out_of_order_delivery_is_applied_in_the_order_the_commands_were_acce
     let third = record_unsent(&app, order_id, json!({"type": "reserve"})).await;
 
     // The later command arrives first: the worker applies the earlier one from PostgreSQL first.
-    publish(&app, &third).await;
+    app.publish(&third).await;
     let done = app.wait_final(&third.command_id.to_string()).await;
     assert_eq!(
         done["status"], "applied",
@@ -141,7 +98,7 @@ async fn an_out_of_order_delivery_is_applied_in_the_order_the_commands_were_acce
     );
 
     // The late message is now a duplicate.
-    publish(&app, &second).await;
+    app.publish(&second).await;
     let marker = app.run(&order, json!({"type": "pay"}), None).await;
     assert_eq!(marker["version"], 4);
     let kinds: Vec<String> = app
@@ -164,25 +121,25 @@ async fn an_out_of_order_delivery_is_applied_in_the_order_the_commands_were_acce
 
 #[tokio::test]
 async fn poison_messages_are_dead_lettered_with_their_reason_and_the_partition_keeps_flowing() {
-    let app = TestApp::spawn().await;
+    let app = common::stack().worker().start().await;
     let order_id = OrderId::new();
-    let key = key_of(order_id);
+    let partition = app.partition_of(order_id);
 
-    app.publish_raw(&key, b"{not json").await;
-    let mut unknown_type = serde_json::to_value(message(&app, order_id, create())).unwrap();
+    app.publish_raw(partition, b"{not json").await;
+    let mut unknown_type = serde_json::to_value(app.message(order_id, create(), None)).unwrap();
     unknown_type["command"]["type"] = json!("refund");
-    app.publish_raw(&key, unknown_type.to_string().as_bytes())
+    app.publish_raw(partition, unknown_type.to_string().as_bytes())
         .await;
-    let wrong_partition = (partition_of(order_id, PARTITIONS) + 1) % PARTITIONS;
+    let wrong_partition = (partition + 1) % app.topology.partitions;
     app.publish_raw(
-        &wrong_partition.to_string(),
-        &message(&app, order_id, create()).to_bytes(),
+        wrong_partition,
+        &app.message(order_id, create(), None).to_bytes(),
     )
     .await;
 
     // The same partition still applies the next good message.
-    let good = message(&app, order_id, create());
-    publish(&app, &good).await;
+    let good = app.message(order_id, create(), None);
+    app.publish(&good).await;
     assert_eq!(
         app.wait_final(&good.command_id.to_string()).await["status"],
         "applied"
@@ -192,7 +149,7 @@ async fn poison_messages_are_dead_lettered_with_their_reason_and_the_partition_k
         .dead_letters(3)
         .await
         .into_iter()
-        .map(|(_, r)| r)
+        .map(|letter| letter.reason)
         .collect();
     reasons.sort();
     assert!(
@@ -212,38 +169,36 @@ async fn poison_messages_are_dead_lettered_with_their_reason_and_the_partition_k
 }
 
 /// Polls until the command is recorded and parked.
-async fn wait_parked(app: &TestApp, command_id: CommandId) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let parked: Option<bool> =
-            sqlx::query_scalar("select parked_at is not null from commands where id = $1")
-                .bind(command_id.0)
-                .fetch_optional(&app.db)
-                .await
-                .unwrap();
-        if parked == Some(true) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "the command was never parked");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+async fn wait_parked(app: &Stack, command_id: CommandId) {
+    wait_for(format!("command {command_id} to be parked"))
+        .every(Duration::from_millis(20))
+        .until(|| async {
+            let parked: Option<bool> =
+                sqlx::query_scalar("select parked_at is not null from commands where id = $1")
+                    .bind(command_id.0)
+                    .fetch_optional(&app.db)
+                    .await
+                    .unwrap();
+            parked == Some(true)
+        })
+        .await;
 }
 
 #[tokio::test]
 async fn a_follow_up_that_overtakes_its_create_waits_for_it_and_runs_after_it() {
-    let app = TestApp::spawn().await;
+    let app = common::stack().worker().start().await;
     let order_id = OrderId::new();
     // What a quorum queue does after a worker died holding the create: the follow-ups first.
-    let add = message(
-        &app,
+    let add = app.message(
         order_id,
         json!({"type": "add_item", "sku": "D-2", "quantity": 3, "unit_price_cents": 50}),
+        None,
     );
-    let mut stale = message(&app, order_id, json!({"type": "reserve"}));
+    let mut stale = app.message(order_id, json!({"type": "reserve"}), None);
     stale.expected_version = Some(1);
-    publish(&app, &add).await;
+    app.publish(&add).await;
     wait_parked(&app, add.command_id).await;
-    publish(&app, &stale).await;
+    app.publish(&stale).await;
     wait_parked(&app, stale.command_id).await;
     let waiting: Vec<String> =
         sqlx::query_scalar("select status from commands where order_id = $1 order by seq")
@@ -279,8 +234,8 @@ async fn a_follow_up_that_overtakes_its_create_waits_for_it_and_runs_after_it() 
         "nothing was applied to an order that does not exist"
     );
 
-    let created = message(&app, order_id, create());
-    publish(&app, &created).await;
+    let created = app.message(order_id, create(), None);
+    app.publish(&created).await;
     assert_eq!(
         app.wait_final(&created.command_id.to_string()).await["status"],
         "applied"
@@ -325,8 +280,8 @@ async fn a_follow_up_that_overtakes_its_create_waits_for_it_and_runs_after_it() 
     assert_eq!((processed, has_parked), (3, false));
 
     // A follow-up after all that runs as usual.
-    let next = message(&app, order_id, json!({"type": "cancel"}));
-    publish(&app, &next).await;
+    let next = app.message(order_id, json!({"type": "cancel"}), None);
+    app.publish(&next).await;
     assert_eq!(
         app.wait_final(&next.command_id.to_string()).await["status"],
         "applied"
@@ -335,14 +290,14 @@ async fn a_follow_up_that_overtakes_its_create_waits_for_it_and_runs_after_it() 
 
 #[tokio::test]
 async fn a_parked_follow_up_whose_create_never_comes_fails_visibly_and_is_dead_lettered() {
-    let app = TestApp::spawn_with(Options {
-        park_timeout_ms: Some(500),
-        ..Default::default()
-    })
-    .await;
+    let app = common::stack()
+        .worker_config(|c| c.park_timeout_ms = 500)
+        .worker()
+        .start()
+        .await;
     let order_id = OrderId::new();
-    let orphan = message(&app, order_id, json!({"type": "pay"}));
-    publish(&app, &orphan).await;
+    let orphan = app.message(order_id, json!({"type": "pay"}), None);
+    app.publish(&orphan).await;
     let failed = app.wait_final(&orphan.command_id.to_string()).await;
     assert_eq!(failed["status"], "failed", "{failed}");
     assert_eq!(failed["reason"], "parked_too_long", "{failed}");
@@ -352,8 +307,8 @@ async fn a_parked_follow_up_whose_create_never_comes_fails_visibly_and_is_dead_l
         "{detail}"
     );
     let dead = app.dead_letters(1).await;
-    assert_eq!(dead[0].1, detail);
-    let body: CommandMessage = serde_json::from_slice(&dead[0].0).unwrap();
+    assert_eq!(dead[0].reason, detail);
+    let body: CommandMessage = serde_json::from_slice(&dead[0].body).unwrap();
     assert_eq!(body.command_id, orphan.command_id);
     let recorded: i64 =
         sqlx::query_scalar("select count(*) from dead_letters where command_id = $1")
@@ -364,8 +319,8 @@ async fn a_parked_follow_up_whose_create_never_comes_fails_visibly_and_is_dead_l
     assert_eq!(recorded, 1);
 
     // The create may still come: the order starts, and the failed command stays failed.
-    let created = message(&app, order_id, create());
-    publish(&app, &created).await;
+    let created = app.message(order_id, create(), None);
+    app.publish(&created).await;
     assert_eq!(
         app.wait_final(&created.command_id.to_string()).await["status"],
         "applied"
@@ -386,7 +341,7 @@ async fn a_parked_follow_up_whose_create_never_comes_fails_visibly_and_is_dead_l
 
 #[tokio::test]
 async fn a_confirmed_command_the_broker_never_delivered_is_published_again() {
-    let app = TestApp::spawn().await;
+    let app = common::stack().worker().start().await;
     let order = app.new_order(json!([])).await;
     let order_id = OrderId(order.parse().unwrap());
     // Recorded and "confirmed" a while ago, but its message is lost (RabbitMQ can confirm a
@@ -398,7 +353,8 @@ async fn a_confirmed_command_the_broker_never_delivered_is_published_again() {
         .await
         .unwrap();
     assert_eq!(
-        app.count(
+        common::count(
+            &app,
             "select count(*) from commands where order_id = $1::uuid and status = 'accepted'",
             &order
         )
@@ -406,14 +362,9 @@ async fn a_confirmed_command_the_broker_never_delivered_is_published_again() {
         1
     );
     // A later message on the same partition is delivered: the lost one is overtaken.
-    let other = loop {
-        let candidate = OrderId::new();
-        if partition_of(candidate, PARTITIONS) == partition_of(order_id, PARTITIONS) {
-            break candidate;
-        }
-    };
-    let later = message(&app, other, create());
-    publish(&app, &later).await;
+    let other = app.order_in(app.partition_of(order_id));
+    let later = app.message(other, create(), None);
+    app.publish(&later).await;
     app.wait_final(&later.command_id.to_string()).await;
 
     let done = app.wait_final(&lost.command_id.to_string()).await;
@@ -423,30 +374,30 @@ async fn a_confirmed_command_the_broker_never_delivered_is_published_again() {
 
 #[tokio::test]
 async fn a_producer_cannot_touch_another_clients_order() {
-    let app = TestApp::spawn().await;
+    let app = common::stack().worker().start().await;
     let order = app.new_order(json!([])).await;
     let (other, _) = orderflow_storage::clients::create(&app.db, "other", false)
         .await
         .unwrap();
-    let mut hijack = message(
-        &app,
+    let mut hijack = app.message(
         OrderId(order.parse().unwrap()),
         json!({"type": "cancel"}),
+        None,
     );
     hijack.client_id = other.id;
-    publish(&app, &hijack).await;
+    app.publish(&hijack).await;
     let dead = app.dead_letters(1).await;
     assert!(
-        dead[0].1.contains("belongs to another client"),
+        dead[0].reason.contains("belongs to another client"),
         "{:?}",
-        dead[0].1
+        dead[0].reason
     );
     assert_eq!(app.order(&order).await["status"], "pending");
 }
 
 #[tokio::test]
 async fn a_command_that_breaks_an_invariant_fails_visibly_and_is_dead_lettered() {
-    let app = TestApp::spawn().await;
+    let app = common::stack().worker().start().await;
     app.set_stock("WIDGET", 5).await;
     let order = app
         .new_order(json!([{"sku": "WIDGET", "quantity": 2, "unit_price_cents": 10}]))
@@ -469,9 +420,9 @@ async fn a_command_that_breaks_an_invariant_fails_visibly_and_is_dead_lettered()
         "{ship}"
     );
     let dead = app.dead_letters(1).await;
-    let body: Value = serde_json::from_slice(&dead[0].0).unwrap();
+    let body: Value = serde_json::from_slice(&dead[0].body).unwrap();
     assert_eq!(body["command_id"], ship["command_id"]);
-    assert_eq!(dead[0].1, ship["detail"].as_str().unwrap());
+    assert_eq!(dead[0].reason, ship["detail"].as_str().unwrap());
     // Nothing of the failed command was applied, and the order still takes commands.
     assert_eq!(app.order(&order).await["status"], "paid");
     assert_eq!(
@@ -488,16 +439,11 @@ async fn a_command_that_breaks_an_invariant_fails_visibly_and_is_dead_lettered()
 
 #[tokio::test]
 async fn a_full_partition_answers_503_and_the_refused_command_never_runs() {
-    let mut app = TestApp::spawn_with(Options {
-        start_worker: false,
-        queue_max_length: 1,
-        ..Default::default()
-    })
-    .await;
+    let mut app = common::stack().queue_max_length(1).start().await;
     // The API assigns order ids, so keep creating orders until every partition holds its one
     // message and a publish is refused.
-    let mut accepted = Vec::new();
-    let mut refused = 0;
+    let accepted = RefCell::new(Vec::new());
+    let refused = Cell::new(0);
     let body = json!({"customer_id": "c", "currency": "EUR", "items": []});
     let post = |key: String| {
         app.request(Method::POST, "/v1/orders")
@@ -505,30 +451,40 @@ async fn a_full_partition_answers_503_and_the_refused_command_never_runs() {
             .json(&body)
             .send()
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while refused < 2 {
-        assert!(Instant::now() < deadline, "publishes were never refused");
-        let key = Uuid::new_v4().to_string();
-        let response = post(key.clone()).await.unwrap();
-        match response.status() {
-            StatusCode::ACCEPTED => accepted.push(response.json::<Value>().await.unwrap()),
-            StatusCode::SERVICE_UNAVAILABLE => {
-                assert_eq!(response.headers()["retry-after"], "1");
-                let problem: Value = response.json().await.unwrap();
-                assert_eq!(problem["type"], "https://orderflow.dev/problems/queue-full");
-                refused += 1;
-                // The key was released: a retry with it is a new attempt, never a replay.
-                let retry = post(key).await.unwrap();
-                assert!(retry.headers().get("idempotent-replayed").is_none());
-                match retry.status() {
-                    StatusCode::ACCEPTED => accepted.push(retry.json::<Value>().await.unwrap()),
-                    StatusCode::SERVICE_UNAVAILABLE => refused += 1,
-                    other => panic!("unexpected {other}"),
+    wait_for("two publishes to be refused")
+        .within(Duration::from_secs(30))
+        .every(Duration::ZERO)
+        .until(|| async {
+            let key = Uuid::new_v4().to_string();
+            let response = post(key.clone()).await.unwrap();
+            match response.status() {
+                StatusCode::ACCEPTED => {
+                    let body = response.json::<Value>().await.unwrap();
+                    accepted.borrow_mut().push(body);
                 }
+                StatusCode::SERVICE_UNAVAILABLE => {
+                    assert_eq!(response.headers()["retry-after"], "1");
+                    let problem: Value = response.json().await.unwrap();
+                    assert_eq!(problem["type"], "https://orderflow.dev/problems/queue-full");
+                    refused.set(refused.get() + 1);
+                    // The key was released: a retry with it is a new attempt, never a replay.
+                    let retry = post(key).await.unwrap();
+                    assert!(retry.headers().get("idempotent-replayed").is_none());
+                    match retry.status() {
+                        StatusCode::ACCEPTED => {
+                            let body = retry.json::<Value>().await.unwrap();
+                            accepted.borrow_mut().push(body);
+                        }
+                        StatusCode::SERVICE_UNAVAILABLE => refused.set(refused.get() + 1),
+                        other => panic!("unexpected {other}"),
+                    }
+                }
+                other => panic!("unexpected {other}"),
             }
-            other => panic!("unexpected {other}"),
-        }
-    }
+            refused.get() >= 2
+        })
+        .await;
+    let (accepted, refused) = (accepted.into_inner(), refused.get());
     let rejected: Vec<(Uuid, String)> =
         sqlx::query_as("select id, reason from commands where status = 'rejected'")
             .fetch_all(&app.db)
@@ -567,12 +523,7 @@ async fn a_full_partition_answers_503_and_the_refused_command_never_runs() {
 
 #[tokio::test]
 async fn a_refusal_cut_off_mid_transaction_is_read_back_and_still_answers_503() {
-    let mut app = TestApp::spawn_with(Options {
-        start_worker: false,
-        queue_max_length: 1,
-        ..Default::default()
-    })
-    .await;
+    let mut app = common::stack().queue_max_length(1).start().await;
     // The first transaction that marks a command refused loses its connection midway (the
     // backend terminates itself): the API cannot tell from the error whether it committed. A
     // sequence counts the attempts, since it is not rolled back with them.
@@ -593,26 +544,33 @@ async fn a_refusal_cut_off_mid_transaction_is_read_back_and_still_answers_503() 
     .unwrap();
 
     let body = json!({"customer_id": "c", "currency": "EUR", "items": []});
-    let mut accepted = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let problem = loop {
-        assert!(Instant::now() < deadline, "no publish was ever refused");
-        let response = app
-            .request(Method::POST, "/v1/orders")
-            .header("idempotency-key", Uuid::new_v4().to_string())
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        match response.status() {
-            StatusCode::ACCEPTED => accepted.push(response.json::<Value>().await.unwrap()),
-            StatusCode::SERVICE_UNAVAILABLE => {
-                assert_eq!(response.headers()["retry-after"], "1");
-                break response.json::<Value>().await.unwrap();
+    let accepted = RefCell::new(Vec::new());
+    let problem = wait_for("a publish to be refused")
+        .within(Duration::from_secs(30))
+        .every(Duration::ZERO)
+        .until(|| async {
+            let response = app
+                .request(Method::POST, "/v1/orders")
+                .header("idempotency-key", Uuid::new_v4().to_string())
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            match response.status() {
+                StatusCode::ACCEPTED => {
+                    let body = response.json::<Value>().await.unwrap();
+                    accepted.borrow_mut().push(body);
+                    None
+                }
+                StatusCode::SERVICE_UNAVAILABLE => {
+                    assert_eq!(response.headers()["retry-after"], "1");
+                    Some(response.json::<Value>().await.unwrap())
+                }
+                other => panic!("unexpected {other}"),
             }
-            other => panic!("unexpected {other}"),
-        }
-    };
+        })
+        .await;
+    let accepted = accepted.into_inner();
     assert_eq!(problem["type"], "https://orderflow.dev/problems/queue-full");
     let attempts: i64 = sqlx::query_scalar("select last_value from refusal_attempts")
         .fetch_one(&app.db)
@@ -663,12 +621,12 @@ async fn a_refusal_cut_off_mid_transaction_is_read_back_and_still_answers_503() 
 
 #[tokio::test]
 async fn a_worker_stopped_mid_stream_loses_nothing_and_applies_nothing_twice() {
-    let mut app = TestApp::spawn().await;
+    let mut app = common::stack().worker().start().await;
     let mut accepted = Vec::new();
     for _ in 0..40 {
         accepted.push(app.create_order(json!([])).await);
     }
-    app.stop_worker().await;
+    app.stop_workers().await;
     for _ in 0..10 {
         accepted.push(app.create_order(json!([])).await);
     }
@@ -686,20 +644,20 @@ async fn a_worker_stopped_mid_stream_loses_nothing_and_applies_nothing_twice() {
 
 #[tokio::test]
 async fn commands_from_the_python_producer_are_applied() {
-    let app = TestApp::spawn().await;
+    let app = common::stack().worker().start().await;
     app.set_stock("PY-SKU-1", 10).await;
     app.set_stock("PY-SKU-2", 10).await;
     // The contract crate's folder, beside this crate.
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .expect("the api crate is inside the workspace")
+        .expect("the e2e crate is inside the workspace")
         .join("contract")
         .join("producer.py");
     let output = tokio::process::Command::new("python3")
         .arg(script)
-        .args(["--amqp-url", &common::amqp_url()])
+        .args(["--amqp-url", &orderflow_testkit::amqp_url()])
         .args(["--namespace", &app.namespace])
-        .args(["--partitions", &PARTITIONS.to_string()])
+        .args(["--partitions", &app.topology.partitions.to_string()])
         .args(["--client-id", &app.client_id.to_string()])
         .arg("--count-duplicates")
         .output()
@@ -733,9 +691,9 @@ async fn commands_from_the_python_producer_are_applied() {
 #[tokio::test]
 async fn status_events_reach_subscribers_in_per_order_order() {
     use lapin::options::{BasicAckOptions, BasicGetOptions};
-    let app = TestApp::spawn().await;
+    let app = common::stack().worker().start().await;
     let (connection, channel, queue) =
-        orderflow_testkit::subscribe_events(&app.topology, "command.#").await;
+        orderflow_testkit::broker::subscribe_events(&app.topology, "command.#").await;
 
     let order = app.new_order(json!([])).await;
     let mut sent = Vec::new();
@@ -746,29 +704,33 @@ async fn status_events_reach_subscribers_in_per_order_order() {
     sent.push(app.send(&order, json!({"type": "reserve"}), None).await["command_id"].clone());
     app.wait_final(sent.last().unwrap().as_str().unwrap()).await;
 
-    let mut events = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while events.len() < 7 {
-        assert!(
-            Instant::now() < deadline,
-            "only {} events: {events:?}",
-            events.len()
-        );
-        match channel
-            .basic_get(queue.as_str().into(), BasicGetOptions::default())
-            .await
-            .unwrap()
-        {
-            Some(message) => {
+    // The relay publishes asynchronously to the test: poll the queue.
+    let events = RefCell::new(Vec::new());
+    wait_for("7 status events")
+        .every(Duration::from_millis(20))
+        .until(|| async {
+            while events.borrow().len() < 7 {
+                let Some(message) = channel
+                    .basic_get(queue.as_str().into(), BasicGetOptions::default())
+                    .await
+                    .unwrap()
+                else {
+                    break;
+                };
                 message.ack(BasicAckOptions::default()).await.unwrap();
                 let event: Value = serde_json::from_slice(&message.data).unwrap();
                 let key = message.routing_key.to_string();
-                events.push((key, event));
+                events.borrow_mut().push((key, event));
             }
-            // The relay publishes asynchronously to the test: poll the queue with the deadline.
-            None => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
+            let events = events.borrow();
+            if events.len() >= 7 {
+                Ok(())
+            } else {
+                Err(format!("only {} events: {events:?}", events.len()))
+            }
+        })
+        .await;
+    let events = events.into_inner();
     let seqs: Vec<i64> = events
         .iter()
         .map(|(_, e)| e["seq"].as_i64().unwrap())
@@ -784,11 +746,7 @@ async fn status_events_reach_subscribers_in_per_order_order() {
 
 #[tokio::test]
 async fn a_message_that_keeps_killing_its_worker_is_dead_lettered_and_its_command_failed() {
-    let mut app = TestApp::spawn_with(Options {
-        start_worker: false,
-        ..Default::default()
-    })
-    .await;
+    let mut app = common::stack().start().await;
     let accepted = app.create_order(json!([])).await;
     let command_id: Uuid = accepted["command_id"].as_str().unwrap().parse().unwrap();
     let order_id = OrderId(accepted["order_id"].as_str().unwrap().parse().unwrap());
@@ -799,10 +757,8 @@ async fn a_message_that_keeps_killing_its_worker_is_dead_lettered_and_its_comman
         .await
         .unwrap();
     // ... and the last one died holding it: taken without an ack, then the connection dropped.
-    let (connection, channel) = app.amqp_channel().await;
-    let queue = app
-        .topology
-        .partition_queue(partition_of(order_id, PARTITIONS));
+    let (connection, channel) = orderflow_testkit::broker::channel().await;
+    let queue = app.topology.partition_queue(app.partition_of(order_id));
     channel.basic_qos(1, Default::default()).await.unwrap();
     let mut consumer = channel
         .basic_consume(
@@ -834,7 +790,7 @@ async fn a_message_that_keeps_killing_its_worker_is_dead_lettered_and_its_comman
         "{done}"
     );
     let dead = app.dead_letters(1).await;
-    assert_eq!(dead[0].1, done["detail"].as_str().unwrap());
+    assert_eq!(dead[0].reason, done["detail"].as_str().unwrap());
     let orders: i64 = sqlx::query_scalar("select count(*) from orders")
         .fetch_one(&app.db)
         .await
@@ -844,7 +800,7 @@ async fn a_message_that_keeps_killing_its_worker_is_dead_lettered_and_its_comman
 
 #[tokio::test]
 async fn a_broken_earlier_command_is_failed_itself_and_the_later_one_still_runs() {
-    let app = TestApp::spawn().await;
+    let app = common::stack().worker().start().await;
     app.set_stock("A", 5).await;
     let order = app
         .new_order(json!([{"sku": "A", "quantity": 1, "unit_price_cents": 1}]))
@@ -860,7 +816,7 @@ async fn a_broken_earlier_command_is_failed_itself_and_the_later_one_still_runs(
         .await
         .unwrap();
     // The later command arrives first; the worker applies the ship ahead of it, which breaks.
-    publish(&app, &deliver).await;
+    app.publish(&deliver).await;
     let done = app.wait_final(&deliver.command_id.to_string()).await;
     assert_eq!(
         (done["status"].clone(), done["reason"].clone()),
@@ -878,8 +834,8 @@ async fn a_broken_earlier_command_is_failed_itself_and_the_later_one_still_runs(
         "{failed}"
     );
     // The ship's own late message ends in the dead-letter queue with the reason it failed for.
-    publish(&app, &ship).await;
+    app.publish(&ship).await;
     let dead = app.dead_letters(1).await;
-    assert_eq!(dead[0].1, failed["detail"].as_str().unwrap());
+    assert_eq!(dead[0].reason, failed["detail"].as_str().unwrap());
     assert_eq!(app.order(&order).await["status"], "paid");
 }

@@ -1,0 +1,123 @@
+//! The test broker (`AMQP_URL`): connections, a subscriber of a namespace's status events, its
+//! dead-letter queue, and the removal of a namespace when its test ends.
+
+use crate::servers::amqp_url;
+use crate::wait::wait_for;
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use orderflow_messaging::{REASON_HEADER, Topology};
+use std::cell::RefCell;
+
+/// A fresh connection to the test broker and a channel on it (close the connection at the end).
+pub async fn channel() -> (lapin::Connection, lapin::Channel) {
+    let connection = lapin::Connection::connect(&amqp_url(), Default::default())
+        .await
+        .expect("the broker of AMQP_URL is up");
+    let channel = connection.create_channel().await.unwrap();
+    (connection, channel)
+}
+
+/// A subscriber of `topology`'s status events: an exclusive, server-named queue bound with
+/// `binding` (e.g. `#`) on a connection of its own. Returns the connection (close it at the end),
+/// the channel and the queue's name.
+pub async fn subscribe_events(
+    topology: &Topology,
+    binding: &str,
+) -> (lapin::Connection, lapin::Channel, String) {
+    let (connection, channel) = channel().await;
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            topology.events_exchange().as_str().into(),
+            binding.into(),
+            QueueBindOptions::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    (connection, channel, queue.name().to_string())
+}
+
+/// A message taken from a namespace's dead-letter queue.
+#[derive(Debug)]
+pub struct DeadLetter {
+    /// The message as the worker received it.
+    pub body: Vec<u8>,
+    /// Why it was dead-lettered (the `x-orderflow-reason` header; empty without one).
+    pub reason: String,
+    headers: FieldTable,
+}
+
+impl DeadLetter {
+    /// A header of the message that is a string (`None`: absent, or not a string).
+    pub fn header(&self, name: &str) -> Option<String> {
+        match self.headers.inner().get(name)? {
+            AMQPValue::LongString(s) => Some(s.to_string()),
+            _ => None,
+        }
+    }
+}
+
+/// Waits until `topology`'s dead-letter queue has given `count` messages (taken and acked, in
+/// queue order); panics after 20 s.
+pub async fn dead_letters(topology: &Topology, count: usize) -> Vec<DeadLetter> {
+    let (connection, channel) = channel().await;
+    let queue = topology.dead_letter_queue();
+    let found = RefCell::new(Vec::new());
+    // Dead-lettering is asynchronous to the test: poll the queue.
+    wait_for(format!("{count} dead letters in {queue}"))
+        .until(|| async {
+            while found.borrow().len() < count {
+                let Some(message) = channel
+                    .basic_get(queue.as_str().into(), BasicGetOptions::default())
+                    .await
+                    .unwrap()
+                else {
+                    break;
+                };
+                message.ack(BasicAckOptions::default()).await.unwrap();
+                let headers = message.properties.headers().clone().unwrap_or_default();
+                let reason = match headers.inner().get(REASON_HEADER) {
+                    Some(AMQPValue::LongString(s)) => s.to_string(),
+                    Some(other) => format!("{other:?}"),
+                    None => String::new(),
+                };
+                found.borrow_mut().push(DeadLetter {
+                    body: message.data.clone(),
+                    reason,
+                    headers,
+                });
+            }
+            let found = found.borrow();
+            if found.len() >= count {
+                Ok(())
+            } else {
+                Err(format!("only {}: {found:?}", found.len()))
+            }
+        })
+        .await;
+    let _ = connection.close(200, "done".into()).await;
+    found.into_inner()
+}
+
+/// Deletes the namespace's queues and exchanges; nothing if the broker is unreachable (cleanup is
+/// best effort).
+pub async fn delete_namespace(topology: &Topology) {
+    if let Ok(connection) = lapin::Connection::connect(&amqp_url(), Default::default()).await {
+        if let Ok(channel) = connection.create_channel().await {
+            let _ = topology.delete(&channel).await;
+        }
+        let _ = connection.close(200, "test done".into()).await;
+    }
+}

@@ -1,0 +1,13 @@
+//! The servers every test runs against (`deploy/run-tests.sh` sets both variables).
+
+/// The PostgreSQL server tests create their databases on (its database part is only used to
+/// connect): `DATABASE_URL`.
+pub fn base_database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// The RabbitMQ broker: `AMQP_URL`.
+pub fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
