@@ -3,6 +3,7 @@
 //! test run).
 
 use crate::servers::base_database_url;
+use orderflow_storage::admin as databases;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -24,11 +25,7 @@ pub async fn create_migrated_database(id: &str, migrations: &Migrator) -> (Strin
 /// unreachable (cleanup is best effort).
 pub async fn drop_database(name: &str) {
     if let Ok(admin) = PgPool::connect(&base_database_url()).await {
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-            r#"drop database if exists "{name}" with (force)"#
-        )))
-        .execute(&admin)
-        .await;
+        let _ = databases::drop_database(&admin, name).await;
         admin.close().await;
     }
 }
@@ -36,13 +33,9 @@ pub async fn drop_database(name: &str) {
 async fn create(id: &str, template: Option<&str>) -> (String, String) {
     let name = format!("orderflow_test_{id}");
     let admin = admin().await;
-    let template = template.map_or(String::new(), |t| format!(r#" template "{t}""#));
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        r#"create database "{name}"{template}"#
-    )))
-    .execute(&admin)
-    .await
-    .expect("creating the test database");
+    databases::create_database(&admin, &name, template)
+        .await
+        .expect("creating the test database");
     admin.close().await;
     (database_url(&name), name)
 }
@@ -73,16 +66,12 @@ async fn ensure_template(migrations: &Migrator) -> String {
         .expect("taking the template lock");
     if !is_template(&admin, &name).await {
         // A half-made one (a process that died making it) is made again.
-        let statements = [
-            format!(r#"drop database if exists "{name}" with (force)"#),
-            format!(r#"create database "{name}""#),
-        ];
-        for statement in statements {
-            sqlx::query(sqlx::AssertSqlSafe(statement))
-                .execute(&admin)
-                .await
-                .expect("creating the template database");
-        }
+        databases::drop_database(&admin, &name)
+            .await
+            .expect("dropping a half-made template database");
+        databases::create_database(&admin, &name, None)
+            .await
+            .expect("creating the template database");
         let template = PgPool::connect(&database_url(&name))
             .await
             .expect("connecting to the template database");
@@ -92,7 +81,8 @@ async fn ensure_template(migrations: &Migrator) -> String {
             .expect("migrating the template database");
         template.close().await;
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            r#"alter database "{name}" is_template true"#
+            "alter database {} is_template true",
+            databases::quote_identifier(&name)
         )))
         .execute(&admin)
         .await
