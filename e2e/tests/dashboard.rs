@@ -766,12 +766,13 @@ async fn the_stats_of_the_last_five_minutes_are_served_for_the_charts() {
 }
 
 #[tokio::test]
-async fn the_consumer_count_is_the_brokers() {
+async fn with_two_workers_each_partition_has_one_consumer_its_lease_owner_as_the_broker_says() {
     let mut app = common::stack().worker().start().await;
-    // A second worker: one consumer per partition each, one active and one standby.
+    let first = app.worker_name();
+    // A second worker: the partitions are shared, each consumed by its lease's owner only.
     app.start_worker_with(|c| c.worker_name = Some("second-worker".into()))
         .await;
-    let view = wait_for("two workers on every partition")
+    let view = wait_for("the partitions to be shared by the two workers")
         .every(Duration::from_millis(200))
         .until(|| async {
             let view: Value = app
@@ -782,11 +783,16 @@ async fn the_consumer_count_is_the_brokers() {
                 .json()
                 .await
                 .unwrap();
-            if view["partitions"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|p| p["workers"].as_array().unwrap().len() == 2)
+            let partitions = view["partitions"].as_array().unwrap();
+            let held_by = |name: &str| {
+                partitions
+                    .iter()
+                    .filter(|p| p["owner"] == name && p["workers"] == json!([name]))
+                    .count()
+            };
+            if held_by(&first) == partitions.len() / 2
+                && held_by("second-worker") == partitions.len() / 2
+                && partitions.iter().all(|p| p["lease_state"] == "active")
             {
                 Ok(view)
             } else {
@@ -814,8 +820,11 @@ async fn the_consumer_count_is_the_brokers() {
             .lines()
             .filter(|line| line.split('\t').next() == Some(queue))
             .count();
-        assert_eq!(brokers, 2, "{listed}");
+        assert_eq!(brokers, 1, "{listed}");
         assert_eq!(p["consumers"], brokers, "{p}\n{listed}");
         assert_eq!(p["active_consumers"], 1, "{p}");
+        // Taken once when the first worker started, and once more if it was handed over.
+        assert!(p["epoch"].as_i64().unwrap() >= 1, "{p}");
+        assert!(p["moves_last_hour"].as_i64().unwrap() >= 1, "{p}");
     }
 }

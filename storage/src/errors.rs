@@ -21,6 +21,10 @@ pub enum ErrorClass {
     /// A data exception or another integrity constraint: the data itself is refused and will be
     /// every time (a message's text, a value out of range). Never retried.
     DataRefused,
+    /// The transaction's fence found that this worker no longer holds the partition's lease
+    /// (SQLSTATE OF001, raised by `orderflow_fence`): another worker took the partition over.
+    /// Never retried: the worker stops consuming the partition and acks nothing more of it.
+    LeaseLost,
     /// A bug or anything else: never retried.
     Other,
 }
@@ -47,6 +51,7 @@ impl ErrorClass {
             ErrorClass::Connection => "connection",
             ErrorClass::Duplicate => "duplicate",
             ErrorClass::DataRefused => "data_refused",
+            ErrorClass::LeaseLost => "lease_lost",
             ErrorClass::Other => "other",
         }
     }
@@ -72,6 +77,7 @@ fn of_sqlstate(code: &str) -> ErrorClass {
         "55P03" | "57014" => ErrorClass::LockTimeout,
         "40003" | "25006" | "57P01" | "57P02" | "57P03" => ErrorClass::Connection,
         "23505" => ErrorClass::Duplicate,
+        crate::leases::LEASE_LOST => ErrorClass::LeaseLost,
         c if c.starts_with("08") || c.starts_with("53") => ErrorClass::Connection,
         c if c.starts_with("22") || c.starts_with("23") => ErrorClass::DataRefused,
         _ => ErrorClass::Other,
@@ -82,6 +88,11 @@ fn of_sqlstate(code: &str) -> ErrorClass {
 /// lost connections and an exhausted pool are; constraint violations and bugs are not.
 pub fn is_transient(error: &sqlx::Error) -> bool {
     classify(error).is_transient()
+}
+
+/// Did the transaction's fence find the partition's lease lost (see [`ErrorClass::LeaseLost`])?
+pub fn is_lease_lost(error: &sqlx::Error) -> bool {
+    classify(error) == ErrorClass::LeaseLost
 }
 
 /// Did PostgreSQL refuse the data itself (a data exception or an integrity constraint, but not a
@@ -106,6 +117,7 @@ mod tests {
             ("08006", ErrorClass::Connection),
             ("53300", ErrorClass::Connection),
             ("57P01", ErrorClass::Connection),
+            ("OF001", ErrorClass::LeaseLost),
             ("25006", ErrorClass::Connection),
             ("40003", ErrorClass::Connection),
             ("23505", ErrorClass::Duplicate),

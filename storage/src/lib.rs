@@ -9,6 +9,7 @@ pub mod dashboard;
 mod errors;
 pub mod idempotency;
 pub mod inventory;
+pub mod leases;
 pub mod listen;
 pub mod observability;
 pub mod orders;
@@ -17,7 +18,7 @@ pub mod payments;
 pub mod perf;
 pub mod primary;
 
-pub use errors::{ErrorClass, classify, is_data_refused, is_transient};
+pub use errors::{ErrorClass, classify, is_data_refused, is_lease_lost, is_transient};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::{PgPool, migrate::Migrator};
 use std::time::Duration;

@@ -24,6 +24,7 @@ const SPECS: &[&str] = &[
     "idempotency_key",
     "order_lock",
     "confirm_mark",
+    "lease_fence",
 ];
 
 #[tokio::test]
@@ -59,6 +60,11 @@ async fn the_order_row_lock_shows_a_waiting_worker_the_new_version_so_it_conflic
 #[tokio::test]
 async fn the_brokers_confirm_never_waits_for_a_worker_and_a_final_command_is_published() {
     run_spec("confirm_mark").await;
+}
+
+#[tokio::test]
+async fn a_zombie_worker_commits_only_before_its_partition_is_taken_and_never_after() {
+    run_spec("lease_fence").await;
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //! too long ([`crate::parked`]). It hands on the trace stored with the command (`traceparent`
 //! header).
 
+use crate::leases::Holdings;
 use crate::metrics;
 use crate::relay::{BATCH, traceparents};
 use orderflow_messaging::{Outgoing, Publisher, Topology, json_properties, with_traceparent};
@@ -21,6 +22,7 @@ pub async fn run_command_relay(
     topology: &Topology,
     after: Duration,
     park_timeout: Duration,
+    fence: Option<&Holdings>,
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(after / 2);
@@ -35,7 +37,9 @@ pub async fn run_command_relay(
                 tracing::warn!(error = %e, pass = which.label(), "command relay failed; will retry");
             }
         }
-        if let Err(e) = crate::parked::fail_expired(&db, publisher, topology, park_timeout).await {
+        if let Err(e) =
+            crate::parked::fail_expired(&db, fence, publisher, topology, park_timeout).await
+        {
             tracing::warn!(error = %e, "failing expired parked commands failed; will retry");
         }
     }

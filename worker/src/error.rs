@@ -80,7 +80,7 @@ impl ApplyError {
     /// Attributes a permanent failure to the command being applied.
     pub fn blame(self, command_id: CommandId) -> Self {
         match self {
-            ApplyError::Db(e) if !retried(classify(&e)) => ApplyError::broken(
+            ApplyError::Db(e) if blamable(classify(&e)) => ApplyError::broken(
                 command_id,
                 FailureCode::DatabaseError,
                 format!("database error: {e}"),
@@ -92,6 +92,12 @@ impl ApplyError {
 
 fn retried(class: ErrorClass) -> bool {
     class.is_transient() || class == ErrorClass::Duplicate
+}
+
+/// Whether [`ApplyError::blame`] may turn the error into the command's failure: a lost lease is
+/// not the command's fault (its new owner applies it), and a retried error is retried.
+fn blamable(class: ErrorClass) -> bool {
+    !retried(class) && class != ErrorClass::LeaseLost
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ pub mod consumer;
 pub mod direct;
 pub mod effects;
 pub mod error;
+pub mod leases;
 pub mod metrics;
 pub mod monitor;
 pub mod outbox;

@@ -37,6 +37,13 @@ pub const LAST_DELIVERY: &str = "orderflow_partition_last_delivery_timestamp_sec
 pub const OLDEST_PENDING_AGE: &str = "orderflow_partition_oldest_pending_age_seconds";
 pub const DEAD_LETTER_QUEUE_DEPTH: &str = "orderflow_dead_letter_queue_depth";
 pub const DEAD_LETTERS_UNRECORDED: &str = "orderflow_dead_letters_unrecorded_total";
+pub const LEASE_EPOCH: &str = "orderflow_partition_lease_epoch";
+pub const LEASE_HELD: &str = "orderflow_partition_lease_held";
+pub const REBALANCES: &str = "orderflow_partition_rebalances_total";
+
+/// Kinds of `orderflow_partition_rebalances_total`: a lease this worker took, one it released
+/// after draining, one it lost (taken over, or given up because it could not renew it in time).
+pub const REBALANCE_KINDS: [&str; 3] = ["taken", "released", "lost"];
 
 /// Causes of `orderflow_tx_retries_total` (see `ApplyError::retry_cause`).
 const RETRY_CAUSES: [&str; 5] = [
@@ -61,6 +68,15 @@ pub fn register() {
     for cause in RETRY_CAUSES {
         counter!(TX_RETRIES, "cause" => cause).increment(0);
     }
+    for kind in REBALANCE_KINDS {
+        counter!(REBALANCES, "kind" => kind).increment(0);
+    }
+}
+
+/// A lease of this worker was taken, released or lost (one of [`REBALANCE_KINDS`]).
+pub fn rebalanced(kind: &'static str) {
+    debug_assert!(REBALANCE_KINDS.contains(&kind));
+    counter!(REBALANCES, "kind" => kind).increment(1);
 }
 
 /// The `reason` label of an applied command.
@@ -151,6 +167,10 @@ pub struct PartitionSeries {
     pub consumer_up: Gauge,
     pub last_delivery: Gauge,
     pub oldest_pending_age: Gauge,
+    /// The epoch this worker holds the partition's lease at; 0 while it holds none.
+    pub lease_epoch: Gauge,
+    /// 1 while this worker holds the partition's lease (the owner is the scraped worker).
+    pub lease_held: Gauge,
 }
 
 impl PartitionSeries {
@@ -161,7 +181,9 @@ impl PartitionSeries {
             queue_depth: gauge!(QUEUE_DEPTH, "partition" => p.clone()),
             consumer_up: gauge!(CONSUMER_UP, "partition" => p.clone()),
             last_delivery: gauge!(LAST_DELIVERY, "partition" => p.clone()),
-            oldest_pending_age: gauge!(OLDEST_PENDING_AGE, "partition" => p),
+            oldest_pending_age: gauge!(OLDEST_PENDING_AGE, "partition" => p.clone()),
+            lease_epoch: gauge!(LEASE_EPOCH, "partition" => p.clone()),
+            lease_held: gauge!(LEASE_HELD, "partition" => p),
         }
     }
 }

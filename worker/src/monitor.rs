@@ -75,6 +75,13 @@ impl Monitor {
         }
     }
 
+    /// This worker now holds `partition`'s lease at `epoch` (0: no longer holds it).
+    pub fn lease(&self, partition: u16, epoch: i64) {
+        let (_, series) = &self.partitions[usize::from(partition)];
+        series.lease_epoch.set(epoch as f64);
+        series.lease_held.set(if epoch > 0 { 1.0 } else { 0.0 });
+    }
+
     /// Marks `partition` as consumed by this worker until the guard is dropped.
     pub fn consuming(&self, partition: u16) -> Consuming<'_> {
         self.set_consuming(partition, true);

@@ -7,6 +7,7 @@
 use crate::apply::{Ending, finish, finished};
 use crate::consumer::dead_letter_properties;
 use crate::error::Failure;
+use crate::leases::Holdings;
 use crate::metrics;
 use crate::relay::BATCH;
 use lapin::types::FieldTable;
@@ -17,15 +18,31 @@ use orderflow_storage::observability::{self, NewDeadLetter};
 use sqlx::PgPool;
 use std::time::Duration;
 
-/// Fails the commands parked for longer than `timeout`; returns how many.
+/// Fails the commands parked for longer than `timeout`; returns how many. With `fence`, only
+/// those of the partitions this process holds, in a transaction fenced on their leases.
 pub async fn fail_expired(
     db: &PgPool,
+    fence: Option<&Holdings>,
     publisher: &Publisher,
     topology: &Topology,
     timeout: Duration,
 ) -> anyhow::Result<usize> {
     let mut tx = db.begin().await?;
-    let rows = commands::lock_expired_parked(&mut tx, timeout.as_millis() as i64, BATCH).await?;
+    let held = fence.map(|fence| (fence, fence.held()));
+    if let Some((fence, held)) = &held {
+        if held.is_empty() {
+            return Ok(0);
+        }
+        fence.fence_all(&mut tx, held).await?;
+    }
+    let partitions: Option<Vec<i32>> = held.map(|(_, held)| held.iter().map(|h| h.0).collect());
+    let rows = commands::lock_expired_parked(
+        &mut tx,
+        timeout.as_millis() as i64,
+        BATCH,
+        partitions.as_deref(),
+    )
+    .await?;
     if rows.is_empty() {
         return Ok(0);
     }

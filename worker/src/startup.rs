@@ -3,7 +3,8 @@
 //! the gauge sampler and the `/metrics` listener).
 
 use crate::apply::Applier;
-use crate::consumer::{self, Context};
+use crate::consumer::Context;
+use crate::leases::{Holdings, Keeper, LeaseTiming};
 use crate::monitor::Monitor;
 use crate::payment::SimulatedGateway;
 use crate::{command_relay, metrics, outbox};
@@ -70,6 +71,13 @@ pub struct WorkerConfig {
     )]
     pub metrics_listen: SocketAddr,
 
+    /// A partition lease not renewed for this many milliseconds may be taken over by another
+    /// worker (and its holder stops consuming the partition a second before). Renewed every
+    /// fifth of it.
+    #[arg(long, env = "ORDERFLOW_LEASE_TTL_MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(1000..))]
+    pub lease_ttl_ms: u64,
+
     /// Name of this worker in the partition heartbeat (`worker_partitions`) and the dashboard
     /// [default: <hostname>:<pid>]
     #[arg(long, env = "ORDERFLOW_WORKER_NAME")]
@@ -102,6 +110,9 @@ impl WorkerConfig {
 pub struct Worker {
     config: WorkerConfig,
     context: Arc<Context>,
+    holdings: Arc<Holdings>,
+    /// The lease keeper's own connections.
+    lease_db: sqlx::PgPool,
     relay_publisher: Arc<Publisher>,
     metrics_listener: TcpListener,
     metrics_addr: SocketAddr,
@@ -177,12 +188,21 @@ impl Worker {
         // Installs the process's recorder before any series handle is taken.
         orderflow_runtime::telemetry::prometheus();
         crate::metrics::register();
+        let holdings = Arc::new(Holdings::new(worker_name.clone(), common.partitions));
+        // Two connections of its own: a renewal never waits behind the applies.
+        let lease_db = db::pool_releasing_idle(
+            common.database_url.expose_secret(),
+            2,
+            Duration::from_secs(15),
+            &format!("orderflow-worker {worker_name} leases"),
+        )?;
         let applier = Applier {
             db,
             gateway: Arc::new(SimulatedGateway {
                 decline_over_cents: config.payment_decline_over_cents,
             }),
             partitions: common.partitions,
+            fence: Some(holdings.clone()),
         };
         let context = Arc::new(Context {
             applier,
@@ -204,6 +224,8 @@ impl Worker {
         Ok(Self {
             config,
             context,
+            holdings,
+            lease_db,
             relay_publisher: Arc::new(Publisher::new(pool)),
             metrics_listener,
             metrics_addr,
@@ -223,12 +245,25 @@ impl Worker {
     /// Runs every task until `shutdown` fires, then waits for each to finish what it holds.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut tasks = Tasks::new();
-        for partition in 0..self.config.common.partitions {
-            tasks.spawn(
-                format!("partition {partition} consumer"),
-                consumer::run(self.context.clone(), partition, shutdown.clone()),
-            );
-        }
+        let ttl = Duration::from_millis(self.config.lease_ttl_ms);
+        let keeper = Keeper::new(
+            self.context.clone(),
+            self.holdings.clone(),
+            self.lease_db.clone(),
+            self.config.common.partitions,
+            LeaseTiming {
+                ttl,
+                renew_every: ttl / 5,
+                ..LeaseTiming::DEFAULT
+            },
+        );
+        let stop = shutdown.clone();
+        tasks.spawn("lease keeper", async move {
+            if let Err(e) = keeper.run(stop.clone()).await {
+                tracing::error!(error = %e, "the lease keeper stopped; stopping the worker");
+                stop.cancel();
+            }
+        });
         let db = self.context.applier.db.clone();
         let (publisher, topology) = (self.relay_publisher.clone(), self.context.topology.clone());
         let stop = shutdown.clone();
@@ -239,10 +274,18 @@ impl Worker {
         let (publisher, topology) = (self.relay_publisher.clone(), self.context.topology.clone());
         let after = Duration::from_millis(self.config.republish_after_ms.max(100));
         let park_timeout = Duration::from_millis(self.config.park_timeout_ms);
-        let stop = shutdown.clone();
+        let (stop, holdings) = (shutdown.clone(), self.holdings.clone());
         tasks.spawn("command relay", async move {
-            command_relay::run_command_relay(db, &publisher, &topology, after, park_timeout, stop)
-                .await
+            command_relay::run_command_relay(
+                db,
+                &publisher,
+                &topology,
+                after,
+                park_timeout,
+                Some(&holdings),
+                stop,
+            )
+            .await
         });
         let (context, db, stop) = (
             self.context.clone(),
@@ -287,6 +330,7 @@ impl Worker {
             Ok(Err(e)) => tracing::warn!(error = %e, "the last heartbeat failed"),
             Err(_) => tracing::warn!("the last heartbeat timed out"),
         }
+        self.lease_db.close().await;
         self.context.connection.close().await;
         self.context.publisher.pool().close();
         tracing::info!("worker stopped");

@@ -1,5 +1,5 @@
 //! The worker binary on SIGTERM: it finishes and acks what it holds, exits 0, and a restarted
-//! worker takes up the rest — nothing lost, nothing applied twice.
+//! worker takes up the rest — nothing lost, nothing applied twice, nothing redelivered.
 
 mod common;
 
@@ -87,5 +87,17 @@ async fn sigterm_finishes_the_message_in_hand_and_a_restart_applies_the_rest_onc
             .await
             .unwrap();
     assert_eq!(unfinished, 0);
+    // The stopping worker cancelled its consumers at the broker and finished what they had been
+    // given: no work was started twice. (What the broker had in flight to a cancelled consumer
+    // comes back marked redelivered, unopened: its first start is then the one that applies it,
+    // under the same lease epoch; see worker/tests/leases.rs.)
+    let repeated: i64 = sqlx::query_scalar(
+        "select count(*) from delivery_attempts a join commands c on c.id = a.command_id
+          where a.attempts <> 1 or a.epoch is distinct from c.epoch or c.status <> 'applied'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(repeated, 0, "a SIGTERM repeats no work");
     eprintln!("applied {after_stop} of {ORDERS} before SIGTERM");
 }

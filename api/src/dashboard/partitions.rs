@@ -1,6 +1,6 @@
 //! The partitions panel: per partition the broker's queue depth and consumers (passive
 //! declares), the worker that is active on it and the standbys (the workers' heartbeats in
-//! `worker_partitions`), messages/s and redeliveries (differences of the heartbeat counters), and
+//! `worker_partitions`), the lease (owner, epoch, state, takes in the last hour), messages/s and redeliveries (differences of the heartbeat counters), and
 //! the backlog in PostgreSQL (unfinished commands and the oldest one's age); and the dead letters
 //! still open.
 //!
@@ -58,6 +58,14 @@ pub struct PartitionInfo {
     pub active_worker: Option<String>,
     /// Every live worker with a consumer on the queue (the active one and the standbys).
     pub workers: Vec<String>,
+    /// The worker holding the partition's lease (None: free), the only one that may write for
+    /// it, and the lease's epoch (bumped by every take).
+    pub owner: Option<String>,
+    pub epoch: i64,
+    /// active, draining (its owner is finishing what it holds before a hand-over) or free.
+    pub lease_state: String,
+    /// Takes of the lease in the last hour.
+    pub moves_last_hour: i64,
     /// None until measured (two heartbeats of every worker on it, a second apart at least).
     pub messages_per_s: Option<f64>,
     /// Redelivered messages since the live workers started.
@@ -113,6 +121,7 @@ pub async fn snapshot(state: &AppState) -> anyhow::Result<PartitionsView> {
     queues.push(topology.dead_letter_queue());
     let depths = queue_depths(state, &queues).await;
     let dead_letters_open = dashboard::open_dead_letters(&state.db).await?;
+    let leases = orderflow_storage::leases::overview(&state.db).await?;
 
     let now = Instant::now();
     let partitions = (0..topology.partitions)
@@ -133,6 +142,7 @@ pub async fn snapshot(state: &AppState) -> anyhow::Result<PartitionsView> {
                     _ => None,
                 });
             let backlog = backlog.iter().find(|b| b.partition == i32::from(p));
+            let lease = leases.iter().find(|l| l.partition == i32::from(p));
             let (depth, active_consumers) = depths
                 .as_ref()
                 .and_then(|d| d.get(p as usize).copied())
@@ -158,6 +168,10 @@ pub async fn snapshot(state: &AppState) -> anyhow::Result<PartitionsView> {
                 active_consumers,
                 active_worker: active.map(|h| h.worker.clone()),
                 workers: consuming.iter().map(|h| h.worker.clone()).collect(),
+                owner: lease.and_then(|l| l.owner.clone()),
+                epoch: lease.map_or(0, |l| l.epoch),
+                lease_state: lease.map_or_else(|| "free".to_owned(), |l| l.state.clone()),
+                moves_last_hour: lease.map_or(0, |l| l.moves_last_hour),
                 messages_per_s,
                 redeliveries: rows.iter().map(|h| h.redelivered).sum(),
                 pending: backlog.map_or(0, |b| b.pending),

@@ -108,6 +108,8 @@ impl Sut {
                                 decline_over_cents: None,
                             }),
                             partitions: config.partitions,
+                            // The ceiling holds no leases: its transactions are not fenced.
+                            fence: None,
                         },
                         client: client.id,
                         partitions: config.partitions,

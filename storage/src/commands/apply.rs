@@ -73,12 +73,14 @@ pub async fn finish(
     debug_assert!(status.is_final());
     // clock_timestamp(), not now(): now() is the transaction's start, which would make every
     // apply look instantaneous on the timeline. The update, the outbox row and both
-    // notifications are one statement (one round trip).
+    // notifications are one statement (one round trip). `epoch` is the lease epoch the
+    // transaction's fence (`orderflow_fence`) set; null in an unfenced transaction.
     sqlx::query!(
         r#"with finished as (
              update commands set status = $2, reason = $3, detail = $11, result_version = $4,
                                  finished_at = clock_timestamp(), delivered_at = $5, attempt = $6,
-                                 published_at = coalesce(published_at, $5)
+                                 published_at = coalesce(published_at, $5),
+                                 epoch = nullif(current_setting('orderflow.lease_epoch', true), '')::bigint
              where id = $1
              returning id, order_id),
            queued as (
@@ -109,9 +111,10 @@ pub async fn finish(
 /// Counts one more start on a redelivered message; returns the count so far.
 pub async fn note_attempt(db: impl PgExecutor<'_>, id: CommandId) -> sqlx::Result<i32> {
     sqlx::query_scalar!(
-        "insert into delivery_attempts (command_id, attempts) values ($1, 1)
+        "insert into delivery_attempts (command_id, attempts, epoch)
+              values ($1, 1, nullif(current_setting('orderflow.lease_epoch', true), '')::bigint)
          on conflict (command_id) do update
-             set attempts = delivery_attempts.attempts + 1, last_at = now()
+             set attempts = delivery_attempts.attempts + 1, last_at = now(), epoch = excluded.epoch
          returning attempts",
         id.0
     )

@@ -11,16 +11,19 @@ pub async fn lock_expired_parked(
     conn: &mut PgConnection,
     min_age_ms: i64,
     limit: i64,
+    partitions: Option<&[i32]>,
 ) -> sqlx::Result<Vec<CommandRow>> {
     let rows = sqlx::query!(
         "select * from commands
          where status = 'accepted' and parked_at is not null
            and parked_at < now() - make_interval(secs => $1::bigint / 1000.0)
+           and ($3::integer[] is null or partition = any($3))
          order by parked_at
          limit $2
          for update skip locked",
         min_age_ms,
-        limit
+        limit,
+        partitions
     )
     .fetch_all(conn)
     .await?;

@@ -159,6 +159,8 @@ impl StackBuilder {
             #[cfg(feature = "worker")]
             workers: Vec::new(),
             #[cfg(feature = "worker")]
+            workers_started: 0,
+            #[cfg(feature = "worker")]
             worker_changes: self.worker_changes,
         };
         #[cfg(feature = "api")]
@@ -198,6 +200,9 @@ pub struct Stack {
     api_changes: Vec<ApiChange>,
     #[cfg(feature = "worker")]
     workers: Vec<RunningWorker>,
+    /// How many workers this stack started, for their default names.
+    #[cfg(feature = "worker")]
+    workers_started: usize,
     #[cfg(feature = "worker")]
     worker_changes: Vec<WorkerChange>,
 }
@@ -232,6 +237,11 @@ impl Stack {
             #[cfg(feature = "worker")]
             worker_changes: Vec::new(),
         }
+    }
+
+    /// The name of the test's database.
+    pub fn database_name(&self) -> &str {
+        &self.database_name
     }
 
     /// The settings both binaries share, for this stack's database, broker and namespace.
@@ -307,6 +317,12 @@ impl Stack {
     #[cfg(feature = "worker")]
     pub async fn start_worker_with(&mut self, change: impl FnOnce(&mut WorkerConfig)) {
         let mut config = self.worker_config();
+        // Workers of one process would share the default name (host:pid), and a name is one
+        // member of the live workers: each gets its own unless the test names it.
+        if config.worker_name.is_none() {
+            config.worker_name = Some(format!("test-worker-{}", self.workers_started));
+        }
+        self.workers_started += 1;
         change(&mut config);
         let worker = Worker::build(config).await.expect("the worker builds");
         let name = worker.name().to_owned();
@@ -334,6 +350,24 @@ impl Stack {
                 .unwrap()
                 .unwrap();
         }
+    }
+
+    /// Stops the worker named `name` gracefully and waits until it has (30 s at most), checking
+    /// it ended without an error.
+    #[cfg(feature = "worker")]
+    pub async fn stop_worker(&mut self, name: &str) {
+        let at = self
+            .workers
+            .iter()
+            .position(|w| w.name == name)
+            .unwrap_or_else(|| panic!("no running worker is named {name:?}"));
+        let worker = self.workers.remove(at);
+        worker.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(30), worker.task)
+            .await
+            .expect("the worker stops within 30 s")
+            .unwrap()
+            .unwrap();
     }
 
     /// The name of the (first) running worker, as in `worker_partitions`.

@@ -13,16 +13,17 @@ use orderflow_storage::observability;
 use sqlx::PgConnection;
 
 impl Applier {
-    /// Marks a command `failed` if it is still accepted — and, when `own` names its message,
+    /// Marks a command of `partition` `failed` if it is still accepted — and, when `own` names its message,
     /// only if the message is that command (a stranger's message must not fail it) — recording
     /// the message's dead letter in the same transaction. Returns whether it failed the command.
     pub async fn fail_command(
         &self,
+        partition: u16,
         command_id: CommandId,
         failure: &Failure,
         own: Option<&OwnMessage<'_>>,
     ) -> Result<bool, sqlx::Error> {
-        let mut tx = self.db.begin().await?;
+        let mut tx = self.begin_for(partition).await?;
         let failed = fail_command_in(&mut tx, command_id, failure, own).await?;
         if let Some(own) = own {
             observability::insert_dead_letter(&mut *tx, &own.dead_letter).await?;

@@ -32,12 +32,13 @@ mod transaction;
 pub(crate) use ending::{Ending, finish, finished};
 
 use crate::error::Failure;
+use crate::leases::Holdings;
 use crate::metrics::{self, FinishedCommand};
 use crate::payment::PaymentGateway;
 use orderflow_contract::{CommandMessage, CommandStatus};
-use orderflow_domain::CommandKind;
-use orderflow_storage::commands::Delivered;
-use orderflow_storage::observability::NewDeadLetter;
+use orderflow_domain::{CommandId, CommandKind};
+use orderflow_storage::commands::{self, Delivered};
+use orderflow_storage::observability::{self, NewDeadLetter};
 use sqlx::PgPool;
 use std::sync::Arc;
 
@@ -112,6 +113,44 @@ pub struct Applier {
     pub db: PgPool,
     pub gateway: Arc<dyn PaymentGateway>,
     pub partitions: u16,
+    /// The leases this process holds: every transaction it writes for a partition starts with
+    /// their fence. `None` for an applier that holds no leases (the benchmark's in-process
+    /// ceiling, tests of the apply path alone): its transactions are not fenced.
+    pub fence: Option<Arc<Holdings>>,
+}
+
+impl Applier {
+    /// Begins a transaction that writes for `partition`, fenced (see [`Holdings::fence`]).
+    pub(crate) async fn begin_for(
+        &self,
+        partition: u16,
+    ) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+        let mut tx = self.db.begin().await?;
+        if let Some(fence) = &self.fence {
+            fence.fence(&mut tx, partition).await?;
+        }
+        Ok(tx)
+    }
+
+    /// Counts a start of a redelivered message's command (its attempt number), fenced.
+    pub async fn note_attempt(&self, partition: u16, command_id: CommandId) -> sqlx::Result<i32> {
+        let mut tx = self.begin_for(partition).await?;
+        let attempts = commands::note_attempt(&mut *tx, command_id).await?;
+        tx.commit().await?;
+        Ok(attempts)
+    }
+
+    /// Records a dead letter of `partition`, fenced.
+    pub async fn record_dead_letter(
+        &self,
+        partition: u16,
+        letter: &NewDeadLetter<'_>,
+    ) -> sqlx::Result<()> {
+        let mut tx = self.begin_for(partition).await?;
+        observability::insert_dead_letter(&mut *tx, letter).await?;
+        tx.commit().await?;
+        Ok(())
+    }
 }
 
 /// What a transaction did, counted only once it committed.

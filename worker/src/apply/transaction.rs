@@ -86,7 +86,7 @@ impl Applier {
         else {
             return Ok(false);
         };
-        let mut tx = self.db.begin().await?;
+        let mut tx = self.begin_for(partition).await?;
         lock_stock(&mut tx, &messages).await?;
         for (item, message) in items.iter().zip(&messages) {
             let outcome = self
@@ -113,7 +113,7 @@ impl Applier {
             Ok(message) => message,
             Err(failure) => return Ok(Outcome::Poison(failure)),
         };
-        let mut tx = self.db.begin().await?;
+        let mut tx = self.begin_for(partition).await?;
         let outcome = self
             .apply_through_inbox(&mut tx, &message, partition, delivery, tally)
             .await?;

@@ -12,8 +12,8 @@ use lapin::{
 };
 use orderflow_domain::CommandId;
 use orderflow_messaging::{Outgoing, REASON_HEADER, json_properties};
-use orderflow_storage::is_transient;
-use orderflow_storage::observability::{self, NewDeadLetter};
+use orderflow_storage::observability::NewDeadLetter;
+use orderflow_storage::{is_lease_lost, is_transient};
 
 /// On a dead letter the broker alone holds: why PostgreSQL refused its `dead_letters` row.
 pub const UNRECORDED_HEADER: &str = "x-orderflow-unrecorded";
@@ -30,7 +30,7 @@ pub(super) async fn fail_own_command(
 ) -> anyhow::Result<bool> {
     match ctx
         .applier
-        .fail_command(command_id, failure, Some(own))
+        .fail_command(partition, command_id, failure, Some(own))
         .await
     {
         Ok(failed) => {
@@ -39,7 +39,9 @@ pub(super) async fn fail_own_command(
             }
             Ok(true)
         }
-        Err(e) if is_transient(&e) => Err(e.into()),
+        // Out of reach (it comes back), or the partition's lease is lost (its new owner
+        // fails the command): the message stays unacked.
+        Err(e) if is_transient(&e) || is_lease_lost(&e) => Err(e.into()),
         Err(e) => {
             tracing::error!(%command_id, error = %e, reason = failure.detail,
                 "failing the command was refused; dead-lettering its message without it");
@@ -60,10 +62,11 @@ pub(super) async fn dead_letter(
     let mut unrecorded = None;
     if !recorded {
         let letter = NewDeadLetter::from_body(partition, &failure.detail, &delivery.data);
-        match observability::insert_dead_letter(&ctx.applier.db, &letter).await {
-            Ok(_) => {}
-            // PostgreSQL is out of reach: nothing can be applied anyway; it comes back.
-            Err(e) if is_transient(&e) => return Err(e.into()),
+        match ctx.applier.record_dead_letter(partition, &letter).await {
+            Ok(()) => {}
+            // PostgreSQL is out of reach: nothing can be applied anyway; it comes back. Or the
+            // lease is lost: the new owner dead-letters the message.
+            Err(e) if is_transient(&e) || is_lease_lost(&e) => return Err(e.into()),
             // Refused for good: the broker's dead letter is then the only record, with the
             // reason and why it is not in the table in its headers. The partition goes on.
             Err(e) => {

@@ -97,6 +97,10 @@ async fn apply_fresh_run(
                 "a message of the batch needs handling on its own; applying them one by one"
             );
         }
+        // The lease is gone: nothing of this partition may be acked any more.
+        Err(crate::error::ApplyError::Db(e)) if orderflow_storage::is_lease_lost(&e) => {
+            return Err(e.into());
+        }
         Err(e) => {
             tracing::info!(
                 partition, messages = deliveries.len(), error = %e,

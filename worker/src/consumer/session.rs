@@ -5,30 +5,87 @@ use super::ready::apply_ready;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
 use lapin::{
-    options::{BasicConsumeOptions, BasicQosOptions},
+    options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
     types::FieldTable,
 };
 use orderflow_runtime::shutdown::CancellationToken;
+use orderflow_storage::is_lease_lost;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Consumes `partition` until shutdown, reconnecting with backoff after broker failures.
-pub async fn run(ctx: Arc<Context>, partition: u16, shutdown: CancellationToken) {
+/// How a partition's consumer was told to stop. `drain` (a hand-over, or shutdown): cancel the
+/// consumer at the broker, finish and ack what was already delivered, then end; transient
+/// failures are no longer retried while draining (the message stays unacked for the next
+/// owner). `abandon` (the lease is lost, or draining took too long): end now, acking nothing
+/// more. Abandoning also drains.
+#[derive(Clone, Debug)]
+pub struct Stops {
+    pub drain: CancellationToken,
+    pub abandon: CancellationToken,
+}
+
+impl Stops {
+    pub fn new() -> Self {
+        let abandon = CancellationToken::new();
+        Self {
+            drain: abandon.child_token(),
+            abandon,
+        }
+    }
+}
+
+impl Default for Stops {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Why a partition's consumer ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// Told to drain (or abandon): the lease may be released.
+    Drained,
+    /// A transaction's fence found the lease taken over: nothing more of it was acked.
+    LeaseLost,
+}
+
+/// Consumes `partition` until told to stop, reconnecting with backoff after broker failures.
+pub async fn run(ctx: Arc<Context>, partition: u16, stops: Stops) -> Ended {
     let mut backoff = reconnect_backoff();
-    while !shutdown.is_cancelled() {
-        match consume_on_channel(&ctx, partition, &shutdown).await {
-            Ok(()) => break,
+    let ended = loop {
+        if stops.drain.is_cancelled() {
+            break Ended::Drained;
+        }
+        match consume_on_channel(&ctx, partition, &stops).await {
+            Ok(()) => break Ended::Drained,
+            Err(e) if lease_lost(&e) => {
+                tracing::warn!(partition, error = %e, "the partition's lease was taken over; stopping without acking");
+                break Ended::LeaseLost;
+            }
             Err(e) => {
                 let delay = backoff.next().unwrap_or(Duration::from_secs(5));
                 tracing::warn!(partition, error = %e, ?delay, "partition consumer stopped; reconnecting");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.cancelled() => break,
+                    _ = stops.drain.cancelled() => break Ended::Drained,
                 }
             }
         }
-    }
-    tracing::info!(partition, "partition consumer stopped");
+    };
+    tracing::info!(partition, ?ended, "partition consumer stopped");
+    ended
+}
+
+/// Whether `error` (or what caused it) is a fence's lease-lost error.
+fn lease_lost(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<sqlx::Error>()
+            .is_some_and(is_lease_lost)
+            || cause
+                .downcast_ref::<crate::error::ApplyError>()
+                .is_some_and(|e| matches!(e, crate::error::ApplyError::Db(e) if is_lease_lost(e)))
+    })
 }
 
 fn reconnect_backoff() -> impl Iterator<Item = Duration> {
@@ -41,12 +98,10 @@ fn reconnect_backoff() -> impl Iterator<Item = Duration> {
 }
 
 /// Opens a channel, consumes the partition's queue on it and hands over what arrives together,
-/// until shutdown (`Ok`) or a broker failure (`Err`: [`run`] reconnects).
-async fn consume_on_channel(
-    ctx: &Context,
-    partition: u16,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
+/// until drained (`Ok`) or a failure (`Err`: [`run`] reconnects, or stops if the lease is lost).
+/// Draining cancels the consumer at the broker and applies what it had already delivered (the
+/// stream ends after the last of them), so a hand-over or a shutdown leaves nothing to redeliver.
+async fn consume_on_channel(ctx: &Context, partition: u16, stops: &Stops) -> anyhow::Result<()> {
     let connection = ctx.connection.get().await?;
     let channel = connection.create_channel().await?;
     channel
@@ -61,6 +116,7 @@ async fn consume_on_channel(
             FieldTable::default(),
         )
         .await?;
+    let tag = consumer.tag();
     let _consuming = ctx.monitor.consuming(partition);
     tracing::info!(
         partition,
@@ -69,34 +125,53 @@ async fn consume_on_channel(
     );
     // Whatever the broker has already pushed arrives together, up to a batch.
     let mut deliveries = consumer.ready_chunks(ctx.batch_max.max(1));
-    loop {
-        let next = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            next = deliveries.next() => next,
-        };
-        let Some(ready) = next else {
-            anyhow::bail!("the broker cancelled the consumer");
-        };
-        let mut received = Vec::with_capacity(ready.len());
-        let mut broken = None;
-        for delivery in ready {
-            match delivery {
-                Ok(delivery) => received.push(delivery),
-                Err(e) => {
-                    // The ones after it stay unacked; the broker redelivers them.
-                    broken = Some(e);
-                    break;
+    let mut cancelled = false;
+    let consumed = async {
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = stops.abandon.cancelled() => return Ok(()),
+                _ = stops.drain.cancelled(), if !cancelled => {
+                    cancelled = true;
+                    if let Err(e) = channel.basic_cancel(tag.clone(), BasicCancelOptions::default()).await {
+                        tracing::warn!(partition, error = %e, "cancelling the consumer failed");
+                        return Ok(());
+                    }
+                    continue;
+                }
+                next = deliveries.next() => next,
+            };
+            let Some(ready) = next else {
+                if cancelled {
+                    // Everything delivered before the cancel has been applied and acked.
+                    return Ok(());
+                }
+                anyhow::bail!("the broker cancelled the consumer");
+            };
+            let mut received = Vec::with_capacity(ready.len());
+            let mut broken = None;
+            for delivery in ready {
+                match delivery {
+                    Ok(delivery) => received.push(delivery),
+                    Err(e) => {
+                        // The ones after it stay unacked; the broker redelivers them.
+                        broken = Some(e);
+                        break;
+                    }
                 }
             }
-        }
-        // Not cancelled by shutdown: the messages in hand are finished and acked first.
-        apply_ready(ctx, partition, &received, shutdown).await?;
-        if let Some(e) = broken {
-            return Err(e.into());
+            // Not interrupted by draining: the messages in hand are finished and acked first.
+            apply_ready(ctx, partition, &received, &stops.drain).await?;
+            if let Some(e) = broken {
+                return Err(e.into());
+            }
         }
     }
-    // Unacked prefetched messages go back to the queue when the channel closes.
-    let _ = channel.close(200, "worker shutting down".into()).await;
-    Ok(())
+    .await;
+    // Unacked messages (abandoned, or after a failure) go back to the queue when the channel
+    // closes; closed explicitly, so that they do at once.
+    let _ = channel
+        .close(200, "partition consumer stopping".into())
+        .await;
+    consumed
 }

@@ -13,7 +13,7 @@ use chrono::Utc;
 use lapin::{message::Delivery, options::BasicAckOptions};
 use orderflow_contract::{CommandMessage, FailureCode};
 use orderflow_runtime::shutdown::CancellationToken;
-use orderflow_storage::commands::{self, Delivered};
+use orderflow_storage::commands::Delivered;
 use orderflow_storage::is_data_refused;
 use orderflow_storage::observability::NewDeadLetter;
 use std::time::Duration;
@@ -69,7 +69,7 @@ async fn apply_and_settle(
     received: chrono::DateTime<Utc>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let attempts = count_redelivery(ctx, delivery, message).await?;
+    let attempts = count_redelivery(ctx, partition, delivery, message).await?;
     let info = DeliveryInfo {
         delivered: Some(Delivered {
             at: received,
@@ -90,12 +90,13 @@ async fn apply_and_settle(
 /// a first delivery or a message that is not a command.
 async fn count_redelivery(
     ctx: &Context,
+    partition: u16,
     delivery: &Delivery,
     message: Option<&CommandMessage>,
 ) -> anyhow::Result<Option<i32>> {
     Ok(match message {
         Some(m) if delivery.redelivered => {
-            Some(commands::note_attempt(&ctx.applier.db, m.command_id).await?)
+            Some(ctx.applier.note_attempt(partition, m.command_id).await?)
         }
         _ => None,
     })
@@ -177,7 +178,11 @@ async fn apply_to_verdict(
                 }
                 // An earlier command of the order broke (its message is late); it is failed
                 // now, and this message's command gets its turn.
-                if ctx.applier.fail_command(command_id, &failure, None).await? {
+                if ctx
+                    .applier
+                    .fail_command(partition, command_id, &failure, None)
+                    .await?
+                {
                     ctx.monitor.finished(partition, 1);
                 }
                 tracing::warn!(%command_id, reason = failure.detail, "an earlier command of the order failed");

@@ -1,0 +1,305 @@
+//! Partition leases: which worker may write for which partition, fenced by an epoch (see the
+//! migration `partition_leases` for the tables and `orderflow_fence`).
+//!
+//! A worker joins ([`join`]) and renews its membership and the leases it holds about once a
+//! second ([`renew_member`], [`renew_leases`]); every worker reads the live members
+//! ([`live_members`]) and takes the partitions the shared assignment gives it when they are free
+//! or their holder's lease expired ([`take`]). A holder hands a partition over by draining it
+//! ([`mark_draining`]) and releasing it ([`release`]). Every transaction that writes for a
+//! partition starts with [`fence`].
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgExecutor};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// SQLSTATE raised by `orderflow_fence` when the caller no longer holds a lease.
+pub const LEASE_LOST: &str = "OF001";
+
+/// Who holds leases: a worker's name and the process (incarnation) that runs under it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holder {
+    pub name: String,
+    pub incarnation: Uuid,
+}
+
+/// A partition's lease as a worker sees it when deciding what to take.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub partition: i32,
+    pub owner: Option<String>,
+    pub incarnation: Option<Uuid>,
+    pub epoch: i64,
+    pub state: String,
+    /// Its holder did not renew it in time (a free lease is not expired).
+    pub expired: bool,
+}
+
+impl Lease {
+    /// Whether `me` may take it now: it is free, its holder's lease expired, or it is `me`'s own
+    /// but not consumed (given up when renewals failed, and renewed since).
+    pub fn takeable_by(&self, me: &Holder) -> bool {
+        self.state == "free"
+            || self.expired
+            || (self.owner.as_deref() == Some(&me.name) && self.incarnation == Some(me.incarnation))
+    }
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// Creates the lease rows of partitions `0..partitions` that do not exist yet.
+pub async fn ensure_partitions(db: impl PgExecutor<'_>, partitions: u16) -> sqlx::Result<()> {
+    sqlx::query!(
+        "insert into partition_leases (partition)
+         select generate_series(0, $1::integer - 1)
+         on conflict (partition) do nothing",
+        i32::from(partitions)
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Joins the live workers (or rejoins: a new process under an existing name replaces the old
+/// one's row, and the old process's renewals then fail).
+pub async fn join(db: impl PgExecutor<'_>, me: &Holder, ttl: Duration) -> sqlx::Result<()> {
+    sqlx::query!(
+        "insert into worker_members (name, incarnation, expires_at)
+         values ($1, $2, now() + make_interval(secs => $3))
+         on conflict (name) do update
+             set incarnation = excluded.incarnation, started_at = now(), heartbeat_at = now(),
+                 expires_at = excluded.expires_at",
+        me.name,
+        me.incarnation,
+        secs(ttl)
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Renews this worker's membership; `false` when its row is gone or belongs to a newer process
+/// under the same name (this one must then stop).
+pub async fn renew_member(
+    db: impl PgExecutor<'_>,
+    me: &Holder,
+    ttl: Duration,
+) -> sqlx::Result<bool> {
+    let renewed = sqlx::query!(
+        "update worker_members
+            set heartbeat_at = now(), expires_at = now() + make_interval(secs => $3)
+          where name = $1 and incarnation = $2",
+        me.name,
+        me.incarnation,
+        secs(ttl)
+    )
+    .execute(db)
+    .await?;
+    Ok(renewed.rows_affected() == 1)
+}
+
+/// Leaves the live workers (a graceful stop, after releasing every lease).
+pub async fn leave(db: impl PgExecutor<'_>, me: &Holder) -> sqlx::Result<()> {
+    sqlx::query!(
+        "delete from worker_members where name = $1 and incarnation = $2",
+        me.name,
+        me.incarnation
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// The names of the workers whose membership has not expired.
+pub async fn live_members(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar!("select name from worker_members where expires_at > now() order by name")
+        .fetch_all(db)
+        .await
+}
+
+/// Renews every lease this process holds; returns them as (partition, epoch). A lease missing
+/// from the answer was taken over.
+pub async fn renew_leases(
+    db: impl PgExecutor<'_>,
+    me: &Holder,
+    ttl: Duration,
+) -> sqlx::Result<Vec<(i32, i64)>> {
+    let rows = sqlx::query!(
+        "update partition_leases
+            set heartbeat_at = now(), expires_at = now() + make_interval(secs => $3)
+          where owner = $1 and incarnation = $2
+          returning partition, epoch",
+        me.name,
+        me.incarnation,
+        secs(ttl)
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.partition, r.epoch)).collect())
+}
+
+/// Every partition's lease.
+pub async fn leases(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<Lease>> {
+    sqlx::query_as!(
+        Lease,
+        r#"select partition, owner, incarnation, epoch, state,
+                  (state <> 'free' and expires_at < now()) as "expired!"
+             from partition_leases order by partition"#
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// Takes `seen` (a lease [`Lease::takeable_by`] `me` when read) with epoch + 1, recording the move;
+/// `None` when it changed since (someone else took it, or its holder renewed it). The update
+/// waits (at most `lock_timeout`) for a fenced transaction of the previous holder still in
+/// flight; every later one of them fails its fence.
+pub async fn take(
+    conn: &mut PgConnection,
+    seen: &Lease,
+    me: &Holder,
+    ttl: Duration,
+    lock_timeout: Duration,
+) -> sqlx::Result<Option<i64>> {
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    let timeout = format!("{}ms", lock_timeout.as_millis().max(1));
+    sqlx::query!("select set_config('lock_timeout', $1, true)", timeout)
+        .fetch_one(&mut *tx)
+        .await?;
+    let taken = sqlx::query_scalar!(
+        "update partition_leases
+            set owner = $3, incarnation = $4, epoch = epoch + 1, state = 'active',
+                heartbeat_at = now(), expires_at = now() + make_interval(secs => $5),
+                changed_at = now()
+          where partition = $1 and epoch = $2 and state = $6
+            and owner is not distinct from $7 and incarnation is not distinct from $8
+            and (state = 'free' or expires_at < now() or (owner = $3 and incarnation = $4))
+          returning epoch",
+        seen.partition,
+        seen.epoch,
+        me.name,
+        me.incarnation,
+        secs(ttl),
+        seen.state,
+        seen.owner,
+        seen.incarnation
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(epoch) = taken else {
+        return Ok(None);
+    };
+    let kind = match (&seen.owner, seen.epoch) {
+        (Some(_), _) => "takeover",
+        (None, 0) => "first",
+        (None, _) => "handover",
+    };
+    sqlx::query!(
+        "insert into partition_moves (partition, epoch, from_owner, to_owner, kind)
+         values ($1, $2,
+                 coalesce($3, (select to_owner from partition_moves
+                                where partition = $1 order by id desc limit 1)),
+                 $4, $5)",
+        seen.partition,
+        epoch,
+        seen.owner,
+        me.name,
+        kind
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Some(epoch))
+}
+
+/// Says that the holder is finishing what it holds of the partition before releasing it.
+pub async fn mark_draining(
+    db: impl PgExecutor<'_>,
+    partition: i32,
+    epoch: i64,
+    me: &Holder,
+) -> sqlx::Result<bool> {
+    let marked = sqlx::query!(
+        "update partition_leases set state = 'draining', changed_at = now()
+          where partition = $1 and epoch = $2 and owner = $3 and incarnation = $4",
+        partition,
+        epoch,
+        me.name,
+        me.incarnation
+    )
+    .execute(db)
+    .await?;
+    Ok(marked.rows_affected() == 1)
+}
+
+/// Frees a lease this process holds at `epoch` (the epoch stays: the next take bumps it).
+pub async fn release(
+    db: impl PgExecutor<'_>,
+    partition: i32,
+    epoch: i64,
+    me: &Holder,
+) -> sqlx::Result<bool> {
+    let released = sqlx::query!(
+        "update partition_leases
+            set owner = null, incarnation = null, state = 'free', expires_at = null,
+                changed_at = now()
+          where partition = $1 and epoch = $2 and owner = $3 and incarnation = $4",
+        partition,
+        epoch,
+        me.name,
+        me.incarnation
+    )
+    .execute(db)
+    .await?;
+    Ok(released.rows_affected() == 1)
+}
+
+/// The fence: the first statement of a transaction that writes for `partitions`, held at
+/// `epochs` (one per partition). Fails with SQLSTATE [`LEASE_LOST`] unless this process holds
+/// each of them at that epoch; otherwise locks them FOR SHARE until the transaction ends, so
+/// that no take can complete in between.
+pub async fn fence(
+    tx: &mut PgConnection,
+    partitions: &[i32],
+    epochs: &[i64],
+    me: &Holder,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "select orderflow_fence($1, $2, $3, $4)",
+        partitions,
+        epochs,
+        me.name,
+        me.incarnation
+    )
+    .fetch_one(tx)
+    .await?;
+    Ok(())
+}
+
+/// A lease as the dashboard and the metrics show it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LeaseView {
+    pub partition: i32,
+    pub owner: Option<String>,
+    pub epoch: i64,
+    pub state: String,
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Takes of this partition in the last hour.
+    pub moves_last_hour: i64,
+}
+
+/// Every lease with its moves of the last hour.
+pub async fn overview(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<LeaseView>> {
+    sqlx::query_as!(
+        LeaseView,
+        r#"select l.partition, l.owner, l.epoch, l.state, l.expires_at,
+                  (select count(*) from partition_moves m
+                    where m.partition = l.partition and m.at > now() - interval '1 hour')
+                    as "moves_last_hour!"
+             from partition_leases l order by l.partition"#
+    )
+    .fetch_all(db)
+    .await
+}

@@ -1,0 +1,440 @@
+//! Partition leases from the worker's side: which partitions this process holds and at which
+//! epoch ([`Holdings`], read by every transaction's fence), and the keeper that takes, renews,
+//! drains and releases them ([`Keeper::run`]).
+//!
+//! Every second the keeper renews this worker's membership and its leases, reads the live
+//! workers, and computes the shared assignment ([`crate::assignment`]): each live worker holds
+//! ⌊P/W⌋ or ⌈P/W⌉ partitions. A partition it holds but should not is drained (its consumer is
+//! cancelled at the broker, the messages in hand are finished and acked) and then released; a
+//! partition it should hold is taken (epoch + 1) once it is free or its holder's lease expired,
+//! and only then consumed. A graceful move therefore redelivers nothing.
+//!
+//! A lease that is not renewed in time is given up by this worker before anyone else can take
+//! it: its consumers are cancelled once the last successful renewal is older than the TTL less
+//! a margin, so a worker cut off from PostgreSQL but still connected to RabbitMQ stops being
+//! fed. A worker that cannot do even that (stopped, frozen) is fenced instead: its next
+//! transaction for the partition fails `orderflow_fence`, rolls back, and acks nothing.
+
+use crate::assignment;
+use crate::consumer::{self, Context, Ended, Stops};
+use crate::metrics;
+use orderflow_runtime::shutdown::CancellationToken;
+use orderflow_storage::leases::{self, Holder, Lease};
+use sqlx::{PgConnection, PgPool};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// Lease timing.
+#[derive(Clone, Copy, Debug)]
+pub struct LeaseTiming {
+    /// A lease (and a membership) not renewed for this long may be taken over.
+    pub ttl: Duration,
+    /// How often the keeper renews, reads the live workers and rebalances.
+    pub renew_every: Duration,
+    /// Most time a drained partition may take to finish what it holds; then its messages are
+    /// left to the broker (redelivered to the next owner) and the lease released anyway.
+    pub drain_limit: Duration,
+}
+
+impl LeaseTiming {
+    /// 5 s TTL, renewed every second: a dead worker's partitions move within about 6 s.
+    pub const DEFAULT: LeaseTiming = LeaseTiming {
+        ttl: Duration::from_secs(5),
+        renew_every: Duration::from_secs(1),
+        drain_limit: Duration::from_secs(10),
+    };
+
+    /// The consumers stop when the last successful renewal is this old: a second before anyone
+    /// else may take the leases.
+    fn give_up_after(&self) -> Duration {
+        self.ttl
+            .saturating_sub(self.renew_every.max(Duration::from_millis(500)))
+    }
+}
+
+/// This process's leases: its holder identity and, per partition, the epoch it holds the
+/// lease at (0: not held). Shared by the keeper, which writes it, and the fences, which read it.
+pub struct Holdings {
+    holder: Holder,
+    epochs: Vec<AtomicI64>,
+}
+
+impl Holdings {
+    pub fn new(name: String, partitions: u16) -> Self {
+        Self {
+            holder: Holder {
+                name,
+                incarnation: uuid::Uuid::new_v4(),
+            },
+            epochs: (0..partitions).map(|_| AtomicI64::new(0)).collect(),
+        }
+    }
+
+    pub fn holder(&self) -> &Holder {
+        &self.holder
+    }
+
+    /// The epoch this process holds `partition` at; 0 when it holds it not.
+    pub fn epoch(&self, partition: u16) -> i64 {
+        self.epochs
+            .get(usize::from(partition))
+            .map_or(0, |e| e.load(Ordering::Acquire))
+    }
+
+    fn set(&self, partition: u16, epoch: i64) {
+        if let Some(e) = self.epochs.get(usize::from(partition)) {
+            e.store(epoch, Ordering::Release);
+        }
+    }
+
+    /// The partitions held now, with their epochs.
+    pub fn held(&self) -> Vec<(i32, i64)> {
+        self.epochs
+            .iter()
+            .enumerate()
+            .map(|(p, e)| (p as i32, e.load(Ordering::Acquire)))
+            .filter(|&(_, e)| e > 0)
+            .collect()
+    }
+
+    /// The fence of a transaction that writes for `partition`: its first statement. Fails with
+    /// the lease-lost error (see `orderflow_storage::is_lease_lost`) unless this process still
+    /// holds the partition at the epoch it took it with.
+    pub async fn fence(&self, tx: &mut PgConnection, partition: u16) -> sqlx::Result<()> {
+        let epoch = self.epoch(partition);
+        leases::fence(tx, &[i32::from(partition)], &[epoch], &self.holder).await
+    }
+
+    /// The fence of a transaction that writes for several partitions.
+    pub async fn fence_all(&self, tx: &mut PgConnection, held: &[(i32, i64)]) -> sqlx::Result<()> {
+        let (partitions, epochs): (Vec<i32>, Vec<i64>) = held.iter().copied().unzip();
+        leases::fence(tx, &partitions, &epochs, &self.holder).await
+    }
+}
+
+/// A partition this process consumes.
+struct Running {
+    epoch: i64,
+    stops: Stops,
+    task: JoinHandle<Ended>,
+    /// Since when it is being drained for a hand-over.
+    draining_since: Option<Instant>,
+}
+
+/// Takes, renews, drains and releases this process's leases, and runs a consumer for each
+/// partition it holds.
+pub struct Keeper {
+    ctx: Arc<Context>,
+    holdings: Arc<Holdings>,
+    /// Its own connections, so that renewals never queue behind applies.
+    db: PgPool,
+    partitions: u16,
+    timing: LeaseTiming,
+    running: BTreeMap<u16, Running>,
+}
+
+impl Keeper {
+    pub fn new(
+        ctx: Arc<Context>,
+        holdings: Arc<Holdings>,
+        db: PgPool,
+        partitions: u16,
+        timing: LeaseTiming,
+    ) -> Self {
+        Self {
+            ctx,
+            holdings,
+            db,
+            partitions,
+            timing,
+            running: BTreeMap::new(),
+        }
+    }
+
+    /// Joins the live workers and keeps the leases until `shutdown`; then drains every partition
+    /// it holds, releases the leases and leaves, so that the others take them at once.
+    pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let me = self.holdings.holder().clone();
+        let mut last_renewed = loop {
+            let started = Instant::now();
+            let joined = async {
+                leases::ensure_partitions(&self.db, self.partitions).await?;
+                leases::join(&self.db, &me, self.timing.ttl).await
+            };
+            match joined.await {
+                Ok(()) => break started,
+                Err(e) => tracing::warn!(error = %e, "joining the workers failed; retrying"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.timing.renew_every) => {}
+                _ = shutdown.cancelled() => return Ok(()),
+            }
+        };
+        tracing::info!(worker = me.name, incarnation = %me.incarnation, "joined the workers");
+        let mut tick = tokio::time::interval(self.timing.renew_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        let result = loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.cancelled() => break Ok(()),
+            }
+            self.reap().await;
+            let started = Instant::now();
+            // A round never runs past the moment the consumers must be given up: a renewal that
+            // hangs (PostgreSQL unreachable) must not delay that.
+            let mut limit = started + self.timing.ttl / 2;
+            if !self.running.is_empty() {
+                limit = limit.min(last_renewed + self.timing.give_up_after());
+            }
+            let round = tokio::time::timeout_at(limit, self.round(&me, &shutdown));
+            match round.await {
+                Ok(Ok(true)) => {
+                    last_renewed = started;
+                    if failing {
+                        tracing::info!("lease renewals recovered");
+                    }
+                    failing = false;
+                }
+                Ok(Ok(false)) => {
+                    break Err(anyhow::anyhow!(
+                        "another process joined under this worker's name ({}); stopping",
+                        me.name
+                    ));
+                }
+                Ok(Err(e)) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "lease renewal failed; retrying");
+                    }
+                    failing = true;
+                }
+                Err(_) => {
+                    if !failing {
+                        tracing::warn!("lease renewal timed out; retrying");
+                    }
+                    failing = true;
+                }
+            }
+            if last_renewed.elapsed() >= self.timing.give_up_after() && !self.running.is_empty() {
+                tracing::error!(
+                    since = ?last_renewed.elapsed(),
+                    "leases not renewed in time: giving up every partition before another worker may take them"
+                );
+                self.give_up_all();
+            }
+        };
+        self.stop(&me).await;
+        result
+    }
+
+    /// One renewal and rebalancing; `Ok(false)` when this process was replaced by another under
+    /// its name.
+    async fn round(&mut self, me: &Holder, shutdown: &CancellationToken) -> anyhow::Result<bool> {
+        if !leases::renew_member(&self.db, me, self.timing.ttl).await? {
+            return Ok(false);
+        }
+        let held: BTreeMap<u16, i64> = leases::renew_leases(&self.db, me, self.timing.ttl)
+            .await?
+            .into_iter()
+            .filter_map(|(p, e)| u16::try_from(p).ok().map(|p| (p, e)))
+            .collect();
+        // Taken over while this worker was away: stop at once (its fence already refuses).
+        let lost: Vec<u16> = self
+            .running
+            .iter()
+            .filter(|(p, r)| held.get(p) != Some(&r.epoch))
+            .map(|(p, _)| *p)
+            .collect();
+        for partition in lost {
+            tracing::warn!(
+                partition,
+                "lease lost to another worker; stopping its consumer"
+            );
+            self.lose(partition);
+        }
+        let live = leases::live_members(&self.db).await?;
+        let names: Vec<&str> = live.iter().map(String::as_str).collect();
+        let mine = assignment::partitions_of(self.partitions, &names, &me.name);
+        // Hand over what is no longer ours.
+        let now = Instant::now();
+        for (partition, running) in &mut self.running {
+            if mine.contains(partition) {
+                continue;
+            }
+            match running.draining_since {
+                None => {
+                    leases::mark_draining(&self.db, i32::from(*partition), running.epoch, me)
+                        .await?;
+                    tracing::info!(
+                        partition = *partition,
+                        "handing the partition over: draining"
+                    );
+                    running.stops.drain.cancel();
+                    running.draining_since = Some(now);
+                }
+                Some(since) if now - since > self.timing.drain_limit => {
+                    tracing::warn!(
+                        partition = *partition,
+                        "the partition did not drain in time; leaving what it holds to the broker"
+                    );
+                    running.stops.abandon.cancel();
+                }
+                Some(_) => {}
+            }
+        }
+        // Take what is ours and free (or expired).
+        let wanted: Vec<u16> = mine
+            .into_iter()
+            .filter(|p| !self.running.contains_key(p))
+            .collect();
+        if wanted.is_empty() || shutdown.is_cancelled() {
+            return Ok(true);
+        }
+        let all = leases::leases(&self.db).await?;
+        for partition in wanted {
+            let Some(seen) = all.iter().find(|l| l.partition == i32::from(partition)) else {
+                continue;
+            };
+            if seen.takeable_by(me) {
+                self.take(partition, seen, me).await?;
+            }
+        }
+        Ok(true)
+    }
+
+    async fn take(&mut self, partition: u16, seen: &Lease, me: &Holder) -> anyhow::Result<()> {
+        let mut conn = self.db.acquire().await?;
+        // A previous holder's transaction still in flight (it is fenced, but holds its lease
+        // row FOR SHARE until it ends) makes the take wait; the next round tries again.
+        let taken = match leases::take(
+            &mut conn,
+            seen,
+            me,
+            self.timing.ttl,
+            self.timing.renew_every,
+        )
+        .await
+        {
+            Ok(taken) => taken,
+            Err(e) if orderflow_storage::classify(&e).is_transient() => {
+                tracing::info!(partition, error = %e, "taking the lease must wait; next round");
+                None
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let Some(epoch) = taken else {
+            return Ok(());
+        };
+        tracing::info!(
+            partition,
+            epoch,
+            from = seen.owner.as_deref().unwrap_or("-"),
+            "took the partition's lease"
+        );
+        metrics::rebalanced("taken");
+        self.holdings.set(partition, epoch);
+        self.ctx.monitor.lease(partition, epoch);
+        let stops = Stops::new();
+        let task = tokio::spawn(consumer::run(self.ctx.clone(), partition, stops.clone()));
+        self.running.insert(
+            partition,
+            Running {
+                epoch,
+                stops,
+                task,
+                draining_since: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// Stops consuming a partition whose lease is gone: whatever it holds stays unacked.
+    fn lose(&mut self, partition: u16) {
+        if let Some(running) = self.running.remove(&partition) {
+            running.stops.abandon.cancel();
+            self.forget(partition);
+            metrics::rebalanced("lost");
+        }
+    }
+
+    fn give_up_all(&mut self) {
+        let partitions: Vec<u16> = self.running.keys().copied().collect();
+        for partition in partitions {
+            self.lose(partition);
+        }
+    }
+
+    fn forget(&self, partition: u16) {
+        self.holdings.set(partition, 0);
+        self.ctx.monitor.lease(partition, 0);
+    }
+
+    /// Releases the leases of partitions whose consumers ended: drained ones are handed over,
+    /// ones whose fence failed are forgotten.
+    async fn reap(&mut self) {
+        let ended: Vec<u16> = self
+            .running
+            .iter()
+            .filter(|(_, r)| r.task.is_finished())
+            .map(|(p, _)| *p)
+            .collect();
+        for partition in ended {
+            let running = self.running.remove(&partition).expect("listed above");
+            let end = running.task.await.unwrap_or(Ended::LeaseLost);
+            self.end(partition, running.epoch, end).await;
+        }
+    }
+
+    async fn end(&self, partition: u16, epoch: i64, end: Ended) {
+        self.forget(partition);
+        match end {
+            Ended::Drained => {
+                let me = self.holdings.holder();
+                match leases::release(&self.db, i32::from(partition), epoch, me).await {
+                    Ok(_) => {
+                        metrics::rebalanced("released");
+                        tracing::info!(partition, epoch, "released the partition's lease");
+                    }
+                    // It expires by itself; the next owner takes it then.
+                    Err(e) => tracing::warn!(partition, error = %e, "releasing the lease failed"),
+                }
+            }
+            Ended::LeaseLost => {
+                metrics::rebalanced("lost");
+                tracing::warn!(partition, epoch, "the partition's lease was lost");
+            }
+        }
+    }
+
+    /// On shutdown: every consumer drains (the shutdown token already told them), then the
+    /// leases are released and this worker leaves the live set.
+    async fn stop(&mut self, me: &Holder) {
+        for running in self.running.values() {
+            running.stops.drain.cancel();
+        }
+        let deadline = Instant::now() + self.timing.drain_limit;
+        let running = std::mem::take(&mut self.running);
+        for (partition, mut running) in running {
+            let end = match tokio::time::timeout_at(deadline, &mut running.task).await {
+                Ok(end) => end,
+                Err(_) => {
+                    tracing::warn!(
+                        partition,
+                        "the partition did not drain in time; leaving what it holds to the broker"
+                    );
+                    running.stops.abandon.cancel();
+                    running.task.await
+                }
+            };
+            self.end(partition, running.epoch, end.unwrap_or(Ended::LeaseLost))
+                .await;
+        }
+        if let Err(e) = leases::leave(&self.db, me).await {
+            tracing::warn!(error = %e, "leaving the live workers failed; the others wait for its expiry");
+        }
+    }
+}

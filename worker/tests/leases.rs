@@ -1,0 +1,330 @@
+//! Partition leases against the real PostgreSQL and RabbitMQ: live workers share the partitions
+//! evenly and hand them over on a join or a leave without a single redelivery, a graceful stop
+//! frees every lease, and a worker whose lease was taken commits nothing more for the partition
+//! (the fence) and leaves its message to the broker.
+
+mod common;
+
+use orderflow_messaging::queue_depth;
+use orderflow_testkit::{Stack, base_database_url, wait_for};
+use orderflow_worker::metrics::{LEASE_EPOCH, LEASE_HELD, REBALANCES};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+const PARTITIONS: u16 = 6;
+
+/// A redelivered start that repeated work: partition, starts, the epoch it started under, the
+/// epoch its command was applied under, the command's status.
+type Repeated = (i32, i32, Option<i64>, Option<i64>, String);
+
+/// Partitions held per worker (active leases only).
+async fn held(stack: &Stack) -> BTreeMap<String, usize> {
+    let owners: Vec<String> = sqlx::query_scalar(
+        "select owner from partition_leases where state = 'active' and owner is not null",
+    )
+    .fetch_all(&stack.db)
+    .await
+    .unwrap();
+    let mut held = BTreeMap::new();
+    for owner in owners {
+        *held.entry(owner).or_insert(0) += 1;
+    }
+    held
+}
+
+/// Waits until the active leases are exactly `expected` (worker → partitions held).
+async fn wait_held(stack: &Stack, expected: &[(&str, usize)]) {
+    let expected: BTreeMap<String, usize> = expected
+        .iter()
+        .map(|(name, n)| ((*name).to_owned(), *n))
+        .collect();
+    wait_for(format!("the leases to be held as {expected:?}"))
+        .within(Duration::from_secs(30))
+        .every(Duration::from_millis(100))
+        .until(|| async {
+            let now = held(stack).await;
+            if now == expected {
+                Ok(())
+            } else {
+                Err(format!("held now: {now:?}"))
+            }
+        })
+        .await;
+}
+
+async fn named(stack: &mut Stack, name: &str) {
+    let name = name.to_owned();
+    stack
+        .start_worker_with(move |c| c.worker_name = Some(name))
+        .await;
+}
+
+/// Publishes `count` creates spread over every partition; returns their command ids.
+async fn publish_creates(stack: &Stack, count: usize) -> Vec<uuid::Uuid> {
+    let mut ids = Vec::with_capacity(count);
+    for i in 0..count {
+        let order = stack.order_in((i % usize::from(PARTITIONS)) as u16);
+        let message = stack.message(order, common::create(), None);
+        stack.publish(&message).await;
+        ids.push(message.command_id.0);
+    }
+    ids
+}
+
+async fn count(stack: &Stack, sql: &'static str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(&stack.db).await.unwrap()
+}
+
+#[tokio::test]
+async fn workers_share_the_partitions_evenly_and_a_join_or_a_leave_starts_no_work_twice() {
+    let mut stack = Stack::builder().partitions(PARTITIONS).start().await;
+    named(&mut stack, "lease-a").await;
+    wait_held(&stack, &[("lease-a", 6)]).await;
+
+    // Traffic queued on every partition while the partitions move.
+    let mut sent = publish_creates(&stack, 120).await;
+    named(&mut stack, "lease-b").await;
+    sent.extend(publish_creates(&stack, 120).await);
+    wait_held(&stack, &[("lease-a", 3), ("lease-b", 3)]).await;
+    named(&mut stack, "lease-c").await;
+    sent.extend(publish_creates(&stack, 120).await);
+    wait_held(&stack, &[("lease-a", 2), ("lease-b", 2), ("lease-c", 2)]).await;
+    stack.stop_worker("lease-b").await;
+    sent.extend(publish_creates(&stack, 120).await);
+    wait_held(&stack, &[("lease-a", 3), ("lease-c", 3)]).await;
+
+    wait_for("every published create to be applied")
+        .within(Duration::from_secs(60))
+        .until(|| async {
+            let applied: i64 = sqlx::query_scalar(
+                "select count(*) from commands where id = any($1) and status = 'applied'",
+            )
+            .bind(&sent)
+            .fetch_one(&stack.db)
+            .await
+            .unwrap();
+            (applied == sent.len() as i64).then_some(())
+        })
+        .await;
+    stack.stop_workers().await;
+
+    // No work was started twice. A draining worker finishes and acks everything it was given;
+    // what RabbitMQ still had in flight to its cancelled consumer comes back marked redelivered
+    // without any worker having opened it. Each start of a redelivered command message is
+    // counted in delivery_attempts with the lease epoch it started under: every one of them is
+    // the start that applied its command, under that same epoch, once.
+    let repeated: Vec<Repeated> = sqlx::query_as(
+        "select c.partition, a.attempts, a.epoch, c.epoch, c.status from delivery_attempts a
+           join commands c on c.id = a.command_id
+          where a.attempts <> 1 or a.epoch is distinct from c.epoch or c.status <> 'applied'",
+    )
+    .fetch_all(&stack.db)
+    .await
+    .unwrap();
+    assert!(
+        repeated.is_empty(),
+        "work started twice (partition, starts, started under epoch, applied under epoch, status): {repeated:?}"
+    );
+    let returned = count(&stack, "select count(*) from delivery_attempts").await;
+    eprintln!("{returned} messages were handed back unopened by the broker during the moves");
+    // Every command was applied under the lease of the worker that applied it: its epoch is
+    // recorded, and never above the partition's epoch now.
+    assert_eq!(
+        count(
+            &stack,
+            "select count(*) from commands c join partition_leases l using (partition)
+              where c.epoch is null or c.epoch < 1 or c.epoch > l.epoch"
+        )
+        .await,
+        0
+    );
+    // Stopped gracefully: every lease is free, nobody is a live member, and each move is on
+    // record (6 first takes, then the hand-overs).
+    assert_eq!(
+        count(
+            &stack,
+            "select count(*) from partition_leases where state <> 'free'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(&stack, "select count(*) from worker_members").await,
+        0
+    );
+    assert_eq!(
+        count(
+            &stack,
+            "select count(*) from partition_moves where kind = 'first'"
+        )
+        .await,
+        6
+    );
+    assert!(
+        count(
+            &stack,
+            "select count(*) from partition_moves where kind = 'handover'"
+        )
+        .await
+            >= 3 + 2 + 2,
+        "a join of a second worker hands 3 partitions over, a third 2, a leave 2"
+    );
+    assert_eq!(
+        count(
+            &stack,
+            "select count(*) from partition_moves where kind = 'takeover'"
+        )
+        .await,
+        0,
+        "nothing expired: every move was a hand-over"
+    );
+}
+
+#[tokio::test]
+async fn a_worker_whose_lease_was_taken_commits_nothing_more_and_leaves_the_message_queued() {
+    let mut stack = Stack::builder()
+        .partitions(2)
+        .worker_config(|c| c.lease_ttl_ms = 2000)
+        .start()
+        .await;
+    named(&mut stack, "fenced").await;
+    wait_held(&stack, &[("fenced", 2)]).await;
+    let order = common::created_order(&stack, 1).await;
+
+    // Another worker ("thief") takes partition 1 behind this one's back, as a worker that found
+    // its lease expired would: epoch + 1. Its own lease runs for a few seconds.
+    let stolen: i64 = sqlx::query_scalar(
+        "update partition_leases
+            set owner = 'thief', incarnation = gen_random_uuid(), epoch = epoch + 1,
+                expires_at = now() + interval '4 seconds'
+          where partition = 1 returning epoch",
+    )
+    .fetch_one(&stack.db)
+    .await
+    .unwrap();
+    let add = stack.message(order, common::add_item("FENCED-1"), None);
+    stack.publish(&add).await;
+
+    // The worker notices (its fence refuses the apply, or its renewal misses the lease) and
+    // stops consuming partition 1: the message is back in the queue, its command unapplied.
+    let channel = stack.channel().await;
+    let queue = stack.topology.partition_queue(1);
+    wait_for("the message to be back in partition 1's queue, unapplied")
+        .until(|| async {
+            let depth = queue_depth(&channel, &queue).await.unwrap();
+            let consumers = depth.consumers;
+            let status: Option<String> =
+                sqlx::query_scalar("select status from commands where id = $1")
+                    .bind(add.command_id.0)
+                    .fetch_optional(&stack.db)
+                    .await
+                    .unwrap();
+            (depth.ready == 1 && consumers == 0 && status.is_none()).then_some(())
+        })
+        .await;
+
+    // The thief's lease expires; the worker, the only live one, takes the partition back with a
+    // new epoch and applies the message under it.
+    assert_eq!(stack.wait_final_status(add.command_id).await, "applied");
+    let epoch: Option<i64> = sqlx::query_scalar("select epoch from commands where id = $1")
+        .bind(add.command_id.0)
+        .fetch_one(&stack.db)
+        .await
+        .unwrap();
+    assert_eq!(epoch, Some(stolen + 1));
+    assert_eq!(
+        count(
+            &stack,
+            "select count(*) from partition_moves where kind = 'takeover' and partition = 1"
+        )
+        .await,
+        1
+    );
+    // The worker's /metrics say so: it lost one lease and took it back at the new epoch.
+    let epoch = (stolen + 1) as f64;
+    stack
+        .worker_metrics_until("the lease's loss and retake in the metrics", |s| {
+            s.value(REBALANCES, &[("kind", "lost")]) == 1.0
+                && s.value(REBALANCES, &[("kind", "taken")]) == 3.0
+                && s.value(LEASE_HELD, &[("partition", "1")]) == 1.0
+                && s.value(LEASE_EPOCH, &[("partition", "1")]) == epoch
+        })
+        .await;
+}
+
+/// Ends every session of the worker (both its pools) and refuses the database's new
+/// connections, as a network cut between that worker and PostgreSQL would; the broker stays
+/// reachable. Returns how many sessions it ended.
+async fn cut_off_from_postgres(stack: &Stack, worker: &str) -> i64 {
+    allow_connections(stack, false).await;
+    sqlx::query_scalar(
+        "select count(pg_terminate_backend(pid)) from pg_stat_activity
+          where datname = current_database() and application_name like $1",
+    )
+    .bind(format!("orderflow-worker {worker}%"))
+    .fetch_one(&stack.db)
+    .await
+    .unwrap()
+}
+
+/// Lets the test database take new connections or not (from another database: PostgreSQL
+/// refuses to change that for the database of the session asking).
+async fn allow_connections(stack: &Stack, allow: bool) {
+    let statement = format!(
+        "alter database \"{}\" allow_connections {allow}",
+        stack.database_name()
+    );
+    let admin = sqlx::PgPool::connect(&base_database_url()).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+}
+
+#[tokio::test]
+async fn a_worker_cut_off_from_postgres_stops_consuming_before_its_leases_expire() {
+    let mut stack = Stack::builder()
+        .partitions(2)
+        .worker_config(|c| c.lease_ttl_ms = 2000)
+        .start()
+        .await;
+    named(&mut stack, "cut-off").await;
+    wait_held(&stack, &[("cut-off", 2)]).await;
+    let channel = stack.channel().await;
+    let consumers = |partition: u16| {
+        let (channel, queue) = (&channel, stack.topology.partition_queue(partition));
+        async move { queue_depth(channel, &queue).await.unwrap().consumers }
+    };
+    assert_eq!((consumers(0).await, consumers(1).await), (1, 1));
+
+    let cut = std::time::Instant::now();
+    assert!(cut_off_from_postgres(&stack, "cut-off").await > 0);
+    // Still connected to RabbitMQ, it can renew nothing: it cancels its consumers by itself
+    // before anyone could take the leases (2 s after the last renewal), so the broker stops
+    // feeding it.
+    wait_for("the cut-off worker to cancel its consumers")
+        .within(Duration::from_secs(10))
+        .until(|| async { (consumers(0).await == 0 && consumers(1).await == 0).then_some(()) })
+        .await;
+    let gave_up = cut.elapsed();
+    assert!(
+        gave_up < Duration::from_secs(2),
+        "gave up after {gave_up:?}"
+    );
+
+    // Reachable again: it takes its expired leases back and applies what was queued meanwhile.
+    let order = stack.order_in(1);
+    let created = stack.message(order, common::create(), None);
+    stack.publish(&created).await;
+    allow_connections(&stack, true).await;
+    assert_eq!(stack.wait_final_status(created.command_id).await, "applied");
+    assert_eq!(
+        count(
+            &stack,
+            "select count(*) from partition_moves where kind = 'takeover'"
+        )
+        .await,
+        2
+    );
+}
