@@ -126,14 +126,7 @@ fn free_address() -> anyhow::Result<SocketAddr> {
 }
 
 /// `url` with `name=value` in its query, unless it already sets `name`.
-pub fn with_param(url: &str, name: &str, value: &str) -> String {
-    let query = url.split_once('?').map_or("", |(_, q)| q);
-    if query.split('&').any(|p| p.split('=').next() == Some(name)) {
-        return url.to_owned();
-    }
-    let separator = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{separator}{name}={value}")
-}
+pub use orderflow_messaging::brokers::with_default as with_param;
 
 /// The stop-worker pause must outlast the heartbeat timeout (two missed heartbeats).
 pub fn min_stop_pause() -> Duration {

@@ -13,6 +13,12 @@ use std::time::Duration;
 /// whose link is cut answers nothing, and the next one should be tried instead.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The AMQP heartbeat (seconds) of a URL that names none. The broker proposes 60 s, and then
+/// a process that stopped (SIGSTOP, a frozen VM) or a black-holed node keeps its connection, and
+/// with it a partition's single active consumer, for up to two minutes; with 5 s the broker drops
+/// it after about 10 s and the partition's new lease owner becomes the active consumer.
+pub const DEFAULT_HEARTBEAT_SECS: u16 = 5;
+
 /// The broker's addresses, with the one to try first.
 #[derive(Debug)]
 pub struct Brokers {
@@ -27,7 +33,7 @@ impl Brokers {
             .split(',')
             .map(str::trim)
             .filter(|u| !u.is_empty())
-            .map(str::to_owned)
+            .map(|u| with_default(u, "heartbeat", &DEFAULT_HEARTBEAT_SECS.to_string()))
             .collect();
         if urls.is_empty() {
             return Err("no AMQP URL given".into());
@@ -89,6 +95,16 @@ impl Brokers {
     }
 }
 
+/// `url` with `name=value` in its query unless it already has `name`.
+pub fn with_default(url: &str, name: &str, value: &str) -> String {
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    if query.split('&').any(|p| p.split('=').next() == Some(name)) {
+        return url.to_owned();
+    }
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}{name}={value}")
+}
+
 /// `url` without its password, for logs.
 pub fn redacted(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -138,13 +154,32 @@ mod tests {
     #[test]
     fn a_list_is_split_on_commas_and_each_must_be_an_amqp_url() {
         let brokers = Brokers::parse(" amqp://a:5681/%2f , amqps://b:5682/%2f,").unwrap();
-        assert_eq!(brokers.urls, ["amqp://a:5681/%2f", "amqps://b:5682/%2f"]);
+        assert_eq!(
+            brokers.urls,
+            [
+                "amqp://a:5681/%2f?heartbeat=5",
+                "amqps://b:5682/%2f?heartbeat=5"
+            ]
+        );
         assert_eq!(Brokers::parse("amqp://x/%2f").unwrap().len(), 1);
         assert!(Brokers::parse("").is_err());
         let error = Brokers::parse("amqp://a/%2f,http://u:secret@b/").unwrap_err();
         assert!(
             error.contains("http://u:***@b/") && !error.contains("secret"),
             "{error}"
+        );
+    }
+
+    #[test]
+    fn a_url_without_a_heartbeat_gets_the_short_default_and_one_with_keeps_its_own() {
+        let brokers =
+            Brokers::parse("amqp://a/%2f?heartbeat=30,amqp://b/%2f?frame_max=8192").unwrap();
+        assert_eq!(
+            brokers.urls,
+            [
+                "amqp://a/%2f?heartbeat=30",
+                "amqp://b/%2f?frame_max=8192&heartbeat=5"
+            ]
         );
     }
 

@@ -20,6 +20,10 @@ pub struct CommandRow {
     pub reason: Option<String>,
     pub result_version: Option<i64>,
     pub finished_at: Option<DateTime<Utc>>,
+    pub partition: i32,
+    /// The partition lease epoch the finishing transaction was fenced under (null when it
+    /// was not fenced by one partition's lease: a refusal, a parked command's timeout).
+    pub epoch: Option<i64>,
 }
 
 impl CommandRow {
@@ -99,7 +103,8 @@ pub async fn snapshot(
         .await?;
     let commands = sqlx::query_as!(
         CommandRow,
-        "select id, order_id, seq, kind, source, status, reason, result_version, finished_at
+        "select id, order_id, seq, kind, source, status, reason, result_version, finished_at,
+                partition, epoch
          from commands where order_id = any($1) order by order_id, seq",
         orders
     )

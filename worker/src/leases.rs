@@ -135,6 +135,8 @@ pub struct Keeper {
     partitions: u16,
     timing: LeaseTiming,
     running: BTreeMap<u16, Running>,
+    /// When the last renewal that succeeded was sent: the leases run at least `ttl` from then.
+    renewed: Instant,
 }
 
 impl Keeper {
@@ -152,6 +154,7 @@ impl Keeper {
             partitions,
             timing,
             running: BTreeMap::new(),
+            renewed: Instant::now(),
         }
     }
 
@@ -159,7 +162,7 @@ impl Keeper {
     /// it holds, releases the leases and leaves, so that the others take them at once.
     pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let me = self.holdings.holder().clone();
-        let mut last_renewed = loop {
+        self.renewed = loop {
             let started = Instant::now();
             let joined = async {
                 leases::ensure_partitions(&self.db, self.partitions).await?;
@@ -184,17 +187,15 @@ impl Keeper {
                 _ = shutdown.cancelled() => break Ok(()),
             }
             self.reap().await;
-            let started = Instant::now();
             // A round never runs past the moment the consumers must be given up: a renewal that
             // hangs (PostgreSQL unreachable) must not delay that.
-            let mut limit = started + self.timing.ttl / 2;
+            let mut limit = Instant::now() + self.timing.ttl / 2;
             if !self.running.is_empty() {
-                limit = limit.min(last_renewed + self.timing.give_up_after());
+                limit = limit.min(self.renewed + self.timing.give_up_after());
             }
             let round = tokio::time::timeout_at(limit, self.round(&me, &shutdown));
             match round.await {
                 Ok(Ok(true)) => {
-                    last_renewed = started;
                     if failing {
                         tracing::info!("lease renewals recovered");
                     }
@@ -214,14 +215,14 @@ impl Keeper {
                 }
                 Err(_) => {
                     if !failing {
-                        tracing::warn!("lease renewal timed out; retrying");
+                        tracing::warn!("a lease round timed out; retrying");
                     }
                     failing = true;
                 }
             }
-            if last_renewed.elapsed() >= self.timing.give_up_after() && !self.running.is_empty() {
+            if self.renewed.elapsed() >= self.timing.give_up_after() && !self.running.is_empty() {
                 tracing::error!(
-                    since = ?last_renewed.elapsed(),
+                    since = ?self.renewed.elapsed(),
                     "leases not renewed in time: giving up every partition before another worker may take them"
                 );
                 self.give_up_all();
@@ -234,6 +235,7 @@ impl Keeper {
     /// One renewal and rebalancing; `Ok(false)` when this process was replaced by another under
     /// its name.
     async fn round(&mut self, me: &Holder, shutdown: &CancellationToken) -> anyhow::Result<bool> {
+        let sent = Instant::now();
         if !leases::renew_member(&self.db, me, self.timing.ttl).await? {
             return Ok(false);
         }
@@ -242,6 +244,9 @@ impl Keeper {
             .into_iter()
             .filter_map(|(p, e)| u16::try_from(p).ok().map(|p| (p, e)))
             .collect();
+        // Renewed: whatever the rest of the round waits for (a take behind a fenced
+        // transaction) does not count against the leases held.
+        self.renewed = sent;
         // Taken over while this worker was away: stop at once (its fence already refuses).
         let lost: Vec<u16> = self
             .running

@@ -46,6 +46,8 @@ impl Fixture {
                     reason: rejected.then(|| "invalid_transition".into()),
                     result_version: Some(if rejected { 4 } else { seq }),
                     finished_at: Some(at(seq as u32)),
+                    partition: 0,
+                    epoch: Some(1),
                 }
             })
             .collect();

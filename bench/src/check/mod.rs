@@ -5,6 +5,7 @@
 pub mod effects;
 pub mod history;
 pub mod http;
+pub mod leases;
 pub mod lifecycle;
 pub mod stock;
 
@@ -67,6 +68,7 @@ pub fn check_all(input: &Input<'_>) -> Vec<Verdict> {
         http::idempotency_holds(input),
         lifecycle::outbox_drained(input),
         http::no_server_errors(input),
+        leases::no_commit_under_a_stale_epoch(input),
     ]
 }
 
