@@ -85,8 +85,9 @@ cargo nextest run --workspace --all-targets --no-fail-fast
 
 # ---- 8. The race audit under scheduled faults -------------------------------------------------------
 # After the suite, never beside it: its faults restart PostgreSQL and RabbitMQ. Every scenario and
-# every fault (most of them twice) in 90 s of workload; fails on any broken invariant, a fault never
-# injected or never recovered from, or a refused command that ran. The failpoints exist only in a
+# every fault, with three workers sharing the partition leases, in 150 s of workload; fails on any
+# broken invariant, a fault never injected or never recovered from, a worker's partitions that never
+# resumed, or a refused command that ran. The failpoints exist only in a
 # build with the `failpoints` feature: it is built in the same target directory (only orderflow's
 # own crates differ), its executables are copied aside, and the feature-free ones put back.
 of_log "race audit under faults: orderflow-bench audit --spawn --faults all"
@@ -97,10 +98,10 @@ mkdir -p "$TARGET_DIR/failpoints-bin"
 cp "$TARGET_DIR/debug/orderflow-api" "$TARGET_DIR/debug/orderflow-worker" "$TARGET_DIR/failpoints-bin/"
 cargo build --workspace --bins
 # -o: the restarted PostgreSQL and RabbitMQ must not inherit (and keep) the lock.
-flock -o /tmp/orderflow-services.lock "$TARGET_DIR/debug/orderflow-bench" audit --spawn --faults all \
+flock -o /tmp/orderflow-services.lock "$TARGET_DIR/debug/orderflow-bench" audit --spawn --faults all --workers 3 \
     --api-bin "$TARGET_DIR/failpoints-bin/orderflow-api" \
     --worker-bin "$TARGET_DIR/failpoints-bin/orderflow-worker" \
-    --database-url "$DATABASE_URL" --duration 90 --fault-interval 2 --no-progress \
+    --database-url "$DATABASE_URL" --duration 150 --fault-interval 2 --no-progress \
     --report "$TARGET_DIR/audit-faults.json" --log-dir "$TARGET_DIR/audit-faults-logs"
 
 # ---- 9. The Docker build context (no Docker engine needed) ----------------------------------------

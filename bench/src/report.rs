@@ -159,6 +159,7 @@ fn faults_table(faults: &FaultsReport) -> String {
         "unrecovered",
         "recovery max",
         "recovery mean",
+        "its partitions resumed (max)",
     ]);
     for s in &faults.summary {
         table.add_row(vec![
@@ -168,10 +169,11 @@ fn faults_table(faults: &FaultsReport) -> String {
             Cell::new(s.unrecovered),
             Cell::new(seconds(s.recovery_max)),
             Cell::new(seconds(s.recovery_mean)),
+            Cell::new(seconds(s.resumed_max)),
         ]);
     }
     let mut notes = vec![format!(
-        "{} workers, a fault every {:.0} s; recovery: from the heal until a worker applied a command",
+        "{} workers, a fault every {:.0} s; recovery: from the heal until a worker applied a command; its partitions resumed: for a fault aimed at one worker, from the injection until every partition whose lease it held had a command applied again",
         faults.workers, faults.interval_seconds
     )];
     if !faults.never_injected.is_empty() {

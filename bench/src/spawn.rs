@@ -94,6 +94,7 @@ async fn on_database(
             db: orderflow_storage::pool(&auditor_url, 4)?,
             database: database.name.clone(),
             auditor: AUDITOR.into(),
+            affected: Vec::new(),
         };
         let plan = Plan {
             duration: config.duration,

@@ -240,6 +240,49 @@ pub async fn consuming_workers(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<Stri
     .await
 }
 
+/// Each partition's lease owner (None: free), in partition order.
+pub async fn lease_owners(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<(i32, Option<String>)>> {
+    let rows = sqlx::query!("select partition, owner from partition_leases order by partition")
+        .fetch_all(db)
+        .await?;
+    Ok(rows.into_iter().map(|r| (r.partition, r.owner)).collect())
+}
+
+/// How many of `partitions` had a command finished by a worker since `since` (not a refusal).
+pub async fn partitions_finishing_since(
+    db: impl PgExecutor<'_>,
+    partitions: &[i32],
+    since: DateTime<Utc>,
+) -> sqlx::Result<i64> {
+    let refusals = IntakeRefusal::ALL.map(IntakeRefusal::as_str);
+    sqlx::query_scalar!(
+        r#"select count(distinct partition) as "n!" from commands
+           where partition = any($1) and finished_at > $2 and coalesce(reason, '') <> all($3)"#,
+        partitions,
+        since,
+        &refusals as &[&str]
+    )
+    .fetch_one(db)
+    .await
+}
+
+/// Ends the sessions of one worker on `database` (its pool's, `application_name` exactly
+/// `application_name`, and its lease keeper's, that name and " leases"); how many it ended.
+pub async fn terminate_worker_sessions(
+    db: impl PgExecutor<'_>,
+    database: &str,
+    application_name: &str,
+) -> sqlx::Result<i64> {
+    sqlx::query_scalar!(
+        r#"select count(*) filter (where pg_terminate_backend(pid)) as "n!" from pg_stat_activity
+           where datname = $1 and (application_name = $2 or application_name = $2 || ' leases')"#,
+        database,
+        application_name
+    )
+    .fetch_one(db)
+    .await
+}
+
 /// Ends every session on `database` but this one and those named `spared` (the auditor's);
 /// how many it ended. The audit's "PostgreSQL terminates the stack's connections" fault.
 pub async fn terminate_sessions(

@@ -34,6 +34,9 @@ pub struct Target<'a> {
     pub database: String,
     /// `application_name` of the auditor's sessions.
     pub auditor: String,
+    /// The partitions whose leases the current fault's target held (set by faults aimed at one
+    /// worker).
+    pub affected: Vec<i32>,
 }
 
 /// Injects the plan's faults in turn until the workload is too close to its end for another.
@@ -47,24 +50,37 @@ pub async fn run(target: &mut Target<'_>, plan: &Plan) -> FaultsReport {
         let fault = plan.fault(turn);
         turn += 1;
         let at = started.elapsed().as_secs_f64();
-        let injected = Instant::now();
+        let (injected, injected_at) = (Instant::now(), chrono::Utc::now());
         tracing::info!(fault = fault.name(), "injecting");
+        target.affected.clear();
         let outcome = inject(target, plan, fault).await;
         let mut unexpected_exits = revive(target.stack).await;
         let (healed, healed_at) = (Instant::now(), chrono::Utc::now());
         let recovery = recovery::measure(&target.db, healed, healed_at).await;
+        let affected = std::mem::take(&mut target.affected);
+        let resumed =
+            recovery::partitions_resumed(&target.db, &affected, injected, injected_at).await;
         unexpected_exits.extend(revive(target.stack).await);
         let (triggered, error) = match outcome {
             Ok(triggered) => (triggered, None),
             Err(e) => (false, Some(format!("{e:#}"))),
         };
-        tracing::info!(fault = fault.name(), triggered, ?recovery, ?error, "healed");
+        tracing::info!(
+            fault = fault.name(),
+            triggered,
+            ?recovery,
+            ?resumed,
+            ?error,
+            "healed"
+        );
         injections.push(Injection {
             fault,
             at,
             triggered,
             down: (healed - injected).as_secs_f64(),
             recovery,
+            resumed: (!affected.is_empty()).then_some(resumed).flatten(),
+            affected,
             error,
             unexpected_exits,
         });
@@ -156,6 +172,59 @@ async fn inject(target: &mut Target<'_>, plan: &Plan, fault: Fault) -> anyhow::R
             Ok(ended > 0)
         }
         Fault::QueueFull => fill_a_partition(target, plan).await,
+        Fault::KillOwner => {
+            let Some(n) = lease_owner(target).await? else {
+                return Ok(false);
+            };
+            signal(target.stack.worker_pid(n), Signal::SIGKILL)?;
+            let killed = target.stack.wait_worker_exit(n, TERM_TIMEOUT).await?;
+            anyhow::ensure!(killed.is_some(), "worker-{n} survived SIGKILL");
+            target.stack.respawn_worker(n).await?;
+            Ok(true)
+        }
+        Fault::PgTerminateWorker => {
+            let Some(n) = lease_owner(target).await? else {
+                return Ok(false);
+            };
+            let name = format!("orderflow-worker {}", target.stack.worker_name(n));
+            let ended = orderflow_storage::audit::terminate_worker_sessions(
+                &target.db,
+                &target.database,
+                &orderflow_storage::application_name_of(&name),
+            )
+            .await?;
+            Ok(ended > 0)
+        }
+        Fault::BrokerCloseWorker => {
+            let Some(n) = lease_owner(target).await? else {
+                return Ok(false);
+            };
+            let name = target.stack.worker_name(n);
+            let listed = run_tool(
+                "rabbitmqctl",
+                &[
+                    "list_connections",
+                    "-q",
+                    "--no-table-headers",
+                    "pid",
+                    "client_properties",
+                ],
+            )
+            .await?;
+            let mut closed = 0;
+            for (pid, properties) in listed.lines().filter_map(|l| l.split_once('\t')) {
+                // "orderflow-worker <namespace> <name>" and "... <name> consumers".
+                let connection = connection_name(properties).unwrap_or_default();
+                let words: Vec<&str> = connection.split(' ').collect();
+                if words.first() == Some(&"orderflow-worker")
+                    && words.get(2) == Some(&name.as_str())
+                {
+                    run_tool("rabbitmqctl", &["close_connection", pid, "audit fault"]).await?;
+                    closed += 1;
+                }
+            }
+            Ok(closed > 0)
+        }
         Fault::All => unreachable!("`all` is expanded before the run"),
     }
 }
@@ -212,6 +281,38 @@ async fn active_worker(target: &Target<'_>) -> usize {
             (0..target.stack.worker_count()).find(|&n| target.stack.worker_name(n) == *name)
         })
         .unwrap_or(0)
+}
+
+/// The `connection_name` a client gave its connection, from `rabbitmqctl list_connections`'s
+/// `client_properties` column (`[...,{"connection_name","..."},...]`; older brokers write the
+/// value as `longstr,<<"...">>`).
+fn connection_name(properties: &str) -> Option<&str> {
+    const KEY: &str = "\"connection_name\"";
+    let rest = &properties[properties.find(KEY)? + KEY.len()..];
+    let start = rest.find('"')? + 1;
+    let end = rest[start..].find('"')?;
+    Some(&rest[start..start + end])
+}
+
+/// The worker slot holding the most partition leases now (`None`: nobody holds one); the
+/// partitions it holds become the fault's affected ones.
+async fn lease_owner(target: &mut Target<'_>) -> anyhow::Result<Option<usize>> {
+    let owners = orderflow_storage::audit::lease_owners(&target.db).await?;
+    let held = |name: &str| {
+        owners
+            .iter()
+            .filter(|(_, owner)| owner.as_deref() == Some(name))
+            .map(|(p, _)| *p)
+            .collect::<Vec<i32>>()
+    };
+    let best = (0..target.stack.worker_count())
+        .map(|n| (n, held(&target.stack.worker_name(n))))
+        .max_by_key(|(_, partitions)| partitions.len())
+        .filter(|(_, partitions)| !partitions.is_empty());
+    Ok(best.map(|(n, partitions)| {
+        target.affected = partitions;
+        n
+    }))
 }
 
 /// Writes `failpoint=actions` to the process's failpoints file and tells it to re-read it.
@@ -290,4 +391,25 @@ async fn run_tool(program: &str, args: &[&str]) -> anyhow::Result<String> {
         String::from_utf8_lossy(&output.stderr).trim()
     );
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_name_is_read_from_the_client_properties() {
+        // As rabbitmqctl 3.10 lists it.
+        let listed = r#"[{"capabilities",[{"basic.nack",true}]},{"connection_name","orderflow-worker audit.1 worker-0.2 consumers"},{"platform","rust"}]"#;
+        assert_eq!(
+            connection_name(listed),
+            Some("orderflow-worker audit.1 worker-0.2 consumers")
+        );
+        let older = r#"[{"connection_name",longstr,<<"orderflow-worker audit.1 worker-0.2">>}]"#;
+        assert_eq!(
+            connection_name(older),
+            Some("orderflow-worker audit.1 worker-0.2")
+        );
+        assert_eq!(connection_name(r#"[{"product",longstr,<<"pika">>}]"#), None);
+    }
 }

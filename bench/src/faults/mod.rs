@@ -40,12 +40,19 @@ pub enum Fault {
     PgTerminate,
     /// Every worker paused until a partition queue is full and the API refuses (503).
     QueueFull,
+    /// kill -9 of the worker holding the most partition leases (respawned at once): its
+    /// partitions wait for their leases to expire, then the others take them.
+    KillOwner,
+    /// `pg_terminate_backend` of one lease-holding worker's sessions only.
+    PgTerminateWorker,
+    /// `rabbitmqctl close_connection` of one lease-holding worker's AMQP connections only.
+    BrokerCloseWorker,
     /// Every fault above.
     All,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 10] = [
+    pub const ALL: [Fault; 13] = [
         Fault::KillWorkerInTx,
         Fault::KillWorkerBeforeAck,
         Fault::TermWorker,
@@ -56,6 +63,9 @@ impl Fault {
         Fault::PgRestart,
         Fault::PgTerminate,
         Fault::QueueFull,
+        Fault::KillOwner,
+        Fault::PgTerminateWorker,
+        Fault::BrokerCloseWorker,
     ];
 
     pub fn name(self) -> &'static str {
@@ -70,6 +80,9 @@ impl Fault {
             Fault::PgRestart => "pg-restart",
             Fault::PgTerminate => "pg-terminate",
             Fault::QueueFull => "queue-full",
+            Fault::KillOwner => "kill-owner",
+            Fault::PgTerminateWorker => "pg-terminate-worker",
+            Fault::BrokerCloseWorker => "broker-close-worker",
             Fault::All => "all",
         }
     }
@@ -92,6 +105,8 @@ impl Fault {
         let base = Duration::from_secs(10);
         match self {
             Fault::StopWorker => plan.stop_pause + base,
+            // Its leases expire (5 s) before anyone takes its partitions.
+            Fault::KillOwner => base + Duration::from_secs(5),
             Fault::QueueFull => plan.fill_timeout + base,
             Fault::BrokerRestart | Fault::PgRestart => base + Duration::from_secs(10),
             _ => base,
@@ -138,6 +153,11 @@ pub struct Injection {
     pub down: f64,
     /// From heal until a command was applied again; `None`: not within the deadline.
     pub recovery: Option<f64>,
+    /// The partitions whose lease the fault's target held (faults aimed at one worker).
+    pub affected: Vec<i32>,
+    /// From injection until every affected partition had a command applied again; `None`
+    /// with affected partitions: not within the deadline.
+    pub resumed: Option<f64>,
     /// What went wrong with the injection or the heal itself.
     pub error: Option<String>,
     /// Processes found dead after the recovery that the fault did not mean to kill (respawned).
@@ -153,6 +173,8 @@ pub struct Summary {
     pub unrecovered: usize,
     pub recovery_max: Option<f64>,
     pub recovery_mean: Option<f64>,
+    /// The slowest time from injection until every affected partition applied again.
+    pub resumed_max: Option<f64>,
 }
 
 /// The report's `faults` section.
@@ -197,10 +219,12 @@ impl FaultsReport {
     pub fn judge(&mut self) {
         self.passed = self.never_injected.is_empty()
             && self.refused_then_applied == 0
-            && self
-                .injections
-                .iter()
-                .all(|i| i.triggered && i.recovery.is_some() && i.error.is_none());
+            && self.injections.iter().all(|i| {
+                i.triggered
+                    && i.recovery.is_some()
+                    && (i.affected.is_empty() || i.resumed.is_some())
+                    && i.error.is_none()
+            });
     }
 }
 
@@ -222,6 +246,7 @@ pub fn summarize(injections: &[Injection]) -> Vec<Summary> {
                 recovery_max: recoveries.iter().copied().reduce(f64::max),
                 recovery_mean: (!recoveries.is_empty())
                     .then(|| recoveries.iter().sum::<f64>() / recoveries.len() as f64),
+                resumed_max: list.iter().filter_map(|i| i.resumed).reduce(f64::max),
             }
         })
         .collect()
@@ -248,6 +273,8 @@ mod tests {
             triggered: true,
             down: 0.5,
             recovery,
+            affected: Vec::new(),
+            resumed: None,
             error: None,
             unexpected_exits: Vec::new(),
         }
@@ -323,6 +350,14 @@ mod tests {
         let mut unrecovered = ok.clone();
         unrecovered[1].recovery = None;
         assert!(!FaultsReport::new(&plan, 2, unrecovered).passed);
+        let mut stalled = ok.clone();
+        stalled[0].affected = vec![3, 5];
+        assert!(
+            !FaultsReport::new(&plan, 2, stalled.clone()).passed,
+            "a partition of the fault's target that never resumed fails it"
+        );
+        stalled[0].resumed = Some(6.0);
+        assert!(FaultsReport::new(&plan, 2, stalled).passed);
         let mut refused = FaultsReport::new(&plan, 2, ok);
         refused.refused_then_applied = 1;
         refused.judge();

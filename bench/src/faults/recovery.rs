@@ -29,6 +29,33 @@ pub async fn measure(db: &PgPool, healed: Instant, healed_at: DateTime<Utc>) -> 
     }
 }
 
+/// Seconds from `injected` (the instant and the same moment on the wall clock) until every one
+/// of `partitions` had a command finished by a worker after it; `None` if not within
+/// [`RECOVERY_TIMEOUT`]. `Some(0.0)` for no partitions.
+pub async fn partitions_resumed(
+    db: &PgPool,
+    partitions: &[i32],
+    injected: Instant,
+    injected_at: DateTime<Utc>,
+) -> Option<f64> {
+    if partitions.is_empty() {
+        return Some(0.0);
+    }
+    let deadline = injected + RECOVERY_TIMEOUT;
+    loop {
+        let resumed = audit::partitions_finishing_since(db, partitions, injected_at).await;
+        if let Ok(n) = resumed
+            && n == partitions.len() as i64
+        {
+            return Some(injected.elapsed().as_secs_f64());
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 /// Waits (bounded) until PostgreSQL answers a query again.
 pub async fn postgres_back(db: &PgPool, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
