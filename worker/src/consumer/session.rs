@@ -56,6 +56,7 @@ pub async fn run(ctx: Arc<Context>, partition: u16, stops: Stops) -> Ended {
         if stops.drain.is_cancelled() {
             break Ended::Drained;
         }
+        let session = std::time::Instant::now();
         match consume_on_channel(&ctx, partition, &stops).await {
             Ok(()) => break Ended::Drained,
             Err(e) if lease_lost(&e) => {
@@ -63,6 +64,12 @@ pub async fn run(ctx: Arc<Context>, partition: u16, stops: Stops) -> Ended {
                 break Ended::LeaseLost;
             }
             Err(e) => {
+                // A session that ran a while was a success: the next failure (another broker
+                // restart, hours later) starts again from the shortest delay, not from the
+                // longest one the last outage reached.
+                if session.elapsed() >= HEALTHY_SESSION {
+                    backoff = reconnect_backoff();
+                }
                 let delay = backoff.next().unwrap_or(Duration::from_secs(5));
                 tracing::warn!(partition, error = %e, ?delay, "partition consumer stopped; reconnecting");
                 tokio::select! {
@@ -87,6 +94,9 @@ fn lease_lost(error: &anyhow::Error) -> bool {
                 .is_some_and(|e| matches!(e, crate::error::ApplyError::Db(e) if is_lease_lost(e)))
     })
 }
+
+/// A consumer session at least this long resets the reconnect backoff.
+const HEALTHY_SESSION: Duration = Duration::from_secs(5);
 
 fn reconnect_backoff() -> impl Iterator<Item = Duration> {
     ExponentialBuilder::default()
