@@ -160,6 +160,7 @@ fn faults_table(faults: &FaultsReport) -> String {
         "recovery max",
         "recovery mean",
         "its partitions resumed (max)",
+        "zombie commits refused",
     ]);
     for s in &faults.summary {
         table.add_row(vec![
@@ -170,6 +171,7 @@ fn faults_table(faults: &FaultsReport) -> String {
             Cell::new(seconds(s.recovery_max)),
             Cell::new(seconds(s.recovery_mean)),
             Cell::new(seconds(s.resumed_max)),
+            Cell::new(s.fenced.map_or("-".to_owned(), |n| n.to_string())),
         ]);
     }
     let mut notes = vec![format!(

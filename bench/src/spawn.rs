@@ -95,6 +95,8 @@ async fn on_database(
             database: database.name.clone(),
             auditor: AUDITOR.into(),
             affected: Vec::new(),
+            fenced: None,
+            struck: None,
         };
         let plan = Plan {
             duration: config.duration,

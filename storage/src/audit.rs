@@ -248,22 +248,25 @@ pub async fn lease_owners(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<(i32, Opt
     Ok(rows.into_iter().map(|r| (r.partition, r.owner)).collect())
 }
 
-/// How many of `partitions` had a command finished by a worker since `since` (not a refusal).
+/// For each of `partitions` that had a command finished by a worker since `since` (not a
+/// refusal), when the first one finished.
 pub async fn partitions_finishing_since(
     db: impl PgExecutor<'_>,
     partitions: &[i32],
     since: DateTime<Utc>,
-) -> sqlx::Result<i64> {
+) -> sqlx::Result<Vec<(i32, DateTime<Utc>)>> {
     let refusals = IntakeRefusal::ALL.map(IntakeRefusal::as_str);
-    sqlx::query_scalar!(
-        r#"select count(distinct partition) as "n!" from commands
-           where partition = any($1) and finished_at > $2 and coalesce(reason, '') <> all($3)"#,
+    let rows = sqlx::query!(
+        r#"select partition, min(finished_at) as "first!" from commands
+           where partition = any($1) and finished_at > $2 and coalesce(reason, '') <> all($3)
+           group by partition"#,
         partitions,
         since,
         &refusals as &[&str]
     )
-    .fetch_one(db)
-    .await
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.partition, r.first)).collect())
 }
 
 /// Ends the sessions of one worker on `database` (its pool's, `application_name` exactly

@@ -40,6 +40,7 @@ pub const DEAD_LETTERS_UNRECORDED: &str = "orderflow_dead_letters_unrecorded_tot
 pub const LEASE_EPOCH: &str = "orderflow_partition_lease_epoch";
 pub const LEASE_HELD: &str = "orderflow_partition_lease_held";
 pub const REBALANCES: &str = "orderflow_partition_rebalances_total";
+pub const FENCED: &str = "orderflow_fenced_transactions_total";
 
 /// Kinds of `orderflow_partition_rebalances_total`: a lease this worker took, one it released
 /// after draining, one it lost (taken over, or given up because it could not renew it in time).
@@ -62,6 +63,7 @@ pub fn register() {
         INBOX_DUPLICATES,
         PARKED,
         DEAD_LETTERS_UNRECORDED,
+        FENCED,
     ] {
         counter!(name).increment(0);
     }
@@ -71,6 +73,12 @@ pub fn register() {
     for kind in REBALANCE_KINDS {
         counter!(REBALANCES, "kind" => kind).increment(0);
     }
+}
+
+/// A transaction of this worker was refused by its fence: the partition's lease had been taken
+/// over (the worker was paused or cut off past its lease).
+pub fn fenced() {
+    counter!(FENCED).increment(1);
 }
 
 /// A lease of this worker was taken, released or lost (one of [`REBALANCE_KINDS`]).

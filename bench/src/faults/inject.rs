@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 const FAILPOINT_TIMEOUT: Duration = Duration::from_secs(20);
 /// Longest wait for a worker to finish its in-flight message and exit after SIGTERM.
 const TERM_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a woken zombie worker is watched for transactions its fence refuses.
+const ZOMBIE_WAKE: Duration = Duration::from_secs(2);
 /// Longest wait for PostgreSQL to accept connections after its restart.
 const PG_START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Pause between two reads of the refusals while a partition fills.
@@ -37,6 +39,11 @@ pub struct Target<'a> {
     /// The partitions whose leases the current fault's target held (set by faults aimed at one
     /// worker).
     pub affected: Vec<i32>,
+    /// The target's transactions its fence refused after the fault (stop-worker).
+    pub fenced: Option<u64>,
+    /// When a fault aimed at one worker actually struck (the signal sent, the sessions or
+    /// connections ended): its partitions' resumption is timed from here.
+    pub struck: Option<(Instant, chrono::DateTime<chrono::Utc>)>,
 }
 
 /// Injects the plan's faults in turn until the workload is too close to its end for another.
@@ -53,13 +60,15 @@ pub async fn run(target: &mut Target<'_>, plan: &Plan) -> FaultsReport {
         let (injected, injected_at) = (Instant::now(), chrono::Utc::now());
         tracing::info!(fault = fault.name(), "injecting");
         target.affected.clear();
+        target.fenced = None;
+        target.struck = None;
         let outcome = inject(target, plan, fault).await;
         let mut unexpected_exits = revive(target.stack).await;
         let (healed, healed_at) = (Instant::now(), chrono::Utc::now());
         let recovery = recovery::measure(&target.db, healed, healed_at).await;
         let affected = std::mem::take(&mut target.affected);
-        let resumed =
-            recovery::partitions_resumed(&target.db, &affected, injected, injected_at).await;
+        let (struck, struck_at) = target.struck.take().unwrap_or((injected, injected_at));
+        let resumed = recovery::partitions_resumed(&target.db, &affected, struck, struck_at).await;
         unexpected_exits.extend(revive(target.stack).await);
         let (triggered, error) = match outcome {
             Ok(triggered) => (triggered, None),
@@ -81,6 +90,7 @@ pub async fn run(target: &mut Target<'_>, plan: &Plan) -> FaultsReport {
             recovery,
             resumed: (!affected.is_empty()).then_some(resumed).flatten(),
             affected,
+            fenced: target.fenced.take(),
             error,
             unexpected_exits,
         });
@@ -110,9 +120,23 @@ async fn inject(target: &mut Target<'_>, plan: &Plan, fault: Fault) -> anyhow::R
         Fault::StopWorker => {
             let n = active_worker(target).await;
             let pid = target.stack.worker_pid(n);
+            let log = target.stack.worker_log(n);
+            let before = fenced_in(&log);
+            let name = target.stack.worker_name(n);
+            target.affected = orderflow_storage::audit::lease_owners(&target.db)
+                .await?
+                .into_iter()
+                .filter(|(_, owner)| owner.as_deref() == Some(name.as_str()))
+                .map(|(p, _)| p)
+                .collect();
+            target.struck = Some(now());
             signal(pid, Signal::SIGSTOP)?;
             tokio::time::sleep(plan.stop_pause).await;
             signal(pid, Signal::SIGCONT)?;
+            // The zombie's transactions in hand meet their fence as soon as it runs again, and
+            // its keeper finds its leases gone within a renewal: a short wait sees both.
+            tokio::time::sleep(ZOMBIE_WAKE).await;
+            target.fenced = Some(fenced_in(&log).saturating_sub(before));
             Ok(true)
         }
         Fault::KillApiBeforePublish => {
@@ -176,6 +200,7 @@ async fn inject(target: &mut Target<'_>, plan: &Plan, fault: Fault) -> anyhow::R
             let Some(n) = lease_owner(target).await? else {
                 return Ok(false);
             };
+            target.struck = Some(now());
             signal(target.stack.worker_pid(n), Signal::SIGKILL)?;
             let killed = target.stack.wait_worker_exit(n, TERM_TIMEOUT).await?;
             anyhow::ensure!(killed.is_some(), "worker-{n} survived SIGKILL");
@@ -187,6 +212,7 @@ async fn inject(target: &mut Target<'_>, plan: &Plan, fault: Fault) -> anyhow::R
                 return Ok(false);
             };
             let name = format!("orderflow-worker {}", target.stack.worker_name(n));
+            target.struck = Some(now());
             let ended = orderflow_storage::audit::terminate_worker_sessions(
                 &target.db,
                 &target.database,
@@ -223,6 +249,8 @@ async fn inject(target: &mut Target<'_>, plan: &Plan, fault: Fault) -> anyhow::R
                     closed += 1;
                 }
             }
+            // Each rabbitmqctl call takes about a second: timed from when the last one closed.
+            target.struck = Some(now());
             Ok(closed > 0)
         }
         Fault::All => unreachable!("`all` is expanded before the run"),
@@ -281,6 +309,20 @@ async fn active_worker(target: &Target<'_>) -> usize {
             (0..target.stack.worker_count()).find(|&n| target.stack.worker_name(n) == *name)
         })
         .unwrap_or(0)
+}
+
+/// This instant, and the same moment on the wall clock.
+fn now() -> (Instant, chrono::DateTime<chrono::Utc>) {
+    (Instant::now(), chrono::Utc::now())
+}
+
+/// How many transactions a worker's log says its fence refused (each stops a consumer, which
+/// logs [`orderflow_worker::consumer::FENCED_MESSAGE`] once). 0 for a log not there.
+fn fenced_in(log: &std::path::Path) -> u64 {
+    std::fs::read_to_string(log).map_or(0, |text| {
+        text.matches(orderflow_worker::consumer::FENCED_MESSAGE)
+            .count() as u64
+    })
 }
 
 /// The `connection_name` a client gave its connection, from `rabbitmqctl list_connections`'s

@@ -155,9 +155,12 @@ pub struct Injection {
     pub recovery: Option<f64>,
     /// The partitions whose lease the fault's target held (faults aimed at one worker).
     pub affected: Vec<i32>,
-    /// From injection until every affected partition had a command applied again; `None`
-    /// with affected partitions: not within the deadline.
+    /// From the moment the fault struck until every affected partition had a command applied
+    /// again; `None` with affected partitions: not within the deadline.
     pub resumed: Option<f64>,
+    /// Transactions of a paused-then-woken worker that its fence refused (stop-worker): the
+    /// zombie's commits that did not happen.
+    pub fenced: Option<u64>,
     /// What went wrong with the injection or the heal itself.
     pub error: Option<String>,
     /// Processes found dead after the recovery that the fault did not mean to kill (respawned).
@@ -175,6 +178,8 @@ pub struct Summary {
     pub recovery_mean: Option<f64>,
     /// The slowest time from injection until every affected partition applied again.
     pub resumed_max: Option<f64>,
+    /// Zombie transactions refused by the fence, over every injection of this fault.
+    pub fenced: Option<u64>,
 }
 
 /// The report's `faults` section.
@@ -247,6 +252,7 @@ pub fn summarize(injections: &[Injection]) -> Vec<Summary> {
                 recovery_mean: (!recoveries.is_empty())
                     .then(|| recoveries.iter().sum::<f64>() / recoveries.len() as f64),
                 resumed_max: list.iter().filter_map(|i| i.resumed).reduce(f64::max),
+                fenced: list.iter().filter_map(|i| i.fenced).reduce(|a, b| a + b),
             }
         })
         .collect()
@@ -275,6 +281,7 @@ mod tests {
             recovery,
             affected: Vec::new(),
             resumed: None,
+            fenced: None,
             error: None,
             unexpected_exits: Vec::new(),
         }

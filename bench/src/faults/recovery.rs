@@ -30,8 +30,9 @@ pub async fn measure(db: &PgPool, healed: Instant, healed_at: DateTime<Utc>) -> 
 }
 
 /// Seconds from `injected` (the instant and the same moment on the wall clock) until every one
-/// of `partitions` had a command finished by a worker after it; `None` if not within
-/// [`RECOVERY_TIMEOUT`]. `Some(0.0)` for no partitions.
+/// of `partitions` had a command finished by a worker after it, by the commands' own finish
+/// times (so a fault that lasts, like a pause, does not hide an earlier resumption); `None` if
+/// not within [`RECOVERY_TIMEOUT`]. `Some(0.0)` for no partitions.
 pub async fn partitions_resumed(
     db: &PgPool,
     partitions: &[i32],
@@ -44,10 +45,11 @@ pub async fn partitions_resumed(
     let deadline = injected + RECOVERY_TIMEOUT;
     loop {
         let resumed = audit::partitions_finishing_since(db, partitions, injected_at).await;
-        if let Ok(n) = resumed
-            && n == partitions.len() as i64
+        if let Ok(firsts) = resumed
+            && firsts.len() == partitions.len()
         {
-            return Some(injected.elapsed().as_secs_f64());
+            let last = firsts.iter().map(|(_, at)| *at).max()?;
+            return Some((last - injected_at).as_seconds_f64().max(0.0));
         }
         if Instant::now() >= deadline {
             return None;

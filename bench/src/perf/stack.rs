@@ -114,6 +114,13 @@ impl Stack {
         format!("worker-{n}.{}", self.worker_starts[n] - 1)
     }
 
+    /// The log of worker slot `n`'s current process (JSON lines).
+    pub fn worker_log(&self, n: usize) -> PathBuf {
+        self.settings
+            .log_dir
+            .join(format!("{}.log", self.worker_name(n)))
+    }
+
     /// The process id of worker slot `n` (`None` once it was reaped).
     pub fn worker_pid(&self, n: usize) -> Option<u32> {
         self.workers[n].id()

@@ -38,7 +38,7 @@ mod single;
 
 pub use dead_letter::UNRECORDED_HEADER;
 pub(crate) use dead_letter::dead_letter_properties;
-pub use session::{Ended, Stops, run};
+pub use session::{Ended, FENCED_MESSAGE, Stops, run};
 
 use crate::apply::Applier;
 use crate::monitor::Monitor;

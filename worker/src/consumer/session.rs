@@ -40,6 +40,11 @@ impl Default for Stops {
     }
 }
 
+/// Logged (once per refused transaction: the consumer stops after it) when a transaction's
+/// fence found the partition's lease taken over. The race audit counts these lines.
+pub const FENCED_MESSAGE: &str =
+    "a transaction's fence found the partition's lease taken over; stopping without acking";
+
 /// Why a partition's consumer ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ended {
@@ -60,7 +65,8 @@ pub async fn run(ctx: Arc<Context>, partition: u16, stops: Stops) -> Ended {
         match consume_on_channel(&ctx, partition, &stops).await {
             Ok(()) => break Ended::Drained,
             Err(e) if lease_lost(&e) => {
-                tracing::warn!(partition, error = %e, "the partition's lease was taken over; stopping without acking");
+                tracing::warn!(partition, error = %e, "{FENCED_MESSAGE}");
+                crate::metrics::fenced();
                 break Ended::LeaseLost;
             }
             Err(e) => {
