@@ -7,7 +7,8 @@
 //! ⌊P/W⌋ or ⌈P/W⌉ partitions. A partition it holds but should not is drained (its consumer is
 //! cancelled at the broker, the messages in hand are finished and acked) and then released; a
 //! partition it should hold is taken (epoch + 1) once it is free or its holder's lease expired,
-//! and only then consumed. A graceful move therefore redelivers nothing.
+//! and only then consumed. A graceful move therefore starts no work twice (what the broker
+//! still had in flight to the cancelled consumer comes back unopened, marked redelivered).
 //!
 //! A lease that is not renewed in time is given up by this worker before anyone else can take
 //! it: its consumers are cancelled once the last successful renewal is older than the TTL less
