@@ -28,6 +28,10 @@ struct PartitionState {
     delivered: AtomicI64,
     redelivered: AtomicI64,
     finished: AtomicI64,
+    /// Ready messages in the partition's queue at the last sample (0 until sampled).
+    ready: AtomicI64,
+    /// When this worker's current consumer on the partition started (ms since the epoch).
+    consuming_since_ms: AtomicI64,
 }
 
 /// The partitions of one worker process, as its consumers report them.
@@ -91,8 +95,28 @@ impl Monitor {
         }
     }
 
+    /// Whether the partition's consumer looks stalled: the queue had ready messages at the last
+    /// sample, yet nothing was delivered to this consumer for `quiet` since it started or since
+    /// its last delivery (a dead channel, or a consumer the broker never made active).
+    pub fn stalled(&self, partition: u16, quiet: Duration) -> bool {
+        let state = self.state(partition);
+        let since = state
+            .last_delivery_ms
+            .load(Relaxed)
+            .max(state.consuming_since_ms.load(Relaxed));
+        let quiet_ms = i64::try_from(quiet.as_millis()).unwrap_or(i64::MAX);
+        state.consuming.load(Relaxed)
+            && state.ready.load(Relaxed) > 0
+            && Utc::now().timestamp_millis() - since > quiet_ms
+    }
+
     fn set_consuming(&self, partition: u16, up: bool) {
         let (state, series) = &self.partitions[usize::from(partition)];
+        if up {
+            state
+                .consuming_since_ms
+                .store(Utc::now().timestamp_millis(), Relaxed);
+        }
         state.consuming.store(up, Relaxed);
         series.consumer_up.set(if up { 1.0 } else { 0.0 });
     }
@@ -186,11 +210,12 @@ impl Monitor {
             *channel = Some(connection.get().await?.create_channel().await?);
         }
         let channel = channel.as_ref().expect("opened above");
-        for (p, (_, series)) in self.partitions.iter().enumerate() {
+        for (p, (state, series)) in self.partitions.iter().enumerate() {
             let depth = queue_depth(channel, &topology.partition_queue(p as u16))
                 .await?
                 .ready;
             series.queue_depth.set(f64::from(depth));
+            state.ready.store(i64::from(depth), Relaxed);
         }
         let depth = queue_depth(channel, &topology.dead_letter_queue())
             .await?

@@ -101,6 +101,14 @@ fn lease_lost(error: &anyhow::Error) -> bool {
     })
 }
 
+/// How often a consumer checks that it is being fed, and how long it may go without a delivery
+/// while its queue holds ready messages before it reopens its channel (a channel the broker no
+/// longer serves, or a consumer it never made active, would otherwise stall the partition).
+const STALL_CHECK: Duration = Duration::from_secs(5);
+const STALLED_AFTER: Duration = Duration::from_secs(20);
+/// Longest wait for the broker to confirm a consumer's cancel when draining.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A consumer session at least this long resets the reconnect backoff.
 const HEALTHY_SESSION: Duration = Duration::from_secs(5);
 
@@ -142,6 +150,8 @@ async fn consume_on_channel(ctx: &Context, partition: u16, stops: &Stops) -> any
     // Whatever the broker has already pushed arrives together, up to a batch.
     let mut deliveries = consumer.ready_chunks(ctx.batch_max.max(1));
     let mut cancelled = false;
+    let mut watch = tokio::time::interval(STALL_CHECK);
+    watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let consumed = async {
         loop {
             let next = tokio::select! {
@@ -149,13 +159,24 @@ async fn consume_on_channel(ctx: &Context, partition: u16, stops: &Stops) -> any
                 _ = stops.abandon.cancelled() => return Ok(()),
                 _ = stops.drain.cancelled(), if !cancelled => {
                     cancelled = true;
-                    if let Err(e) = channel.basic_cancel(tag.clone(), BasicCancelOptions::default()).await {
-                        tracing::warn!(partition, error = %e, "cancelling the consumer failed");
-                        return Ok(());
+                    let cancel = channel.basic_cancel(tag.clone(), BasicCancelOptions::default());
+                    match tokio::time::timeout(CANCEL_TIMEOUT, cancel).await {
+                        Ok(Ok(())) => continue,
+                        Ok(Err(e)) => tracing::warn!(partition, error = %e, "cancelling the consumer failed"),
+                        Err(_) => tracing::warn!(partition, "the broker did not confirm the consumer's cancel"),
+                    }
+                    return Ok(());
+                }
+                next = deliveries.next() => next,
+                // Only when nothing is ready to hand: a delivery always goes first.
+                _ = watch.tick(), if !cancelled => {
+                    if ctx.monitor.stalled(partition, STALLED_AFTER) {
+                        anyhow::bail!(
+                            "messages are ready but none was delivered for {STALLED_AFTER:?}: reopening the channel"
+                        );
                     }
                     continue;
                 }
-                next = deliveries.next() => next,
             };
             let Some(ready) = next else {
                 if cancelled {
@@ -178,12 +199,18 @@ async fn consume_on_channel(ctx: &Context, partition: u16, stops: &Stops) -> any
             }
             // Not interrupted by draining: the messages in hand are finished and acked first.
             apply_ready(ctx, partition, &received, &stops.drain).await?;
+            watch.reset();
             if let Some(e) = broken {
                 return Err(e.into());
             }
         }
-    }
-    .await;
+    };
+    // Abandoning ends the session whatever it waits for (an apply, an ack): the transaction in
+    // flight rolls back when dropped, and its unacked messages go back to the queue below.
+    let consumed = tokio::select! {
+        consumed = consumed => consumed,
+        _ = stops.abandon.cancelled() => Ok(()),
+    };
     // Unacked messages (abandoned, or after a failure) go back to the queue when the channel
     // closes; closed explicitly, so that they do at once.
     let _ = channel
