@@ -222,6 +222,20 @@ struct RunningWorker {
     task: Task,
 }
 
+#[cfg(feature = "worker")]
+impl RunningWorker {
+    /// Stops it gracefully and waits until it has (30 s at most), checking it ended without an
+    /// error.
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("the worker stops within 30 s")
+            .unwrap()
+            .unwrap();
+    }
+}
+
 impl Stack {
     /// Nothing runs but the database and the namespace until the builder says what does.
     pub fn builder() -> StackBuilder {
@@ -343,12 +357,7 @@ impl Stack {
     pub async fn stop_workers(&mut self) {
         assert!(!self.workers.is_empty(), "a worker is running");
         for worker in std::mem::take(&mut self.workers) {
-            worker.shutdown.cancel();
-            tokio::time::timeout(Duration::from_secs(30), worker.task)
-                .await
-                .expect("the worker stops within 30 s")
-                .unwrap()
-                .unwrap();
+            worker.stop().await;
         }
     }
 
@@ -361,13 +370,7 @@ impl Stack {
             .iter()
             .position(|w| w.name == name)
             .unwrap_or_else(|| panic!("no running worker is named {name:?}"));
-        let worker = self.workers.remove(at);
-        worker.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(30), worker.task)
-            .await
-            .expect("the worker stops within 30 s")
-            .unwrap()
-            .unwrap();
+        self.workers.remove(at).stop().await;
     }
 
     /// The name of the (first) running worker, as in `worker_partitions`.
