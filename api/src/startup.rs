@@ -196,8 +196,7 @@ impl Application {
             .channel()
             .await
             .context("connecting to RabbitMQ")?;
-        topology
-            .declare(&channel)
+        orderflow_messaging::answered("declaring the topology", topology.declare(&channel))
             .await
             .context("declaring the RabbitMQ topology")?;
 

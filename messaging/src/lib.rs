@@ -212,19 +212,44 @@ pub struct QueueDepth {
     pub consumers: u32,
 }
 
+/// Longest wait for the broker's answer to one request (opening a channel, a passive declare).
+/// lapin can leave a request unanswered for good when the broker goes away under it
+/// (amqp-rs/lapin#409, and what the race audit saw here: an ack that never completed across a
+/// broker restart), so nothing of orderflow's waits on it unbounded.
+pub const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `request`, or a timed-out error (an I/O error of kind `TimedOut`) once [`ANSWER_TIMEOUT`]
+/// passes without the broker's answer.
+pub async fn answered<T>(
+    what: &str,
+    request: impl std::future::Future<Output = lapin::Result<T>>,
+) -> lapin::Result<T> {
+    match tokio::time::timeout(ANSWER_TIMEOUT, request).await {
+        Ok(answer) => answer,
+        Err(_) => Err(lapin::Error::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("the broker did not answer within {ANSWER_TIMEOUT:?} ({what})"),
+        ))),
+    }
+}
+
+/// Opens a channel on `connection`, bounded by [`ANSWER_TIMEOUT`].
+pub async fn open_channel(connection: &lapin::Connection) -> lapin::Result<Channel> {
+    answered("opening a channel", connection.create_channel()).await
+}
+
 /// Reads a queue's depth by a passive declare, which creates nothing. A missing queue is an
 /// error, and it closes the channel (the broker answers 404): open another one to go on.
 pub async fn queue_depth(channel: &Channel, queue: &str) -> lapin::Result<QueueDepth> {
-    let declared = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let declare = channel.queue_declare(
+        queue.into(),
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    );
+    let declared = answered("a passive queue declare", declare).await?;
     Ok(QueueDepth {
         ready: declared.message_count(),
         consumers: declared.consumer_count(),
@@ -281,6 +306,22 @@ impl SharedConnection {
         Ok(connection)
     }
 
+    /// Forgets `connection` if it is still the shared one, so that the next [`get`](Self::get)
+    /// opens a new one: for a connection that looks connected but whose broker stopped
+    /// answering (a step timed out on it). Its channels fail once it is closed.
+    pub async fn discard(&self, connection: &Arc<lapin::Connection>) {
+        let mut current = self.current.lock().await;
+        if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, connection)) {
+            let stale = current.take().expect("checked above");
+            drop(current);
+            tracing::warn!(
+                "the broker stopped answering on the shared connection; opening a new one"
+            );
+            let close = stale.close(320, "unresponsive; reconnecting".into());
+            let _ = tokio::time::timeout(CONFIRM_TIMEOUT, close).await;
+        }
+    }
+
     /// Closes the connection (after the consumers closed their channels).
     pub async fn close(&self) {
         if let Some(connection) = self.current.lock().await.take() {
@@ -332,15 +373,27 @@ impl Publisher {
             return Ok(channel.clone());
         }
         let unavailable = |e: &dyn std::fmt::Display| PublishError::Unavailable(e.to_string());
-        let connection = self.pool.get().await.map_err(|e| unavailable(&e))?;
-        let channel = connection
-            .create_channel()
+        // Bounded like the publish itself: the lock above is held meanwhile, and a caller may
+        // hold locks of its own (a transaction) while it waits.
+        let open = async {
+            let connection = self.pool.get().await.map_err(|e| unavailable(&e))?;
+            let channel = connection
+                .create_channel()
+                .await
+                .map_err(|e| unavailable(&e))?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(|e| unavailable(&e))?;
+            Ok::<_, PublishError>(channel)
+        };
+        let channel = tokio::time::timeout(CONFIRM_TIMEOUT, open)
             .await
-            .map_err(|e| unavailable(&e))?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(|e| unavailable(&e))?;
+            .map_err(|_| {
+                PublishError::Unavailable(format!(
+                    "no confirm-mode channel from the broker within {CONFIRM_TIMEOUT:?}"
+                ))
+            })??;
         *cached = Some(channel.clone());
         Ok(channel)
     }

@@ -64,20 +64,29 @@ fn open(
 
 /// [`pool`], whose sessions PostgreSQL ends when they sit idle inside a transaction for longer
 /// than `idle_in_transaction`: a process stopped mid-transaction (SIGSTOP, a debugger, a
-/// frozen VM) then releases its row locks instead of blocking whoever took over its work. Its
-/// sessions carry `application_name` (in `pg_stat_activity`), so that an operator, or a fault
-/// test, can tell one process's sessions from another's.
+/// frozen VM) then releases its row locks instead of blocking whoever took over its work. No
+/// statement of theirs runs (or waits for a lock) longer than `statement`: it is cancelled
+/// (`query_canceled`, a transient error: the caller retries and says so) rather than stall its
+/// caller silently, and a statement whose caller gave up on it (a timed-out future) does not
+/// go on waiting in PostgreSQL with its locks. Its sessions carry `application_name` (in
+/// `pg_stat_activity`), so that an operator, or a fault test, can tell one process's sessions
+/// from another's.
 pub fn pool_releasing_idle(
     url: &str,
     max_connections: u32,
     idle_in_transaction: Duration,
+    statement: Duration,
     application_name: &str,
 ) -> Result<PgPool, sqlx::Error> {
-    let limit = format!("{}ms", idle_in_transaction.as_millis());
+    let idle = format!("{}ms", idle_in_transaction.as_millis());
+    let statement = format!("{}ms", statement.as_millis().max(1));
     let name = application_name_of(application_name);
     open(url, max_connections, |options| {
         options
-            .options([("idle_in_transaction_session_timeout", limit.as_str())])
+            .options([
+                ("idle_in_transaction_session_timeout", idle.as_str()),
+                ("statement_timeout", statement.as_str()),
+            ])
             .application_name(&name)
     })
 }

@@ -41,6 +41,7 @@ pub const LEASE_EPOCH: &str = "orderflow_partition_lease_epoch";
 pub const LEASE_HELD: &str = "orderflow_partition_lease_held";
 pub const REBALANCES: &str = "orderflow_partition_rebalances_total";
 pub const FENCED: &str = "orderflow_fenced_transactions_total";
+pub const CONSUMERS_STUCK: &str = "orderflow_partition_consumer_stuck_total";
 
 /// Kinds of `orderflow_partition_rebalances_total`: a lease this worker took, one it released
 /// after draining, one it lost (taken over, or given up because it could not renew it in time).
@@ -73,6 +74,15 @@ pub fn register() {
     for kind in REBALANCE_KINDS {
         counter!(REBALANCES, "kind" => kind).increment(0);
     }
+    for stage in crate::monitor::Stage::STUCK_LABELS {
+        counter!(CONSUMERS_STUCK, "stage" => stage).increment(0);
+    }
+}
+
+/// A partition consumer spent longer than `monitor::STUCK_AFTER` in one step (`stage`: one of
+/// `Stage::STUCK_LABELS`).
+pub fn consumer_stuck(stage: &'static str) {
+    counter!(CONSUMERS_STUCK, "stage" => stage).increment(1);
 }
 
 /// A transaction of this worker was refused by its fence: the partition's lease had been taken

@@ -11,7 +11,7 @@ use orderflow_messaging::{SharedConnection, Topology, queue_depth};
 use orderflow_runtime::shutdown::CancellationToken;
 use orderflow_storage::observability::{self, PartitionBeat};
 use sqlx::PgPool;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering::Relaxed};
 use std::time::Duration;
 
 /// How often the heartbeat row is written.
@@ -32,7 +32,86 @@ struct PartitionState {
     ready: AtomicI64,
     /// When this worker's current consumer on the partition started (ms since the epoch).
     consuming_since_ms: AtomicI64,
+    /// What the partition's consumer is doing ([`Stage`] as u8), and since when (ms since the
+    /// epoch): what the watchdog reports when a step never ends.
+    stage: AtomicU8,
+    stage_since_ms: AtomicI64,
+    /// The stage entry the watchdog already reported (its `stage_since_ms`), so that each is
+    /// reported once.
+    reported_ms: AtomicI64,
 }
+
+/// What a partition's consumer is doing. Every step but waiting for deliveries talks to
+/// PostgreSQL or RabbitMQ and has a bound of its own; the watchdog ([`Monitor::run_watchdog`])
+/// names a step that outlives [`STUCK_AFTER`] anyway, so that a stall is never silent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Stage {
+    /// Not consuming.
+    Stopped = 0,
+    /// Getting the AMQP connection, opening the channel, starting the consumer.
+    Opening = 1,
+    /// Waiting for deliveries.
+    Waiting = 2,
+    /// Applying what arrived (transactions, with their retries).
+    Applying = 3,
+    /// Acking what was applied.
+    Acking = 4,
+    /// Publishing a message to the dead-letter exchange.
+    DeadLettering = 5,
+    /// Cancelling the consumer at the broker (draining).
+    Cancelling = 6,
+    /// Closing the channel.
+    Closing = 7,
+}
+
+impl Stage {
+    const ALL: [Stage; 8] = [
+        Stage::Stopped,
+        Stage::Opening,
+        Stage::Waiting,
+        Stage::Applying,
+        Stage::Acking,
+        Stage::DeadLettering,
+        Stage::Cancelling,
+        Stage::Closing,
+    ];
+
+    /// The steps the watchdog can report (the `stage` label values).
+    pub const STUCK_LABELS: [&'static str; 6] = [
+        "opening",
+        "applying",
+        "acking",
+        "dead_lettering",
+        "cancelling",
+        "closing",
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Stopped => "stopped",
+            Stage::Opening => "opening",
+            Stage::Waiting => "waiting",
+            Stage::Applying => "applying",
+            Stage::Acking => "acking",
+            Stage::DeadLettering => "dead_lettering",
+            Stage::Cancelling => "cancelling",
+            Stage::Closing => "closing",
+        }
+    }
+
+    fn from_u8(value: u8) -> Stage {
+        Stage::ALL
+            .get(usize::from(value))
+            .copied()
+            .unwrap_or(Stage::Stopped)
+    }
+}
+
+/// A consumer step (other than waiting for deliveries) that lasts this long is reported.
+pub const STUCK_AFTER: Duration = Duration::from_secs(30);
+/// How often the watchdog looks.
+const WATCH_EVERY: Duration = Duration::from_secs(5);
 
 /// The partitions of one worker process, as its consumers report them.
 pub struct Monitor {
@@ -84,6 +163,59 @@ impl Monitor {
         let (_, series) = &self.partitions[usize::from(partition)];
         series.lease_epoch.set(epoch as f64);
         series.lease_held.set(if epoch > 0 { 1.0 } else { 0.0 });
+    }
+
+    /// `partition`'s consumer enters `stage`.
+    pub fn stage(&self, partition: u16, stage: Stage) {
+        let state = self.state(partition);
+        state
+            .stage_since_ms
+            .store(Utc::now().timestamp_millis(), Relaxed);
+        state.stage.store(stage as u8, Relaxed);
+    }
+
+    /// The partitions whose consumer has been in one step (other than waiting for deliveries,
+    /// or stopped) for longer than `limit` and were not reported yet: (partition, step, for
+    /// how long). Each stage entry is returned once.
+    pub fn stuck(&self, limit: Duration) -> Vec<(u16, Stage, Duration)> {
+        let now = Utc::now().timestamp_millis();
+        let limit_ms = i64::try_from(limit.as_millis()).unwrap_or(i64::MAX);
+        let mut stuck = Vec::new();
+        for (p, (state, _)) in self.partitions.iter().enumerate() {
+            let stage = Stage::from_u8(state.stage.load(Relaxed));
+            let since = state.stage_since_ms.load(Relaxed);
+            if matches!(stage, Stage::Stopped | Stage::Waiting)
+                || now - since <= limit_ms
+                || state.reported_ms.swap(since, Relaxed) == since
+            {
+                continue;
+            }
+            let lasted = Duration::from_millis(u64::try_from(now - since).unwrap_or(0));
+            stuck.push((p as u16, stage, lasted));
+        }
+        stuck
+    }
+
+    /// Reports every consumer step that outlives [`STUCK_AFTER`], until shutdown. It touches
+    /// neither PostgreSQL nor RabbitMQ, so that it reports while they hang.
+    pub async fn run_watchdog(&self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(WATCH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.cancelled() => break,
+            }
+            for (partition, stage, lasted) in self.stuck(STUCK_AFTER) {
+                metrics::consumer_stuck(stage.as_str());
+                tracing::error!(
+                    partition,
+                    stage = stage.as_str(),
+                    ?lasted,
+                    "a partition consumer is stuck in one step"
+                );
+            }
+        }
     }
 
     /// Marks `partition` as consumed by this worker until the guard is dropped.
@@ -207,7 +339,7 @@ impl Monitor {
         topology: &Topology,
     ) -> lapin::Result<()> {
         if channel.as_ref().is_none_or(|c| !c.status().connected()) {
-            *channel = Some(connection.get().await?.create_channel().await?);
+            *channel = Some(orderflow_messaging::open_channel(&*connection.get().await?).await?);
         }
         let channel = channel.as_ref().expect("opened above");
         for (p, (state, series)) in self.partitions.iter().enumerate() {
@@ -259,6 +391,65 @@ fn report<E: std::fmt::Display>(what: &str, result: Result<(), E>, was_failing: 
                 tracing::warn!(error = %e, "{what} failed; retrying");
             }
             true
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Puts `partition`'s consumer in `stage` since `ago`.
+    fn entered(monitor: &Monitor, partition: u16, stage: Stage, ago: Duration) {
+        monitor.stage(partition, stage);
+        let since = Utc::now().timestamp_millis() - i64::try_from(ago.as_millis()).unwrap();
+        monitor
+            .state(partition)
+            .stage_since_ms
+            .store(since, Relaxed);
+    }
+
+    #[test]
+    fn a_step_that_outlives_the_limit_is_reported_once_per_entry() {
+        let monitor = Monitor::new("w".into(), 3);
+        entered(&monitor, 0, Stage::Acking, Duration::from_secs(31));
+        entered(&monitor, 1, Stage::Applying, Duration::from_secs(5));
+        entered(&monitor, 2, Stage::Opening, Duration::from_secs(40));
+        let stuck: Vec<(u16, Stage)> = monitor
+            .stuck(STUCK_AFTER)
+            .into_iter()
+            .map(|(p, s, lasted)| {
+                assert!(lasted > STUCK_AFTER);
+                (p, s)
+            })
+            .collect();
+        assert_eq!(stuck, [(0, Stage::Acking), (2, Stage::Opening)]);
+        // Reported already: not again while it is the same entry.
+        assert!(monitor.stuck(STUCK_AFTER).is_empty());
+        // A new entry into a step is a new report once it outlives the limit.
+        entered(&monitor, 0, Stage::Applying, Duration::from_secs(35));
+        let again: Vec<u16> = monitor.stuck(STUCK_AFTER).iter().map(|s| s.0).collect();
+        assert_eq!(again, [0]);
+    }
+
+    #[test]
+    fn waiting_for_deliveries_or_stopped_is_never_stuck() {
+        let monitor = Monitor::new("w".into(), 2);
+        entered(&monitor, 0, Stage::Waiting, Duration::from_secs(3600));
+        entered(&monitor, 1, Stage::Stopped, Duration::from_secs(3600));
+        assert!(monitor.stuck(STUCK_AFTER).is_empty());
+    }
+
+    #[test]
+    fn every_stage_label_is_one_the_watchdog_can_report() {
+        for stage in Stage::ALL {
+            let reportable = !matches!(stage, Stage::Stopped | Stage::Waiting);
+            assert_eq!(
+                Stage::STUCK_LABELS.contains(&stage.as_str()),
+                reportable,
+                "{stage:?}"
+            );
+            assert_eq!(Stage::from_u8(stage as u8), stage);
         }
     }
 }

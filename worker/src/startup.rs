@@ -121,6 +121,12 @@ pub struct Worker {
 /// The smallest pool a worker can work with: the outbox listener, an apply and a relay pass.
 pub const MIN_POOL_SIZE: u32 = 3;
 
+/// Longest a statement of the worker's pool may run or wait for a lock. Nothing it does comes
+/// near it (an apply statement takes milliseconds); a statement past it is stuck behind
+/// something (a lock held by a session that will not let go), and is cancelled and retried,
+/// logged, instead of stalling its partition without a word.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl Worker {
     /// Connects, checks the schema (refusing an old one) and declares the topology. Waits for
     /// PostgreSQL and RabbitMQ to be reachable rather than failing when they are (re)starting.
@@ -145,6 +151,7 @@ impl Worker {
             common.database_url.expose_secret(),
             common.db_pool_size,
             Duration::from_secs(15),
+            STATEMENT_TIMEOUT,
             &format!("orderflow-worker {worker_name}"),
         )?;
         wait_for("PostgreSQL", || async {
@@ -168,9 +175,10 @@ impl Worker {
         .map_err(|e| anyhow::anyhow!("AMQP_URL: {e}"))?;
         wait_for("RabbitMQ", || async {
             let connection = pool.get().await?;
-            let channel = connection.create_channel().await?;
-            topology.declare(&channel).await?;
-            let _ = channel.close(200, "declared".into()).await;
+            let channel = amqp::open_channel(&connection).await?;
+            amqp::answered("declaring the topology", topology.declare(&channel)).await?;
+            let _ =
+                amqp::answered("closing a channel", channel.close(200, "declared".into())).await;
             anyhow::Ok(())
         })
         .await?;
@@ -190,10 +198,13 @@ impl Worker {
         crate::metrics::register();
         let holdings = Arc::new(Holdings::new(worker_name.clone(), common.partitions));
         // Two connections of its own: a renewal never waits behind the applies.
+        // A lease round is given up after half the TTL (see `Keeper::run`); its statements end
+        // with it in PostgreSQL too, instead of waiting on with the lease rows locked.
         let lease_db = db::pool_releasing_idle(
             common.database_url.expose_secret(),
             2,
             Duration::from_secs(15),
+            Duration::from_millis(config.lease_ttl_ms / 2),
             &format!("orderflow-worker {worker_name} leases"),
         )?;
         let applier = Applier {
@@ -294,6 +305,10 @@ impl Worker {
         );
         tasks.spawn("heartbeat", async move {
             context.monitor.run_heartbeat(db, stop).await
+        });
+        let (context, stop) = (self.context.clone(), shutdown.clone());
+        tasks.spawn("consumer watchdog", async move {
+            context.monitor.run_watchdog(stop).await
         });
         let (context, db, stop) = (
             self.context.clone(),

@@ -193,13 +193,13 @@ pub async fn snapshot(state: &AppState) -> anyhow::Result<PartitionsView> {
 /// (ready messages, consumers) of each queue, in order; None if the broker cannot be asked.
 async fn queue_depths(state: &AppState, queues: &[String]) -> Option<Vec<(u32, u32)>> {
     let connection = state.publisher.pool().get().await.ok()?;
-    let channel = connection.create_channel().await.ok()?;
+    let channel = amqp::open_channel(&connection).await.ok()?;
     let mut depths = Vec::with_capacity(queues.len());
     for queue in queues {
         // A missing queue closes the channel (404): then the broker view is simply unknown.
         let depth = amqp::queue_depth(&channel, queue).await.ok()?;
         depths.push((depth.ready, depth.consumers));
     }
-    let _ = channel.close(200, "done".into()).await;
+    let _ = amqp::answered("closing a channel", channel.close(200, "done".into())).await;
     Some(depths)
 }

@@ -3,9 +3,11 @@
 //! message, or a run that cannot commit as a whole, goes on its own (`single.rs`).
 
 use super::Context;
+use super::session::broker_step;
 use super::single::apply_alone;
 use crate::apply::{BatchItem, DeliveryInfo};
 use crate::metrics;
+use crate::monitor::Stage;
 use chrono::Utc;
 use lapin::{message::Delivery, options::BasicAckOptions};
 use orderflow_contract::CommandMessage;
@@ -86,7 +88,9 @@ async fn apply_fresh_run(
             // The race audit's "worker killed between commit and ack" (`failpoints` builds only).
             fail::fail_point!("consume.after_commit_before_ack", |_| std::process::abort());
             let last = deliveries.last().expect("a batch has messages");
-            last.ack(BasicAckOptions { multiple: true }).await?;
+            ctx.monitor.stage(partition, Stage::Acking);
+            broker_step("acking", last.ack(BasicAckOptions { multiple: true })).await?;
+            ctx.monitor.stage(partition, Stage::Applying);
             metrics::batch_applied(deliveries.len());
             return Ok(());
         }

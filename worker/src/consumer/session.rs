@@ -2,6 +2,7 @@
 
 use super::Context;
 use super::ready::apply_ready;
+use crate::monitor::Stage;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
 use lapin::{
@@ -126,22 +127,67 @@ fn reconnect_backoff() -> impl Iterator<Item = Duration> {
 /// Draining cancels the consumer at the broker and applies what it had already delivered (the
 /// stream ends after the last of them), so a hand-over or a shutdown leaves nothing to redeliver.
 async fn consume_on_channel(ctx: &Context, partition: u16, stops: &Stops) -> anyhow::Result<()> {
-    let connection = ctx.connection.get().await?;
-    let channel = connection.create_channel().await?;
-    channel
-        .basic_qos(ctx.prefetch, BasicQosOptions::default())
-        .await?;
+    ctx.monitor.stage(partition, Stage::Opening);
+    let session = async {
+        let connection = ctx.connection.get().await?;
+        Ok((
+            consume_on(ctx, partition, stops, &connection).await,
+            connection,
+        ))
+    };
+    let (session, connection) = match session.await {
+        Ok(ended) => ended,
+        Err(e) => {
+            ctx.monitor.stage(partition, Stage::Stopped);
+            return Err(e);
+        }
+    };
+    ctx.monitor.stage(partition, Stage::Stopped);
+    if let Err(e) = &session
+        && e.is::<BrokerSilent>()
+    {
+        // The connection may look connected while its broker no longer answers: the next
+        // session opens a new one.
+        ctx.connection.discard(&connection).await;
+    }
+    session
+}
+
+async fn consume_on(
+    ctx: &Context,
+    partition: u16,
+    stops: &Stops,
+    connection: &lapin::Connection,
+) -> anyhow::Result<()> {
+    let channel = broker_step("opening a channel", connection.create_channel()).await?;
     let queue = ctx.topology.partition_queue(partition);
-    let consumer = channel
-        .basic_consume(
-            queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
+    let consumer = async {
+        broker_step(
+            "setting the prefetch",
+            channel.basic_qos(ctx.prefetch, BasicQosOptions::default()),
         )
         .await?;
+        broker_step(
+            "starting the consumer",
+            channel.basic_consume(
+                queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await
+    };
+    let consumer = match consumer.await {
+        Ok(consumer) => consumer,
+        Err(e) => {
+            close_channel(ctx, partition, &channel).await;
+            return Err(e);
+        }
+    };
     let tag = consumer.tag();
     let _consuming = ctx.monitor.consuming(partition);
+    ctx.monitor.stage(partition, Stage::Waiting);
     tracing::info!(
         partition,
         queue,
@@ -159,9 +205,13 @@ async fn consume_on_channel(ctx: &Context, partition: u16, stops: &Stops) -> any
                 _ = stops.abandon.cancelled() => return Ok(()),
                 _ = stops.drain.cancelled(), if !cancelled => {
                     cancelled = true;
+                    ctx.monitor.stage(partition, Stage::Cancelling);
                     let cancel = channel.basic_cancel(tag.clone(), BasicCancelOptions::default());
                     match tokio::time::timeout(CANCEL_TIMEOUT, cancel).await {
-                        Ok(Ok(())) => continue,
+                        Ok(Ok(())) => {
+                            ctx.monitor.stage(partition, Stage::Waiting);
+                            continue;
+                        }
                         Ok(Err(e)) => tracing::warn!(partition, error = %e, "cancelling the consumer failed"),
                         Err(_) => tracing::warn!(partition, "the broker did not confirm the consumer's cancel"),
                     }
@@ -198,7 +248,9 @@ async fn consume_on_channel(ctx: &Context, partition: u16, stops: &Stops) -> any
                 }
             }
             // Not interrupted by draining: the messages in hand are finished and acked first.
+            ctx.monitor.stage(partition, Stage::Applying);
             apply_ready(ctx, partition, &received, &stops.drain).await?;
+            ctx.monitor.stage(partition, Stage::Waiting);
             watch.reset();
             if let Some(e) = broken {
                 return Err(e.into());
@@ -211,10 +263,48 @@ async fn consume_on_channel(ctx: &Context, partition: u16, stops: &Stops) -> any
         consumed = consumed => consumed,
         _ = stops.abandon.cancelled() => Ok(()),
     };
-    // Unacked messages (abandoned, or after a failure) go back to the queue when the channel
-    // closes; closed explicitly, so that they do at once.
-    let _ = channel
-        .close(200, "partition consumer stopping".into())
-        .await;
+    close_channel(ctx, partition, &channel).await;
     consumed
+}
+
+/// Longest wait for the broker to answer one step of a consumer's session (opening its channel,
+/// setting the prefetch, starting the consumer, an ack, closing the channel). Past it the
+/// session is over: the channel is dropped (what it holds unacked is redelivered to whoever
+/// holds the partition next) and a new one opened after the backoff. No step may wait forever:
+/// a partition whose consumer waits on a broker that will never answer is a silent stall.
+/// (lapin can leave a request unanswered for good when the connection dies under it: two
+/// partitions' acks in flight across a broker restart never completed, see
+/// [`orderflow_messaging::ANSWER_TIMEOUT`].)
+pub(super) const BROKER_STEP_TIMEOUT: Duration = orderflow_messaging::ANSWER_TIMEOUT;
+
+/// A step of a consumer's session that the broker did not answer in time.
+#[derive(Debug, thiserror::Error)]
+#[error("the broker did not answer within {BROKER_STEP_TIMEOUT:?} ({0})")]
+pub(super) struct BrokerSilent(&'static str);
+
+/// One step of a consumer's session, bounded by [`BROKER_STEP_TIMEOUT`].
+pub(super) async fn broker_step<T>(
+    what: &'static str,
+    step: impl std::future::Future<Output = lapin::Result<T>>,
+) -> anyhow::Result<T> {
+    match tokio::time::timeout(BROKER_STEP_TIMEOUT, step).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(BrokerSilent(what).into()),
+    }
+}
+
+/// Closes the channel (bounded): unacked messages (abandoned, or after a failure) go back to the
+/// queue when it closes; closed explicitly, so that they do at once.
+async fn close_channel(ctx: &Context, partition: u16, channel: &lapin::Channel) {
+    ctx.monitor.stage(partition, Stage::Closing);
+    let close = channel.close(200, "partition consumer stopping".into());
+    if tokio::time::timeout(BROKER_STEP_TIMEOUT, close)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            partition,
+            "the broker did not confirm the channel's close; dropping it"
+        );
+    }
 }

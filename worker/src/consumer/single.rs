@@ -5,9 +5,11 @@
 use super::Context;
 use super::dead_letter::{dead_letter, fail_own_command};
 use super::ready::Incoming;
+use super::session::broker_step;
 use crate::apply::{DeliveryInfo, Handled, Outcome, OwnMessage};
 use crate::error::{ApplyError, Failure};
 use crate::metrics;
+use crate::monitor::Stage;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::Utc;
 use lapin::{message::Delivery, options::BasicAckOptions};
@@ -262,10 +264,13 @@ async fn settle(
     verdict: Verdict,
 ) -> anyhow::Result<()> {
     if let Verdict::DeadLetter { failure, recorded } = verdict {
+        ctx.monitor.stage(partition, Stage::DeadLettering);
         dead_letter(ctx, partition, delivery, &failure, recorded).await?;
     }
     // The race audit's "worker killed between commit and ack" (`failpoints` builds only).
     fail::fail_point!("consume.after_commit_before_ack", |_| std::process::abort());
-    delivery.ack(BasicAckOptions::default()).await?;
+    ctx.monitor.stage(partition, Stage::Acking);
+    broker_step("acking", delivery.ack(BasicAckOptions::default())).await?;
+    ctx.monitor.stage(partition, Stage::Applying);
     Ok(())
 }
