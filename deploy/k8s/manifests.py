@@ -402,15 +402,18 @@ def consistency():
     api_max = hpa.get("spec", {}).get("maxReplicas", 0)
     workers = get("Deployment", "orderflow-worker").get("spec", {}).get("replicas", 1)
     # A rolling update surges one pod of each Deployment; the migration Job holds one connection.
-    surge = 2
+    # A worker also keeps its lease keeper's own connections: a pool of 2 and the session that
+    # holds its liveness lock (worker/src/startup.rs, worker/src/leases.rs).
+    worker_extra = 3
     for c in pg_clusters:
         params = get("Cluster", c).get("spec", {}).get("postgresql", {}).get("parameters", {})
         max_conn = int(params.get("max_connections", 100))
         reserved = int(params.get("superuser_reserved_connections", 3)) + 10  # + the operator's own
-        used = pool * (api_max + workers + surge) + 1
+        used = pool * (api_max + 1) + (pool + worker_extra) * (workers + 1) + 1
         if used > max_conn - reserved:
-            problem(f"Cluster {c}: {pool} connections x ({api_max} API + {workers} workers + "
-                    f"{surge} surging) + 1 = {used} > max_connections {max_conn} - {reserved} reserved")
+            problem(f"Cluster {c}: {pool} connections x ({api_max} API + 1 surging) + "
+                    f"({pool} + {worker_extra}) x ({workers} workers + 1 surging) + 1 = {used} > "
+                    f"max_connections {max_conn} - {reserved} reserved")
     return problems
 
 

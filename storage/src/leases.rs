@@ -66,11 +66,11 @@ pub async fn ensure_partitions(db: impl PgExecutor<'_>, partitions: u16) -> sqlx
 /// one's row, and the old process's renewals then fail).
 pub async fn join(db: impl PgExecutor<'_>, me: &Holder, ttl: Duration) -> sqlx::Result<()> {
     sqlx::query!(
-        "insert into worker_members (name, incarnation, expires_at)
-         values ($1, $2, now() + make_interval(secs => $3))
+        "insert into worker_members (name, incarnation, expires_at, liveness_lock)
+         values ($1, $2, now() + make_interval(secs => $3), true)
          on conflict (name) do update
              set incarnation = excluded.incarnation, started_at = now(), heartbeat_at = now(),
-                 expires_at = excluded.expires_at",
+                 expires_at = excluded.expires_at, liveness_lock = true",
         me.name,
         me.incarnation,
         secs(ttl)
@@ -112,11 +112,39 @@ pub async fn leave(db: impl PgExecutor<'_>, me: &Holder) -> sqlx::Result<()> {
     Ok(())
 }
 
-/// The names of the workers whose membership has not expired.
-pub async fn live_members(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<String>> {
-    sqlx::query_scalar!("select name from worker_members where expires_at > now() order by name")
-        .fetch_all(db)
-        .await
+/// Takes this process's liveness lock on `conn`, a connection kept for nothing else: while its
+/// session lasts the others know the process is alive; when the process dies, PostgreSQL ends
+/// the session and frees the lock at once (see the migration `member_liveness`). `false` when
+/// another session holds it (an earlier liveness session of this process PostgreSQL has not
+/// ended yet): try again later.
+pub async fn hold_liveness(conn: &mut PgConnection, me: &Holder) -> sqlx::Result<bool> {
+    sqlx::query_scalar!(
+        r#"select pg_try_advisory_lock(orderflow_liveness_key($1)) as "held!""#,
+        me.incarnation
+    )
+    .fetch_one(conn)
+    .await
+}
+
+/// Whether the liveness session on `conn` still answers.
+pub async fn liveness_alive(conn: &mut PgConnection) -> sqlx::Result<()> {
+    sqlx::query!("select 1 as alive").fetch_one(conn).await?;
+    Ok(())
+}
+
+/// The names of the live workers: membership not expired, and not dead by its liveness lock
+/// (free, and no renewal for `grace`).
+pub async fn live_members(db: impl PgExecutor<'_>, grace: Duration) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar!(
+        "select name from worker_members
+          where expires_at > now()
+            and incarnation not in
+                (select orderflow_dead_members(make_interval(secs => $1)))
+          order by name",
+        secs(grace)
+    )
+    .fetch_all(db)
+    .await
 }
 
 /// Renews every lease this process holds; returns them as (partition, epoch). A lease missing
@@ -140,13 +168,19 @@ pub async fn renew_leases(
     Ok(rows.into_iter().map(|r| (r.partition, r.epoch)).collect())
 }
 
-/// Every partition's lease.
-pub async fn leases(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<Lease>> {
+/// Every partition's lease. A lease is expired when its holder did not renew it in time, or
+/// when its holder is dead by its liveness lock (see [`live_members`]; `grace`).
+pub async fn leases(db: impl PgExecutor<'_>, grace: Duration) -> sqlx::Result<Vec<Lease>> {
     sqlx::query_as!(
         Lease,
         r#"select partition, owner, incarnation, epoch, state,
-                  (state <> 'free' and expires_at < now()) as "expired!"
-             from partition_leases order by partition"#
+                  (state <> 'free'
+                   and (expires_at < now()
+                        or incarnation in
+                           (select orderflow_dead_members(make_interval(secs => $1)))))
+                    as "expired!"
+             from partition_leases order by partition"#,
+        secs(grace)
     )
     .fetch_all(db)
     .await
@@ -162,6 +196,7 @@ pub async fn take(
     me: &Holder,
     ttl: Duration,
     lock_timeout: Duration,
+    grace: Duration,
 ) -> sqlx::Result<Option<i64>> {
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
     let timeout = format!("{}ms", lock_timeout.as_millis().max(1));
@@ -175,7 +210,9 @@ pub async fn take(
                 changed_at = now()
           where partition = $1 and epoch = $2 and state = $6
             and owner is not distinct from $7 and incarnation is not distinct from $8
-            and (state = 'free' or expires_at < now() or (owner = $3 and incarnation = $4))
+            and (state = 'free' or expires_at < now() or (owner = $3 and incarnation = $4)
+                 or incarnation in
+                    (select orderflow_dead_members(make_interval(secs => $9))))
           returning epoch",
         seen.partition,
         seen.epoch,
@@ -184,7 +221,8 @@ pub async fn take(
         secs(ttl),
         seen.state,
         seen.owner,
-        seen.incarnation
+        seen.incarnation,
+        secs(grace)
     )
     .fetch_optional(&mut *tx)
     .await?;

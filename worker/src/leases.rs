@@ -2,8 +2,8 @@
 //! epoch ([`Holdings`], read by every transaction's fence), and the keeper that takes, renews,
 //! drains and releases them ([`Keeper::run`]).
 //!
-//! Every second the keeper renews this worker's membership and its leases, reads the live
-//! workers, and computes the shared assignment ([`crate::assignment`]): each live worker holds
+//! Twice a second (a tenth of the TTL) the keeper renews this worker's membership and its
+//! leases, reads the live workers, and computes the shared assignment ([`crate::assignment`]): each live worker holds
 //! ⌊P/W⌋ or ⌈P/W⌉ partitions. A partition it holds but should not is drained (its consumer is
 //! cancelled at the broker, the messages in hand are finished and acked) and then released; a
 //! partition it should hold is taken (epoch + 1) once it is free or its holder's lease expired,
@@ -42,10 +42,21 @@ pub struct LeaseTiming {
 }
 
 impl LeaseTiming {
-    /// 5 s TTL, renewed every second: a dead worker's partitions move within about 6 s.
+    /// A worker whose liveness lock is free (its process died) and which has not renewed for
+    /// this long is dead: its partitions are taken over without waiting for the TTL. One and a
+    /// half renewal intervals: a live worker renews (and takes a lost lock back) every interval,
+    /// so both conditions hold of a live one only when its round is late as well.
+    pub fn dead_after(&self) -> Duration {
+        self.renew_every * 3 / 2
+    }
+}
+
+impl LeaseTiming {
+    /// 5 s TTL, renewed every half second: a worker that stops renewing loses its partitions
+    /// after 5 s, one that died (see [`LeaseTiming::dead_after`]) within about 2 s.
     pub const DEFAULT: LeaseTiming = LeaseTiming {
         ttl: Duration::from_secs(5),
-        renew_every: Duration::from_secs(1),
+        renew_every: Duration::from_millis(500),
         drain_limit: Duration::from_secs(10),
     };
 
@@ -138,6 +149,9 @@ pub struct Keeper {
     running: BTreeMap<u16, Running>,
     /// When the last renewal that succeeded was sent: the leases run at least `ttl` from then.
     renewed: Instant,
+    /// The session holding this process's liveness lock (taken out of `db`'s pool), while it
+    /// holds it.
+    liveness: Option<PgConnection>,
 }
 
 impl Keeper {
@@ -156,6 +170,7 @@ impl Keeper {
             timing,
             running: BTreeMap::new(),
             renewed: Instant::now(),
+            liveness: None,
         }
     }
 
@@ -240,6 +255,7 @@ impl Keeper {
         if !leases::renew_member(&self.db, me, self.timing.ttl).await? {
             return Ok(false);
         }
+        self.keep_liveness(me).await;
         let held: BTreeMap<u16, i64> = leases::renew_leases(&self.db, me, self.timing.ttl)
             .await?
             .into_iter()
@@ -262,7 +278,7 @@ impl Keeper {
             );
             self.lose(partition);
         }
-        let live = leases::live_members(&self.db).await?;
+        let live = leases::live_members(&self.db, self.timing.dead_after()).await?;
         let names: Vec<&str> = live.iter().map(String::as_str).collect();
         let mine = assignment::partitions_of(self.partitions, &names, &me.name);
         // Hand over what is no longer ours.
@@ -300,7 +316,7 @@ impl Keeper {
         if wanted.is_empty() || shutdown.is_cancelled() {
             return Ok(true);
         }
-        let all = leases::leases(&self.db).await?;
+        let all = leases::leases(&self.db, self.timing.dead_after()).await?;
         for partition in wanted {
             let Some(seen) = all.iter().find(|l| l.partition == i32::from(partition)) else {
                 continue;
@@ -310,6 +326,32 @@ impl Keeper {
             }
         }
         Ok(true)
+    }
+
+    /// Holds this process's liveness lock on a session of its own: checks that the session
+    /// still answers, and takes a new one (and the lock) when it does not. Failures only mean
+    /// that this process may be found dead sooner (after a renewal interval without renewing):
+    /// they are logged when they start, and retried every round.
+    async fn keep_liveness(&mut self, me: &Holder) {
+        if let Some(conn) = self.liveness.as_mut() {
+            if leases::liveness_alive(conn).await.is_ok() {
+                return;
+            }
+            self.liveness = None;
+            tracing::info!("the liveness session ended; taking the lock again");
+        }
+        let held = async {
+            let mut conn = self.db.acquire().await?.detach();
+            let held = leases::hold_liveness(&mut conn, me).await?;
+            Ok::<_, sqlx::Error>(held.then_some(conn))
+        };
+        match held.await {
+            Ok(Some(conn)) => self.liveness = Some(conn),
+            Ok(None) => {
+                tracing::info!("the liveness lock is still held by an ended session; next round")
+            }
+            Err(e) => tracing::warn!(error = %e, "taking the liveness lock failed; next round"),
+        }
     }
 
     async fn take(&mut self, partition: u16, seen: &Lease, me: &Holder) -> anyhow::Result<()> {
@@ -322,6 +364,7 @@ impl Keeper {
             me,
             self.timing.ttl,
             self.timing.renew_every,
+            self.timing.dead_after(),
         )
         .await
         {
@@ -441,6 +484,9 @@ impl Keeper {
         }
         if let Err(e) = leases::leave(&self.db, me).await {
             tracing::warn!(error = %e, "leaving the live workers failed; the others wait for its expiry");
+        }
+        if let Some(conn) = self.liveness.take() {
+            let _ = sqlx::Connection::close(conn).await;
         }
     }
 }

@@ -72,8 +72,8 @@ pub struct WorkerConfig {
     pub metrics_listen: SocketAddr,
 
     /// A partition lease not renewed for this many milliseconds may be taken over by another
-    /// worker (and its holder stops consuming the partition a second before). Renewed every
-    /// fifth of it.
+    /// worker (and its holder stops consuming the partition half a second before). Renewed every
+    /// tenth of it.
     #[arg(long, env = "ORDERFLOW_LEASE_TTL_MS", default_value_t = 5000,
           value_parser = clap::value_parser!(u64).range(1000..))]
     pub lease_ttl_ms: u64,
@@ -264,7 +264,7 @@ impl Worker {
             self.config.common.partitions,
             LeaseTiming {
                 ttl,
-                renew_every: ttl / 5,
+                renew_every: ttl / 10,
                 ..LeaseTiming::DEFAULT
             },
         );
