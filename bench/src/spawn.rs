@@ -15,9 +15,9 @@ use std::time::Duration;
 
 /// `application_name` of the auditor's own sessions: `pg-terminate` spares them.
 const AUDITOR: &str = "orderflow-bench";
-/// The AMQP heartbeat of the spawned processes (seconds): short, so that a stopped worker's
-/// partitions move to a standby within a stop-worker pause.
-const HEARTBEAT_SECONDS: u64 = 5;
+/// The AMQP heartbeat of the spawned processes (seconds): the binaries' default, short, so that a
+/// stopped worker's partitions move to a standby within a stop-worker pause.
+const HEARTBEAT_SECONDS: u64 = orderflow_messaging::brokers::DEFAULT_HEARTBEAT_SECS as u64;
 
 /// How to spawn the stack and what to do to it.
 #[derive(Clone, Debug)]
@@ -131,9 +131,10 @@ fn free_address() -> anyhow::Result<SocketAddr> {
 /// `url` with `name=value` in its query, unless it already sets `name`.
 pub use orderflow_messaging::brokers::with_default as with_param;
 
-/// The stop-worker pause must outlast the heartbeat timeout (two missed heartbeats).
+/// The stop-worker pause must outlast the broker's heartbeat timeout (about two and a half
+/// intervals).
 pub fn min_stop_pause() -> Duration {
-    Duration::from_secs(2 * HEARTBEAT_SECONDS + 2)
+    Duration::from_secs(3 * HEARTBEAT_SECONDS + 2)
 }
 
 #[cfg(test)]

@@ -429,19 +429,24 @@ impl Publisher {
         mandatory: bool,
     ) -> Vec<Result<(), PublishError>> {
         let unavailable = |e: lapin::Error| PublishError::Unavailable(e.to_string());
-        let channel = match self.channel().await {
-            Ok(channel) => channel,
-            Err(e) => {
-                let reason = e.to_string();
+        // A broker under a memory or disk alarm blocks publishers without a word: bound the wait,
+        // so callers answer 503 (or retry later) instead of hanging with locks held. One deadline
+        // for the whole batch, the channel's opening included: a caller inside a transaction
+        // (the outbox relay) sits idle in it for at most this long.
+        let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
+        let channel = match tokio::time::timeout_at(deadline, self.channel()).await {
+            Ok(Ok(channel)) => channel,
+            failed => {
+                let reason = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("no channel from the broker within {CONFIRM_TIMEOUT:?}"),
+                };
                 return messages
                     .iter()
                     .map(|_| Err(PublishError::Unavailable(reason.clone())))
                     .collect();
             }
         };
-        // A broker under a memory or disk alarm blocks publishers without a word: bound the wait,
-        // so callers answer 503 (or retry later) instead of hanging with locks held.
-        let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
         let mut pending = Vec::with_capacity(messages.len());
         for message in messages {
             let publish = channel.basic_publish(

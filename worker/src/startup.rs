@@ -127,6 +127,14 @@ pub const MIN_POOL_SIZE: u32 = 3;
 /// logged, instead of stalling its partition without a word.
 pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// PostgreSQL ends a worker session that sits idle inside a transaction this long: a worker
+/// stopped mid-transaction (SIGSTOP, a frozen VM) then lets go of its lease row (which it holds
+/// FOR SHARE from its fence on) and of its row locks, so that another worker can take its
+/// partitions over, instead of blocking that take until it wakes. Above the longest a worker
+/// waits inside a transaction on purpose: a relay's publish, channel and confirms included
+/// (`messaging::CONFIRM_TIMEOUT`, 5 s).
+pub const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(6);
+
 impl Worker {
     /// Connects, checks the schema (refusing an old one) and declares the topology. Waits for
     /// PostgreSQL and RabbitMQ to be reachable rather than failing when they are (re)starting.
@@ -140,9 +148,6 @@ impl Worker {
             common.db_pool_size,
             MIN_POOL_SIZE - 1
         );
-        // A worker stopped mid-transaction (SIGSTOP) must not keep its locks from the worker
-        // that took its partitions over: PostgreSQL ends such a session after this idle time.
-        // Longer than anything a worker does inside a transaction (a publish times out at 5 s).
         let worker_name = config
             .worker_name
             .clone()
@@ -150,7 +155,7 @@ impl Worker {
         let db = db::pool_releasing_idle(
             common.database_url.expose_secret(),
             common.db_pool_size,
-            Duration::from_secs(15),
+            IDLE_IN_TRANSACTION,
             STATEMENT_TIMEOUT,
             &format!("orderflow-worker {worker_name}"),
         )?;
@@ -203,7 +208,7 @@ impl Worker {
         let lease_db = db::pool_releasing_idle(
             common.database_url.expose_secret(),
             2,
-            Duration::from_secs(15),
+            IDLE_IN_TRANSACTION,
             Duration::from_millis(config.lease_ttl_ms / 2),
             &format!("orderflow-worker {worker_name} leases"),
         )?;

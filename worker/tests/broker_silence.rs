@@ -145,7 +145,7 @@ async fn a_broker_that_goes_silent_mid_apply_stalls_no_partition() {
         stack.publish(&message).await;
         later.push(message.command_id);
     }
-    // Heartbeats (5 s) lose the frozen connection within about 10 s on both sides; the broker
+    // Heartbeats (3 s) lose the frozen connection within about 6-8 s on both sides; the broker
     // then hands the unacked message back; the bounded broker steps cover what lapin leaves
     // hanging. A minute is far beyond any of it.
     for id in std::iter::once(held.command_id).chain(later) {
