@@ -160,8 +160,8 @@ mod tests {
         assert_eq!(
             brokers.urls,
             [
-                "amqp://a:5681/%2f?heartbeat=5",
-                "amqps://b:5682/%2f?heartbeat=5"
+                "amqp://a:5681/%2f?heartbeat=3",
+                "amqps://b:5682/%2f?heartbeat=3"
             ]
         );
         assert_eq!(Brokers::parse("amqp://x/%2f").unwrap().len(), 1);
@@ -181,7 +181,7 @@ mod tests {
             brokers.urls,
             [
                 "amqp://a/%2f?heartbeat=30",
-                "amqp://b/%2f?frame_max=8192&heartbeat=5"
+                "amqp://b/%2f?frame_max=8192&heartbeat=3"
             ]
         );
     }
