@@ -3,8 +3,8 @@
 //! drains and releases them ([`Keeper::run`]).
 //!
 //! Twice a second (a tenth of the TTL) the keeper renews this worker's membership and its
-//! leases, reads the live workers, and computes the shared assignment ([`crate::assignment`]): each live worker holds
-//! ⌊P/W⌋ or ⌈P/W⌉ partitions. A partition it holds but should not is drained (its consumer is
+//! leases, reads the live workers, and computes the shared assignment ([`crate::assignment`]):
+//! each live worker holds ⌊P/W⌋ or ⌈P/W⌉ partitions. A partition it holds but should not is drained (its consumer is
 //! cancelled at the broker, the messages in hand are finished and acked) and then released; a
 //! partition it should hold is taken (epoch + 1) once it is free or its holder's lease expired,
 //! and only then consumed. A graceful move therefore starts no work twice (what the broker
@@ -49,9 +49,7 @@ impl LeaseTiming {
     pub fn dead_after(&self) -> Duration {
         self.renew_every * 3 / 2
     }
-}
 
-impl LeaseTiming {
     /// 5 s TTL, renewed every half second: a worker that stops renewing loses its partitions
     /// after 5 s, one that died (see [`LeaseTiming::dead_after`]) within about 2 s.
     pub const DEFAULT: LeaseTiming = LeaseTiming {
@@ -152,6 +150,8 @@ pub struct Keeper {
     /// The session holding this process's liveness lock (taken out of `db`'s pool), while it
     /// holds it.
     liveness: Option<PgConnection>,
+    /// Taking the liveness lock failed on the last try (logged once, when it starts failing).
+    liveness_failing: bool,
 }
 
 impl Keeper {
@@ -171,6 +171,7 @@ impl Keeper {
             running: BTreeMap::new(),
             renewed: Instant::now(),
             liveness: None,
+            liveness_failing: false,
         }
     }
 
@@ -330,8 +331,8 @@ impl Keeper {
 
     /// Holds this process's liveness lock on a session of its own: checks that the session
     /// still answers, and takes a new one (and the lock) when it does not. Failures only mean
-    /// that this process may be found dead sooner (after a renewal interval without renewing):
-    /// they are logged when they start, and retried every round.
+    /// that this process may be found dead sooner (once it is also late renewing): they are
+    /// logged when they start and when they end, and retried every round.
     async fn keep_liveness(&mut self, me: &Holder) {
         if let Some(conn) = self.liveness.as_mut() {
             if leases::liveness_alive(conn).await.is_ok() {
@@ -345,13 +346,25 @@ impl Keeper {
             let held = leases::hold_liveness(&mut conn, me).await?;
             Ok::<_, sqlx::Error>(held.then_some(conn))
         };
-        match held.await {
-            Ok(Some(conn)) => self.liveness = Some(conn),
-            Ok(None) => {
-                tracing::info!("the liveness lock is still held by an ended session; next round")
+        let failed = match held.await {
+            Ok(Some(conn)) => {
+                self.liveness = Some(conn);
+                if self.liveness_failing {
+                    tracing::info!("holding the liveness lock again");
+                }
+                self.liveness_failing = false;
+                return;
             }
-            Err(e) => tracing::warn!(error = %e, "taking the liveness lock failed; next round"),
+            Ok(None) => "the liveness lock is still held by an ended session".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        if !self.liveness_failing {
+            tracing::warn!(
+                error = failed,
+                "taking the liveness lock failed; retrying every round"
+            );
         }
+        self.liveness_failing = true;
     }
 
     async fn take(&mut self, partition: u16, seen: &Lease, me: &Holder) -> anyhow::Result<()> {
