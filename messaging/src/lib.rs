@@ -218,8 +218,8 @@ pub struct QueueDepth {
 /// broker restart), so nothing of orderflow's waits on it unbounded.
 pub const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// `request`, or a timed-out error (an I/O error of kind `TimedOut`) once [`ANSWER_TIMEOUT`]
-/// passes without the broker's answer.
+/// `request`, or a timed-out error (an I/O error of kind `TimedOut`, see [`is_unanswered`]) once
+/// [`ANSWER_TIMEOUT`] passes without the broker's answer.
 pub async fn answered<T>(
     what: &str,
     request: impl std::future::Future<Output = lapin::Result<T>>,
@@ -231,6 +231,12 @@ pub async fn answered<T>(
             format!("the broker did not answer within {ANSWER_TIMEOUT:?} ({what})"),
         ))),
     }
+}
+
+/// Whether `error` is [`answered`]'s: the broker did not answer in time (its connection may look
+/// connected and be dead).
+pub fn is_unanswered(error: &lapin::Error) -> bool {
+    matches!(error.kind(), lapin::ErrorKind::IOError(e) if e.kind() == std::io::ErrorKind::TimedOut)
 }
 
 /// Opens a channel on `connection`, bounded by [`ANSWER_TIMEOUT`].
@@ -431,16 +437,14 @@ impl Publisher {
         let unavailable = |e: lapin::Error| PublishError::Unavailable(e.to_string());
         // A broker under a memory or disk alarm blocks publishers without a word: bound the wait,
         // so callers answer 503 (or retry later) instead of hanging with locks held. One deadline
-        // for the whole batch, the channel's opening included: a caller inside a transaction
-        // (the outbox relay) sits idle in it for at most this long.
+        // for the whole batch, the channel's opening included (`channel` is bounded by the same
+        // timeout): a caller inside a transaction (the outbox relay) sits idle in it for at most
+        // this long.
         let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
-        let channel = match tokio::time::timeout_at(deadline, self.channel()).await {
-            Ok(Ok(channel)) => channel,
-            failed => {
-                let reason = match failed {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => format!("no channel from the broker within {CONFIRM_TIMEOUT:?}"),
-                };
+        let channel = match self.channel().await {
+            Ok(channel) => channel,
+            Err(e) => {
+                let reason = e.to_string();
                 return messages
                     .iter()
                     .map(|_| Err(PublishError::Unavailable(reason.clone())))

@@ -19,6 +19,14 @@ fn holder(name: &str) -> Holder {
     }
 }
 
+/// A migrated database of the test's own: its URL and a pool on it.
+async fn fresh_database() -> (String, PgPool) {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let (url, _name) = create_migrated_database(&id, &orderflow_storage::MIGRATOR).await;
+    let db = orderflow_storage::pool(&url, 4).unwrap();
+    (url, db)
+}
+
 /// Moves `who`'s last renewal `ago` into the past.
 async fn renewed_ago(db: &PgPool, who: &Holder, ago: Duration) {
     sqlx::query(
@@ -34,9 +42,7 @@ async fn renewed_ago(db: &PgPool, who: &Holder, ago: Duration) {
 
 #[tokio::test]
 async fn a_worker_whose_liveness_session_ended_and_which_stopped_renewing_is_taken_over_at_once() {
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    let (url, _name) = create_migrated_database(&id, &orderflow_storage::MIGRATOR).await;
-    let db = orderflow_storage::pool(&url, 4).unwrap();
+    let (url, db) = fresh_database().await;
     leases::ensure_partitions(&db, 1).await.unwrap();
     let (dying, survivor) = (holder("dying"), holder("survivor"));
     for who in [&dying, &survivor] {
@@ -99,9 +105,7 @@ async fn a_worker_whose_liveness_session_ended_and_which_stopped_renewing_is_tak
 
 #[tokio::test]
 async fn a_member_without_a_liveness_lock_is_judged_by_its_ttl_alone() {
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    let (url, _name) = create_migrated_database(&id, &orderflow_storage::MIGRATOR).await;
-    let db = orderflow_storage::pool(&url, 2).unwrap();
+    let (_, db) = fresh_database().await;
     let older = holder("older-worker");
     leases::join(&db, &older, TTL).await.unwrap();
     // A worker of a release before liveness locks, during a rolling update: it never holds one.
@@ -121,9 +125,7 @@ async fn a_member_without_a_liveness_lock_is_judged_by_its_ttl_alone() {
 /// back does not take over everybody else's partitions.
 #[tokio::test]
 async fn a_member_that_has_not_renewed_since_postgresql_started_is_judged_by_its_ttl_alone() {
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    let (url, _name) = create_migrated_database(&id, &orderflow_storage::MIGRATOR).await;
-    let db = orderflow_storage::pool(&url, 2).unwrap();
+    let (_, db) = fresh_database().await;
     let before = holder("renewed-before-the-start");
     leases::join(&db, &before, TTL).await.unwrap();
     sqlx::query(

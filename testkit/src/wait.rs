@@ -14,12 +14,15 @@ use std::fmt::Display;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+/// How long a wait lasts unless [`Wait::within`] says otherwise.
+pub const DEFAULT_LIMIT: Duration = Duration::from_secs(20);
+
 /// Waits for `what` (named in the panic message): 20 s at most, polling every 50 ms, unless
 /// [`Wait::within`] and [`Wait::every`] say otherwise.
 pub fn wait_for(what: impl Into<String>) -> Wait {
     Wait {
         what: what.into(),
-        limit: Duration::from_secs(20),
+        limit: DEFAULT_LIMIT,
         every: Duration::from_millis(50),
     }
 }

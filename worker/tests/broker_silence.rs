@@ -149,17 +149,8 @@ async fn a_broker_that_goes_silent_mid_apply_stalls_no_partition() {
     // then hands the unacked message back; the bounded broker steps cover what lapin leaves
     // hanging. A minute is far beyond any of it.
     for id in std::iter::once(held.command_id).chain(later) {
-        let status = wait_for(format!("command {id} to finish after the freeze"))
-            .within(Duration::from_secs(60))
-            .until(|| async {
-                sqlx::query_scalar::<_, String>(
-                    "select status from commands where id = $1 and status <> 'accepted'",
-                )
-                .bind(id.0)
-                .fetch_optional(&stack.db)
-                .await
-                .unwrap()
-            })
+        let status = stack
+            .wait_final_status_within(id, Duration::from_secs(60))
             .await;
         assert_eq!(status, "applied", "command {id}");
     }

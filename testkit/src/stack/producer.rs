@@ -151,7 +151,18 @@ impl Stack {
     /// Waits until the command is recorded with a final status, read from the database;
     /// returns the status.
     pub async fn wait_final_status(&self, command_id: CommandId) -> String {
+        self.wait_final_status_within(command_id, crate::wait::DEFAULT_LIMIT)
+            .await
+    }
+
+    /// [`Self::wait_final_status`], waiting up to `limit`.
+    pub async fn wait_final_status_within(
+        &self,
+        command_id: CommandId,
+        limit: std::time::Duration,
+    ) -> String {
         wait_for(format!("command {command_id} to finish"))
+            .within(limit)
             .until(|| async {
                 sqlx::query_scalar::<_, String>(
                     "select status from commands where id = $1 and status <> 'accepted'",

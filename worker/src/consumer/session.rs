@@ -144,7 +144,8 @@ async fn consume_on_channel(ctx: &Context, partition: u16, stops: &Stops) -> any
     };
     ctx.monitor.stage(partition, Stage::Stopped);
     if let Err(e) = &session
-        && e.is::<BrokerSilent>()
+        && e.downcast_ref::<lapin::Error>()
+            .is_some_and(orderflow_messaging::is_unanswered)
     {
         // The connection may look connected while its broker no longer answers: the next
         // session opens a new one.
@@ -267,30 +268,18 @@ async fn consume_on(
     consumed
 }
 
-/// Longest wait for the broker to answer one step of a consumer's session (opening its channel,
-/// setting the prefetch, starting the consumer, an ack, closing the channel). Past it the
-/// session is over: the channel is dropped (what it holds unacked is redelivered to whoever
-/// holds the partition next) and a new one opened after the backoff. No step may wait forever:
-/// a partition whose consumer waits on a broker that will never answer is a silent stall.
-/// (lapin can leave a request unanswered for good when the connection dies under it: two
-/// partitions' acks in flight across a broker restart never completed, see
-/// [`orderflow_messaging::ANSWER_TIMEOUT`].)
-pub(super) const BROKER_STEP_TIMEOUT: Duration = orderflow_messaging::ANSWER_TIMEOUT;
-
-/// A step of a consumer's session that the broker did not answer in time.
-#[derive(Debug, thiserror::Error)]
-#[error("the broker did not answer within {BROKER_STEP_TIMEOUT:?} ({0})")]
-pub(super) struct BrokerSilent(&'static str);
-
-/// One step of a consumer's session, bounded by [`BROKER_STEP_TIMEOUT`].
+/// One step of a consumer's session (opening its channel, setting the prefetch, starting the
+/// consumer, an ack), bounded by [`orderflow_messaging::ANSWER_TIMEOUT`]. Past it the session is
+/// over: the channel is dropped (what it holds unacked is redelivered to whoever holds the
+/// partition next) and a new one opened after the backoff, on a new connection. No step may wait
+/// forever: lapin can leave a request unanswered for good when the connection dies under it (two
+/// partitions' acks in flight across a broker restart never completed), and a partition whose
+/// consumer waits on it is a silent stall.
 pub(super) async fn broker_step<T>(
     what: &'static str,
     step: impl std::future::Future<Output = lapin::Result<T>>,
 ) -> anyhow::Result<T> {
-    match tokio::time::timeout(BROKER_STEP_TIMEOUT, step).await {
-        Ok(result) => Ok(result?),
-        Err(_) => Err(BrokerSilent(what).into()),
-    }
+    Ok(orderflow_messaging::answered(what, step).await?)
 }
 
 /// Closes the channel (bounded): unacked messages (abandoned, or after a failure) go back to the
@@ -298,9 +287,8 @@ pub(super) async fn broker_step<T>(
 async fn close_channel(ctx: &Context, partition: u16, channel: &lapin::Channel) {
     ctx.monitor.stage(partition, Stage::Closing);
     let close = channel.close(200, "partition consumer stopping".into());
-    if tokio::time::timeout(BROKER_STEP_TIMEOUT, close)
-        .await
-        .is_err()
+    if let Err(e) = orderflow_messaging::answered("closing the channel", close).await
+        && orderflow_messaging::is_unanswered(&e)
     {
         tracing::warn!(
             partition,
