@@ -1,12 +1,13 @@
 //! Partition leases: which worker may write for which partition, fenced by an epoch (see the
 //! migration `partition_leases` for the tables and `orderflow_fence`).
 //!
-//! A worker joins ([`join`]) and renews its membership and the leases it holds about once a
-//! second ([`renew_member`], [`renew_leases`]); every worker reads the live members
-//! ([`live_members`]) and takes the partitions the shared assignment gives it when they are free
-//! or their holder's lease expired ([`take`]). A holder hands a partition over by draining it
-//! ([`mark_draining`]) and releasing it ([`release`]). Every transaction that writes for a
-//! partition starts with [`fence`].
+//! A worker joins ([`join`]) and renews its membership twice a second ([`renew_member`]); a lease
+//! lasts as long as its holder's membership, so renewing touches no lease row (the rows the
+//! fences lock change only when a lease moves). Every worker reads the live members
+//! ([`live_members`]) and the leases it holds ([`held`]), and takes the partitions the shared
+//! assignment gives it when they are free or their holder's membership expired ([`take`]). A
+//! holder hands a partition over by draining it ([`mark_draining`]) and releasing it
+//! ([`release`]). Every transaction that writes for a partition starts with [`fence`].
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor};
@@ -147,39 +148,36 @@ pub async fn live_members(db: impl PgExecutor<'_>, grace: Duration) -> sqlx::Res
     .await
 }
 
-/// Renews every lease this process holds; returns them as (partition, epoch). A lease missing
-/// from the answer was taken over.
-pub async fn renew_leases(
-    db: impl PgExecutor<'_>,
-    me: &Holder,
-    ttl: Duration,
-) -> sqlx::Result<Vec<(i32, i64)>> {
+/// The leases this process holds, as (partition, epoch). A lease it had that is missing from the
+/// answer was taken over. A plain read: it waits for no fence.
+pub async fn held(db: impl PgExecutor<'_>, me: &Holder) -> sqlx::Result<Vec<(i32, i64)>> {
     let rows = sqlx::query!(
-        "update partition_leases
-            set heartbeat_at = now(), expires_at = now() + make_interval(secs => $3)
+        "select partition, epoch from partition_leases
           where owner = $1 and incarnation = $2
-          returning partition, epoch",
+          order by partition",
         me.name,
-        me.incarnation,
-        secs(ttl)
+        me.incarnation
     )
     .fetch_all(db)
     .await?;
     Ok(rows.into_iter().map(|r| (r.partition, r.epoch)).collect())
 }
 
-/// Every partition's lease. A lease is expired when its holder did not renew it in time, or
-/// when its holder is dead by its liveness lock (see [`live_members`]; `grace`).
+/// Every partition's lease. A lease is expired when its holder (owner and incarnation) has no
+/// membership that runs past now (it stopped renewing, left, or a new process replaced it under
+/// its name), or is dead by its liveness lock (see [`live_members`]; `grace`).
 pub async fn leases(db: impl PgExecutor<'_>, grace: Duration) -> sqlx::Result<Vec<Lease>> {
     sqlx::query_as!(
         Lease,
-        r#"select partition, owner, incarnation, epoch, state,
-                  (state <> 'free'
-                   and (expires_at < now()
-                        or incarnation in
+        r#"select l.partition, l.owner, l.incarnation, l.epoch, l.state,
+                  (l.state <> 'free'
+                   and (not exists (select 1 from worker_members m
+                                     where m.name = l.owner and m.incarnation = l.incarnation
+                                       and m.expires_at > now())
+                        or l.incarnation in
                            (select orderflow_dead_members(make_interval(secs => $1)))))
                     as "expired!"
-             from partition_leases order by partition"#,
+             from partition_leases l order by l.partition"#,
         secs(grace)
     )
     .fetch_all(db)
@@ -187,14 +185,13 @@ pub async fn leases(db: impl PgExecutor<'_>, grace: Duration) -> sqlx::Result<Ve
 }
 
 /// Takes `seen` (a lease [`Lease::takeable_by`] `me` when read) with epoch + 1, recording the move;
-/// `None` when it changed since (someone else took it, or its holder renewed it). The update
-/// waits (at most `lock_timeout`) for a fenced transaction of the previous holder still in
-/// flight; every later one of them fails its fence.
+/// `None` when it changed since (someone else took it, or its holder renewed its membership).
+/// The update waits (at most `lock_timeout`) for a fenced transaction of the previous holder
+/// still in flight; every later one of them fails its fence.
 pub async fn take(
     conn: &mut PgConnection,
     seen: &Lease,
     me: &Holder,
-    ttl: Duration,
     lock_timeout: Duration,
     grace: Duration,
 ) -> sqlx::Result<Option<i64>> {
@@ -204,21 +201,22 @@ pub async fn take(
         .fetch_one(&mut *tx)
         .await?;
     let taken = sqlx::query_scalar!(
-        "update partition_leases
+        "update partition_leases l
             set owner = $3, incarnation = $4, epoch = epoch + 1, state = 'active',
-                heartbeat_at = now(), expires_at = now() + make_interval(secs => $5),
                 changed_at = now()
-          where partition = $1 and epoch = $2 and state = $6
-            and owner is not distinct from $7 and incarnation is not distinct from $8
-            and (state = 'free' or expires_at < now() or (owner = $3 and incarnation = $4)
+          where partition = $1 and epoch = $2 and state = $5
+            and owner is not distinct from $6 and incarnation is not distinct from $7
+            and (state = 'free' or (owner = $3 and incarnation = $4)
+                 or not exists (select 1 from worker_members m
+                                 where m.name = l.owner and m.incarnation = l.incarnation
+                                   and m.expires_at > now())
                  or incarnation in
-                    (select orderflow_dead_members(make_interval(secs => $9))))
+                    (select orderflow_dead_members(make_interval(secs => $8))))
           returning epoch",
         seen.partition,
         seen.epoch,
         me.name,
         me.incarnation,
-        secs(ttl),
         seen.state,
         seen.owner,
         seen.incarnation,
@@ -281,8 +279,7 @@ pub async fn release(
 ) -> sqlx::Result<bool> {
     let released = sqlx::query!(
         "update partition_leases
-            set owner = null, incarnation = null, state = 'free', expires_at = null,
-                changed_at = now()
+            set owner = null, incarnation = null, state = 'free', changed_at = now()
           where partition = $1 and epoch = $2 and owner = $3 and incarnation = $4",
         partition,
         epoch,
@@ -323,6 +320,7 @@ pub struct LeaseView {
     pub owner: Option<String>,
     pub epoch: i64,
     pub state: String,
+    /// Until when its holder's membership runs (null while free, or when the holder left).
     pub expires_at: Option<DateTime<Utc>>,
     /// Takes of this partition in the last hour.
     pub moves_last_hour: i64,
@@ -332,11 +330,13 @@ pub struct LeaseView {
 pub async fn overview(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<LeaseView>> {
     sqlx::query_as!(
         LeaseView,
-        r#"select l.partition, l.owner, l.epoch, l.state, l.expires_at,
-                  (select count(*) from partition_moves m
-                    where m.partition = l.partition and m.at > now() - interval '1 hour')
+        r#"select l.partition, l.owner, l.epoch, l.state, m.expires_at as "expires_at?",
+                  (select count(*) from partition_moves mv
+                    where mv.partition = l.partition and mv.at > now() - interval '1 hour')
                     as "moves_last_hour!"
-             from partition_leases l order by l.partition"#
+             from partition_leases l
+             left join worker_members m on m.name = l.owner and m.incarnation = l.incarnation
+            order by l.partition"#
     )
     .fetch_all(db)
     .await

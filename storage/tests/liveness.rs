@@ -53,7 +53,7 @@ async fn a_worker_whose_liveness_session_ended_and_which_stopped_renewing_is_tak
     let mut conn = db.acquire().await.unwrap();
     let free = leases::leases(&db, GRACE).await.unwrap().remove(0);
     assert_eq!(
-        leases::take(&mut conn, &free, &dying, TTL, GRACE, GRACE)
+        leases::take(&mut conn, &free, &dying, GRACE, GRACE)
             .await
             .unwrap(),
         Some(1)
@@ -73,7 +73,7 @@ async fn a_worker_whose_liveness_session_ended_and_which_stopped_renewing_is_tak
     assert!(!lease.expired, "it renewed within the grace");
     assert!(!lease.takeable_by(&survivor));
     assert_eq!(
-        leases::take(&mut conn, &lease, &survivor, TTL, GRACE, GRACE)
+        leases::take(&mut conn, &lease, &survivor, GRACE, GRACE)
             .await
             .unwrap(),
         None,
@@ -89,7 +89,7 @@ async fn a_worker_whose_liveness_session_ended_and_which_stopped_renewing_is_tak
     let lease = leases::leases(&db, GRACE).await.unwrap().remove(0);
     assert!(lease.expired && lease.takeable_by(&survivor));
     assert_eq!(
-        leases::take(&mut conn, &lease, &survivor, TTL, GRACE, GRACE)
+        leases::take(&mut conn, &lease, &survivor, GRACE, GRACE)
             .await
             .unwrap(),
         Some(2),

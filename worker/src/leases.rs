@@ -2,19 +2,22 @@
 //! epoch ([`Holdings`], read by every transaction's fence), and the keeper that takes, renews,
 //! drains and releases them ([`Keeper::run`]).
 //!
-//! Twice a second (a tenth of the TTL) the keeper renews this worker's membership and its
-//! leases, reads the live workers, and computes the shared assignment ([`crate::assignment`]):
-//! each live worker holds ⌊P/W⌋ or ⌈P/W⌉ partitions. A partition it holds but should not is drained (its consumer is
+//! Twice a second (a tenth of the TTL) the keeper renews this worker's membership (a lease lasts
+//! as long as its holder's membership: no lease row is written to renew it, so the applies'
+//! fences never wait for a renewal), reads the leases it holds and the live workers, and
+//! computes the shared assignment ([`crate::assignment`]): each live worker holds ⌊P/W⌋ or
+//! ⌈P/W⌉ partitions. A partition it holds but should not is drained (its consumer is
 //! cancelled at the broker, the messages in hand are finished and acked) and then released; a
 //! partition it should hold is taken (epoch + 1) once it is free or its holder's lease expired,
 //! and only then consumed. A graceful move therefore starts no work twice (what the broker
 //! still had in flight to the cancelled consumer comes back unopened, marked redelivered).
 //!
-//! A lease that is not renewed in time is given up by this worker before anyone else can take
-//! it: its consumers are cancelled once the last successful renewal is older than the TTL less
-//! a margin, so a worker cut off from PostgreSQL but still connected to RabbitMQ stops being
-//! fed. A worker that cannot do even that (stopped, frozen) is fenced instead: its next
-//! transaction for the partition fails `orderflow_fence`, rolls back, and acks nothing.
+//! Leases whose membership is not renewed in time are given up by this worker before anyone
+//! else can take them: its consumers are cancelled once the last successful renewal is older
+//! than the TTL less a margin, so a worker cut off from PostgreSQL but still connected to
+//! RabbitMQ stops being fed. A worker that cannot do even that (stopped, frozen) is fenced
+//! instead: its next transaction for the partition fails `orderflow_fence`, rolls back, and acks
+//! nothing.
 
 use crate::assignment;
 use crate::consumer::{self, Context, Ended, Stops};
@@ -32,7 +35,7 @@ use tokio::time::Instant;
 /// Lease timing.
 #[derive(Clone, Copy, Debug)]
 pub struct LeaseTiming {
-    /// A lease (and a membership) not renewed for this long may be taken over.
+    /// A membership not renewed for this long has expired, and its leases may be taken over.
     pub ttl: Duration,
     /// How often the keeper renews, reads the live workers and rebalances.
     pub renew_every: Duration,
@@ -256,15 +259,15 @@ impl Keeper {
         if !leases::renew_member(&self.db, me, self.timing.ttl).await? {
             return Ok(false);
         }
+        // Renewed, and with it every lease held: whatever the rest of the round waits for (a
+        // take behind a fenced transaction) does not count against them.
+        self.renewed = sent;
         self.keep_liveness(me).await;
-        let held: BTreeMap<u16, i64> = leases::renew_leases(&self.db, me, self.timing.ttl)
+        let held: BTreeMap<u16, i64> = leases::held(&self.db, me)
             .await?
             .into_iter()
             .filter_map(|(p, e)| u16::try_from(p).ok().map(|p| (p, e)))
             .collect();
-        // Renewed: whatever the rest of the round waits for (a take behind a fenced
-        // transaction) does not count against the leases held.
-        self.renewed = sent;
         // Taken over while this worker was away: stop at once (its fence already refuses).
         let lost: Vec<u16> = self
             .running
@@ -375,7 +378,6 @@ impl Keeper {
             &mut conn,
             seen,
             me,
-            self.timing.ttl,
             self.timing.renew_every,
             self.timing.dead_after(),
         )

@@ -192,13 +192,27 @@ async fn a_worker_whose_lease_was_taken_commits_nothing_more_and_leaves_the_mess
     let order = common::created_order(&stack, 1).await;
 
     // Another worker ("thief") takes partition 1 behind this one's back, as a worker that found
-    // its lease expired would: epoch + 1. Its own lease runs for a few seconds.
+    // its lease expired would: epoch + 1. Its membership runs for a few seconds, and its name is
+    // one the shared assignment gives partition 1 (so that "fenced" keeps partition 0 meanwhile).
+    let thief = (0..)
+        .map(|i| format!("thief-{i}"))
+        .find(|t| orderflow_worker::assignment::partitions_of(2, &["fenced", t.as_str()], t) == [1])
+        .unwrap();
+    sqlx::query(
+        "insert into worker_members (name, incarnation, expires_at)
+         values ($1, gen_random_uuid(), now() + interval '4 seconds')",
+    )
+    .bind(&thief)
+    .execute(&stack.db)
+    .await
+    .unwrap();
     let stolen: i64 = sqlx::query_scalar(
         "update partition_leases
-            set owner = 'thief', incarnation = gen_random_uuid(), epoch = epoch + 1,
-                expires_at = now() + interval '4 seconds'
-          where partition = 1 returning epoch",
+            set owner = m.name, incarnation = m.incarnation, epoch = epoch + 1
+           from worker_members m
+          where partition = 1 and m.name = $1 returning epoch",
     )
+    .bind(&thief)
     .fetch_one(&stack.db)
     .await
     .unwrap();
@@ -223,8 +237,8 @@ async fn a_worker_whose_lease_was_taken_commits_nothing_more_and_leaves_the_mess
         })
         .await;
 
-    // The thief's lease expires; the worker, the only live one, takes the partition back with a
-    // new epoch and applies the message under it.
+    // The thief's membership expires; the worker, the only live one, takes the partition back
+    // with a new epoch and applies the message under it.
     assert_eq!(stack.wait_final_status(add.command_id).await, "applied");
     let epoch: Option<i64> = sqlx::query_scalar("select epoch from commands where id = $1")
         .bind(add.command_id.0)
