@@ -86,11 +86,12 @@ cargo nextest run --workspace --all-targets --no-fail-fast
 # ---- 8. The race audit under scheduled faults -------------------------------------------------------
 # After the suite, never beside it: its faults restart PostgreSQL and RabbitMQ. Every scenario and
 # every fault (the first ones twice), three workers sharing the partition leases, with the faults
-# aimed at one worker (kill-owner, pg-terminate-worker, broker-close-worker) among them, in 150 s
-# of workload; fails on any broken invariant, a fault never injected or never recovered from, a
-# partition of a struck worker that never resumed, or a refused command that ran. The failpoints
-# exist only in a
-# build with the `failpoints` feature: it is built in the same target directory (only orderflow's
+# aimed at one worker (kill-owner, pg-terminate-worker, broker-close-worker) and a worker joining and
+# leaving (scale-out-in) among them, in 180 s of workload; fails on any broken invariant, a fault
+# never injected or never recovered from, a partition of a struck worker that never resumed, a
+# graceful move that repeated work or never rebalanced, or a refused command that ran. The
+# cluster faults (broker-node-kill, pg-promote) need the rigs and are not run here (README). The
+# failpoints exist only in a build with the `failpoints` feature: it is built in the same target directory (only orderflow's
 # own crates differ), its executables are copied aside, and the feature-free ones put back.
 of_log "race audit under faults: orderflow-bench audit --spawn --workers 3 --faults all"
 TARGET_DIR=$(cargo metadata --format-version 1 --no-deps |
@@ -104,7 +105,7 @@ flock -o /tmp/orderflow-services.lock "$TARGET_DIR/debug/orderflow-bench" audit 
     --workers 3 --faults all \
     --api-bin "$TARGET_DIR/failpoints-bin/orderflow-api" \
     --worker-bin "$TARGET_DIR/failpoints-bin/orderflow-worker" \
-    --database-url "$DATABASE_URL" --duration 150 --fault-interval 2 --no-progress \
+    --database-url "$DATABASE_URL" --duration 180 --fault-interval 2 --no-progress \
     --report "$TARGET_DIR/audit-faults.json" --log-dir "$TARGET_DIR/audit-faults-logs"
 
 # ---- 9. The Docker build context (no Docker engine needed) ----------------------------------------

@@ -138,6 +138,10 @@ pub struct AuditArgs {
     /// With --spawn: where the processes' logs go (one directory per run).
     #[arg(long, default_value = "audit-logs")]
     pub log_dir: PathBuf,
+    /// With --spawn: where broker-node-kill and pg-promote find `rabbit-cluster.sh` and
+    /// `pg-ha.sh` (their rigs up, and --amqp-url / --database-url naming their nodes).
+    #[arg(long, default_value = "deploy/lib")]
+    pub rig_dir: PathBuf,
 }
 
 impl AuditArgs {
@@ -184,6 +188,7 @@ impl AuditArgs {
                 stop_pause,
                 fill_timeout: Duration::from_secs(8),
                 duration: Duration::from_secs(self.duration),
+                rigs: self.rig_dir.clone(),
             },
         }))
     }

@@ -124,12 +124,13 @@ impl Listener {
         self.task.abort();
         // Best effort, bounded: a broker that does not answer must not hold up the report.
         let delete = async {
-            let connection = lapin::Connection::connect(&self.amqp_url, Default::default()).await?;
+            let connection = crate::broker::connect(&self.amqp_url).await?;
             let channel = connection.create_channel().await?;
             channel
                 .queue_delete(self.queue.as_str().into(), Default::default())
                 .await?;
-            connection.close(200, "audit done".into()).await
+            connection.close(200, "audit done".into()).await?;
+            anyhow::Ok(())
         };
         let _ = tokio::time::timeout(SUBSCRIBE_TIMEOUT, delete).await;
         self.received.lock().expect("no panics").clone()
@@ -149,7 +150,7 @@ async fn subscribe(
     namespace: &str,
     queue: &str,
 ) -> anyhow::Result<(lapin::Connection, lapin::Consumer)> {
-    let connection = lapin::Connection::connect(amqp_url, Default::default())
+    let connection = crate::broker::connect(amqp_url)
         .await
         .context("connecting to RabbitMQ")?;
     let channel = connection.create_channel().await?;

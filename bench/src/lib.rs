@@ -5,6 +5,7 @@
 //! stack it spawns itself, with scheduled faults beside the workload (`faults`). [`perf`] is the
 //! performance benchmark (orderflow beside the raw ceiling and a naive synchronous design).
 
+pub mod broker;
 pub mod check;
 pub mod cli;
 pub mod config;

@@ -46,7 +46,7 @@ pub async fn snapshot(
 
 /// The dead-letter queue's depth, read without consuming (a passive declare).
 pub async fn dead_letter_depth(amqp_url: &str, namespace: &str) -> anyhow::Result<i64> {
-    let connection = lapin::Connection::connect(amqp_url, Default::default()).await?;
+    let connection = crate::broker::connect(amqp_url).await?;
     let channel = connection.create_channel().await?;
     let depth = orderflow_messaging::queue_depth(&channel, &format!("{namespace}.dead-letter"))
         .await

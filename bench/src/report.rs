@@ -4,7 +4,7 @@
 
 use crate::check::Verdict;
 use crate::drain::Drained;
-use crate::faults::FaultsReport;
+use crate::faults::{Fault, FaultsReport};
 use crate::load::Snapshot;
 use crate::record::Observations;
 use comfy_table::{Cell, Table, presets::UTF8_FULL_CONDENSED};
@@ -161,6 +161,8 @@ fn faults_table(faults: &FaultsReport) -> String {
         "recovery mean",
         "its partitions resumed (max)",
         "zombie commits refused",
+        "redelivered / repeated work",
+        "rebalanced (max)",
     ]);
     for s in &faults.summary {
         table.add_row(vec![
@@ -172,10 +174,16 @@ fn faults_table(faults: &FaultsReport) -> String {
             Cell::new(seconds(s.recovery_mean)),
             Cell::new(seconds(s.resumed_max)),
             Cell::new(s.fenced.map_or("-".to_owned(), |n| n.to_string())),
+            Cell::new(format!(
+                "{} / {}",
+                s.redelivered.map_or("-".to_owned(), |n| n.to_string()),
+                s.repeated.map_or("-".to_owned(), |n| n.to_string())
+            )),
+            Cell::new(seconds(s.balanced_max)),
         ]);
     }
     let mut notes = vec![format!(
-        "{} workers, a fault every {:.0} s; recovery: from the heal until a worker applied a command; its partitions resumed: for a fault aimed at one worker, from the injection until every partition whose lease it held had a command applied again",
+        "{} workers, a fault every {:.0} s; recovery: from the heal until a worker applied a command; its partitions resumed: for a fault aimed at one worker, from the injection until every partition whose lease it held had a command applied again (scale-out-in: each move, until its next holder applied); redelivered: starts of redelivered commands from the injection until then, repeated work: those a holder had already finished or started (a graceful fault must have none); rebalanced: from a worker's join or leave until every worker held its share",
         faults.workers, faults.interval_seconds
     )];
     if !faults.never_injected.is_empty() {
@@ -189,6 +197,21 @@ fn faults_table(faults: &FaultsReport) -> String {
         ));
     }
     for i in &faults.injections {
+        if i.fault.graceful() && i.repeated != Some(0) {
+            notes.push(format!(
+                "{} at {:.1} s: repeated work {}",
+                i.fault.name(),
+                i.at,
+                i.repeated.map_or("not read".to_owned(), |n| n.to_string())
+            ));
+        }
+        if i.fault == Fault::ScaleOutIn && i.balanced.is_none() {
+            notes.push(format!(
+                "{} at {:.1} s: the leases were not balanced within 20 s",
+                i.fault.name(),
+                i.at
+            ));
+        }
         if let Some(error) = &i.error {
             notes.push(format!("{} at {:.1} s: {error}", i.fault.name(), i.at));
         }

@@ -60,7 +60,7 @@ async fn on_database(
             api_bin: options.api_bin.clone(),
             worker_bin: options.worker_bin.clone(),
             database_url: database.url.clone(),
-            amqp_url: with_param(
+            amqp_url: crate::broker::with_param_each(
                 &config.amqp_url,
                 "heartbeat",
                 &HEARTBEAT_SECONDS.to_string(),
@@ -97,6 +97,8 @@ async fn on_database(
             affected: Vec::new(),
             fenced: None,
             struck: None,
+            resumed: None,
+            balanced: None,
         };
         let plan = Plan {
             duration: config.duration,

@@ -189,6 +189,15 @@ pgha_wait_sync() {
     pgha_die "standby of node $p not synchronous after ${PGHA_WAIT}s (state: ${state:-none})"
 }
 
+pgha_wait_streaming() {
+    local p=$1 i
+    for ((i = 0; i < PGHA_WAIT * 5; i++)); do
+        [[ $(pgha_sql "$p" "SELECT count(*) FROM pg_stat_replication WHERE application_name = '$(pgha_name "$(pgha_other "$p")")' AND state = 'streaming'" 2>/dev/null) == 1 ]] && return 0
+        sleep 0.2
+    done
+    pgha_die "the standby of node $p does not stream after ${PGHA_WAIT}s"
+}
+
 pgha_sync_on() {
     pgha_sql "$1" "ALTER SYSTEM SET synchronous_standby_names = '$PGHA_SYNC_NAMES'" >/dev/null \
         && pgha_sql "$1" 'SELECT pg_reload_conf()' >/dev/null
@@ -205,6 +214,11 @@ pgha_attach_standby() {
     t0=$(pgha_now)
     d=$(pgha_data "$s")
     pgha_stop "$s"
+    # A freshly promoted primary writes its new timeline into pg_control only at its next
+    # checkpoint; before it, pg_rewind reads "same timeline, no rewind required" and the old
+    # primary, ahead on the old timeline, can never stream (found by the race audit's
+    # pg-promote: every commit then waited for a synchronous standby that never came).
+    pgha_sql "$p" 'CHECKPOINT' >/dev/null || { pgha_die "CHECKPOINT on node $p failed"; return 1; }
     if pgha_exists "$s" && [[ -f $d/standby.signal && $(pgha_timeline "$s") == "$(pgha_timeline "$p")" ]]; then
         how="existing standby"
     elif pgha_exists "$s" && pgha_bin pg_rewind -D "$d" -R \
@@ -219,6 +233,8 @@ pgha_attach_standby() {
     fi
     pgha_write_node_conf "$s"
     pgha_start "$s" || return 1
+    # Synchronous only once it streams: before, every commit on the primary would wait for it.
+    pgha_wait_streaming "$p" || return 1
     pgha_sync_on "$p" && pgha_wait_sync "$p" || return 1
     pgha_log "node $s is a synchronous standby of node $p ($how, $(pgha_since "$t0")s)"
 }

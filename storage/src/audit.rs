@@ -248,6 +248,81 @@ pub async fn lease_owners(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<(i32, Opt
     Ok(rows.into_iter().map(|r| (r.partition, r.owner)).collect())
 }
 
+/// Each partition's lease now: (partition, owner, epoch, state), in partition order.
+pub async fn leases_now(
+    db: impl PgExecutor<'_>,
+) -> sqlx::Result<Vec<(i32, Option<String>, i64, String)>> {
+    let rows = sqlx::query!(
+        "select partition, owner, epoch, state from partition_leases order by partition"
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.partition, r.owner, r.epoch, r.state))
+        .collect())
+}
+
+/// Starts of redelivered command messages so far: each is counted in `delivery_attempts`.
+pub async fn redelivered_starts(db: impl PgExecutor<'_>) -> sqlx::Result<i64> {
+    sqlx::query_scalar!(
+        r#"select coalesce(sum(attempts), 0)::bigint as "n!" from delivery_attempts"#
+    )
+    .fetch_one(db)
+    .await
+}
+
+/// Redelivered starts that repeated work under a lease taken since `since`, as far as the
+/// tables can tell: a command whose message was started more than once after a redelivery, or
+/// whose redelivered start came under another lease epoch than the one it was finished under
+/// (an earlier holder had finished it). A message handed back unopened by a cancelled consumer
+/// is started once, under the epoch that finishes it: not counted. Only finished commands the
+/// API published are judged: a direct producer may publish a command twice on purpose (the
+/// race audit's does), and its second copy is not a redelivery. Starts under leases taken
+/// before `since` belong to an earlier fault.
+pub async fn repeated_starts_since(
+    db: impl PgExecutor<'_>,
+    since: DateTime<Utc>,
+) -> sqlx::Result<i64> {
+    sqlx::query_scalar!(
+        r#"select count(*) as "n!" from delivery_attempts a join commands c on c.id = a.command_id
+           where a.last_at > $1 and c.finished_at is not null and c.source = 'http'
+             and (a.attempts <> 1 or a.epoch is distinct from c.epoch)
+             and exists (select 1 from partition_moves m
+                          where m.partition = c.partition and m.epoch = a.epoch and m.at > $1)"#,
+        since
+    )
+    .fetch_one(db)
+    .await
+}
+
+/// For each (partition, epoch) of `moved` whose partition had a command finished by a worker
+/// under a later epoch (its next holder) since `since`, when the first one finished.
+pub async fn partitions_finishing_after_epochs(
+    db: impl PgExecutor<'_>,
+    moved: &[(i32, i64)],
+    since: DateTime<Utc>,
+) -> sqlx::Result<Vec<(i32, DateTime<Utc>)>> {
+    let (partitions, epochs): (Vec<i32>, Vec<i64>) = moved.iter().copied().unzip();
+    let refusals = IntakeRefusal::ALL.map(IntakeRefusal::as_str);
+    let rows = sqlx::query!(
+        r#"select c.partition, min(c.finished_at) as "first!"
+             from commands c
+             join unnest($1::integer[], $2::bigint[]) as m(partition, epoch)
+               on m.partition = c.partition
+            where c.finished_at > $3 and c.epoch > m.epoch
+              and coalesce(c.reason, '') <> all($4)
+            group by c.partition"#,
+        &partitions,
+        &epochs,
+        since,
+        &refusals as &[&str]
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.partition, r.first)).collect())
+}
+
 /// For each of `partitions` that had a command finished by a worker since `since` (not a
 /// refusal), when the first one finished.
 pub async fn partitions_finishing_since(

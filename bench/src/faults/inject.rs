@@ -11,6 +11,7 @@ use crate::perf::stack::Stack;
 use anyhow::Context as _;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use orderflow_storage::audit;
 use sqlx::PgPool;
 use std::os::unix::process::ExitStatusExt as _;
 use std::process::ExitStatus;
@@ -24,8 +25,11 @@ const TERM_TIMEOUT: Duration = Duration::from_secs(30);
 const ZOMBIE_WAKE: Duration = Duration::from_secs(2);
 /// Longest wait for PostgreSQL to accept connections after its restart.
 const PG_START_TIMEOUT: Duration = Duration::from_secs(60);
-/// Pause between two reads of the refusals while a partition fills.
+/// Pause between two reads of the refusals while a partition fills (and of the leases while
+/// they rebalance).
 const FILL_POLL: Duration = Duration::from_millis(50);
+/// Longest wait for the leases to be balanced after a worker joined or left.
+const BALANCE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Where the faults land: the spawned stack, and the auditor's own pool on its database
 /// (its sessions are spared by `pg-terminate`).
@@ -44,6 +48,11 @@ pub struct Target<'a> {
     /// When a fault aimed at one worker actually struck (the signal sent, the sessions or
     /// connections ended): its partitions' resumption is timed from here.
     pub struck: Option<(Instant, chrono::DateTime<chrono::Utc>)>,
+    /// The affected partitions' resumption, when the fault measured it itself (scale-out-in:
+    /// each move timed until its next holder applied).
+    pub resumed: Option<Option<f64>>,
+    /// Seconds until the leases were balanced again (scale-out-in).
+    pub balanced: Option<f64>,
 }
 
 /// Injects the plan's faults in turn until the workload is too close to its end for another.
@@ -62,13 +71,28 @@ pub async fn run(target: &mut Target<'_>, plan: &Plan) -> FaultsReport {
         target.affected.clear();
         target.fenced = None;
         target.struck = None;
+        target.resumed = None;
+        target.balanced = None;
+        let starts_before = audit::redelivered_starts(&target.db).await.ok();
         let outcome = inject(target, plan, fault).await;
         let mut unexpected_exits = revive(target.stack).await;
         let (healed, healed_at) = (Instant::now(), chrono::Utc::now());
         let recovery = recovery::measure(&target.db, healed, healed_at).await;
         let affected = std::mem::take(&mut target.affected);
         let (struck, struck_at) = target.struck.take().unwrap_or((injected, injected_at));
-        let resumed = recovery::partitions_resumed(&target.db, &affected, struck, struck_at).await;
+        let resumed = match target.resumed.take() {
+            Some(measured) => measured,
+            None => recovery::partitions_resumed(&target.db, &affected, struck, struck_at).await,
+        };
+        // Read once the affected partitions resumed: what the fault handed back was started.
+        let redelivered = match (starts_before, audit::redelivered_starts(&target.db).await) {
+            (Some(before), Ok(after)) => u64::try_from(after - before).ok(),
+            _ => None,
+        };
+        let repeated = audit::repeated_starts_since(&target.db, injected_at)
+            .await
+            .ok()
+            .and_then(|n| u64::try_from(n).ok());
         unexpected_exits.extend(revive(target.stack).await);
         let (triggered, error) = match outcome {
             Ok(triggered) => (triggered, None),
@@ -91,6 +115,9 @@ pub async fn run(target: &mut Target<'_>, plan: &Plan) -> FaultsReport {
             resumed: (!affected.is_empty()).then_some(resumed).flatten(),
             affected,
             fenced: target.fenced.take(),
+            redelivered,
+            repeated,
+            balanced: target.balanced.take(),
             error,
             unexpected_exits,
         });
@@ -123,7 +150,7 @@ async fn inject(target: &mut Target<'_>, plan: &Plan, fault: Fault) -> anyhow::R
             let log = target.stack.worker_log(n);
             let before = fenced_in(&log);
             let name = target.stack.worker_name(n);
-            target.affected = orderflow_storage::audit::lease_owners(&target.db)
+            target.affected = audit::lease_owners(&target.db)
                 .await?
                 .into_iter()
                 .filter(|(_, owner)| owner.as_deref() == Some(name.as_str()))
@@ -187,12 +214,8 @@ async fn inject(target: &mut Target<'_>, plan: &Plan, fault: Fault) -> anyhow::R
             Ok(true)
         }
         Fault::PgTerminate => {
-            let ended = orderflow_storage::audit::terminate_sessions(
-                &target.db,
-                &target.database,
-                &target.auditor,
-            )
-            .await?;
+            let ended =
+                audit::terminate_sessions(&target.db, &target.database, &target.auditor).await?;
             Ok(ended > 0)
         }
         Fault::QueueFull => fill_a_partition(target, plan).await,
@@ -213,7 +236,7 @@ async fn inject(target: &mut Target<'_>, plan: &Plan, fault: Fault) -> anyhow::R
             };
             let name = format!("orderflow-worker {}", target.stack.worker_name(n));
             target.struck = Some(now());
-            let ended = orderflow_storage::audit::terminate_worker_sessions(
+            let ended = audit::terminate_worker_sessions(
                 &target.db,
                 &target.database,
                 &orderflow_storage::application_name_of(&name),
@@ -253,7 +276,119 @@ async fn inject(target: &mut Target<'_>, plan: &Plan, fault: Fault) -> anyhow::R
             target.struck = Some(now());
             Ok(closed > 0)
         }
+        Fault::ScaleOutIn => scale_out_and_in(target).await,
+        Fault::BrokerNodeKill => {
+            let rig = plan.rigs.join("rabbit-cluster.sh");
+            without_a_node(target, (&rig, &["kill", "1"]), (&rig, &["start", "1"])).await
+        }
+        Fault::PgPromote => {
+            let rig = plan.rigs.join("pg-ha.sh");
+            without_a_node(target, (&rig, &["failover"]), (&rig, &["rejoin"])).await
+        }
         Fault::All => unreachable!("`all` is expanded before the run"),
+    }
+}
+
+/// One worker joins, and once the leases are balanced and the partitions it took resumed, it
+/// leaves with SIGTERM and its partitions move back. Each move is timed from the membership
+/// change until the partition's next holder applied a command under its new epoch; the
+/// slower rebalance is [`Target::balanced`].
+async fn scale_out_and_in(target: &mut Target<'_>) -> anyhow::Result<bool> {
+    let before = audit::leases_now(&target.db).await?;
+    let (joined, joined_at) = now();
+    let n = target.stack.add_worker().await?;
+    let name = target.stack.worker_name(n);
+    let balanced_out = wait_balanced(target, joined).await?;
+    let taken: Vec<(i32, i64)> = audit::leases_now(&target.db)
+        .await?
+        .into_iter()
+        .filter(|(_, owner, _, _)| owner.as_deref() == Some(name.as_str()))
+        .filter_map(|(p, ..)| before.iter().find(|l| l.0 == p).map(|l| (p, l.2)))
+        .collect();
+    let resumed_out = recovery::partitions_moved(&target.db, &taken, joined, joined_at).await;
+
+    let held: Vec<(i32, i64)> = audit::leases_now(&target.db)
+        .await?
+        .into_iter()
+        .filter(|(_, owner, _, _)| owner.as_deref() == Some(name.as_str()))
+        .map(|(p, _, epoch, _)| (p, epoch))
+        .collect();
+    let (left, left_at) = now();
+    signal(target.stack.worker_pid(n), Signal::SIGTERM)?;
+    let exited = target.stack.wait_worker_exit(n, TERM_TIMEOUT).await?;
+    anyhow::ensure!(
+        exited.is_some(),
+        "{name} did not exit within {TERM_TIMEOUT:?} of SIGTERM"
+    );
+    anyhow::ensure!(
+        target.stack.remove_last_worker()?,
+        "{name} exited but its slot is not the last"
+    );
+    let balanced_in = wait_balanced(target, left).await?;
+    let resumed_in = recovery::partitions_moved(&target.db, &held, left, left_at).await;
+
+    let mut affected: Vec<i32> = taken.iter().chain(&held).map(|(p, _)| *p).collect();
+    affected.sort_unstable();
+    affected.dedup();
+    target.affected = affected;
+    target.resumed = Some(resumed_out.zip(resumed_in).map(|(a, b)| a.max(b)));
+    target.balanced = balanced_out.zip(balanced_in).map(|(a, b)| a.max(b));
+    Ok(!taken.is_empty())
+}
+
+/// Takes a node of a cluster away with `strike` (a rig script and its arguments), waits until
+/// every partition applied a command again without it (the service went on: that pause is the
+/// fault's resumption), then brings the node back with `heal`.
+async fn without_a_node(
+    target: &mut Target<'_>,
+    strike: (&std::path::Path, &[&str]),
+    heal: (&std::path::Path, &[&str]),
+) -> anyhow::Result<bool> {
+    let partitions: Vec<i32> = (0..i32::from(target.stack.partitions())).collect();
+    let (struck, struck_at) = now();
+    let struck_out = run_script(strike.0, strike.1).await;
+    let resumed = match &struck_out {
+        Ok(_) => recovery::partitions_resumed(&target.db, &partitions, struck, struck_at).await,
+        Err(_) => None,
+    };
+    // Healed whatever happened: the rig is always left whole.
+    let healed = run_script(heal.0, heal.1).await;
+    struck_out?;
+    healed?;
+    target.affected = partitions;
+    target.resumed = Some(resumed);
+    Ok(true)
+}
+
+/// Runs a rig script to its end (`Err` with its stderr if it failed).
+async fn run_script(script: &std::path::Path, args: &[&str]) -> anyhow::Result<String> {
+    let program = script.to_str().context("a rig path that is not UTF-8")?;
+    anyhow::ensure!(
+        script.is_file(),
+        "{program} not found (--rig-dir names the directory of rabbit-cluster.sh and pg-ha.sh)"
+    );
+    run_tool(program, args).await
+}
+
+/// Seconds from `since` until the leases are balanced over the stack's workers
+/// ([`super::balanced`]); `None` if not within [`BALANCE_TIMEOUT`].
+async fn wait_balanced(target: &Target<'_>, since: Instant) -> anyhow::Result<Option<f64>> {
+    let live: Vec<String> = (0..target.stack.worker_count())
+        .map(|n| target.stack.worker_name(n))
+        .collect();
+    loop {
+        let leases = audit::leases_now(&target.db).await?;
+        let view: Vec<(Option<&str>, &str)> = leases
+            .iter()
+            .map(|(_, owner, _, state)| (owner.as_deref(), state.as_str()))
+            .collect();
+        if super::balanced(&view, &live) {
+            return Ok(Some(since.elapsed().as_secs_f64()));
+        }
+        if since.elapsed() >= BALANCE_TIMEOUT {
+            return Ok(None);
+        }
+        tokio::time::sleep(FILL_POLL).await;
     }
 }
 
@@ -274,7 +409,7 @@ async fn kill_worker_at(target: &mut Target<'_>, failpoint: &str) -> anyhow::Res
 /// Pauses every worker until the API refuses a command because a partition is full (or the
 /// fill timeout passes), then wakes them.
 async fn fill_a_partition(target: &mut Target<'_>, plan: &Plan) -> anyhow::Result<bool> {
-    let before = orderflow_storage::audit::queue_full_refusals(&target.db).await?;
+    let before = audit::queue_full_refusals(&target.db).await?;
     let pids: Vec<Option<u32>> = (0..target.stack.worker_count())
         .map(|n| target.stack.worker_pid(n))
         .collect();
@@ -285,7 +420,7 @@ async fn fill_a_partition(target: &mut Target<'_>, plan: &Plan) -> anyhow::Resul
     let mut filled = false;
     while stopped.is_ok() && !filled && Instant::now() < deadline {
         tokio::time::sleep(FILL_POLL).await;
-        filled = orderflow_storage::audit::queue_full_refusals(&target.db)
+        filled = audit::queue_full_refusals(&target.db)
             .await
             .is_ok_and(|now| now > before);
     }
@@ -300,7 +435,7 @@ async fn fill_a_partition(target: &mut Target<'_>, plan: &Plan) -> anyhow::Resul
 /// The worker slot active right now: the one with the latest delivery in the heartbeat table
 /// (one consumer per partition is active; the others are standbys). Slot 0 if none is known.
 async fn active_worker(target: &Target<'_>) -> usize {
-    let names = orderflow_storage::audit::consuming_workers(&target.db)
+    let names = audit::consuming_workers(&target.db)
         .await
         .unwrap_or_default();
     names
@@ -339,7 +474,7 @@ fn connection_name(properties: &str) -> Option<&str> {
 /// The worker slot holding the most partition leases now (`None`: nobody holds one); the
 /// partitions it holds become the fault's affected ones.
 async fn lease_owner(target: &mut Target<'_>) -> anyhow::Result<Option<usize>> {
-    let owners = orderflow_storage::audit::lease_owners(&target.db).await?;
+    let owners = audit::lease_owners(&target.db).await?;
     let held = |name: &str| {
         owners
             .iter()

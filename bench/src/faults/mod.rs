@@ -47,12 +47,24 @@ pub enum Fault {
     PgTerminateWorker,
     /// `rabbitmqctl close_connection` of one lease-holding worker's AMQP connections only.
     BrokerCloseWorker,
-    /// Every fault above.
+    /// One more worker joins mid-run (its share of the partitions moves to it, each drained
+    /// first), then leaves with SIGTERM (they move back): graceful moves, no work started twice.
+    ScaleOutIn,
+    /// Every fault above (not the cluster faults below: they need the rigs).
     All,
+    /// kill -9 of RabbitMQ node 1 of the three-node test cluster (`deploy/lib/rabbit-cluster.sh
+    /// kill 1`); once every partition applied again without it, the node is started and rejoins.
+    /// The stack must run on that cluster (`--amqp-url` naming its nodes).
+    BrokerNodeKill,
+    /// The PostgreSQL primary of the test pair is killed (-9) and its synchronous standby promoted
+    /// (`deploy/lib/pg-ha.sh failover`); once every partition applied again on the new primary,
+    /// the old one rejoins as its standby (`rejoin`). The stack must run on that pair
+    /// (`--database-url` naming both hosts).
+    PgPromote,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 13] = [
+    pub const ALL: [Fault; 14] = [
         Fault::KillWorkerInTx,
         Fault::KillWorkerBeforeAck,
         Fault::TermWorker,
@@ -66,6 +78,7 @@ impl Fault {
         Fault::KillOwner,
         Fault::PgTerminateWorker,
         Fault::BrokerCloseWorker,
+        Fault::ScaleOutIn,
     ];
 
     pub fn name(self) -> &'static str {
@@ -83,20 +96,28 @@ impl Fault {
             Fault::KillOwner => "kill-owner",
             Fault::PgTerminateWorker => "pg-terminate-worker",
             Fault::BrokerCloseWorker => "broker-close-worker",
+            Fault::ScaleOutIn => "scale-out-in",
             Fault::All => "all",
+            Fault::BrokerNodeKill => "broker-node-kill",
+            Fault::PgPromote => "pg-promote",
         }
     }
 
     /// The command line's list as run: `all` expanded, each fault once, in schedule order.
     pub fn expand(list: &[Fault]) -> Vec<Fault> {
-        let mut faults: Vec<Fault> = if list.contains(&Fault::All) {
-            Fault::ALL.to_vec()
-        } else {
-            list.to_vec()
-        };
+        let mut faults: Vec<Fault> = list.iter().copied().filter(|f| *f != Fault::All).collect();
+        if list.contains(&Fault::All) {
+            faults.extend(Fault::ALL);
+        }
         faults.sort();
         faults.dedup();
         faults
+    }
+
+    /// A fault that only moves partitions gracefully (each drained before its next holder takes
+    /// it): it must start no work twice.
+    pub fn graceful(self) -> bool {
+        matches!(self, Fault::TermWorker | Fault::ScaleOutIn)
     }
 
     /// The longest one injection may take, heal and recovery included: the scheduler starts a
@@ -109,6 +130,11 @@ impl Fault {
             Fault::KillOwner => base + Duration::from_secs(5),
             Fault::QueueFull => plan.fill_timeout + base,
             Fault::BrokerRestart | Fault::PgRestart => base + Duration::from_secs(10),
+            // A join and a leave, each balanced and resumed.
+            Fault::ScaleOutIn => base + Duration::from_secs(20),
+            // The node's restart (its boot and rejoin), or the old primary's rejoin.
+            Fault::BrokerNodeKill => base + Duration::from_secs(40),
+            Fault::PgPromote => base + Duration::from_secs(30),
             _ => base,
         }
     }
@@ -127,6 +153,8 @@ pub struct Plan {
     pub fill_timeout: Duration,
     /// How long the workload runs.
     pub duration: Duration,
+    /// Where the cluster faults find `rabbit-cluster.sh` and `pg-ha.sh` (`deploy/lib`).
+    pub rigs: std::path::PathBuf,
 }
 
 impl Plan {
@@ -161,6 +189,15 @@ pub struct Injection {
     /// Transactions of a paused-then-woken worker that its fence refused (stop-worker): the
     /// zombie's commits that did not happen.
     pub fenced: Option<u64>,
+    /// Starts of redelivered command messages from the injection until the affected partitions
+    /// resumed (`None`: not read).
+    pub redelivered: Option<u64>,
+    /// Of those, the ones that repeated work (`storage::audit::repeated_starts_since`); a
+    /// graceful fault must have none.
+    pub repeated: Option<u64>,
+    /// From the membership change until the leases were balanced again (scale-out-in: the
+    /// slower of the join and the leave); `None` there: not within the deadline.
+    pub balanced: Option<f64>,
     /// What went wrong with the injection or the heal itself.
     pub error: Option<String>,
     /// Processes found dead after the recovery that the fault did not mean to kill (respawned).
@@ -180,6 +217,11 @@ pub struct Summary {
     pub resumed_max: Option<f64>,
     /// Zombie transactions refused by the fence, over every injection of this fault.
     pub fenced: Option<u64>,
+    /// Redelivered starts, and those of them that repeated work, over every injection.
+    pub redelivered: Option<u64>,
+    pub repeated: Option<u64>,
+    /// The slowest rebalance (scale-out-in).
+    pub balanced_max: Option<f64>,
 }
 
 /// The report's `faults` section.
@@ -228,9 +270,28 @@ impl FaultsReport {
                 i.triggered
                     && i.recovery.is_some()
                     && (i.affected.is_empty() || i.resumed.is_some())
+                    && (!i.fault.graceful() || i.repeated == Some(0))
+                    && (i.fault != Fault::ScaleOutIn || i.balanced.is_some())
                     && i.error.is_none()
             });
     }
+}
+
+/// Are the leases balanced over `live` (worker names)? Every partition held, active, by one
+/// of them, each holding ⌊P/W⌋ or ⌈P/W⌉. `leases`: (owner, state) per partition.
+pub fn balanced(leases: &[(Option<&str>, &str)], live: &[String]) -> bool {
+    if live.is_empty() {
+        return false;
+    }
+    let (low, high) = (leases.len() / live.len(), leases.len().div_ceil(live.len()));
+    let mut held: BTreeMap<&str, usize> = live.iter().map(|n| (n.as_str(), 0)).collect();
+    for (owner, state) in leases {
+        match owner.and_then(|o| held.get_mut(o)) {
+            Some(count) if *state == "active" => *count += 1,
+            _ => return false,
+        }
+    }
+    held.values().all(|&n| (low..=high).contains(&n))
 }
 
 /// Per fault kind, in fault order: counts and recovery times.
@@ -253,6 +314,12 @@ pub fn summarize(injections: &[Injection]) -> Vec<Summary> {
                     .then(|| recoveries.iter().sum::<f64>() / recoveries.len() as f64),
                 resumed_max: list.iter().filter_map(|i| i.resumed).reduce(f64::max),
                 fenced: list.iter().filter_map(|i| i.fenced).reduce(|a, b| a + b),
+                redelivered: list
+                    .iter()
+                    .filter_map(|i| i.redelivered)
+                    .reduce(|a, b| a + b),
+                repeated: list.iter().filter_map(|i| i.repeated).reduce(|a, b| a + b),
+                balanced_max: list.iter().filter_map(|i| i.balanced).reduce(f64::max),
             }
         })
         .collect()
@@ -269,6 +336,7 @@ mod tests {
             stop_pause: Duration::from_secs(12),
             fill_timeout: Duration::from_secs(8),
             duration: Duration::from_secs(60),
+            rigs: "deploy/lib".into(),
         }
     }
 
@@ -282,6 +350,9 @@ mod tests {
             affected: Vec::new(),
             resumed: None,
             fenced: None,
+            redelivered: Some(0),
+            repeated: Some(0),
+            balanced: None,
             error: None,
             unexpected_exits: Vec::new(),
         }
@@ -290,6 +361,12 @@ mod tests {
     #[test]
     fn all_expands_to_every_fault_once_in_schedule_order() {
         assert_eq!(Fault::expand(&[Fault::All, Fault::PgRestart]), Fault::ALL);
+        // The cluster faults need their rigs: named, never implied by `all`.
+        assert!(!Fault::ALL.contains(&Fault::BrokerNodeKill));
+        assert_eq!(
+            Fault::expand(&[Fault::All, Fault::PgPromote]),
+            [Fault::ALL.as_slice(), &[Fault::PgPromote]].concat()
+        );
         assert_eq!(
             Fault::expand(&[Fault::QueueFull, Fault::TermWorker, Fault::QueueFull]),
             vec![Fault::TermWorker, Fault::QueueFull]
@@ -369,5 +446,49 @@ mod tests {
         refused.refused_then_applied = 1;
         refused.judge();
         assert!(!refused.passed);
+    }
+
+    #[test]
+    fn a_graceful_fault_that_repeated_work_or_never_balanced_fails_the_section() {
+        let plan = plan_of(&[Fault::TermWorker, Fault::ScaleOutIn, Fault::KillOwner]);
+        let mut scale = injection(Fault::ScaleOutIn, Some(1.0));
+        scale.balanced = Some(1.5);
+        let mut ok = vec![
+            injection(Fault::TermWorker, Some(1.0)),
+            scale,
+            injection(Fault::KillOwner, Some(1.0)),
+        ];
+        // A kill redoes the work it interrupted: not held against it.
+        ok[2].repeated = Some(3);
+        assert!(FaultsReport::new(&plan, 3, ok.clone()).passed);
+        let mut repeated = ok.clone();
+        repeated[0].repeated = Some(1);
+        assert!(!FaultsReport::new(&plan, 3, repeated).passed);
+        let mut unread = ok.clone();
+        unread[1].repeated = None;
+        assert!(!FaultsReport::new(&plan, 3, unread).passed);
+        let mut unbalanced = ok;
+        unbalanced[1].balanced = None;
+        assert!(!FaultsReport::new(&plan, 3, unbalanced).passed);
+    }
+
+    #[test]
+    fn balanced_means_every_partition_active_with_a_live_worker_within_one_of_the_others() {
+        let live = vec!["a".to_owned(), "b".to_owned(), "c".to_owned()];
+        let of = |owners: &[&'static str]| -> Vec<(Option<&'static str>, &'static str)> {
+            owners.iter().map(|o| (Some(*o), "active")).collect()
+        };
+        // 7 over 3: 2, 2 or 3 each.
+        assert!(balanced(&of(&["a", "b", "c", "a", "b", "c", "a"]), &live));
+        assert!(!balanced(&of(&["a", "a", "a", "a", "b", "c", "b"]), &live));
+        // A live worker holding nothing is not balanced; a holder that is not live neither.
+        assert!(!balanced(&of(&["a", "b", "a", "b", "a", "b", "a"]), &live));
+        assert!(!balanced(&of(&["a", "b", "c", "a", "b", "c", "d"]), &live));
+        let mut draining = of(&["a", "b", "c", "a", "b", "c", "a"]);
+        draining[6].1 = "draining";
+        assert!(!balanced(&draining, &live));
+        draining[6] = (None, "free");
+        assert!(!balanced(&draining, &live));
+        assert!(!balanced(&of(&["a"]), &[]));
     }
 }

@@ -39,17 +39,49 @@ pub async fn partitions_resumed(
     injected: Instant,
     injected_at: DateTime<Utc>,
 ) -> Option<f64> {
-    if partitions.is_empty() {
+    until_every_one(partitions.len(), injected, injected_at, || {
+        audit::partitions_finishing_since(db, partitions, injected_at)
+    })
+    .await
+}
+
+/// Like [`partitions_resumed`] for partitions that changed hands: until each (partition,
+/// epoch) of `moved` had a command finished under a later epoch, by its next holder (what the
+/// old holder finished while it drained does not count).
+pub async fn partitions_moved(
+    db: &PgPool,
+    moved: &[(i32, i64)],
+    from: Instant,
+    from_at: DateTime<Utc>,
+) -> Option<f64> {
+    until_every_one(moved.len(), from, from_at, || {
+        audit::partitions_finishing_after_epochs(db, moved, from_at)
+    })
+    .await
+}
+
+/// Polls `firsts` (each partition's first finish since `from_at`) until it names `count`
+/// partitions; the seconds from `from_at` to the last of them.
+async fn until_every_one<F, Fut>(
+    count: usize,
+    from: Instant,
+    from_at: DateTime<Utc>,
+    mut firsts: F,
+) -> Option<f64>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = sqlx::Result<Vec<(i32, DateTime<Utc>)>>>,
+{
+    if count == 0 {
         return Some(0.0);
     }
-    let deadline = injected + RECOVERY_TIMEOUT;
+    let deadline = from + RECOVERY_TIMEOUT;
     loop {
-        let resumed = audit::partitions_finishing_since(db, partitions, injected_at).await;
-        if let Ok(firsts) = resumed
-            && firsts.len() == partitions.len()
+        if let Ok(found) = firsts().await
+            && found.len() == count
         {
-            let last = firsts.iter().map(|(_, at)| *at).max()?;
-            return Some((last - injected_at).as_seconds_f64().max(0.0));
+            let last = found.iter().map(|(_, at)| *at).max()?;
+            return Some((last - from_at).as_seconds_f64().max(0.0));
         }
         if Instant::now() >= deadline {
             return None;

@@ -30,9 +30,8 @@ impl Database {
         let (server, _) = base
             .rsplit_once('/')
             .context("the database URL has no database part")?;
-        let admin = PgPool::connect(server_url)
-            .await
-            .context("connecting to PostgreSQL")?;
+        // storage's pool: the server may be several hosts (a primary and its standbys).
+        let admin = orderflow_storage::pool(server_url, 1).context("the database URL")?;
         admin::create_database(&admin, name, None)
             .await
             .with_context(|| {
@@ -48,7 +47,7 @@ impl Database {
 
     /// Drops the database, closing whatever is still connected to it.
     pub async fn drop_now(&self) {
-        if let Ok(admin) = PgPool::connect(&self.admin_url).await {
+        if let Ok(admin) = orderflow_storage::pool(&self.admin_url, 1) {
             if let Err(e) = admin::drop_database(&admin, &self.name).await {
                 tracing::warn!(database = self.name, error = %e, "could not drop the database");
             }

@@ -158,6 +158,34 @@ impl Stack {
         Ok(())
     }
 
+    /// Starts a worker in a new slot (scaling out), ready; returns the slot.
+    pub async fn add_worker(&mut self) -> anyhow::Result<usize> {
+        let n = self.workers.len();
+        self.workers
+            .push(start_worker(&self.settings, &self.extra, n, 0).await?);
+        self.worker_starts.push(1);
+        Ok(n)
+    }
+
+    /// Forgets the last worker slot (scaling in) once its process exited; `false` (and kept)
+    /// while it still runs.
+    pub fn remove_last_worker(&mut self) -> anyhow::Result<bool> {
+        let Some(last) = self.workers.last_mut() else {
+            return Ok(false);
+        };
+        if last.try_wait()?.is_none() {
+            return Ok(false);
+        }
+        self.workers.pop();
+        self.worker_starts.pop();
+        Ok(true)
+    }
+
+    /// The partition count the processes run with.
+    pub fn partitions(&self) -> u16 {
+        self.settings.partitions
+    }
+
     /// Kills what is left of the API and starts a fresh one (at the same address when
     /// [`StackExtra::api_listen`] fixes it), ready.
     pub async fn respawn_api(&mut self) -> anyhow::Result<()> {
@@ -221,9 +249,7 @@ impl Stack {
             partitions: self.settings.partitions,
             queue_max_length: 100_000,
         };
-        if let Ok(connection) =
-            lapin::Connection::connect(&self.settings.amqp_url, Default::default()).await
-        {
+        if let Ok(connection) = crate::broker::connect(&self.settings.amqp_url).await {
             if let Ok(channel) = connection.create_channel().await
                 && let Err(e) = topology.delete(&channel).await
             {

@@ -183,7 +183,7 @@ pub async fn run(ctx: Ctx, producer: Producer, mut rng: ChaCha8Rng) {
 
 /// Connects and opens a confirming channel.
 async fn open(amqp_url: &str) -> anyhow::Result<Link> {
-    let connection = lapin::Connection::connect(amqp_url, Default::default())
+    let connection = crate::broker::connect(amqp_url)
         .await
         .context("connecting to RabbitMQ")?;
     let channel = connection.create_channel().await?;
