@@ -240,27 +240,24 @@ pub async fn consuming_workers(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<Stri
     .await
 }
 
-/// Each partition's lease owner (None: free), in partition order.
-pub async fn lease_owners(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<(i32, Option<String>)>> {
-    let rows = sqlx::query!("select partition, owner from partition_leases order by partition")
-        .fetch_all(db)
-        .await?;
-    Ok(rows.into_iter().map(|r| (r.partition, r.owner)).collect())
+/// A partition's lease as the audit reads it.
+#[derive(Clone, Debug)]
+pub struct LeaseRow {
+    pub partition: i32,
+    /// None: free.
+    pub owner: Option<String>,
+    pub epoch: i64,
+    pub state: String,
 }
 
-/// Each partition's lease now: (partition, owner, epoch, state), in partition order.
-pub async fn leases_now(
-    db: impl PgExecutor<'_>,
-) -> sqlx::Result<Vec<(i32, Option<String>, i64, String)>> {
-    let rows = sqlx::query!(
+/// Every partition's lease now, in partition order.
+pub async fn leases_now(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<LeaseRow>> {
+    sqlx::query_as!(
+        LeaseRow,
         "select partition, owner, epoch, state from partition_leases order by partition"
     )
     .fetch_all(db)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| (r.partition, r.owner, r.epoch, r.state))
-        .collect())
+    .await
 }
 
 /// Starts of redelivered command messages so far: each is counted in `delivery_attempts`.
@@ -296,46 +293,26 @@ pub async fn repeated_starts_since(
     .await
 }
 
-/// For each (partition, epoch) of `moved` whose partition had a command finished by a worker
-/// under a later epoch (its next holder) since `since`, when the first one finished.
-pub async fn partitions_finishing_after_epochs(
+/// For each (partition, epoch) of `watched` that had a command finished by a worker (not a
+/// refusal) since `since` — under a later epoch than the one given (its next holder), or under
+/// any when none is given —, when the first one finished.
+pub async fn partitions_finishing_since(
     db: impl PgExecutor<'_>,
-    moved: &[(i32, i64)],
+    watched: &[(i32, Option<i64>)],
     since: DateTime<Utc>,
 ) -> sqlx::Result<Vec<(i32, DateTime<Utc>)>> {
-    let (partitions, epochs): (Vec<i32>, Vec<i64>) = moved.iter().copied().unzip();
+    let (partitions, epochs): (Vec<i32>, Vec<Option<i64>>) = watched.iter().copied().unzip();
     let refusals = IntakeRefusal::ALL.map(IntakeRefusal::as_str);
     let rows = sqlx::query!(
         r#"select c.partition, min(c.finished_at) as "first!"
              from commands c
-             join unnest($1::integer[], $2::bigint[]) as m(partition, epoch)
-               on m.partition = c.partition
-            where c.finished_at > $3 and c.epoch > m.epoch
+             join unnest($1::integer[], $2::bigint[]) as w(partition, epoch)
+               on w.partition = c.partition
+            where c.finished_at > $3 and (w.epoch is null or c.epoch > w.epoch)
               and coalesce(c.reason, '') <> all($4)
             group by c.partition"#,
         &partitions,
-        &epochs,
-        since,
-        &refusals as &[&str]
-    )
-    .fetch_all(db)
-    .await?;
-    Ok(rows.into_iter().map(|r| (r.partition, r.first)).collect())
-}
-
-/// For each of `partitions` that had a command finished by a worker since `since` (not a
-/// refusal), when the first one finished.
-pub async fn partitions_finishing_since(
-    db: impl PgExecutor<'_>,
-    partitions: &[i32],
-    since: DateTime<Utc>,
-) -> sqlx::Result<Vec<(i32, DateTime<Utc>)>> {
-    let refusals = IntakeRefusal::ALL.map(IntakeRefusal::as_str);
-    let rows = sqlx::query!(
-        r#"select partition, min(finished_at) as "first!" from commands
-           where partition = any($1) and finished_at > $2 and coalesce(reason, '') <> all($3)
-           group by partition"#,
-        partitions,
+        &epochs as &[Option<i64>],
         since,
         &refusals as &[&str]
     )

@@ -25,9 +25,9 @@ const TERM_TIMEOUT: Duration = Duration::from_secs(30);
 const ZOMBIE_WAKE: Duration = Duration::from_secs(2);
 /// Longest wait for PostgreSQL to accept connections after its restart.
 const PG_START_TIMEOUT: Duration = Duration::from_secs(60);
-/// Pause between two reads of the refusals while a partition fills (and of the leases while
-/// they rebalance).
-const FILL_POLL: Duration = Duration::from_millis(50);
+/// Pause between two reads of the refusals while a partition fills, or of the leases while they
+/// rebalance.
+const POLL: Duration = Duration::from_millis(50);
 /// Longest wait for the leases to be balanced after a worker joined or left.
 const BALANCE_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -150,11 +150,11 @@ async fn inject(target: &mut Target<'_>, plan: &Plan, fault: Fault) -> anyhow::R
             let log = target.stack.worker_log(n);
             let before = fenced_in(&log);
             let name = target.stack.worker_name(n);
-            target.affected = audit::lease_owners(&target.db)
+            target.affected = audit::leases_now(&target.db)
                 .await?
                 .into_iter()
-                .filter(|(_, owner)| owner.as_deref() == Some(name.as_str()))
-                .map(|(p, _)| p)
+                .filter(|l| l.owner.as_deref() == Some(name.as_str()))
+                .map(|l| l.partition)
                 .collect();
             target.struck = Some(now());
             signal(pid, Signal::SIGSTOP)?;
@@ -299,20 +299,25 @@ async fn scale_out_and_in(target: &mut Target<'_>) -> anyhow::Result<bool> {
     let n = target.stack.add_worker().await?;
     let name = target.stack.worker_name(n);
     let balanced_out = wait_balanced(target, joined).await?;
-    let taken: Vec<(i32, i64)> = audit::leases_now(&target.db)
-        .await?
-        .into_iter()
-        .filter(|(_, owner, _, _)| owner.as_deref() == Some(name.as_str()))
-        .filter_map(|(p, ..)| before.iter().find(|l| l.0 == p).map(|l| (p, l.2)))
-        .collect();
-    let resumed_out = recovery::partitions_moved(&target.db, &taken, joined, joined_at).await;
-
+    // What the new worker holds now: each moved from its epoch before the join, and is held at
+    // its epoch now.
     let held: Vec<(i32, i64)> = audit::leases_now(&target.db)
         .await?
         .into_iter()
-        .filter(|(_, owner, _, _)| owner.as_deref() == Some(name.as_str()))
-        .map(|(p, _, epoch, _)| (p, epoch))
+        .filter(|l| l.owner.as_deref() == Some(name.as_str()))
+        .map(|l| (l.partition, l.epoch))
         .collect();
+    let taken: Vec<(i32, i64)> = held
+        .iter()
+        .filter_map(|&(p, _)| {
+            before
+                .iter()
+                .find(|l| l.partition == p)
+                .map(|l| (p, l.epoch))
+        })
+        .collect();
+    let resumed_out = recovery::partitions_moved(&target.db, &taken, joined, joined_at).await;
+
     let (left, left_at) = now();
     signal(target.stack.worker_pid(n), Signal::SIGTERM)?;
     let exited = target.stack.wait_worker_exit(n, TERM_TIMEOUT).await?;
@@ -327,10 +332,8 @@ async fn scale_out_and_in(target: &mut Target<'_>) -> anyhow::Result<bool> {
     let balanced_in = wait_balanced(target, left).await?;
     let resumed_in = recovery::partitions_moved(&target.db, &held, left, left_at).await;
 
-    let mut affected: Vec<i32> = taken.iter().chain(&held).map(|(p, _)| *p).collect();
-    affected.sort_unstable();
-    affected.dedup();
-    target.affected = affected;
+    // The same partitions moved out and back, in partition order.
+    target.affected = held.iter().map(|(p, _)| *p).collect();
     target.resumed = Some(resumed_out.zip(resumed_in).map(|(a, b)| a.max(b)));
     target.balanced = balanced_out.zip(balanced_in).map(|(a, b)| a.max(b));
     Ok(!taken.is_empty())
@@ -380,7 +383,7 @@ async fn wait_balanced(target: &Target<'_>, since: Instant) -> anyhow::Result<Op
         let leases = audit::leases_now(&target.db).await?;
         let view: Vec<(Option<&str>, &str)> = leases
             .iter()
-            .map(|(_, owner, _, state)| (owner.as_deref(), state.as_str()))
+            .map(|l| (l.owner.as_deref(), l.state.as_str()))
             .collect();
         if super::balanced(&view, &live) {
             return Ok(Some(since.elapsed().as_secs_f64()));
@@ -388,7 +391,7 @@ async fn wait_balanced(target: &Target<'_>, since: Instant) -> anyhow::Result<Op
         if since.elapsed() >= BALANCE_TIMEOUT {
             return Ok(None);
         }
-        tokio::time::sleep(FILL_POLL).await;
+        tokio::time::sleep(POLL).await;
     }
 }
 
@@ -419,7 +422,7 @@ async fn fill_a_partition(target: &mut Target<'_>, plan: &Plan) -> anyhow::Resul
     let deadline = Instant::now() + plan.fill_timeout;
     let mut filled = false;
     while stopped.is_ok() && !filled && Instant::now() < deadline {
-        tokio::time::sleep(FILL_POLL).await;
+        tokio::time::sleep(POLL).await;
         filled = audit::queue_full_refusals(&target.db)
             .await
             .is_ok_and(|now| now > before);
@@ -474,12 +477,12 @@ fn connection_name(properties: &str) -> Option<&str> {
 /// The worker slot holding the most partition leases now (`None`: nobody holds one); the
 /// partitions it holds become the fault's affected ones.
 async fn lease_owner(target: &mut Target<'_>) -> anyhow::Result<Option<usize>> {
-    let owners = audit::lease_owners(&target.db).await?;
+    let leases = audit::leases_now(&target.db).await?;
     let held = |name: &str| {
-        owners
+        leases
             .iter()
-            .filter(|(_, owner)| owner.as_deref() == Some(name))
-            .map(|(p, _)| *p)
+            .filter(|l| l.owner.as_deref() == Some(name))
+            .map(|l| l.partition)
             .collect::<Vec<i32>>()
     };
     let best = (0..target.stack.worker_count())

@@ -39,10 +39,8 @@ pub async fn partitions_resumed(
     injected: Instant,
     injected_at: DateTime<Utc>,
 ) -> Option<f64> {
-    until_every_one(partitions.len(), injected, injected_at, || {
-        audit::partitions_finishing_since(db, partitions, injected_at)
-    })
-    .await
+    let watched: Vec<(i32, Option<i64>)> = partitions.iter().map(|&p| (p, None)).collect();
+    first_finishes(db, &watched, injected, injected_at).await
 }
 
 /// Like [`partitions_resumed`] for partitions that changed hands: until each (partition,
@@ -54,31 +52,26 @@ pub async fn partitions_moved(
     from: Instant,
     from_at: DateTime<Utc>,
 ) -> Option<f64> {
-    until_every_one(moved.len(), from, from_at, || {
-        audit::partitions_finishing_after_epochs(db, moved, from_at)
-    })
-    .await
+    let watched: Vec<(i32, Option<i64>)> = moved.iter().map(|&(p, e)| (p, Some(e))).collect();
+    first_finishes(db, &watched, from, from_at).await
 }
 
-/// Polls `firsts` (each partition's first finish since `from_at`) until it names `count`
-/// partitions; the seconds from `from_at` to the last of them.
-async fn until_every_one<F, Fut>(
-    count: usize,
+/// Polls until every watched partition had its first finish since `from_at` (see
+/// [`audit::partitions_finishing_since`]); the seconds from `from_at` to the last of them.
+async fn first_finishes(
+    db: &PgPool,
+    watched: &[(i32, Option<i64>)],
     from: Instant,
     from_at: DateTime<Utc>,
-    mut firsts: F,
-) -> Option<f64>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = sqlx::Result<Vec<(i32, DateTime<Utc>)>>>,
-{
-    if count == 0 {
+) -> Option<f64> {
+    if watched.is_empty() {
         return Some(0.0);
     }
     let deadline = from + RECOVERY_TIMEOUT;
     loop {
-        if let Ok(found) = firsts().await
-            && found.len() == count
+        let firsts = audit::partitions_finishing_since(db, watched, from_at).await;
+        if let Ok(found) = firsts
+            && found.len() == watched.len()
         {
             let last = found.iter().map(|(_, at)| *at).max()?;
             return Some((last - from_at).as_seconds_f64().max(0.0));
