@@ -1,4 +1,4 @@
-//! The `orderflow-api` command line: serve (default), migrate, manage clients.
+//! The `orderflow-api` command line: serve (default), migrate, manage clients, grow partitions.
 
 use crate::startup::{ApiConfig, Application};
 use anyhow::Context;
@@ -27,6 +27,18 @@ pub enum CliCommand {
     /// Manage API clients.
     #[command(subcommand)]
     Client(ClientCommand),
+    /// The partition count: show it, or grow it online.
+    #[command(subcommand)]
+    Partitions(PartitionsCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PartitionsCommand {
+    /// Print the partition count and the counts it grew from.
+    Show,
+    /// Double the partition count while traffic flows: each partition p splits into p and p + N.
+    /// Declares the new queues, then switches every API and worker to the new count.
+    Grow,
 }
 
 #[derive(Subcommand, Debug)]
@@ -93,6 +105,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 if admin { ", admin" } else { "" }
             );
             println!("{key}");
+            Ok(())
+        }
+        CliCommand::Partitions(PartitionsCommand::Show) => {
+            let layout = crate::partitions::show(common).await?;
+            println!(
+                "{} partitions (generation {}; counts so far: {:?})",
+                layout.partitions(),
+                layout.generation,
+                layout.counts()
+            );
+            Ok(())
+        }
+        CliCommand::Partitions(PartitionsCommand::Grow) => {
+            let (before, after) = crate::partitions::grow(common).await?;
+            eprintln!(
+                "partitions grown from {} to {} (generation {})",
+                before.partitions(),
+                after.partitions(),
+                after.generation
+            );
+            println!("{}", after.partitions());
             Ok(())
         }
         CliCommand::Client(ClientCommand::Revoke { id }) => {

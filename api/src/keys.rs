@@ -3,7 +3,7 @@
 //! belongs to is then kept in memory for a while so that a request costs no database round trip.
 //!
 //! A revoked key must fail in every API process as soon as it hears of it. Every change to
-//! `clients` (a trigger, so a hand-written `update` counts too) notifies [`CLIENTS_CHANNEL`]; each
+//! `clients` (a trigger, so a hand-written `update` counts too) notifies [`orderflow_storage::CLIENTS_CHANNEL`]; each
 //! notification starts a new cache generation, and an entry is only believed if it was read in
 //! the current one. An entry read before a revocation but stored after its notification is
 //! thereby still discarded.
@@ -15,11 +15,7 @@
 //! with the cache off.
 
 use crate::error::ApiError;
-use crate::notifications;
 use moka::sync::Cache;
-use orderflow_runtime::shutdown::CancellationToken;
-use orderflow_runtime::tasks::Tasks;
-use orderflow_storage::CLIENTS_CHANNEL;
 use orderflow_storage::clients::{self, Client};
 use orderflow_storage::listen::Notice;
 use sqlx::PgPool;
@@ -66,24 +62,23 @@ impl Keys {
         }
     }
 
-    /// Listens for changes to clients until shutdown.
-    pub fn start(&self, tasks: &mut Tasks, db: PgPool, shutdown: CancellationToken) {
-        let inner = self.inner.clone();
-        notifications::spawn(tasks, db, CLIENTS_CHANNEL, shutdown, move |notice| {
-            // A new generation first, so nothing read before this moment is believed after it.
-            let generation = inner.generation.fetch_add(1, Ordering::SeqCst) + 1;
-            match notice {
-                Notice::Listening => inner.listening.store(true, Ordering::SeqCst),
-                Notice::Lost => inner.listening.store(false, Ordering::SeqCst),
-                Notice::Notification { .. } => {}
-            }
-            if let Some(cache) = &inner.cache {
-                // Changes to clients are rare: forget everyone rather than look for the one.
-                cache.invalidate_all();
-            }
-            // After the cache is emptied: whoever re-checks now reads the database.
-            inner.changes.send_replace(generation);
-        });
+    /// Takes a notice of the settings listener (see `startup`): any change to clients, or the
+    /// listener lost or back, empties the cache.
+    pub fn notice(&self, notice: &Notice) {
+        let inner = &self.inner;
+        // A new generation first, so nothing read before this moment is believed after it.
+        let generation = inner.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        match notice {
+            Notice::Listening => inner.listening.store(true, Ordering::SeqCst),
+            Notice::Lost => inner.listening.store(false, Ordering::SeqCst),
+            Notice::Notification { .. } => {}
+        }
+        if let Some(cache) = &inner.cache {
+            // Changes to clients are rare: forget everyone rather than look for the one.
+            cache.invalidate_all();
+        }
+        // After the cache is emptied: whoever re-checks now reads the database.
+        inner.changes.send_replace(generation);
     }
 
     /// Changes when any client may have changed (and when the notification connection is lost

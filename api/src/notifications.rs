@@ -8,17 +8,17 @@ use orderflow_runtime::tasks::Tasks;
 use orderflow_storage::listen::{Listener, Notice};
 use sqlx::PgPool;
 
-/// Spawns the listener task for `channel` among `tasks`; `on` runs on the task, so keep it
+/// Spawns the listener task for `channels` among `tasks`; `on` runs on the task, so keep it
 /// short.
 pub fn spawn(
     tasks: &mut Tasks,
     db: PgPool,
-    channel: &'static str,
+    channels: &'static [&'static str],
     shutdown: CancellationToken,
     mut on: impl FnMut(Notice) + Send + 'static,
 ) {
-    tasks.spawn(format!("LISTEN {channel}"), async move {
-        let mut listener = Listener::new(db, &[channel]);
+    tasks.spawn(format!("LISTEN {}", channels.join(", ")), async move {
+        let mut listener = Listener::new(db, channels);
         loop {
             tokio::select! {
                 notice = listener.next() => on(notice),

@@ -18,7 +18,10 @@ use orderflow_runtime::config::ExposeSecret;
 use orderflow_runtime::shutdown::CancellationToken;
 use orderflow_runtime::tasks::Tasks;
 use orderflow_storage as db;
+use orderflow_storage::CLIENTS_CHANNEL;
 use orderflow_storage::clients::RateLimit;
+use orderflow_storage::layout::{self, LayoutCell};
+use orderflow_storage::listen::Notice;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -181,9 +184,22 @@ impl Application {
             .await
             .context("applying database migrations")?;
 
+        // The count is the database's (ORDERFLOW_PARTITIONS only seeds a new deployment's); it
+        // may grow while this process runs (`partitions grow`), and the listener follows it.
+        let layout = layout::ensure(&pool, common.partitions)
+            .await
+            .context("reading the partition layout")?;
+        if layout.partitions() != common.partitions {
+            tracing::info!(
+                configured = common.partitions,
+                partitions = layout.partitions(),
+                generation = layout.generation,
+                "following the database's partition count, not ORDERFLOW_PARTITIONS"
+            );
+        }
         let topology = Topology {
             namespace: common.namespace.clone(),
-            partitions: common.partitions,
+            partitions: layout.partitions(),
             queue_max_length: common.queue_max_length,
         };
         let amqp = amqp::pool(
@@ -211,6 +227,7 @@ impl Application {
             db: pool,
             publisher: Arc::new(publisher),
             topology,
+            layout: LayoutCell::new(layout),
             limits: Limits::new(
                 RateLimit {
                     per_second: config.rate_limit_per_second,
@@ -267,9 +284,7 @@ impl Application {
             "idempotency key purge",
             purge_idempotency_keys(state.db.clone(), retention, shutdown.clone()),
         );
-        state
-            .keys
-            .start(&mut tasks, state.db.clone(), shutdown.clone());
+        follow_settings(&mut tasks, &state, shutdown.clone());
         state.hub.start(&mut tasks, state.clone(), shutdown.clone());
         tracing::info!(address = %listener.local_addr()?, "orderflow API listening");
         crate::serve::serve(
@@ -310,4 +325,43 @@ async fn purge_idempotency_keys(
             Err(e) => tracing::warn!(error = %e, "purging idempotency keys failed"),
         }
     }
+}
+
+/// One listener for what every API process must follow at once: changes to clients (the key
+/// cache, live feeds) and growths of the partition count (the routing of new commands).
+fn follow_settings(tasks: &mut Tasks, state: &AppState, shutdown: CancellationToken) {
+    let keys = state.keys.clone();
+    let layout = state.layout.clone();
+    let db = state.db.clone();
+    crate::notifications::spawn(
+        tasks,
+        state.db.clone(),
+        &[CLIENTS_CHANNEL, layout::PARTITIONS_CHANNEL],
+        shutdown,
+        move |notice| {
+            let grown = match &notice {
+                Notice::Notification { channel, .. } if channel == layout::PARTITIONS_CHANNEL => {
+                    true
+                }
+                // Back after a loss: a growth may have been missed meanwhile.
+                Notice::Listening => {
+                    keys.notice(&notice);
+                    true
+                }
+                _ => {
+                    keys.notice(&notice);
+                    false
+                }
+            };
+            if !grown {
+                return;
+            }
+            let (layout, db) = (layout.clone(), db.clone());
+            tokio::spawn(async move {
+                if let Err(e) = layout.refresh(&db).await {
+                    tracing::warn!(error = %e, "could not read the grown partition layout");
+                }
+            });
+        },
+    );
 }

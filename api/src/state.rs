@@ -9,6 +9,7 @@ use crate::limits::Limits;
 use crate::waiters::Waiters;
 use orderflow_messaging::{Publisher, Topology};
 use orderflow_runtime::shutdown::CancellationToken;
+use orderflow_storage::layout::LayoutCell;
 use sqlx::PgPool;
 use std::sync::Arc;
 
@@ -18,7 +19,10 @@ pub struct AppState {
     pub publisher: Arc<Publisher>,
     /// The broker's confirms, recorded in batches.
     pub confirms: Confirms,
+    /// Names and arguments on the broker; its `partitions` is the count at start.
     pub topology: Topology,
+    /// The partition count commands are routed by now (follows `partitions grow`).
+    pub layout: LayoutCell,
     pub waiters: Waiters,
     /// One intake statement per order at a time in this process.
     pub gates: OrderGates,

@@ -48,7 +48,7 @@ impl Waiters {
         notifications::spawn(
             tasks,
             db,
-            COMMAND_DONE_CHANNEL,
+            &[COMMAND_DONE_CHANNEL],
             shutdown,
             move |notice| match notice {
                 Notice::Notification { payload, .. } => {

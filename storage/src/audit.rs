@@ -24,6 +24,9 @@ pub struct CommandRow {
     /// The partition lease epoch the finishing transaction was fenced under (null when it
     /// was not fenced by one partition's lease: a refusal, a parked command's timeout).
     pub epoch: Option<i64>,
+    /// The partition of that lease: after a growth, the owner of the order's new partition may
+    /// finish an earlier command routed to the old one.
+    pub lease_partition: Option<i32>,
 }
 
 impl CommandRow {
@@ -104,7 +107,7 @@ pub async fn snapshot(
     let commands = sqlx::query_as!(
         CommandRow,
         "select id, order_id, seq, kind, source, status, reason, result_version, finished_at,
-                partition, epoch
+                partition, epoch, lease_partition
          from commands where order_id = any($1) order by order_id, seq",
         orders
     )
@@ -286,7 +289,8 @@ pub async fn repeated_starts_since(
            where a.last_at > $1 and c.finished_at is not null and c.source = 'http'
              and (a.attempts <> 1 or a.epoch is distinct from c.epoch)
              and exists (select 1 from partition_moves m
-                          where m.partition = c.partition and m.epoch = a.epoch and m.at > $1)"#,
+                          where m.partition = coalesce(c.lease_partition, c.partition)
+                            and m.epoch = a.epoch and m.at > $1)"#,
         since
     )
     .fetch_one(db)
@@ -304,13 +308,13 @@ pub async fn partitions_finishing_since(
     let (partitions, epochs): (Vec<i32>, Vec<Option<i64>>) = watched.iter().copied().unzip();
     let refusals = IntakeRefusal::ALL.map(IntakeRefusal::as_str);
     let rows = sqlx::query!(
-        r#"select c.partition, min(c.finished_at) as "first!"
+        r#"select w.partition as "partition!", min(c.finished_at) as "first!"
              from commands c
              join unnest($1::integer[], $2::bigint[]) as w(partition, epoch)
-               on w.partition = c.partition
+               on w.partition = coalesce(c.lease_partition, c.partition)
             where c.finished_at > $3 and (w.epoch is null or c.epoch > w.epoch)
               and coalesce(c.reason, '') <> all($4)
-            group by c.partition"#,
+            group by w.partition"#,
         &partitions,
         &epochs as &[Option<i64>],
         since,

@@ -9,6 +9,7 @@ pub mod dashboard;
 mod errors;
 pub mod idempotency;
 pub mod inventory;
+pub mod layout;
 pub mod leases;
 pub mod listen;
 pub mod observability;

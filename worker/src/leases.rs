@@ -145,7 +145,6 @@ pub struct Keeper {
     holdings: Arc<Holdings>,
     /// Its own connections, so that renewals never queue behind applies.
     db: PgPool,
-    partitions: u16,
     timing: LeaseTiming,
     running: BTreeMap<u16, Running>,
     /// When the last renewal that succeeded was sent: the leases run at least `ttl` from then.
@@ -162,14 +161,12 @@ impl Keeper {
         ctx: Arc<Context>,
         holdings: Arc<Holdings>,
         db: PgPool,
-        partitions: u16,
         timing: LeaseTiming,
     ) -> Self {
         Self {
             ctx,
             holdings,
             db,
-            partitions,
             timing,
             running: BTreeMap::new(),
             renewed: Instant::now(),
@@ -185,7 +182,8 @@ impl Keeper {
         self.renewed = loop {
             let started = Instant::now();
             let joined = async {
-                leases::ensure_partitions(&self.db, self.partitions).await?;
+                let partitions = self.ctx.applier.layout.get().partitions();
+                leases::ensure_partitions(&self.db, partitions).await?;
                 leases::join(&self.db, &me, self.timing.ttl).await
             };
             match joined.await {
@@ -282,9 +280,16 @@ impl Keeper {
             );
             self.lose(partition);
         }
+        // The count may have grown (`orderflow-api partitions grow`): the new partitions are
+        // assigned like the others from this round on.
+        let layout = &self.ctx.applier.layout;
+        if layout.refresh(&self.db).await? {
+            self.ctx.monitor.grow(layout.get().partitions());
+        }
+        let partitions = layout.get().partitions();
         let live = leases::live_members(&self.db, self.timing.dead_after()).await?;
         let names: Vec<&str> = live.iter().map(String::as_str).collect();
-        let mine = assignment::partitions_of(self.partitions, &names, &me.name);
+        let mine = assignment::partitions_of(partitions, &names, &me.name);
         // Hand over what is no longer ours.
         let now = Instant::now();
         for (partition, running) in &mut self.running {

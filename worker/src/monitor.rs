@@ -7,10 +7,12 @@
 
 use crate::metrics::{self, PartitionSeries};
 use chrono::{DateTime, Utc};
+use orderflow_contract::partition::MAX_PARTITIONS;
 use orderflow_messaging::{SharedConnection, Topology, queue_depth};
 use orderflow_runtime::shutdown::CancellationToken;
 use orderflow_storage::observability::{self, PartitionBeat};
 use sqlx::PgPool;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering::Relaxed};
 use std::time::Duration;
 
@@ -116,18 +118,45 @@ const WATCH_EVERY: Duration = Duration::from_secs(5);
 /// The partitions of one worker process, as its consumers report them.
 pub struct Monitor {
     worker: String,
-    partitions: Vec<(PartitionState, PartitionSeries)>,
+    /// One slot per possible partition; those below the count in force are filled (the count
+    /// only grows, see [`Monitor::grow`]), so that a growth never moves what a consumer holds.
+    partitions: Vec<OnceLock<(PartitionState, PartitionSeries)>>,
 }
 
 impl Monitor {
     /// Call after the metrics recorder is installed (the series handles are taken here).
     pub fn new(worker: String, partitions: u16) -> Self {
-        Self {
+        let monitor = Self {
             worker,
-            partitions: (0..partitions)
-                .map(|p| (PartitionState::default(), PartitionSeries::new(p)))
-                .collect(),
+            partitions: (0..MAX_PARTITIONS).map(|_| OnceLock::new()).collect(),
+        };
+        monitor.grow(partitions);
+        monitor
+    }
+
+    /// Tracks partitions `0..partitions` (after the count grew); their series appear now.
+    pub fn grow(&self, partitions: u16) {
+        for (p, slot) in self
+            .partitions
+            .iter()
+            .enumerate()
+            .take(usize::from(partitions))
+        {
+            slot.get_or_init(|| (PartitionState::default(), PartitionSeries::new(p as u16)));
         }
+    }
+
+    fn slot(&self, partition: u16) -> Option<&(PartitionState, PartitionSeries)> {
+        self.partitions.get(usize::from(partition))?.get()
+    }
+
+    /// The partitions tracked, in order.
+    fn tracked(&self) -> impl Iterator<Item = (u16, &(PartitionState, PartitionSeries))> {
+        self.partitions
+            .iter()
+            .map_while(OnceLock::get)
+            .enumerate()
+            .map(|(p, slot)| (p as u16, slot))
     }
 
     /// The name this worker heartbeats under.
@@ -135,13 +164,15 @@ impl Monitor {
         &self.worker
     }
 
-    fn state(&self, partition: u16) -> &PartitionState {
-        &self.partitions[usize::from(partition)].0
+    fn state(&self, partition: u16) -> Option<&PartitionState> {
+        self.slot(partition).map(|(state, _)| state)
     }
 
     /// A message arrived on `partition`.
     pub fn delivered(&self, partition: u16, redelivered: bool, at: DateTime<Utc>) {
-        let (state, series) = &self.partitions[usize::from(partition)];
+        let Some((state, series)) = self.slot(partition) else {
+            return;
+        };
         state.delivered.fetch_add(1, Relaxed);
         state.last_delivery_ms.store(at.timestamp_millis(), Relaxed);
         if redelivered {
@@ -152,22 +183,26 @@ impl Monitor {
 
     /// This worker brought `count` commands of `partition` to a final status.
     pub fn finished(&self, partition: u16, count: usize) {
-        if count > 0 {
+        if let Some(state) = self.state(partition).filter(|_| count > 0) {
             let count = i64::try_from(count).unwrap_or(i64::MAX);
-            self.state(partition).finished.fetch_add(count, Relaxed);
+            state.finished.fetch_add(count, Relaxed);
         }
     }
 
     /// This worker now holds `partition`'s lease at `epoch` (0: no longer holds it).
     pub fn lease(&self, partition: u16, epoch: i64) {
-        let (_, series) = &self.partitions[usize::from(partition)];
+        let Some((_, series)) = self.slot(partition) else {
+            return;
+        };
         series.lease_epoch.set(epoch as f64);
         series.lease_held.set(if epoch > 0 { 1.0 } else { 0.0 });
     }
 
     /// `partition`'s consumer enters `stage`.
     pub fn stage(&self, partition: u16, stage: Stage) {
-        let state = self.state(partition);
+        let Some(state) = self.state(partition) else {
+            return;
+        };
         state
             .stage_since_ms
             .store(Utc::now().timestamp_millis(), Relaxed);
@@ -181,7 +216,7 @@ impl Monitor {
         let now = Utc::now().timestamp_millis();
         let limit_ms = i64::try_from(limit.as_millis()).unwrap_or(i64::MAX);
         let mut stuck = Vec::new();
-        for (p, (state, _)) in self.partitions.iter().enumerate() {
+        for (p, (state, _)) in self.tracked() {
             let stage = Stage::from_u8(state.stage.load(Relaxed));
             let since = state.stage_since_ms.load(Relaxed);
             if matches!(stage, Stage::Stopped | Stage::Waiting)
@@ -191,7 +226,7 @@ impl Monitor {
                 continue;
             }
             let lasted = Duration::from_millis(u64::try_from(now - since).unwrap_or(0));
-            stuck.push((p as u16, stage, lasted));
+            stuck.push((p, stage, lasted));
         }
         stuck
     }
@@ -231,7 +266,9 @@ impl Monitor {
     /// sample, yet nothing was delivered to this consumer for `quiet` since it started or since
     /// its last delivery (a dead channel, or a consumer the broker never made active).
     pub fn stalled(&self, partition: u16, quiet: Duration) -> bool {
-        let state = self.state(partition);
+        let Some(state) = self.state(partition) else {
+            return false;
+        };
         let since = state
             .last_delivery_ms
             .load(Relaxed)
@@ -243,7 +280,9 @@ impl Monitor {
     }
 
     fn set_consuming(&self, partition: u16, up: bool) {
-        let (state, series) = &self.partitions[usize::from(partition)];
+        let Some((state, series)) = self.slot(partition) else {
+            return;
+        };
         if up {
             state
                 .consuming_since_ms
@@ -254,11 +293,9 @@ impl Monitor {
     }
 
     fn beats(&self) -> Vec<PartitionBeat> {
-        self.partitions
-            .iter()
-            .enumerate()
+        self.tracked()
             .map(|(p, (state, _))| PartitionBeat {
-                partition: p as i32,
+                partition: i32::from(p),
                 consuming: state.consuming.load(Relaxed),
                 last_delivery_at: last_delivery(state),
                 delivered: state.delivered.load(Relaxed),
@@ -305,7 +342,7 @@ impl Monitor {
                 _ = tick.tick() => {}
                 _ = shutdown.cancelled() => break,
             }
-            for (state, series) in &self.partitions {
+            for (_, (state, series)) in self.tracked() {
                 let last = state.last_delivery_ms.load(Relaxed);
                 if last > 0 {
                     series.last_delivery.set(last as f64 / 1000.0);
@@ -324,9 +361,9 @@ impl Monitor {
     async fn sample_db(&self, db: &PgPool) -> sqlx::Result<()> {
         let (backlog, oldest) = observability::outbox_backlog(db).await?;
         metrics::outbox(backlog, oldest);
-        let partitions = self.partitions.len() as u16;
+        let partitions = self.tracked().count() as u16;
         let ages = observability::oldest_pending(db, partitions).await?;
-        for ((_, series), age) in self.partitions.iter().zip(ages) {
+        for ((_, (_, series)), age) in self.tracked().zip(ages) {
             series.oldest_pending_age.set(age);
         }
         Ok(())
@@ -342,8 +379,8 @@ impl Monitor {
             *channel = Some(orderflow_messaging::open_channel(&*connection.get().await?).await?);
         }
         let channel = channel.as_ref().expect("opened above");
-        for (p, (state, series)) in self.partitions.iter().enumerate() {
-            let depth = queue_depth(channel, &topology.partition_queue(p as u16))
+        for (p, (state, series)) in self.tracked() {
+            let depth = queue_depth(channel, &topology.partition_queue(p))
                 .await?
                 .ready;
             series.queue_depth.set(f64::from(depth));
@@ -405,6 +442,7 @@ mod tests {
         let since = Utc::now().timestamp_millis() - i64::try_from(ago.as_millis()).unwrap();
         monitor
             .state(partition)
+            .unwrap()
             .stage_since_ms
             .store(since, Relaxed);
     }

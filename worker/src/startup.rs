@@ -11,11 +11,13 @@ use crate::{command_relay, metrics, outbox};
 use anyhow::Context as _;
 use backon::{ExponentialBuilder, Retryable};
 use clap::Parser;
+use orderflow_contract::partition::MAX_PARTITIONS;
 use orderflow_messaging::{self as amqp, Publisher, SharedConnection, Topology};
 use orderflow_runtime::config::CommonConfig;
 use orderflow_runtime::config::ExposeSecret;
 use orderflow_runtime::shutdown::CancellationToken;
 use orderflow_runtime::tasks::Tasks;
+use orderflow_storage::layout::{self, LayoutCell};
 use orderflow_storage::{self as db, SchemaError};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -167,10 +169,24 @@ impl Worker {
         })
         .await?
         .context("refusing to start")?;
+        // The count is the database's (ORDERFLOW_PARTITIONS only seeds a new deployment's); the
+        // lease keeper follows its growth.
+        let layout = wait_for("PostgreSQL", || async {
+            Ok(layout::ensure(&db, common.partitions).await?)
+        })
+        .await?;
+        if layout.partitions() != common.partitions {
+            tracing::info!(
+                configured = common.partitions,
+                partitions = layout.partitions(),
+                generation = layout.generation,
+                "following the database's partition count, not ORDERFLOW_PARTITIONS"
+            );
+        }
 
         let topology = Topology {
             namespace: common.namespace.clone(),
-            partitions: common.partitions,
+            partitions: layout.partitions(),
             queue_max_length: common.queue_max_length,
         };
         let pool = amqp::pool(
@@ -201,7 +217,7 @@ impl Worker {
         // Installs the process's recorder before any series handle is taken.
         orderflow_runtime::telemetry::prometheus();
         crate::metrics::register();
-        let holdings = Arc::new(Holdings::new(worker_name.clone(), common.partitions));
+        let holdings = Arc::new(Holdings::new(worker_name.clone(), MAX_PARTITIONS));
         // Two connections of its own: a renewal never waits behind the applies.
         // A lease round is given up after half the TTL (see `Keeper::run`); its statements end
         // with it in PostgreSQL too, instead of waiting on with the lease rows locked.
@@ -217,7 +233,7 @@ impl Worker {
             gateway: Arc::new(SimulatedGateway {
                 decline_over_cents: config.payment_decline_over_cents,
             }),
-            partitions: common.partitions,
+            layout: LayoutCell::new(layout.clone()),
             fence: Some(holdings.clone()),
         };
         let context = Arc::new(Context {
@@ -235,7 +251,7 @@ impl Worker {
             prefetch: config.prefetch,
             batch_max: usize::from(config.batch_max),
             poison_after_deliveries: config.poison_after_deliveries,
-            monitor: Arc::new(Monitor::new(worker_name, common.partitions)),
+            monitor: Arc::new(Monitor::new(worker_name, layout.partitions())),
         });
         Ok(Self {
             config,
@@ -266,7 +282,6 @@ impl Worker {
             self.context.clone(),
             self.holdings.clone(),
             self.lease_db.clone(),
-            self.config.common.partitions,
             LeaseTiming {
                 ttl,
                 renew_every: ttl / 10,

@@ -113,18 +113,17 @@ impl RateMemory {
 
 pub async fn snapshot(state: &AppState) -> anyhow::Result<PartitionsView> {
     let topology = &state.topology;
+    let count = state.layout.get().partitions();
     let heartbeats = dashboard::worker_partitions(&state.db, LIVE_HEARTBEAT_SECS).await?;
     let backlog = dashboard::partition_backlog(&state.db).await?;
-    let mut queues: Vec<String> = (0..topology.partitions)
-        .map(|p| topology.partition_queue(p))
-        .collect();
+    let mut queues: Vec<String> = (0..count).map(|p| topology.partition_queue(p)).collect();
     queues.push(topology.dead_letter_queue());
     let depths = queue_depths(state, &queues).await;
     let dead_letters_open = dashboard::open_dead_letters(&state.db).await?;
     let leases = orderflow_storage::leases::overview(&state.db).await?;
 
     let now = Instant::now();
-    let partitions = (0..topology.partitions)
+    let partitions = (0..count)
         .map(|p| {
             let rows: Vec<&WorkerPartition> = heartbeats
                 .iter()
@@ -185,7 +184,7 @@ pub async fn snapshot(state: &AppState) -> anyhow::Result<PartitionsView> {
         partitions,
         dead_letter_depth: depths
             .as_ref()
-            .and_then(|d| d.get(topology.partitions as usize).map(|(depth, _)| *depth)),
+            .and_then(|d| d.get(usize::from(count)).map(|(depth, _)| *depth)),
         dead_letters_open,
     })
 }

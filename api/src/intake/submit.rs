@@ -12,7 +12,6 @@ use crate::state::AppState;
 use orderflow_contract::CommandMessage;
 use orderflow_contract::CommandStatus;
 use orderflow_contract::IntakeRefusal;
-use orderflow_contract::partition::partition_of;
 use orderflow_domain::CommandId;
 use orderflow_messaging::{PublishError, json_properties, with_traceparent};
 use orderflow_runtime::telemetry;
@@ -21,7 +20,7 @@ use orderflow_storage::commands::{NewCommand, Source};
 pub async fn submit(state: &AppState, s: Submission<'_>) -> Result<Accepted, ApiError> {
     let command_id = CommandId::new();
     let order_id = s.target.order_id();
-    let partition = partition_of(order_id, state.topology.partitions);
+    let partition = state.layout.get().partition_of(order_id);
     let body = serde_json::to_value(&s.command).expect("commands serialize");
     // The request's trace, carried in the command row and the message to the worker's span.
     let traceparent = telemetry::traceparent(&tracing::Span::current());

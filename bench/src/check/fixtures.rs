@@ -48,6 +48,7 @@ impl Fixture {
                     finished_at: Some(at(seq as u32)),
                     partition: 0,
                     epoch: Some(1),
+                    lease_partition: Some(0),
                 }
             })
             .collect();

@@ -24,7 +24,7 @@ pub fn no_commit_under_a_stale_epoch(input: &Input<'_>) -> Verdict {
         }
         if let (Some(at), Some(epoch)) = (c.finished_at, c.epoch) {
             by_partition
-                .entry(c.partition)
+                .entry(c.lease_partition.unwrap_or(c.partition))
                 .or_default()
                 .push((at, epoch, c));
         }
@@ -82,7 +82,23 @@ mod tests {
         f.snapshot.commands[0].epoch = None;
         // Another partition's epochs are its own.
         f.snapshot.commands[3].partition = 7;
+        f.snapshot.commands[3].lease_partition = Some(7);
         f.snapshot.commands[3].epoch = Some(9);
+        assert_eq!(no_commit_under_a_stale_epoch(&f.input()).violations, 1);
+    }
+
+    #[test]
+    fn a_command_finished_under_another_partitions_lease_is_judged_by_that_lease() {
+        // After a growth the fourth command, routed to partition 0, was finished by the owner of
+        // the order's new partition 16 under its epoch 1; partition 0 itself had moved to epoch 2.
+        let mut f = Fixture::clean();
+        f.snapshot.commands[2].epoch = Some(2);
+        f.snapshot.commands[3].lease_partition = Some(16);
+        f.snapshot.commands[3].epoch = Some(1);
+        f.snapshot.commands[4].epoch = Some(2);
+        assert!(no_commit_under_a_stale_epoch(&f.input()).passed());
+        // Judged by partition 0's epochs it would have been a stale commit.
+        f.snapshot.commands[3].lease_partition = Some(0);
         assert_eq!(no_commit_under_a_stale_epoch(&f.input()).violations, 1);
     }
 }

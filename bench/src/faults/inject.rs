@@ -6,7 +6,7 @@
 //! driven with their own tools (`rabbitmqctl`, `pg_ctlcluster`), as an operator would.
 
 use super::recovery;
-use super::{Fault, FaultsReport, Injection, Plan};
+use super::{Fault, FaultsReport, GROW_UP_TO, Injection, Plan};
 use crate::perf::stack::Stack;
 use anyhow::Context as _;
 use nix::sys::signal::{Signal, kill};
@@ -62,9 +62,12 @@ pub async fn run(target: &mut Target<'_>, plan: &Plan) -> FaultsReport {
     let mut injections = Vec::new();
     let mut turn = 0;
     while plan.may_start(turn, end.saturating_duration_since(Instant::now())) {
-        tokio::time::sleep(plan.interval).await;
         let fault = plan.fault(turn);
         turn += 1;
+        if fault == Fault::GrowPartitions && target.stack.partitions() >= GROW_UP_TO {
+            continue;
+        }
+        tokio::time::sleep(plan.interval).await;
         let at = started.elapsed().as_secs_f64();
         let (injected, injected_at) = (Instant::now(), chrono::Utc::now());
         tracing::info!(fault = fault.name(), "injecting");
@@ -277,6 +280,7 @@ async fn inject(target: &mut Target<'_>, plan: &Plan, fault: Fault) -> anyhow::R
             Ok(closed > 0)
         }
         Fault::ScaleOutIn => scale_out_and_in(target).await,
+        Fault::GrowPartitions => grow_partitions(target).await,
         Fault::BrokerNodeKill => {
             let rig = plan.rigs.join("rabbit-cluster.sh");
             without_a_node(target, (&rig, &["kill", "1"]), (&rig, &["start", "1"])).await
@@ -337,6 +341,19 @@ async fn scale_out_and_in(target: &mut Target<'_>) -> anyhow::Result<bool> {
     target.resumed = Some(resumed_out.zip(resumed_in).map(|(a, b)| a.max(b)));
     target.balanced = balanced_out.zip(balanced_in).map(|(a, b)| a.max(b));
     Ok(!taken.is_empty())
+}
+
+/// Doubles the partition count under load; measures until every new partition applied a
+/// command under its first holder's lease, and until the leases were balanced again.
+async fn grow_partitions(target: &mut Target<'_>) -> anyhow::Result<bool> {
+    let before = target.stack.partitions();
+    let (grown, grown_at) = now();
+    let after = target.stack.grow_partitions().await?;
+    let new: Vec<i32> = (before..after).map(i32::from).collect();
+    target.balanced = wait_balanced(target, grown).await?;
+    target.resumed = Some(recovery::partitions_resumed(&target.db, &new, grown, grown_at).await);
+    target.affected = new;
+    Ok(after == 2 * before)
 }
 
 /// Takes a node of a cluster away with `strike` (a rig script and its arguments), waits until

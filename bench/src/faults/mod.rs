@@ -50,6 +50,10 @@ pub enum Fault {
     /// One more worker joins mid-run (its share of the partitions moves to it, each drained
     /// first), then leaves with SIGTERM (they move back): graceful moves, no work started twice.
     ScaleOutIn,
+    /// The partition count doubles under load (`orderflow-api partitions grow`, up to
+    /// [`GROW_UP_TO`]): the APIs route to the new partitions, the workers rebalance over them,
+    /// and per-order order holds across the switch (the checker's invariants).
+    GrowPartitions,
     /// Every fault above (not the cluster faults below: they need the rigs).
     All,
     /// kill -9 of RabbitMQ node 1 of the three-node test cluster (`deploy/lib/rabbit-cluster.sh
@@ -64,7 +68,7 @@ pub enum Fault {
 }
 
 impl Fault {
-    pub const ALL: [Fault; 14] = [
+    pub const ALL: [Fault; 15] = [
         Fault::KillWorkerInTx,
         Fault::KillWorkerBeforeAck,
         Fault::TermWorker,
@@ -79,6 +83,7 @@ impl Fault {
         Fault::PgTerminateWorker,
         Fault::BrokerCloseWorker,
         Fault::ScaleOutIn,
+        Fault::GrowPartitions,
     ];
 
     pub fn name(self) -> &'static str {
@@ -97,6 +102,7 @@ impl Fault {
             Fault::PgTerminateWorker => "pg-terminate-worker",
             Fault::BrokerCloseWorker => "broker-close-worker",
             Fault::ScaleOutIn => "scale-out-in",
+            Fault::GrowPartitions => "grow-partitions",
             Fault::All => "all",
             Fault::BrokerNodeKill => "broker-node-kill",
             Fault::PgPromote => "pg-promote",
@@ -132,6 +138,8 @@ impl Fault {
             Fault::BrokerRestart | Fault::PgRestart => base + Duration::from_secs(10),
             // A join and a leave, each balanced and resumed.
             Fault::ScaleOutIn => base + Duration::from_secs(20),
+            // The new partitions balanced over the workers and flowing.
+            Fault::GrowPartitions => base + Duration::from_secs(20),
             // The node's restart (its boot and rejoin), or the old primary's rejoin.
             Fault::BrokerNodeKill => base + Duration::from_secs(40),
             Fault::PgPromote => base + Duration::from_secs(30),
@@ -139,6 +147,9 @@ impl Fault {
         }
     }
 }
+
+/// `grow-partitions` doubles the count until it reaches this; later turns of it are skipped.
+pub const GROW_UP_TO: u16 = 64;
 
 /// What the scheduler is asked to do.
 #[derive(Clone, Debug)]

@@ -186,6 +186,31 @@ impl Stack {
         self.settings.partitions
     }
 
+    /// Doubles the partition count while the stack runs, with the documented command
+    /// (`orderflow-api partitions grow`); returns the new count.
+    pub async fn grow_partitions(&mut self) -> anyhow::Result<u16> {
+        let output = command(&self.settings, &self.extra, &self.settings.api_bin)
+            .args(["partitions", "grow"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .await
+            .context("running orderflow-api partitions grow")?;
+        anyhow::ensure!(
+            output.status.success(),
+            "orderflow-api partitions grow failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+        let grown: u16 = String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse()
+            .context("orderflow-api partitions grow printed no count")?;
+        // Processes started from now on are told the same (the database decides in any case).
+        self.settings.partitions = grown;
+        Ok(grown)
+    }
+
     /// Kills what is left of the API and starts a fresh one (at the same address when
     /// [`StackExtra::api_listen`] fixes it), ready.
     pub async fn respawn_api(&mut self) -> anyhow::Result<()> {

@@ -10,7 +10,9 @@ use super::observe::Watched;
 use super::stack::{Stack, StackExtra, StackSettings};
 use super::target::{RawTarget, Target};
 use anyhow::Context as _;
+use orderflow_contract::partition::Layout;
 use orderflow_storage::clients;
+use orderflow_storage::layout::LayoutCell;
 use orderflow_worker::apply::Applier;
 use orderflow_worker::payment::SimulatedGateway;
 use sqlx::PgPool;
@@ -107,7 +109,7 @@ impl Sut {
                             gateway: Arc::new(SimulatedGateway {
                                 decline_over_cents: None,
                             }),
-                            partitions: config.partitions,
+                            layout: LayoutCell::new(Layout::single(config.partitions)?),
                             // The ceiling holds no leases: its transactions are not fenced.
                             fence: None,
                         },

@@ -74,13 +74,15 @@ pub async fn finish(
     // clock_timestamp(), not now(): now() is the transaction's start, which would make every
     // apply look instantaneous on the timeline. The update, the outbox row and both
     // notifications are one statement (one round trip). `epoch` is the lease epoch the
-    // transaction's fence (`orderflow_fence`) set; null in an unfenced transaction.
+    // transaction's fence (`orderflow_fence`) set, `lease_partition` the partition of that lease
+    // (after a growth, not always the command's own); null in an unfenced transaction.
     sqlx::query!(
         r#"with finished as (
              update commands set status = $2, reason = $3, detail = $11, result_version = $4,
                                  finished_at = clock_timestamp(), delivered_at = $5, attempt = $6,
                                  published_at = coalesce(published_at, $5),
-                                 epoch = nullif(current_setting('orderflow.lease_epoch', true), '')::bigint
+                                 epoch = nullif(current_setting('orderflow.lease_epoch', true), '')::bigint,
+                                 lease_partition = nullif(current_setting('orderflow.lease_partition', true), '')::integer
              where id = $1
              returning id, order_id),
            queued as (

@@ -253,6 +253,18 @@ impl Stack {
         }
     }
 
+    /// Doubles the namespace's partition count while the stack runs, as `orderflow-api
+    /// partitions grow` does; the stack's own routing (`publish`, `order_in`) then follows it,
+    /// and its teardown removes the new queues too. Returns the new count.
+    #[cfg(feature = "api")]
+    pub async fn grow_partitions(&mut self) -> u16 {
+        let (_, after) = orderflow_api::partitions::grow(&self.common_config())
+            .await
+            .expect("growing the partitions");
+        self.topology.partitions = after.partitions();
+        after.partitions()
+    }
+
     /// The name of the test's database.
     pub fn database_name(&self) -> &str {
         &self.database_name

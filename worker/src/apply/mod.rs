@@ -38,6 +38,7 @@ use crate::payment::PaymentGateway;
 use orderflow_contract::{CommandMessage, CommandStatus};
 use orderflow_domain::{CommandId, CommandKind};
 use orderflow_storage::commands::{self, Delivered};
+use orderflow_storage::layout::LayoutCell;
 use orderflow_storage::observability::{self, NewDeadLetter};
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -112,7 +113,8 @@ pub struct OwnMessage<'a> {
 pub struct Applier {
     pub db: PgPool,
     pub gateway: Arc<dyn PaymentGateway>,
-    pub partitions: u16,
+    /// The partition counts a message may have been routed by (see `Layout::belongs`).
+    pub layout: LayoutCell,
     /// The leases this process holds: every transaction it writes for a partition starts with
     /// their fence. `None` for an applier that holds no leases (the benchmark's in-process
     /// ceiling, tests of the apply path alone): its transactions are not fenced.

@@ -4,7 +4,6 @@
 use super::{Applier, BatchItem, DeliveryInfo, Handled, Outcome, Tally};
 use crate::error::{ApplyError, Failure};
 use crate::metrics;
-use orderflow_contract::partition::partition_of;
 use orderflow_contract::{CommandMessage, ContractError, FailureCode};
 use orderflow_domain::{Command, CommandKind};
 use orderflow_storage::inventory;
@@ -127,13 +126,15 @@ impl Applier {
     fn read_command(&self, body: &[u8], partition: u16) -> Result<CommandMessage, Failure> {
         let message = CommandMessage::parse(body)
             .map_err(|e| Failure::new(contract_code(&e), e.to_string()))?;
-        let expected_partition = partition_of(message.order_id, self.partitions);
-        if expected_partition != partition {
+        let layout = self.layout.get();
+        if !layout.belongs(message.order_id, partition) {
             return Err(Failure::new(
                 FailureCode::WrongPartition,
                 format!(
-                    "routed to partition {partition}, but order {} belongs to partition {expected_partition}",
-                    message.order_id
+                    "routed to partition {partition}, but order {} belongs to partition {} (of {})",
+                    message.order_id,
+                    layout.partition_of(message.order_id),
+                    layout.partitions()
                 ),
             ));
         }
