@@ -86,8 +86,9 @@ cargo nextest run --workspace --all-targets --no-fail-fast
 # ---- 8. The race audit under scheduled faults -------------------------------------------------------
 # After the suite, never beside it: its faults restart PostgreSQL and RabbitMQ. Every scenario and
 # every fault (the first ones twice), three workers sharing the partition leases, with the faults
-# aimed at one worker (kill-owner, pg-terminate-worker, broker-close-worker) among them, in 150 s of
-# workload (every fault of `all` but scale-out-in: in CI's run at 5781fe9 it counted 3 redelivered
+# aimed at one worker (kill-owner, pg-terminate-worker, broker-close-worker) among them, and the
+# partitions grown under load (grow-partitions, last in the schedule's order: 16 -> 32 about
+# halfway, so that the second round of faults strikes the grown layout), in 150 s of workload (every fault of `all` but scale-out-in: in CI's run at 5781fe9 it counted 3 redelivered
 # starts that repeated work, an open defect of issue 18, README); fails on any broken invariant, a fault
 # never injected or never recovered from, a partition of a struck worker that never resumed, a
 # graceful move that repeated work or never rebalanced, or a refused command that ran. The
@@ -103,7 +104,7 @@ cp "$TARGET_DIR/debug/orderflow-api" "$TARGET_DIR/debug/orderflow-worker" "$TARG
 cargo build --workspace --bins
 # -o: the restarted PostgreSQL and RabbitMQ must not inherit (and keep) the lock.
 flock -o /tmp/orderflow-services.lock "$TARGET_DIR/debug/orderflow-bench" audit --spawn \
-    --workers 3 --faults kill-worker-in-tx,kill-worker-before-ack,term-worker,stop-worker,kill-api-before-publish,broker-close,broker-restart,pg-restart,pg-terminate,queue-full,kill-owner,pg-terminate-worker,broker-close-worker \
+    --workers 3 --faults kill-worker-in-tx,kill-worker-before-ack,term-worker,stop-worker,kill-api-before-publish,broker-close,broker-restart,pg-restart,pg-terminate,queue-full,kill-owner,pg-terminate-worker,broker-close-worker,grow-partitions \
     --api-bin "$TARGET_DIR/failpoints-bin/orderflow-api" \
     --worker-bin "$TARGET_DIR/failpoints-bin/orderflow-worker" \
     --database-url "$DATABASE_URL" --duration 150 --fault-interval 2 --no-progress \

@@ -123,7 +123,10 @@ impl Fault {
     /// A fault that only moves partitions gracefully (each drained before its next holder takes
     /// it): it must start no work twice.
     pub fn graceful(self) -> bool {
-        matches!(self, Fault::TermWorker | Fault::ScaleOutIn)
+        matches!(
+            self,
+            Fault::TermWorker | Fault::ScaleOutIn | Fault::GrowPartitions
+        )
     }
 
     /// The longest one injection may take, heal and recovery included: the scheduler starts a
@@ -282,7 +285,8 @@ impl FaultsReport {
                     && i.recovery.is_some()
                     && (i.affected.is_empty() || i.resumed.is_some())
                     && (!i.fault.graceful() || i.repeated == Some(0))
-                    && (i.fault != Fault::ScaleOutIn || i.balanced.is_some())
+                    && (!matches!(i.fault, Fault::ScaleOutIn | Fault::GrowPartitions)
+                        || i.balanced.is_some())
                     && i.error.is_none()
             });
     }
