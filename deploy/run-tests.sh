@@ -110,6 +110,32 @@ flock -o /tmp/orderflow-services.lock "$TARGET_DIR/debug/orderflow-bench" audit 
     --database-url "$DATABASE_URL" --duration 150 --fault-interval 2 --no-progress \
     --report "$TARGET_DIR/audit-faults.json" --log-dir "$TARGET_DIR/audit-faults-logs"
 
+# ---- 8b. The cluster faults, on the test rigs ------------------------------------------------------
+# A three-node RabbitMQ cluster, each node in a network namespace of its own (so that a cut is a real
+# network partition), and a PostgreSQL primary with a synchronous standby (ports 5440/5441), beside
+# the machine's own servers, which they never touch; the stack spawned on them, three workers, and
+# in turn: kill -9 of a broker node, a broker node cut off (its link down), the primary killed and
+# the standby promoted; each healed (the node restarted or reconnected, the old primary rejoined as
+# a standby). Same verdict as above. The rigs are always taken down again.
+of_log "race audit on the rigs: broker-node-kill, broker-node-cut, pg-promote"
+rigs_down() {
+    "$DEPLOY_DIR/lib/rabbit-cluster.sh" down >/dev/null 2>&1 || true
+    "$DEPLOY_DIR/lib/pg-ha.sh" down >/dev/null 2>&1 || true
+}
+trap rigs_down EXIT
+RC_MODE=netns "$DEPLOY_DIR/lib/rabbit-cluster.sh" up
+"$DEPLOY_DIR/lib/pg-ha.sh" up
+"$TARGET_DIR/debug/orderflow-bench" audit --spawn \
+    --workers 3 --faults broker-node-kill,broker-node-cut,pg-promote \
+    --api-bin "$TARGET_DIR/failpoints-bin/orderflow-api" \
+    --worker-bin "$TARGET_DIR/failpoints-bin/orderflow-worker" \
+    --amqp-url "$("$DEPLOY_DIR/lib/rabbit-cluster.sh" urls | paste -sd,)" \
+    --database-url "postgres://${ORDERFLOW_DB_USER}:${ORDERFLOW_DB_PASSWORD}@127.0.0.1:5440,127.0.0.1:5441/postgres" \
+    --rig-dir "$DEPLOY_DIR/lib" --duration 180 --fault-interval 3 --no-progress \
+    --report "$TARGET_DIR/audit-cluster.json" --log-dir "$TARGET_DIR/audit-cluster-logs"
+rigs_down
+trap - EXIT
+
 # ---- 9. The Docker build context (no Docker engine needed) ----------------------------------------
 # Last: its build of the copied tree shares this target directory (see the script).
 of_log "docker build context: deploy/check-docker-context.sh"

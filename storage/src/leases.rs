@@ -50,6 +50,42 @@ fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
+/// The `application_name` of a worker's sessions: its pool's; its lease keeper's adds " leases".
+pub fn worker_sessions_name(worker: &str) -> String {
+    format!("orderflow-worker {worker}")
+}
+
+/// Ends the sessions of worker `owner` — a lease holder whose membership expired or which is
+/// dead — that have been inside a transaction for longer than `older_than`; how many. A holder
+/// stopped mid-transaction keeps its lease rows locked FOR SHARE from its fence on, which makes
+/// every take of its leases wait. PostgreSQL ends such a session after the worker's
+/// `idle_in_transaction_session_timeout` only when it waits for its next request, not when it
+/// waits for the rest of one (a pipelined request cut before its Sync), and no other timeout
+/// covers that. Ending it is safe: whatever the transaction did for a partition would be refused
+/// by its fence once the lease is taken, and unfenced work (the relays) is redone by the live
+/// workers. A live process of the same name (a restart) has no transaction that old but one
+/// stuck on a lock, which then fails as transient and is retried.
+pub async fn end_transactions_of(
+    db: impl PgExecutor<'_>,
+    owner: &str,
+    older_than: Duration,
+) -> sqlx::Result<i64> {
+    let pool = crate::application_name_of(&worker_sessions_name(owner));
+    let keeper = crate::application_name_of(&format!("{} leases", worker_sessions_name(owner)));
+    sqlx::query_scalar!(
+        r#"select count(*) filter (where pg_terminate_backend(pid)) as "ended!"
+             from pg_stat_activity
+            where datname = current_database() and pid <> pg_backend_pid()
+              and application_name in ($1, $2)
+              and xact_start < now() - make_interval(secs => $3)"#,
+        pool,
+        keeper,
+        secs(older_than)
+    )
+    .fetch_one(db)
+    .await
+}
+
 /// Creates the lease rows of partitions `0..partitions` that do not exist yet.
 pub async fn ensure_partitions(db: impl PgExecutor<'_>, partitions: u16) -> sqlx::Result<()> {
     sqlx::query!(

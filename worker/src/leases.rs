@@ -391,6 +391,25 @@ impl Keeper {
             Ok(taken) => taken,
             Err(e) if orderflow_storage::classify(&e).is_transient() => {
                 tracing::info!(partition, error = %e, "taking the lease must wait; next round");
+                // A holder that is gone but whose transaction PostgreSQL left open would make
+                // this wait until it wakes: end that transaction (see `end_transactions_of`).
+                if let (true, Some(owner)) = (seen.expired, seen.owner.as_deref()) {
+                    match leases::end_transactions_of(&mut *conn, owner, self.timing.ttl / 2).await
+                    {
+                        Ok(0) => {}
+                        Ok(ended) => tracing::warn!(
+                            partition,
+                            owner,
+                            ended,
+                            "ended the open transactions of a gone lease holder that held its lease"
+                        ),
+                        Err(e) => tracing::warn!(
+                            partition,
+                            error = %e,
+                            "could not end a gone lease holder's open transactions"
+                        ),
+                    }
+                }
                 None
             }
             Err(e) => return Err(e.into()),

@@ -159,7 +159,7 @@ impl Worker {
             common.db_pool_size,
             IDLE_IN_TRANSACTION,
             STATEMENT_TIMEOUT,
-            &format!("orderflow-worker {worker_name}"),
+            &db::leases::worker_sessions_name(&worker_name),
         )?;
         wait_for("PostgreSQL", || async {
             match db::check_schema(&db).await {
@@ -226,7 +226,7 @@ impl Worker {
             2,
             IDLE_IN_TRANSACTION,
             Duration::from_millis(config.lease_ttl_ms / 2),
-            &format!("orderflow-worker {worker_name} leases"),
+            &format!("{} leases", db::leases::worker_sessions_name(&worker_name)),
         )?;
         let applier = Applier {
             db,

@@ -342,3 +342,73 @@ async fn a_worker_cut_off_from_postgres_stops_consuming_before_its_leases_expire
         2
     );
 }
+
+/// A stopped holder's session that PostgreSQL does not end by itself (its idle-in-transaction
+/// timeout covers a session waiting for its next request, not one waiting for the rest of a
+/// pipelined one, nor a session configured without it) keeps its lease row locked FOR SHARE from
+/// its fence on. Once the holder's membership expired, whoever takes the lease over ends that
+/// session instead of waiting for the holder to wake (found by the race audit's `stop-worker`:
+/// two partitions resumed only when the stopped worker woke, 12.6 s after the stop).
+#[tokio::test]
+async fn a_lease_held_by_an_expired_holders_open_transaction_is_taken_over_without_waiting_for_it()
+{
+    let mut stack = Stack::builder().partitions(1).start().await;
+    let zombie = uuid::Uuid::new_v4();
+    sqlx::query(
+        "insert into worker_members (name, incarnation, expires_at, liveness_lock)
+         values ('zombie', $1, now() + interval '1 second', false)",
+    )
+    .bind(zombie)
+    .execute(&stack.db)
+    .await
+    .unwrap();
+    sqlx::query(
+        "insert into partition_leases (partition, owner, incarnation, epoch, state)
+         values (0, 'zombie', $1, 1, 'active')
+         on conflict (partition) do update
+            set owner = excluded.owner, incarnation = excluded.incarnation,
+                epoch = excluded.epoch, state = excluded.state",
+    )
+    .bind(zombie)
+    .execute(&stack.db)
+    .await
+    .unwrap();
+    // One of the zombie's sessions (its pool's name), inside a transaction past its fence, and
+    // never ended by PostgreSQL.
+    let options: sqlx::postgres::PgConnectOptions = stack.database_url.parse().unwrap();
+    let mut session = <sqlx::PgConnection as sqlx::Connection>::connect_with(
+        &options
+            .application_name("orderflow-worker zombie")
+            .options([("idle_in_transaction_session_timeout", "0")]),
+    )
+    .await
+    .unwrap();
+    sqlx::query("begin").execute(&mut session).await.unwrap();
+    sqlx::query("select orderflow_fence(array[0], array[1::bigint], 'zombie', $1)")
+        .bind(zombie)
+        .execute(&mut session)
+        .await
+        .unwrap();
+
+    // Its membership expires; a worker joins and must take the partition within a few rounds.
+    named(&mut stack, "taker").await;
+    wait_for("the taker to hold partition 0")
+        .within(Duration::from_secs(10))
+        .every(Duration::from_millis(100))
+        .until(|| async {
+            let owner: Option<String> =
+                sqlx::query_scalar("select owner from partition_leases where partition = 0")
+                    .fetch_one(&stack.db)
+                    .await
+                    .unwrap();
+            (owner.as_deref() == Some("taker"))
+                .then_some(())
+                .ok_or(format!("owner now: {owner:?}"))
+        })
+        .await;
+    // The zombie's transaction was ended, not left to commit when it wakes.
+    assert!(
+        sqlx::query("commit").execute(&mut session).await.is_err(),
+        "the zombie's session still commits"
+    );
+}

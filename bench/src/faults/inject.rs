@@ -13,6 +13,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use orderflow_storage::audit;
 use sqlx::PgPool;
+use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt as _;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
@@ -285,6 +286,25 @@ async fn inject(target: &mut Target<'_>, plan: &Plan, fault: Fault) -> anyhow::R
             let rig = plan.rigs.join("rabbit-cluster.sh");
             without_a_node(target, (&rig, &["kill", "1"]), (&rig, &["start", "1"])).await
         }
+        Fault::BrokerNodeCut => {
+            let rig = plan.rigs.join("rabbit-cluster.sh");
+            // The node that leads the most partition queues: its cut moves the most.
+            let leaders = run_script(
+                &rig,
+                &[
+                    "ctl",
+                    "1",
+                    "rabbitmqctl",
+                    "list_queues",
+                    "name",
+                    "leader",
+                    "--quiet",
+                ],
+            )
+            .await?;
+            let node = busiest_node(&leaders, target.stack.namespace()).to_string();
+            without_a_node(target, (&rig, &["cut", &node]), (&rig, &["heal", &node])).await
+        }
         Fault::PgPromote => {
             let rig = plan.rigs.join("pg-ha.sh");
             without_a_node(target, (&rig, &["failover"]), (&rig, &["rejoin"])).await
@@ -368,7 +388,7 @@ async fn without_a_node(
     let (struck, struck_at) = now();
     let struck_out = run_script(strike.0, strike.1).await;
     let resumed = match &struck_out {
-        Ok(_) => recovery::partitions_resumed(&target.db, &partitions, struck, struck_at).await,
+        Ok(_) => recovery::partitions_flowing(&target.db, &partitions, struck, struck_at).await,
         Err(_) => None,
     };
     // Healed whatever happened: the rig is always left whole.
@@ -378,6 +398,29 @@ async fn without_a_node(
     target.affected = partitions;
     target.resumed = Some(resumed);
     Ok(true)
+}
+
+/// The number of the rig's RabbitMQ node (`of<N>@host`) that leads the most of `namespace`'s
+/// partition queues, from `rabbitmqctl list_queues name leader`; node 1 when none is named.
+fn busiest_node(list_queues: &str, namespace: &str) -> u32 {
+    let prefix = format!("{namespace}.commands.");
+    let mut led: BTreeMap<u32, usize> = BTreeMap::new();
+    for line in list_queues.lines() {
+        let mut columns = line.split_whitespace();
+        let (Some(queue), Some(leader)) = (columns.next(), columns.next()) else {
+            continue;
+        };
+        let node = leader
+            .strip_prefix("of")
+            .and_then(|rest| rest.split('@').next())
+            .and_then(|n| n.parse().ok());
+        if let (true, Some(node)) = (queue.starts_with(&prefix), node) {
+            *led.entry(node).or_default() += 1;
+        }
+    }
+    led.into_iter()
+        .max_by_key(|&(node, count)| (count, std::cmp::Reverse(node)))
+        .map_or(1, |(node, _)| node)
 }
 
 /// Runs a rig script to its end (`Err` with its stderr if it failed).
@@ -608,5 +651,26 @@ mod tests {
             Some("orderflow-worker audit.1 worker-0.2")
         );
         assert_eq!(connection_name(r#"[{"product",longstr,<<"pika">>}]"#), None);
+    }
+
+    #[test]
+    fn the_busiest_node_leads_the_most_of_the_namespaces_partition_queues() {
+        let listed = "audit.1.commands.0\tof2@10.77.0.2\n\
+                      audit.1.commands.1\tof3@10.77.0.3\n\
+                      audit.1.commands.2\tof3@10.77.0.3\n\
+                      audit.1.dead-letter\tof1@10.77.0.1\n\
+                      other.commands.0\tof1@10.77.0.1\n\
+                      other.commands.1\tof1@10.77.0.1\n\
+                      other.commands.2\tof1@10.77.0.1\n";
+        assert_eq!(busiest_node(listed, "audit.1"), 3);
+        // A tie goes to the lower number; nothing led (or nothing listed): node 1.
+        assert_eq!(
+            busiest_node(
+                "audit.1.commands.0 of2@localhost\naudit.1.commands.1 of3@localhost",
+                "audit.1"
+            ),
+            2
+        );
+        assert_eq!(busiest_node("", "audit.1"), 1);
     }
 }

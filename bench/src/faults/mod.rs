@@ -60,6 +60,11 @@ pub enum Fault {
     /// kill 1`); once every partition applied again without it, the node is started and rejoins.
     /// The stack must run on that cluster (`--amqp-url` naming its nodes).
     BrokerNodeKill,
+    /// RabbitMQ node 1 of the test cluster cut off (`deploy/lib/rabbit-cluster.sh cut 1`: with the
+    /// cluster up in `RC_MODE=netns`, its link goes down, a real network partition; in the plain
+    /// mode the node is frozen with SIGSTOP); once every partition applied again without it, the
+    /// link comes back (`heal 1`) and the node rejoins.
+    BrokerNodeCut,
     /// The PostgreSQL primary of the test pair is killed (-9) and its synchronous standby promoted
     /// (`deploy/lib/pg-ha.sh failover`); once every partition applied again on the new primary,
     /// the old one rejoins as its standby (`rejoin`). The stack must run on that pair
@@ -105,6 +110,7 @@ impl Fault {
             Fault::GrowPartitions => "grow-partitions",
             Fault::All => "all",
             Fault::BrokerNodeKill => "broker-node-kill",
+            Fault::BrokerNodeCut => "broker-node-cut",
             Fault::PgPromote => "pg-promote",
         }
     }
@@ -145,6 +151,8 @@ impl Fault {
             Fault::GrowPartitions => base + Duration::from_secs(20),
             // The node's restart (its boot and rejoin), or the old primary's rejoin.
             Fault::BrokerNodeKill => base + Duration::from_secs(40),
+            // Detecting the partition (net_ticktime 10 s), then the heal and rejoin.
+            Fault::BrokerNodeCut => base + Duration::from_secs(70),
             Fault::PgPromote => base + Duration::from_secs(30),
             _ => base,
         }

@@ -181,6 +181,11 @@ impl Stack {
         Ok(true)
     }
 
+    /// The AMQP namespace the processes run in.
+    pub fn namespace(&self) -> &str {
+        &self.settings.namespace
+    }
+
     /// The partition count the processes run with.
     pub fn partitions(&self) -> u16 {
         self.settings.partitions
