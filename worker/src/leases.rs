@@ -289,7 +289,20 @@ impl Keeper {
         let partitions = layout.get().partitions();
         let live = leases::live_members(&self.db, self.timing.dead_after()).await?;
         let names: Vec<&str> = live.iter().map(String::as_str).collect();
-        let mine = assignment::partitions_of(partitions, &names, &me.name);
+        // Who holds what: a partition stays with a live holder within its share (sticky), so a
+        // join moves only the newcomer's share. One being handed over is nobody's.
+        let all = leases::leases(&self.db, self.timing.dead_after()).await?;
+        let mut holders: Vec<Option<&str>> = vec![None; usize::from(partitions)];
+        for lease in &all {
+            if let Some(slot) = usize::try_from(lease.partition)
+                .ok()
+                .and_then(|p| holders.get_mut(p))
+                && lease.state == "active"
+            {
+                *slot = lease.owner.as_deref();
+            }
+        }
+        let mine = assignment::partitions_of(partitions, &names, &holders, &me.name);
         // Hand over what is no longer ours.
         let now = Instant::now();
         for (partition, running) in &mut self.running {
@@ -325,7 +338,6 @@ impl Keeper {
         if wanted.is_empty() || shutdown.is_cancelled() {
             return Ok(true);
         }
-        let all = leases::leases(&self.db, self.timing.dead_after()).await?;
         for partition in wanted {
             let Some(seen) = all.iter().find(|l| l.partition == i32::from(partition)) else {
                 continue;

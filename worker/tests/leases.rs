@@ -192,12 +192,19 @@ async fn a_worker_whose_lease_was_taken_commits_nothing_more_and_leaves_the_mess
     let order = common::created_order(&stack, 1).await;
 
     // Another worker ("thief") takes partition 1 behind this one's back, as a worker that found
-    // its lease expired would: epoch + 1. Its membership runs for a few seconds, and its name is
-    // one the shared assignment gives partition 1 (so that "fenced" keeps partition 0 meanwhile).
-    let thief = (0..)
-        .map(|i| format!("thief-{i}"))
-        .find(|t| orderflow_worker::assignment::partitions_of(2, &["fenced", t.as_str()], t) == [1])
-        .unwrap();
+    // its lease expired would: epoch + 1. Its membership runs for a few seconds; holding
+    // partition 1, the shared (sticky) assignment leaves it there, so that "fenced" keeps
+    // partition 0 meanwhile.
+    let thief = "thief".to_owned();
+    assert_eq!(
+        orderflow_worker::assignment::partitions_of(
+            2,
+            &["fenced", &thief],
+            &[Some("fenced"), Some(&thief)],
+            &thief
+        ),
+        [1]
+    );
     sqlx::query(
         "insert into worker_members (name, incarnation, expires_at)
          values ($1, gen_random_uuid(), now() + interval '4 seconds')",
