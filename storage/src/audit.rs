@@ -299,14 +299,11 @@ pub async fn repeated_starts_since(
 
 /// For each (partition, epoch) of `watched` that had a command finished by a worker (not a
 /// refusal) since `since` — under a later epoch than the one given (its next holder), or under
-/// any when none is given; with `accepted_since`, only commands the API accepted since then
-/// (recorded before their publish, so published since: what a consumer had been given before
-/// cannot count) —, when the first one finished.
+/// any when none is given —, when the first one finished.
 pub async fn partitions_finishing_since(
     db: impl PgExecutor<'_>,
     watched: &[(i32, Option<i64>)],
     since: DateTime<Utc>,
-    accepted_since: bool,
 ) -> sqlx::Result<Vec<(i32, DateTime<Utc>)>> {
     let (partitions, epochs): (Vec<i32>, Vec<Option<i64>>) = watched.iter().copied().unzip();
     let refusals = IntakeRefusal::ALL.map(IntakeRefusal::as_str);
@@ -317,13 +314,11 @@ pub async fn partitions_finishing_since(
                on w.partition = coalesce(c.lease_partition, c.partition)
             where c.finished_at > $3 and (w.epoch is null or c.epoch > w.epoch)
               and coalesce(c.reason, '') <> all($4)
-              and (not $5 or (c.accepted_at > $3 and c.source = 'http'))
             group by w.partition"#,
         &partitions,
         &epochs as &[Option<i64>],
         since,
-        &refusals as &[&str],
-        accepted_since
+        &refusals as &[&str]
     )
     .fetch_all(db)
     .await?;

@@ -388,7 +388,7 @@ async fn without_a_node(
     let (struck, struck_at) = now();
     let struck_out = run_script(strike.0, strike.1).await;
     let resumed = match &struck_out {
-        Ok(_) => recovery::partitions_flowing(&target.db, &partitions, struck, struck_at).await,
+        Ok(_) => recovery::partitions_resumed(&target.db, &partitions, struck, struck_at).await,
         Err(_) => None,
     };
     // Healed whatever happened: the rig is always left whole.

@@ -40,20 +40,7 @@ pub async fn partitions_resumed(
     injected_at: DateTime<Utc>,
 ) -> Option<f64> {
     let watched: Vec<(i32, Option<i64>)> = partitions.iter().map(|&p| (p, None)).collect();
-    first_finishes(db, &watched, injected, injected_at, false).await
-}
-
-/// Like [`partitions_resumed`], counting only commands accepted since the injection: each
-/// partition's path through the broker and the database works again end to end (a consumer
-/// applying what it was given before a broker node went away proves nothing of the sort).
-pub async fn partitions_flowing(
-    db: &PgPool,
-    partitions: &[i32],
-    injected: Instant,
-    injected_at: DateTime<Utc>,
-) -> Option<f64> {
-    let watched: Vec<(i32, Option<i64>)> = partitions.iter().map(|&p| (p, None)).collect();
-    first_finishes(db, &watched, injected, injected_at, true).await
+    first_finishes(db, &watched, injected, injected_at).await
 }
 
 /// Like [`partitions_resumed`] for partitions that changed hands: until each (partition,
@@ -66,7 +53,7 @@ pub async fn partitions_moved(
     from_at: DateTime<Utc>,
 ) -> Option<f64> {
     let watched: Vec<(i32, Option<i64>)> = moved.iter().map(|&(p, e)| (p, Some(e))).collect();
-    first_finishes(db, &watched, from, from_at, false).await
+    first_finishes(db, &watched, from, from_at).await
 }
 
 /// Polls until every watched partition had its first finish since `from_at` (see
@@ -76,14 +63,13 @@ async fn first_finishes(
     watched: &[(i32, Option<i64>)],
     from: Instant,
     from_at: DateTime<Utc>,
-    accepted_since: bool,
 ) -> Option<f64> {
     if watched.is_empty() {
         return Some(0.0);
     }
     let deadline = from + RECOVERY_TIMEOUT;
     loop {
-        let firsts = audit::partitions_finishing_since(db, watched, from_at, accepted_since).await;
+        let firsts = audit::partitions_finishing_since(db, watched, from_at).await;
         if let Ok(found) = firsts
             && found.len() == watched.len()
         {
