@@ -189,14 +189,6 @@ impl Application {
         let layout = layout::ensure(&pool, common.partitions)
             .await
             .context("reading the partition layout")?;
-        if layout.partitions() != common.partitions {
-            tracing::info!(
-                configured = common.partitions,
-                partitions = layout.partitions(),
-                generation = layout.generation,
-                "following the database's partition count, not ORDERFLOW_PARTITIONS"
-            );
-        }
         let topology = Topology {
             namespace: common.namespace.clone(),
             partitions: layout.partitions(),

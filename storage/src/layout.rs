@@ -24,7 +24,8 @@ pub async fn current(db: impl PgExecutor<'_>) -> sqlx::Result<Layout> {
 }
 
 /// The layout, after recording `configured` as the first count if the deployment has none yet
-/// (its first process to start decides; later ones follow what is stored).
+/// (its first process to start decides; later ones follow what is stored, and say so when it
+/// differs from theirs).
 pub async fn ensure(db: &PgPool, configured: u16) -> sqlx::Result<Layout> {
     Layout::single(configured).map_err(layout_error)?;
     sqlx::query!(
@@ -34,7 +35,16 @@ pub async fn ensure(db: &PgPool, configured: u16) -> sqlx::Result<Layout> {
     )
     .execute(db)
     .await?;
-    current(db).await
+    let layout = current(db).await?;
+    if layout.partitions() != configured {
+        tracing::info!(
+            configured,
+            partitions = layout.partitions(),
+            generation = layout.generation,
+            "following the database's partition count, not ORDERFLOW_PARTITIONS"
+        );
+    }
+    Ok(layout)
 }
 
 /// Records `next` (the doubled count of `seen`) as the next generation, with the lease rows of

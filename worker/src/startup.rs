@@ -175,14 +175,6 @@ impl Worker {
             Ok(layout::ensure(&db, common.partitions).await?)
         })
         .await?;
-        if layout.partitions() != common.partitions {
-            tracing::info!(
-                configured = common.partitions,
-                partitions = layout.partitions(),
-                generation = layout.generation,
-                "following the database's partition count, not ORDERFLOW_PARTITIONS"
-            );
-        }
 
         let topology = Topology {
             namespace: common.namespace.clone(),
