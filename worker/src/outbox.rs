@@ -1,16 +1,21 @@
-//! The outbox relay. It publishes status events to the events exchange in outbox order (hence
-//! per-order order), woken by LISTEN/NOTIFY; it deletes rows only after the broker confirmed
-//! them. It hands on the trace stored with the command (`traceparent` header): events carry
+//! The outbox relay. It publishes status events to the events exchange in outbox order, an
+//! order's next event only once the broker confirmed its previous one (hence per-order order
+//! whatever the broker refuses), woken by LISTEN/NOTIFY; it deletes rows only after the broker
+//! confirmed them. It hands on the trace stored with the command (`traceparent` header): events carry
 //! their command's. The command relay is [`crate::command_relay`].
 
 use crate::relay::{BATCH, traceparents};
 use orderflow_contract::StatusEvent;
-use orderflow_messaging::{Outgoing, Publisher, Topology, json_properties, with_traceparent};
+use orderflow_domain::OrderId;
+use orderflow_messaging::{
+    Outgoing, PublishError, Publisher, Topology, json_properties, with_traceparent,
+};
 use orderflow_runtime::shutdown::CancellationToken;
 use orderflow_storage::listen::{Listener, Notice};
 use orderflow_storage::{self as db, outbox};
 use serde::Deserialize;
 use sqlx::PgPool;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -83,32 +88,104 @@ pub async fn relay_batch(
         })
         .collect();
     let traces = traceparents(&mut tx, command_ids.iter().flatten().copied().collect()).await?;
-    let messages: Vec<Outgoing> = rows
-        .iter()
-        .zip(&bodies)
-        .zip(&command_ids)
-        .map(|((row, body), command_id)| Outgoing {
-            routing_key: &row.routing_key,
-            body,
-            properties: with_traceparent(
-                json_properties(),
-                command_id
-                    .and_then(|id| traces.get(&id))
-                    .map(String::as_str),
-            ),
-        })
-        .collect();
-    // Events may have no subscriber: not mandatory.
-    let results = publisher
-        .publish_batch(&topology.events_exchange(), &messages, false)
-        .await;
-    // Delete the confirmed prefix only: a later event must not leave before an earlier one.
-    let confirmed = results.iter().take_while(|r| r.is_ok()).count();
-    let ids: Vec<i64> = rows[..confirmed].iter().map(|r| r.id).collect();
-    outbox::delete(&mut tx, &ids).await?;
+    let message = |i: usize| Outgoing {
+        routing_key: &rows[i].routing_key,
+        body: &bodies[i],
+        properties: with_traceparent(
+            json_properties(),
+            command_ids[i]
+                .and_then(|id| traces.get(&id))
+                .map(String::as_str),
+        ),
+    };
+    // An order never has two events in flight: its k-th row of the batch goes out in wave k,
+    // and only if its earlier ones were confirmed. A publish the broker refuses or leaves
+    // unconfirmed while it confirms a later one (a quorum queue that loses its leader nacks
+    // what it held and takes what comes next) would otherwise let the order's later event
+    // overtake it: the race audit saw seqs 51, 52 arrive before 40..50 of one order when a
+    // broker node was cut off. Most batches are one wave (one event per order).
+    let waves = waves(&rows);
+    let mut held: HashSet<OrderId> = HashSet::new();
+    let mut confirmed = Vec::with_capacity(rows.len());
+    let mut failure = None;
+    for wave in waves {
+        let wave: Vec<usize> = wave
+            .into_iter()
+            .filter(|&i| !held.contains(&rows[i].order_id))
+            .collect();
+        if wave.is_empty() {
+            break;
+        }
+        let messages: Vec<Outgoing> = wave.iter().map(|&i| message(i)).collect();
+        // Events may have no subscriber: not mandatory.
+        let results = publisher
+            .publish_batch(&topology.events_exchange(), &messages, false)
+            .await;
+        let mut unavailable = false;
+        for (&i, result) in wave.iter().zip(results) {
+            match result {
+                Ok(()) => confirmed.push(rows[i].id),
+                Err(e) => {
+                    held.insert(rows[i].order_id);
+                    unavailable |= matches!(e, PublishError::Unavailable(_));
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        // A broker that did not answer gets no further wave: each may wait the whole confirm
+        // timeout with this transaction open.
+        if unavailable {
+            break;
+        }
+    }
+    outbox::delete(&mut tx, &confirmed).await?;
     tx.commit().await?;
-    if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
+    if let Some(e) = failure {
         anyhow::bail!("publishing events: {e}");
     }
-    Ok(confirmed)
+    Ok(confirmed.len())
+}
+
+/// The batch's rows by wave: wave k holds, in outbox order, each order's k-th row.
+fn waves(rows: &[outbox::OutboxRow]) -> Vec<Vec<usize>> {
+    let mut seen: HashMap<OrderId, usize> = HashMap::new();
+    let mut waves: Vec<Vec<usize>> = Vec::new();
+    for (i, row) in rows.iter().enumerate() {
+        let k = seen.entry(row.order_id).or_default();
+        if *k == waves.len() {
+            waves.push(Vec::new());
+        }
+        waves[*k].push(i);
+        *k += 1;
+    }
+    waves
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: i64, order: u128) -> outbox::OutboxRow {
+        outbox::OutboxRow {
+            id,
+            order_id: OrderId(Uuid::from_u128(order)),
+            routing_key: String::new(),
+            payload: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn each_orders_kth_row_goes_in_wave_k_in_outbox_order() {
+        let rows = [
+            row(1, 7),
+            row(2, 8),
+            row(3, 7),
+            row(4, 9),
+            row(5, 7),
+            row(6, 8),
+        ];
+        assert_eq!(waves(&rows), [vec![0, 1, 3], vec![2, 5], vec![4]]);
+        assert_eq!(waves(&rows[..2]), [vec![0, 1]]);
+        assert!(waves(&[]).is_empty());
+    }
 }
