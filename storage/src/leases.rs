@@ -287,6 +287,10 @@ pub async fn take(
 }
 
 /// Says that the holder is finishing what it holds of the partition before releasing it.
+/// Without waiting: a transaction of the holder's that is in flight for the partition holds the
+/// row `FOR SHARE` (its fence), and may itself wait on a row of an order for a long time; the
+/// hand-over must not wait behind it (the keeper's round would time out and the drain never
+/// start). `false` when the row is busy (or no longer this holder's): the caller tries again.
 pub async fn mark_draining(
     db: impl PgExecutor<'_>,
     partition: i32,
@@ -295,7 +299,10 @@ pub async fn mark_draining(
 ) -> sqlx::Result<bool> {
     let marked = sqlx::query!(
         "update partition_leases set state = 'draining', changed_at = now()
-          where partition = $1 and epoch = $2 and owner = $3 and incarnation = $4",
+          where partition = (select partition from partition_leases
+                              where partition = $1 and epoch = $2 and owner = $3
+                                and incarnation = $4 and state = 'active'
+                                for update skip locked)",
         partition,
         epoch,
         me.name,

@@ -136,6 +136,8 @@ struct Running {
     task: JoinHandle<Ended>,
     /// Since when it is being drained for a hand-over.
     draining_since: Option<Instant>,
+    /// Whether its lease row says `draining` yet.
+    marked_draining: bool,
 }
 
 /// Takes, renews, drains and releases this process's leases, and runs a consumer for each
@@ -309,23 +311,37 @@ impl Keeper {
             if mine.contains(partition) {
                 continue;
             }
-            match running.draining_since {
-                None => {
+            // The consumer is told first; the lease row says so as soon as no transaction of
+            // this worker holds it (`mark_draining` does not wait), retried each round.
+            if running.draining_since.is_some() && !running.marked_draining {
+                running.marked_draining =
                     leases::mark_draining(&self.db, i32::from(*partition), running.epoch, me)
                         .await?;
+            }
+            match running.draining_since {
+                None => {
                     tracing::info!(
                         partition = *partition,
                         "handing the partition over: draining"
                     );
                     running.stops.drain.cancel();
                     running.draining_since = Some(now);
+                    running.marked_draining =
+                        leases::mark_draining(&self.db, i32::from(*partition), running.epoch, me)
+                            .await?;
                 }
-                Some(since) if now - since > self.timing.drain_limit => {
+                Some(since) if now - since > self.timing.drain_limit * 2 => {
                     tracing::warn!(
                         partition = *partition,
-                        "the partition did not drain in time; leaving what it holds to the broker"
+                        "the partition did not give back in time; abandoning its consumer"
                     );
                     running.stops.abandon.cancel();
+                }
+                Some(since)
+                    if now - since > self.timing.drain_limit
+                        && !running.stops.give_back.is_cancelled() =>
+                {
+                    give_back(*partition, &running.stops);
                 }
                 Some(_) => {}
             }
@@ -447,6 +463,7 @@ impl Keeper {
                 stops,
                 task,
                 draining_since: None,
+                marked_draining: false,
             },
         );
         Ok(())
@@ -522,12 +539,19 @@ impl Keeper {
             let end = match tokio::time::timeout_at(deadline, &mut running.task).await {
                 Ok(end) => end,
                 Err(_) => {
-                    tracing::warn!(
-                        partition,
-                        "the partition did not drain in time; leaving what it holds to the broker"
-                    );
-                    running.stops.abandon.cancel();
-                    running.task.await
+                    give_back(partition, &running.stops);
+                    let given_back = Instant::now() + self.timing.drain_limit;
+                    match tokio::time::timeout_at(given_back, &mut running.task).await {
+                        Ok(end) => end,
+                        Err(_) => {
+                            tracing::warn!(
+                                partition,
+                                "the partition did not give back in time; abandoning its consumer"
+                            );
+                            running.stops.abandon.cancel();
+                            running.task.await
+                        }
+                    }
                 }
             };
             self.end(partition, running.epoch, end.unwrap_or(Ended::LeaseLost))
@@ -540,4 +564,15 @@ impl Keeper {
             let _ = sqlx::Connection::close(conn).await;
         }
     }
+}
+
+/// A drain that outlasted its limit: the consumer finishes the transaction in flight and hands
+/// the rest back to the broker unopened.
+fn give_back(partition: u16, stops: &Stops) {
+    tracing::warn!(
+        partition,
+        "the partition did not drain in time; finishing the transaction in flight and handing the rest back unopened"
+    );
+    metrics::drain_overran();
+    stops.give_back.cancel();
 }

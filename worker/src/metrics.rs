@@ -42,6 +42,7 @@ pub const LEASE_HELD: &str = "orderflow_partition_lease_held";
 pub const REBALANCES: &str = "orderflow_partition_rebalances_total";
 pub const FENCED: &str = "orderflow_fenced_transactions_total";
 pub const CONSUMERS_STUCK: &str = "orderflow_partition_consumer_stuck_total";
+pub const DRAIN_OVERRUNS: &str = "orderflow_partition_drain_overruns_total";
 
 /// Kinds of `orderflow_partition_rebalances_total`: a lease this worker took, one it released
 /// after draining, one it lost (taken over, or given up because it could not renew it in time).
@@ -65,6 +66,7 @@ pub fn register() {
         PARKED,
         DEAD_LETTERS_UNRECORDED,
         FENCED,
+        DRAIN_OVERRUNS,
     ] {
         counter!(name).increment(0);
     }
@@ -89,6 +91,12 @@ pub fn consumer_stuck(stage: &'static str) {
 /// over (the worker was paused or cut off past its lease).
 pub fn fenced() {
     counter!(FENCED).increment(1);
+}
+
+/// A partition's drain outlasted `ORDERFLOW_DRAIN_LIMIT_MS`: what it had not started went back
+/// to the broker unopened.
+pub fn drain_overran() {
+    counter!(DRAIN_OVERRUNS).increment(1);
 }
 
 /// A lease of this worker was taken, released or lost (one of [`REBALANCE_KINDS`]).

@@ -80,6 +80,15 @@ pub struct WorkerConfig {
           value_parser = clap::value_parser!(u64).range(1000..))]
     pub lease_ttl_ms: u64,
 
+    /// Most time a partition handed over (or a worker stopping) may take to finish and ack the
+    /// messages it was given. Past it, the transaction in flight still finishes and is acked, and
+    /// the messages not yet started go back to the broker unopened (redelivered to the next
+    /// holder, never applied twice); if even that takes this long again, the consumer is
+    /// abandoned (its transaction rolled back).
+    #[arg(long, env = "ORDERFLOW_DRAIN_LIMIT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(100..))]
+    pub drain_limit_ms: u64,
+
     /// Name of this worker in the partition heartbeat (`worker_partitions`) and the dashboard
     /// [default: <hostname>:<pid>]
     #[arg(long, env = "ORDERFLOW_WORKER_NAME")]
@@ -277,7 +286,7 @@ impl Worker {
             LeaseTiming {
                 ttl,
                 renew_every: ttl / 10,
-                ..LeaseTiming::DEFAULT
+                drain_limit: Duration::from_millis(self.config.drain_limit_ms),
             },
         );
         let stop = shutdown.clone();
@@ -346,8 +355,10 @@ impl Worker {
         // Until shutdown, and then for at most the grace period: a task still busy after it is
         // aborted. Nothing is lost by that: an unacked message is redelivered and its
         // transaction either committed or not.
+        // The keeper's drain, then its give-back, each bounded by the drain limit.
+        let grace = SHUTDOWN_GRACE.max(Duration::from_millis(self.config.drain_limit_ms) * 2);
         tasks
-            .join(&shutdown, SHUTDOWN_GRACE)
+            .join(&shutdown, grace)
             .await
             .context("a worker task panicked")?;
         // The consumers are gone: say so now rather than leave `consuming` to go stale.
@@ -365,7 +376,8 @@ impl Worker {
     }
 }
 
-/// How long a stopping worker waits for its tasks to finish what they hold.
+/// How long a stopping worker waits at least for its tasks to finish what they hold (twice
+/// `ORDERFLOW_DRAIN_LIMIT_MS` when that is longer).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
 /// `<hostname>:<pid>`: unique among the workers of a host, recognisable on the dashboard.

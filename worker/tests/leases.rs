@@ -7,7 +7,7 @@ mod common;
 
 use orderflow_messaging::queue_depth;
 use orderflow_testkit::{Stack, base_database_url, wait_for};
-use orderflow_worker::metrics::{LEASE_EPOCH, LEASE_HELD, REBALANCES};
+use orderflow_worker::metrics::{DRAIN_OVERRUNS, LEASE_EPOCH, LEASE_HELD, REBALANCES};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -178,6 +178,104 @@ async fn workers_share_the_partitions_evenly_and_a_join_or_a_leave_starts_no_wor
         0,
         "nothing expired: every move was a hand-over"
     );
+}
+
+#[tokio::test]
+async fn a_drain_past_its_limit_finishes_the_transaction_in_flight_and_hands_the_rest_back_unopened()
+ {
+    let mut stack = Stack::builder().partitions(2).start().await;
+    stack
+        .start_worker_with(|c| {
+            c.worker_name = Some("slow".into());
+            c.drain_limit_ms = 300;
+            c.batch_max = 2;
+        })
+        .await;
+    wait_held(&stack, &[("slow", 2)]).await;
+    let orders = [
+        common::created_order(&stack, 0).await,
+        common::created_order(&stack, 1).await,
+    ];
+    // Each order's row held by the test: each partition's first transaction waits on it, with
+    // more of the order's messages delivered behind it.
+    let mut locks = Vec::new();
+    let mut sent: Vec<Vec<uuid::Uuid>> = vec![Vec::new(), Vec::new()];
+    for (i, order) in orders.iter().enumerate() {
+        locks.push(common::lock_order(&stack, *order).await);
+        for n in 0..6 {
+            let message = stack.message(*order, common::add_item(&format!("SLOW-{n}")), None);
+            stack.publish(&message).await;
+            sent[i].push(message.command_id.0);
+        }
+    }
+    wait_for("both partitions' transactions to wait on the order rows")
+        .until(|| async {
+            let waiting = count(
+                &stack,
+                "select count(*) from pg_stat_activity
+                  where datname = current_database() and wait_event_type = 'Lock'",
+            )
+            .await;
+            (waiting == 2).then_some(())
+        })
+        .await;
+
+    // A second worker joins: one partition is handed over, and its drain cannot end while its
+    // transaction waits: past the limit it is told to give back.
+    named(&mut stack, "joiner").await;
+    stack
+        .worker_metrics_until("the drain to overrun", |s| {
+            s.value(DRAIN_OVERRUNS, &[]) == 1.0
+        })
+        .await;
+    for lock in locks {
+        lock.rollback().await.unwrap();
+    }
+    wait_held(&stack, &[("slow", 1), ("joiner", 1)]).await;
+    for id in sent.iter().flatten() {
+        assert_eq!(
+            stack
+                .wait_final_status(orderflow_domain::CommandId(*id))
+                .await,
+            "applied"
+        );
+    }
+
+    // On the moved partition: the transaction that was in flight committed under the old
+    // holder's epoch (it was not rolled back and redone), the rest under the new holder's,
+    // redelivered unopened.
+    let moved: i32 =
+        sqlx::query_scalar("select partition from partition_leases where owner = 'joiner'")
+            .fetch_one(&stack.db)
+            .await
+            .unwrap();
+    let epochs: Vec<(i64, i64)> = sqlx::query_as(
+        "select c.epoch, l.epoch from commands c join partition_leases l using (partition)
+          where c.id = any($1) order by c.seq",
+    )
+    .bind(&sent[moved as usize])
+    .fetch_all(&stack.db)
+    .await
+    .unwrap();
+    assert!(
+        epochs[0].0 < epochs[0].1,
+        "the first command, in flight at the overrun, applied by the old holder: {epochs:?}"
+    );
+    assert!(
+        epochs.last().unwrap().0 == epochs[0].1,
+        "the last command applied by the new holder: {epochs:?}"
+    );
+    let handed_back = count(&stack, "select count(*) from delivery_attempts").await;
+    assert!(handed_back >= 1, "the rest came back redelivered");
+    let repeated: Vec<Repeated> = sqlx::query_as(
+        "select c.partition, a.attempts, a.epoch, c.epoch, c.status from delivery_attempts a
+           join commands c on c.id = a.command_id
+          where a.attempts <> 1 or a.epoch is distinct from c.epoch or c.status <> 'applied'",
+    )
+    .fetch_all(&stack.db)
+    .await
+    .unwrap();
+    assert!(repeated.is_empty(), "work started twice: {repeated:?}");
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 //! message, or a run that cannot commit as a whole, goes on its own (`single.rs`).
 
 use super::Context;
-use super::session::broker_step;
+use super::session::{Stops, broker_step};
 use super::single::apply_alone;
 use crate::apply::{BatchItem, DeliveryInfo};
 use crate::metrics;
@@ -12,7 +12,6 @@ use chrono::Utc;
 use lapin::{message::Delivery, options::BasicAckOptions};
 use orderflow_contract::CommandMessage;
 use orderflow_messaging::header_str;
-use orderflow_runtime::shutdown::CancellationToken;
 use orderflow_runtime::telemetry::{self, TRACEPARENT};
 use orderflow_storage::commands::Delivered;
 use orderflow_storage::observability::NewDeadLetter;
@@ -32,19 +31,25 @@ pub(super) struct Incoming<'a> {
 /// Handles messages that arrived together, in order, each acked after its commit. Runs of fresh
 /// messages (not redelivered) are applied in one transaction per run and acked together; a
 /// redelivered one is handled on its own, since it may have been applied already, or may be
-/// the one that keeps killing workers.
+/// the one that keeps killing workers. Told to give back ([`Stops`]), it starts nothing more:
+/// the rest stays unacked (acks are cumulative only up to what was applied) and goes back to
+/// the queue with the channel.
 pub(super) async fn apply_ready(
     ctx: &Context,
     partition: u16,
     deliveries: &[Delivery],
-    shutdown: &CancellationToken,
+    stops: &Stops,
 ) -> anyhow::Result<()> {
+    let shutdown = &stops.drain;
     let mut rest = deliveries;
     while let Some(first) = rest.first() {
+        if stops.give_back.is_cancelled() {
+            return Ok(());
+        }
         let fresh = rest.iter().take_while(|d| !d.redelivered).count();
         if fresh >= 2 {
             let (run, after) = rest.split_at(fresh);
-            apply_fresh_run(ctx, partition, run, shutdown).await?;
+            apply_fresh_run(ctx, partition, run, stops).await?;
             rest = after;
         } else {
             apply_alone(ctx, partition, receive(ctx, partition, first), shutdown).await?;
@@ -62,7 +67,7 @@ async fn apply_fresh_run(
     ctx: &Context,
     partition: u16,
     deliveries: &[Delivery],
-    shutdown: &CancellationToken,
+    stops: &Stops,
 ) -> anyhow::Result<()> {
     let incoming: Vec<Incoming> = deliveries
         .iter()
@@ -113,7 +118,10 @@ async fn apply_fresh_run(
         }
     }
     for message in incoming {
-        apply_alone(ctx, partition, message, shutdown).await?;
+        if stops.give_back.is_cancelled() {
+            break;
+        }
+        apply_alone(ctx, partition, message, &stops.drain).await?;
     }
     Ok(())
 }

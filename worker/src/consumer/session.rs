@@ -17,19 +17,25 @@ use std::time::Duration;
 /// How a partition's consumer was told to stop. `drain` (a hand-over, or shutdown): cancel the
 /// consumer at the broker, finish and ack what was already delivered, then end; transient
 /// failures are no longer retried while draining (the message stays unacked for the next
-/// owner). `abandon` (the lease is lost, or draining took too long): end now, acking nothing
-/// more. Abandoning also drains.
+/// owner). `give_back` (draining took too long): finish and ack the transaction in flight, start
+/// nothing more, and hand the messages not yet started back to the broker unopened (the next
+/// owner gets them redelivered; none was applied, none is applied twice). `abandon` (the lease
+/// is lost, or even giving back took too long): end now, acking nothing more, the transaction
+/// in flight rolled back. Each implies the ones before it.
 #[derive(Clone, Debug)]
 pub struct Stops {
     pub drain: CancellationToken,
+    pub give_back: CancellationToken,
     pub abandon: CancellationToken,
 }
 
 impl Stops {
     pub fn new() -> Self {
         let abandon = CancellationToken::new();
+        let give_back = abandon.child_token();
         Self {
-            drain: abandon.child_token(),
+            drain: give_back.child_token(),
+            give_back,
             abandon,
         }
     }
@@ -204,6 +210,7 @@ async fn consume_on(
             let next = tokio::select! {
                 biased;
                 _ = stops.abandon.cancelled() => return Ok(()),
+                _ = stops.give_back.cancelled() => return Ok(()),
                 _ = stops.drain.cancelled(), if !cancelled => {
                     cancelled = true;
                     ctx.monitor.stage(partition, Stage::Cancelling);
@@ -250,11 +257,15 @@ async fn consume_on(
             }
             // Not interrupted by draining: the messages in hand are finished and acked first.
             ctx.monitor.stage(partition, Stage::Applying);
-            apply_ready(ctx, partition, &received, &stops.drain).await?;
+            // Given back meanwhile: what it did not start goes back to the queue unopened.
+            apply_ready(ctx, partition, &received, stops).await?;
             ctx.monitor.stage(partition, Stage::Waiting);
             watch.reset();
             if let Some(e) = broken {
                 return Err(e.into());
+            }
+            if stops.give_back.is_cancelled() {
+                return Ok(());
             }
         }
     };
