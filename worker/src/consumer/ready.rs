@@ -40,7 +40,9 @@ pub(super) async fn apply_ready(
     deliveries: &[Delivery],
     stops: &Stops,
 ) -> anyhow::Result<()> {
-    let shutdown = &stops.drain;
+    // Transient failures are retried until told to give back: a drain that left a started
+    // message to the next owner (its redelivery already counted) would repeat its work.
+    let shutdown = &stops.give_back;
     let mut rest = deliveries;
     while let Some(first) = rest.first() {
         if stops.give_back.is_cancelled() {
@@ -121,7 +123,7 @@ async fn apply_fresh_run(
         if stops.give_back.is_cancelled() {
             break;
         }
-        apply_alone(ctx, partition, message, &stops.drain).await?;
+        apply_alone(ctx, partition, message, &stops.give_back).await?;
     }
     Ok(())
 }

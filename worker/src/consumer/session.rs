@@ -15,11 +15,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// How a partition's consumer was told to stop. `drain` (a hand-over, or shutdown): cancel the
-/// consumer at the broker, finish and ack what was already delivered, then end; transient
-/// failures are no longer retried while draining (the message stays unacked for the next
-/// owner). `give_back` (draining took too long): finish and ack the transaction in flight, start
+/// consumer at the broker, finish and ack what was already delivered (retrying transient
+/// failures), then end. `give_back` (draining took too long): finish and ack the transaction in flight, start
 /// nothing more, and hand the messages not yet started back to the broker unopened (the next
-/// owner gets them redelivered; none was applied, none is applied twice). `abandon` (the lease
+/// owner gets them redelivered; none was applied, none is applied twice), and stop retrying a
+/// transient failure (that message stays unacked for the next owner). `abandon` (the lease
 /// is lost, or even giving back took too long): end now, acking nothing more, the transaction
 /// in flight rolled back. Each implies the ones before it.
 #[derive(Clone, Debug)]

@@ -226,7 +226,8 @@ async fn apply_to_verdict(
 }
 
 /// Runs the apply transaction, retrying transient failures with backoff while holding the
-/// message. Gives up only on shutdown (the message then stays unacked and is redelivered).
+/// message. Gives up only when `shutdown` fires (the consumer was told to give back its
+/// messages, or abandon them: the message then stays unacked and is redelivered).
 async fn apply_retrying(
     ctx: &Context,
     partition: u16,
