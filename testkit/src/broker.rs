@@ -3,7 +3,9 @@
 
 use crate::servers::amqp_url;
 use crate::wait::wait_for;
-use lapin::options::{BasicAckOptions, BasicGetOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
 use orderflow_messaging::{REASON_HEADER, Topology};
 use std::cell::RefCell;
@@ -25,6 +27,39 @@ pub async fn subscribe_events(
     binding: &str,
 ) -> (lapin::Connection, lapin::Channel, String) {
     let (connection, channel) = channel().await;
+    let queue = bound_queue(&channel, topology, binding, FieldTable::default()).await;
+    (connection, channel, queue)
+}
+
+/// [`subscribe_events`] with a consumer of the queue (no acks): the events in arrival order.
+pub async fn consume_events(
+    topology: &Topology,
+    binding: &str,
+) -> (lapin::Connection, lapin::Consumer) {
+    let (connection, channel, queue) = subscribe_events(topology, binding).await;
+    let consumer = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    (connection, consumer)
+}
+
+/// An exclusive, server-named queue with `arguments`, bound to `topology`'s events exchange with
+/// `binding`, on `channel`; returns its name.
+pub async fn bound_queue(
+    channel: &lapin::Channel,
+    topology: &Topology,
+    binding: &str,
+    arguments: FieldTable,
+) -> String {
     let queue = channel
         .queue_declare(
             "".into(),
@@ -32,7 +67,7 @@ pub async fn subscribe_events(
                 exclusive: true,
                 ..Default::default()
             },
-            Default::default(),
+            arguments,
         )
         .await
         .unwrap();
@@ -46,7 +81,7 @@ pub async fn subscribe_events(
         )
         .await
         .unwrap();
-    (connection, channel, queue.name().to_string())
+    queue.name().to_string()
 }
 
 /// A message taken from a namespace's dead-letter queue.

@@ -311,13 +311,6 @@ impl Keeper {
             if mine.contains(partition) {
                 continue;
             }
-            // The consumer is told first; the lease row says so as soon as no transaction of
-            // this worker holds it (`mark_draining` does not wait), retried each round.
-            if running.draining_since.is_some() && !running.marked_draining {
-                running.marked_draining =
-                    leases::mark_draining(&self.db, i32::from(*partition), running.epoch, me)
-                        .await?;
-            }
             match running.draining_since {
                 None => {
                     tracing::info!(
@@ -326,9 +319,6 @@ impl Keeper {
                     );
                     running.stops.drain.cancel();
                     running.draining_since = Some(now);
-                    running.marked_draining =
-                        leases::mark_draining(&self.db, i32::from(*partition), running.epoch, me)
-                            .await?;
                 }
                 Some(since) if now - since > self.timing.drain_limit * 2 => {
                     tracing::warn!(
@@ -344,6 +334,13 @@ impl Keeper {
                     give_back(*partition, &running.stops);
                 }
                 Some(_) => {}
+            }
+            // The consumer is told first; the lease row says so as soon as no transaction of
+            // this worker holds it (`mark_draining` does not wait), retried each round.
+            if !running.marked_draining {
+                running.marked_draining =
+                    leases::mark_draining(&self.db, i32::from(*partition), running.epoch, me)
+                        .await?;
             }
         }
         // Take what is ours and free (or expired).

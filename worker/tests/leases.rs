@@ -71,6 +71,18 @@ async fn publish_creates(stack: &Stack, count: usize) -> Vec<uuid::Uuid> {
     ids
 }
 
+/// Redelivered starts that were not the one start applying their command under its epoch.
+async fn repeated_work(stack: &Stack) -> Vec<Repeated> {
+    sqlx::query_as(
+        "select c.partition, a.attempts, a.epoch, c.epoch, c.status from delivery_attempts a
+           join commands c on c.id = a.command_id
+          where a.attempts <> 1 or a.epoch is distinct from c.epoch or c.status <> 'applied'",
+    )
+    .fetch_all(&stack.db)
+    .await
+    .unwrap()
+}
+
 async fn count(stack: &Stack, sql: &'static str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(&stack.db).await.unwrap()
 }
@@ -113,14 +125,7 @@ async fn workers_share_the_partitions_evenly_and_a_join_or_a_leave_starts_no_wor
     // without any worker having opened it. Each start of a redelivered command message is
     // counted in delivery_attempts with the lease epoch it started under: every one of them is
     // the start that applied its command, under that same epoch, once.
-    let repeated: Vec<Repeated> = sqlx::query_as(
-        "select c.partition, a.attempts, a.epoch, c.epoch, c.status from delivery_attempts a
-           join commands c on c.id = a.command_id
-          where a.attempts <> 1 or a.epoch is distinct from c.epoch or c.status <> 'applied'",
-    )
-    .fetch_all(&stack.db)
-    .await
-    .unwrap();
+    let repeated = repeated_work(&stack).await;
     assert!(
         repeated.is_empty(),
         "work started twice (partition, starts, started under epoch, applied under epoch, status): {repeated:?}"
@@ -267,14 +272,7 @@ async fn a_drain_past_its_limit_finishes_the_transaction_in_flight_and_hands_the
     );
     let handed_back = count(&stack, "select count(*) from delivery_attempts").await;
     assert!(handed_back >= 1, "the rest came back redelivered");
-    let repeated: Vec<Repeated> = sqlx::query_as(
-        "select c.partition, a.attempts, a.epoch, c.epoch, c.status from delivery_attempts a
-           join commands c on c.id = a.command_id
-          where a.attempts <> 1 or a.epoch is distinct from c.epoch or c.status <> 'applied'",
-    )
-    .fetch_all(&stack.db)
-    .await
-    .unwrap();
+    let repeated = repeated_work(&stack).await;
     assert!(repeated.is_empty(), "work started twice: {repeated:?}");
 }
 

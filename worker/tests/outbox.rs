@@ -7,9 +7,7 @@ mod common;
 
 use common::{add_item, create, created_order};
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
-};
+use lapin::options::QueueDeleteOptions;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use orderflow_contract::StatusEvent;
 use orderflow_domain::CommandId;
@@ -40,20 +38,8 @@ fn has(seen: &[StatusEvent], id: CommandId) -> bool {
 #[tokio::test]
 async fn an_event_the_broker_refuses_holds_back_its_orders_later_events_and_no_other_orders() {
     let stack = common::stack().worker().start().await;
-    let (observer_connection, observer, queue) =
-        testing::broker::subscribe_events(&stack.topology, "#").await;
-    let mut events = observer
-        .basic_consume(
-            queue.as_str().into(),
-            "observer".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let (observer_connection, mut events) =
+        testing::broker::consume_events(&stack.topology, "#").await;
     // A queue that refuses every rejection event (full at length 0, rejecting publishes): the
     // broker nacks those and confirms the rest, as a cluster does while a queue changes leader.
     let (blocker_connection, blocker) = testing::broker::channel().await;
@@ -63,27 +49,9 @@ async fn an_event_the_broker_refuses_holds_back_its_orders_later_events_and_no_o
         "x-overflow".into(),
         AMQPValue::LongString("reject-publish".into()),
     );
-    let refuser = blocker
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            arguments,
-        )
-        .await
-        .unwrap();
-    blocker
-        .queue_bind(
-            refuser.name().clone(),
-            stack.topology.events_exchange().as_str().into(),
-            "command.rejected.#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let refuser =
+        testing::broker::bound_queue(&blocker, &stack.topology, "command.rejected.#", arguments)
+            .await;
 
     // Order A: created, then a rejected command (its event refused), then an applied one.
     let a = created_order(&stack, 0).await;
@@ -115,7 +83,7 @@ async fn an_event_the_broker_refuses_holds_back_its_orders_later_events_and_no_o
 
     // The broker takes rejections again: A's held events follow, in A's order.
     blocker
-        .queue_delete(refuser.name().clone(), QueueDeleteOptions::default())
+        .queue_delete(refuser.as_str().into(), QueueDeleteOptions::default())
         .await
         .unwrap();
     events_until(&mut events, &mut seen, "order A's held events", |seen| {

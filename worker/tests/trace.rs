@@ -8,8 +8,6 @@ mod common;
 
 use common::{add_item, create, created_order};
 use futures_util::StreamExt;
-use lapin::options::BasicConsumeOptions;
-use lapin::types::FieldTable;
 use orderflow_messaging::header_str;
 use orderflow_runtime::telemetry::{self, TRACEPARENT, trace_id_of};
 use orderflow_testkit::{self as testing, Stack, wait_for};
@@ -76,20 +74,7 @@ async fn a_traceparent_header_reaches_the_log_lines_about_its_command_and_goes_o
     telemetry::init_with_writer("json", logs.clone());
     let mut stack = common::stack().start().await;
     // A subscriber of the status events.
-    let (connection, channel, queue) =
-        testing::broker::subscribe_events(&stack.topology, "#").await;
-    let mut events = channel
-        .basic_consume(
-            queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let (connection, mut events) = testing::broker::consume_events(&stack.topology, "#").await;
     stack
         .start_worker_with(|c| c.republish_after_ms = 200)
         .await;

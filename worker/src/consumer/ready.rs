@@ -40,9 +40,6 @@ pub(super) async fn apply_ready(
     deliveries: &[Delivery],
     stops: &Stops,
 ) -> anyhow::Result<()> {
-    // Transient failures are retried until told to give back: a drain that left a started
-    // message to the next owner (its redelivery already counted) would repeat its work.
-    let shutdown = &stops.give_back;
     let mut rest = deliveries;
     while let Some(first) = rest.first() {
         if stops.give_back.is_cancelled() {
@@ -54,7 +51,16 @@ pub(super) async fn apply_ready(
             apply_fresh_run(ctx, partition, run, stops).await?;
             rest = after;
         } else {
-            apply_alone(ctx, partition, receive(ctx, partition, first), shutdown).await?;
+            // Transient failures are retried until told to give back: a drain that left a
+            // started message to the next owner (its redelivery already counted) would repeat
+            // its work.
+            apply_alone(
+                ctx,
+                partition,
+                receive(ctx, partition, first),
+                &stops.give_back,
+            )
+            .await?;
             rest = &rest[1..];
         }
     }
