@@ -19,6 +19,33 @@ pub async fn channel() -> (lapin::Connection, lapin::Channel) {
     (connection, channel)
 }
 
+/// Takes the next message of `partition`'s queue with a consumer of its own and hands it back
+/// unacked, so that the broker redelivers it (flagged redelivered) to the next consumer. Call it
+/// while no worker consumes the queue: with single-active-consumer this one would only wait.
+pub async fn hand_back(topology: &Topology, partition: u16) {
+    use futures_util::StreamExt;
+    let (connection, channel) = channel().await;
+    // A consumer, not basic.get: quorum queues with a single active consumer refuse gets.
+    let mut consumer = channel
+        .basic_consume(
+            topology.partition_queue(partition).as_str().into(),
+            "hand-back".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let delivery = tokio::time::timeout(std::time::Duration::from_secs(20), consumer.next())
+        .await
+        .expect("a message to take")
+        .unwrap()
+        .unwrap();
+    assert!(!delivery.redelivered);
+    // Closing the channel without an ack returns the message to the queue.
+    channel.close(200, "handing back".into()).await.unwrap();
+    let _ = connection.close(200, "done".into()).await;
+}
+
 /// A subscriber of `topology`'s status events: an exclusive, server-named queue bound with
 /// `binding` (e.g. `#`) on a connection of its own. Returns the connection (close it at the end),
 /// the channel and the queue's name.

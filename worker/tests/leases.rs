@@ -277,6 +277,82 @@ async fn a_drain_past_its_limit_finishes_the_transaction_in_flight_and_hands_the
 }
 
 #[tokio::test]
+async fn a_redelivered_message_a_drain_hands_back_unfinished_counts_as_started_once() {
+    let mut stack = Stack::builder().partitions(2).start().await;
+    let slow = |c: &mut orderflow_worker::WorkerConfig| {
+        c.worker_name = Some("slow".into());
+        c.drain_limit_ms = 300;
+    };
+    stack.start_worker_with(slow).await;
+    wait_held(&stack, &[("slow", 2)]).await;
+    let orders = [
+        common::created_order(&stack, 0).await,
+        common::created_order(&stack, 1).await,
+    ];
+    stack.stop_worker("slow").await;
+    // One message per order, taken once and handed back by another consumer: the next worker
+    // gets it redelivered and counts its start.
+    let mut sent = Vec::new();
+    for (partition, order) in orders.iter().enumerate() {
+        let message = stack.message(*order, common::add_item("BACK"), None);
+        stack.publish(&message).await;
+        orderflow_testkit::broker::hand_back(&stack.topology, partition as u16).await;
+        sent.push(message.command_id.0);
+    }
+    // Each order's row held by the test: each counted start's transaction waits on it.
+    let mut locks = Vec::new();
+    for order in &orders {
+        locks.push(common::lock_order(&stack, *order).await);
+    }
+    stack.start_worker_with(slow).await;
+    wait_for("both counted starts to wait on the order rows")
+        .until(|| async {
+            let counted = count(&stack, "select count(*) from delivery_attempts").await;
+            let waiting = count(
+                &stack,
+                "select count(*) from pg_stat_activity
+                  where datname = current_database() and wait_event_type = 'Lock'",
+            )
+            .await;
+            (counted == 2 && waiting == 2).then_some(())
+        })
+        .await;
+
+    // A second worker joins: one partition is handed over. Its drain cannot end while the
+    // transaction waits, nor can giving back: past twice the limit the consumer is abandoned,
+    // and the message it started goes back to the queue.
+    named(&mut stack, "joiner").await;
+    let channel = stack.channel().await;
+    wait_for("the abandoned message to be back in its queue")
+        .within(Duration::from_secs(30))
+        .until(|| async {
+            let mut ready = 0;
+            for partition in 0..2 {
+                let queue = stack.topology.partition_queue(partition);
+                ready += queue_depth(&channel, &queue).await.unwrap().ready;
+            }
+            (ready == 1).then_some(())
+        })
+        .await;
+    for lock in locks {
+        lock.rollback().await.unwrap();
+    }
+    wait_held(&stack, &[("slow", 1), ("joiner", 1)]).await;
+    for id in &sent {
+        assert_eq!(
+            stack
+                .wait_final_status(orderflow_domain::CommandId(*id))
+                .await,
+            "applied"
+        );
+    }
+    // The start the drain gave up on was withdrawn: the next holder's start is the one that
+    // counts, under the epoch that applied the command.
+    let repeated = repeated_work(&stack).await;
+    assert!(repeated.is_empty(), "work started twice: {repeated:?}");
+}
+
+#[tokio::test]
 async fn a_worker_whose_lease_was_taken_commits_nothing_more_and_leaves_the_message_queued() {
     let mut stack = Stack::builder()
         .partitions(2)

@@ -6,8 +6,6 @@
 mod common;
 
 use common::{add_item, create, created_order, lock_order};
-use lapin::options::BasicConsumeOptions;
-use lapin::types::FieldTable;
 use orderflow_domain::ClientId;
 use orderflow_testkit::{self as testing, Scrape, Stack, wait_for};
 use orderflow_worker::metrics::*;
@@ -16,32 +14,6 @@ use std::time::Duration;
 
 /// The outbox relay's advisory lock (storage/src/outbox.rs): holding it stops the relay.
 const RELAY_LOCK: i64 = 0x6f72_6465_7266_6c6f;
-
-/// Takes the next message of a partition queue with another consumer and hands it back unacked,
-/// so that the broker redelivers it (flagged redelivered) to the worker.
-async fn hand_back(stack: &Stack, partition: u16) {
-    use futures_util::StreamExt;
-    let (connection, channel) = testing::broker::channel().await;
-    // A consumer, not basic.get: quorum queues with a single active consumer refuse gets.
-    let mut consumer = channel
-        .basic_consume(
-            stack.topology.partition_queue(partition).as_str().into(),
-            "hand-back".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let delivery = tokio::time::timeout(Duration::from_secs(20), consumer.next())
-        .await
-        .expect("a message to take")
-        .unwrap()
-        .unwrap();
-    assert!(!delivery.redelivered);
-    // Closing the channel without an ack returns the message to the queue.
-    channel.close(200, "handing back".into()).await.unwrap();
-    let _ = connection.close(200, "done".into()).await;
-}
 
 /// (delivered_at is set, attempt) of a command.
 async fn timeline(stack: &Stack, id: uuid::Uuid) -> (bool, Option<i32>) {
@@ -62,7 +34,7 @@ async fn every_series_is_served_and_moves_with_applied_rejected_duplicate_and_re
     // Before the worker starts: a message that will come to it redelivered.
     let redelivered = stack.message(stack.order_in(1), create(), None);
     stack.publish(&redelivered).await;
-    hand_back(&stack, 1).await;
+    testing::broker::hand_back(&stack.topology, 1).await;
     stack.start_worker().await;
     let before = stack.worker_metrics().await;
 
@@ -268,7 +240,7 @@ async fn dead_lettered_messages_are_recorded_and_counted_and_a_failed_command_wi
     let doomed = stack.message(stack.order_in(0), create(), None);
     stack.record(&doomed, None).await;
     stack.publish(&doomed).await;
-    hand_back(&stack, 0).await;
+    testing::broker::hand_back(&stack.topology, 0).await;
     stack
         .start_worker_with(|c| c.poison_after_deliveries = 0)
         .await;

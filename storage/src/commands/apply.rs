@@ -110,6 +110,21 @@ pub async fn finish(
     Ok(())
 }
 
+/// Withdraws the last start [`note_attempt`] counted for the command: it ended without finishing
+/// the command and without its worker failing (a hand-over gave the message back unfinished), so
+/// the next start, by whoever holds the partition next, is counted in its place, under its epoch.
+pub async fn withdraw_attempt(db: impl PgExecutor<'_>, id: CommandId) -> sqlx::Result<()> {
+    sqlx::query!(
+        "with gone as (delete from delivery_attempts where command_id = $1 and attempts <= 1)
+         update delivery_attempts set attempts = attempts - 1
+          where command_id = $1 and attempts > 1",
+        id.0
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
 /// Counts one more start on a redelivered message; returns the count so far.
 pub async fn note_attempt(db: impl PgExecutor<'_>, id: CommandId) -> sqlx::Result<i32> {
     sqlx::query_scalar!(

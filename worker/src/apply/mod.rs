@@ -142,6 +142,18 @@ impl Applier {
         Ok(attempts)
     }
 
+    /// Withdraws a counted start that a hand-over interrupted (see
+    /// [`commands::withdraw_attempt`]), fenced: a worker whose lease is gone withdraws nothing.
+    pub async fn withdraw_attempt(
+        &self,
+        partition: u16,
+        command_id: CommandId,
+    ) -> sqlx::Result<()> {
+        let mut tx = self.begin_for(partition).await?;
+        commands::withdraw_attempt(&mut *tx, command_id).await?;
+        tx.commit().await
+    }
+
     /// Records a dead letter of `partition`, fenced.
     pub async fn record_dead_letter(
         &self,

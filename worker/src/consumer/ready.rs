@@ -4,7 +4,7 @@
 
 use super::Context;
 use super::session::{Stops, broker_step};
-use super::single::apply_alone;
+use super::single::{StartInHand, apply_alone};
 use crate::apply::{BatchItem, DeliveryInfo};
 use crate::metrics;
 use crate::monitor::Stage;
@@ -39,6 +39,7 @@ pub(super) async fn apply_ready(
     partition: u16,
     deliveries: &[Delivery],
     stops: &Stops,
+    in_hand: &StartInHand,
 ) -> anyhow::Result<()> {
     let mut rest = deliveries;
     while let Some(first) = rest.first() {
@@ -48,7 +49,7 @@ pub(super) async fn apply_ready(
         let fresh = rest.iter().take_while(|d| !d.redelivered).count();
         if fresh >= 2 {
             let (run, after) = rest.split_at(fresh);
-            apply_fresh_run(ctx, partition, run, stops).await?;
+            apply_fresh_run(ctx, partition, run, stops, in_hand).await?;
             rest = after;
         } else {
             // Transient failures are retried until told to give back: a drain that left a
@@ -59,6 +60,7 @@ pub(super) async fn apply_ready(
                 partition,
                 receive(ctx, partition, first),
                 &stops.give_back,
+                in_hand,
             )
             .await?;
             rest = &rest[1..];
@@ -76,6 +78,7 @@ async fn apply_fresh_run(
     partition: u16,
     deliveries: &[Delivery],
     stops: &Stops,
+    in_hand: &StartInHand,
 ) -> anyhow::Result<()> {
     let incoming: Vec<Incoming> = deliveries
         .iter()
@@ -129,7 +132,7 @@ async fn apply_fresh_run(
         if stops.give_back.is_cancelled() {
             break;
         }
-        apply_alone(ctx, partition, message, &stops.give_back).await?;
+        apply_alone(ctx, partition, message, &stops.give_back, in_hand).await?;
     }
     Ok(())
 }

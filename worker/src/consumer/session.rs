@@ -2,6 +2,7 @@
 
 use super::Context;
 use super::ready::apply_ready;
+use super::single::StartInHand;
 use crate::monitor::Stage;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
@@ -203,6 +204,7 @@ async fn consume_on(
     // Whatever the broker has already pushed arrives together, up to a batch.
     let mut deliveries = consumer.ready_chunks(ctx.batch_max.max(1));
     let mut cancelled = false;
+    let in_hand = StartInHand::default();
     let mut watch = tokio::time::interval(STALL_CHECK);
     watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let consumed = async {
@@ -258,7 +260,7 @@ async fn consume_on(
             // Not interrupted by draining: the messages in hand are finished and acked first.
             ctx.monitor.stage(partition, Stage::Applying);
             // Given back meanwhile: what it did not start goes back to the queue unopened.
-            apply_ready(ctx, partition, &received, stops).await?;
+            apply_ready(ctx, partition, &received, stops, &in_hand).await?;
             ctx.monitor.stage(partition, Stage::Waiting);
             watch.reset();
             if let Some(e) = broken {
@@ -275,8 +277,31 @@ async fn consume_on(
         consumed = consumed => consumed,
         _ = stops.abandon.cancelled() => Ok(()),
     };
+    // Handed over with a counted start unfinished: it goes back to the queue below, and the next
+    // holder's start is the one that counts. (Any other end leaves the count: a message that
+    // keeps failing must reach the poison limit.)
+    if stops.give_back.is_cancelled()
+        && let Some(command_id) = in_hand.take()
+    {
+        withdraw_start(ctx, partition, command_id).await;
+    }
     close_channel(ctx, partition, &channel).await;
     consumed
+}
+
+/// Withdraws the counted start of a message handed back unfinished; the lease is still this
+/// worker's (the fence says so), or nothing is written.
+async fn withdraw_start(ctx: &Context, partition: u16, command_id: orderflow_domain::CommandId) {
+    match ctx.applier.withdraw_attempt(partition, command_id).await {
+        Ok(()) => tracing::info!(
+            partition, %command_id,
+            "a started message goes back unfinished with the hand-over; its start is withdrawn"
+        ),
+        Err(e) => tracing::warn!(
+            partition, %command_id, error = %e,
+            "withdrawing the start of a message handed back unfinished failed; the next start counts as its second"
+        ),
+    }
 }
 
 /// One step of a consumer's session (opening its channel, setting the prefetch, starting the

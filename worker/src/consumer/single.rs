@@ -11,15 +11,33 @@ use crate::error::{ApplyError, Failure};
 use crate::metrics;
 use crate::monitor::Stage;
 use backon::{BackoffBuilder, ExponentialBuilder};
-use chrono::Utc;
 use lapin::{message::Delivery, options::BasicAckOptions};
 use orderflow_contract::{CommandMessage, FailureCode};
+use orderflow_domain::CommandId;
 use orderflow_runtime::shutdown::CancellationToken;
 use orderflow_storage::commands::Delivered;
 use orderflow_storage::is_data_refused;
 use orderflow_storage::observability::NewDeadLetter;
+use std::sync::PoisonError;
 use std::time::Duration;
 use tracing::Instrument;
+
+/// The command of a redelivered message whose start was counted and that is not finished yet.
+/// When a hand-over stops the partition's session with one in hand (given back or abandoned: not
+/// a failure of the message, nor of the worker), the session withdraws that start, so that the
+/// next holder's start is the one counted: a start that did no work is not a repeat.
+#[derive(Default)]
+pub(super) struct StartInHand(std::sync::Mutex<Option<CommandId>>);
+
+impl StartInHand {
+    fn hold(&self, command: Option<CommandId>) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = command;
+    }
+
+    pub(super) fn take(&self) -> Option<CommandId> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+}
 
 /// What to do with a message once the database has been written.
 pub(super) enum Verdict {
@@ -40,38 +58,34 @@ pub(super) async fn apply_alone(
     partition: u16,
     incoming: Incoming<'_>,
     shutdown: &CancellationToken,
+    in_hand: &StartInHand,
 ) -> anyhow::Result<()> {
-    let Incoming {
-        delivery,
-        message,
-        traceparent,
-        received,
-        span,
-    } = incoming;
-    apply_and_settle(
-        ctx,
-        partition,
-        delivery,
-        message.as_ref(),
-        traceparent,
-        received,
-        shutdown,
-    )
-    .instrument(span)
-    .await
+    let span = incoming.span.clone();
+    apply_and_settle(ctx, partition, incoming, shutdown, in_hand)
+        .instrument(span)
+        .await
 }
 
 /// The stages of one message: count a redelivery, apply (or give up on it), settle.
 async fn apply_and_settle(
     ctx: &Context,
     partition: u16,
-    delivery: &Delivery,
-    message: Option<&CommandMessage>,
-    traceparent: Option<String>,
-    received: chrono::DateTime<Utc>,
+    incoming: Incoming<'_>,
     shutdown: &CancellationToken,
+    in_hand: &StartInHand,
 ) -> anyhow::Result<()> {
+    let Incoming {
+        delivery,
+        message,
+        traceparent,
+        received,
+        span: _,
+    } = incoming;
+    let message = message.as_ref();
     let attempts = count_redelivery(ctx, partition, delivery, message).await?;
+    if attempts.is_some() {
+        in_hand.hold(message.map(|m| m.command_id));
+    }
     let info = DeliveryInfo {
         delivered: Some(Delivered {
             at: received,
@@ -85,6 +99,8 @@ async fn apply_and_settle(
         }
         _ => apply_to_verdict(ctx, partition, delivery, message, &info, shutdown).await?,
     };
+    // Finished (the database says how): the start stands.
+    in_hand.hold(None);
     settle(ctx, partition, delivery, verdict).await
 }
 
