@@ -27,6 +27,9 @@ use std::time::Duration;
 /// The embedded migrations (`migrations/` at the repository root).
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 
+/// LISTEN/NOTIFY channel woken when a lease moves or a worker joins or leaves (payload empty;
+/// triggers of the migration `lease_change_notify`).
+pub const LEASES_CHANNEL: &str = "orderflow_leases";
 /// LISTEN/NOTIFY channel woken when outbox rows are committed (payload empty).
 pub const OUTBOX_CHANNEL: &str = "orderflow_outbox";
 /// LISTEN/NOTIFY channel carrying the id of each command that reached a final status.

@@ -2,7 +2,9 @@
 //! epoch ([`Holdings`], read by every transaction's fence), and the keeper that takes, renews,
 //! drains and releases them ([`Keeper::run`]).
 //!
-//! Twice a second (a tenth of the TTL) the keeper renews this worker's membership (a lease lasts
+//! Twice a second (a tenth of the TTL), and at once when a lease moves, a worker joins or leaves
+//! (the `orderflow_leases` notification) or one of its consumers finished draining, the keeper
+//! renews this worker's membership (a lease lasts
 //! as long as its holder's membership: no lease row is written to renew it, so the applies'
 //! fences never wait for a renewal), reads the leases it holds and the live workers, and
 //! computes the shared assignment ([`crate::assignment`]): each live worker holds ⌊P/W⌋ or
@@ -23,12 +25,15 @@ use crate::assignment;
 use crate::consumer::{self, Context, Ended, Stops};
 use crate::metrics;
 use orderflow_runtime::shutdown::CancellationToken;
+use orderflow_storage::LEASES_CHANNEL;
 use orderflow_storage::leases::{self, Holder, Lease};
+use orderflow_storage::listen::Listener;
 use sqlx::{PgConnection, PgPool};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -156,6 +161,11 @@ pub struct Keeper {
     liveness: Option<PgConnection>,
     /// Taking the liveness lock failed on the last try (logged once, when it starts failing).
     liveness_failing: bool,
+    /// Changes of the leases and the live workers (`LEASES_CHANNEL`): each starts a round at
+    /// once. The rounds on the timer go on regardless (a missed notification only waits).
+    changes: Listener,
+    /// Told when a partition's consumer ended (drained): a round releases its lease at once.
+    consumer_ended: Arc<Notify>,
 }
 
 impl Keeper {
@@ -166,6 +176,7 @@ impl Keeper {
         timing: LeaseTiming,
     ) -> Self {
         Self {
+            changes: Listener::new(db.clone(), &[LEASES_CHANNEL]),
             ctx,
             holdings,
             db,
@@ -174,6 +185,7 @@ impl Keeper {
             renewed: Instant::now(),
             liveness: None,
             liveness_failing: false,
+            consumer_ended: Arc::new(Notify::new()),
         }
     }
 
@@ -202,8 +214,12 @@ impl Keeper {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing = false;
         let result = loop {
+            // A round on the timer, or at once when a lease moved, a worker joined or left, or one
+            // of this worker's consumers finished draining.
             tokio::select! {
                 _ = tick.tick() => {}
+                _ = self.changes.next() => {}
+                _ = self.consumer_ended.notified() => {}
                 _ = shutdown.cancelled() => break Ok(()),
             }
             self.reap().await;
@@ -452,7 +468,13 @@ impl Keeper {
         self.holdings.set(partition, epoch);
         self.ctx.monitor.lease(partition, epoch);
         let stops = Stops::new();
-        let task = tokio::spawn(consumer::run(self.ctx.clone(), partition, stops.clone()));
+        let (ctx, ended) = (self.ctx.clone(), self.consumer_ended.clone());
+        let consuming = stops.clone();
+        let task = tokio::spawn(async move {
+            let end = consumer::run(ctx, partition, consuming).await;
+            ended.notify_one();
+            end
+        });
         self.running.insert(
             partition,
             Running {

@@ -34,12 +34,17 @@ async fn held(stack: &Stack) -> BTreeMap<String, usize> {
 
 /// Waits until the active leases are exactly `expected` (worker → partitions held).
 async fn wait_held(stack: &Stack, expected: &[(&str, usize)]) {
+    wait_held_within(stack, expected, Duration::from_secs(30)).await;
+}
+
+/// [`wait_held`] with a deadline of `within`.
+async fn wait_held_within(stack: &Stack, expected: &[(&str, usize)], within: Duration) {
     let expected: BTreeMap<String, usize> = expected
         .iter()
         .map(|(name, n)| ((*name).to_owned(), *n))
         .collect();
     wait_for(format!("the leases to be held as {expected:?}"))
-        .within(Duration::from_secs(30))
+        .within(within)
         .every(Duration::from_millis(100))
         .until(|| async {
             let now = held(stack).await;
@@ -183,6 +188,33 @@ async fn workers_share_the_partitions_evenly_and_a_join_or_a_leave_starts_no_wor
         0,
         "nothing expired: every move was a hand-over"
     );
+}
+
+#[tokio::test]
+async fn a_join_a_drained_consumer_and_a_release_are_acted_on_at_once_not_on_the_next_round() {
+    // A TTL of 120 s: the keepers' rounds on the timer come only every 12 s. A join handed over
+    // well within one of them was handed over by the notifications: the joiner's membership
+    // wakes the holder, whose drained consumer wakes it again to release, and the release wakes
+    // the joiner to take.
+    let mut stack = Stack::builder().partitions(2).start().await;
+    let rare_rounds = |name: &'static str| {
+        move |c: &mut orderflow_worker::WorkerConfig| {
+            c.worker_name = Some(name.into());
+            c.lease_ttl_ms = 120_000;
+        }
+    };
+    stack.start_worker_with(rare_rounds("first")).await;
+    wait_held(&stack, &[("first", 2)]).await;
+    stack.start_worker_with(rare_rounds("second")).await;
+    wait_held_within(
+        &stack,
+        &[("first", 1), ("second", 1)],
+        Duration::from_secs(6),
+    )
+    .await;
+    // And a leave: the partition it released is taken by the other at once.
+    stack.stop_worker("second").await;
+    wait_held_within(&stack, &[("first", 2)], Duration::from_secs(6)).await;
 }
 
 #[tokio::test]
