@@ -183,7 +183,7 @@ fn faults_table(faults: &FaultsReport) -> String {
         ]);
     }
     let mut notes = vec![format!(
-        "{} workers, a fault every {:.0} s; recovery: from the heal until a worker applied a command; its partitions resumed: for a fault aimed at one worker, from the injection until every partition whose lease it held had a command applied again (scale-out-in: each move, until its next holder applied); redelivered: starts of redelivered commands from the injection until then, repeated work: those a holder had already finished or started (a graceful fault must have none); rebalanced: from a worker's join or leave until every worker held its share",
+        "{} workers, a fault every {:.0} s; recovery: from the heal until a worker applied a command; its partitions resumed: for a fault aimed at one worker, from the injection until every partition whose lease it held had a command applied again (scale-out-in: each move, until its next holder applied); redelivered: starts of redelivered commands from the injection until then, repeated work: those a holder of the fault's moves (or the one its first move replaced) had already finished or started (a graceful fault must have none); rebalanced: from a worker's join or leave until every worker held its share",
         faults.workers, faults.interval_seconds
     )];
     if !faults.never_injected.is_empty() {
