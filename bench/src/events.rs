@@ -11,23 +11,28 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// What the checker reads of a status event ([`orderflow_contract::StatusEvent`]): command,
-/// order, seq and status.
+/// order, seq and status, and whether the broker had delivered it to the listener before.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StatusEvent {
     pub command_id: uuid::Uuid,
     pub order_id: uuid::Uuid,
     pub seq: i64,
     pub status: String,
+    /// Delivered before on a connection that died before the listener read it: a quorum queue
+    /// (RabbitMQ 3.10) puts such a message back behind the ones published after it, so its
+    /// place in the arrival order is the broker's, not the publisher's.
+    pub redelivered: bool,
 }
 
 impl StatusEvent {
-    pub fn parse(body: &[u8]) -> Option<Self> {
+    pub fn parse(body: &[u8], redelivered: bool) -> Option<Self> {
         let event = orderflow_contract::StatusEvent::parse(body).ok()?;
         Some(Self {
             command_id: event.command_id.0,
             order_id: event.order_id.0,
             seq: event.seq,
             status: event.status.as_str().to_owned(),
+            redelivered,
         })
     }
 }
@@ -69,7 +74,9 @@ impl Listener {
                                     break;
                                 }
                             };
-                            if let Some(event) = StatusEvent::parse(&delivery.data) {
+                            if let Some(event) =
+                                StatusEvent::parse(&delivery.data, delivery.redelivered)
+                            {
                                 sink.lock().expect("no panics holding it").push(event);
                             }
                             // Acked once kept: an event in flight when the connection drops comes

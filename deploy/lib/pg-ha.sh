@@ -22,16 +22,19 @@
 # on the primary only while a standby streams; a freshly promoted node runs asynchronous until the
 # other node re-attaches (availability first, like Patroni's non-strict synchronous_mode). While it
 # is set, killing the standby blocks commits on the primary until the standby is back.
-# Auth: trust for local and 127.0.0.1 (like the machine's main cluster); max_connections 50 each.
+# Auth: trust for local and 127.0.0.1 (like the machine's main cluster); max_connections 120 each
+# (a spawned stack with a fourth worker joining needs about 65: each worker's pool of 8, its lease
+# keeper's 2, its liveness session and two LISTEN sessions; at 50 the audit's joining worker got no
+# connection and scale-out-in was never triggered).
 # Knobs: PGHA_BASE (/var/lib/orderflow-pg-ha), PGHA_PORT1 (5440), PGHA_PORT2 (5441),
-# PGHA_MAX_CONNECTIONS (50), PGHA_PG_BIN (/usr/lib/postgresql/15/bin), PGHA_WAIT (60 s),
+# PGHA_MAX_CONNECTIONS (120), PGHA_PG_BIN (/usr/lib/postgresql/15/bin), PGHA_WAIT (60 s),
 # ORDERFLOW_DB_USER / ORDERFLOW_DB_PASSWORD (orderflow/orderflow: created with LOGIN CREATEDB).
 # Can also be sourced; the functions are pgha_*.
 
 PGHA_BASE=${PGHA_BASE:-/var/lib/orderflow-pg-ha}
 PGHA_PORT1=${PGHA_PORT1:-5440}
 PGHA_PORT2=${PGHA_PORT2:-5441}
-PGHA_MAX_CONNECTIONS=${PGHA_MAX_CONNECTIONS:-50}
+PGHA_MAX_CONNECTIONS=${PGHA_MAX_CONNECTIONS:-120}
 PGHA_PG_BIN=${PGHA_PG_BIN:-/usr/lib/postgresql/15/bin}
 PGHA_WAIT=${PGHA_WAIT:-60}
 PGHA_SYNC_NAMES="FIRST 1 (ofha1, ofha2)"

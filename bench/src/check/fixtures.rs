@@ -132,6 +132,7 @@ impl Fixture {
                 order_id: ORDER,
                 seq: c.seq,
                 status: c.status.clone(),
+                redelivered: false,
             })
             .collect();
         Fixture {

@@ -175,11 +175,17 @@ pub fn applied_in_order(input: &Input<'_>) -> Verdict {
             verdict.violation(|| format!("order {order_id}: events from command seqs {seqs:?}"));
         }
     }
-    // First announcement of each command, per order, in arrival order.
+    // First announcement of each command, per order, in arrival order. An event whose first
+    // arrival here was a redelivery (the listener's connection died with it in flight) is left
+    // out: the broker put it back behind what was published after it, so its place says nothing
+    // of the order the stack published in. Every other event keeps its place.
     let mut announced: BTreeMap<Uuid, Vec<i64>> = BTreeMap::new();
     let mut seen = std::collections::HashSet::new();
     for event in input.events {
-        if seen.insert(event.command_id) && seq_of.contains_key(&event.command_id) {
+        if seen.insert(event.command_id)
+            && !event.redelivered
+            && seq_of.contains_key(&event.command_id)
+        {
             announced.entry(event.order_id).or_default().push(event.seq);
         }
     }
@@ -245,6 +251,18 @@ mod tests {
         assert_eq!(applied_in_order(&f.input()).violations, 1);
         let mut f = Fixture::clean();
         f.events.swap(0, 1);
+        assert_eq!(applied_in_order(&f.input()).violations, 1);
+    }
+
+    #[test]
+    fn an_event_that_first_arrived_redelivered_has_no_place_in_the_arrival_order() {
+        // Announced as seqs 1, 3, 2, 4: 2 came back behind 3 after the listener lost it.
+        let mut f = Fixture::clean();
+        f.events.swap(1, 2);
+        f.events[2].redelivered = true;
+        assert!(applied_in_order(&f.input()).passed());
+        // The same order with 2 delivered fresh is the stack's own: caught.
+        f.events[2].redelivered = false;
         assert_eq!(applied_in_order(&f.input()).violations, 1);
     }
 }
