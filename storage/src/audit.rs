@@ -279,10 +279,11 @@ pub async fn redelivered_starts(db: impl PgExecutor<'_>) -> sqlx::Result<i64> {
 /// is started once, under the epoch that finishes it: not counted. Only finished commands the
 /// API published are judged: a direct producer may publish a command twice on purpose (the
 /// race audit's does), and its second copy is not a redelivery. Starts under leases taken
-/// before `since` belong to an earlier fault, and so does a command finished under an epoch
-/// older than the one the first move since `since` replaced: its message came back from a holder
-/// before this fault's moves (a worker killed between its commit and its ack, whose redelivered
-/// messages the partition's next holders were still working through when this fault began).
+/// before `since` belong to an earlier fault, and so does a redelivered message whose command was
+/// finished before `since` and which was started once since: its work was done before this fault
+/// began and left unacked by an earlier one (a worker killed between its commit and its ack, a
+/// worker's broker connection closed), whose redeliveries the partition's holders were still
+/// working through when this fault began.
 pub async fn repeated_starts_since(
     db: impl PgExecutor<'_>,
     since: DateTime<Utc>,
@@ -294,9 +295,7 @@ pub async fn repeated_starts_since(
              and (a.attempts <> 1 or a.epoch is distinct from c.epoch)
              and exists (select 1 from partition_moves m
                           where m.partition = p.partition and m.epoch = a.epoch and m.at > $1)
-             and (a.attempts <> 1 or c.epoch is null
-                  or c.epoch >= (select min(m.epoch) - 1 from partition_moves m
-                                  where m.partition = p.partition and m.at > $1))"#,
+             and (a.attempts <> 1 or c.finished_at > $1)"#,
         since
     )
     .fetch_one(db)

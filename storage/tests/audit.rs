@@ -1,8 +1,7 @@
 //! The race audit's reading of repeated work against the real PostgreSQL: a redelivered start
-//! is held against a fault only when the work it repeated was done under that fault's moves (or
-//! by the holder the first of them replaced), not when the message came back from a holder
-//! before them (a worker killed earlier, whose redelivered messages the next holders were still
-//! working through).
+//! under a fault's moves is held against that fault only when the work it repeated was done
+//! since the fault began, not when the message came back from work finished before it (a worker
+//! killed earlier, whose redelivered messages the next holders were still working through).
 
 use chrono::{Duration, Utc};
 use orderflow_storage::audit;
@@ -28,13 +27,13 @@ async fn moved(db: &PgPool, epoch: i64, ago_ms: i64) {
     .unwrap();
 }
 
-/// A command of partition 0 applied under `finished_under`, whose redelivered message was
-/// started `attempts` times, the last under `started_under`.
+/// A command of partition 0 applied under `finished_under`, `finished_ago_ms` ago, whose
+/// redelivered message was started `attempts` times, the last under `started_under`.
 async fn started(
     db: &PgPool,
     order: uuid::Uuid,
     seq: i64,
-    finished_under: i64,
+    (finished_under, finished_ago_ms): (i64, i64),
     attempts: i32,
     started_under: i64,
 ) {
@@ -42,13 +41,15 @@ async fn started(
     sqlx::query(
         "insert into commands (id, client_id, order_id, seq, kind, body, source, status,
                                partition, finished_at, epoch)
-         select $1, client_id, order_id, $3, 'add_item', '{}', 'http', 'applied', 0, now(), $4
+         select $1, client_id, order_id, $3, 'add_item', '{}', 'http', 'applied', 0,
+                now() - make_interval(secs => $5::float8 / 1000), $4
            from order_streams where order_id = $2",
     )
     .bind(id)
     .bind(order)
     .bind(seq)
     .bind(finished_under)
+    .bind(finished_ago_ms)
     .execute(db)
     .await
     .unwrap();
@@ -85,18 +86,20 @@ async fn a_repeat_counts_against_the_fault_whose_moves_it_repeated_work_of() {
     moved(&db, 3, 1_000).await;
     moved(&db, 4, 500).await;
 
-    // Not this fault's: finished by the killed holder, its message back under the fault's first
-    // move (the holder at 2 never got to it); and one back under the takeover, before the fault.
-    started(&db, order, 1, 1, 1, 3).await;
-    started(&db, order, 2, 1, 1, 2).await;
+    // Not this fault's: finished by the killed holder before the fault, its message back under
+    // the fault's first move (the holder at 2 never got to it), or under its second; and one
+    // back under the takeover, before the fault.
+    started(&db, order, 1, (1, 6_000), 1, 3).await;
+    started(&db, order, 2, (2, 3_000), 1, 4).await;
+    started(&db, order, 3, (1, 6_000), 1, 2).await;
     // Handed back unopened: started once, under the epoch that applied it.
-    started(&db, order, 3, 3, 1, 3).await;
+    started(&db, order, 4, (3, 0), 1, 3).await;
     assert_eq!(audit::repeated_starts_since(&db, since).await.unwrap(), 0);
 
-    // This fault's: finished by the holder the first move replaced, or by a holder of its moves,
-    // and started again under a later one; started twice.
-    started(&db, order, 4, 2, 1, 3).await;
-    started(&db, order, 5, 3, 1, 4).await;
-    started(&db, order, 6, 4, 2, 4).await;
+    // This fault's: finished since it began and started again under a later epoch; started
+    // twice.
+    started(&db, order, 5, (2, 1_500), 1, 3).await;
+    started(&db, order, 6, (3, 800), 1, 4).await;
+    started(&db, order, 7, (4, 0), 2, 4).await;
     assert_eq!(audit::repeated_starts_since(&db, since).await.unwrap(), 3);
 }
