@@ -409,12 +409,15 @@ async fn a_worker_whose_lease_was_taken_commits_nothing_more_and_leaves_the_mess
         ),
         [1]
     );
+    // One transaction: the worker, woken by the join's notification, must find the lease
+    // already taken (alone, the join would make it hand partition 1 over gracefully first).
+    let mut steal = stack.db.begin().await.unwrap();
     sqlx::query(
         "insert into worker_members (name, incarnation, expires_at)
          values ($1, gen_random_uuid(), now() + interval '4 seconds')",
     )
     .bind(&thief)
-    .execute(&stack.db)
+    .execute(&mut *steal)
     .await
     .unwrap();
     let stolen: i64 = sqlx::query_scalar(
@@ -424,9 +427,10 @@ async fn a_worker_whose_lease_was_taken_commits_nothing_more_and_leaves_the_mess
           where partition = 1 and m.name = $1 returning epoch",
     )
     .bind(&thief)
-    .fetch_one(&stack.db)
+    .fetch_one(&mut *steal)
     .await
     .unwrap();
+    steal.commit().await.unwrap();
     let add = stack.message(order, common::add_item("FENCED-1"), None);
     stack.publish(&add).await;
 
