@@ -89,16 +89,13 @@ cargo nextest run --workspace --all-targets --no-fail-fast
 # aimed at one worker (kill-owner, pg-terminate-worker, broker-close-worker) among them, and the
 # partitions grown under load (grow-partitions, last in the schedule's order: 16 -> 32 about
 # halfway, so that the second round of faults strikes the grown layout), in 150 s of workload (every
-# fault of `all` but the cluster faults and scale-out-in: the CI run of 2026-12-03 at 2631cd5 held
-# one repeated start against it that most likely came from broker-close-worker's redeliveries; the
-# audit's attribution was changed after it and has not yet passed CI with it, README); fails on any
-# broken invariant, a fault
+# fault of `all` but the cluster faults); fails on any broken invariant, a fault
 # never injected or never recovered from, a partition of a struck worker that never resumed, a
 # graceful move that repeated work or never rebalanced, or a refused command that ran. The
 # cluster faults (broker-node-kill, pg-promote) need the rigs and are not run here (README). The
 # failpoints exist only in a build with the `failpoints` feature: it is built in the same target directory (only orderflow's
 # own crates differ), its executables are copied aside, and the feature-free ones put back.
-of_log "race audit under faults: orderflow-bench audit --spawn --workers 3 (every local fault but scale-out-in)"
+of_log "race audit under faults: orderflow-bench audit --spawn --workers 3 (every local fault)"
 TARGET_DIR=$(cargo metadata --format-version 1 --no-deps |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 cargo build -p orderflow-api -p orderflow-worker --features failpoints
@@ -107,7 +104,7 @@ cp "$TARGET_DIR/debug/orderflow-api" "$TARGET_DIR/debug/orderflow-worker" "$TARG
 cargo build --workspace --bins
 # -o: the restarted PostgreSQL and RabbitMQ must not inherit (and keep) the lock.
 flock -o /tmp/orderflow-services.lock "$TARGET_DIR/debug/orderflow-bench" audit --spawn \
-    --workers 3 --faults kill-worker-in-tx,kill-worker-before-ack,term-worker,stop-worker,kill-api-before-publish,broker-close,broker-restart,pg-restart,pg-terminate,queue-full,kill-owner,pg-terminate-worker,broker-close-worker,grow-partitions \
+    --workers 3 --faults kill-worker-in-tx,kill-worker-before-ack,term-worker,stop-worker,kill-api-before-publish,broker-close,broker-restart,pg-restart,pg-terminate,queue-full,kill-owner,pg-terminate-worker,broker-close-worker,scale-out-in,grow-partitions \
     --api-bin "$TARGET_DIR/failpoints-bin/orderflow-api" \
     --worker-bin "$TARGET_DIR/failpoints-bin/orderflow-worker" \
     --database-url "$DATABASE_URL" --duration 150 --fault-interval 2 --no-progress \

@@ -142,6 +142,11 @@ pub struct AuditArgs {
     /// `pg-ha.sh` (their rigs up, and --amqp-url / --database-url naming their nodes).
     #[arg(long, default_value = "deploy/lib")]
     pub rig_dir: PathBuf,
+    /// With --spawn: a setting for the spawned API and workers, `NAME=VALUE` (repeatable), to
+    /// audit a lever (e.g. `--orderflow-env ORDERFLOW_PREFETCH=8`). As with `perf`, they inherit
+    /// no `ORDERFLOW_*` variable of the bench's own environment.
+    #[arg(long = "orderflow-env", value_name = "NAME=VALUE", value_parser = crate::perf::args::setting, requires = "spawn")]
+    pub orderflow_env: Vec<(String, String)>,
 }
 
 impl AuditArgs {
@@ -181,6 +186,7 @@ impl AuditArgs {
             },
             workers: self.workers,
             queue_max_length: self.queue_max_length,
+            env: self.orderflow_env.clone(),
             log_dir: self.log_dir.clone(),
             plan: Plan {
                 faults: Fault::expand(&self.faults),

@@ -28,6 +28,8 @@ pub struct SpawnOptions {
     pub workers: usize,
     /// The partition queues' `x-max-length` (small, so that queue-full can fill one).
     pub queue_max_length: i64,
+    /// More settings for every process (`--orderflow-env`), after the audit's own.
+    pub env: Vec<(String, String)>,
     pub log_dir: PathBuf,
     /// The faults (the plan's duration is the workload's).
     pub plan: Plan,
@@ -73,10 +75,12 @@ async fn on_database(
         },
         StackExtra {
             api_listen: Some(free_address()?),
-            env: vec![(
-                "ORDERFLOW_QUEUE_MAX_LENGTH".into(),
+            env: std::iter::once((
+                "ORDERFLOW_QUEUE_MAX_LENGTH".to_owned(),
                 options.queue_max_length.to_string(),
-            )],
+            ))
+            .chain(options.env.iter().cloned())
+            .collect(),
         },
     )
     .await?;

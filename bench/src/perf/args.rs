@@ -184,7 +184,7 @@ impl PerfArgs {
 }
 
 /// `NAME=VALUE` of `--orderflow-env`.
-fn setting(arg: &str) -> Result<(String, String), String> {
+pub(crate) fn setting(arg: &str) -> Result<(String, String), String> {
     match arg.split_once('=') {
         Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
         _ => Err(format!("expected NAME=VALUE, got {arg:?}")),
