@@ -1,5 +1,6 @@
 //! Long-poll wake-ups. One LISTEN connection per API process receives the id of every command
-//! that reaches a final status (`pg_notify` in the worker's transaction, delivered at commit);
+//! that reaches a final status (`pg_notify`, sent by the worker right after the transaction that
+//! finished it committed: `commands::announce_finished`);
 //! each `?wait=` request registers under its command's id and is woken only by that id (or by a
 //! "re-check everything" signal when notifications may have been missed), then re-reads its
 //! command. No polling loop, and a finish costs one map lookup however many polls are open.

@@ -111,6 +111,7 @@ pub const NO_REASON: &str = "none";
 /// A command the worker brought to a final status, to be counted once its transaction commits.
 #[derive(Clone, Debug)]
 pub struct FinishedCommand {
+    pub command_id: orderflow_domain::CommandId,
     pub kind: CommandKind,
     pub status: CommandStatus,
     /// Why it was rejected or failed; `None` when applied.

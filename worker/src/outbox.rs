@@ -1,7 +1,8 @@
 //! The outbox relay. It publishes status events to the events exchange in outbox order, an
 //! order's next event only once the broker confirmed its previous one (hence per-order order
-//! whatever the broker refuses), woken by LISTEN/NOTIFY; it deletes rows only after the broker
-//! confirmed them. It hands on the trace stored with the command (`traceparent` header): events carry
+//! whatever the broker refuses), woken by LISTEN/NOTIFY (and a sweep every
+//! [`SWEEP_EVERY`], for rows whose transaction's announcement never came); it deletes rows only
+//! after the broker confirmed them. It hands on the trace stored with the command (`traceparent` header): events carry
 //! their command's. The command relay is [`crate::command_relay`].
 
 use crate::relay::{BATCH, traceparents};
@@ -19,6 +20,11 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use uuid::Uuid;
 
+/// Longest a committed outbox row waits when nobody announced it: the workers announce what
+/// they finished after the commit, in a statement of its own (`commands::announce_finished`),
+/// and a worker that died in between announced nothing.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
 /// Relays the outbox until shutdown.
 pub async fn run_outbox_relay(
     db: PgPool,
@@ -28,19 +34,20 @@ pub async fn run_outbox_relay(
 ) {
     let mut listener = Listener::new(db.clone(), &[db::OUTBOX_CHANNEL]);
     loop {
-        // Wait until there may be something to relay: any notification, and also (re)gaining
-        // the connection, since what was committed while nobody listened notified no one.
+        // Wait until there may be something to relay: any notification, (re)gaining the
+        // connection, since what was committed while nobody listened notified no one, or the
+        // sweep, since a commit's announcement may never have come.
         tokio::select! {
             notice = listener.next() => {
                 if notice == Notice::Lost {
                     continue;
                 }
             }
+            _ = tokio::time::sleep(SWEEP_EVERY) => {}
             _ = shutdown.cancelled() => return,
         }
         // Drain everything committed so far. A short batch means the outbox was empty when it
-        // was read; anything committed since then notifies the listener, so no empty pass is
-        // needed to be sure.
+        // was read; anything announced since then notifies the listener.
         loop {
             match relay_batch(&db, publisher, topology).await {
                 Ok(relayed) if (relayed as i64) < BATCH => break,

@@ -97,6 +97,7 @@ pub async fn fail_expired(
         command.record();
         metrics::dead_lettered(FailureCode::ParkedTooLong);
     }
+    crate::apply::announce(db, &failed).await;
     if !failed.is_empty() {
         tracing::warn!(
             count = failed.len(),

@@ -103,3 +103,38 @@ async fn an_event_the_broker_refuses_holds_back_its_orders_later_events_and_no_o
         .await;
     let _ = observer_connection.close(200, "done".into()).await;
 }
+
+/// A worker announces what it finished after the commit, in a statement of its own; one that
+/// died in between announced nothing. Its committed outbox row is still relayed, by the relay's
+/// sweep: here a row committed with no notification while nothing else happens.
+#[tokio::test]
+async fn an_event_committed_without_its_announcement_is_relayed_by_the_sweep() {
+    let stack = common::stack().worker().start().await;
+    let (observer_connection, mut events) =
+        testing::broker::consume_events(&stack.topology, "#").await;
+    let order = created_order(&stack, 0).await;
+    let mut seen = Vec::new();
+    events_until(&mut events, &mut seen, "the create's event", |seen| {
+        seen.iter().any(|e| e.order_id == order)
+    })
+    .await;
+
+    // The event of a command finished by a worker that died before announcing it: the same
+    // order's next event, written as `commands::finish` writes it, with no NOTIFY.
+    let mut unannounced = seen.iter().find(|e| e.order_id == order).unwrap().clone();
+    unannounced.command_id = CommandId(uuid::Uuid::new_v4());
+    unannounced.seq += 1;
+    sqlx::query("insert into outbox (order_id, routing_key, payload) values ($1, $2, $3)")
+        .bind(order.0)
+        .bind(unannounced.routing_key())
+        .bind(sqlx::types::Json(&unannounced))
+        .execute(&stack.db)
+        .await
+        .unwrap();
+
+    events_until(&mut events, &mut seen, "the unannounced event", |seen| {
+        has(seen, unannounced.command_id)
+    })
+    .await;
+    let _ = observer_connection.close(200, "done".into()).await;
+}

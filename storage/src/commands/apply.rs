@@ -59,11 +59,15 @@ pub struct Delivered {
 }
 
 /// Ends a command as its status event says: applied, rejected (with its reason) or failed
-/// (with its reason and detail), and queues that event in the outbox. Wakes long-polls and the
-/// outbox relay (at commit). A message in hand was published: its arrival stands in for a
-/// confirm the API could not record (see [`mark_published`]). `delivered` is `None` for a
-/// command finished without its own message in hand (applied ahead of a late message, or failed
-/// while another message was being applied).
+/// (with its reason and detail), and queues that event in the outbox. A message in hand was
+/// published: its arrival stands in for a confirm the API could not record (see
+/// [`mark_published`]). `delivered` is `None` for a command finished without its own message in
+/// hand (applied ahead of a late message, or failed while another message was being applied).
+///
+/// It notifies nobody: the caller announces what it finished once its transaction committed
+/// ([`announce_finished`]). A NOTIFY in the transaction would take PostgreSQL's notify-queue lock,
+/// one for the whole server, at commit and hold it through the commit's WAL flush, so every
+/// transaction that finishes commands would commit alone, one flush after the other.
 pub async fn finish(
     conn: &mut PgConnection,
     event: &StatusEvent,
@@ -72,40 +76,60 @@ pub async fn finish(
     let status = event.status;
     debug_assert!(status.is_final());
     // clock_timestamp(), not now(): now() is the transaction's start, which would make every
-    // apply look instantaneous on the timeline. The update, the outbox row and both
-    // notifications are one statement (one round trip). `epoch` is the lease epoch the
+    // apply look instantaneous on the timeline. The update and the outbox row are one
+    // statement (one round trip). `epoch` is the lease epoch the
     // transaction's fence (`orderflow_fence`) set, `lease_partition` the partition of that lease
     // (after a growth, not always the command's own); null in an unfenced transaction.
     sqlx::query!(
         r#"with finished as (
-             update commands set status = $2, reason = $3, detail = $11, result_version = $4,
+             update commands set status = $2, reason = $3, detail = $9, result_version = $4,
                                  finished_at = clock_timestamp(), delivered_at = $5, attempt = $6,
                                  published_at = coalesce(published_at, $5),
                                  epoch = nullif(current_setting('orderflow.lease_epoch', true), '')::bigint,
                                  lease_partition = nullif(current_setting('orderflow.lease_partition', true), '')::integer
              where id = $1
-             returning id, order_id),
-           queued as (
-             insert into outbox (order_id, routing_key, payload)
-             select order_id, $8, $9 from finished)
-         select count(pg_notify($7, id::text)) + count(pg_notify($10, '')) as "notified!"
-           from finished"#,
+             returning order_id)
+         insert into outbox (order_id, routing_key, payload)
+         select order_id, $7, $8 from finished"#,
         event.command_id.0,
         status.as_str(),
         event.reason.map(Reason::as_str),
         event.version,
         delivered.map(|d| d.at),
         delivered.map(|d| d.attempt.max(1)),
-        crate::COMMAND_DONE_CHANNEL,
         event.routing_key(),
         event.to_json(),
-        crate::OUTBOX_CHANNEL,
         event
             .detail
             .as_deref()
             .map(|d| crate::storable_text(d, crate::MAX_STORED_TEXT_BYTES))
     )
-    .fetch_one(conn)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Announces commands that a committed transaction finished ([`finish`]): their ids on the
+/// commands-done channel (long-polls, the dashboard) and a wake-up on the outbox channel (the
+/// relays). A transaction of its own, outside the one that finished them, so that only it holds
+/// the notify-queue lock (see [`finish`]); and since a notification needs no durability, its
+/// commit does not wait for the WAL flush (`synchronous_commit` off for it alone), so it holds
+/// that lock only for a moment. Should the process die between that commit and this, the
+/// relays still find the outbox rows on their next sweep (`worker/src/outbox.rs`) and the
+/// long-polls answer at their deadline.
+pub async fn announce_finished(db: impl PgExecutor<'_>, ids: &[uuid::Uuid]) -> sqlx::Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query!(
+        r#"select count(pg_notify($1, id::text)) + count(pg_notify($2, '')) as "notified!"
+             from set_config('synchronous_commit', 'off', true) as unflushed,
+                  unnest($3::uuid[]) as id"#,
+        crate::COMMAND_DONE_CHANNEL,
+        crate::OUTBOX_CHANNEL,
+        ids
+    )
+    .fetch_one(db)
     .await?;
     Ok(())
 }

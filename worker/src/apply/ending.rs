@@ -31,6 +31,7 @@ impl Applier {
         tx.commit().await?;
         if let Some(failed) = &failed {
             failed.record();
+            announce(&self.db, std::slice::from_ref(failed)).await;
         }
         Ok(failed.is_some())
     }
@@ -64,6 +65,19 @@ async fn fail_command_in(
     )))
 }
 
+/// Announces the commands a committed transaction finished (see
+/// [`commands::announce_finished`]). A failure is logged, not returned: the transaction stands,
+/// the outbox relays' sweep finds its events, and a long-poll answers at its deadline.
+pub(crate) async fn announce(db: &sqlx::PgPool, finished: &[FinishedCommand]) {
+    let ids: Vec<uuid::Uuid> = finished.iter().map(|f| f.command_id.0).collect();
+    if let Err(e) = commands::announce_finished(db, &ids).await {
+        tracing::warn!(
+            error = %e, commands = ids.len(),
+            "could not announce finished commands; the outbox relays' sweep will find their events"
+        );
+    }
+}
+
 /// What the metrics count of a command that reached `status`.
 pub(crate) fn finished(
     row: &CommandRow,
@@ -71,6 +85,7 @@ pub(crate) fn finished(
     reason: Option<Reason>,
 ) -> FinishedCommand {
     FinishedCommand {
+        command_id: row.id,
         kind: row.kind,
         status,
         reason,

@@ -29,7 +29,7 @@ mod ending;
 mod inbox;
 mod transaction;
 
-pub(crate) use ending::{Ending, finish, finished};
+pub(crate) use ending::{Ending, announce, finish, finished};
 
 use crate::error::Failure;
 use crate::leases::Holdings;

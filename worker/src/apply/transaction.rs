@@ -43,6 +43,7 @@ impl Applier {
             });
         }
         tally.record();
+        super::announce(&self.db, &tally.finished).await;
         Ok(Handled {
             outcome,
             finished: tally.finished.len(),
@@ -68,6 +69,7 @@ impl Applier {
             return Ok(None);
         }
         tally.record();
+        super::announce(&self.db, &tally.finished).await;
         Ok(Some(tally.finished.len()))
     }
 
