@@ -21,7 +21,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 /// Longest a committed outbox row waits when nobody announced it: the workers announce what
-/// they finished after the commit, in a statement of its own (`commands::announce_finished`),
+/// they finished after the commit, in a transaction of its own (`commands::announce_finished`),
 /// and a worker that died in between announced nothing.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
 

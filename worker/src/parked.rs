@@ -93,11 +93,8 @@ pub async fn fail_expired(
         failed.push(finished(row, CommandStatus::Failed, Some(reason)));
     }
     tx.commit().await?;
-    for command in &failed {
-        command.record();
-        metrics::dead_lettered(FailureCode::ParkedTooLong);
-    }
-    crate::apply::announce(db, &failed).await;
+    crate::apply::settle(db, &failed).await;
+    (0..failed.len()).for_each(|_| metrics::dead_lettered(FailureCode::ParkedTooLong));
     if !failed.is_empty() {
         tracing::warn!(
             count = failed.len(),

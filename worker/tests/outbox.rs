@@ -104,7 +104,7 @@ async fn an_event_the_broker_refuses_holds_back_its_orders_later_events_and_no_o
     let _ = observer_connection.close(200, "done".into()).await;
 }
 
-/// A worker announces what it finished after the commit, in a statement of its own; one that
+/// A worker announces what it finished after the commit, in a transaction of its own; one that
 /// died in between announced nothing. Its committed outbox row is still relayed, by the relay's
 /// sweep: here a row committed with no notification while nothing else happens.
 #[tokio::test]

@@ -30,8 +30,7 @@ impl Applier {
         }
         tx.commit().await?;
         if let Some(failed) = &failed {
-            failed.record();
-            announce(&self.db, std::slice::from_ref(failed)).await;
+            settle(&self.db, std::slice::from_ref(failed)).await;
         }
         Ok(failed.is_some())
     }
@@ -65,10 +64,12 @@ async fn fail_command_in(
     )))
 }
 
-/// Announces the commands a committed transaction finished (see
-/// [`commands::announce_finished`]). A failure is logged, not returned: the transaction stands,
-/// the outbox relays' sweep finds its events, and a long-poll answers at its deadline.
-pub(crate) async fn announce(db: &sqlx::PgPool, finished: &[FinishedCommand]) {
+/// What follows the commit of a transaction that finished commands: count them, and announce
+/// them (see [`commands::announce_finished`]). An announcement that fails is logged, not
+/// returned: the transaction stands, the outbox relays' sweep finds its events, and a
+/// long-poll answers at its deadline.
+pub(crate) async fn settle(db: &sqlx::PgPool, finished: &[FinishedCommand]) {
+    finished.iter().for_each(FinishedCommand::record);
     let ids: Vec<uuid::Uuid> = finished.iter().map(|f| f.command_id.0).collect();
     if let Err(e) = commands::announce_finished(db, &ids).await {
         tracing::warn!(

@@ -29,7 +29,7 @@ mod ending;
 mod inbox;
 mod transaction;
 
-pub(crate) use ending::{Ending, announce, finish, finished};
+pub(crate) use ending::{Ending, finish, finished, settle};
 
 use crate::error::Failure;
 use crate::leases::Holdings;
@@ -177,13 +177,14 @@ struct Tally {
 }
 
 impl Tally {
-    /// Counts what a committed transaction did.
-    fn record(&self) {
+    /// Counts what a committed transaction did, and announces the commands it finished
+    /// ([`settle`]).
+    async fn committed(&self, db: &PgPool) {
         self.recorded
             .iter()
             .copied()
             .for_each(metrics::command_accepted);
-        self.finished.iter().for_each(FinishedCommand::record);
         (0..self.parked).for_each(|_| metrics::parked());
+        settle(db, &self.finished).await;
     }
 }

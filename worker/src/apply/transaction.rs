@@ -42,8 +42,7 @@ impl Applier {
                 finished: 0,
             });
         }
-        tally.record();
-        super::announce(&self.db, &tally.finished).await;
+        tally.committed(&self.db).await;
         Ok(Handled {
             outcome,
             finished: tally.finished.len(),
@@ -68,8 +67,7 @@ impl Applier {
         if !result? {
             return Ok(None);
         }
-        tally.record();
-        super::announce(&self.db, &tally.finished).await;
+        tally.committed(&self.db).await;
         Ok(Some(tally.finished.len()))
     }
 
