@@ -59,44 +59,6 @@ pub async fn get_for_client(
     Ok(row.map(|r| order_row!(r)))
 }
 
-/// Appends `event` as the order's event number `order.version` (its new version), recorded at
-/// `at`, and writes the projection `order` it led to: one statement, one round trip. The
-/// projection's timestamps are the events', so a replay rebuilds them.
-pub async fn record_event(
-    conn: &mut PgConnection,
-    order: &Order,
-    command_id: CommandId,
-    event: &Event,
-    at: DateTime<Utc>,
-) -> sqlx::Result<()> {
-    sqlx::query!(
-        "with appended as (
-             insert into order_events (order_id, seq, command_id, type, data, recorded_at)
-             values ($1, $6, $11, $12, $13, $14))
-         insert into orders (id, client_id, customer_id, currency, status, version, items, total_cents, created_at, updated_at)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-         on conflict (id) do update set status = excluded.status, version = excluded.version,
-             items = excluded.items, total_cents = excluded.total_cents, updated_at = excluded.updated_at",
-        order.id.0,
-        order.client_id.0,
-        order.customer_id.as_str(),
-        order.currency.as_str(),
-        order.status.as_str(),
-        order.version,
-        Json(&order.items) as _,
-        order.total_cents,
-        order.created_at,
-        order.updated_at,
-        command_id.0,
-        event.name(),
-        Json(event) as _,
-        at
-    )
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
 /// One stored event.
 #[derive(Clone, Debug, Serialize)]
 pub struct EventRecord {

@@ -86,7 +86,7 @@ pub async fn fail_expired(
             continue;
         }
         let failure = Failure::new(FailureCode::ParkedTooLong, reason);
-        finish(&mut tx, row, Ending::Failed(&failure), None).await?;
+        finish(&mut tx, row, Ending::Failed(&failure), None, false).await?;
         let letter = NewDeadLetter::from_body(row.partition as u16, reason, body);
         observability::insert_dead_letter(&mut *tx, &letter).await?;
         let reason = Reason::Failed(FailureCode::ParkedTooLong);

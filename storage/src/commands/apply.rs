@@ -1,10 +1,11 @@
 //! What the worker does with a command: lock it (the inbox), find its neighbours in the
 //! order's sequence, count its deliveries, and finish it with its status event.
 
-use super::CommandRow;
+use super::{CommandRow, Stream};
 use chrono::{DateTime, Utc};
 use orderflow_contract::{CommandStatus, Reason, StatusEvent};
-use orderflow_domain::{ClientId, CommandId, OrderId};
+use orderflow_domain::{ClientId, CommandId, Event, Item, Order, OrderId};
+use sqlx::types::Json;
 use sqlx::{PgConnection, PgExecutor};
 
 /// The order's commands after `after_seq`, in order, locked.
@@ -30,6 +31,98 @@ pub async fn lock(conn: &mut PgConnection, id: CommandId) -> sqlx::Result<Option
         .fetch_optional(conn)
         .await?;
     Ok(row.map(|r| command_row!(r)))
+}
+
+/// What the apply transaction holds for a command's message once [`lock_for_apply`] returned.
+pub struct ForApply {
+    pub command: CommandRow,
+    /// The command's order's stream.
+    pub stream: Stream,
+    /// The order (`None`: not created yet).
+    pub order: Option<Order>,
+}
+
+/// [`lock`], [`lock_stream`](super::lock_stream) and [`orders::lock`](crate::orders::lock) of the
+/// command's order in one statement: the first round trip of a message's apply, where it was
+/// three. The order row is locked first (inside the lateral subquery), then the command and the
+/// stream; nobody else locks an order row together with a command or stream row (the API locks
+/// a command and then its stream, as this does), so the order adds no deadlock. Locking the
+/// stream and the order of a command that turns out to be done already (a redelivery) costs
+/// nothing but the locks, held until the transaction ends.
+pub async fn lock_for_apply(
+    conn: &mut PgConnection,
+    id: CommandId,
+) -> sqlx::Result<Option<ForApply>> {
+    let row = sqlx::query!(
+        r#"select c.id, c.client_id, c.order_id, c.seq, c.kind, c.body, c.expected_version,
+                  c.status, c.reason, c.detail, c.result_version, c.partition, c.accepted_at,
+                  c.published_at, c.finished_at, c.parked_at,
+                  s.processed_seq, s.has_parked,
+                  o.client_id as "order_client_id?", o.customer_id as "order_customer_id?",
+                  o.currency as "order_currency?", o.status as "order_status?",
+                  o.version as "order_version?", o.items as "order_items?: Json<Vec<Item>>",
+                  o.total_cents as "order_total_cents?", o.created_at as "order_created_at?",
+                  o.updated_at as "order_updated_at?"
+             from commands c
+             join order_streams s on s.order_id = c.order_id
+             left join lateral (select client_id, customer_id, currency, status, version, items,
+                                       total_cents, created_at, updated_at
+                                  from orders where id = c.order_id for update) o on true
+            where c.id = $1
+              for update of c, s"#,
+        id.0
+    )
+    .fetch_optional(conn)
+    .await?;
+    let Some(r) = row else {
+        return Ok(None);
+    };
+    let order = match (
+        r.order_client_id,
+        r.order_customer_id,
+        r.order_currency,
+        r.order_status,
+        r.order_version,
+        r.order_items,
+        r.order_total_cents,
+        r.order_created_at,
+        r.order_updated_at,
+    ) {
+        (
+            Some(client_id),
+            Some(customer_id),
+            Some(currency),
+            Some(status),
+            Some(version),
+            Some(items),
+            Some(total_cents),
+            Some(created_at),
+            Some(updated_at),
+        ) => Some(Order {
+            id: OrderId(r.order_id),
+            client_id: ClientId(client_id),
+            customer_id: customer_id
+                .try_into()
+                .expect("stored values were validated"),
+            currency: currency.try_into().expect("stored values were validated"),
+            status: status.parse().expect("the status check constraint"),
+            version,
+            items: items.0,
+            total_cents,
+            created_at,
+            updated_at,
+        }),
+        _ => None,
+    };
+    let stream = Stream {
+        processed_seq: r.processed_seq,
+        has_parked: r.has_parked,
+    };
+    Ok(Some(ForApply {
+        command: command_row!(r),
+        stream,
+        order,
+    }))
 }
 
 /// The commands of an order between two sequence numbers (exclusive), in order, locked.
@@ -58,11 +151,38 @@ pub struct Delivered {
     pub attempt: i32,
 }
 
+/// What else the statement that ends a command writes (see [`finish`]).
+#[derive(Clone, Copy, Default)]
+pub struct FinishWith<'a> {
+    /// An applied command's event: appended to its order's history as event number
+    /// `order.version`, recorded at `at`, with the projection `order` it led to. The
+    /// projection's timestamps are the events', so a replay rebuilds them.
+    pub event: Option<AppliedEvent<'a>>,
+    /// The order's stream is processed through the command's seq: what
+    /// [`set_processed`](super::set_processed) with that seq writes. Only when the command was
+    /// the order's next (the stream was locked at `seq - 1`) and nothing parked waits behind it.
+    pub processed: bool,
+}
+
+/// An applied command's event and the projection it led to, for [`finish`].
+#[derive(Clone, Copy)]
+pub struct AppliedEvent<'a> {
+    pub order: &'a Order,
+    pub event: &'a Event,
+    pub at: DateTime<Utc>,
+}
+
 /// Ends a command as its status event says: applied, rejected (with its reason) or failed
-/// (with its reason and detail), and queues that event in the outbox. A message in hand was
+/// (with its reason and detail), and queues that event in the outbox; `with` says what else the
+/// same statement writes (the applied command's event and projection, the stream's progress).
+/// One statement, one round trip, where an applied command took three. A message in hand was
 /// published: its arrival stands in for a confirm the API could not record (see
 /// [`mark_published`]). `delivered` is `None` for a command finished without its own message in
 /// hand (applied ahead of a late message, or failed while another message was being applied).
+///
+/// The stream's progress reads the commands after this one as the statement's snapshot saw
+/// them; this command's own new status is not among them (its seq is where the walk starts), so
+/// one statement writes what the two did.
 ///
 /// It notifies nobody: the caller announces what it finished once its transaction committed
 /// ([`announce_finished`]). A NOTIFY in the transaction would take PostgreSQL's notify-queue lock,
@@ -72,23 +192,51 @@ pub async fn finish(
     conn: &mut PgConnection,
     event: &StatusEvent,
     delivered: Option<Delivered>,
+    with: FinishWith<'_>,
 ) -> sqlx::Result<()> {
     let status = event.status;
     debug_assert!(status.is_final());
+    let applied = with.event;
+    let order = applied.map(|a| a.order);
     // clock_timestamp(), not now(): now() is the transaction's start, which would make every
-    // apply look instantaneous on the timeline. The update and the outbox row are one
-    // statement (one round trip). `epoch` is the lease epoch the
-    // transaction's fence (`orderflow_fence`) set, `lease_partition` the partition of that lease
-    // (after a growth, not always the command's own); null in an unfenced transaction.
+    // apply look instantaneous on the timeline. `epoch` is the lease epoch the transaction's
+    // fence (`orderflow_fence`) set, `lease_partition` the partition of that lease (after a
+    // growth, not always the command's own); null in an unfenced transaction. The event and the
+    // projection are written only when `$14` (the event's type) is given, the stream only when
+    // `$23` is true.
     sqlx::query!(
-        r#"with finished as (
+        r#"with appended as (
+             insert into order_events (order_id, seq, command_id, type, data, recorded_at)
+             select $10::uuid, $15::bigint, $1::uuid, $14::text, $21::jsonb, $22::timestamptz
+              where $14::text is not null),
+           projected as (
+             insert into orders (id, client_id, customer_id, currency, status, version, items,
+                                 total_cents, created_at, updated_at)
+             select $10::uuid, $11::uuid, $12::text, $13::text, $16::text, $15::bigint,
+                    $17::jsonb, $18::bigint, $19::timestamptz, $20::timestamptz
+              where $14::text is not null
+             on conflict (id) do update set status = excluded.status, version = excluded.version,
+                 items = excluded.items, total_cents = excluded.total_cents,
+                 updated_at = excluded.updated_at),
+           finished as (
              update commands set status = $2, reason = $3, detail = $9, result_version = $4,
                                  finished_at = clock_timestamp(), delivered_at = $5, attempt = $6,
                                  published_at = coalesce(published_at, $5),
                                  epoch = nullif(current_setting('orderflow.lease_epoch', true), '')::bigint,
                                  lease_partition = nullif(current_setting('orderflow.lease_partition', true), '')::integer
              where id = $1
-             returning order_id)
+             returning order_id, seq),
+           processed as (
+             update order_streams s
+                set processed_seq = coalesce(
+                      (select min(g.seq) - 1
+                         from generate_series(greatest(s.processed_seq, f.seq) + 1, s.last_seq) as g(seq)
+                        where not exists (select from commands c
+                                           where c.order_id = s.order_id and c.seq = g.seq
+                                             and c.status in ('applied', 'rejected', 'failed'))),
+                      s.last_seq)
+               from finished f
+              where s.order_id = f.order_id and $23::boolean)
          insert into outbox (order_id, routing_key, payload)
          select order_id, $7, $8 from finished"#,
         event.command_id.0,
@@ -102,7 +250,21 @@ pub async fn finish(
         event
             .detail
             .as_deref()
-            .map(|d| crate::storable_text(d, crate::MAX_STORED_TEXT_BYTES))
+            .map(|d| crate::storable_text(d, crate::MAX_STORED_TEXT_BYTES)),
+        order.map(|o| o.id.0),
+        order.map(|o| o.client_id.0),
+        order.map(|o| o.customer_id.as_str()),
+        order.map(|o| o.currency.as_str()),
+        applied.map(|a| a.event.name()),
+        order.map(|o| o.version),
+        order.map(|o| o.status.as_str()),
+        order.map(|o| Json(&o.items)) as _,
+        order.map(|o| o.total_cents),
+        order.map(|o| o.created_at),
+        order.map(|o| o.updated_at),
+        applied.map(|a| Json(a.event)) as _,
+        applied.map(|a| a.at),
+        with.processed
     )
     .execute(conn)
     .await?;

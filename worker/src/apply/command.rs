@@ -13,14 +13,27 @@ use orderflow_storage::commands::{CommandRow, Delivered};
 use orderflow_storage::orders;
 use sqlx::{Acquire, PgConnection};
 
+/// The order row of a command about to be applied.
+pub(super) enum OrderRow {
+    /// Locked and read by the transaction already, unchanged since (`None`: not created yet).
+    Held(Option<Order>),
+    /// Still to lock and read.
+    ToLock,
+}
+
 impl Applier {
     /// Applies (or rejects) one command in `tx`: decided on the locked order before anything is
-    /// written, so a rejection writes only itself.
+    /// written, so a rejection writes only itself. `order` is the order row if `tx` has already
+    /// locked and read it with nothing written to it since; `processed`: the command is its
+    /// order's next and nothing waits behind it, so its ending also moves the order's stream on
+    /// (see [`finish`]).
     pub(super) async fn apply_command(
         &self,
         tx: &mut PgConnection,
         row: &CommandRow,
+        order: OrderRow,
         delivered: Option<Delivered>,
+        processed: bool,
         tally: &mut Tally,
     ) -> Result<CommandStatus, ApplyError> {
         let command: Command = serde_json::from_value(row.body.clone()).map_err(|e| {
@@ -30,7 +43,10 @@ impl Applier {
                 format!("stored command does not parse: {e}"),
             )
         })?;
-        let order = orders::lock(&mut *tx, row.order_id).await?;
+        let order = match order {
+            OrderRow::Held(order) => order,
+            OrderRow::ToLock => orders::lock(&mut *tx, row.order_id).await?,
+        };
         let version = order.as_ref().map(|o| o.version);
         let decided = match decide(order.as_ref(), &command, row.expected_version) {
             Ok(event) => self
@@ -45,7 +61,8 @@ impl Applier {
                 let reason = rejection.as_str();
                 tracing::info!(command_id = %row.id, order_id = %row.order_id, reason, "command rejected");
                 let status = CommandStatus::Rejected;
-                finish(tx, row, Ending::Rejected { rejection, version }, delivered).await?;
+                let ending = Ending::Rejected { rejection, version };
+                finish(tx, row, ending, delivered, processed).await?;
                 tally
                     .finished
                     .push(finished(row, status, Some(Reason::Rejected(rejection))));
@@ -55,13 +72,13 @@ impl Applier {
         // Microseconds: what timestamptz keeps, so a replay rebuilds the projection exactly.
         let at = Utc::now().trunc_subsecs(6);
         let order = evolve(order, row.order_id, row.client_id, &event, at);
-        orders::record_event(&mut *tx, &order, row.id, &event, at).await?;
         let status = CommandStatus::Applied;
         let ending = Ending::Applied {
-            version: order.version,
+            order: &order,
             event: &event,
+            at,
         };
-        finish(tx, row, ending, delivered).await?;
+        finish(tx, row, ending, delivered, processed).await?;
         tally.finished.push(finished(row, status, None));
         tracing::debug!(command_id = %row.id, order_id = %row.order_id, version = order.version, "command applied");
         Ok(status)

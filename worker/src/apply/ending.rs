@@ -5,10 +5,10 @@ use super::inbox::same_command;
 use super::{Applier, OwnMessage};
 use crate::error::Failure;
 use crate::metrics::FinishedCommand;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use orderflow_contract::{CommandStatus, Reason, STATUS_EVENT_VERSION, StatusEvent};
-use orderflow_domain::{CommandId, Event, Rejection};
-use orderflow_storage::commands::{self, CommandRow, Delivered};
+use orderflow_domain::{CommandId, Event, Order, Rejection};
+use orderflow_storage::commands::{self, AppliedEvent, CommandRow, Delivered, FinishWith};
 use orderflow_storage::observability;
 use sqlx::PgConnection;
 
@@ -53,10 +53,8 @@ async fn fail_command_in(
     let processed = commands::lock_stream(tx, row.order_id).await?.processed_seq;
     let status = CommandStatus::Failed;
     let delivered = own.and_then(|own| own.delivered);
-    finish(tx, &row, Ending::Failed(failure), delivered).await?;
-    if processed == row.seq - 1 {
-        commands::set_processed(tx, row.order_id, row.seq).await?;
-    }
+    let next = processed == row.seq - 1;
+    finish(tx, &row, Ending::Failed(failure), delivered, next).await?;
     Ok(Some(finished(
         &row,
         status,
@@ -96,9 +94,11 @@ pub(crate) fn finished(
 
 /// How a command ended, for [`finish`].
 pub(crate) enum Ending<'a> {
+    /// `event` was appended at `at` and led to the projection `order`.
     Applied {
-        version: i64,
+        order: &'a Order,
         event: &'a Event,
+        at: DateTime<Utc>,
     },
     Rejected {
         rejection: Rejection,
@@ -107,21 +107,31 @@ pub(crate) enum Ending<'a> {
     Failed(&'a Failure),
 }
 
-/// Records a command's final status and its status event for the outbox.
+/// Records a command's final status and its status event for the outbox; an applied command's
+/// event and projection too, and, when `processed` (the command was its order's next), its
+/// order's progress: one statement ([`commands::finish`]).
 pub(crate) async fn finish(
     conn: &mut PgConnection,
     row: &CommandRow,
     ending: Ending<'_>,
     delivered: Option<Delivered>,
+    processed: bool,
 ) -> Result<(), sqlx::Error> {
+    let mut with = FinishWith {
+        event: None,
+        processed,
+    };
     let (status, reason, detail, version, event) = match ending {
-        Ending::Applied { version, event } => (
-            CommandStatus::Applied,
-            None,
-            None,
-            Some(version),
-            Some(event.clone()),
-        ),
+        Ending::Applied { order, event, at } => {
+            with.event = Some(AppliedEvent { order, event, at });
+            (
+                CommandStatus::Applied,
+                None,
+                None,
+                Some(order.version),
+                Some(event.clone()),
+            )
+        }
         Ending::Rejected { rejection, version } => (
             CommandStatus::Rejected,
             Some(Reason::Rejected(rejection)),
@@ -151,5 +161,5 @@ pub(crate) async fn finish(
         event,
         at: Utc::now(),
     };
-    commands::finish(conn, &event, delivered).await
+    commands::finish(conn, &event, delivered, with).await
 }

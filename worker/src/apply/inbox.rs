@@ -3,6 +3,7 @@
 //! are late are applied first; a command whose earlier ones never reached a worker is parked),
 //! the message's own command, then the parked commands that were waiting for it.
 
+use super::command::OrderRow;
 use super::{Applier, DeliveryInfo, Outcome, Tally};
 use crate::direct;
 use crate::error::{ApplyError, Failure};
@@ -21,30 +22,32 @@ impl Applier {
         delivery: &DeliveryInfo,
         tally: &mut Tally,
     ) -> Result<Outcome, ApplyError> {
-        let row = match commands::lock(&mut *tx, message.command_id).await? {
-            Some(row) => {
-                if !same_command(&row, message) {
+        // The command, its order's stream and the order, locked by one statement; a direct
+        // producer's command is recorded first, and its stream and order locked after.
+        let (row, held) = match commands::lock_for_apply(&mut *tx, message.command_id).await? {
+            Some(locked) => {
+                if !same_command(&locked.command, message) {
                     return Ok(Outcome::Poison(Failure::new(
                         FailureCode::CommandIdReused,
                         format!(
                             "command_id {} was already used for a different command",
-                            row.id
+                            locked.command.id
                         ),
                     )));
                 }
-                row
+                (locked.command, Some((locked.stream, locked.order)))
             }
             None => match direct::record(&mut *tx, message, partition, delivery).await? {
                 Ok(row) => {
                     tally.recorded.push(row.kind);
-                    row
+                    (row, None)
                 }
                 Err(failure) => return Ok(Outcome::Poison(failure)),
             },
         };
         if inbox_sabotaged() && row.status == CommandStatus::Applied {
             let status = self
-                .apply_command(tx, &row, delivery.delivered, tally)
+                .apply_command(tx, &row, OrderRow::ToLock, delivery.delivered, false, tally)
                 .await?;
             return Ok(Outcome::Finished(status));
         }
@@ -58,7 +61,13 @@ impl Applier {
         if row.status.is_final() {
             return Ok(Outcome::Duplicate);
         }
-        let stream = commands::lock_stream(&mut *tx, row.order_id).await?;
+        let (stream, order) = match held {
+            Some((stream, order)) => (stream, OrderRow::Held(order)),
+            None => (
+                commands::lock_stream(&mut *tx, row.order_id).await?,
+                OrderRow::ToLock,
+            ),
+        };
         let processed = stream.processed_seq;
         if row.seq <= processed {
             return Ok(Outcome::Duplicate);
@@ -80,6 +89,11 @@ impl Applier {
             tally.parked += 1;
             return Ok(Outcome::Parked);
         }
+        // The usual case: the command is its order's next and nothing parked waits behind it,
+        // so its ending also moves the stream on (one statement, see `finish`).
+        let next = earlier.is_empty() && !stream.has_parked;
+        // The order row as locked is current until an earlier command writes it.
+        let mut order = Some(order);
         for earlier in earlier {
             if !earlier.status.is_final() {
                 tracing::info!(
@@ -87,15 +101,20 @@ impl Applier {
                     "applying an earlier command of the order first (its message is late)"
                 );
                 // Not its own delivery: its timeline keeps no delivered_at/attempt.
-                self.apply_command(tx, &earlier, None, tally)
+                let order = order.take().unwrap_or(OrderRow::ToLock);
+                self.apply_command(tx, &earlier, order, None, false, tally)
                     .await
                     .map_err(|e| e.blame(earlier.id))?;
             }
         }
+        let order = order.unwrap_or(OrderRow::ToLock);
         let status = self
-            .apply_command(tx, &row, delivery.delivered, tally)
+            .apply_command(tx, &row, order, delivery.delivered, next, tally)
             .await
             .map_err(|e| e.blame(row.id))?;
+        if next {
+            return Ok(Outcome::Finished(status));
+        }
         let processed = if stream.has_parked {
             self.apply_parked_after(tx, &row, tally).await?
         } else {
@@ -129,7 +148,7 @@ impl Applier {
                     command_id = %next.id, order_id = %next.order_id, seq = next.seq,
                     "applying a parked command: the commands before it are done"
                 );
-                self.apply_command(tx, next, None, tally)
+                self.apply_command(tx, next, OrderRow::ToLock, None, false, tally)
                     .await
                     .map_err(|e| e.blame(next.id))?;
             }

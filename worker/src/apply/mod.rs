@@ -3,14 +3,16 @@
 //! finished (or parked). No AMQP types here; the consumer decides what to do with the messages
 //! from the [`Outcome`].
 //!
-//! Per message: record the command if a direct producer sent it; lock it (the inbox: a final
-//! status means done); lock the order's stream; apply any earlier accepted commands of the
-//! order first (the broker may deliver out of order); apply this one; commit.
-//! Per command: lock the order row, check the expected version, decide (nothing written yet),
-//! perform the side effects (stock in sorted SKU order, payment; inside a savepoint when they can
-//! still reject after writing), append the event, write the projection, the command's status
-//! (with when and at which attempt its message arrived) and the outbox row. A rejection records
-//! only itself.
+//! Per message: lock the command (the inbox: a final status means done), its order's stream and
+//! the order row, in one statement (a direct producer's command is recorded first, and its
+//! stream and order locked after); apply any earlier accepted commands of the order first (the
+//! broker may deliver out of order); apply this one; commit.
+//! Per command: check the expected version on the locked order row, decide (nothing written
+//! yet), perform the side effects (stock in sorted SKU order, payment; inside a savepoint when
+//! they can still reject after writing), then one statement: append the event, write the
+//! projection, the command's status (with when and at which attempt its message arrived), the
+//! outbox row and, for the order's next command, the stream's progress. A rejection records only
+//! itself (and the progress).
 //! What a transaction finished is counted in the metrics after it commits, never before.
 //!
 //! The stages, one file each:
