@@ -828,7 +828,7 @@ async fn unknown_routes_are_404_and_wrong_methods_405_as_problem_json() {
     // A 405 also says which methods the route has (RFC 9110: `Allow` is required on a 405).
     for (method, path, allowed) in [
         (Method::DELETE, "/v1/orders".to_owned(), "POST"),
-        (Method::GET, "/v1/orders".to_owned(), "POST"),
+        (Method::PATCH, "/v1/orders".to_owned(), "GET"),
         (Method::PUT, format!("/v1/orders/{id}"), "GET"),
         (Method::DELETE, format!("/v1/orders/{id}"), "GET"),
         (Method::PATCH, format!("/v1/orders/{id}"), "GET"),

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 const ROUTES: &[(&str, &[&str])] = &[
     ("/healthz", &["get"]),
     ("/readyz", &["get"]),
-    ("/v1/orders", &["post"]),
+    ("/v1/orders", &["get", "post"]),
     ("/v1/orders/{order_id}", &["get"]),
     ("/v1/orders/{order_id}/commands", &["post"]),
     ("/v1/orders/{order_id}/events", &["get"]),

@@ -28,6 +28,16 @@ def _request_identity(case) -> tuple:
 def before_call(context, case, kwargs):
     _one_line_per_sku(case)
     _fresh_idempotency_key_per_request(case)
+    _one_cursor_per_list(case)
+
+
+def _one_cursor_per_list(case):
+    """A list page starts after one cursor or ends before one, not both (a 400); the document
+    gives each parameter alone, and JSON Schema cannot say "not both" of query parameters. A
+    case with both keeps `starting_after`."""
+    query = case.query
+    if isinstance(query, dict) and "starting_after" in query and "ending_before" in query:
+        case.query = {k: v for k, v in query.items() if k != "ending_before"}
 
 
 # The sku rule of the document: 1 to 64 of letters, digits, '.', '_', ':', '-'.

@@ -1,26 +1,30 @@
 //! Orders: create one, send it commands, read its projection and its history.
 
 use crate::error::ApiError;
-use crate::extract::{ApiPath, Caller, IdempotencyKey, IfMatch, Received, StrictJson};
+use crate::extract::{ApiPath, ApiQuery, Caller, IdempotencyKey, IfMatch, Received, StrictJson};
 use crate::intake::{self, Accepted, Submission, Target};
 use crate::openapi::{self, IdempotencyKeyHeader, IfMatchHeader, OrderCommand, OrderIdPath};
+use crate::pagination;
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use orderflow_domain::{Command, CommandId, Currency, CustomerId, Event, Items, Order, OrderId};
+use orderflow_domain::{
+    Command, CommandId, Currency, CustomerId, Event, Items, Order, OrderId, OrderStatus,
+};
+use orderflow_storage::orders::{OrderFilter, PageFrom};
 use orderflow_storage::{commands, orders};
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(create_order))
+        .routes(routes!(create_order, list_orders))
         .routes(routes!(get_order))
         .routes(routes!(post_command))
         .routes(routes!(get_events))
@@ -201,6 +205,116 @@ async fn get_order(
         .await?
         .ok_or(ApiError::NotFound("order"))?;
     Ok(OrderResponse(order))
+}
+
+/// The query of `GET /v1/orders`.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct ListOrdersQuery {
+    /// How many orders a page holds at most: 1–100 (10 when absent).
+    #[param(minimum = 1, maximum = 100)]
+    limit: Option<i64>,
+    /// The page after another one: that page's `next_cursor` (the orders older than its last).
+    #[param(pattern = "^[A-Za-z0-9_-]{22}$")]
+    starting_after: Option<String>,
+    /// The page before another one: that page's `previous_cursor` (the orders newer than its
+    /// first). Not together with `starting_after`.
+    #[param(pattern = "^[A-Za-z0-9_-]{22}$")]
+    ending_before: Option<String>,
+    /// Only orders in this status.
+    status: Option<OrderStatus>,
+    /// Only orders of this customer reference.
+    customer_id: Option<CustomerId>,
+    /// Only orders created at or after this time (RFC 3339, e.g. `2026-12-01T00:00:00Z`).
+    created_gte: Option<DateTime<Utc>>,
+    /// Only orders created before this time (RFC 3339).
+    created_lt: Option<DateTime<Utc>>,
+}
+
+/// One page of the caller's orders, newest first.
+#[derive(Serialize, ToSchema)]
+struct OrderList {
+    /// The orders of the page, newest first (by creation).
+    data: Vec<OrderView>,
+    /// Whether more orders lie beyond this page in the direction it was read: older ones for a
+    /// first page or a `starting_after` page, newer ones for an `ending_before` page.
+    has_more: bool,
+    /// Pass as `starting_after` for the next page (older orders); null when there is none.
+    next_cursor: Option<String>,
+    /// Pass as `ending_before` for the previous page (newer orders); null on the first page.
+    previous_cursor: Option<String>,
+}
+
+/// List the caller's orders, newest first, a page at a time (cursor pagination: a page stays put
+/// while orders are created). Only orders whose `create` was applied are listed.
+#[utoipa::path(
+    get,
+    path = "/v1/orders",
+    tag = "orders",
+    security(("bearer" = [])),
+    params(ListOrdersQuery),
+    responses(
+        (status = 200, description = "A page of the caller's orders.", body = OrderList),
+        (status = 400, response = inline(openapi::BadRequest)),
+        (status = 401, response = inline(openapi::Unauthorized)),
+        (status = 429, response = inline(openapi::RateLimited)),
+        (status = 503, response = inline(openapi::Unavailable)),
+    )
+)]
+async fn list_orders(
+    State(state): State<AppState>,
+    Caller(client): Caller,
+    ApiQuery(query): ApiQuery<ListOrdersQuery>,
+) -> Result<Json<OrderList>, ApiError> {
+    let limit = pagination::limit(query.limit)?;
+    let from = match (&query.starting_after, &query.ending_before) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::InvalidRequest(
+                "starting_after and ending_before cannot be given together".into(),
+            ));
+        }
+        (Some(after), None) => {
+            PageFrom::OlderThan(OrderId(pagination::parse_cursor(after, "starting_after")?))
+        }
+        (None, Some(before)) => {
+            PageFrom::NewerThan(OrderId(pagination::parse_cursor(before, "ending_before")?))
+        }
+        (None, None) => PageFrom::Newest,
+    };
+    let filter = OrderFilter {
+        status: query.status.map(OrderStatus::as_str),
+        customer_id: query.customer_id.as_ref().map(CustomerId::as_str),
+        created_gte: query.created_gte,
+        created_lt: query.created_lt,
+    };
+    // One more than the page, to learn whether there is more.
+    let mut page = orders::list_for_client(&state.db, client.id, &filter, from, limit + 1).await?;
+    let has_more = page.len() as i64 > limit;
+    if has_more {
+        // The one beyond the page: the oldest when reading older ones, the newest otherwise.
+        match from {
+            PageFrom::NewerThan(_) => {
+                page.remove(0);
+            }
+            PageFrom::Newest | PageFrom::OlderThan(_) => {
+                page.pop();
+            }
+        }
+    }
+    let first = page.first().map(|o| pagination::cursor(o.id.0));
+    let last = page.last().map(|o| pagination::cursor(o.id.0));
+    let (next_cursor, previous_cursor) = match from {
+        PageFrom::Newest => (last.filter(|_| has_more), None),
+        PageFrom::OlderThan(_) => (last.filter(|_| has_more), first),
+        PageFrom::NewerThan(_) => (last, first.filter(|_| has_more)),
+    };
+    Ok(Json(OrderList {
+        data: page.into_iter().map(OrderView::from).collect(),
+        has_more,
+        next_cursor,
+        previous_cursor,
+    }))
 }
 
 /// An order's history, `seq` from 1, gapless.

@@ -1,0 +1,264 @@
+//! `GET /v1/orders`, against the real API, worker, PostgreSQL and RabbitMQ: a client pages
+//! through its own orders, newest first, by opaque cursors, forward and back, with filters; a
+//! page stays put while orders are created; another client's orders never appear; a bad query is
+//! a 400 problem.
+
+mod common;
+
+use orderflow_storage::clients;
+use orderflow_testkit::wait::wait_for;
+use orderflow_testkit::{Stack, problem};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Creates an order for `customer` as the client of `key`, waits until it is applied; its id.
+async fn order_for(app: &Stack, key: &str, customer: &str) -> String {
+    let response = app
+        .http
+        .request(Method::POST, app.url("/v1/orders"))
+        .bearer_auth(key)
+        .header("idempotency-key", Uuid::new_v4().to_string())
+        .json(&json!({"customer_id": customer, "currency": "EUR",
+                      "items": [{"sku": "WIDGET", "quantity": 1, "unit_price_cents": 500}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let accepted: Value = response.json().await.unwrap();
+    // The command's status as its own client reads it (another client's is a 404).
+    let path = format!(
+        "/v1/commands/{}?wait=5",
+        accepted["command_id"].as_str().unwrap()
+    );
+    let done = wait_for("the create to be final")
+        .every(Duration::from_millis(20))
+        .until(|| async {
+            let response = app
+                .http
+                .request(Method::GET, app.url(&path))
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            let body: Value = response.json().await.unwrap();
+            if body["status"] == "accepted" {
+                Err(format!("still accepted: {body}"))
+            } else {
+                Ok(body)
+            }
+        })
+        .await;
+    assert_eq!(done["status"], "applied", "{done}");
+    accepted["order_id"].as_str().unwrap().to_owned()
+}
+
+/// `GET /v1/orders?<query>` as the stack's client; the page.
+async fn page(app: &Stack, query: &str) -> Value {
+    let response = app
+        .request(Method::GET, &format!("/v1/orders?{query}"))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(status, StatusCode::OK, "?{query}: {body}");
+    body
+}
+
+fn ids(page: &Value) -> Vec<String> {
+    page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["order_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn cursor<'a>(page: &'a Value, which: &str) -> &'a str {
+    page[which]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {which} in {page}"))
+}
+
+#[tokio::test]
+async fn a_client_pages_through_its_own_orders_newest_first_forward_and_back() {
+    let app = common::stack().worker().start().await;
+    let (_, other_key) = clients::create(&app.db, "other", false).await.unwrap();
+    // Created one after the other: seven of the stack's client (three for cust-b), two of
+    // another client's in between.
+    let mut mine = Vec::new();
+    for n in 0..7 {
+        let customer = if n % 2 == 1 { "cust-b" } else { "cust-a" };
+        mine.push(order_for(&app, &app.key, customer).await);
+        if n == 3 {
+            order_for(&app, &other_key, "cust-a").await;
+        }
+    }
+    order_for(&app, &other_key, "cust-b").await;
+    let newest_first: Vec<String> = mine.iter().rev().cloned().collect();
+
+    let first = page(&app, "limit=3").await;
+    assert_eq!(ids(&first), newest_first[0..3], "{first}");
+    assert_eq!(first["has_more"], true);
+    assert_eq!(
+        first["previous_cursor"],
+        Value::Null,
+        "a first page has no previous"
+    );
+    // An order created while the client pages does not move the pages after the first.
+    let late = order_for(&app, &app.key, "cust-a").await;
+    let second = page(
+        &app,
+        &format!("limit=3&starting_after={}", cursor(&first, "next_cursor")),
+    )
+    .await;
+    assert_eq!(ids(&second), newest_first[3..6], "{second}");
+    assert_eq!(second["has_more"], true);
+    let third = page(
+        &app,
+        &format!("limit=3&starting_after={}", cursor(&second, "next_cursor")),
+    )
+    .await;
+    assert_eq!(ids(&third), newest_first[6..7], "{third}");
+    assert_eq!(third["has_more"], false);
+    assert_eq!(
+        third["next_cursor"],
+        Value::Null,
+        "the last page has no next"
+    );
+
+    // Back from the last page: the second again, then the first (with the late order beyond it).
+    let back = page(
+        &app,
+        &format!(
+            "limit=3&ending_before={}",
+            cursor(&third, "previous_cursor")
+        ),
+    )
+    .await;
+    assert_eq!(ids(&back), ids(&second), "{back}");
+    assert_eq!(back["has_more"], true, "newer orders lie beyond: {back}");
+    let front = page(
+        &app,
+        &format!("limit=3&ending_before={}", cursor(&back, "previous_cursor")),
+    )
+    .await;
+    assert_eq!(ids(&front), newest_first[0..3], "{front}");
+    assert_eq!(front["has_more"], true, "the late order is newer: {front}");
+    let newest = page(
+        &app,
+        &format!(
+            "limit=3&ending_before={}",
+            cursor(&front, "previous_cursor")
+        ),
+    )
+    .await;
+    assert_eq!(ids(&newest), std::slice::from_ref(&late), "{newest}");
+    assert_eq!(newest["has_more"], false);
+    assert_eq!(newest["previous_cursor"], Value::Null);
+
+    // The whole list in one page: the client's eight, newest first, nobody else's.
+    let all = page(&app, "limit=100").await;
+    let mut expected = vec![late];
+    expected.extend(newest_first.iter().cloned());
+    assert_eq!(ids(&all), expected);
+    assert_eq!(all["has_more"], false);
+    // The default page is ten.
+    assert_eq!(ids(&page(&app, "").await), expected);
+    // Each item is the order's projection, as GET /v1/orders/{id} answers it.
+    assert_eq!(all["data"][1], app.order(&newest_first[0]).await);
+}
+
+#[tokio::test]
+async fn a_list_filters_by_status_customer_and_creation_time() {
+    let app = common::stack().worker().start().await;
+    let mut mine = Vec::new();
+    for customer in ["cust-a", "cust-b", "cust-a", "cust-b"] {
+        mine.push(order_for(&app, &app.key, customer).await);
+    }
+    let cancelled = app.run(&mine[2], json!({"type": "cancel"}), None).await;
+    assert_eq!(cancelled["status"], "applied", "{cancelled}");
+
+    assert_eq!(
+        ids(&page(&app, "status=cancelled").await),
+        [mine[2].clone()]
+    );
+    assert_eq!(
+        ids(&page(&app, "status=pending").await),
+        [mine[3].clone(), mine[1].clone(), mine[0].clone()]
+    );
+    assert_eq!(
+        ids(&page(&app, "customer_id=cust-b").await),
+        [mine[3].clone(), mine[1].clone()]
+    );
+    assert!(ids(&page(&app, "customer_id=nobody").await).is_empty());
+    // Filters and pages together: one cust-a order per page.
+    let first = page(&app, "customer_id=cust-a&limit=1").await;
+    assert_eq!(ids(&first), [mine[2].clone()]);
+    let next = page(
+        &app,
+        &format!(
+            "customer_id=cust-a&limit=1&starting_after={}",
+            cursor(&first, "next_cursor")
+        ),
+    )
+    .await;
+    assert_eq!(ids(&next), [mine[0].clone()]);
+    assert_eq!(next["has_more"], false);
+
+    // Creation time: from the third order's on, and before it.
+    let third = app.order(&mine[2]).await;
+    let at = third["created_at"].as_str().unwrap();
+    let at = urlencode(at);
+    assert_eq!(
+        ids(&page(&app, &format!("created_gte={at}")).await),
+        [mine[3].clone(), mine[2].clone()]
+    );
+    assert_eq!(
+        ids(&page(&app, &format!("created_lt={at}")).await),
+        [mine[1].clone(), mine[0].clone()]
+    );
+}
+
+/// A timestamp as a query value (its `+` would read as a space).
+fn urlencode(value: &str) -> String {
+    value.replace('+', "%2B").replace(':', "%3A")
+}
+
+#[tokio::test]
+async fn a_bad_list_query_is_a_400_problem_naming_what_is_wrong() {
+    let app = common::stack().start().await;
+    let cursor = "AZrb2Q1wdYqxN0F3Ypk1Yw";
+    for query in [
+        "limit=0".to_owned(),
+        "limit=101".to_owned(),
+        "limit=ten".to_owned(),
+        "starting_after=not-a-cursor".to_owned(),
+        "ending_before=AAAA".to_owned(),
+        format!("starting_after={cursor}&ending_before={cursor}"),
+        "status=lost".to_owned(),
+        "customer_id=a%20b".to_owned(),
+        "created_gte=yesterday".to_owned(),
+        "page=2".to_owned(),
+    ] {
+        let request = app.request(Method::GET, &format!("/v1/orders?{query}"));
+        let (_, body) = problem(
+            request,
+            StatusCode::BAD_REQUEST,
+            "invalid-request",
+            &format!("GET /v1/orders?{query}"),
+        )
+        .await;
+        assert!(
+            body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "?{query}: {body}"
+        );
+    }
+    // A well-formed cursor that names no order of the client's is just a place in the list.
+    let empty = page(&app, &format!("starting_after={cursor}")).await;
+    assert_eq!(empty["data"], json!([]));
+    assert_eq!(empty["has_more"], false);
+}
