@@ -58,6 +58,92 @@ pub fn limit(asked: Option<i64>) -> Result<i64, ApiError> {
     }
 }
 
+/// The cursor that names the place of `seq` in an order's commands.
+pub fn seq_cursor(seq: i64) -> String {
+    cursor(Uuid::from_u64_pair(0, seq.max(0) as u64))
+}
+
+/// The seq a cursor names. Every cursor names one (its low 63 bits), like every cursor names a
+/// place among orders.
+pub fn parse_seq_cursor(cursor: &str, parameter: &str) -> Result<i64, ApiError> {
+    let (_, low) = parse_cursor(cursor, parameter)?.as_u64_pair();
+    Ok(i64::try_from(low & i64::MAX as u64).expect("63 bits fit"))
+}
+
+/// Which way a page was read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// The newest items.
+    First,
+    /// The items after a cursor (`starting_after`): older ones.
+    Older,
+    /// The items before a cursor (`ending_before`): newer ones.
+    Newer,
+}
+
+impl Direction {
+    /// The direction of a request's cursors, and the cursor; both at once is a 400.
+    pub fn of<'a>(
+        starting_after: Option<&'a str>,
+        ending_before: Option<&'a str>,
+    ) -> Result<(Direction, Option<&'a str>), ApiError> {
+        match (starting_after, ending_before) {
+            (Some(_), Some(_)) => Err(ApiError::InvalidRequest(
+                "starting_after and ending_before cannot be given together".into(),
+            )),
+            (Some(after), None) => Ok((Direction::Older, Some(after))),
+            (None, Some(before)) => Ok((Direction::Newer, Some(before))),
+            (None, None) => Ok((Direction::First, None)),
+        }
+    }
+}
+
+/// One page, newest first, with the cursors of the pages beside it.
+pub struct Page<T> {
+    pub data: Vec<T>,
+    /// More items lie beyond the page in the direction it was read.
+    pub has_more: bool,
+    /// For `starting_after`: the next (older) page, if there is one.
+    pub next_cursor: Option<String>,
+    /// For `ending_before`: the previous (newer) page, if there may be one.
+    pub previous_cursor: Option<String>,
+}
+
+/// The page of `items`: a list read newest first in `direction` with one more than `limit`
+/// asked for, to learn whether there is more; `cursor_of` names an item's place.
+pub fn page<T>(
+    mut items: Vec<T>,
+    limit: i64,
+    direction: Direction,
+    cursor_of: impl Fn(&T) -> String,
+) -> Page<T> {
+    let has_more = items.len() as i64 > limit;
+    if has_more {
+        // The one beyond the page: the newest when reading newer ones, the oldest otherwise.
+        match direction {
+            Direction::Newer => {
+                items.remove(0);
+            }
+            Direction::First | Direction::Older => {
+                items.pop();
+            }
+        }
+    }
+    let first = items.first().map(&cursor_of);
+    let last = items.last().map(&cursor_of);
+    let (next_cursor, previous_cursor) = match direction {
+        Direction::First => (last.filter(|_| has_more), None),
+        Direction::Older => (last.filter(|_| has_more), first),
+        Direction::Newer => (last, first.filter(|_| has_more)),
+    };
+    Page {
+        data: items,
+        has_more,
+        next_cursor,
+        previous_cursor,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,6 +194,45 @@ mod tests {
                 "{bad:?}: {error:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_seq_cursor_names_the_seq_and_any_cursor_names_some_seq() {
+        for seq in [1, 2, 1_000_000, i64::MAX] {
+            assert_eq!(
+                parse_seq_cursor(&seq_cursor(seq), "ending_before").unwrap(),
+                seq
+            );
+        }
+        let any = parse_seq_cursor("zzzzzzzzzzzzzzzzzzzzzz", "starting_after").unwrap();
+        assert!(any >= 0);
+    }
+
+    #[test]
+    fn a_page_drops_the_extra_item_at_the_far_end_and_names_its_neighbours() {
+        let name = |n: &i32| n.to_string();
+        // Newest first: 9 8 7 asked for 2 (+1).
+        let first = page(vec![9, 8, 7], 2, Direction::First, name);
+        assert_eq!((first.data, first.has_more), (vec![9, 8], true));
+        assert_eq!(
+            (first.next_cursor, first.previous_cursor),
+            (Some("8".into()), None)
+        );
+        let last = page(vec![2, 1], 2, Direction::Older, name);
+        assert_eq!((last.data, last.has_more), (vec![2, 1], false));
+        assert_eq!(
+            (last.next_cursor, last.previous_cursor),
+            (None, Some("2".into()))
+        );
+        // Newer than 5: 8 7 6 came back for 2 (+1): 8 is beyond the page.
+        let newer = page(vec![8, 7, 6], 2, Direction::Newer, name);
+        assert_eq!((newer.data, newer.has_more), (vec![7, 6], true));
+        assert_eq!(
+            (newer.next_cursor, newer.previous_cursor),
+            (Some("6".into()), Some("7".into()))
+        );
+        let empty = page(Vec::<i32>::new(), 2, Direction::Older, name);
+        assert_eq!((empty.next_cursor, empty.previous_cursor), (None, None));
     }
 
     #[test]

@@ -832,7 +832,7 @@ async fn unknown_routes_are_404_and_wrong_methods_405_as_problem_json() {
         (Method::PUT, format!("/v1/orders/{id}"), "GET"),
         (Method::DELETE, format!("/v1/orders/{id}"), "GET"),
         (Method::PATCH, format!("/v1/orders/{id}"), "GET"),
-        (Method::GET, format!("/v1/orders/{id}/commands"), "POST"),
+        (Method::DELETE, format!("/v1/orders/{id}/commands"), "POST"),
         (Method::POST, format!("/v1/orders/{id}/events"), "GET"),
         (Method::POST, format!("/v1/commands/{id}"), "GET"),
         (Method::DELETE, "/v1/inventory/WIDGET".to_owned(), "PUT"),

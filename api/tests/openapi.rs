@@ -13,7 +13,7 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/readyz", &["get"]),
     ("/v1/orders", &["get", "post"]),
     ("/v1/orders/{order_id}", &["get"]),
-    ("/v1/orders/{order_id}/commands", &["post"]),
+    ("/v1/orders/{order_id}/commands", &["get", "post"]),
     ("/v1/orders/{order_id}/events", &["get"]),
     ("/v1/commands/{command_id}", &["get"]),
     ("/v1/inventory/{sku}", &["get", "put"]),

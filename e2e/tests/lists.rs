@@ -262,3 +262,121 @@ async fn a_bad_list_query_is_a_400_problem_naming_what_is_wrong() {
     assert_eq!(empty["data"], json!([]));
     assert_eq!(empty["has_more"], false);
 }
+
+/// `GET /v1/orders/{id}/commands?<query>` as the stack's client; the page.
+async fn commands_page(app: &Stack, order: &str, query: &str) -> Value {
+    let path = format!("/v1/orders/{order}/commands?{query}");
+    let response = app.request(Method::GET, &path).send().await.unwrap();
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{path}: {body}");
+    body
+}
+
+fn seqs(page: &Value) -> Vec<i64> {
+    page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["seq"].as_i64().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn an_orders_commands_are_listed_latest_first_with_their_outcomes() {
+    let app = common::stack().worker().start().await;
+    let order = order_for(&app, &app.key, "cust-a").await;
+    let add = json!({"type": "add_item", "sku": "GADGET", "quantity": 1, "unit_price_cents": 100});
+    let missing = json!({"type": "remove_item", "sku": "NOPE"});
+    let outcomes = [
+        app.run(&order, add.clone(), None).await,
+        app.run(&order, missing.clone(), None).await,
+        app.run(&order, add, None).await,
+        app.run(&order, missing, None).await,
+    ];
+    let statuses: Vec<&str> = outcomes
+        .iter()
+        .map(|o| o["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["applied", "rejected", "applied", "rejected"]);
+
+    let first = commands_page(&app, &order, "limit=2").await;
+    assert_eq!(seqs(&first), [5, 4]);
+    assert_eq!(first["has_more"], true);
+    assert_eq!(first["previous_cursor"], Value::Null);
+    // Each item is the command's status resource, as GET /v1/commands/{id} answers it.
+    let latest = first["data"][0]["command_id"].as_str().unwrap();
+    assert_eq!(first["data"][0], app.wait_final(latest).await);
+    assert_eq!(first["data"][0]["reason"], "item_not_found");
+    let second = commands_page(
+        &app,
+        &order,
+        &format!("limit=2&starting_after={}", cursor(&first, "next_cursor")),
+    )
+    .await;
+    assert_eq!(seqs(&second), [3, 2]);
+    let third = commands_page(
+        &app,
+        &order,
+        &format!("limit=2&starting_after={}", cursor(&second, "next_cursor")),
+    )
+    .await;
+    assert_eq!(seqs(&third), [1]);
+    assert_eq!(third["data"][0]["type"], "create");
+    assert_eq!(
+        (&third["has_more"], &third["next_cursor"]),
+        (&json!(false), &Value::Null)
+    );
+    let back = commands_page(
+        &app,
+        &order,
+        &format!(
+            "limit=2&ending_before={}",
+            cursor(&third, "previous_cursor")
+        ),
+    )
+    .await;
+    assert_eq!(seqs(&back), [3, 2]);
+    assert_eq!(back["has_more"], true);
+
+    assert_eq!(
+        seqs(&commands_page(&app, &order, "status=rejected").await),
+        [5, 3]
+    );
+    assert_eq!(
+        seqs(&commands_page(&app, &order, "").await),
+        [5, 4, 3, 2, 1]
+    );
+
+    // Another client's order, and an unknown one, are 404 alike; a bad query a 400.
+    let (_, other_key) = clients::create(&app.db, "other", false).await.unwrap();
+    for (key, order) in [
+        (other_key.as_str(), order.clone()),
+        (app.key.as_str(), Uuid::now_v7().to_string()),
+    ] {
+        let request = app
+            .http
+            .request(
+                Method::GET,
+                app.url(&format!("/v1/orders/{order}/commands")),
+            )
+            .bearer_auth(key);
+        problem(
+            request,
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "a foreign or unknown order",
+        )
+        .await;
+    }
+    for query in ["limit=0", "status=done", "starting_after=nope", "seq=1"] {
+        let path = format!("/v1/orders/{order}/commands?{query}");
+        problem(
+            app.request(Method::GET, &path),
+            StatusCode::BAD_REQUEST,
+            "invalid-request",
+            &path,
+        )
+        .await;
+    }
+}

@@ -4,16 +4,19 @@ use crate::error::ApiError;
 use crate::extract::{ApiPath, ApiQuery, Caller, IdempotencyKey, IfMatch, Received, StrictJson};
 use crate::intake::{self, Accepted, Submission, Target};
 use crate::openapi::{self, IdempotencyKeyHeader, IfMatchHeader, OrderCommand, OrderIdPath};
-use crate::pagination;
+use crate::pagination::{self, Direction};
+use crate::routes::commands::CommandView;
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
+use orderflow_contract::CommandStatus;
 use orderflow_domain::{
     Command, CommandId, Currency, CustomerId, Event, Items, Order, OrderId, OrderStatus,
 };
+use orderflow_storage::commands::SeqFrom;
 use orderflow_storage::orders::{OrderFilter, PageFrom};
 use orderflow_storage::{commands, orders};
 use serde::{Deserialize, Serialize};
@@ -26,7 +29,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_order, list_orders))
         .routes(routes!(get_order))
-        .routes(routes!(post_command))
+        .routes(routes!(post_command, list_commands))
         .routes(routes!(get_events))
 }
 
@@ -268,19 +271,18 @@ async fn list_orders(
     ApiQuery(query): ApiQuery<ListOrdersQuery>,
 ) -> Result<Json<OrderList>, ApiError> {
     let limit = pagination::limit(query.limit)?;
-    let from = match (&query.starting_after, &query.ending_before) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::InvalidRequest(
-                "starting_after and ending_before cannot be given together".into(),
-            ));
-        }
-        (Some(after), None) => {
+    let (direction, cursor) = Direction::of(
+        query.starting_after.as_deref(),
+        query.ending_before.as_deref(),
+    )?;
+    let from = match (direction, cursor) {
+        (Direction::Older, Some(after)) => {
             PageFrom::OlderThan(OrderId(pagination::parse_cursor(after, "starting_after")?))
         }
-        (None, Some(before)) => {
+        (Direction::Newer, Some(before)) => {
             PageFrom::NewerThan(OrderId(pagination::parse_cursor(before, "ending_before")?))
         }
-        (None, None) => PageFrom::Newest,
+        _ => PageFrom::Newest,
     };
     let filter = OrderFilter {
         status: query.status.map(OrderStatus::as_str),
@@ -289,31 +291,104 @@ async fn list_orders(
         created_lt: query.created_lt,
     };
     // One more than the page, to learn whether there is more.
-    let mut page = orders::list_for_client(&state.db, client.id, &filter, from, limit + 1).await?;
-    let has_more = page.len() as i64 > limit;
-    if has_more {
-        // The one beyond the page: the oldest when reading older ones, the newest otherwise.
-        match from {
-            PageFrom::NewerThan(_) => {
-                page.remove(0);
-            }
-            PageFrom::Newest | PageFrom::OlderThan(_) => {
-                page.pop();
-            }
-        }
-    }
-    let first = page.first().map(|o| pagination::cursor(o.id.0));
-    let last = page.last().map(|o| pagination::cursor(o.id.0));
-    let (next_cursor, previous_cursor) = match from {
-        PageFrom::Newest => (last.filter(|_| has_more), None),
-        PageFrom::OlderThan(_) => (last.filter(|_| has_more), first),
-        PageFrom::NewerThan(_) => (last, first.filter(|_| has_more)),
-    };
+    let found = orders::list_for_client(&state.db, client.id, &filter, from, limit + 1).await?;
+    let page = pagination::page(found, limit, direction, |o| pagination::cursor(o.id.0));
     Ok(Json(OrderList {
-        data: page.into_iter().map(OrderView::from).collect(),
-        has_more,
-        next_cursor,
-        previous_cursor,
+        data: page.data.into_iter().map(OrderView::from).collect(),
+        has_more: page.has_more,
+        next_cursor: page.next_cursor,
+        previous_cursor: page.previous_cursor,
+    }))
+}
+
+/// The query of `GET /v1/orders/{order_id}/commands`.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct ListCommandsQuery {
+    /// How many commands a page holds at most: 1–100 (10 when absent).
+    #[param(minimum = 1, maximum = 100)]
+    limit: Option<i64>,
+    /// The page after another one: that page's `next_cursor` (the commands before its last).
+    #[param(pattern = "^[A-Za-z0-9_-]{22}$")]
+    starting_after: Option<String>,
+    /// The page before another one: that page's `previous_cursor` (the commands after its
+    /// first). Not together with `starting_after`.
+    #[param(pattern = "^[A-Za-z0-9_-]{22}$")]
+    ending_before: Option<String>,
+    /// Only commands in this status.
+    status: Option<CommandStatus>,
+}
+
+/// One page of an order's commands, latest first.
+#[derive(Serialize, ToSchema)]
+struct CommandList {
+    /// The commands of the page, latest first (by `seq`).
+    data: Vec<CommandView>,
+    /// Whether more commands lie beyond this page in the direction it was read.
+    has_more: bool,
+    /// Pass as `starting_after` for the next page (earlier commands); null when there is none.
+    next_cursor: Option<String>,
+    /// Pass as `ending_before` for the previous page (later commands); null on the first page.
+    previous_cursor: Option<String>,
+}
+
+/// List an order's commands, latest first (by `seq`), a page at a time, with their statuses:
+/// every command sent to it, applied, rejected, failed or still accepted.
+#[utoipa::path(
+    get,
+    path = "/v1/orders/{order_id}/commands",
+    tag = "orders",
+    security(("bearer" = [])),
+    params(OrderIdPath, ListCommandsQuery),
+    responses(
+        (status = 200, description = "A page of the order's commands.", body = CommandList),
+        (status = 400, response = inline(openapi::BadRequest)),
+        (status = 401, response = inline(openapi::Unauthorized)),
+        (status = 404, response = inline(openapi::NotFound)),
+        (status = 429, response = inline(openapi::RateLimited)),
+        (status = 503, response = inline(openapi::Unavailable)),
+    )
+)]
+async fn list_commands(
+    State(state): State<AppState>,
+    Caller(client): Caller,
+    ApiPath(order_id): ApiPath<Uuid>,
+    ApiQuery(query): ApiQuery<ListCommandsQuery>,
+) -> Result<Json<CommandList>, ApiError> {
+    let order_id = OrderId(order_id);
+    let limit = pagination::limit(query.limit)?;
+    let (direction, cursor) = Direction::of(
+        query.starting_after.as_deref(),
+        query.ending_before.as_deref(),
+    )?;
+    let from = match (direction, cursor) {
+        (Direction::Older, Some(after)) => {
+            SeqFrom::Before(pagination::parse_seq_cursor(after, "starting_after")?)
+        }
+        (Direction::Newer, Some(before)) => {
+            SeqFrom::After(pagination::parse_seq_cursor(before, "ending_before")?)
+        }
+        _ => SeqFrom::Newest,
+    };
+    if commands::stream_owner(&state.db, order_id).await? != Some(client.id) {
+        return Err(ApiError::NotFound("order"));
+    }
+    let found = commands::list_for_order(
+        &state.db,
+        client.id,
+        order_id,
+        query.status,
+        from,
+        limit + 1,
+    )
+    .await?;
+    let page = pagination::page(found, limit, direction, |c| pagination::seq_cursor(c.seq));
+    Ok(Json(CommandList {
+        data: page.data.into_iter().map(CommandView::from).collect(),
+        has_more: page.has_more,
+        next_cursor: page.next_cursor,
+        previous_cursor: page.previous_cursor,
     }))
 }
 

@@ -220,3 +220,80 @@ pub async fn refuse_unpublished(
     .await?;
     Ok(done == 1)
 }
+
+/// Where a page of an order's commands starts: they are listed newest first by seq.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SeqFrom {
+    /// The order's latest commands.
+    Newest,
+    /// The commands before this seq (the next page).
+    Before(i64),
+    /// The commands after this seq (the previous page).
+    After(i64),
+}
+
+/// Up to `limit` of the order's commands (of `status`, when given), from `from`, newest first;
+/// none unless the order is the client's. One range of `commands (order_id, seq)` a page.
+pub async fn list_for_order(
+    db: impl PgExecutor<'_>,
+    client_id: ClientId,
+    order_id: OrderId,
+    status: Option<CommandStatus>,
+    from: SeqFrom,
+    limit: i64,
+) -> sqlx::Result<Vec<CommandRow>> {
+    let status = status.map(CommandStatus::as_str);
+    let rows = match from {
+        SeqFrom::Newest => sqlx::query!(
+            "select * from commands
+              where order_id = $1 and client_id = $2 and ($3::text is null or status = $3)
+              order by seq desc limit $4",
+            order_id.0,
+            client_id.0,
+            status,
+            limit
+        )
+        .fetch_all(db)
+        .await?
+        .into_iter()
+        .map(|r| command_row!(r))
+        .collect(),
+        SeqFrom::Before(seq) => sqlx::query!(
+            "select * from commands
+              where order_id = $1 and client_id = $2 and ($3::text is null or status = $3)
+                and seq < $5
+              order by seq desc limit $4",
+            order_id.0,
+            client_id.0,
+            status,
+            limit,
+            seq
+        )
+        .fetch_all(db)
+        .await?
+        .into_iter()
+        .map(|r| command_row!(r))
+        .collect(),
+        SeqFrom::After(seq) => {
+            let mut rows: Vec<CommandRow> = sqlx::query!(
+                "select * from commands
+                  where order_id = $1 and client_id = $2 and ($3::text is null or status = $3)
+                    and seq > $5
+                  order by seq asc limit $4",
+                order_id.0,
+                client_id.0,
+                status,
+                limit,
+                seq
+            )
+            .fetch_all(db)
+            .await?
+            .into_iter()
+            .map(|r| command_row!(r))
+            .collect();
+            rows.reverse();
+            rows
+        }
+    };
+    Ok(rows)
+}
