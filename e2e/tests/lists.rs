@@ -6,11 +6,9 @@
 mod common;
 
 use orderflow_storage::clients;
-use orderflow_testkit::wait::wait_for;
 use orderflow_testkit::{Stack, problem};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use std::time::Duration;
 use uuid::Uuid;
 
 /// Creates an order for `customer` as the client of `key`, waits until it is applied; its id.
@@ -27,45 +25,26 @@ async fn order_for(app: &Stack, key: &str, customer: &str) -> String {
         .unwrap();
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let accepted: Value = response.json().await.unwrap();
-    // The command's status as its own client reads it (another client's is a 404).
-    let path = format!(
-        "/v1/commands/{}?wait=5",
-        accepted["command_id"].as_str().unwrap()
-    );
-    let done = wait_for("the create to be final")
-        .every(Duration::from_millis(20))
-        .until(|| async {
-            let response = app
-                .http
-                .request(Method::GET, app.url(&path))
-                .bearer_auth(key)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(response.status(), StatusCode::OK);
-            let body: Value = response.json().await.unwrap();
-            if body["status"] == "accepted" {
-                Err(format!("still accepted: {body}"))
-            } else {
-                Ok(body)
-            }
-        })
+    let done = app
+        .wait_final_as(key, accepted["command_id"].as_str().unwrap())
         .await;
     assert_eq!(done["status"], "applied", "{done}");
     accepted["order_id"].as_str().unwrap().to_owned()
 }
 
-/// `GET /v1/orders?<query>` as the stack's client; the page.
-async fn page(app: &Stack, query: &str) -> Value {
-    let response = app
-        .request(Method::GET, &format!("/v1/orders?{query}"))
-        .send()
-        .await
-        .unwrap();
+/// A list page (`GET <path>?<query>`) as the stack's client.
+async fn get_page(app: &Stack, path: &str, query: &str) -> Value {
+    let path = format!("{path}?{query}");
+    let response = app.request(Method::GET, &path).send().await.unwrap();
     let status = response.status();
     let body: Value = response.json().await.unwrap();
-    assert_eq!(status, StatusCode::OK, "?{query}: {body}");
+    assert_eq!(status, StatusCode::OK, "{path}: {body}");
     body
+}
+
+/// A page of `GET /v1/orders`.
+async fn page(app: &Stack, query: &str) -> Value {
+    get_page(app, "/v1/orders", query).await
 }
 
 fn ids(page: &Value) -> Vec<String> {
@@ -263,14 +242,9 @@ async fn a_bad_list_query_is_a_400_problem_naming_what_is_wrong() {
     assert_eq!(empty["has_more"], false);
 }
 
-/// `GET /v1/orders/{id}/commands?<query>` as the stack's client; the page.
+/// A page of `GET /v1/orders/{order}/commands`.
 async fn commands_page(app: &Stack, order: &str, query: &str) -> Value {
-    let path = format!("/v1/orders/{order}/commands?{query}");
-    let response = app.request(Method::GET, &path).send().await.unwrap();
-    let status = response.status();
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(status, StatusCode::OK, "{path}: {body}");
-    body
+    get_page(app, &format!("/v1/orders/{order}/commands"), query).await
 }
 
 fn seqs(page: &Value) -> Vec<i64> {

@@ -15,6 +15,7 @@ pub mod listen;
 pub mod observability;
 pub mod orders;
 pub mod outbox;
+pub mod pages;
 pub mod payments;
 pub mod perf;
 pub mod primary;

@@ -1,5 +1,6 @@
 //! The order projection and its event history.
 
+use crate::pages::PageFrom;
 use chrono::{DateTime, Utc};
 use orderflow_domain::{ClientId, CommandId, Event, Item, Order, OrderId};
 use serde::Serialize;
@@ -70,66 +71,30 @@ pub struct OrderFilter<'a> {
     pub created_lt: Option<DateTime<Utc>>,
 }
 
-/// Where a page of a list starts. Orders are listed newest first by id: a UUIDv7 the API
-/// assigns at intake, so in the order they were created, and never changed, so a page boundary
-/// stays where it is while orders are added.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PageFrom {
-    /// The newest orders.
-    Newest,
-    /// The orders older than this one (the next page).
-    OlderThan(OrderId),
-    /// The orders newer than this one (the previous page).
-    NewerThan(OrderId),
-}
-
-/// Up to `limit` of the client's orders that pass `filter`, from `from`, newest first. One range
-/// of the index `orders_client (client_id, id)` per page, whatever the client's order count;
-/// the filters are checked on the rows that range yields.
+/// Up to `limit` of the client's orders that pass `filter`, from `from`, newest first (by id:
+/// a UUIDv7 the API assigns at intake, so in the order they were created). One range of the
+/// index `orders_client (client_id, id)` per page, whatever the client's order count; the
+/// filters are checked on the rows that range yields.
 pub async fn list_for_client(
     db: impl PgExecutor<'_>,
     client_id: ClientId,
     filter: &OrderFilter<'_>,
-    from: PageFrom,
+    from: PageFrom<OrderId>,
     limit: i64,
 ) -> sqlx::Result<Vec<Order>> {
     let f = filter;
-    // Three statements rather than one with optional bounds: a bound that may be null is a
-    // filter, not an index condition, and a deep page would then read every newer order.
-    let orders = match from {
-        PageFrom::Newest => sqlx::query!(
+    let (newer, bound) = from.bound(OrderId(uuid::Uuid::max()));
+    if newer {
+        let mut orders: Vec<Order> = sqlx::query!(
             r#"select id, client_id, customer_id, currency, status, version,
                       items as "items: Json<Vec<Item>>", total_cents, created_at, updated_at
                  from orders
-                where client_id = $1
+                where client_id = $1 and id > $7
                   and ($2::text is null or status = $2)
                   and ($3::text is null or customer_id = $3)
                   and ($4::timestamptz is null or created_at >= $4)
                   and ($5::timestamptz is null or created_at < $5)
-                order by id desc
-                limit $6"#,
-            client_id.0,
-            f.status,
-            f.customer_id,
-            f.created_gte,
-            f.created_lt,
-            limit
-        )
-        .fetch_all(db)
-        .await?
-        .into_iter()
-        .map(|r| order_row!(r))
-        .collect(),
-        PageFrom::OlderThan(cursor) => sqlx::query!(
-            r#"select id, client_id, customer_id, currency, status, version,
-                      items as "items: Json<Vec<Item>>", total_cents, created_at, updated_at
-                 from orders
-                where client_id = $1 and id < $7
-                  and ($2::text is null or status = $2)
-                  and ($3::text is null or customer_id = $3)
-                  and ($4::timestamptz is null or created_at >= $4)
-                  and ($5::timestamptz is null or created_at < $5)
-                order by id desc
+                order by id asc
                 limit $6"#,
             client_id.0,
             f.status,
@@ -137,43 +102,38 @@ pub async fn list_for_client(
             f.created_gte,
             f.created_lt,
             limit,
-            cursor.0
+            bound.0
         )
         .fetch_all(db)
         .await?
         .into_iter()
         .map(|r| order_row!(r))
-        .collect(),
-        PageFrom::NewerThan(cursor) => {
-            let mut newer: Vec<Order> = sqlx::query!(
-                r#"select id, client_id, customer_id, currency, status, version,
-                          items as "items: Json<Vec<Item>>", total_cents, created_at, updated_at
-                     from orders
-                    where client_id = $1 and id > $7
-                      and ($2::text is null or status = $2)
-                      and ($3::text is null or customer_id = $3)
-                      and ($4::timestamptz is null or created_at >= $4)
-                      and ($5::timestamptz is null or created_at < $5)
-                    order by id asc
-                    limit $6"#,
-                client_id.0,
-                f.status,
-                f.customer_id,
-                f.created_gte,
-                f.created_lt,
-                limit,
-                cursor.0
-            )
-            .fetch_all(db)
-            .await?
-            .into_iter()
-            .map(|r| order_row!(r))
-            .collect();
-            newer.reverse();
-            newer
-        }
-    };
-    Ok(orders)
+        .collect();
+        orders.reverse();
+        return Ok(orders);
+    }
+    let orders = sqlx::query!(
+        r#"select id, client_id, customer_id, currency, status, version,
+                  items as "items: Json<Vec<Item>>", total_cents, created_at, updated_at
+             from orders
+            where client_id = $1 and id < $7
+              and ($2::text is null or status = $2)
+              and ($3::text is null or customer_id = $3)
+              and ($4::timestamptz is null or created_at >= $4)
+              and ($5::timestamptz is null or created_at < $5)
+            order by id desc
+            limit $6"#,
+        client_id.0,
+        f.status,
+        f.customer_id,
+        f.created_gte,
+        f.created_lt,
+        limit,
+        bound.0
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(orders.into_iter().map(|r| order_row!(r)).collect())
 }
 
 /// One stored event.

@@ -4,7 +4,7 @@ use crate::error::ApiError;
 use crate::extract::{ApiPath, ApiQuery, Caller, IdempotencyKey, IfMatch, Received, StrictJson};
 use crate::intake::{self, Accepted, Submission, Target};
 use crate::openapi::{self, IdempotencyKeyHeader, IfMatchHeader, OrderCommand, OrderIdPath};
-use crate::pagination::{self, Direction};
+use crate::pagination;
 use crate::routes::commands::CommandView;
 use crate::state::AppState;
 use axum::Json;
@@ -16,8 +16,7 @@ use orderflow_contract::CommandStatus;
 use orderflow_domain::{
     Command, CommandId, Currency, CustomerId, Event, Items, Order, OrderId, OrderStatus,
 };
-use orderflow_storage::commands::SeqFrom;
-use orderflow_storage::orders::{OrderFilter, PageFrom};
+use orderflow_storage::orders::OrderFilter;
 use orderflow_storage::{commands, orders};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -271,19 +270,12 @@ async fn list_orders(
     ApiQuery(query): ApiQuery<ListOrdersQuery>,
 ) -> Result<Json<OrderList>, ApiError> {
     let limit = pagination::limit(query.limit)?;
-    let (direction, cursor) = Direction::of(
+    let from = pagination::page_from(
         query.starting_after.as_deref(),
         query.ending_before.as_deref(),
-    )?;
-    let from = match (direction, cursor) {
-        (Direction::Older, Some(after)) => {
-            PageFrom::OlderThan(OrderId(pagination::parse_cursor(after, "starting_after")?))
-        }
-        (Direction::Newer, Some(before)) => {
-            PageFrom::NewerThan(OrderId(pagination::parse_cursor(before, "ending_before")?))
-        }
-        _ => PageFrom::Newest,
-    };
+        pagination::parse_cursor,
+    )?
+    .map(OrderId);
     let filter = OrderFilter {
         status: query.status.map(OrderStatus::as_str),
         customer_id: query.customer_id.as_ref().map(CustomerId::as_str),
@@ -292,7 +284,7 @@ async fn list_orders(
     };
     // One more than the page, to learn whether there is more.
     let found = orders::list_for_client(&state.db, client.id, &filter, from, limit + 1).await?;
-    let page = pagination::page(found, limit, direction, |o| pagination::cursor(o.id.0));
+    let page = pagination::page(found, limit, from, |o| pagination::cursor(o.id.0));
     Ok(Json(OrderList {
         data: page.data.into_iter().map(OrderView::from).collect(),
         has_more: page.has_more,
@@ -358,19 +350,11 @@ async fn list_commands(
 ) -> Result<Json<CommandList>, ApiError> {
     let order_id = OrderId(order_id);
     let limit = pagination::limit(query.limit)?;
-    let (direction, cursor) = Direction::of(
+    let from = pagination::page_from(
         query.starting_after.as_deref(),
         query.ending_before.as_deref(),
+        pagination::parse_seq_cursor,
     )?;
-    let from = match (direction, cursor) {
-        (Direction::Older, Some(after)) => {
-            SeqFrom::Before(pagination::parse_seq_cursor(after, "starting_after")?)
-        }
-        (Direction::Newer, Some(before)) => {
-            SeqFrom::After(pagination::parse_seq_cursor(before, "ending_before")?)
-        }
-        _ => SeqFrom::Newest,
-    };
     if commands::stream_owner(&state.db, order_id).await? != Some(client.id) {
         return Err(ApiError::NotFound("order"));
     }
@@ -383,7 +367,7 @@ async fn list_commands(
         limit + 1,
     )
     .await?;
-    let page = pagination::page(found, limit, direction, |c| pagination::seq_cursor(c.seq));
+    let page = pagination::page(found, limit, from, |c| pagination::seq_cursor(c.seq));
     Ok(Json(CommandList {
         data: page.data.into_iter().map(CommandView::from).collect(),
         has_more: page.has_more,

@@ -152,7 +152,7 @@ pub struct Delivered {
 }
 
 /// What else the statement that ends a command writes (see [`finish`]).
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 pub struct FinishWith<'a> {
     /// An applied command's event: appended to its order's history as event number
     /// `order.version`, recorded at `at`, with the projection `order` it led to. The

@@ -2,6 +2,7 @@
 //! mark the broker's confirm, or refuse it when the broker would not take it.
 
 use super::{CommandRow, NewCommand};
+use crate::pages::PageFrom;
 use orderflow_contract::{CommandStatus, IntakeRefusal, Reason};
 use orderflow_domain::{ClientId, CommandId, OrderId};
 use sqlx::PgExecutor;
@@ -221,79 +222,50 @@ pub async fn refuse_unpublished(
     Ok(done == 1)
 }
 
-/// Where a page of an order's commands starts: they are listed newest first by seq.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SeqFrom {
-    /// The order's latest commands.
-    Newest,
-    /// The commands before this seq (the next page).
-    Before(i64),
-    /// The commands after this seq (the previous page).
-    After(i64),
-}
-
-/// Up to `limit` of the order's commands (of `status`, when given), from `from`, newest first;
-/// none unless the order is the client's. One range of `commands (order_id, seq)` a page.
+/// Up to `limit` of the order's commands (of `status`, when given), from `from` (a seq), latest
+/// first; none unless the order is the client's. One range of `commands (order_id, seq)` a page.
 pub async fn list_for_order(
     db: impl PgExecutor<'_>,
     client_id: ClientId,
     order_id: OrderId,
     status: Option<CommandStatus>,
-    from: SeqFrom,
+    from: PageFrom<i64>,
     limit: i64,
 ) -> sqlx::Result<Vec<CommandRow>> {
     let status = status.map(CommandStatus::as_str);
-    let rows = match from {
-        SeqFrom::Newest => sqlx::query!(
+    let (newer, bound) = from.bound(i64::MAX);
+    if newer {
+        let mut rows: Vec<CommandRow> = sqlx::query!(
             "select * from commands
               where order_id = $1 and client_id = $2 and ($3::text is null or status = $3)
-              order by seq desc limit $4",
-            order_id.0,
-            client_id.0,
-            status,
-            limit
-        )
-        .fetch_all(db)
-        .await?
-        .into_iter()
-        .map(|r| command_row!(r))
-        .collect(),
-        SeqFrom::Before(seq) => sqlx::query!(
-            "select * from commands
-              where order_id = $1 and client_id = $2 and ($3::text is null or status = $3)
-                and seq < $5
-              order by seq desc limit $4",
+                and seq > $5
+              order by seq asc limit $4",
             order_id.0,
             client_id.0,
             status,
             limit,
-            seq
+            bound
         )
         .fetch_all(db)
         .await?
         .into_iter()
         .map(|r| command_row!(r))
-        .collect(),
-        SeqFrom::After(seq) => {
-            let mut rows: Vec<CommandRow> = sqlx::query!(
-                "select * from commands
-                  where order_id = $1 and client_id = $2 and ($3::text is null or status = $3)
-                    and seq > $5
-                  order by seq asc limit $4",
-                order_id.0,
-                client_id.0,
-                status,
-                limit,
-                seq
-            )
-            .fetch_all(db)
-            .await?
-            .into_iter()
-            .map(|r| command_row!(r))
-            .collect();
-            rows.reverse();
-            rows
-        }
-    };
-    Ok(rows)
+        .collect();
+        rows.reverse();
+        return Ok(rows);
+    }
+    let rows = sqlx::query!(
+        "select * from commands
+          where order_id = $1 and client_id = $2 and ($3::text is null or status = $3)
+            and seq < $5
+          order by seq desc limit $4",
+        order_id.0,
+        client_id.0,
+        status,
+        limit,
+        bound
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|r| command_row!(r)).collect())
 }

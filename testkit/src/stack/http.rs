@@ -128,11 +128,22 @@ impl Stack {
     /// Long-polls a command's status until it is final (waiting for it to exist, for commands
     /// sent straight to the exchange); returns it. Panics after 20 s.
     pub async fn wait_final(&self, command_id: impl Display) -> Value {
+        self.wait_final_as(&self.key, command_id).await
+    }
+
+    /// [`Stack::wait_final`] as the client of API key `key` (another client's command is a 404).
+    pub async fn wait_final_as(&self, key: &str, command_id: impl Display) -> Value {
         let path = format!("/v1/commands/{command_id}?wait=5");
         wait_for(format!("command {command_id} to be final"))
             .every(Duration::from_millis(20))
             .until(|| async {
-                let response = self.request(Method::GET, &path).send().await.unwrap();
+                let response = self
+                    .http
+                    .request(Method::GET, self.url(&path))
+                    .bearer_auth(key)
+                    .send()
+                    .await
+                    .unwrap();
                 if response.status() == StatusCode::NOT_FOUND {
                     // A command published straight to the exchange exists once the worker took
                     // it (until then the long-poll answers at once).

@@ -93,7 +93,7 @@ impl Applier {
         // so its ending also moves the stream on (one statement, see `finish`).
         let next = earlier.is_empty() && !stream.has_parked;
         // The order row as locked is current until an earlier command writes it.
-        let mut order = Some(order);
+        let mut order = order;
         for earlier in earlier {
             if !earlier.status.is_final() {
                 tracing::info!(
@@ -101,13 +101,12 @@ impl Applier {
                     "applying an earlier command of the order first (its message is late)"
                 );
                 // Not its own delivery: its timeline keeps no delivered_at/attempt.
-                let order = order.take().unwrap_or(OrderRow::ToLock);
-                self.apply_command(tx, &earlier, order, None, false, tally)
+                let held = std::mem::replace(&mut order, OrderRow::ToLock);
+                self.apply_command(tx, &earlier, held, None, false, tally)
                     .await
                     .map_err(|e| e.blame(earlier.id))?;
             }
         }
-        let order = order.unwrap_or(OrderRow::ToLock);
         let status = self
             .apply_command(tx, &row, order, delivery.delivered, next, tally)
             .await
