@@ -15,6 +15,7 @@ pub mod notifications;
 pub mod openapi;
 pub mod pagination;
 pub mod partitions;
+pub mod records;
 pub mod routes;
 pub mod serve;
 pub mod startup;

@@ -7,6 +7,7 @@ use crate::dashboard::hub::{Hub, Thresholds};
 use crate::gates::OrderGates;
 use crate::keys::Keys;
 use crate::limits::Limits;
+use crate::records::Records;
 use crate::routes::{self, ServerLimits};
 use crate::state::AppState;
 use crate::waiters::Waiters;
@@ -216,6 +217,7 @@ impl Application {
             waiters: Waiters::start(&mut tasks, pool.clone(), shutdown.clone()),
             gates: OrderGates::default(),
             confirms: Confirms::start(&mut tasks, pool.clone()),
+            records: Records::start(&mut tasks, pool.clone()),
             db: pool,
             publisher: Arc::new(publisher),
             topology,

@@ -6,6 +6,7 @@ use crate::dashboard::hub::Hub;
 use crate::gates::OrderGates;
 use crate::keys::Keys;
 use crate::limits::Limits;
+use crate::records::Records;
 use crate::waiters::Waiters;
 use orderflow_messaging::{Publisher, Topology};
 use orderflow_runtime::shutdown::CancellationToken;
@@ -19,6 +20,8 @@ pub struct AppState {
     pub publisher: Arc<Publisher>,
     /// The broker's confirms, recorded in batches.
     pub confirms: Confirms,
+    /// Commands for existing orders, recorded in batches.
+    pub records: Records,
     /// Names and arguments on the broker; its `partitions` is the count at start.
     pub topology: Topology,
     /// The partition count commands are routed by now (follows `partitions grow`).

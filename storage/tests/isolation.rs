@@ -22,6 +22,7 @@ const SPECS: &[&str] = &[
     "inbox_redelivery",
     "inbox_direct_producer",
     "idempotency_key",
+    "intake_batch",
     "order_lock",
     "confirm_mark",
     "lease_fence",
@@ -50,6 +51,11 @@ async fn a_direct_producers_command_delivered_twice_at_once_is_recorded_and_appl
 #[tokio::test]
 async fn concurrent_requests_with_one_idempotency_key_make_one_command_and_seqs_stay_gapless() {
     run_spec("idempotency_key").await;
+}
+
+#[tokio::test]
+async fn a_batch_of_requests_records_each_as_alone_and_never_waits_on_a_held_stream() {
+    run_spec("intake_batch").await;
 }
 
 #[tokio::test]

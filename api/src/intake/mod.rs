@@ -1,7 +1,8 @@
 //! Accepting a command: claim the Idempotency-Key, give the command the next seq of its order,
 //! record it, commit, publish it with a confirm, answer. Both POST routes go through here. For an
 //! existing order the first four are one statement (`commands::record_next`): one round trip,
-//! and no transaction held open while the API waits for its turn on a CPU.
+//! and no transaction held open while the API waits for its turn on a CPU; the requests that
+//! arrive meanwhile share one such statement and its commit (`records`).
 //! Requests for one order take turns at a gate in memory (`gates`) before that statement, so a
 //! storm on one order queues there instead of on its stream row.
 //!

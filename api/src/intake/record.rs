@@ -1,10 +1,12 @@
 //! Recording a submission: claim its Idempotency-Key and record the command with its order's
-//! next seq, atomically; or learn that the key was claimed before. An existing order's requests
+//! next seq, atomically; or learn that the key was claimed before. A follow-up goes with the
+//! next batch ([`crate::records`]), or alone when the batch could not take it. An existing order's requests
 //! first pass its rate limit and take turns at its gate.
 
 use super::{Submission, Target};
 use crate::error::ApiError;
 use crate::metrics;
+use crate::records::Pending;
 use crate::state::AppState;
 use orderflow_domain::{CommandId, OrderId};
 use orderflow_storage::commands::{self, Intake, NewCommand};
@@ -60,27 +62,37 @@ async fn record_next(
     new: &NewCommand<'_>,
     max: i64,
 ) -> Result<RecordOutcome, ApiError> {
+    // First with the next batch; alone when the batch could not take it, and on every retry.
+    let mut batched = Some(Pending::new(new, s.idempotency_key, &s.fingerprint, max));
     loop {
-        let (stream_locked, pending) =
-            match commands::record_next(&state.db, new, s.idempotency_key, &s.fingerprint, max)
-                .await?
-            {
-                Intake::Recorded(seq) => return Ok(RecordOutcome::Seq(seq)),
-                // A key claimed before is replayed, even on a busy order.
-                Intake::KeyTaken {
+        let intake = match batched.take() {
+            Some(pending) => state.records.record(pending).await,
+            None => None,
+        };
+        let intake = match intake {
+            Some(intake) => intake,
+            None => {
+                commands::record_next(&state.db, new, s.idempotency_key, &s.fingerprint, max)
+                    .await?
+            }
+        };
+        let (stream_locked, pending) = match intake {
+            Intake::Recorded(seq) => return Ok(RecordOutcome::Seq(seq)),
+            // A key claimed before is replayed, even on a busy order.
+            Intake::KeyTaken {
+                fingerprint,
+                command_id,
+            } => {
+                return Ok(RecordOutcome::KeyTaken {
                     fingerprint,
                     command_id,
-                } => {
-                    return Ok(RecordOutcome::KeyTaken {
-                        fingerprint,
-                        command_id,
-                    });
-                }
-                Intake::NotRecorded {
-                    stream_locked,
-                    pending,
-                } => (stream_locked, pending),
-            };
+                });
+            }
+            Intake::NotRecorded {
+                stream_locked,
+                pending,
+            } => (stream_locked, pending),
+        };
         match pending {
             None => return Err(ApiError::NotFound("order")),
             // Full before this request looked (the storm's common case). A request with this

@@ -144,6 +144,143 @@ pub async fn record_next(
     )
 }
 
+/// One request of a batch for [`record_batch`]: a command for an existing order, with the
+/// Idempotency-Key it claims.
+pub struct BatchEntry<'a> {
+    pub command: NewCommand<'a>,
+    pub key: &'a str,
+    pub fingerprint: &'a [u8],
+}
+
+/// What [`record_batch`] did with one entry.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BatchIntake {
+    /// As [`record_next`] would have answered.
+    Done(Intake),
+    /// The order's stream had room but another transaction held it (a worker applying the
+    /// order's last command, or another API process recording one): not waited for, nothing
+    /// written. Record it alone, with [`record_next`], which waits its turn.
+    Skipped,
+}
+
+/// [`record_next`] for many requests in one statement (group commit at intake: one round trip
+/// and one commit for every request that arrived while the previous batch was written). The
+/// entries must be for distinct orders. Each entry is recorded or not as [`record_next`] would
+/// record it alone, with one difference: an order's stream that another transaction holds is
+/// skipped (`skip locked`) instead of waited for, so a batch never waits on a stream row and
+/// never takes part in a deadlock over them (a worker's batch locks its orders' streams in
+/// message order). The statement can still wait on a key that another transaction inserted and
+/// has not committed (the same key sent at once to two API processes), as the single statement
+/// does. The answer has one entry per input, in input order.
+pub async fn record_batch(
+    db: impl PgExecutor<'_>,
+    entries: &[BatchEntry<'_>],
+    max_pending: i64,
+) -> sqlx::Result<Vec<BatchIntake>> {
+    let ids: Vec<uuid::Uuid> = entries.iter().map(|e| e.command.id.0).collect();
+    let clients: Vec<uuid::Uuid> = entries.iter().map(|e| e.command.client_id.0).collect();
+    let orders: Vec<uuid::Uuid> = entries.iter().map(|e| e.command.order_id.0).collect();
+    let kinds: Vec<&str> = entries.iter().map(|e| e.command.kind.as_str()).collect();
+    let bodies: Vec<&serde_json::Value> = entries.iter().map(|e| e.command.body).collect();
+    let versions: Vec<Option<i64>> = entries.iter().map(|e| e.command.expected_version).collect();
+    let sources: Vec<&str> = entries.iter().map(|e| e.command.source.as_str()).collect();
+    let partitions: Vec<i32> = entries
+        .iter()
+        .map(|e| i32::from(e.command.partition))
+        .collect();
+    let received: Vec<Option<chrono::DateTime<chrono::Utc>>> =
+        entries.iter().map(|e| e.command.received_at).collect();
+    let traceparents: Vec<Option<&str>> = entries.iter().map(|e| e.command.traceparent).collect();
+    let keys: Vec<&str> = entries.iter().map(|e| e.key).collect();
+    let fingerprints: Vec<&[u8]> = entries.iter().map(|e| e.fingerprint).collect();
+    let rows = sqlx::query!(
+        r#"with input as (
+             select * from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::jsonb[],
+                                  $6::bigint[], $7::text[], $8::int[], $9::timestamptz[],
+                                  $10::text[], $11::text[], $12::bytea[])
+                      with ordinality as i (id, client_id, order_id, kind, body, expected_version,
+                                            source, partition, received_at, traceparent, key,
+                                            fingerprint, n)),
+           stream as (
+             select s.order_id from order_streams s
+              where (s.order_id, s.client_id) in (select order_id, client_id from input)
+                and (last_seq - processed_seq < $13
+                     or last_seq - processed_seq
+                        - (select count(*) from commands c
+                            where c.order_id = s.order_id and c.seq > s.processed_seq
+                              and c.status <> 'accepted') < $13)
+                for update of s skip locked),
+           claimed as (
+             insert into idempotency_keys (client_id, key, fingerprint, command_id)
+             select i.client_id, i.key, i.fingerprint, i.id
+               from input i join stream using (order_id)
+              order by i.n
+                 on conflict do nothing
+             returning command_id),
+           numbered as (
+             update order_streams s set last_seq = s.last_seq + 1
+               from input i join claimed c on c.command_id = i.id
+              where s.order_id = i.order_id
+             returning s.order_id, s.last_seq),
+           recorded as (
+             insert into commands (id, client_id, order_id, seq, kind, body, expected_version,
+                                   source, partition, received_at, traceparent, published_at)
+             select i.id, i.client_id, i.order_id, n.last_seq, i.kind, i.body, i.expected_version,
+                    i.source, i.partition, i.received_at, i.traceparent,
+                    case when i.source = 'amqp' then now() end
+               from input i join numbered n using (order_id)
+             returning id, seq)
+         select i.n as "n!", exists (select from stream where stream.order_id = i.order_id) as "locked!",
+                r.seq as "seq?", k.fingerprint as "taken_fingerprint?",
+                k.command_id as "taken_command_id?",
+                s.last_seq - s.processed_seq as "pending?",
+                coalesce(s.last_seq - s.processed_seq < $13
+                         or s.last_seq - s.processed_seq
+                            - (select count(*) from commands c
+                                where c.order_id = s.order_id and c.seq > s.processed_seq
+                                  and c.status <> 'accepted') < $13, false) as "room!"
+           from input i
+           left join recorded r on r.id = i.id
+           left join idempotency_keys k on k.client_id = i.client_id and k.key = i.key
+           left join order_streams s on s.order_id = i.order_id and s.client_id = i.client_id
+          order by i.n"#,
+        &ids,
+        &clients,
+        &orders,
+        &kinds as &[&str],
+        &bodies as &[&serde_json::Value],
+        &versions as &[Option<i64>],
+        &sources as &[&str],
+        &partitions,
+        &received as &[Option<chrono::DateTime<chrono::Utc>>],
+        &traceparents as &[Option<&str>],
+        &keys as &[&str],
+        &fingerprints as &[&[u8]],
+        max_pending
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |row| match (row.seq, row.taken_fingerprint, row.taken_command_id) {
+                (Some(seq), _, _) => BatchIntake::Done(Intake::Recorded(seq)),
+                (None, Some(fingerprint), Some(id)) => BatchIntake::Done(Intake::KeyTaken {
+                    fingerprint,
+                    command_id: CommandId(id),
+                }),
+                // Room in the statement's snapshot, but the stream was not locked: another
+                // transaction held it (or took the room meanwhile; alone, the request finds out).
+                _ if !row.locked && row.room => BatchIntake::Skipped,
+                _ => BatchIntake::Done(Intake::NotRecorded {
+                    stream_locked: row.locked,
+                    pending: row.pending,
+                }),
+            },
+        )
+        .collect())
+}
+
 /// A command as its client sees it: another client's command does not exist.
 pub async fn get_for_client(
     db: impl PgExecutor<'_>,

@@ -1,0 +1,220 @@
+//! Records commands for existing orders many per statement (group commit at intake). A request
+//! hands its command here and waits for the write; one task writes every command that arrived
+//! while its previous write ran, with one statement and one commit
+//! ([`commands::record_batch`]). Under light load a write holds one command, under heavy load
+//! dozens: the commit's WAL flush, the statement's round trip and its planning are shared.
+//!
+//! Each command is recorded or not exactly as the single statement ([`commands::record_next`])
+//! would record it, except that the batch does not wait for an order's stream that another
+//! transaction holds: that request gets `None` and records its command alone, waiting its turn
+//! as before. So does every request of a batch whose statement failed (the single statement
+//! then reports the error for its own request).
+
+use orderflow_domain::{ClientId, CommandId, CommandKind, OrderId};
+use orderflow_runtime::tasks::Tasks;
+use orderflow_storage::commands::{self, BatchEntry, BatchIntake, Intake, NewCommand, Source};
+use sqlx::PgPool;
+use std::collections::HashSet;
+use tokio::sync::{mpsc, oneshot};
+
+/// Commands written by one statement at most.
+const MAX_BATCH: usize = 64;
+
+/// A command to record, owned: it crosses to the writer task.
+pub struct Pending {
+    id: CommandId,
+    client_id: ClientId,
+    order_id: OrderId,
+    kind: CommandKind,
+    body: serde_json::Value,
+    expected_version: Option<i64>,
+    source: Source,
+    partition: u16,
+    received_at: Option<chrono::DateTime<chrono::Utc>>,
+    traceparent: Option<String>,
+    key: String,
+    fingerprint: Vec<u8>,
+    max_pending: i64,
+}
+
+impl Pending {
+    pub fn new(command: &NewCommand<'_>, key: &str, fingerprint: &[u8], max_pending: i64) -> Self {
+        Self {
+            id: command.id,
+            client_id: command.client_id,
+            order_id: command.order_id,
+            kind: command.kind,
+            body: command.body.clone(),
+            expected_version: command.expected_version,
+            source: command.source,
+            partition: command.partition,
+            received_at: command.received_at,
+            traceparent: command.traceparent.map(str::to_owned),
+            key: key.to_owned(),
+            fingerprint: fingerprint.to_vec(),
+            max_pending,
+        }
+    }
+
+    fn entry(&self) -> BatchEntry<'_> {
+        BatchEntry {
+            command: NewCommand {
+                id: self.id,
+                client_id: self.client_id,
+                order_id: self.order_id,
+                kind: self.kind,
+                body: &self.body,
+                expected_version: self.expected_version,
+                source: self.source,
+                partition: self.partition,
+                received_at: self.received_at,
+                traceparent: self.traceparent.as_deref(),
+            },
+            key: &self.key,
+            fingerprint: &self.fingerprint,
+        }
+    }
+}
+
+/// `None`: record it alone (its stream was held by another transaction, or the batch failed).
+type Reply = oneshot::Sender<Option<Intake>>;
+
+/// The handle requests use; cloning is cheap. The writer task ends once every handle is gone.
+#[derive(Clone)]
+pub struct Records {
+    queue: mpsc::Sender<(Pending, Reply)>,
+}
+
+impl Records {
+    /// Starts the writer task on `db` among `tasks`.
+    pub fn start(tasks: &mut Tasks, db: PgPool) -> Self {
+        let (queue, pending) = mpsc::channel(4 * MAX_BATCH);
+        tasks.spawn("record writer", write(db, pending));
+        Self { queue }
+    }
+
+    /// Records `pending` with the next batch; `None`: record it alone.
+    pub async fn record(&self, pending: Pending) -> Option<Intake> {
+        let (reply, written) = oneshot::channel();
+        self.queue.send((pending, reply)).await.ok()?;
+        written.await.ok().flatten()
+    }
+}
+
+async fn write(db: PgPool, mut queue: mpsc::Receiver<(Pending, Reply)>) {
+    let mut arrived = Vec::with_capacity(MAX_BATCH);
+    // Requests left for the next batch: a second command for an order already in this one (the
+    // order's gate lets one through at a time, so only across a gate's hand-over).
+    let mut carried: Vec<(Pending, Reply)> = Vec::new();
+    loop {
+        if carried.len() < MAX_BATCH {
+            let room = MAX_BATCH - carried.len();
+            if carried.is_empty() {
+                if queue.recv_many(&mut arrived, room).await == 0 {
+                    return;
+                }
+            } else {
+                while arrived.len() < room {
+                    match queue.try_recv() {
+                        Ok(one) => arrived.push(one),
+                        Err(_) => break,
+                    }
+                }
+            }
+        }
+        let (batch, rest) = split_by_order(carried.drain(..).chain(arrived.drain(..)));
+        carried = rest;
+        write_batch(&db, batch).await;
+    }
+}
+
+/// The requests with one per order (up to [`MAX_BATCH`], in arrival order), and the rest.
+fn split_by_order(
+    requests: impl Iterator<Item = (Pending, Reply)>,
+) -> (Vec<(Pending, Reply)>, Vec<(Pending, Reply)>) {
+    let mut orders = HashSet::new();
+    let (mut batch, mut rest) = (Vec::new(), Vec::new());
+    for request in requests {
+        if batch.len() < MAX_BATCH && orders.insert(request.0.order_id) {
+            batch.push(request);
+        } else {
+            rest.push(request);
+        }
+    }
+    (batch, rest)
+}
+
+async fn write_batch(db: &PgPool, batch: Vec<(Pending, Reply)>) {
+    // One cap for the whole statement: every request of a process carries the same one.
+    let Some(max_pending) = batch.first().map(|(p, _)| p.max_pending) else {
+        return;
+    };
+    let (same, other): (Vec<_>, Vec<_>) = batch
+        .into_iter()
+        .partition(|(p, _)| p.max_pending == max_pending);
+    for (_, reply) in other {
+        let _ = reply.send(None);
+    }
+    let entries: Vec<BatchEntry<'_>> = same.iter().map(|(p, _)| p.entry()).collect();
+    let outcomes = commands::record_batch(db, &entries, max_pending).await;
+    drop(entries);
+    match outcomes {
+        Ok(outcomes) => {
+            tracing::debug!(commands = same.len(), "intake batch written");
+            for ((_, reply), outcome) in same.into_iter().zip(outcomes) {
+                let _ = reply.send(match outcome {
+                    BatchIntake::Done(intake) => Some(intake),
+                    BatchIntake::Skipped => None,
+                });
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, commands = same.len(), "intake batch failed; recording its commands one by one");
+            for (_, reply) in same {
+                let _ = reply.send(None);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(order: u128) -> (Pending, Reply) {
+        let body = serde_json::json!({"type": "cancel"});
+        let command = NewCommand {
+            id: CommandId(uuid::Uuid::now_v7()),
+            client_id: ClientId(uuid::Uuid::nil()),
+            order_id: OrderId(uuid::Uuid::from_u128(order)),
+            kind: CommandKind::Cancel,
+            body: &body,
+            expected_version: None,
+            source: Source::Http,
+            partition: 0,
+            received_at: None,
+            traceparent: None,
+        };
+        (Pending::new(&command, "k", b"f", 16), oneshot::channel().0)
+    }
+
+    #[test]
+    fn a_batch_holds_one_command_per_order_and_carries_the_rest_in_order() {
+        let requests = [1, 2, 1, 3, 2].map(pending);
+        let (batch, rest) = split_by_order(requests.into_iter());
+        let orders = |v: &[(Pending, Reply)]| {
+            v.iter()
+                .map(|(p, _)| p.order_id.0.as_u128())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(orders(&batch), [1, 2, 3]);
+        assert_eq!(orders(&rest), [1, 2]);
+    }
+
+    #[test]
+    fn a_batch_holds_at_most_max_batch_commands() {
+        let requests = (0..MAX_BATCH as u128 + 3).map(pending);
+        let (batch, rest) = split_by_order(requests);
+        assert_eq!((batch.len(), rest.len()), (MAX_BATCH, 3));
+    }
+}
