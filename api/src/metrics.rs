@@ -60,6 +60,9 @@ fn method_label(method: &Method) -> &'static str {
 pub fn register() {
     metrics::counter!("orderflow_idempotent_replays_total").increment(0);
     metrics::counter!("orderflow_idempotency_mismatches_total").increment(0);
+    metrics::counter!("orderflow_intake_batches_total").increment(0);
+    metrics::counter!("orderflow_intake_batched_commands_total").increment(0);
+    metrics::counter!("orderflow_intake_recorded_alone_total").increment(0);
 }
 
 /// `GET /metrics`: the Prometheus text exposition of this process's series.
@@ -84,6 +87,14 @@ pub async fn intake_stage<T>(stage: &'static str, work: impl std::future::Future
     metrics::histogram!("orderflow_intake_stage_seconds", "stage" => stage)
         .record(started.elapsed().as_secs_f64());
     done
+}
+
+/// One intake batch written (`records`): the commands it held, and how many of them it sent back
+/// to be recorded alone (their stream was held, or the statement failed).
+pub fn intake_batch(commands: usize, alone: usize) {
+    metrics::counter!("orderflow_intake_batches_total").increment(1);
+    metrics::counter!("orderflow_intake_batched_commands_total").increment(commands as u64);
+    metrics::counter!("orderflow_intake_recorded_alone_total").increment(alone as u64);
 }
 
 pub fn idempotent_replay() {

@@ -10,6 +10,7 @@
 //! as before. So does every request of a batch whose statement failed (the single statement
 //! then reports the error for its own request).
 
+use crate::metrics;
 use orderflow_domain::{ClientId, CommandId, CommandKind, OrderId};
 use orderflow_runtime::tasks::Tasks;
 use orderflow_storage::commands::{self, BatchEntry, BatchIntake, Intake, NewCommand, Source};
@@ -149,9 +150,11 @@ async fn write_batch(db: &PgPool, batch: Vec<(Pending, Reply)>) {
     let Some(max_pending) = batch.first().map(|(p, _)| p.max_pending) else {
         return;
     };
+    let total = batch.len();
     let (same, other): (Vec<_>, Vec<_>) = batch
         .into_iter()
         .partition(|(p, _)| p.max_pending == max_pending);
+    let mut alone = other.len();
     for (_, reply) in other {
         let _ = reply.send(None);
     }
@@ -160,16 +163,23 @@ async fn write_batch(db: &PgPool, batch: Vec<(Pending, Reply)>) {
     drop(entries);
     match outcomes {
         Ok(outcomes) => {
-            tracing::debug!(commands = same.len(), "intake batch written");
+            let commands = same.len();
             for ((_, reply), outcome) in same.into_iter().zip(outcomes) {
                 let _ = reply.send(match outcome {
                     BatchIntake::Done(intake) => Some(intake),
-                    BatchIntake::Skipped => None,
+                    BatchIntake::Skipped => {
+                        alone += 1;
+                        None
+                    }
                 });
             }
+            tracing::debug!(commands, alone, "intake batch written");
+            metrics::intake_batch(total, alone);
         }
         Err(error) => {
             tracing::warn!(%error, commands = same.len(), "intake batch failed; recording its commands one by one");
+            alone += same.len();
+            metrics::intake_batch(total, alone);
             for (_, reply) in same {
                 let _ = reply.send(None);
             }

@@ -34,6 +34,9 @@ API_SERIES = {
     "orderflow_idempotency_mismatches_total": set(),
     "orderflow_open_streams": {"kind"},
     "orderflow_intake_stage_seconds": {"stage"},
+    "orderflow_intake_batches_total": set(),
+    "orderflow_intake_batched_commands_total": set(),
+    "orderflow_intake_recorded_alone_total": set(),
 }
 WORKER_SERIES = {
     "orderflow_commands_finished_total": {"type", "status", "reason"},
