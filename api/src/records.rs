@@ -80,10 +80,13 @@ impl Pending {
 /// `None`: record it alone (its stream was held by another transaction, or the batch failed).
 type Reply = oneshot::Sender<Option<Intake>>;
 
+/// A command to record and where its outcome goes.
+type Request = (Pending, Reply);
+
 /// The handle requests use; cloning is cheap. The writer task ends once every handle is gone.
 #[derive(Clone)]
 pub struct Records {
-    queue: mpsc::Sender<(Pending, Reply)>,
+    queue: mpsc::Sender<Request>,
 }
 
 impl Records {
@@ -102,11 +105,11 @@ impl Records {
     }
 }
 
-async fn write(db: PgPool, mut queue: mpsc::Receiver<(Pending, Reply)>) {
+async fn write(db: PgPool, mut queue: mpsc::Receiver<Request>) {
     let mut arrived = Vec::with_capacity(MAX_BATCH);
     // Requests left for the next batch: a second command for an order already in this one (the
     // order's gate lets one through at a time, so only across a gate's hand-over).
-    let mut carried: Vec<(Pending, Reply)> = Vec::new();
+    let mut carried: Vec<Request> = Vec::new();
     loop {
         if carried.len() < MAX_BATCH {
             let room = MAX_BATCH - carried.len();
@@ -130,9 +133,7 @@ async fn write(db: PgPool, mut queue: mpsc::Receiver<(Pending, Reply)>) {
 }
 
 /// The requests with one per order (up to [`MAX_BATCH`], in arrival order), and the rest.
-fn split_by_order(
-    requests: impl Iterator<Item = (Pending, Reply)>,
-) -> (Vec<(Pending, Reply)>, Vec<(Pending, Reply)>) {
+fn split_by_order(requests: impl Iterator<Item = Request>) -> (Vec<Request>, Vec<Request>) {
     let mut orders = HashSet::new();
     let (mut batch, mut rest) = (Vec::new(), Vec::new());
     for request in requests {
@@ -145,7 +146,7 @@ fn split_by_order(
     (batch, rest)
 }
 
-async fn write_batch(db: &PgPool, batch: Vec<(Pending, Reply)>) {
+async fn write_batch(db: &PgPool, batch: Vec<Request>) {
     // One cap for the whole statement: every request of a process carries the same one.
     let Some(max_pending) = batch.first().map(|(p, _)| p.max_pending) else {
         return;
@@ -191,7 +192,7 @@ async fn write_batch(db: &PgPool, batch: Vec<(Pending, Reply)>) {
 mod tests {
     use super::*;
 
-    fn pending(order: u128) -> (Pending, Reply) {
+    fn pending(order: u128) -> Request {
         let body = serde_json::json!({"type": "cancel"});
         let command = NewCommand {
             id: CommandId(uuid::Uuid::now_v7()),
@@ -212,7 +213,7 @@ mod tests {
     fn a_batch_holds_one_command_per_order_and_carries_the_rest_in_order() {
         let requests = [1, 2, 1, 3, 2].map(pending);
         let (batch, rest) = split_by_order(requests.into_iter());
-        let orders = |v: &[(Pending, Reply)]| {
+        let orders = |v: &[Request]| {
             v.iter()
                 .map(|(p, _)| p.order_id.0.as_u128())
                 .collect::<Vec<_>>()
