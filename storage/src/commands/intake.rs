@@ -170,8 +170,9 @@ pub enum BatchIntake {
 /// skipped (`skip locked`) instead of waited for, so a batch never waits on a stream row and
 /// never takes part in a deadlock over them (a worker's batch locks its orders' streams in
 /// message order). The statement can still wait on a key that another transaction inserted and
-/// has not committed (the same key sent at once to two API processes), as the single statement
-/// does. The answer has one entry per input, in input order.
+/// has not committed (one key sent twice at once), as the single statement does; it claims its
+/// keys in key order, so two batches waiting on each other's keys wait in the same order and
+/// cannot deadlock either. The answer has one entry per input, in input order.
 pub async fn record_batch(
     db: impl PgExecutor<'_>,
     entries: &[BatchEntry<'_>],
@@ -214,7 +215,7 @@ pub async fn record_batch(
              insert into idempotency_keys (client_id, key, fingerprint, command_id)
              select i.client_id, i.key, i.fingerprint, i.id
                from input i join stream using (order_id)
-              order by i.n
+              order by i.client_id, i.key, i.n
                  on conflict do nothing
              returning command_id),
            numbered as (
