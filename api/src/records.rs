@@ -1,8 +1,13 @@
-//! Records commands for existing orders many per statement (group commit at intake). A request
-//! hands its command here and waits for the write; a free writer (of a few) writes every command
-//! that arrived while the others were busy, with one statement and one commit
-//! ([`commands::record_batch`]). Under light load a write holds one command, under heavy load
-//! dozens: the commit's WAL flush, the statement's round trip and its planning are shared.
+//! Records commands for existing orders many per statement (group commit at intake). A request hands its command here and waits for the write; a free writer (of
+//! a few) writes every command that arrived while the others were busy, with one statement and
+//! one commit ([`commands::record_batch`]): the commit's WAL flush and the statement's round
+//! trip are shared by dozens under heavy load.
+//!
+//! Every follow-up goes through a batch, even alone: under light load that costs latency on a
+//! host whose CPUs PostgreSQL shares with everything else (a batch is one backend doing the
+//! work of many, with one process's share of the CPUs). Batching only while many records were in
+//! flight was measured and dropped: it fed itself (slower records, more in flight, more
+//! batching) and bought neither throughput nor latency (docs/DESIGN-NOTES.md).
 //!
 //! Each command is recorded or not exactly as the single statement ([`commands::record_next`])
 //! would record it, except that the batch does not wait for an order's stream that another
@@ -22,12 +27,11 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 /// Commands written by one statement at most.
 const MAX_BATCH: usize = 64;
 
-/// Batches written at once. One writer made every record wait for the previous batch's commit
-/// (its WAL flush) even at half the maximum rate: `orderflow-bench perf --workloads uniform`,
-/// half-rate 202 p50 11 -> 45 ms with one writer, while the maximum rate rose by a third. With
-/// several, a light load writes each request at once, as before batching, and a heavy one still
-/// gathers the requests that arrive while every writer is busy.
-const WRITERS: usize = 4;
+/// Batches written at once, each on its own connection of the writers' pool. With one, every
+/// record waited for the previous batch's commit (its WAL flush) even at half the maximum rate;
+/// with several, a light load writes each request at once, and a heavy one still gathers the
+/// requests that arrive while every writer is busy.
+pub const WRITERS: usize = 4;
 
 /// A command to record, owned: it crosses to the writer task.
 pub struct Pending {
@@ -98,11 +102,15 @@ pub struct Records {
 }
 
 impl Records {
-    /// Starts the writer task on `db` among `tasks`.
-    pub fn start(tasks: &mut Tasks, db: PgPool) -> Self {
+    /// Starts the writer task among `tasks`, on a pool of its own ([`WRITERS`] connections)
+    /// over `database_url`: its sessions use generic plans (see
+    /// [`orderflow_storage::pool_with_generic_plans`]), which no other statement of the API is
+    /// asked to.
+    pub fn start(tasks: &mut Tasks, database_url: &str) -> Result<Self, sqlx::Error> {
+        let db = orderflow_storage::pool_with_generic_plans(database_url, WRITERS as u32)?;
         let (queue, pending) = mpsc::channel(4 * MAX_BATCH);
         tasks.spawn("record writer", write(db, pending));
-        Self { queue }
+        Ok(Self { queue })
     }
 
     /// Records `pending` with the next batch; `None`: record it alone.

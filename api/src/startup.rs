@@ -217,7 +217,7 @@ impl Application {
             waiters: Waiters::start(&mut tasks, pool.clone(), shutdown.clone()),
             gates: OrderGates::default(),
             confirms: Confirms::start(&mut tasks, pool.clone()),
-            records: Records::start(&mut tasks, pool.clone()),
+            records: Records::start(&mut tasks, common.database_url.expose_secret())?,
             db: pool,
             publisher: Arc::new(publisher),
             topology,

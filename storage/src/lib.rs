@@ -46,6 +46,18 @@ pub fn pool(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
     open(url, max_connections, |options| options)
 }
 
+/// [`pool`], whose sessions plan every prepared statement once, for any parameters
+/// (`plan_cache_mode = force_generic_plan`). For statements over arrays (`unnest($1::uuid[])`),
+/// which PostgreSQL otherwise plans again at every execution: a custom plan knows the arrays'
+/// lengths and looks cheaper than the generic one, so it is never given up. Measured on the
+/// intake's batch ([`commands::record_batch`], 20,000 orders, one entry): 0.65–0.7 ms of planning
+/// each time against 0.35–0.45 ms of execution.
+pub fn pool_with_generic_plans(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
+    open(url, max_connections, |options| {
+        options.options([("plan_cache_mode", "force_generic_plan")])
+    })
+}
+
 /// A pool over `url`'s host, or following the primary among its hosts (see [`primary`]), each
 /// host's options made by [`connect_options`] and then `customize`.
 fn open(
