@@ -8,10 +8,12 @@ The contract (README.md in this directory; command.schema.json is its JSON Schem
   N must equal orderflow's ORDERFLOW_PARTITIONS;
 - body: UTF-8 JSON {"version": 1, "command_id", "client_id", "order_id", ["expected_version"],
   "command": {"type": ..., ...}}; unknown fields are refused;
-- properties: content_type application/json, delivery_mode 2 (persistent), message_id = command_id;
+- properties: content_type application/json, delivery_mode 2 (persistent), message_id = command_id,
+  user_id = the broker user this producer connects as (RabbitMQ checks it), which orderflow's
+  operator granted the client (`orderflow-api producer grant --broker-user U --client-id C`);
 - command_id is the idempotency key: publishing the same command again is harmless, so retry a
   publish whose confirm you did not get with the *same* command_id;
-- client_id must own the order (the client that created it);
+- client_id must own the order (the client that created it), and be granted to the broker user;
 - a message orderflow cannot read is dead-lettered to `<namespace>.dead-letter` with the header
   `x-orderflow-reason`; a nack means the partition queue is full (retry later, same command_id).
 
@@ -45,8 +47,12 @@ def command_message(client_id, order_id, command):
     }
 
 
-def publish(channel, exchange, routing_key, message):
-    """Publishes one message; raises NackError/UnroutableError unless the broker confirms it."""
+def publish(channel, exchange, routing_key, message, broker_user):
+    """Publishes one message; raises NackError/UnroutableError unless the broker confirms it.
+
+    user_id names the broker user this connection logged in as: RabbitMQ refuses any other value,
+    and orderflow records the command only if that user is granted the client
+    (`orderflow-api producer grant`)."""
     channel.basic_publish(
         exchange=exchange,
         routing_key=routing_key,
@@ -55,6 +61,7 @@ def publish(channel, exchange, routing_key, message):
             content_type="application/json",
             delivery_mode=2,
             message_id=message["command_id"],
+            user_id=broker_user,
         ),
         mandatory=True,
     )
@@ -84,7 +91,9 @@ def main(argv=None):
     ]
 
     try:
-        connection = pika.BlockingConnection(pika.URLParameters(args.amqp_url))
+        parameters = pika.URLParameters(args.amqp_url)
+        broker_user = parameters.credentials.username
+        connection = pika.BlockingConnection(parameters)
     except (AMQPError, OSError, ValueError) as e:
         print(f"producer: cannot connect to {args.amqp_url}: {e!r}", file=sys.stderr)
         return 2
@@ -93,9 +102,9 @@ def main(argv=None):
         channel.confirm_delivery()
         for command in commands:
             message = command_message(args.client_id, order_id, command)
-            publish(channel, exchange, routing_key, message)
+            publish(channel, exchange, routing_key, message, broker_user)
             if args.count_duplicates and command["type"] == "add_item":
-                publish(channel, exchange, routing_key, message)  # same command_id: a no-op for orderflow
+                publish(channel, exchange, routing_key, message, broker_user)  # same command_id: a no-op for orderflow
             print(json.dumps({"command_id": message["command_id"], "order_id": str(order_id), "type": command["type"]}),
                   flush=True)
     except UnroutableError:

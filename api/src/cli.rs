@@ -5,7 +5,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use orderflow_domain::ClientId;
 use orderflow_runtime::config::ExposeSecret;
-use orderflow_storage::{self as db, clients};
+use orderflow_storage::{self as db, clients, producers};
 
 /// orderflow's HTTP API: accepts order commands, records and enqueues them, serves their status.
 #[derive(Parser, Debug)]
@@ -30,6 +30,33 @@ pub enum CliCommand {
     /// The partition count: show it, or grow it online.
     #[command(subcommand)]
     Partitions(PartitionsCommand),
+    /// Which broker users may publish commands straight to the queue, for which clients.
+    #[command(subcommand)]
+    Producer(ProducerCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ProducerCommand {
+    /// Let a broker user publish commands for a client. Its messages must carry the `user_id`
+    /// property (RabbitMQ checks it against the user of the publishing connection).
+    Grant {
+        /// The RabbitMQ user the producer connects as.
+        #[arg(long)]
+        broker_user: String,
+        /// The client its commands act for.
+        #[arg(long)]
+        client_id: uuid::Uuid,
+    },
+    /// Take a grant back: the worker dead-letters the broker user's next commands for the client
+    /// (`producer_not_granted`); commands already recorded stay.
+    Revoke {
+        #[arg(long)]
+        broker_user: String,
+        #[arg(long)]
+        client_id: uuid::Uuid,
+    },
+    /// Print every grant: broker user, client id, client name, when granted (tab-separated).
+    List,
 }
 
 #[derive(Subcommand, Debug)]
@@ -128,6 +155,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", after.partitions());
             Ok(())
         }
+        CliCommand::Producer(command) => producer(common, command).await,
         CliCommand::Client(ClientCommand::Revoke { id }) => {
             let pool = db::pool(common.database_url.expose_secret(), 1)?;
             if clients::revoke(&pool, ClientId(id)).await? {
@@ -138,4 +166,62 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+async fn producer(
+    common: &orderflow_runtime::config::CommonConfig,
+    command: ProducerCommand,
+) -> anyhow::Result<()> {
+    let pool = db::pool(common.database_url.expose_secret(), 1)?;
+    db::check_schema(&pool).await?;
+    match command {
+        ProducerCommand::Grant {
+            broker_user,
+            client_id,
+        } => {
+            let broker_user = checked_broker_user(&broker_user)?;
+            match producers::grant(&pool, broker_user, ClientId(client_id)).await? {
+                producers::Granted::Granted => {
+                    eprintln!("broker user {broker_user} may publish for client {client_id}")
+                }
+                producers::Granted::AlreadyGranted => eprintln!(
+                    "broker user {broker_user} already may publish for client {client_id}"
+                ),
+                producers::Granted::UnknownClient => anyhow::bail!("no live client {client_id}"),
+            }
+            Ok(())
+        }
+        ProducerCommand::Revoke {
+            broker_user,
+            client_id,
+        } => {
+            if producers::revoke(&pool, &broker_user, ClientId(client_id)).await? {
+                eprintln!("broker user {broker_user} may no longer publish for client {client_id}");
+                Ok(())
+            } else {
+                anyhow::bail!("broker user {broker_user} has no grant for client {client_id}")
+            }
+        }
+        ProducerCommand::List => {
+            for grant in producers::list(&pool).await? {
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    grant.broker_user,
+                    grant.client_id,
+                    grant.client_name,
+                    grant.granted_at.to_rfc3339()
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A RabbitMQ user name as the `user_id` property can carry it: 1–255 bytes (an AMQP short
+/// string), no control characters.
+fn checked_broker_user(name: &str) -> anyhow::Result<&str> {
+    if name.is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
+        anyhow::bail!("--broker-user must be 1–255 bytes without control characters");
+    }
+    Ok(name)
 }

@@ -20,8 +20,14 @@ pub enum FailureCode {
     WrongPartition,
     /// The command id was already used for a different command.
     CommandIdReused,
+    /// A direct producer's message carries no `user_id` property (the broker user that
+    /// published it), so nobody can say for which clients it may act.
+    ProducerUnidentified,
     /// A direct producer's command names no live client.
     UnknownClient,
+    /// A direct producer's broker user is not granted the client its command names
+    /// (`orderflow-api producer grant`).
+    ProducerNotGranted,
     /// A direct producer's command acts on another client's order.
     ForeignOrder,
     /// A direct producer's follow-up names an order that does not exist.
@@ -47,13 +53,15 @@ pub enum FailureCode {
 }
 
 impl FailureCode {
-    pub const ALL: [FailureCode; 17] = [
+    pub const ALL: [FailureCode; 19] = [
         FailureCode::TooLarge,
         FailureCode::UnsupportedVersion,
         FailureCode::Malformed,
         FailureCode::WrongPartition,
         FailureCode::CommandIdReused,
+        FailureCode::ProducerUnidentified,
         FailureCode::UnknownClient,
+        FailureCode::ProducerNotGranted,
         FailureCode::ForeignOrder,
         FailureCode::UnknownOrder,
         FailureCode::AlreadyFailed,
@@ -74,7 +82,9 @@ impl FailureCode {
             FailureCode::Malformed => "malformed",
             FailureCode::WrongPartition => "wrong_partition",
             FailureCode::CommandIdReused => "command_id_reused",
+            FailureCode::ProducerUnidentified => "producer_unidentified",
             FailureCode::UnknownClient => "unknown_client",
+            FailureCode::ProducerNotGranted => "producer_not_granted",
             FailureCode::ForeignOrder => "foreign_order",
             FailureCode::UnknownOrder => "unknown_order",
             FailureCode::AlreadyFailed => "already_failed",

@@ -379,6 +379,14 @@ async fn a_producer_cannot_touch_another_clients_order() {
     let (other, _) = orderflow_storage::clients::create(&app.db, "other", false)
         .await
         .unwrap();
+    // The producer may act for `other`, and tries it on the test client's order.
+    orderflow_storage::producers::grant(
+        &app.db,
+        &orderflow_testkit::servers::amqp_user(),
+        other.id,
+    )
+    .await
+    .unwrap();
     let mut hijack = app.message(
         OrderId(order.parse().unwrap()),
         json!({"type": "cancel"}),

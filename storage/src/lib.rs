@@ -19,6 +19,7 @@ pub mod pages;
 pub mod payments;
 pub mod perf;
 pub mod primary;
+pub mod producers;
 
 pub use errors::{ErrorClass, classify, is_data_refused, is_lease_lost, is_transient};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};

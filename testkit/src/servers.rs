@@ -11,3 +11,12 @@ pub fn base_database_url() -> String {
 pub fn amqp_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
+
+/// The broker user of [`amqp_url`] (its first address): the `user_id` a test's direct producer
+/// publishes with, which each stack grants its client.
+pub fn amqp_user() -> String {
+    let url = amqp_url();
+    let first = url.split(',').next().unwrap_or_default().trim();
+    let uri: lapin::uri::AMQPUri = first.parse().expect("AMQP_URL is a valid AMQP URL");
+    uri.authority.userinfo.username
+}

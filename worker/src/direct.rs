@@ -8,8 +8,8 @@ use crate::apply::DeliveryInfo;
 use crate::error::{ApplyError, Failure};
 use orderflow_contract::{CommandMessage, FailureCode};
 use orderflow_domain::Command;
-use orderflow_storage::clients;
 use orderflow_storage::commands::{self, CommandRow, NewCommand, Source};
+use orderflow_storage::{clients, producers};
 use sqlx::PgConnection;
 
 /// Records a direct producer's command, giving it the next seq of its order.
@@ -20,9 +20,23 @@ pub(crate) async fn record(
     partition: u16,
     delivery: &DeliveryInfo,
 ) -> Result<Result<CommandRow, Failure>, ApplyError> {
+    // Who published it, as the broker vouches (it refuses a `user_id` that is not the
+    // publishing connection's user): a producer acts only for the clients it is granted.
+    let Some(producer) = delivery.user_id.as_deref() else {
+        let reason = "the message has no user_id property: a direct producer sets it to its \
+                      broker user, which must be granted the client (orderflow-api producer grant)";
+        return Ok(Err(Failure::new(FailureCode::ProducerUnidentified, reason)));
+    };
     if !clients::exists(&mut *tx, message.client_id).await? {
         let reason = format!("unknown client {}", message.client_id);
         return Ok(Err(Failure::new(FailureCode::UnknownClient, reason)));
+    }
+    if !producers::is_granted(&mut *tx, producer, message.client_id).await? {
+        let reason = format!(
+            "broker user {} is not granted client {} (orderflow-api producer grant)",
+            producer, message.client_id
+        );
+        return Ok(Err(Failure::new(FailureCode::ProducerNotGranted, reason)));
     }
     let is_create = matches!(message.command, Command::Create { .. });
     let seq = if is_create

@@ -8,7 +8,7 @@ use super::database::{self, Database};
 use super::naive::NaiveServer;
 use super::observe::Watched;
 use super::stack::{Stack, StackExtra, StackSettings};
-use super::target::{RawTarget, Target};
+use super::target::{RAW_PRODUCER, RawTarget, Target};
 use anyhow::Context as _;
 use orderflow_contract::partition::Layout;
 use orderflow_storage::clients;
@@ -103,6 +103,9 @@ impl Sut {
                 self.client = client.id.0;
                 let pool = own_pool()?;
                 self.target = if self.system == System::Raw {
+                    // Its messages are a direct producer's: the worker records them only for a
+                    // client their broker user is granted.
+                    orderflow_storage::producers::grant(&self.db, RAW_PRODUCER, client.id).await?;
                     Target::Raw(Arc::new(RawTarget {
                         applier: Applier {
                             db: pool.clone(),

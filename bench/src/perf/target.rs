@@ -112,6 +112,9 @@ pub enum Target {
     Http(Arc<HttpTarget>),
 }
 
+/// The broker user the raw ceiling's messages come from (granted its client at set-up).
+pub const RAW_PRODUCER: &str = "orderflow-bench";
+
 pub struct RawTarget {
     pub applier: Applier,
     pub client: ClientId,
@@ -178,7 +181,11 @@ impl RawTarget {
             command,
         };
         let partition = partition_of(OrderId(order), self.partitions);
-        let answer = match self.applier.handle(&message.to_bytes(), partition).await {
+        let answer = match self
+            .applier
+            .handle(&message.to_bytes(), partition, RAW_PRODUCER)
+            .await
+        {
             Ok(Outcome::Finished(CommandStatus::Applied)) => Answer::Applied,
             Ok(Outcome::Finished(_)) => Answer::Rejected,
             Ok(_) | Err(_) => Answer::Error,

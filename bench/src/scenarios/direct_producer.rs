@@ -32,10 +32,14 @@ pub struct Producer {
     exchange: String,
     partitions: u16,
     client_id: ClientId,
+    /// The broker user the producer connects as: its messages' `user_id`.
+    broker_user: String,
 }
 
 impl Producer {
-    /// Connects and looks up the client the audit's key belongs to (direct commands name it).
+    /// Connects and looks up the client the audit's key belongs to (direct commands name it),
+    /// and grants the broker user it connects as that client (`producer grant`), as an operator
+    /// would for a real producer: the worker records a direct command only for a granted client.
     pub async fn connect(
         amqp_url: &str,
         namespace: &str,
@@ -48,12 +52,17 @@ impl Producer {
             .context("looking up the audit key's client")?
             .context("the audit key belongs to no live client")?;
         let link = open(amqp_url).await?;
+        let broker_user = broker_user_of(amqp_url)?;
+        orderflow_storage::producers::grant(db, &broker_user, client.id)
+            .await
+            .context("granting the audit's broker user its client")?;
         Ok(Self {
             amqp_url: amqp_url.to_owned(),
             link: tokio::sync::Mutex::new(Some(link)),
             exchange: format!("{namespace}.commands"),
             partitions,
             client_id: client.id,
+            broker_user,
         })
     }
 
@@ -62,6 +71,9 @@ impl Producer {
         let routing_key = partition_of(message.order_id, self.partitions).to_string();
         let properties = BasicProperties::default()
             .with_content_type("application/json".into())
+            // who publishes: the broker checks it is the connection's user, the worker that it
+            // is granted the command's client
+            .with_user_id(self.broker_user.as_str().into())
             // persistent: the quorum queue keeps it across a broker restart
             .with_delivery_mode(2);
         let mut link = self.link.lock().await;
@@ -182,6 +194,15 @@ pub async fn run(ctx: Ctx, producer: Producer, mut rng: ChaCha8Rng) {
 }
 
 /// Connects and opens a confirming channel.
+/// The user of the first of the (comma-separated) AMQP URLs: every node of a cluster knows it.
+fn broker_user_of(amqp_url: &str) -> anyhow::Result<String> {
+    let first = amqp_url.split(',').next().unwrap_or_default().trim();
+    let uri: lapin::uri::AMQPUri = first
+        .parse()
+        .map_err(|e| anyhow::anyhow!("not an AMQP URL: {e}"))?;
+    Ok(uri.authority.userinfo.username)
+}
+
 async fn open(amqp_url: &str) -> anyhow::Result<Link> {
     let connection = crate::broker::connect(amqp_url)
         .await

@@ -129,6 +129,10 @@ impl StackBuilder {
             .expect("connecting to the test database");
         let (_, admin_key) = clients::create(&db, "test-admin", true).await.unwrap();
         let (client, key) = clients::create(&db, "test-client", false).await.unwrap();
+        // The tests' direct producer publishes as the broker user of AMQP_URL, for this client.
+        orderflow_storage::producers::grant(&db, &servers::amqp_user(), client.id)
+            .await
+            .unwrap();
         let (connection, publisher) = broker::channel().await;
         topology
             .declare(&publisher)

@@ -72,7 +72,30 @@ impl Stack {
     }
 
     async fn publish_bytes(&self, partition: u16, body: &[u8], traceparent: Option<&str>) {
-        let properties = with_traceparent(json_properties().with_delivery_mode(2), traceparent);
+        self.publish_as(
+            partition,
+            body,
+            traceparent,
+            Some(&crate::servers::amqp_user()),
+        )
+        .await;
+    }
+
+    /// Publishes `body` with the `user_id` property `user_id` (or none), as a direct producer
+    /// that names itself so, or does not; the broker refuses a `user_id` that is not the
+    /// connection's user, so any other value fails the publish.
+    pub async fn publish_as(
+        &self,
+        partition: u16,
+        body: &[u8],
+        traceparent: Option<&str>,
+        user_id: Option<&str>,
+    ) {
+        let mut properties = json_properties().with_delivery_mode(2);
+        if let Some(user) = user_id {
+            properties = properties.with_user_id(user.into());
+        }
+        let properties = with_traceparent(properties, traceparent);
         let confirm = self
             .publisher
             .basic_publish(

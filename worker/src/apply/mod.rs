@@ -82,6 +82,9 @@ pub struct DeliveryInfo {
     pub delivered: Option<Delivered>,
     /// The message's `traceparent` header, stored with a direct producer's command.
     pub traceparent: Option<String>,
+    /// The broker user that published the message (its `user_id` property, which RabbitMQ
+    /// validates): a direct producer's command is recorded only for a client it is granted.
+    pub user_id: Option<String>,
 }
 
 /// What one apply transaction did.

@@ -12,10 +12,20 @@ use std::time::Instant;
 use tracing::Instrument;
 
 impl Applier {
-    /// Handles one message that arrived on `partition`. `Err` is a database failure: transient
-    /// ones are retried by the caller, anything else fails the command (see [`ApplyError`]).
-    pub async fn handle(&self, body: &[u8], partition: u16) -> Result<Outcome, ApplyError> {
-        self.apply_delivery(body, partition, &DeliveryInfo::default())
+    /// Handles one message that arrived on `partition`, published by the broker user
+    /// `producer` (its `user_id`). `Err` is a database failure: transient ones are retried by
+    /// the caller, anything else fails the command (see [`ApplyError`]).
+    pub async fn handle(
+        &self,
+        body: &[u8],
+        partition: u16,
+        producer: &str,
+    ) -> Result<Outcome, ApplyError> {
+        let delivery = DeliveryInfo {
+            user_id: Some(producer.to_owned()),
+            ..DeliveryInfo::default()
+        };
+        self.apply_delivery(body, partition, &delivery)
             .await
             .map(|handled| handled.outcome)
     }

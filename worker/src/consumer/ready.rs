@@ -22,6 +22,9 @@ pub(super) struct Incoming<'a> {
     pub(super) delivery: &'a Delivery,
     pub(super) message: Option<CommandMessage>,
     pub(super) traceparent: Option<String>,
+    /// The message's `user_id` property: the broker user that published it (RabbitMQ refuses a
+    /// `user_id` other than the publishing connection's user).
+    pub(super) user_id: Option<String>,
     pub(super) received: chrono::DateTime<Utc>,
     /// Carries its partition, command and order ids, and the trace it continues (the message's
     /// `traceparent` header) or starts.
@@ -94,6 +97,7 @@ async fn apply_fresh_run(
                     attempt: 1,
                 }),
                 traceparent: m.traceparent.clone(),
+                user_id: m.user_id.clone(),
             },
             span: m.span.clone(),
         })
@@ -172,6 +176,11 @@ fn receive<'a>(ctx: &Context, partition: u16, delivery: &'a Delivery) -> Incomin
         delivery,
         message,
         traceparent: traceparent.map(str::to_owned),
+        user_id: delivery
+            .properties
+            .user_id()
+            .as_ref()
+            .map(|user| user.as_str().to_owned()),
         received,
         span,
     }

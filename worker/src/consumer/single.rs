@@ -78,6 +78,7 @@ async fn apply_and_settle(
         delivery,
         message,
         traceparent,
+        user_id,
         received,
         span: _,
     } = incoming;
@@ -92,6 +93,7 @@ async fn apply_and_settle(
             attempt: attempts.unwrap_or(1),
         }),
         traceparent,
+        user_id,
     };
     let verdict = match (message, attempts) {
         (Some(m), Some(attempts)) if i64::from(attempts) > ctx.poison_after_deliveries => {
