@@ -175,7 +175,7 @@ async fn burst(config: &PerfConfig, sut: &mut Sut) -> anyhow::Result<PhaseResult
 
 async fn growth(config: &PerfConfig, sut: &mut Sut) -> anyhow::Result<Vec<PhaseResult>> {
     let have = sut.orders.len();
-    let small = max_rate(
+    let mut small = max_rate(
         config,
         sut,
         Workload::Growth,
@@ -183,6 +183,7 @@ async fn growth(config: &PerfConfig, sut: &mut Sut) -> anyhow::Result<Vec<PhaseR
         sut.orders.clone(),
     )
     .await?;
+    small.notes.extend(list_figures(sut, have).await);
     let (active, seeding) = database::grow(&sut.db, sut.client, config.growth_to, have).await?;
     let tables = orderflow_storage::perf::order_count(&sut.db).await?;
     let mut large = max_rate(
@@ -196,7 +197,102 @@ async fn growth(config: &PerfConfig, sut: &mut Sut) -> anyhow::Result<Vec<PhaseR
     large.notes.push(format!(
         "grown to {tables} orders in {seeding:.1} s (set-based), then ANALYZE; the load draws from {have} orders spread over the whole table"
     ));
+    large.notes.extend(list_figures(sut, tables as usize).await);
     Ok(vec![small, large])
+}
+
+/// Sequential requests per list case: the figures are each page's own cost, not a load.
+const LIST_REQUESTS: usize = 20;
+
+/// orderflow only: what the list endpoints cost with `orders` orders, all of them the bench
+/// client's (every seeded order is `pending`, customer `perf`): the first page, the page after
+/// a cursor, filters that match every order and filters that match none (the index range holds
+/// every one of the client's orders, so a filter matching none reads them all), and an order's
+/// commands. One note line with p50/p99 of each; nothing for the other systems.
+async fn list_figures(sut: &Sut, orders: usize) -> Vec<String> {
+    let (System::Orderflow, Some(http)) = (sut.system, sut.target.as_http()) else {
+        return Vec::new();
+    };
+    let get = |path: String| async move {
+        let started = Instant::now();
+        let answer = http
+            .http
+            .get(format!("{}{path}", http.base))
+            .bearer_auth(&http.key)
+            .timeout(super::target::REQUEST_TIMEOUT)
+            .send()
+            .await;
+        let us = started.elapsed().as_micros() as u64;
+        let body = match answer {
+            Ok(response) if response.status().is_success() => {
+                response.json::<serde_json::Value>().await.ok()
+            }
+            _ => None,
+        };
+        (us, body)
+    };
+    let first = get("/v1/orders?limit=100".to_owned()).await.1;
+    let cursor = first
+        .as_ref()
+        .and_then(|page| page["next_cursor"].as_str())
+        .map(str::to_owned);
+    let order = sut.orders.first().copied();
+    let mut cases: Vec<(&str, Option<String>)> = vec![
+        ("first page of 100", Some("/v1/orders?limit=100".to_owned())),
+        (
+            "the page after a cursor",
+            cursor.map(|c| format!("/v1/orders?limit=100&starting_after={c}")),
+        ),
+        (
+            "status=pending (matches all)",
+            Some("/v1/orders?limit=100&status=pending".to_owned()),
+        ),
+        (
+            "status=shipped (matches none)",
+            Some("/v1/orders?limit=10&status=shipped".to_owned()),
+        ),
+        (
+            "customer_id=nobody (matches none)",
+            Some("/v1/orders?limit=10&customer_id=nobody".to_owned()),
+        ),
+    ];
+    cases.push((
+        "an order's commands",
+        order.map(|o| format!("/v1/orders/{o}/commands?limit=100")),
+    ));
+    let mut figures = Vec::new();
+    for (name, path) in cases {
+        let Some(path) = path else {
+            figures.push(format!("{name}: not measured"));
+            continue;
+        };
+        let mut times = Vec::with_capacity(LIST_REQUESTS);
+        let mut failed = 0;
+        for _ in 0..LIST_REQUESTS {
+            let (us, body) = get(path.clone()).await;
+            if body.is_some() {
+                times.push(us);
+            } else {
+                failed += 1;
+            }
+        }
+        let (latency, _) = Latency::from_values(times);
+        figures.push(format!(
+            "{name} {:.1}/{:.1}{}",
+            latency.p50_ms,
+            latency.p99_ms,
+            if failed > 0 {
+                format!(" ({failed} of {LIST_REQUESTS} failed)")
+            } else {
+                String::new()
+            }
+        ));
+    }
+    vec![format!(
+        "lists with {} orders ({LIST_REQUESTS} requests each, one at a time), p50/p99 ms: {}",
+        count(orders),
+        figures.join("; ")
+    )]
 }
 
 /// `10k`, `1M`: how the growth phases are named.
