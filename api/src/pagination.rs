@@ -101,15 +101,19 @@ pub struct Page<T> {
 }
 
 /// The page of `items`: a list read newest first from `from` with one more than `limit` asked
-/// for, to learn whether there is more; `cursor_of` names an item's place.
+/// for, to learn whether there is more; `cursor_of` names an item's place. `stopped_at`: the
+/// read stopped there before it found that many (a filtered list reads a bounded number of
+/// rows), so there may be more beyond it, and the page goes on from there, however few items
+/// it holds (even none).
 pub fn page<T, K>(
     mut items: Vec<T>,
     limit: i64,
     from: PageFrom<K>,
     cursor_of: impl Fn(&T) -> String,
+    stopped_at: Option<String>,
 ) -> Page<T> {
-    let has_more = items.len() as i64 > limit;
-    if has_more {
+    let full = items.len() as i64 > limit;
+    if full {
         // The one beyond the page: the newest when reading newer ones, the oldest otherwise.
         match from {
             PageFrom::NewerThan(_) => {
@@ -120,12 +124,21 @@ pub fn page<T, K>(
             }
         }
     }
+    let stopped_at = stopped_at.filter(|_| !full);
+    let has_more = full || stopped_at.is_some();
     let first = items.first().map(&cursor_of);
     let last = items.last().map(&cursor_of);
+    // Onward in the direction read: past the page's far end, or from where the read stopped.
     let (next_cursor, previous_cursor) = match from {
-        PageFrom::Newest => (last.filter(|_| has_more), None),
-        PageFrom::OlderThan(_) => (last.filter(|_| has_more), first),
-        PageFrom::NewerThan(_) => (last, first.filter(|_| has_more)),
+        PageFrom::Newest => (if full { last } else { stopped_at }, None),
+        PageFrom::OlderThan(_) => (
+            if full { last } else { stopped_at.clone() },
+            first.or(stopped_at),
+        ),
+        PageFrom::NewerThan(_) => (
+            last.or(stopped_at.clone()),
+            if full { first } else { stopped_at },
+        ),
     };
     Page {
         data: items,
@@ -202,27 +215,60 @@ mod tests {
     fn a_page_drops_the_extra_item_at_the_far_end_and_names_its_neighbours() {
         let name = |n: &i32| n.to_string();
         // Newest first: 9 8 7 asked for 2 (+1).
-        let first = page(vec![9, 8, 7], 2, PageFrom::<i32>::Newest, name);
+        let first = page(vec![9, 8, 7], 2, PageFrom::<i32>::Newest, name, None);
         assert_eq!((first.data, first.has_more), (vec![9, 8], true));
         assert_eq!(
             (first.next_cursor, first.previous_cursor),
             (Some("8".into()), None)
         );
-        let last = page(vec![2, 1], 2, PageFrom::OlderThan(3), name);
+        let last = page(vec![2, 1], 2, PageFrom::OlderThan(3), name, None);
         assert_eq!((last.data, last.has_more), (vec![2, 1], false));
         assert_eq!(
             (last.next_cursor, last.previous_cursor),
             (None, Some("2".into()))
         );
         // Newer than 5: 8 7 6 came back for 2 (+1): 8 is beyond the page.
-        let newer = page(vec![8, 7, 6], 2, PageFrom::NewerThan(5), name);
+        let newer = page(vec![8, 7, 6], 2, PageFrom::NewerThan(5), name, None);
         assert_eq!((newer.data, newer.has_more), (vec![7, 6], true));
         assert_eq!(
             (newer.next_cursor, newer.previous_cursor),
             (Some("6".into()), Some("7".into()))
         );
-        let empty = page(Vec::<i32>::new(), 2, PageFrom::OlderThan(1), name);
+        let empty = page(Vec::<i32>::new(), 2, PageFrom::OlderThan(1), name, None);
         assert_eq!((empty.next_cursor, empty.previous_cursor), (None, None));
+    }
+
+    #[test]
+    fn a_read_that_stopped_short_goes_on_from_where_it_stopped() {
+        let name = |n: &i32| n.to_string();
+        let stopped = || Some("40".to_owned());
+        // Newest first, one item found before the read stopped at 40.
+        let first = page(vec![90], 2, PageFrom::<i32>::Newest, name, stopped());
+        assert_eq!((first.data, first.has_more), (vec![90], true));
+        assert_eq!(
+            (first.next_cursor, first.previous_cursor),
+            (Some("40".into()), None)
+        );
+        // Older than 50: nothing found before 40; both ways go on from 40.
+        let empty = page(Vec::new(), 2, PageFrom::OlderThan(50), name, stopped());
+        assert_eq!((empty.data.len(), empty.has_more), (0, true));
+        assert_eq!(
+            (empty.next_cursor, empty.previous_cursor),
+            (Some("40".into()), Some("40".into()))
+        );
+        // Newer than 10, read up to 40: 30 found; newer ones go on from 40.
+        let newer = page(vec![30], 2, PageFrom::NewerThan(10), name, stopped());
+        assert!(newer.has_more);
+        assert_eq!(
+            (newer.next_cursor, newer.previous_cursor),
+            (Some("30".into()), Some("40".into()))
+        );
+        // A full page ignores where the read stopped: it ends at its own far end.
+        let full = page(vec![9, 8, 7], 2, PageFrom::<i32>::Newest, name, stopped());
+        assert_eq!(
+            (full.data, full.has_more, full.next_cursor),
+            (vec![9, 8], true, Some("8".into()))
+        );
     }
 
     #[test]

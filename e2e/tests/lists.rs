@@ -202,6 +202,100 @@ async fn a_list_filters_by_status_customer_and_creation_time() {
     );
 }
 
+/// Inserts `count` pending orders of the stack's client straight into the tables (the list reads
+/// only `orders`; each order needs its stream), ids ascending from `first`: more than a filtered page reads.
+async fn seed_orders(app: &Stack, first: u128, count: i64) {
+    sqlx::query(
+        "with ids as (
+           select ('00000000-0000-7000-8000-' || lpad(to_hex($2::bigint + g), 12, '0'))::uuid as id
+             from generate_series(0, $3 - 1) g),
+         streams as (
+           insert into order_streams (order_id, client_id, last_seq, processed_seq)
+           select id, $1, 1, 1 from ids)
+         insert into orders (id, client_id, customer_id, currency, status, version, items,
+                             total_cents, created_at, updated_at)
+         select id, $1, 'seeded', 'EUR', 'pending', 1, '[]', 0, now(), now() from ids",
+    )
+    .bind(app.client_id.0)
+    .bind(i64::try_from(first).unwrap())
+    .bind(count)
+    .execute(&app.db)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_filtered_page_reads_a_bounded_number_of_orders_and_goes_on_from_where_it_stopped() {
+    let app = common::stack().worker().start().await;
+    // The newest order is cancelled; 25,000 pending orders lie between it and the oldest,
+    // another cancelled one.
+    let oldest = "00000000-0000-7000-8000-000000000001";
+    seed_orders(&app, 1, 1).await;
+    seed_orders(&app, 2, 25_000).await;
+    seed_orders(&app, 30_000, 1).await;
+    let newest = "00000000-0000-7000-8000-000000007530";
+    sqlx::query("update orders set status = 'cancelled' where id in ($1::uuid, $2::uuid)")
+        .bind(oldest)
+        .bind(newest)
+        .execute(&app.db)
+        .await
+        .unwrap();
+
+    // The first page finds the newest, then stops after 10,000 orders: short, with more.
+    let first = page(&app, "status=cancelled&limit=5").await;
+    assert_eq!(ids(&first), [newest.to_owned()]);
+    assert_eq!(first["has_more"], true, "{first}");
+    // The second reads on from there: nothing among the next 10,000, and more still.
+    let second = page(
+        &app,
+        &format!(
+            "status=cancelled&limit=5&starting_after={}",
+            cursor(&first, "next_cursor")
+        ),
+    )
+    .await;
+    assert!(ids(&second).is_empty(), "{second}");
+    assert_eq!(second["has_more"], true, "{second}");
+    // The third reaches the oldest, and the end.
+    let third = page(
+        &app,
+        &format!(
+            "status=cancelled&limit=5&starting_after={}",
+            cursor(&second, "next_cursor")
+        ),
+    )
+    .await;
+    assert_eq!(ids(&third), [oldest.to_owned()]);
+    assert_eq!(third["has_more"], false, "{third}");
+    assert!(third["next_cursor"].is_null(), "{third}");
+    // Back from the end: the pages before it, newest first, reach the newest again.
+    let mut back = page(
+        &app,
+        &format!(
+            "status=cancelled&limit=5&ending_before={}",
+            cursor(&third, "previous_cursor")
+        ),
+    )
+    .await;
+    let mut found = ids(&back);
+    while back["has_more"] == true {
+        back = page(
+            &app,
+            &format!(
+                "status=cancelled&limit=5&ending_before={}",
+                cursor(&back, "previous_cursor")
+            ),
+        )
+        .await;
+        found.splice(0..0, ids(&back));
+    }
+    assert_eq!(found, [newest.to_owned()]);
+    // Unfiltered, a page is the orders themselves: full, whatever lies beyond.
+    let plain = page(&app, "limit=100").await;
+    assert_eq!(ids(&plain).len(), 100);
+    assert_eq!(plain["has_more"], true);
+}
+
 /// A timestamp as a query value (its `+` would read as a space).
 fn urlencode(value: &str) -> String {
     value.replace('+', "%2B").replace(':', "%3A")

@@ -237,10 +237,13 @@ struct ListOrdersQuery {
 /// One page of the caller's orders, newest first.
 #[derive(Serialize, ToSchema)]
 struct OrderList {
-    /// The orders of the page, newest first (by creation).
+    /// The orders of the page, newest first (by creation). With a filter (`status`,
+    /// `customer_id`, `created_gte`, `created_lt`) a page reads at most 10,000 of the caller's
+    /// orders, so it may hold fewer than `limit` orders, or none, while `has_more` is true:
+    /// follow the cursor to read on.
     data: Vec<OrderView>,
-    /// Whether more orders lie beyond this page in the direction it was read: older ones for a
-    /// first page or a `starting_after` page, newer ones for an `ending_before` page.
+    /// Whether more orders may lie beyond this page in the direction it was read: older ones
+    /// for a first page or a `starting_after` page, newer ones for an `ending_before` page.
     has_more: bool,
     /// Pass as `starting_after` for the next page (older orders); null when there is none.
     next_cursor: Option<String>,
@@ -249,7 +252,9 @@ struct OrderList {
 }
 
 /// List the caller's orders, newest first, a page at a time (cursor pagination: a page stays put
-/// while orders are created). Only orders whose `create` was applied are listed.
+/// while orders are created). Only orders whose `create` was applied are listed. A filtered page
+/// reads at most 10,000 orders: it may come back short, or empty, with `has_more` true and a
+/// cursor to read on from.
 #[utoipa::path(
     get,
     path = "/v1/orders",
@@ -284,7 +289,13 @@ async fn list_orders(
     };
     // One more than the page, to learn whether there is more.
     let found = orders::list_for_client(&state.db, client.id, &filter, from, limit + 1).await?;
-    let page = pagination::page(found, limit, from, |o| pagination::cursor(o.id.0));
+    let page = pagination::page(
+        found.orders,
+        limit,
+        from,
+        |o| pagination::cursor(o.id.0),
+        found.stopped_at.map(|id| pagination::cursor(id.0)),
+    );
     Ok(Json(OrderList {
         data: page.data.into_iter().map(OrderView::from).collect(),
         has_more: page.has_more,
@@ -367,7 +378,7 @@ async fn list_commands(
         limit + 1,
     )
     .await?;
-    let page = pagination::page(found, limit, from, |c| pagination::seq_cursor(c.seq));
+    let page = pagination::page(found, limit, from, |c| pagination::seq_cursor(c.seq), None);
     Ok(Json(CommandList {
         data: page.data.into_iter().map(CommandView::from).collect(),
         has_more: page.has_more,
