@@ -82,67 +82,54 @@ impl OrderFilter<'_> {
 }
 
 /// The most orders a filtered page reads. Without a bound a filter that matches few of a
-/// client's orders reads all of them for one page: at 1M orders, 69–92 ms per request
+/// client's orders read all of them for one page: at 1M orders, 69–92 ms per request
 /// (`orderflow-bench perf --workloads growth`), which the client's rate limit alone would let it
-/// repeat until PostgreSQL's CPUs were its own. At this bound a page reads at most about 1 ms of
-/// rows (92 ms per million).
-pub const LIST_SCAN_LIMIT: i64 = 10_000;
+/// repeat until PostgreSQL's CPUs were its own. 10,000 rows cost 14–20 ms a page in the same
+/// run; 2,000 keep the worst page near a few ordinary requests.
+pub const LIST_SCAN_LIMIT: i64 = 2_000;
 
 /// What [`list_for_client`] read.
 #[derive(Debug)]
 pub struct OrderScan {
     /// The orders that passed the filter, newest first: at most the `limit` asked for.
     pub orders: Vec<Order>,
-    /// Set when the read stopped at [`LIST_SCAN_LIMIT`] before it found `limit` orders: the last
-    /// order it read (passing the filter or not), from which the next page reads on.
+    /// Set when the read stopped at [`LIST_SCAN_LIMIT`] rows before it found `limit` orders:
+    /// the last order it read (passing the filter or not), from which the next page reads on.
     pub stopped_at: Option<OrderId>,
 }
 
 /// Up to `limit` of the client's orders that pass `filter`, from `from`, newest first (by id:
 /// a UUIDv7 the API assigns at intake, so in the order they were created). One range of the
 /// index `orders_client (client_id, id)` per page, whatever the client's order count; the
-/// filters are checked on the rows that range yields, and a filtered read stops after
-/// [`LIST_SCAN_LIMIT`] rows (then [`OrderScan::stopped_at`] says where).
+/// filters are checked on the rows that range yields, and the read stops at `limit` orders or
+/// after [`LIST_SCAN_LIMIT`] rows, whichever comes first (then [`OrderScan::stopped_at`] says
+/// where). Only a page that came back short with a filter costs a second statement: the
+/// place of the range's last row, read from the index alone.
 pub async fn list_for_client(
-    db: impl PgExecutor<'_>,
+    db: &sqlx::PgPool,
     client_id: ClientId,
     filter: &OrderFilter<'_>,
     from: PageFrom<OrderId>,
     limit: i64,
 ) -> sqlx::Result<OrderScan> {
     let f = filter;
-    // Unfiltered, the first `limit` rows read are the page.
-    let scan = if f.is_empty() {
-        limit
-    } else {
-        LIST_SCAN_LIMIT.max(limit)
-    };
     let (newer, bound) = from.bound(OrderId(uuid::Uuid::max()));
-    // Each statement returns the orders that pass (`matches`) and, passing or not, the last
-    // row the read reached, with how many rows it read.
-    let rows: Vec<(Order, bool, i64)> = if newer {
-        sqlx::query!(
-            r#"with scanned as materialized (
-                 select id, status, customer_id, created_at from orders
-                  where client_id = $1 and id > $7
-                  order by id asc
-                  limit $8),
-               marked as (
-                 select id, ($2::text is null or status = $2)
-                            and ($3::text is null or customer_id = $3)
-                            and ($4::timestamptz is null or created_at >= $4)
-                            and ($5::timestamptz is null or created_at < $5) as matches
-                   from scanned),
-               picked as (
-                 (select id, matches from marked where matches order by id asc limit $6)
-                 union
-                 (select id, matches from marked order by id desc limit 1))
-               select o.id, o.client_id, o.customer_id, o.currency, o.status, o.version,
-                      o.items as "items: Json<Vec<Item>>", o.total_cents, o.created_at,
-                      o.updated_at, p.matches as "matches!",
-                      (select count(*) from scanned) as "scanned!"
-                 from picked p join orders o using (id)
-                order by o.id desc"#,
+    // The inner `limit $8` bounds the rows read; both limits stop the read as soon as they are
+    // met (nothing is materialized).
+    let orders: Vec<Order> = if newer {
+        let mut orders: Vec<Order> = sqlx::query!(
+            r#"select id, client_id, customer_id, currency, status, version,
+                      items as "items!: Json<Vec<Item>>", total_cents, created_at, updated_at
+                 from (select * from orders
+                        where client_id = $1 and id > $7
+                        order by id asc
+                        limit $8) as scanned
+                where ($2::text is null or status = $2)
+                  and ($3::text is null or customer_id = $3)
+                  and ($4::timestamptz is null or created_at >= $4)
+                  and ($5::timestamptz is null or created_at < $5)
+                order by id asc
+                limit $6"#,
             client_id.0,
             f.status,
             f.customer_id,
@@ -150,36 +137,29 @@ pub async fn list_for_client(
             f.created_lt,
             limit,
             bound.0,
-            scan
+            LIST_SCAN_LIMIT
         )
         .fetch_all(db)
         .await?
         .into_iter()
-        .map(|r| (order_row!(r), r.matches, r.scanned))
-        .collect()
+        .map(|r| order_row!(r))
+        .collect();
+        orders.reverse();
+        orders
     } else {
         sqlx::query!(
-            r#"with scanned as materialized (
-                 select id, status, customer_id, created_at from orders
-                  where client_id = $1 and id < $7
-                  order by id desc
-                  limit $8),
-               marked as (
-                 select id, ($2::text is null or status = $2)
-                            and ($3::text is null or customer_id = $3)
-                            and ($4::timestamptz is null or created_at >= $4)
-                            and ($5::timestamptz is null or created_at < $5) as matches
-                   from scanned),
-               picked as (
-                 (select id, matches from marked where matches order by id desc limit $6)
-                 union
-                 (select id, matches from marked order by id asc limit 1))
-               select o.id, o.client_id, o.customer_id, o.currency, o.status, o.version,
-                      o.items as "items: Json<Vec<Item>>", o.total_cents, o.created_at,
-                      o.updated_at, p.matches as "matches!",
-                      (select count(*) from scanned) as "scanned!"
-                 from picked p join orders o using (id)
-                order by o.id desc"#,
+            r#"select id, client_id, customer_id, currency, status, version,
+                      items as "items!: Json<Vec<Item>>", total_cents, created_at, updated_at
+                 from (select * from orders
+                        where client_id = $1 and id < $7
+                        order by id desc
+                        limit $8) as scanned
+                where ($2::text is null or status = $2)
+                  and ($3::text is null or customer_id = $3)
+                  and ($4::timestamptz is null or created_at >= $4)
+                  and ($5::timestamptz is null or created_at < $5)
+                order by id desc
+                limit $6"#,
             client_id.0,
             f.status,
             f.customer_id,
@@ -187,41 +167,44 @@ pub async fn list_for_client(
             f.created_lt,
             limit,
             bound.0,
-            scan
+            LIST_SCAN_LIMIT
         )
         .fetch_all(db)
         .await?
         .into_iter()
-        .map(|r| (order_row!(r), r.matches, r.scanned))
+        .map(|r| order_row!(r))
         .collect()
     };
-    Ok(scanned(rows, newer, limit, scan))
-}
-
-/// The orders that passed (at most `limit`), and where the read stopped if it stopped at `scan`
-/// rows short of `limit` orders. `rows` are newest first; the read went newer (`newer`) or
-/// older. The last row read comes with them even when `limit` rows before it passed: it is
-/// not one of the page's then.
-fn scanned(mut rows: Vec<(Order, bool, i64)>, newer: bool, limit: i64, scan: i64) -> OrderScan {
-    let read = rows.first().map_or(0, |(_, _, read)| *read);
-    if newer {
-        rows.reverse();
-    }
-    // In the order they were read: the last is where the read stopped.
-    let edge = rows.last().map(|(order, _, _)| order.id);
-    let mut orders: Vec<Order> = rows
-        .into_iter()
-        .filter(|(_, matches, _)| *matches)
-        .map(|(order, _, _)| order)
-        .take(usize::try_from(limit).unwrap_or(0))
-        .collect();
-    if newer {
-        orders.reverse();
-    }
-    let stopped_at = (read >= scan && (orders.len() as i64) < limit)
-        .then_some(edge)
-        .flatten();
-    OrderScan { orders, stopped_at }
+    let short = (orders.len() as i64) < limit;
+    let stopped_at = if short && !f.is_empty() {
+        // The range's last row within the bound, if the range goes that far (one statement
+        // per direction: each reads the index `orders_client` in its own order).
+        let edge = if newer {
+            sqlx::query_scalar!(
+                "select id from orders where client_id = $1 and id > $2
+                  order by id asc offset $3::bigint - 1 limit 1",
+                client_id.0,
+                bound.0,
+                LIST_SCAN_LIMIT
+            )
+            .fetch_optional(db)
+            .await?
+        } else {
+            sqlx::query_scalar!(
+                "select id from orders where client_id = $1 and id < $2
+                  order by id desc offset $3::bigint - 1 limit 1",
+                client_id.0,
+                bound.0,
+                LIST_SCAN_LIMIT
+            )
+            .fetch_optional(db)
+            .await?
+        };
+        edge.map(OrderId)
+    } else {
+        None
+    };
+    Ok(OrderScan { orders, stopped_at })
 }
 
 /// One stored event.

@@ -238,7 +238,7 @@ struct ListOrdersQuery {
 #[derive(Serialize, ToSchema)]
 struct OrderList {
     /// The orders of the page, newest first (by creation). With a filter (`status`,
-    /// `customer_id`, `created_gte`, `created_lt`) a page reads at most 10,000 of the caller's
+    /// `customer_id`, `created_gte`, `created_lt`) a page reads at most 2,000 of the caller's
     /// orders, so it may hold fewer than `limit` orders, or none, while `has_more` is true:
     /// follow the cursor to read on.
     data: Vec<OrderView>,
@@ -253,7 +253,7 @@ struct OrderList {
 
 /// List the caller's orders, newest first, a page at a time (cursor pagination: a page stays put
 /// while orders are created). Only orders whose `create` was applied are listed. A filtered page
-/// reads at most 10,000 orders: it may come back short, or empty, with `has_more` true and a
+/// reads at most 2,000 orders: it may come back short, or empty, with `has_more` true and a
 /// cursor to read on from.
 #[utoipa::path(
     get,
