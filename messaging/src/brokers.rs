@@ -108,6 +108,17 @@ pub fn with_default(url: &str, name: &str, value: &str) -> String {
     format!("{url}{separator}{name}={value}")
 }
 
+/// The user of the first of the (comma-separated) AMQP URLs: every node of a cluster knows the
+/// same users, and a producer's messages carry it as their `user_id`, which RabbitMQ checks.
+pub fn user_of(list: &str) -> Result<String, String> {
+    let first = list.split(',').map(str::trim).find(|u| !u.is_empty());
+    let first = first.ok_or_else(|| "no AMQP URL given".to_owned())?;
+    let uri: lapin::uri::AMQPUri = first
+        .parse()
+        .map_err(|e| format!("not an AMQP URL ({e}): {}", redacted(first)))?;
+    Ok(uri.authority.userinfo.username)
+}
+
 /// `url` without its password, for logs.
 pub fn redacted(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -193,5 +204,17 @@ mod tests {
             "amqp://guest:***@127.0.0.1:5672/%2f"
         );
         assert_eq!(redacted("amqp://127.0.0.1/%2f"), "amqp://127.0.0.1/%2f");
+    }
+
+    #[test]
+    fn the_user_is_the_first_urls_and_a_url_without_one_is_the_default_guest() {
+        assert_eq!(
+            user_of(" amqp://billing:pw@a:5672/%2f,amqp://other:pw@b/%2f").unwrap(),
+            "billing"
+        );
+        assert_eq!(user_of("amqp://a:5672/%2f").unwrap(), "guest");
+        assert!(user_of(" , ").is_err());
+        let error = user_of("amqp://u:secret@a:notaport/%2f").unwrap_err();
+        assert!(!error.contains("secret"), "{error}");
     }
 }

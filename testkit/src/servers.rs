@@ -15,8 +15,5 @@ pub fn amqp_url() -> String {
 /// The broker user of [`amqp_url`] (its first address): the `user_id` a test's direct producer
 /// publishes with, which each stack grants its client.
 pub fn amqp_user() -> String {
-    let url = amqp_url();
-    let first = url.split(',').next().unwrap_or_default().trim();
-    let uri: lapin::uri::AMQPUri = first.parse().expect("AMQP_URL is a valid AMQP URL");
-    uri.authority.userinfo.username
+    orderflow_messaging::brokers::user_of(&amqp_url()).expect("AMQP_URL is a valid AMQP URL")
 }

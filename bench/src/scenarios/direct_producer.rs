@@ -52,7 +52,8 @@ impl Producer {
             .context("looking up the audit key's client")?
             .context("the audit key belongs to no live client")?;
         let link = open(amqp_url).await?;
-        let broker_user = broker_user_of(amqp_url)?;
+        let broker_user =
+            orderflow_messaging::brokers::user_of(amqp_url).map_err(anyhow::Error::msg)?;
         orderflow_storage::producers::grant(db, &broker_user, client.id)
             .await
             .context("granting the audit's broker user its client")?;
@@ -194,15 +195,6 @@ pub async fn run(ctx: Ctx, producer: Producer, mut rng: ChaCha8Rng) {
 }
 
 /// Connects and opens a confirming channel.
-/// The user of the first of the (comma-separated) AMQP URLs: every node of a cluster knows it.
-fn broker_user_of(amqp_url: &str) -> anyhow::Result<String> {
-    let first = amqp_url.split(',').next().unwrap_or_default().trim();
-    let uri: lapin::uri::AMQPUri = first
-        .parse()
-        .map_err(|e| anyhow::anyhow!("not an AMQP URL: {e}"))?;
-    Ok(uri.authority.userinfo.username)
-}
-
 async fn open(amqp_url: &str) -> anyhow::Result<Link> {
     let connection = crate::broker::connect(amqp_url)
         .await
