@@ -5,15 +5,16 @@
 //! | request | budget |
 //! |---|---|
 //! | `/healthz`, `/readyz`, `/metrics` | none: never shed (they read no body and do no per-request work worth bounding) |
-//! | a valid key (`Authorization: Bearer`, or the dashboard's cookie) | the shared in-flight budget (`ORDERFLOW_MAX_IN_FLIGHT`) |
-//! | no key, or one that is unknown or revoked | a small budget of its own (`ORDERFLOW_MAX_ANONYMOUS_IN_FLIGHT`) |
+//! | a valid key (`Authorization: Bearer`), or a live operator session (the dashboard's cookie) | the shared in-flight budget (`ORDERFLOW_MAX_IN_FLIGHT`) |
+//! | no key, or one that is unknown or revoked; no session, or one that ended | a small budget of its own (`ORDERFLOW_MAX_ANONYMOUS_IN_FLIGHT`) |
 //!
 //! Beyond its budget a request is shed at once with 503 `overloaded`. So nobody without a valid
 //! key can take a slot a client needs: a thousand sockets that start a sign-in and never send the
 //! body fill the anonymous budget only, and each of them is cut off after
 //! [`crate::extract::BODY_READ_TIMEOUT`] anyway. Checking a key that is not in the cache costs
 //! a database read; those reads take turns ([`MAX_KEY_CHECKS`] at once), so a flood of made-up
-//! keys queues behind the real ones instead of taking the pool.
+//! keys queues behind the real ones instead of taking the pool. Sessions are read the same way
+//! (one statement, in the same turns).
 //!
 //! The outcome of the check travels with the request ([`Credential`]), so the handlers'
 //! extractors do not look the key up again.
@@ -26,6 +27,7 @@ use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use orderflow_storage::clients::Client;
+use orderflow_storage::operators::{self, Session};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -60,16 +62,18 @@ impl Admission {
 pub enum Credential {
     /// The key is valid: this is its client.
     Valid(Client),
+    /// A live operator session (the dashboard's cookie): the dashboard's routes only.
+    Operator(Session),
     /// A key was sent, but it is malformed, unknown or revoked.
     Invalid,
 }
 
-/// Which key a request presents: its `Authorization: Bearer` header, else the dashboard's
-/// cookie. `Err` for a request that sends several `Authorization` headers.
+/// Which key a request presents in its `Authorization: Bearer` header (`Some("")`: a header
+/// that is no well-formed Bearer key). `Err` for a request that sends several.
 pub fn presented_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     let mut authorization = headers.get_all(header::AUTHORIZATION).iter();
     let Some(value) = authorization.next() else {
-        return Ok(auth::cookie_key(headers));
+        return Ok(None);
     };
     if authorization.next().is_some() {
         return Err(ApiError::InvalidRequest(
@@ -95,7 +99,15 @@ pub async fn admit(State(state): State<AppState>, mut request: Request, next: Ne
     }
     let credential = match presented_key(request.headers()) {
         Err(e) => return e.into_response(),
-        Ok(None) => None,
+        // No key: the dashboard's session cookie, if any (a key wins over a cookie).
+        Ok(None) => match auth::cookie_token(request.headers()) {
+            None => None,
+            Some(token) => match session(&state, token).await {
+                Ok(Some(session)) => Some(Credential::Operator(session)),
+                Ok(None) => None,
+                Err(e) => return e.into_response(),
+            },
+        },
         Ok(Some("")) => Some(Credential::Invalid),
         Ok(Some(key)) => match check(&state, key).await {
             Ok(client) => Some(Credential::Valid(client)),
@@ -104,7 +116,7 @@ pub async fn admit(State(state): State<AppState>, mut request: Request, next: Ne
         },
     };
     let budget = match &credential {
-        Some(Credential::Valid(_)) => &state.admission.authenticated,
+        Some(Credential::Valid(_) | Credential::Operator(_)) => &state.admission.authenticated,
         _ => &state.admission.anonymous,
     };
     let Ok(_slot) = budget.clone().try_acquire_owned() else {
@@ -129,20 +141,34 @@ async fn check(state: &AppState, key: &str) -> Result<Client, ApiError> {
     state.keys.authenticate(&state.db, key).await
 }
 
+/// The live session holding `token` (read in turn, like a key).
+async fn session(state: &AppState, token: &str) -> Result<Option<Session>, ApiError> {
+    let turn = tokio::time::timeout(
+        KEY_CHECK_WAIT,
+        state.admission.key_checks.clone().acquire_owned(),
+    )
+    .await;
+    let Ok(Ok(_turn)) = turn else {
+        return Err(ApiError::Overloaded);
+    };
+    Ok(operators::session(&state.db, &operators::hash_token(token)).await?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
 
     #[test]
-    fn the_bearer_header_wins_over_the_cookie_and_a_malformed_one_is_a_bad_key() {
+    fn the_bearer_header_is_the_key_and_a_malformed_one_is_a_bad_key() {
         let mut headers = HeaderMap::new();
         assert_eq!(presented_key(&headers).unwrap(), None);
+        // A cookie is no key (it carries a session, which only the dashboard's routes take).
         headers.insert(
             header::COOKIE,
-            HeaderValue::from_static("orderflow_dashboard=of_cookie"),
+            HeaderValue::from_static("orderflow_session=ofs_cookie"),
         );
-        assert_eq!(presented_key(&headers).unwrap(), Some("of_cookie"));
+        assert_eq!(presented_key(&headers).unwrap(), None);
         headers.insert(
             header::AUTHORIZATION,
             HeaderValue::from_static("Bearer of_h"),

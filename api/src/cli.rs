@@ -1,11 +1,13 @@
-//! The `orderflow-api` command line: serve (default), migrate, manage clients, grow partitions.
+//! The `orderflow-api` command line: serve (default), migrate, manage clients and operators,
+//! grow partitions, grant direct producers.
 
 use crate::startup::{ApiConfig, Application};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use orderflow_domain::ClientId;
 use orderflow_runtime::config::ExposeSecret;
-use orderflow_storage::{self as db, clients, producers};
+use orderflow_storage::{self as db, clients, operators, producers};
+use std::io::Read;
 
 /// orderflow's HTTP API: accepts order commands, records and enqueues them, serves their status.
 #[derive(Parser, Debug)]
@@ -33,6 +35,43 @@ pub enum CliCommand {
     /// Which broker users may publish commands straight to the queue, for which clients.
     #[command(subcommand)]
     Producer(ProducerCommand),
+    /// The people who sign in to the dashboard.
+    #[command(subcommand)]
+    Operator(OperatorCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum OperatorCommand {
+    /// Create an operator; the password is read from standard input (its first line).
+    Create {
+        /// The name they sign in with: lowercase letters, digits, `.`, `_`, `-` (1–64).
+        #[arg(long)]
+        name: String,
+        /// viewer: reads everything; operator: also acts on orders; admin: also stock, redrive
+        /// and operators.
+        #[arg(long, value_parser = ["viewer", "operator", "admin"])]
+        role: String,
+        /// Read the password from standard input (required: a password never goes on a
+        /// command line, where `ps` and shell histories see it).
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
+    /// Set a live operator's password (read from standard input, its first line); their
+    /// sessions end.
+    SetPassword {
+        #[arg(long)]
+        name: String,
+        /// Read the password from standard input (required, as for `create`).
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
+    /// Print every operator: name, role, live or disabled, live sessions, created (tab-separated).
+    List,
+    /// Disable an operator: their sessions end, and with them every live feed they hold.
+    Disable {
+        #[arg(long)]
+        name: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -156,6 +195,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         CliCommand::Producer(command) => producer(common, command).await,
+        CliCommand::Operator(command) => operator(common, command).await,
         CliCommand::Client(ClientCommand::Revoke { id }) => {
             let pool = db::pool(common.database_url.expose_secret(), 1)?;
             if clients::revoke(&pool, ClientId(id)).await? {
@@ -215,6 +255,80 @@ async fn producer(
             Ok(())
         }
     }
+}
+
+async fn operator(
+    common: &orderflow_runtime::config::CommonConfig,
+    command: OperatorCommand,
+) -> anyhow::Result<()> {
+    let pool = db::pool(common.database_url.expose_secret(), 1)?;
+    db::check_schema(&pool).await?;
+    match command {
+        OperatorCommand::Create { name, role, .. } => {
+            if !operators::valid_name(&name) {
+                anyhow::bail!(
+                    "--name must be 1–64 lowercase letters, digits, '.', '_' or '-', starting with a letter or digit"
+                );
+            }
+            let role = operators::Role::parse(&role).context("--role")?;
+            let hash = password_from_stdin().await?;
+            match operators::create(&pool, &name, role, &hash).await? {
+                operators::Created::Created(id) => {
+                    eprintln!("created operator {name} ({role}, id {id})");
+                    Ok(())
+                }
+                operators::Created::NameTaken => {
+                    anyhow::bail!("an operator named {name} exists already")
+                }
+            }
+        }
+        OperatorCommand::SetPassword { name, .. } => {
+            let hash = password_from_stdin().await?;
+            if operators::set_password(&pool, &name, &hash).await? {
+                eprintln!("password of operator {name} set; their sessions have ended");
+                Ok(())
+            } else {
+                anyhow::bail!("no live operator named {name}")
+            }
+        }
+        OperatorCommand::List => {
+            for o in operators::list(&pool).await? {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    o.name,
+                    o.role,
+                    o.disabled_at.map_or("live".to_owned(), |at| format!(
+                        "disabled {}",
+                        at.to_rfc3339()
+                    )),
+                    o.live_sessions,
+                    o.created_at.to_rfc3339()
+                );
+            }
+            Ok(())
+        }
+        OperatorCommand::Disable { name } => {
+            if operators::disable(&pool, &name).await? {
+                eprintln!("disabled operator {name}; their sessions have ended");
+                Ok(())
+            } else {
+                anyhow::bail!("no live operator named {name}")
+            }
+        }
+    }
+}
+
+/// The first line of standard input, hashed as a password.
+async fn password_from_stdin() -> anyhow::Result<String> {
+    let mut input = String::new();
+    std::io::stdin()
+        .take(crate::operators::MAX_PASSWORD_BYTES as u64 + 2)
+        .read_to_string(&mut input)
+        .context("reading the password from standard input")?;
+    let password = input.lines().next().unwrap_or_default().to_owned();
+    tokio::task::spawn_blocking(move || crate::operators::hash_password(&password))
+        .await?
+        .map_err(anyhow::Error::msg)
 }
 
 /// A RabbitMQ user name as the `user_id` property can carry it: 1–255 bytes (an AMQP short

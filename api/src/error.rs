@@ -18,6 +18,20 @@ pub enum ApiError {
     /// 403: the key is valid but this route needs an admin key.
     #[error("this route needs an admin key")]
     Forbidden,
+    /// 403: the operator's role does not allow this (viewer, operator, admin).
+    #[error("this needs the {0} role")]
+    RoleRequired(&'static str),
+    /// 403: a change sent with a session cookie but without the session's CSRF token.
+    #[error("a signed-in page's change must carry its session's X-CSRF-Token header")]
+    CsrfTokenMissing,
+    /// 401: the name and password did not match a live operator.
+    #[error("no operator with this name and password can sign in")]
+    SignInFailed,
+    /// 429: too many sign-in attempts for this name or from this address.
+    #[error(
+        "too many sign-in attempts for this name or from this address; retry after {retry_after_secs} s"
+    )]
+    SignInThrottled { retry_after_secs: u64 },
     /// 404: no such resource for this client (another client's ids look exactly like this).
     #[error("{0} not found")]
     NotFound(&'static str),
@@ -100,6 +114,12 @@ impl ApiError {
         match self {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::RoleRequired(_) => (StatusCode::FORBIDDEN, "role-required"),
+            ApiError::CsrfTokenMissing => (StatusCode::FORBIDDEN, "csrf-token-missing"),
+            ApiError::SignInFailed => (StatusCode::UNAUTHORIZED, "sign-in-failed"),
+            ApiError::SignInThrottled { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "sign-in-throttled")
+            }
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed"),
             ApiError::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed-json"),
@@ -171,7 +191,10 @@ impl IntoResponse for ApiError {
             }
             | ApiError::OrderRateLimited {
                 retry_after_secs, ..
-            } => Some(HeaderValue::from(*retry_after_secs)),
+            }
+            | ApiError::SignInThrottled { retry_after_secs } => {
+                Some(HeaderValue::from(*retry_after_secs))
+            }
             ApiError::TooManyWaits(_) | ApiError::TooManyStreams(_) | ApiError::OrderBusy(_) => {
                 Some(HeaderValue::from_static(RETRY_AFTER_SECS))
             }

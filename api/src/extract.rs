@@ -24,17 +24,35 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
-/// The client whose key the request presents (header, else dashboard cookie), as the admission
+/// The client whose key the request presents (`Authorization: Bearer`), as the admission
 /// middleware found it (see [`crate::admission`]); looked up here only where that did not run.
+/// An operator's session is no client: the API's routes answer it 401.
 pub async fn authenticated(parts: &Parts, state: &AppState) -> Result<Client, ApiError> {
     match parts.extensions.get::<Credential>() {
         Some(Credential::Valid(client)) => return Ok(client.clone()),
-        Some(Credential::Invalid) => return Err(ApiError::Unauthorized),
+        Some(Credential::Invalid | Credential::Operator(_)) => return Err(ApiError::Unauthorized),
         None => {}
     }
     match presented_key(&parts.headers)? {
         Some(key) if !key.is_empty() => state.keys.authenticate(&state.db, key).await,
         _ => Err(ApiError::Unauthorized),
+    }
+}
+
+/// The address the request came from (the TCP peer: behind a proxy, the proxy's), when the
+/// server loop recorded it.
+pub struct Peer(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Peer(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|info| info.0.ip()),
+        ))
     }
 }
 

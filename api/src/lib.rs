@@ -13,6 +13,7 @@ pub mod limits;
 pub mod metrics;
 pub mod notifications;
 pub mod openapi;
+pub mod operators;
 pub mod pagination;
 pub mod partitions;
 pub mod records;

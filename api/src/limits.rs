@@ -90,21 +90,24 @@ impl Limits {
 
     /// Takes one token from the client's bucket, or says how long to wait.
     pub fn check(&self, client: &Client) -> Result<(), ApiError> {
-        self.check_in(&self.buckets, client)
+        self.check_in(&self.buckets, client.id, client.rate_limit)
     }
 
-    /// [`Limits::check`] against the client's dashboard bucket.
-    pub fn check_dashboard(&self, client: &Client) -> Result<(), ApiError> {
-        self.check_in(&self.dashboard_buckets, client)
+    /// [`Limits::check`] against a dashboard bucket: an admin client's, or a signed-in
+    /// operator's (keyed by the operator's id; ids are UUIDs, so never a client's), at the
+    /// default rate unless the client has its own.
+    pub fn check_dashboard(&self, id: ClientId, rate: Option<RateLimit>) -> Result<(), ApiError> {
+        self.check_in(&self.dashboard_buckets, id, rate)
     }
 
     fn check_in(
         &self,
         buckets: &Cache<(ClientId, RateLimit), Arc<Limiter>>,
-        client: &Client,
+        id: ClientId,
+        rate: Option<RateLimit>,
     ) -> Result<(), ApiError> {
-        let rate = client.rate_limit.unwrap_or(self.default);
-        let limiter = buckets.get_with((client.id, rate), || {
+        let rate = rate.unwrap_or(self.default);
+        let limiter = buckets.get_with((id, rate), || {
             let per_second = NonZeroU32::new(rate.per_second).unwrap_or(NonZeroU32::MIN);
             bucket(
                 per_second,

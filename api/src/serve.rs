@@ -15,6 +15,7 @@ use std::io;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
 
 /// How long a stop waits for the connections still serving a request.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
@@ -27,9 +28,9 @@ pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationTok
     let http = http1::Builder::new();
     let connections = TaskTracker::new();
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 // The peer gave up before we got to it: nothing to serve.
                 Err(e) if is_connection_error(&e) => continue,
                 // Out of file descriptors, most likely: wait for some to be freed.
@@ -46,9 +47,18 @@ pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationTok
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
-        // A `Router` clone shares its routes; the per-request state is already applied.
+        // A `Router` clone shares its routes; the per-request state is already applied. Each
+        // request learns the peer's address (`ConnectInfo`: sign-in throttling per address).
+        let service =
+            app.clone()
+                .map_request(move |mut request: hyper::Request<hyper::body::Incoming>| {
+                    request
+                        .extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    request
+                });
         let connection =
-            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
         let shutdown = shutdown.clone();
         connections.spawn(async move {
             let mut connection = std::pin::pin!(connection);

@@ -7,6 +7,7 @@ use crate::dashboard::hub::{Hub, Thresholds};
 use crate::gates::OrderGates;
 use crate::keys::Keys;
 use crate::limits::Limits;
+use crate::operators::Sessions;
 use crate::records::Records;
 use crate::routes::{self, ServerLimits};
 use crate::state::AppState;
@@ -23,6 +24,7 @@ use orderflow_storage::CLIENTS_CHANNEL;
 use orderflow_storage::clients::RateLimit;
 use orderflow_storage::layout::{self, LayoutCell};
 use orderflow_storage::listen::Notice;
+use orderflow_storage::operators::OPERATORS_CHANNEL;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -115,6 +117,12 @@ pub struct ApiConfig {
     #[arg(long, env = "ORDERFLOW_REQUEST_TIMEOUT_SECS", default_value_t = 40,
           value_parser = clap::value_parser!(u64).range(31..))]
     pub request_timeout_secs: u64,
+
+    /// Seconds an operator's dashboard session lasts after signing in (default 12 h); it ends
+    /// sooner on sign-out or when the operator is disabled.
+    #[arg(long, env = "ORDERFLOW_SESSION_TTL_SECS", default_value_t = 12 * 3600,
+          value_parser = clap::value_parser!(u64).range(1..=30 * 86_400))]
+    pub session_ttl_secs: u64,
 
     /// How long Idempotency-Keys are kept, in hours (at least 24).
     #[arg(long, env = "ORDERFLOW_IDEMPOTENCY_RETENTION_HOURS", default_value_t = 24,
@@ -237,6 +245,7 @@ impl Application {
                 config.max_anonymous_in_flight as usize,
             ),
             keys: Keys::new(Duration::from_secs(config.key_cache_secs)),
+            sessions: Sessions::new(Duration::from_secs(config.session_ttl_secs)),
             hub: Hub::new(Thresholds {
                 conflict_rate: config.alert_conflict_rate,
                 outbox_lag_secs: config.alert_outbox_lag_secs,
@@ -322,25 +331,41 @@ async fn purge_idempotency_keys(
 }
 
 /// One listener for what every API process must follow at once: changes to clients (the key
-/// cache, live feeds) and growths of the partition count (the routing of new commands).
+/// cache, live feeds), to operators and their sessions (live feeds) and growths of the
+/// partition count (the routing of new commands).
 fn follow_settings(tasks: &mut Tasks, state: &AppState, shutdown: CancellationToken) {
     let keys = state.keys.clone();
+    let sessions = state.sessions.clone();
     let layout = state.layout.clone();
     let db = state.db.clone();
     crate::notifications::spawn(
         tasks,
         state.db.clone(),
-        &[CLIENTS_CHANNEL, layout::PARTITIONS_CHANNEL],
+        &[
+            CLIENTS_CHANNEL,
+            OPERATORS_CHANNEL,
+            layout::PARTITIONS_CHANNEL,
+        ],
         shutdown,
         move |notice| {
             let grown = match &notice {
                 Notice::Notification { channel, .. } if channel == layout::PARTITIONS_CHANNEL => {
                     true
                 }
+                Notice::Notification { channel, .. } if channel == OPERATORS_CHANNEL => {
+                    sessions.notice(&notice);
+                    false
+                }
                 // Back after a loss: a growth may have been missed meanwhile.
                 Notice::Listening => {
                     keys.notice(&notice);
+                    sessions.notice(&notice);
                     true
+                }
+                Notice::Lost => {
+                    keys.notice(&notice);
+                    sessions.notice(&notice);
+                    false
                 }
                 _ => {
                     keys.notice(&notice);

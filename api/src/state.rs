@@ -6,6 +6,7 @@ use crate::dashboard::hub::Hub;
 use crate::gates::OrderGates;
 use crate::keys::Keys;
 use crate::limits::Limits;
+use crate::operators::Sessions;
 use crate::records::Records;
 use crate::waiters::Waiters;
 use orderflow_messaging::{Publisher, Topology};
@@ -34,6 +35,8 @@ pub struct AppState {
     pub admission: Admission,
     /// API-key checks (cached).
     pub keys: Keys,
+    /// Operators' sign-ins and the changes to their sessions.
+    pub sessions: Sessions,
     /// The dashboard's live feed.
     pub hub: Hub,
     /// Fires when the server stops: long-lived responses (SSE) end on it.

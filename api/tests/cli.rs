@@ -110,3 +110,96 @@ fn the_compose_stack_is_valid() {
         assert!(text.contains(service), "compose lacks {service}");
     }
 }
+
+/// Runs `orderflow-api operator …` against the stack's database, with `stdin` on standard input.
+fn operator_command(app: &Stack, args: &[&str], stdin: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(API)
+        .arg("operator")
+        .args(args)
+        .env("DATABASE_URL", &app.database_url)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[tokio::test]
+async fn operator_create_list_set_password_and_disable_work_from_the_command_line() {
+    let app = Stack::builder().api().start().await;
+    let create = |name: &str, role: &str, password: &str| {
+        operator_command(
+            &app,
+            &["create", "--name", name, "--role", role, "--password-stdin"],
+            &format!("{password}\n"),
+        )
+    };
+    let created = create("olga", "operator", "a long enough password");
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    // Refused, each with its reason, and nothing written.
+    for (output, reason) in [
+        (create("olga", "viewer", "another long password"), "exists already"),
+        (create("Bad Name", "viewer", "another long password"), "--name"),
+        (create("pat", "viewer", "short"), "12 to 1024 bytes"),
+        (create("pat", "root", "another long password"), "root"),
+    ] {
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(reason), "{reason}: {stderr}");
+    }
+    let no_stdin_flag = Command::new(API)
+        .args(["operator", "create", "--name", "pat", "--role", "viewer"])
+        .env("DATABASE_URL", &app.database_url)
+        .output()
+        .unwrap();
+    assert!(!no_stdin_flag.status.success(), "a password only on stdin");
+
+    let session = app.sign_in("olga", "a long enough password").await;
+    let list = operator_command(&app, &["list"], "");
+    let listed = String::from_utf8(list.stdout).unwrap();
+    let line = listed.lines().find(|l| l.starts_with("olga\t")).unwrap();
+    let fields: Vec<&str> = line.split('\t').collect();
+    assert_eq!(fields[1..4], ["operator", "live", "1"], "{line}");
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+
+    // A new password ends the sessions signed in with the old one.
+    let set = operator_command(
+        &app,
+        &["set-password", "--name", "olga", "--password-stdin"],
+        "a new long password\n",
+    );
+    assert!(set.status.success());
+    let old = app
+        .as_signed_in(&session, reqwest::Method::GET, "/dashboard/api/orders")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(old.status(), StatusCode::UNAUTHORIZED);
+    let session = app.sign_in("olga", "a new long password").await;
+
+    let disabled = operator_command(&app, &["disable", "--name", "olga"], "");
+    assert!(disabled.status.success());
+    let after = app
+        .as_signed_in(&session, reqwest::Method::GET, "/dashboard/api/orders")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.status(), StatusCode::UNAUTHORIZED);
+    let again = operator_command(&app, &["disable", "--name", "olga"], "");
+    assert!(!again.status.success(), "no live operator olga");
+    let list = operator_command(&app, &["list"], "");
+    let listed = String::from_utf8(list.stdout).unwrap();
+    assert!(listed.contains("\tdisabled "), "{listed}");
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 #[tokio::test]
-async fn the_dashboard_is_for_admins_only_and_a_sign_in_sets_an_http_only_cookie() {
+async fn the_dashboard_is_for_operators_and_admin_keys_and_a_form_cannot_sign_in() {
     let app = Stack::builder().api().start().await;
     let page = app.http.get(app.url("/")).send().await.unwrap();
     assert_eq!(page.status(), StatusCode::OK);
@@ -33,31 +33,29 @@ async fn the_dashboard_is_for_admins_only_and_a_sign_in_sets_an_http_only_cookie
         .await
         .unwrap();
     assert_eq!(ordinary.status(), StatusCode::FORBIDDEN);
-
-    let sign_in = |key: &str| {
-        app.http
-            .post(app.url("/dashboard/session"))
-            .json(&json!({ "key": key }))
-            .send()
-    };
-    assert_eq!(
-        sign_in("of_not-a-key").await.unwrap().status(),
-        StatusCode::UNAUTHORIZED
-    );
-    assert_eq!(
-        sign_in(&app.key).await.unwrap().status(),
-        StatusCode::FORBIDDEN
-    );
-    let signed_in = sign_in(&app.admin_key).await.unwrap();
-    assert_eq!(signed_in.status(), StatusCode::NO_CONTENT);
-    let cookie = signed_in.headers()[header::SET_COOKIE].to_str().unwrap();
-    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
-    let pair = cookie.split(';').next().unwrap().to_owned();
-
-    let page = app
+    // Scripts read with an admin key.
+    let script = app
         .http
-        .get(app.url("/"))
-        .header(header::COOKIE, &pair)
+        .get(app.url("/dashboard/api/orders"))
+        .bearer_auth(&app.admin_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(script.status(), StatusCode::OK);
+    // A key is no longer a sign-in (the cookie carries a session, never a key).
+    let by_key = app
+        .http
+        .post(app.url("/dashboard/session"))
+        .json(&json!({ "key": app.admin_key }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_key.status(), StatusCode::UNPROCESSABLE_ENTITY);
+
+    let password = app.create_operator("erin", "viewer").await;
+    let session = app.sign_in("erin", &password).await;
+    let page = app
+        .as_signed_in(&session, Method::GET, "/")
         .send()
         .await
         .unwrap();
@@ -69,9 +67,7 @@ async fn the_dashboard_is_for_admins_only_and_a_sign_in_sets_an_http_only_cookie
     );
     assert!(page.text().await.unwrap().contains("tab-partitions"));
     let orders = app
-        .http
-        .get(app.url("/dashboard/api/orders"))
-        .header(header::COOKIE, &pair)
+        .as_signed_in(&session, Method::GET, "/dashboard/api/orders")
         .send()
         .await
         .unwrap();
@@ -81,7 +77,7 @@ async fn the_dashboard_is_for_admins_only_and_a_sign_in_sets_an_http_only_cookie
         .http
         .post(app.url("/dashboard/session"))
         .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .body(format!("key={}", app.admin_key))
+        .body(format!("name=erin&password={password}"))
         .send()
         .await
         .unwrap();

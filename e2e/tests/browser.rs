@@ -126,17 +126,8 @@ async fn the_dashboard_shows_orders_conflicts_and_partitions_change_live_in_a_re
     let driver = Driver::start().await;
     let browser = driver.browser().await;
 
-    // Sign in with the admin key.
-    browser.goto(&app.url("/")).await.unwrap();
-    browser
-        .find(Locator::Css("#key"))
-        .await
-        .unwrap()
-        .send_keys(&app.admin_key)
-        .await
-        .unwrap();
-    click(&browser, "#sign-in-form button").await;
-    text_until(&browser, "#feed-state", |t| t == "live").await;
+    // Sign in as an admin operator.
+    sign_in(&browser, &app).await;
 
     // Orders: a new order appears without a reload, and its row follows its version.
     let order = app.create_order(json!([])).await["order_id"]
@@ -265,17 +256,27 @@ async fn overflows_sideways(browser: &Client) -> Value {
     .await
 }
 
+/// Signs in on the page as a new admin operator (`admin`, created on first use).
 async fn sign_in(browser: &Client, app: &Stack) {
+    sign_in_as(browser, app, "admin", "admin").await;
+}
+
+/// Creates an operator `name` with `role` and signs in as them on the page.
+async fn sign_in_as(browser: &Client, app: &Stack, name: &str, role: &str) {
+    let password = app.create_operator(name, role).await;
     browser.goto(&app.url("/")).await.unwrap();
-    browser
-        .find(Locator::Css("#key"))
-        .await
-        .unwrap()
-        .send_keys(&app.admin_key)
-        .await
-        .unwrap();
+    for (field, value) in [("#name", name), ("#password", password.as_str())] {
+        browser
+            .find(Locator::Css(field))
+            .await
+            .unwrap()
+            .send_keys(value)
+            .await
+            .unwrap();
+    }
     click(browser, "#sign-in-form button").await;
     text_until(browser, "#feed-state", |t| t == "live").await;
+    text_until(browser, "#who", |t| t == format!("{name} · {role}")).await;
 }
 
 /// Clicks a button that asks for confirmation, and confirms.
@@ -490,6 +491,58 @@ async fn dead_letters_failures_and_journeys_read_right_in_a_real_browser() {
     )
     .await;
     assert!(!head.contains(" -"), "{head}");
+    browser.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_viewer_sees_no_actions_and_a_forged_action_from_their_page_is_refused() {
+    let app = common::stack().worker().start().await;
+    let order = app.new_order(json!([])).await;
+    let letter = common::insert_dead_letter(
+        &app,
+        Some(&order),
+        "delivery limit reached",
+        &cancel_message(&app, &order),
+    )
+    .await;
+    let driver = Driver::start().await;
+    let browser = driver.browser().await;
+    sign_in_as(&browser, &app, "vera", "viewer").await;
+    click(&browser, "nav a[data-tab=\"partitions\"]").await;
+    let row = format!("#dead-letters-table tr[data-dead-letter=\"{letter}\"]");
+    text_until(&browser, &row, |t| t.contains("an admin may redrive it")).await;
+    let buttons = js(
+        &browser,
+        "return document.querySelectorAll('button.redrive, button.acknowledge').length;",
+    )
+    .await;
+    assert_eq!(buttons, json!(0), "a viewer is offered no action");
+
+    // The same request the admin's button sends, forged from the viewer's own page (their
+    // cookie and their CSRF token): the server refuses it, and nothing changes.
+    let forged = js(
+        &browser,
+        &format!(
+            "return fetch('/dashboard/api/dead-letters/{letter}/redrive', {{
+               method: 'POST',
+               headers: {{ 'content-type': 'application/json', 'x-csrf-token': me.csrf_token }},
+               body: '{{}}',
+             }}).then(async (r) => [r.status, (await r.json()).type]);"
+        ),
+    )
+    .await;
+    assert_eq!(
+        forged,
+        json!([403, "https://orderflow.dev/problems/role-required"])
+    );
+    let open: bool = sqlx::query_scalar(
+        "select redriven_at is null and acknowledged_at is null from dead_letters where id = $1",
+    )
+    .bind(letter)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert!(open, "the dead letter is untouched");
     browser.close().await.unwrap();
 }
 

@@ -13,6 +13,7 @@ pub mod layout;
 pub mod leases;
 pub mod listen;
 pub mod observability;
+pub mod operators;
 pub mod orders;
 pub mod outbox;
 pub mod pages;

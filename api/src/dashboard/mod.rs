@@ -1,12 +1,14 @@
 //! The operators' dashboard, served at `/`: a page (vanilla HTML/JS, uPlot vendored — nothing
 //! from a CDN) and the private JSON and SSE endpoints under `/dashboard/` it reads. Admin keys
 //! only (see [`auth`]). These endpoints are not part of the public API and not in the OpenAPI
-//! document.
+//! document. Who may use which: [`auth`].
 //!
 //! | route | what |
 //! |---|---|
 //! | `GET /` | the dashboard, or the sign-in page |
-//! | `POST /dashboard/session`, `DELETE /dashboard/session` | sign in (`{"key": …}`) / out |
+//! | `POST /dashboard/session` | sign in (`{"name": …, "password": …}`): the session cookie, and who signed in |
+//! | `GET /dashboard/session` | who is signed in: name, role, the session's CSRF token and expiry |
+//! | `DELETE /dashboard/session` | sign out: the session ends, and every live feed it holds |
 //! | `GET /dashboard/api/orders?status=&q=&limit=` | the latest orders, by status and id part |
 //! | `GET /dashboard/api/orders/{id}` | one order's timeline |
 //! | `GET /dashboard/api/partitions` | the partitions panel |
@@ -27,18 +29,18 @@ mod stream;
 pub mod timeline;
 
 use crate::error::ApiError;
-use crate::extract::{ApiPath, ApiQuery, StrictJson};
+use crate::extract::{ApiPath, ApiQuery, Peer, StrictJson};
 use crate::state::AppState;
-use auth::DashboardAdmin;
+use auth::{Principal, Viewer};
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use orderflow_domain::OrderId;
 use orderflow_storage::dashboard;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 const INDEX_HTML: &str = include_str!("../../static/dashboard/index.html");
@@ -81,7 +83,10 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/", get(index))
         .route("/dashboard/assets/{name}", get(asset))
-        .route("/dashboard/session", post(sign_in).delete(sign_out))
+        .route(
+            "/dashboard/session",
+            get(whoami).post(sign_in).delete(sign_out),
+        )
         .route("/dashboard/api/orders", get(orders))
         .route("/dashboard/api/orders/{id}", get(order_timeline))
         .route("/dashboard/api/partitions", get(partitions_view))
@@ -104,10 +109,10 @@ pub fn streams() -> Router<AppState> {
     Router::new().route("/dashboard/api/stream", get(stream::feed))
 }
 
-/// The page for a signed-in admin, else the sign-in page. Both are static: the data comes from
-/// the authenticated endpoints.
-async fn index(admin: Result<DashboardAdmin, ApiError>) -> Response {
-    let page = match admin {
+/// The page for a signed-in operator (or an admin key), else the sign-in page. Both are static:
+/// the data comes from the authenticated endpoints.
+async fn index(viewer: Result<Viewer, ApiError>) -> Response {
+    let page = match viewer {
         Ok(_) => INDEX_HTML,
         Err(ApiError::Unauthorized | ApiError::Forbidden) => SIGN_IN_HTML,
         Err(other) => return other.into_response(),
@@ -155,38 +160,89 @@ async fn favicon() -> Response {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SignIn {
-    key: String,
+    name: String,
+    password: String,
 }
 
-/// Checks an admin key and keeps it in the dashboard cookie.
+/// Who is signed in, as the page needs it.
+#[derive(Serialize)]
+struct Me {
+    name: String,
+    role: &'static str,
+    /// Send it as `X-CSRF-Token` with every change (none for an API key).
+    csrf_token: Option<String>,
+    /// When the session ends (none for an API key).
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl Me {
+    fn of(principal: &Principal) -> Self {
+        Me {
+            name: principal.name().to_owned(),
+            role: principal.role().as_str(),
+            csrf_token: principal.csrf_token(),
+            expires_at: match principal {
+                Principal::Operator(session) => Some(session.expires_at),
+                Principal::AdminKey(_) => None,
+            },
+        }
+    }
+}
+
+/// Checks a name and password and starts a session (see [`crate::operators`]).
 async fn sign_in(
     State(state): State<AppState>,
+    Peer(address): Peer,
+    headers: HeaderMap,
     body: StrictJson<SignIn>,
 ) -> Result<Response, ApiError> {
-    let key = body.value.key.trim();
-    if !auth::plausible_key(key) {
-        return Err(ApiError::Unauthorized);
-    }
-    let client = state.keys.authenticate(&state.db, key).await?;
-    // The dashboard's own bucket (see `auth::DashboardAdmin`).
-    state.limits.check_dashboard(&client)?;
-    if !client.is_admin {
-        return Err(ApiError::Forbidden);
-    }
-    tracing::info!(client = %client.name, "dashboard sign-in");
+    let SignIn { name, password } = body.value;
+    let signed_in = state
+        .sessions
+        .sign_in(&state.db, &name, &password, address)
+        .await?;
+    let me = Me::of(&Principal::Operator(signed_in.session));
+    let cookie = auth::sign_in_cookie(
+        &signed_in.token,
+        state.sessions.ttl().as_secs(),
+        auth::over_tls(&headers),
+    );
     Ok((
-        StatusCode::NO_CONTENT,
-        [(header::SET_COOKIE, auth::sign_in_cookie(key))],
+        [
+            (header::SET_COOKIE, cookie),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+        Json(me),
     )
         .into_response())
 }
 
-async fn sign_out() -> Response {
+async fn whoami(Viewer(principal): Viewer) -> Response {
     (
-        StatusCode::NO_CONTENT,
-        [(header::SET_COOKIE, auth::sign_out_cookie())],
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(Me::of(&principal)),
     )
         .into_response()
+}
+
+/// Ends the session (its live feeds end with it) and forgets the cookie.
+async fn sign_out(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Viewer(principal): Viewer,
+) -> Result<Response, ApiError> {
+    if let Principal::Operator(session) = &principal {
+        orderflow_storage::operators::end_session(&state.db, &session.token_hash).await?;
+        tracing::info!(operator = %session.name, "signed out");
+    }
+    Ok((
+        StatusCode::NO_CONTENT,
+        [(
+            header::SET_COOKIE,
+            auth::sign_out_cookie(auth::over_tls(&headers)),
+        )],
+    )
+        .into_response())
 }
 
 #[derive(Deserialize)]
@@ -209,7 +265,7 @@ const STATUSES: [&str; 6] = [
 
 async fn orders(
     State(state): State<AppState>,
-    _: DashboardAdmin,
+    _: Viewer,
     ApiQuery(query): ApiQuery<OrdersQuery>,
 ) -> Result<Json<Vec<dashboard::OrderSummary>>, ApiError> {
     let status = query.status.filter(|s| !s.is_empty());
@@ -243,7 +299,7 @@ async fn orders(
 
 async fn order_timeline(
     State(state): State<AppState>,
-    _: DashboardAdmin,
+    _: Viewer,
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Json<timeline::Timeline>, ApiError> {
     timeline::build(&state.db, &state.hub, OrderId(id))
@@ -254,14 +310,14 @@ async fn order_timeline(
 
 async fn partitions_view(
     State(state): State<AppState>,
-    _: DashboardAdmin,
+    _: Viewer,
 ) -> Result<Json<partitions::PartitionsView>, ApiError> {
     Ok(Json(partitions::snapshot(&state).await?))
 }
 
 async fn dead_letters(
     State(state): State<AppState>,
-    _: DashboardAdmin,
+    _: Viewer,
 ) -> Result<Json<Vec<redrive::DeadLetterView>>, ApiError> {
     let letters = dashboard::dead_letters(&state.db, 100).await?;
     Ok(Json(letters.into_iter().map(Into::into).collect()))
@@ -270,11 +326,11 @@ async fn dead_letters(
 /// The statistics frames of the last five minutes, oldest first: the charts start from them.
 async fn stats_history(
     State(state): State<AppState>,
-    _: DashboardAdmin,
+    _: Viewer,
 ) -> Json<Vec<std::sync::Arc<stats::Point>>> {
     Json(state.hub.history())
 }
 
-async fn config(State(state): State<AppState>, _: DashboardAdmin) -> Json<hub::Thresholds> {
+async fn config(State(state): State<AppState>, _: Viewer) -> Json<hub::Thresholds> {
     Json(state.hub.thresholds)
 }

@@ -13,7 +13,7 @@
 //! Acknowledging says "seen, not to be redriven" (a message that is no command, a client that is
 //! gone, a command nobody wants any more).
 
-use super::auth::DashboardAdmin;
+use super::auth::{Admin, Principal};
 use crate::error::ApiError;
 use crate::extract::{ApiPath, Received, StrictJson};
 use crate::intake::{self, Submission, Target};
@@ -122,7 +122,7 @@ fn closed(detail: String) -> Response {
 
 pub async fn redrive(
     State(state): State<AppState>,
-    DashboardAdmin(admin): DashboardAdmin,
+    Admin(admin): Admin,
     Received(received_at): Received,
     ApiPath(id): ApiPath<i64>,
     _: StrictJson<EmptyRequest>,
@@ -179,9 +179,9 @@ pub async fn redrive(
     )
     .await?;
     let mut tx = state.db.begin().await?;
-    dashboard::mark_redriven(&mut tx, id, accepted.command_id, admin.id).await?;
+    dashboard::mark_redriven(&mut tx, id, accepted.command_id, actor(&admin)).await?;
     tx.commit().await?;
-    tracing::info!(dead_letter = id, command_id = %accepted.command_id, admin = %admin.name,
+    tracing::info!(dead_letter = id, command_id = %accepted.command_id, admin = %admin.actor(),
         "dead letter redriven");
     Ok(Json(Redriven {
         dead_letter_id: id,
@@ -194,15 +194,15 @@ pub async fn redrive(
 
 pub async fn acknowledge(
     State(state): State<AppState>,
-    DashboardAdmin(admin): DashboardAdmin,
+    Admin(admin): Admin,
     ApiPath(id): ApiPath<i64>,
     _: StrictJson<EmptyRequest>,
 ) -> Result<Response, ApiError> {
     let mut tx = state.db.begin().await?;
-    let acknowledged = dashboard::acknowledge(&mut tx, id, admin.id).await?;
+    let acknowledged = dashboard::acknowledge(&mut tx, id, actor(&admin)).await?;
     tx.commit().await?;
     if let Some(at) = acknowledged {
-        tracing::info!(dead_letter = id, admin = %admin.name, "dead letter acknowledged");
+        tracing::info!(dead_letter = id, admin = %admin.actor(), "dead letter acknowledged");
         return Ok(Json(Acknowledged {
             dead_letter_id: id,
             acknowledged_at: at,
@@ -228,5 +228,13 @@ pub async fn acknowledge(
         (None, None) => Err(ApiError::Internal(anyhow::anyhow!(
             "dead letter {id} is open, yet could not be acknowledged"
         ))),
+    }
+}
+
+/// Who the audit records name.
+fn actor(admin: &Principal) -> dashboard::Actor {
+    match admin {
+        Principal::Operator(session) => dashboard::Actor::Operator(session.operator_id),
+        Principal::AdminKey(client) => dashboard::Actor::Client(client.id),
     }
 }

@@ -3,18 +3,20 @@
 //! graceful shutdown never waits on an open dashboard. A dashboard that falls behind by more than
 //! the feed's buffer skips ahead (it is told with a `lagged` event) rather than slowing the feed.
 //!
-//! It also ends as soon as its key stops being a live admin's (revoked, demoted, deleted): every
-//! change to clients is announced ([`crate::keys`]) and the feed checks its client again then. While
-//! those announcements cannot be heard it checks every [`RECHECK_UNHEARD`] instead.
+//! It also ends as soon as whoever opened it may no longer read: an operator's session signed
+//! out, expired, or its operator disabled ([`crate::operators`]); an admin key revoked or demoted
+//! ([`crate::keys`]). Every such change is announced and the feed checks again then; while the
+//! announcements cannot be heard it checks every [`RECHECK_UNHEARD`] instead. A session's expiry
+//! needs no announcement: the feed ends at it.
 
-use super::auth::DashboardAdmin;
+use super::auth::{Principal, Viewer};
 use crate::error::ApiError;
 use crate::metrics::OpenStream;
 use crate::state::AppState;
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
-use orderflow_storage::clients::{self, Client};
+use orderflow_storage::{clients, operators};
 use std::convert::Infallible;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
@@ -24,13 +26,26 @@ const RECHECK_UNHEARD: Duration = Duration::from_secs(1);
 
 pub async fn feed(
     State(state): State<AppState>,
-    DashboardAdmin(admin): DashboardAdmin,
+    Viewer(viewer): Viewer,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let slot = state.limits.begin_stream(admin.id)?;
+    let slot = state.limits.begin_stream(viewer.bucket_id())?;
     let receiver = state.hub.subscribe();
     // From here on every change is seen; one that came between the authentication and now is
     // caught by the feed's first check.
-    let changes = state.keys.changes();
+    let changes = match &viewer {
+        Principal::Operator(_) => state.sessions.changes(),
+        Principal::AdminKey(_) => state.keys.changes(),
+    };
+    let expires = match &viewer {
+        Principal::Operator(session) => {
+            let left = (session.expires_at - chrono::Utc::now())
+                .to_std()
+                .unwrap_or_default();
+            tokio::time::Instant::now() + left
+        }
+        // A key does not expire: far enough.
+        Principal::AdminKey(_) => tokio::time::Instant::now() + Duration::from_secs(86_400 * 365),
+    };
     let mut recheck = tokio::time::interval(RECHECK_UNHEARD);
     recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let open = (slot, OpenStream::new("sse"));
@@ -39,7 +54,8 @@ pub async fn feed(
         changes,
         recheck,
         state,
-        admin,
+        viewer,
+        expires,
         checked: false,
         _open: open,
     };
@@ -56,8 +72,10 @@ struct Feed<S> {
     changes: tokio::sync::watch::Receiver<u64>,
     recheck: tokio::time::Interval,
     state: AppState,
-    admin: Client,
-    /// Has the client been checked since the feed subscribed to changes?
+    viewer: Principal,
+    /// When the session expires (the feed ends then).
+    expires: tokio::time::Instant,
+    /// Has the viewer been checked since the feed subscribed to changes?
     checked: bool,
     _open: S,
 }
@@ -67,7 +85,7 @@ impl<S> Feed<S> {
     async fn next(&mut self) -> Option<Event> {
         if !self.checked {
             self.checked = true;
-            if !self.still_admin().await {
+            if !self.still_allowed().await {
                 return None;
             }
         }
@@ -83,31 +101,52 @@ impl<S> Feed<S> {
                 changed = self.changes.changed() => {
                     // The sender lives as long as the server's state; gone means shutting down.
                     changed.ok()?;
-                    if !self.still_admin().await {
+                    if !self.still_allowed().await {
                         return None;
                     }
                 }
                 _ = self.recheck.tick() => {
-                    if !self.state.keys.listening() && !self.still_admin().await {
+                    if !self.listening() && !self.still_allowed().await {
                         return None;
                     }
+                }
+                _ = tokio::time::sleep_until(self.expires) => {
+                    tracing::info!(viewer = %self.viewer.actor(), "live feed ended: the session expired");
+                    return None;
                 }
                 _ = self.state.shutdown.cancelled() => return None,
             }
         }
     }
 
-    /// Is the feed's client still a live admin? A failed check ends the feed too (the page
-    /// reconnects, and signs in again if it must).
-    async fn still_admin(&self) -> bool {
-        match clients::get(&self.state.db, self.admin.id).await {
-            Ok(Some(client)) => client.is_admin,
-            Ok(None) => {
-                tracing::info!(client = %self.admin.name, "live feed ended: the key was revoked");
+    /// Are announcements of the changes that matter to this feed heard?
+    fn listening(&self) -> bool {
+        match &self.viewer {
+            Principal::Operator(_) => self.state.sessions.listening(),
+            Principal::AdminKey(_) => self.state.keys.listening(),
+        }
+    }
+
+    /// May the feed's viewer still read: the session live, or the key still an admin's? A failed
+    /// check ends the feed too (the page reconnects, and signs in again if it must).
+    async fn still_allowed(&self) -> bool {
+        let allowed = match &self.viewer {
+            Principal::Operator(session) => operators::session(&self.state.db, &session.token_hash)
+                .await
+                .map(|live| live.is_some()),
+            Principal::AdminKey(client) => clients::get(&self.state.db, client.id)
+                .await
+                .map(|live| live.is_some_and(|c| c.is_admin)),
+        };
+        match allowed {
+            Ok(true) => true,
+            Ok(false) => {
+                tracing::info!(viewer = %self.viewer.actor(),
+                    "live feed ended: signed out, disabled, revoked or demoted");
                 false
             }
             Err(e) => {
-                tracing::warn!(error = %e, "live feed ended: its client could not be checked");
+                tracing::warn!(error = %e, "live feed ended: its viewer could not be checked");
                 false
             }
         }

@@ -47,8 +47,15 @@ function refreshed(what, error) {
   showFeedState();
 }
 
+// Who is signed in (GET /dashboard/session): name, role, and the CSRF token every change carries.
+let me = null;
+
 async function api(path, options = {}) {
-  const response = await fetch(path, { credentials: "same-origin", ...options });
+  const headers = { ...(options.headers || {}) };
+  if (options.method && !["GET", "HEAD"].includes(options.method) && me && me.csrf_token) {
+    headers["x-csrf-token"] = me.csrf_token;
+  }
+  const response = await fetch(path, { credentials: "same-origin", ...options, headers });
   if (response.status === 401 || response.status === 403) {
     location.reload();
     throw new Error("signed out");
@@ -65,7 +72,7 @@ function signInPage() {
     const response = await fetch("/dashboard/session", {
       method: "POST",
       headers: { "content-type": "application/json" },
-      body: JSON.stringify({ key: $("#key").value }),
+      body: JSON.stringify({ name: $("#name").value.trim(), password: $("#password").value }),
     });
     if (response.ok) location.reload();
     else {
@@ -279,6 +286,9 @@ function deadLetterRow(d) {
     action = el("a", { class: "redriven mono", href: `#timeline/${d.order_id}`, title: d.redriven_as, text: `redriven as ${short(d.redriven_as)}` });
   } else if (d.acknowledged_at) {
     action = el("span", { class: "muted", text: `acknowledged by ${d.acknowledged_by || "an admin"}` });
+  } else if (!me || me.role !== "admin") {
+    // Redrive and acknowledge are an admin's; the server refuses them to anyone else anyway.
+    action = el("span", { class: "muted", text: "open (an admin may redrive it)" });
   } else {
     action = el("span", {},
       d.redrivable
@@ -406,7 +416,12 @@ function banner(kind, message) {
 function connect() {
   const source = new EventSource("/dashboard/api/stream");
   source.onopen = () => { feedOpen = true; showFeedState(); };
-  source.onerror = () => { feedOpen = false; showFeedState(); };
+  source.onerror = () => {
+    feedOpen = false;
+    showFeedState();
+    // Refused for good (the session ended): back to the sign-in page, which `api` does on a 401.
+    if (source.readyState === EventSource.CLOSED) api("/dashboard/session").catch(() => {});
+  };
   source.addEventListener("order", (e) => upsertOrder(JSON.parse(e.data)));
   source.addEventListener("command", (e) => scheduleTimelineRefresh(JSON.parse(e.data).order_id));
   source.addEventListener("conflict", (e) => scheduleTimelineRefresh(JSON.parse(e.data).order_id));
@@ -416,6 +431,9 @@ function connect() {
 }
 
 async function dashboardPage() {
+  me = await api("/dashboard/session");
+  $("#who").textContent = `${me.name} · ${me.role}`;
+  document.body.dataset.role = me.role;
   thresholds = await api("/dashboard/api/config");
   $("#thresholds").textContent = `Banners: conflict rate above ${thresholds.conflict_rate * 100} %, outbox lag above ${thresholds.outbox_lag_secs} s, partition lag above ${thresholds.partition_lag_secs} s, any dead letter not redriven.`;
   makeCharts();
@@ -423,7 +441,10 @@ async function dashboardPage() {
   let searchDelay;
   $("#order-search").addEventListener("input", () => { clearTimeout(searchDelay); searchDelay = setTimeout(loadOrders, 200); });
   $("#timeline-open").addEventListener("click", () => { location.hash = `#timeline/${$("#timeline-id").value.trim()}`; });
-  $("#sign-out").addEventListener("click", async () => { await fetch("/dashboard/session", { method: "DELETE" }); location.reload(); });
+  $("#sign-out").addEventListener("click", async () => {
+    await api("/dashboard/session", { method: "DELETE" }).catch(() => {});
+    location.reload();
+  });
   window.addEventListener("hashchange", route);
   window.addEventListener("resize", resizeCharts);
   await loadOrders();

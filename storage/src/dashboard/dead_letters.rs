@@ -32,10 +32,11 @@ pub async fn dead_letters(db: impl PgExecutor<'_>, limit: i64) -> sqlx::Result<V
         DeadLetter,
         r#"select d.id, d.command_id, d.order_id, d.client_id, d.partition, d.reason, d.body,
                   d.dead_lettered_at, d.redriven_at, d.redriven_as, d.acknowledged_at,
-                  a.name as "acknowledged_by?",
+                  coalesce(a.name, 'operator ' || o.name) as "acknowledged_by?",
                   exists (select 1 from clients c
                           where c.id = d.client_id and c.revoked_at is null) as "client_live!"
            from dead_letters d left join clients a on a.id = d.acknowledged_by
+                left join operators o on o.id = d.acknowledged_by_operator
            order by d.dead_lettered_at desc, d.id desc limit $1"#,
         limit
     )
@@ -51,10 +52,11 @@ pub async fn dead_letter(db: impl PgExecutor<'_>, id: i64) -> sqlx::Result<Optio
         DeadLetter,
         r#"select d.id, d.command_id, d.order_id, d.client_id, d.partition, d.reason, d.body,
                   d.dead_lettered_at, d.redriven_at, d.redriven_as, d.acknowledged_at,
-                  a.name as "acknowledged_by?",
+                  coalesce(a.name, 'operator ' || o.name) as "acknowledged_by?",
                   exists (select 1 from clients c
                           where c.id = d.client_id and c.revoked_at is null) as "client_live!"
            from dead_letters d left join clients a on a.id = d.acknowledged_by
+                left join operators o on o.id = d.acknowledged_by_operator
            where d.id = $1"#,
         id
     )
@@ -62,19 +64,44 @@ pub async fn dead_letter(db: impl PgExecutor<'_>, id: i64) -> sqlx::Result<Optio
     .await
 }
 
+/// Who acted on the dashboard: an admin API key's client, or a signed-in operator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Actor {
+    Client(ClientId),
+    Operator(Uuid),
+}
+
+impl Actor {
+    fn client(self) -> Option<Uuid> {
+        match self {
+            Actor::Client(id) => Some(id.0),
+            Actor::Operator(_) => None,
+        }
+    }
+
+    fn operator(self) -> Option<Uuid> {
+        match self {
+            Actor::Operator(id) => Some(id),
+            Actor::Client(_) => None,
+        }
+    }
+}
+
 /// Records that a dead letter was re-submitted as `command_id` by `admin`, with the audit entry.
 pub async fn mark_redriven(
     conn: &mut PgConnection,
     id: i64,
     command_id: CommandId,
-    admin: ClientId,
+    admin: Actor,
 ) -> sqlx::Result<()> {
     sqlx::query!(
-        "update dead_letters set redriven_at = now(), redriven_as = $2, redriven_by = $3
+        "update dead_letters
+            set redriven_at = now(), redriven_as = $2, redriven_by = $3, redriven_by_operator = $4
          where id = $1 and redriven_at is null",
         id,
         command_id.0,
-        admin.0
+        admin.client(),
+        admin.operator()
     )
     .execute(&mut *conn)
     .await?;
@@ -93,14 +120,16 @@ pub async fn mark_redriven(
 pub async fn acknowledge(
     conn: &mut PgConnection,
     id: i64,
-    admin: ClientId,
+    admin: Actor,
 ) -> sqlx::Result<Option<DateTime<Utc>>> {
     let at = sqlx::query_scalar!(
-        "update dead_letters set acknowledged_at = now(), acknowledged_by = $2
+        "update dead_letters
+            set acknowledged_at = now(), acknowledged_by = $2, acknowledged_by_operator = $3
          where id = $1 and redriven_at is null and acknowledged_at is null
          returning acknowledged_at as \"acknowledged_at!\"",
         id,
-        admin.0
+        admin.client(),
+        admin.operator()
     )
     .fetch_optional(&mut *conn)
     .await?;
@@ -145,14 +174,16 @@ pub async fn redrives_of_order(
 /// Appends to the admin audit log.
 pub async fn record_action(
     db: impl PgExecutor<'_>,
-    admin: ClientId,
+    admin: Actor,
     action: &str,
     target: &str,
     detail: &serde_json::Value,
 ) -> sqlx::Result<()> {
     sqlx::query!(
-        "insert into admin_actions (client_id, action, target, detail) values ($1, $2, $3, $4)",
-        admin.0,
+        "insert into admin_actions (client_id, operator_id, action, target, detail)
+         values ($1, $2, $3, $4, $5)",
+        admin.client(),
+        admin.operator(),
         action,
         target,
         detail

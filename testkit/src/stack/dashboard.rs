@@ -62,3 +62,83 @@ impl Stack {
         feed
     }
 }
+
+/// A signed-in operator, as a browser holds the session: the cookie and the CSRF token the
+/// page reads from `GET /dashboard/session`.
+#[derive(Clone, Debug)]
+pub struct SignedIn {
+    /// `orderflow_session=<token>`, for a `Cookie` header.
+    pub cookie: String,
+    pub csrf_token: String,
+    /// The whole `Set-Cookie` header of the sign-in.
+    pub set_cookie: String,
+}
+
+impl Stack {
+    /// Creates an operator with `role` (`viewer`, `operator` or `admin`) and returns their
+    /// password.
+    pub async fn create_operator(&self, name: &str, role: &str) -> String {
+        let password = format!("pw-{}", uuid::Uuid::new_v4().simple());
+        let hash = {
+            let password = password.clone();
+            tokio::task::spawn_blocking(move || {
+                orderflow_api::operators::hash_password(&password).unwrap()
+            })
+            .await
+            .unwrap()
+        };
+        let role = orderflow_storage::operators::Role::parse(role).expect("a role");
+        let created = orderflow_storage::operators::create(&self.db, name, role, &hash)
+            .await
+            .unwrap();
+        assert!(
+            matches!(created, orderflow_storage::operators::Created::Created(_)),
+            "{created:?}"
+        );
+        password
+    }
+
+    /// Signs `name` in, or panics with the answer.
+    pub async fn sign_in(&self, name: &str, password: &str) -> SignedIn {
+        let response = self
+            .http
+            .post(self.url("/dashboard/session"))
+            .json(&serde_json::json!({"name": name, "password": password}))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let set_cookie = response
+            .headers()
+            .get(reqwest::header::SET_COOKIE)
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+        let set_cookie = set_cookie.expect("a sign-in sets the session cookie");
+        SignedIn {
+            cookie: set_cookie.split(';').next().unwrap().to_owned(),
+            csrf_token: body["csrf_token"].as_str().unwrap().to_owned(),
+            set_cookie,
+        }
+    }
+
+    /// A request to the dashboard's `path` as the signed-in browser sends it: the cookie, and on
+    /// changes the CSRF token.
+    pub fn as_signed_in(
+        &self,
+        session: &SignedIn,
+        method: reqwest::Method,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
+        let change = !matches!(method, reqwest::Method::GET | reqwest::Method::HEAD);
+        let request = self
+            .http
+            .request(method, self.url(path))
+            .header(reqwest::header::COOKIE, &session.cookie);
+        if change {
+            request.header("x-csrf-token", &session.csrf_token)
+        } else {
+            request
+        }
+    }
+}
