@@ -6,7 +6,7 @@
 # PostgreSQL, RabbitMQ, curl, python3 and jq are installed (Debian packages, apt-get as root) and
 # started when absent, the binaries (orderflow-api, orderflow-worker, orderflow-bench; release) are
 # built, migrations applied, the API and two workers started in the background, and a demo admin
-# client, inventory and a few orders are created. Run it again at any time: it restarts the
+# client, a demo operator (`demo`, admin) for the dashboard, inventory and a few orders are created. Run it again at any time: it restarts the
 # processes with a fresh build and reuses the demo client and demo orders.
 # It ends by printing `export API=… KEY=… DATABASE_URL=…` lines for the README's commands (also
 # written to $ORDERFLOW_STATE_DIR/env: `. /tmp/orderflow-local/env`).
@@ -145,6 +145,31 @@ else
     of_log "reusing demo admin key from $KEY_FILE"
 fi
 
+# ---- 10b. Demo operator `demo` (admin) for the dashboard: reuse the stored password while it signs in,
+# else create the operator (or give it a new password) ------------------------------------------------
+PASSWORD_FILE="$STATE_DIR/demo-operator.password"
+signs_in() { # HTTP status of a dashboard sign-in as demo with password $1
+    curl -s -o /dev/null -w '%{http_code}' -H 'content-type: application/json' \
+        --data "{\"name\":\"demo\",\"password\":\"$1\"}" "$BASE_URL/dashboard/session" || true
+}
+OPERATOR_PASSWORD=""
+if [[ -s "$PASSWORD_FILE" ]]; then
+    OPERATOR_PASSWORD=$(tr -d '[:space:]' <"$PASSWORD_FILE")
+    [[ "$(signs_in "$OPERATOR_PASSWORD")" == 200 ]] || OPERATOR_PASSWORD=""
+fi
+if [[ -z "$OPERATOR_PASSWORD" ]]; then
+    OPERATOR_PASSWORD=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
+    if "$API_BIN" operator list | grep -q '^demo'$'\t'; then
+        printf '%s\n' "$OPERATOR_PASSWORD" | "$API_BIN" operator set-password --name demo --password-stdin
+    else
+        printf '%s\n' "$OPERATOR_PASSWORD" | "$API_BIN" operator create --name demo --role admin --password-stdin
+    fi
+    (umask 077 && printf '%s\n' "$OPERATOR_PASSWORD" >"$PASSWORD_FILE")
+    of_log "demo operator ready; password stored in $PASSWORD_FILE"
+else
+    of_log "reusing demo operator password from $PASSWORD_FILE"
+fi
+
 # Send a request; print the response body; fail with the body on a non-2xx status.
 # Usage: api METHOD PATH [BODY [IDEMPOTENCY_KEY]]
 api() {
@@ -215,7 +240,8 @@ cat <<EOF
 orderflow is running.
 
   API:          $BASE_URL   (health: $BASE_URL/healthz, $BASE_URL/readyz)
-  Dashboard:    $BASE_URL/   (sign in with the demo key)
+  Dashboard:    $BASE_URL/   (sign in as demo, password $OPERATOR_PASSWORD;
+                stored in $PASSWORD_FILE)
   Metrics:      $BASE_URL/metrics, http://127.0.0.1:9091/metrics, http://127.0.0.1:9092/metrics
   Demo API key: $ADMIN_KEY
                 (admin; stored in $KEY_FILE)
