@@ -32,6 +32,9 @@ pub enum ApiError {
         "too many sign-in attempts for this name or from this address; retry after {retry_after_secs} s"
     )]
     SignInThrottled { retry_after_secs: u64 },
+    /// 409: the request conflicts with what exists (the detail says what).
+    #[error("{0}")]
+    Conflict(String),
     /// 404: no such resource for this client (another client's ids look exactly like this).
     #[error("{0} not found")]
     NotFound(&'static str),
@@ -121,6 +124,7 @@ impl ApiError {
                 (StatusCode::TOO_MANY_REQUESTS, "sign-in-throttled")
             }
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed"),
             ApiError::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed-json"),
             ApiError::InvalidBody(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-body"),

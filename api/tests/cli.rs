@@ -150,8 +150,14 @@ async fn operator_create_list_set_password_and_disable_work_from_the_command_lin
     );
     // Refused, each with its reason, and nothing written.
     for (output, reason) in [
-        (create("olga", "viewer", "another long password"), "exists already"),
-        (create("Bad Name", "viewer", "another long password"), "--name"),
+        (
+            create("olga", "viewer", "another long password"),
+            "exists already",
+        ),
+        (
+            create("Bad Name", "viewer", "another long password"),
+            "--name",
+        ),
         (create("pat", "viewer", "short"), "12 to 1024 bytes"),
         (create("pat", "root", "another long password"), "root"),
     ] {

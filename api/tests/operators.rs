@@ -395,3 +395,155 @@ async fn a_bad_sign_in_body_is_a_problem_and_writes_nothing() {
         .unwrap();
     assert_eq!(sessions, 0);
 }
+
+#[tokio::test]
+async fn admins_create_and_disable_operators_on_the_dashboard_and_each_change_is_recorded() {
+    let app = Stack::builder().api().start().await;
+    let password = app.create_operator("root-admin", "admin").await;
+    let admin = app.sign_in("root-admin", &password).await;
+    let password = app.create_operator("plain", "operator").await;
+    let operator = app.sign_in("plain", &password).await;
+
+    let create = |session: &SignedIn, body: Value| {
+        app.as_signed_in(session, Method::POST, "/dashboard/api/operators")
+            .json(&body)
+            .send()
+    };
+    let new = json!({"name": "newbie", "role": "viewer", "password": "a long enough password"});
+    // Only admins manage operators, and only with the session's CSRF token.
+    let refused = create(&operator, new.clone()).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    let listed = app
+        .as_signed_in(&operator, Method::GET, "/dashboard/api/operators")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), StatusCode::FORBIDDEN);
+    let forged = app
+        .http
+        .post(app.url("/dashboard/api/operators"))
+        .header(header::COOKIE, &admin.cookie)
+        .json(&new)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+
+    // Bad input: a problem each, nothing written.
+    for (body, status) in [
+        (
+            json!({"name": "Bad Name", "role": "viewer", "password": "a long enough password"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            json!({"name": "x", "role": "root", "password": "a long enough password"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            json!({"name": "x", "role": "viewer", "password": "short"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            json!({"name": "plain", "role": "viewer", "password": "a long enough password"}),
+            StatusCode::CONFLICT,
+        ),
+    ] {
+        let response = create(&admin, body.clone()).await.unwrap();
+        assert_eq!(response.status(), status, "{body}");
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+    }
+    let count = || async {
+        sqlx::query_scalar::<_, i64>("select count(*) from operators")
+            .fetch_one(&app.db)
+            .await
+            .unwrap()
+    };
+    assert_eq!(count().await, 2);
+
+    let created = create(&admin, new).await.unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let newbie = app.sign_in("newbie", "a long enough password").await;
+    let list: Value = app
+        .as_signed_in(&admin, Method::GET, "/dashboard/api/operators")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let row = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["name"] == "newbie")
+        .unwrap();
+    assert_eq!(row["role"], "viewer");
+    assert_eq!(row["live_sessions"], 1);
+    assert!(row["disabled_at"].is_null());
+    assert!(row.get("password_hash").is_none(), "{row}");
+
+    // Disabling ends the session (and its feed); an admin cannot disable themselves.
+    let mut feed = open_feed(&app, &newbie).await;
+    let disable = |session: &SignedIn, name: &str| {
+        app.as_signed_in(
+            session,
+            Method::POST,
+            &format!("/dashboard/api/operators/{name}/disable"),
+        )
+        .json(&json!({}))
+        .send()
+    };
+    assert_eq!(
+        disable(&operator, "newbie").await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        disable(&admin, "newbie").await.unwrap().status(),
+        StatusCode::NO_CONTENT
+    );
+    assert!(
+        ended_within(&mut feed, Duration::from_secs(2))
+            .await
+            .is_some()
+    );
+    assert_eq!(
+        disable(&admin, "newbie").await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        disable(&admin, "root-admin").await.unwrap().status(),
+        StatusCode::CONFLICT
+    );
+    let after = app
+        .as_signed_in(&newbie, Method::GET, "/dashboard/api/orders")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.status(), StatusCode::UNAUTHORIZED);
+
+    let actions: Vec<(String, String, String)> = sqlx::query_as(
+        "select a.action, a.target, o.name from admin_actions a
+           join operators o on o.id = a.operator_id order by a.id",
+    )
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(
+        actions,
+        [
+            (
+                "create_operator".into(),
+                "newbie".into(),
+                "root-admin".into()
+            ),
+            (
+                "disable_operator".into(),
+                "newbie".into(),
+                "root-admin".into()
+            ),
+        ]
+    );
+}

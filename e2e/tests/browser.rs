@@ -517,6 +517,15 @@ async fn a_viewer_sees_no_actions_and_a_forged_action_from_their_page_is_refused
     )
     .await;
     assert_eq!(buttons, json!(0), "a viewer is offered no action");
+    assert_eq!(
+        js(
+            &browser,
+            "return document.querySelector('#nav-operators').hidden;"
+        )
+        .await,
+        json!(true),
+        "only admins see the operators' screen"
+    );
 
     // The same request the admin's button sends, forged from the viewer's own page (their
     // cookie and their CSRF token): the server refuses it, and nothing changes.
@@ -543,6 +552,51 @@ async fn a_viewer_sees_no_actions_and_a_forged_action_from_their_page_is_refused
     .await
     .unwrap();
     assert!(open, "the dead letter is untouched");
+    browser.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_admin_creates_and_disables_an_operator_on_the_page() {
+    let app = common::stack().start().await;
+    let driver = Driver::start().await;
+    let browser = driver.browser().await;
+    sign_in(&browser, &app).await;
+    click(&browser, "#nav-operators").await;
+    text_until(
+        &browser,
+        "#operators-table tr[data-operator=\"admin\"]",
+        |t| t.contains("you"),
+    )
+    .await;
+    for (field, value) in [
+        ("#op-name", "nina"),
+        ("#op-password", "a long enough password"),
+    ] {
+        browser
+            .find(Locator::Css(field))
+            .await
+            .unwrap()
+            .send_keys(value)
+            .await
+            .unwrap();
+    }
+    click(&browser, "#operator-form button").await;
+    let row = "#operators-table tr[data-operator=\"nina\"]";
+    text_until(&browser, row, |t| {
+        t.contains("operator") && t.contains("live")
+    })
+    .await;
+    // She signs in (elsewhere), and the admin disables her: her session ends.
+    let session = app.sign_in("nina", "a long enough password").await;
+    click_and_confirm(&browser, &format!("{row} button.disable")).await;
+    text_until(&browser, row, |t| t.contains("disabled")).await;
+    let after = app
+        .as_signed_in(&session, reqwest::Method::GET, "/dashboard/api/orders")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.status(), reqwest::StatusCode::UNAUTHORIZED);
+    screenshot(&browser, "operators").await;
     browser.close().await.unwrap();
 }
 

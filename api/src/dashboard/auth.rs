@@ -61,6 +61,16 @@ impl Principal {
         }
     }
 
+    /// Who the audit records (`admin_actions`, dead letters) name.
+    pub fn audited_as(&self) -> orderflow_storage::dashboard::Actor {
+        match self {
+            Principal::Operator(session) => {
+                orderflow_storage::dashboard::Actor::Operator(session.operator_id)
+            }
+            Principal::AdminKey(client) => orderflow_storage::dashboard::Actor::Client(client.id),
+        }
+    }
+
     /// The id that keys this principal's dashboard bucket and feed slots.
     pub fn bucket_id(&self) -> ClientId {
         match self {

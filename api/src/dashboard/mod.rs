@@ -15,6 +15,8 @@
 //! | `GET /dashboard/api/dead-letters` | the dead letters, newest first, each saying whether it can be redriven |
 //! | `POST /dashboard/api/dead-letters/{id}/redrive` | re-submit one (audited) |
 //! | `POST /dashboard/api/dead-letters/{id}/acknowledge` | close one without redriving it (audited) |
+//! | `GET /dashboard/api/operators`, `POST` (`{"name", "role", "password"}`) | the operators; create one (admins) |
+//! | `POST /dashboard/api/operators/{name}/disable` | disable one: their sessions and feeds end (admins; not oneself) |
 //! | `GET /dashboard/api/config` | the alert thresholds |
 //! | `GET /dashboard/api/stats/history` | the last five minutes of statistics frames, for the charts |
 //! | `GET /dashboard/api/stream` | the live feed (SSE) |
@@ -22,6 +24,7 @@
 
 pub mod auth;
 pub mod hub;
+mod operators;
 pub mod partitions;
 mod redrive;
 pub mod stats;
@@ -98,6 +101,14 @@ pub fn router() -> Router<AppState> {
         .route(
             "/dashboard/api/dead-letters/{id}/acknowledge",
             post(redrive::acknowledge),
+        )
+        .route(
+            "/dashboard/api/operators",
+            get(operators::list).post(operators::create),
+        )
+        .route(
+            "/dashboard/api/operators/{name}/disable",
+            post(operators::disable),
         )
         .route("/dashboard/api/config", get(config))
         .route("/dashboard/api/stats/history", get(stats_history))

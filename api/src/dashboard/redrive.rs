@@ -13,7 +13,7 @@
 //! Acknowledging says "seen, not to be redriven" (a message that is no command, a client that is
 //! gone, a command nobody wants any more).
 
-use super::auth::{Admin, Principal};
+use super::auth::Admin;
 use crate::error::ApiError;
 use crate::extract::{ApiPath, Received, StrictJson};
 use crate::intake::{self, Submission, Target};
@@ -179,7 +179,7 @@ pub async fn redrive(
     )
     .await?;
     let mut tx = state.db.begin().await?;
-    dashboard::mark_redriven(&mut tx, id, accepted.command_id, actor(&admin)).await?;
+    dashboard::mark_redriven(&mut tx, id, accepted.command_id, admin.audited_as()).await?;
     tx.commit().await?;
     tracing::info!(dead_letter = id, command_id = %accepted.command_id, admin = %admin.actor(),
         "dead letter redriven");
@@ -199,7 +199,7 @@ pub async fn acknowledge(
     _: StrictJson<EmptyRequest>,
 ) -> Result<Response, ApiError> {
     let mut tx = state.db.begin().await?;
-    let acknowledged = dashboard::acknowledge(&mut tx, id, actor(&admin)).await?;
+    let acknowledged = dashboard::acknowledge(&mut tx, id, admin.audited_as()).await?;
     tx.commit().await?;
     if let Some(at) = acknowledged {
         tracing::info!(dead_letter = id, admin = %admin.actor(), "dead letter acknowledged");
@@ -228,13 +228,5 @@ pub async fn acknowledge(
         (None, None) => Err(ApiError::Internal(anyhow::anyhow!(
             "dead letter {id} is open, yet could not be acknowledged"
         ))),
-    }
-}
-
-/// Who the audit records name.
-fn actor(admin: &Principal) -> dashboard::Actor {
-    match admin {
-        Principal::Operator(session) => dashboard::Actor::Operator(session.operator_id),
-        Principal::AdminKey(client) => dashboard::Actor::Client(client.id),
     }
 }

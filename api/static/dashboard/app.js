@@ -87,6 +87,7 @@ function showTab(name) {
   for (const section of document.querySelectorAll(".tab")) section.hidden = section.id !== `tab-${name}`;
   for (const link of document.querySelectorAll("nav a")) link.classList.toggle("active", link.dataset.tab === name);
   if (name === "partitions") loadPartitions();
+  if (name === "operators") loadOperators();
   if (name === "contention" || name === "throughput") resizeCharts();
 }
 let targetDeadLetter = null;
@@ -96,7 +97,9 @@ function route() {
   // `#dead-letters/<id>`: the partitions tab, that dead letter marked.
   targetDeadLetter = tab === "dead-letters" && id ? id : null;
   const name = tab === "dead-letters" ? "partitions" : tab;
-  showTab(["orders", "timeline", "partitions", "contention", "throughput"].includes(name) ? name : "orders");
+  const tabs = ["orders", "timeline", "partitions", "contention", "throughput"];
+  if (me && me.role === "admin") tabs.push("operators");
+  showTab(tabs.includes(name) ? name : "orders");
 }
 
 // ---- orders -------------------------------------------------------------------------------------
@@ -327,6 +330,57 @@ async function acknowledge(id) {
   loadPartitions();
 }
 
+// ---- operators (admins) -------------------------------------------------------------------------
+const when = (iso) => (iso ? new Date(iso).toLocaleString([], { hour12: false }) : "–");
+function operatorRow(o) {
+  const self = me && o.name === me.name;
+  const action = o.disabled_at || self
+    ? el("span", { class: "muted", text: self ? "you" : "" })
+    : el("button", { type: "button", class: "disable", onclick: () => disableOperator(o.name) }, "Disable");
+  return el("tr", { "data-operator": o.name },
+    el("td", { text: o.name }), el("td", { text: o.role }),
+    el("td", { text: o.disabled_at ? `disabled ${when(o.disabled_at)}` : "live" }),
+    el("td", { class: "num", text: o.live_sessions }), el("td", { text: when(o.created_at) }),
+    el("td", {}, action));
+}
+async function loadOperators() {
+  try {
+    const operators = await api("/dashboard/api/operators");
+    $("#operators-table tbody").replaceChildren(...operators.map(operatorRow));
+    refreshed("operators", null);
+  } catch (error) {
+    refreshed("operators", error);
+  }
+}
+async function createOperator(event) {
+  event.preventDefault();
+  const name = $("#op-name").value.trim();
+  try {
+    await api("/dashboard/api/operators", {
+      method: "POST", headers: { "content-type": "application/json" },
+      body: JSON.stringify({ name, role: $("#op-role").value, password: $("#op-password").value }),
+    });
+    $("#op-password").value = "";
+    $("#op-name").value = "";
+    banner("info", `operator ${name} created`);
+  } catch (error) {
+    banner("error", `creating ${name} failed: ${error.message}`);
+  }
+  loadOperators();
+}
+async function disableOperator(name) {
+  if (!confirm(`Disable ${name}? Their sessions and live feeds end at once.`)) return;
+  try {
+    await api(`/dashboard/api/operators/${encodeURIComponent(name)}/disable`, {
+      method: "POST", headers: { "content-type": "application/json" }, body: "{}",
+    });
+    banner("info", `operator ${name} disabled`);
+  } catch (error) {
+    banner("error", `disabling ${name} failed: ${error.message}`);
+  }
+  loadOperators();
+}
+
 // ---- contention, throughput, alerts -------------------------------------------------------------
 const HISTORY = 300;
 const REASONS = ["version_conflict", "insufficient_stock", "invalid_transition", "payment_declined", "other"];
@@ -434,6 +488,8 @@ async function dashboardPage() {
   me = await api("/dashboard/session");
   $("#who").textContent = `${me.name} · ${me.role}`;
   document.body.dataset.role = me.role;
+  $("#nav-operators").hidden = me.role !== "admin";
+  $("#operator-form").addEventListener("submit", createOperator);
   thresholds = await api("/dashboard/api/config");
   $("#thresholds").textContent = `Banners: conflict rate above ${thresholds.conflict_rate * 100} %, outbox lag above ${thresholds.outbox_lag_secs} s, partition lag above ${thresholds.partition_lag_secs} s, any dead letter not redriven.`;
   makeCharts();
