@@ -350,6 +350,89 @@ fn seqs(page: &Value) -> Vec<i64> {
         .collect()
 }
 
+/// Gives the stack's client an order with `count` finished commands written straight into the
+/// tables (seq 1 its create, the rest applied `reserve`s: the list reads only `commands`), the
+/// latest and the first `rejected`: more than a filtered page reads between them.
+async fn seed_commands(app: &Stack, count: i64) -> String {
+    let order = Uuid::now_v7();
+    sqlx::query(
+        "with stream as (
+           insert into order_streams (order_id, client_id, last_seq, processed_seq)
+           values ($1, $2, $3, $3))
+         insert into commands (id, client_id, order_id, seq, kind, body, source, status, reason,
+                               result_version, partition, finished_at)
+         select gen_random_uuid(), $2, $1, g, 'reserve', '{\"type\": \"reserve\"}', 'http',
+                case when g in (1, $3) then 'rejected' else 'applied' end,
+                case when g in (1, $3) then 'invalid_transition' end, 1, 0, now()
+           from generate_series(1, $3) g",
+    )
+    .bind(order)
+    .bind(app.client_id.0)
+    .bind(count)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    order.to_string()
+}
+
+#[tokio::test]
+async fn a_filtered_page_of_commands_reads_a_bounded_number_and_goes_on_from_where_it_stopped() {
+    let app = common::stack().start().await;
+    let order = seed_commands(&app, 5_000).await;
+    // The first page finds the latest, then stops after 2,000 commands: short, with more.
+    let first = commands_page(&app, &order, "status=rejected&limit=5").await;
+    assert_eq!(seqs(&first), [5_000]);
+    assert_eq!(first["has_more"], true, "{first}");
+    // The pages after it read on, 2,000 commands each, to the first command and the end.
+    let mut page = first;
+    let mut found = Vec::new();
+    let mut pages = 1;
+    while page["has_more"] == true {
+        page = commands_page(
+            &app,
+            &order,
+            &format!(
+                "status=rejected&limit=5&starting_after={}",
+                cursor(&page, "next_cursor")
+            ),
+        )
+        .await;
+        found.extend(seqs(&page));
+        pages += 1;
+    }
+    assert_eq!(found, [1]);
+    assert_eq!(pages, 3, "5,000 commands, 2,000 a page");
+    // And back from the end, to the latest.
+    let mut back = commands_page(
+        &app,
+        &order,
+        &format!(
+            "status=rejected&limit=5&ending_before={}",
+            cursor(&page, "previous_cursor")
+        ),
+    )
+    .await;
+    let mut found = seqs(&back);
+    while back["has_more"] == true {
+        back = commands_page(
+            &app,
+            &order,
+            &format!(
+                "status=rejected&limit=5&ending_before={}",
+                cursor(&back, "previous_cursor")
+            ),
+        )
+        .await;
+        found.splice(0..0, seqs(&back));
+    }
+    assert_eq!(found, [5_000]);
+    // Unfiltered, a page is the commands themselves.
+    let plain = commands_page(&app, &order, "limit=100").await;
+    assert_eq!(seqs(&plain).len(), 100);
+    assert_eq!(seqs(&plain)[0], 5_000);
+    assert_eq!(plain["has_more"], true);
+}
+
 #[tokio::test]
 async fn an_orders_commands_are_listed_latest_first_with_their_outcomes() {
     let app = common::stack().worker().start().await;

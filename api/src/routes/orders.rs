@@ -326,9 +326,11 @@ struct ListCommandsQuery {
 /// One page of an order's commands, latest first.
 #[derive(Serialize, ToSchema)]
 struct CommandList {
-    /// The commands of the page, latest first (by `seq`).
+    /// The commands of the page, latest first (by `seq`). With `status` a page reads at most
+    /// 2,000 of the order's commands, so it may hold fewer than `limit`, or none, while
+    /// `has_more` is true: follow the cursor to read on.
     data: Vec<CommandView>,
-    /// Whether more commands lie beyond this page in the direction it was read.
+    /// Whether more commands may lie beyond this page in the direction it was read.
     has_more: bool,
     /// Pass as `starting_after` for the next page (earlier commands); null when there is none.
     next_cursor: Option<String>,
@@ -337,7 +339,9 @@ struct CommandList {
 }
 
 /// List an order's commands, latest first (by `seq`), a page at a time, with their statuses:
-/// every command sent to it, applied, rejected, failed or still accepted.
+/// every command sent to it, applied, rejected, failed or still accepted. A page filtered by
+/// `status` reads at most 2,000 commands: it may come back short, or empty, with `has_more` true
+/// and a cursor to read on from.
 #[utoipa::path(
     get,
     path = "/v1/orders/{order_id}/commands",
@@ -366,19 +370,26 @@ async fn list_commands(
         query.ending_before.as_deref(),
         pagination::parse_seq_cursor,
     )?;
-    if commands::stream_owner(&state.db, order_id).await? != Some(client.id) {
-        return Err(ApiError::NotFound("order"));
-    }
-    let found = commands::list_for_order(
+    let last_seq = commands::last_seq_for_client(&state.db, client.id, order_id)
+        .await?
+        .ok_or(ApiError::NotFound("order"))?;
+    let scan = commands::list_for_order(
         &state.db,
         client.id,
         order_id,
         query.status,
         from,
         limit + 1,
+        last_seq,
     )
     .await?;
-    let page = pagination::page(found, limit, from, |c| pagination::seq_cursor(c.seq), None);
+    let page = pagination::page(
+        scan.commands,
+        limit,
+        from,
+        |c| pagination::seq_cursor(c.seq),
+        scan.stopped_at.map(pagination::seq_cursor),
+    );
     Ok(Json(CommandList {
         data: page.data.into_iter().map(CommandView::from).collect(),
         has_more: page.has_more,

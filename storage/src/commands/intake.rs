@@ -360,8 +360,23 @@ pub async fn refuse_unpublished(
     Ok(done == 1)
 }
 
+/// What [`list_for_order`] read.
+#[derive(Debug)]
+pub struct CommandScan {
+    /// The commands that passed the filter, latest first: at most the `limit` asked for.
+    pub commands: Vec<CommandRow>,
+    /// Set when a filtered read stopped at [`crate::orders::LIST_SCAN_LIMIT`] commands before
+    /// it found `limit`: the last seq it read, from which the next page reads on.
+    pub stopped_at: Option<i64>,
+}
+
 /// Up to `limit` of the order's commands (of `status`, when given), from `from` (a seq), latest
-/// first; none unless the order is the client's. One range of `commands (order_id, seq)` a page.
+/// first; none unless the order is the client's. `last_seq` is the order's (its stream's).
+///
+/// An order's commands have the seqs 1 to `last_seq` without a gap, so a page reads one range of
+/// `commands (order_id, seq)` of at most [`crate::orders::LIST_SCAN_LIMIT`] seqs: a filter that
+/// matches few of an order's commands reads that many, not all of them (an order's commands are
+/// not bounded in number), and the page says where it stopped.
 pub async fn list_for_order(
     db: impl PgExecutor<'_>,
     client_id: ClientId,
@@ -369,20 +384,32 @@ pub async fn list_for_order(
     status: Option<CommandStatus>,
     from: PageFrom<i64>,
     limit: i64,
-) -> sqlx::Result<Vec<CommandRow>> {
+    last_seq: i64,
+) -> sqlx::Result<CommandScan> {
+    let scan = crate::orders::LIST_SCAN_LIMIT;
+    let filtered = status.is_some();
     let status = status.map(CommandStatus::as_str);
     let (newer, bound) = from.bound(i64::MAX);
-    if newer {
+    // The seqs the page may read, both ends included.
+    let (low, high) = if newer {
+        let low = bound.saturating_add(1).max(1);
+        (low, low.saturating_add(scan - 1).min(last_seq))
+    } else {
+        let high = bound.saturating_sub(1).min(last_seq);
+        (high.saturating_sub(scan - 1).max(1), high)
+    };
+    let commands: Vec<CommandRow> = if newer {
         let mut rows: Vec<CommandRow> = sqlx::query!(
             "select * from commands
               where order_id = $1 and client_id = $2 and ($3::text is null or status = $3)
-                and seq > $5
+                and seq between $5 and $6
               order by seq asc limit $4",
             order_id.0,
             client_id.0,
             status,
             limit,
-            bound
+            low,
+            high
         )
         .fetch_all(db)
         .await?
@@ -390,20 +417,35 @@ pub async fn list_for_order(
         .map(|r| command_row!(r))
         .collect();
         rows.reverse();
-        return Ok(rows);
-    }
-    let rows = sqlx::query!(
-        "select * from commands
-          where order_id = $1 and client_id = $2 and ($3::text is null or status = $3)
-            and seq < $5
-          order by seq desc limit $4",
-        order_id.0,
-        client_id.0,
-        status,
-        limit,
-        bound
-    )
-    .fetch_all(db)
-    .await?;
-    Ok(rows.into_iter().map(|r| command_row!(r)).collect())
+        rows
+    } else {
+        sqlx::query!(
+            "select * from commands
+              where order_id = $1 and client_id = $2 and ($3::text is null or status = $3)
+                and seq between $5 and $6
+              order by seq desc limit $4",
+            order_id.0,
+            client_id.0,
+            status,
+            limit,
+            low,
+            high
+        )
+        .fetch_all(db)
+        .await?
+        .into_iter()
+        .map(|r| command_row!(r))
+        .collect()
+    };
+    let short = (commands.len() as i64) < limit;
+    // Stopped short of the order's first or last command: more may lie beyond.
+    let stopped_at = match (filtered && short, newer) {
+        (true, true) if high < last_seq => Some(high),
+        (true, false) if low > 1 => Some(low),
+        _ => None,
+    };
+    Ok(CommandScan {
+        commands,
+        stopped_at,
+    })
 }

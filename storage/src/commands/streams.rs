@@ -75,6 +75,21 @@ pub async fn stream_owner(
     Ok(owner.map(ClientId))
 }
 
+/// The last seq of the client's order; `None` if the order is unknown or another client's.
+pub async fn last_seq_for_client(
+    db: impl PgExecutor<'_>,
+    client_id: ClientId,
+    order_id: OrderId,
+) -> sqlx::Result<Option<i64>> {
+    sqlx::query_scalar!(
+        "select last_seq from order_streams where order_id = $1 and client_id = $2",
+        order_id.0,
+        client_id.0
+    )
+    .fetch_optional(db)
+    .await
+}
+
 /// An order's stream as the apply transaction sees it.
 #[derive(Clone, Copy, Debug)]
 pub struct Stream {
