@@ -50,6 +50,19 @@ pub enum ApiError {
     /// 415
     #[error("the body must be `application/json`")]
     UnsupportedMediaType,
+    /// 415 on a route that takes a merge patch.
+    #[error("the body must be `application/merge-patch+json` (RFC 7396)")]
+    MergePatchRequired,
+    /// 428: a route that changes an order by a patch needs `If-Match`.
+    #[error(
+        "send If-Match with the order's ETag (its version, e.g. \"3\") you are changing: a patch is never applied blind"
+    )]
+    PreconditionRequired,
+    /// 412: `If-Match` names a version older than the order's: the current ETag comes with it.
+    #[error(
+        "the order is at version {current} already, newer than the If-Match: read it again (its ETag is in this response)"
+    )]
+    PreconditionFailed { current: i64 },
     /// 413
     #[error("the body is larger than {0} bytes")]
     PayloadTooLarge(usize),
@@ -128,6 +141,15 @@ impl ApiError {
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed"),
             ApiError::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed-json"),
             ApiError::InvalidBody(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-body"),
+            ApiError::MergePatchRequired => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type")
+            }
+            ApiError::PreconditionRequired => {
+                (StatusCode::PRECONDITION_REQUIRED, "precondition-required")
+            }
+            ApiError::PreconditionFailed { .. } => {
+                (StatusCode::PRECONDITION_FAILED, "precondition-failed")
+            }
             ApiError::UnsupportedMediaType => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type")
             }
@@ -225,6 +247,13 @@ impl IntoResponse for ApiError {
                 "ratelimit-policy",
                 HeaderValue::from_str(&format!("{limit};w={window_secs}"))
                     .expect("digits and ';w=' are a valid header"),
+            );
+        }
+        if let ApiError::PreconditionFailed { current } = &self {
+            headers.insert(
+                header::ETAG,
+                HeaderValue::from_str(&format!("\"{current}\""))
+                    .expect("a number in quotes is a valid header"),
             );
         }
         if status == StatusCode::UNAUTHORIZED {

@@ -123,6 +123,31 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for StrictJson<T> {
     }
 }
 
+/// A merge patch body (RFC 7396): `application/merge-patch+json` only, then as [`StrictJson`].
+pub struct MergePatchJson<T>(pub StrictJson<T>);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for MergePatchJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let is_merge_patch = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|mime| {
+                mime.trim()
+                    .eq_ignore_ascii_case("application/merge-patch+json")
+            });
+        if !is_merge_patch {
+            return Err(ApiError::MergePatchRequired);
+        }
+        StrictJson::from_request(req, state)
+            .await
+            .map(MergePatchJson)
+    }
+}
+
 /// Path parameters, parsed; a malformed id is a 400 with the reason.
 pub struct ApiPath<T>(pub T);
 
@@ -157,15 +182,31 @@ pub struct IdempotencyKey(pub String);
 impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
     type Rejection = ApiError;
 
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let OptionalIdempotencyKey(key) =
+            OptionalIdempotencyKey::from_request_parts(parts, state).await?;
+        key.map(IdempotencyKey).ok_or_else(|| {
+            ApiError::InvalidRequest("the Idempotency-Key header is required on every POST".into())
+        })
+    }
+}
+
+/// An `Idempotency-Key` header where it may be left out (a PATCH, safe to retry by its
+/// `If-Match`): the same rules when it is sent.
+pub struct OptionalIdempotencyKey(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for OptionalIdempotencyKey {
+    type Rejection = ApiError;
+
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
         if parts.headers.get_all("idempotency-key").iter().count() > 1 {
             return Err(ApiError::InvalidRequest(
                 "send one Idempotency-Key header, not several".into(),
             ));
         }
-        let value = parts.headers.get("idempotency-key").ok_or_else(|| {
-            ApiError::InvalidRequest("the Idempotency-Key header is required on every POST".into())
-        })?;
+        let Some(value) = parts.headers.get("idempotency-key") else {
+            return Ok(OptionalIdempotencyKey(None));
+        };
         let key = value
             .to_str()
             .ok()
@@ -178,7 +219,7 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
                     "Idempotency-Key must be 1 to 255 visible ASCII characters".into(),
                 )
             })?;
-        Ok(IdempotencyKey(key.to_owned()))
+        Ok(OptionalIdempotencyKey(Some(key.to_owned())))
     }
 }
 

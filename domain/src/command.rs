@@ -1,6 +1,7 @@
 //! Commands: what a caller asks of one order. The same enum is the HTTP body of
 //! `POST /v1/orders/{id}/commands` and the `command` of the queue contract.
 
+use super::details::DetailsPatch;
 use super::values::{Currency, CustomerId, Items, Note, Quantity, Sku, UnitPrice};
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +34,10 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<Note>,
     },
+    /// Changes the order's details by an RFC 7396 merge patch (see [`crate::details`]).
+    UpdateDetails {
+        details: DetailsPatch,
+    },
 }
 
 /// The command's type without its fields.
@@ -48,6 +53,7 @@ pub enum CommandKind {
     Ship,
     Deliver,
     Cancel,
+    UpdateDetails,
 }
 
 impl Command {
@@ -61,12 +67,13 @@ impl Command {
             Command::Ship {} => CommandKind::Ship,
             Command::Deliver {} => CommandKind::Deliver,
             Command::Cancel { .. } => CommandKind::Cancel,
+            Command::UpdateDetails { .. } => CommandKind::UpdateDetails,
         }
     }
 }
 
 impl CommandKind {
-    pub const ALL: [CommandKind; 8] = [
+    pub const ALL: [CommandKind; 9] = [
         CommandKind::Create,
         CommandKind::AddItem,
         CommandKind::RemoveItem,
@@ -75,6 +82,7 @@ impl CommandKind {
         CommandKind::Ship,
         CommandKind::Deliver,
         CommandKind::Cancel,
+        CommandKind::UpdateDetails,
     ];
 
     /// The spelling used on the wire and in the `commands.kind` column.
@@ -88,6 +96,7 @@ impl CommandKind {
             CommandKind::Ship => "ship",
             CommandKind::Deliver => "deliver",
             CommandKind::Cancel => "cancel",
+            CommandKind::UpdateDetails => "update_details",
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Events: what happened to an order. Appended to `order_events` with a gapless `seq`; folding them
 //! with [`super::order::evolve`] rebuilds the `orders` projection exactly.
 
+use super::details::{DetailField, OrderDetails};
 use super::values::{Currency, CustomerId, Item, Note, Quantity, Sku, UnitPrice};
 use serde::{Deserialize, Serialize};
 
@@ -50,6 +51,11 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<Note>,
     },
+    /// The order's details after the change (all of them), and which fields it changed.
+    DetailsChanged {
+        details: OrderDetails,
+        changed: Vec<DetailField>,
+    },
 }
 
 impl Event {
@@ -64,6 +70,7 @@ impl Event {
             Event::OrderShipped { .. } => "order_shipped",
             Event::OrderDelivered {} => "order_delivered",
             Event::OrderCancelled { .. } => "order_cancelled",
+            Event::DetailsChanged { .. } => "details_changed",
         }
     }
 }

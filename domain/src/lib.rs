@@ -2,6 +2,7 @@
 //! Nothing here does IO; the worker feeds it rows and writes back what it decides.
 
 pub mod command;
+pub mod details;
 pub mod event;
 pub mod ids;
 pub mod order;

@@ -7,6 +7,7 @@
 //! ```
 
 use super::command::Command;
+use super::details::{self, OrderDetails};
 use super::event::{Event, StockLine};
 use super::ids::{ClientId, OrderId};
 use super::values::{Currency, CustomerId, Item, Quantity, limits};
@@ -81,10 +82,14 @@ pub enum Rejection {
     EmptyOrder,
     #[error("the order would exceed its limit of lines or the quantity limit of a line")]
     LimitExceeded,
+    #[error(
+        "the shipping address would not be whole: it needs a name, lines, a city, a postal code and a country"
+    )]
+    IncompleteAddress,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 10] = [
+    pub const ALL: [Rejection; 11] = [
         Rejection::VersionConflict,
         Rejection::InsufficientStock,
         Rejection::InvalidTransition,
@@ -95,6 +100,7 @@ impl Rejection {
         Rejection::PriceMismatch,
         Rejection::EmptyOrder,
         Rejection::LimitExceeded,
+        Rejection::IncompleteAddress,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -109,6 +115,7 @@ impl Rejection {
             Rejection::PriceMismatch => "price_mismatch",
             Rejection::EmptyOrder => "empty_order",
             Rejection::LimitExceeded => "limit_exceeded",
+            Rejection::IncompleteAddress => "incomplete_address",
         }
     }
 }
@@ -125,6 +132,8 @@ pub struct Order {
     pub version: i64,
     pub items: Vec<Item>,
     pub total_cents: i64,
+    /// What people edit: shipping address, contact, note.
+    pub details: OrderDetails,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -232,6 +241,17 @@ pub fn decide(
             items: order.stock_lines(),
         }),
         (Shipped, Command::Deliver {}) => Ok(Event::OrderDelivered {}),
+        // The address may change until the order ships; the contact and the note until it is
+        // delivered or cancelled.
+        (Pending | Reserved | Paid, Command::UpdateDetails { details: patch })
+        | (Shipped, Command::UpdateDetails { details: patch }) => {
+            if order.status == Shipped && patch.touches_address() {
+                return Err(Rejection::InvalidTransition);
+            }
+            let (details, changed) = details::merge(&order.details, patch)
+                .map_err(|details::IncompleteAddress| Rejection::IncompleteAddress)?;
+            Ok(Event::DetailsChanged { details, changed })
+        }
         (Pending | Reserved | Paid, Command::Cancel { reason }) => Ok(Event::OrderCancelled {
             released: if order.status == Pending {
                 Vec::new()
@@ -279,6 +299,7 @@ pub fn evolve(
                 version: 1,
                 total_cents: items.iter().map(Item::line_total_cents).sum(),
                 items: items.clone(),
+                details: OrderDetails::default(),
                 created_at: at,
                 updated_at: at,
             };
@@ -319,6 +340,7 @@ pub fn evolve(
         Event::OrderShipped { .. } => order.status = OrderStatus::Shipped,
         Event::OrderDelivered {} => order.status = OrderStatus::Delivered,
         Event::OrderCancelled { .. } => order.status = OrderStatus::Cancelled,
+        Event::DetailsChanged { details, .. } => order.details = details.clone(),
     }
     order.total_cents = order.items.iter().map(Item::line_total_cents).sum();
     order.version += 1;

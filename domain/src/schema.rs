@@ -110,3 +110,152 @@ impl PartialSchema for Note {
     }
 }
 impl ToSchema for Note {}
+
+// ---- an order's details (crate::details): inline schemas, every bound from its `limits` ----------
+
+use super::details::{DetailsPatch, OrderDetails, limits as details_limits};
+use utoipa::openapi::schema::{AdditionalProperties, OneOfBuilder};
+
+/// C0, DEL and C1: what `char::is_control` refuses.
+const NO_CONTROL: &str = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$";
+
+fn text(max: usize, pattern: &str, description: &str) -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(max))
+        .pattern(Some(pattern))
+        .description(Some(description))
+        .into()
+}
+
+fn nullable(schema: RefOr<Schema>) -> RefOr<Schema> {
+    OneOfBuilder::new()
+        .item(schema)
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .into()
+}
+
+fn closed_object() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+}
+
+/// (name, schema) of the address's members.
+fn address_members() -> [(&'static str, RefOr<Schema>); 5] {
+    [
+        (
+            "name",
+            text(
+                details_limits::LINE_MAX_CHARS,
+                NO_CONTROL,
+                "Who receives it.",
+            ),
+        ),
+        (
+            "lines",
+            ArrayBuilder::new()
+                .items(text(
+                    details_limits::LINE_MAX_CHARS,
+                    NO_CONTROL,
+                    "A street line.",
+                ))
+                .min_items(Some(1))
+                .max_items(Some(details_limits::ADDRESS_LINES_MAX))
+                .into(),
+        ),
+        (
+            "city",
+            text(details_limits::CITY_MAX_CHARS, NO_CONTROL, "The city."),
+        ),
+        (
+            "postal_code",
+            text(
+                details_limits::POSTAL_CODE_MAX_CHARS,
+                "^[A-Za-z0-9 -]*[A-Za-z0-9][A-Za-z0-9 -]*$",
+                "Letters, digits, spaces and dashes.",
+            ),
+        ),
+        ("country", text(2, "^[A-Z]{2}$", "ISO 3166-1 alpha-2 code.")),
+    ]
+}
+
+fn shipping_address() -> RefOr<Schema> {
+    let mut object = closed_object().description(Some("Where the order ships to."));
+    for (name, schema) in address_members() {
+        object = object.property(name, schema).required(name);
+    }
+    object.into()
+}
+
+/// Printable ASCII but `@`; the same without `.` (what `details::Email` accepts).
+const EMAIL: &str = "^[!-?A-~]+@[!-\\-/-?A-~][!-?A-~]*\\.[!-?A-~]*[!-\\-/-?A-~]$";
+const PHONE: &str = "^\\+?(?:[ ().-]*[0-9]){5}[0-9 ().-]*$";
+/// Line breaks and tabs allowed; no other control character.
+const NOTE: &str = "^[^\\u0000-\\u0008\\u000B-\\u001F\\u007F-\\u009F]*$";
+
+fn email() -> RefOr<Schema> {
+    text(
+        details_limits::EMAIL_MAX_CHARS,
+        EMAIL,
+        "An email address: local@domain.tld, printable ASCII.",
+    )
+}
+
+fn phone() -> RefOr<Schema> {
+    text(
+        details_limits::PHONE_MAX_CHARS,
+        PHONE,
+        "A phone number: digits, spaces and ( ) - ., an optional leading +, at least 5 digits.",
+    )
+}
+
+fn note() -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .max_length(Some(details_limits::NOTE_MAX_CHARS))
+        .pattern(Some(NOTE))
+        .description(Some("Free text; line breaks and tabs allowed."))
+        .into()
+}
+
+impl PartialSchema for OrderDetails {
+    fn schema() -> RefOr<Schema> {
+        closed_object()
+            .description(Some(
+                "What people edit on an order; each member is absent until it is set.",
+            ))
+            .property("shipping_address", shipping_address())
+            .property("contact_email", email())
+            .property("contact_phone", phone())
+            .property("note", note())
+            .into()
+    }
+}
+impl ToSchema for OrderDetails {}
+
+impl PartialSchema for DetailsPatch {
+    fn schema() -> RefOr<Schema> {
+        let mut address = closed_object().description(Some(
+            "The address members to set (each left out stays as it is; none may be null). The \
+             merged address must be whole: name, lines, city, postal_code and country.",
+        ));
+        for (name, schema) in address_members() {
+            address = address.property(name, schema);
+        }
+        closed_object()
+            .description(Some(
+                "An RFC 7396 merge patch of the order's details: a member left out stays as it \
+                 is, null removes it, a value replaces it (shipping_address merges member by \
+                 member). At least one member.",
+            ))
+            .min_properties(Some(1))
+            .property("shipping_address", nullable(address.into()))
+            .property("contact_email", nullable(email()))
+            .property("contact_phone", nullable(phone()))
+            .property("note", nullable(note()))
+            .into()
+    }
+}
+impl ToSchema for DetailsPatch {}

@@ -226,14 +226,40 @@ impl From<UnitPrice> for i64 {
     }
 }
 
-/// One order line.
+/// One order line. Read from a JSON object only: serde reads a struct from an array of its
+/// fields in order too, which the published schema does not allow.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields)]
+// `deny_unknown_fields` for the OpenAPI schema's `additionalProperties: false`; `Fields` below
+// is what refuses an unknown field.
+#[serde(
+    deny_unknown_fields,
+    try_from = "serde_json::Map<String, serde_json::Value>"
+)]
 pub struct Item {
     pub sku: Sku,
     pub quantity: Quantity,
     pub unit_price_cents: UnitPrice,
+}
+
+impl TryFrom<serde_json::Map<String, serde_json::Value>> for Item {
+    type Error = String;
+    fn try_from(map: serde_json::Map<String, serde_json::Value>) -> Result<Self, String> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Fields {
+            sku: Sku,
+            quantity: Quantity,
+            unit_price_cents: UnitPrice,
+        }
+        let f: Fields =
+            serde_json::from_value(serde_json::Value::Object(map)).map_err(|e| e.to_string())?;
+        Ok(Item {
+            sku: f.sku,
+            quantity: f.quantity,
+            unit_price_cents: f.unit_price_cents,
+        })
+    }
 }
 
 impl Item {
@@ -336,6 +362,18 @@ mod tests {
                 .as_str(),
             "EUR"
         );
+    }
+
+    #[test]
+    fn a_line_is_an_object_never_an_array_of_its_fields() {
+        let error = serde_json::from_value::<Items>(json!([["A", 1, 100]]))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("map"), "{error}");
+        let line: Item =
+            serde_json::from_value(json!({"sku": "A", "quantity": 1, "unit_price_cents": 100}))
+                .unwrap();
+        assert_eq!(line.sku.as_str(), "A");
     }
 
     #[test]

@@ -282,3 +282,281 @@ async fn illegal_commands_are_typed_rejections_never_silent() {
     assert_eq!(events.len(), 2, "rejections append no events");
     assert_eq!(app.order(&order).await["version"], 2);
 }
+
+#[tokio::test]
+async fn an_orders_details_change_by_merge_patch_and_the_history_carries_every_version() {
+    let app = common::stack().worker().start().await;
+    let order = app.new_order(json!([])).await;
+    assert_eq!(app.order(&order).await["details"], json!({}));
+    let update = |patch: Value| json!({"type": "update_details", "details": patch});
+
+    // Part of an address with none to merge into: rejected, nothing changes.
+    let partial = app
+        .run(
+            &order,
+            update(json!({"shipping_address": {"city": "Lyon"}})),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (&partial["status"], &partial["reason"]),
+        (&json!("rejected"), &json!("incomplete_address"))
+    );
+    let address = json!({"name": "Ada Lovelace", "lines": ["12 Rue de la Paix"], "city": "Paris",
+                         "postal_code": "75002", "country": "FR"});
+    let first = app
+        .run(
+            &order,
+            update(json!({"shipping_address": address, "contact_email": "ada@example.org"})),
+            Some(1),
+        )
+        .await;
+    assert_eq!(first["status"], "applied", "{first}");
+    assert_eq!(first["version"], 2);
+    // Member by member: the city only; null removes the email.
+    let second = app
+        .run(
+            &order,
+            update(
+                json!({"shipping_address": {"city": "Lyon"}, "contact_email": null,
+                          "note": "ring twice"}),
+            ),
+            Some(2),
+        )
+        .await;
+    assert_eq!(second["status"], "applied", "{second}");
+    let read = app.order(&order).await;
+    assert_eq!(read["version"], 3);
+    assert_eq!(
+        read["details"],
+        json!({"shipping_address": {"name": "Ada Lovelace", "lines": ["12 Rue de la Paix"],
+                                    "city": "Lyon", "postal_code": "75002", "country": "FR"},
+               "note": "ring twice"})
+    );
+    // Stale: a version conflict, as for every command with If-Match.
+    let stale = app
+        .run(&order, update(json!({"note": "late"})), Some(2))
+        .await;
+    assert_eq!(stale["reason"], "version_conflict");
+    // The history holds each version's details whole, and which fields changed.
+    let events = app.events(&order).await;
+    let changes: Vec<(&Value, &Value)> = events
+        .iter()
+        .filter(|e| e["type"] == "details_changed")
+        .map(|e| (&e["details"]["shipping_address"]["city"], &e["changed"]))
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            (
+                &json!("Paris"),
+                &json!(["shipping_address", "contact_email"])
+            ),
+            (
+                &json!("Lyon"),
+                &json!(["shipping_address", "contact_email", "note"])
+            ),
+        ]
+    );
+
+    // Shipped: the address is fixed, the note may still change.
+    for step in ["add_item", "reserve", "pay", "ship"] {
+        let command = if step == "add_item" {
+            json!({"type": "add_item", "sku": "WIDGET", "quantity": 1, "unit_price_cents": 100})
+        } else {
+            json!({ "type": step })
+        };
+        if step == "add_item" {
+            app.set_stock("WIDGET", 1).await;
+        }
+        assert_eq!(app.run(&order, command, None).await["status"], "applied");
+    }
+    let moved = app
+        .run(
+            &order,
+            update(json!({"shipping_address": {"city": "Nice"}})),
+            None,
+        )
+        .await;
+    assert_eq!(moved["reason"], "invalid_transition");
+    let noted = app
+        .run(
+            &order,
+            update(json!({"note": "left with the neighbour"})),
+            None,
+        )
+        .await;
+    assert_eq!(noted["status"], "applied");
+    assert_eq!(
+        app.order(&order).await["details"]["shipping_address"]["city"],
+        "Lyon"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_details_patch_is_a_422_naming_the_field_and_writes_nothing() {
+    let app = common::stack().worker().start().await;
+    let order = app.new_order(json!([])).await;
+    for (patch, says) in [
+        (json!({}), "changes nothing"),
+        (json!({"colour": "red"}), "colour"),
+        (
+            json!({"shipping_address": {"city": null}}),
+            "cannot be null",
+        ),
+        (json!({"contact_email": "not-an-email"}), "email"),
+        (json!({"contact_phone": "12"}), "phone"),
+        (json!({"note": "a\u{0}b"}), "control"),
+    ] {
+        let response = app
+            .request(Method::POST, &format!("/v1/orders/{order}/commands"))
+            .header("idempotency-key", uuid::Uuid::new_v4().to_string())
+            .json(&json!({"type": "update_details", "details": patch}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{patch}"
+        );
+        let problem: Value = response.json().await.unwrap();
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(detail.contains(says), "{patch}: {detail}");
+    }
+    let commands: i64 = sqlx::query_scalar("select count(*) from commands")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(commands, 1, "only the create");
+}
+
+/// `PATCH /v1/orders/{order}` with a merge patch, `If-Match` when given, no Idempotency-Key.
+async fn patch(
+    app: &orderflow_testkit::Stack,
+    order: &str,
+    if_match: Option<&str>,
+    body: Value,
+) -> reqwest::Response {
+    let mut request = app
+        .request(Method::PATCH, &format!("/v1/orders/{order}"))
+        .header("content-type", "application/merge-patch+json")
+        .body(body.to_string());
+    if let Some(etag) = if_match {
+        request = request.header("if-match", etag);
+    }
+    request.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn patch_needs_if_match_refuses_a_stale_one_at_once_and_replays_a_retry() {
+    let app = common::stack().worker().start().await;
+    let order = app.new_order(json!([])).await;
+    let count = || async {
+        sqlx::query_scalar::<_, i64>("select count(*) from commands")
+            .fetch_one(&app.db)
+            .await
+            .unwrap()
+    };
+    // No If-Match (or `*`): 428, nothing written.
+    for etag in [None, Some("*")] {
+        let response = patch(&app, &order, etag, json!({"note": "x"})).await;
+        assert_eq!(response.status(), StatusCode::PRECONDITION_REQUIRED);
+        let problem: Value = response.json().await.unwrap();
+        assert_eq!(
+            problem["type"],
+            "https://orderflow.dev/problems/precondition-required"
+        );
+    }
+    // Not a merge patch: 415.
+    let json_body = app
+        .request(Method::PATCH, &format!("/v1/orders/{order}"))
+        .header("if-match", "\"1\"")
+        .json(&json!({"note": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json_body.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(count().await, 1);
+
+    let accepted = patch(
+        &app,
+        &order,
+        Some("\"1\""),
+        json!({"contact_email": "ada@example.org"}),
+    )
+    .await;
+    assert_eq!(accepted.status(), StatusCode::ACCEPTED);
+    let accepted: Value = accepted.json().await.unwrap();
+    let done = app
+        .wait_final(accepted["command_id"].as_str().unwrap())
+        .await;
+    assert_eq!(
+        (&done["status"], &done["version"]),
+        (&json!("applied"), &json!(2))
+    );
+    let read = app
+        .request(Method::GET, &format!("/v1/orders/{order}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.headers()["etag"], "\"2\"");
+    let read: Value = read.json().await.unwrap();
+    assert_eq!(read["details"]["contact_email"], "ada@example.org");
+
+    // The same request again (a retry after a lost answer): the first answer, not a 412.
+    let retry = patch(
+        &app,
+        &order,
+        Some("\"1\""),
+        json!({"contact_email": "ada@example.org"}),
+    )
+    .await;
+    assert_eq!(retry.status(), StatusCode::ACCEPTED);
+    let retry: Value = retry.json().await.unwrap();
+    assert_eq!(retry["command_id"], accepted["command_id"]);
+    // Another change made against version 1: refused at once, with the current ETag.
+    let stale = patch(&app, &order, Some("\"1\""), json!({"note": "late"})).await;
+    assert_eq!(stale.status(), StatusCode::PRECONDITION_FAILED);
+    assert_eq!(stale.headers()["etag"], "\"2\"");
+    let problem: Value = stale.json().await.unwrap();
+    assert_eq!(
+        problem["type"],
+        "https://orderflow.dev/problems/precondition-failed"
+    );
+    assert_eq!(count().await, 2, "the create and the one change");
+
+    // Two people patching version 2 at once: exactly one change applies; the other is refused
+    // at once (412) or, when both got past the API's check, rejected by the worker.
+    let (a, b) = tokio::join!(
+        patch(&app, &order, Some("\"2\""), json!({"note": "from alice"})),
+        patch(&app, &order, Some("\"2\""), json!({"note": "from bob"})),
+    );
+    let mut applied = 0;
+    for response in [a, b] {
+        match response.status() {
+            StatusCode::PRECONDITION_FAILED => {}
+            StatusCode::ACCEPTED => {
+                let body: Value = response.json().await.unwrap();
+                let done = app.wait_final(body["command_id"].as_str().unwrap()).await;
+                match done["status"].as_str().unwrap() {
+                    "applied" => applied += 1,
+                    _ => assert_eq!(done["reason"], "version_conflict", "{done}"),
+                }
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(applied, 1, "exactly one of the two changes");
+    assert_eq!(app.order(&order).await["version"], 3);
+
+    // Unknown (or another client's) order: 404.
+    let unknown = patch(
+        &app,
+        &uuid::Uuid::now_v7().to_string(),
+        Some("\"1\""),
+        json!({"note": "x"}),
+    )
+    .await;
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+}

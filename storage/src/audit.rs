@@ -59,6 +59,7 @@ pub struct OrderRow {
     pub version: i64,
     pub items: Value,
     pub total_cents: i64,
+    pub details: Value,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -124,7 +125,7 @@ pub async fn snapshot(
     let order_rows = sqlx::query_as!(
         OrderRow,
         "select id, client_id, customer_id, currency, status, version, items, total_cents,
-                created_at, updated_at
+                details, created_at, updated_at
          from orders where id = any($1)",
         orders
     )

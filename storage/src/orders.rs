@@ -2,6 +2,7 @@
 
 use crate::pages::PageFrom;
 use chrono::{DateTime, Utc};
+use orderflow_domain::details::OrderDetails;
 use orderflow_domain::{ClientId, CommandId, Event, Item, Order, OrderId};
 use serde::Serialize;
 use sqlx::{PgConnection, PgExecutor, types::Json};
@@ -23,6 +24,7 @@ macro_rules! order_row {
             version: $r.version,
             items: $r.items.0,
             total_cents: $r.total_cents,
+            details: $r.details.0,
             created_at: $r.created_at,
             updated_at: $r.updated_at,
         }
@@ -33,7 +35,8 @@ macro_rules! order_row {
 pub async fn lock(conn: &mut PgConnection, id: OrderId) -> sqlx::Result<Option<Order>> {
     let row = sqlx::query!(
         r#"select id, client_id, customer_id, currency, status, version,
-                  items as "items: Json<Vec<Item>>", total_cents, created_at, updated_at
+                  items as "items: Json<Vec<Item>>", total_cents,
+                  details as "details: Json<OrderDetails>", created_at, updated_at
            from orders where id = $1 for update"#,
         id.0
     )
@@ -50,7 +53,8 @@ pub async fn get_for_client(
 ) -> sqlx::Result<Option<Order>> {
     let row = sqlx::query!(
         r#"select id, client_id, customer_id, currency, status, version,
-                  items as "items: Json<Vec<Item>>", total_cents, created_at, updated_at
+                  items as "items: Json<Vec<Item>>", total_cents,
+                  details as "details: Json<OrderDetails>", created_at, updated_at
            from orders where id = $1 and client_id = $2"#,
         id.0,
         client_id.0
@@ -119,7 +123,8 @@ pub async fn list_for_client(
     let orders: Vec<Order> = if newer {
         let mut orders: Vec<Order> = sqlx::query!(
             r#"select id, client_id, customer_id, currency, status, version,
-                      items as "items!: Json<Vec<Item>>", total_cents, created_at, updated_at
+                      items as "items!: Json<Vec<Item>>", total_cents,
+                      details as "details!: Json<OrderDetails>", created_at, updated_at
                  from (select * from orders
                         where client_id = $1 and id > $7
                         order by id asc
@@ -149,7 +154,8 @@ pub async fn list_for_client(
     } else {
         sqlx::query!(
             r#"select id, client_id, customer_id, currency, status, version,
-                      items as "items!: Json<Vec<Item>>", total_cents, created_at, updated_at
+                      items as "items!: Json<Vec<Item>>", total_cents,
+                      details as "details!: Json<OrderDetails>", created_at, updated_at
                  from (select * from orders
                         where client_id = $1 and id < $7
                         order by id desc

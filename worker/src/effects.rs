@@ -93,7 +93,8 @@ pub async fn perform(
         Event::OrderCreated { .. }
         | Event::ItemAdded { .. }
         | Event::ItemRemoved { .. }
-        | Event::OrderDelivered {} => {}
+        | Event::OrderDelivered {}
+        | Event::DetailsChanged { .. } => {}
     }
     Ok(Ok(()))
 }

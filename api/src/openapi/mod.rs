@@ -24,12 +24,15 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, ToSchema};
 use utoipa_swagger_ui::SwaggerUi;
 
-pub use requests::{IdempotencyKeyHeader, IfMatchHeader, OrderCommand, OrderIdPath};
+pub use requests::{
+    IdempotencyKeyHeader, IfMatchHeader, OptionalIdempotencyKeyHeader, OrderCommand, OrderIdPath,
+    RequiredIfMatchHeader,
+};
 pub use responses::{
     AcceptedResponse, BadBodyRequest, BadRequest, Forbidden, IdempotencyInFlight, InvalidBody,
-    NotAccepted, NotFound, OrderNotFound, OrderResponse, PayloadTooLarge, RateLimited,
-    RateLimitedOrOrderBusy, RateLimitedOrTooManyWaits, Unauthorized, Unavailable, Unprocessable,
-    UnsupportedMediaType,
+    MergePatchRequired, NotAccepted, NotFound, OrderNotFound, OrderResponse, PayloadTooLarge,
+    PreconditionFailed, PreconditionRequired, RateLimited, RateLimitedOrOrderBusy,
+    RateLimitedOrTooManyWaits, Unauthorized, Unavailable, Unprocessable, UnsupportedMediaType,
 };
 
 /// The security scheme every `/v1` operation requires (the handlers' `security(("bearer" = []))`).

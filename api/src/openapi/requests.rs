@@ -67,6 +67,44 @@ impl IntoParams for IfMatchHeader {
     }
 }
 
+/// The optional `Idempotency-Key` of `PATCH /v1/orders/{order_id}`.
+pub struct OptionalIdempotencyKeyHeader;
+
+impl IntoParams for OptionalIdempotencyKeyHeader {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let schema = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .max_length(Some(MAX_IDEMPOTENCY_KEY_LEN))
+            .pattern(Some(format!("^[!-~]{{1,{MAX_IDEMPOTENCY_KEY_LEN}}}$")));
+        vec![parameter(
+            "Idempotency-Key",
+            ParameterIn::Header,
+            false,
+            schema,
+            "Optional here: without it the request names itself by its order, `If-Match` and \
+             patch, so the same request again answers the first response. 1 to 255 visible \
+             ASCII characters.",
+        )]
+    }
+}
+
+/// The required `If-Match` of `PATCH /v1/orders/{order_id}`.
+pub struct RequiredIfMatchHeader;
+
+impl IntoParams for RequiredIfMatchHeader {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        vec![parameter(
+            "If-Match",
+            ParameterIn::Header,
+            true,
+            string_matching("^\"[0-9]{1,18}\"$"),
+            "The order's ETag (`\"<version>\"`) the patch was made against. Absent (or `*`): \
+             428. Older than the order's version: 412 with the current `ETag`.",
+        )]
+    }
+}
+
 /// The `{order_id}` of the order routes.
 pub struct OrderIdPath;
 

@@ -72,6 +72,22 @@ problem_response!(
     "`unsupported-media-type`: the body is not `application/json`."
 );
 problem_response!(
+    /// 415 of a merge patch route.
+    MergePatchRequired,
+    "`unsupported-media-type`: the body is not `application/merge-patch+json`."
+);
+problem_response!(
+    PreconditionFailed,
+    "`precondition-failed`: `If-Match` names a version older than the order's; the order's \
+     current `ETag` comes with it.",
+    "ETag" => header(string_matching("^\"[0-9]+\"$"), "The order's current version, quoted."),
+);
+problem_response!(
+    PreconditionRequired,
+    "`precondition-required`: `If-Match` is missing (or `*`): a patch must name the version it \
+     was made against."
+);
+problem_response!(
     Unprocessable,
     "`invalid-body`: JSON that is not a valid request (`detail` says which field); or \
      `idempotency-key-reused`: this `Idempotency-Key` was used with a different request."

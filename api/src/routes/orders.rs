@@ -1,9 +1,15 @@
 //! Orders: create one, send it commands, read its projection and its history.
 
 use crate::error::ApiError;
-use crate::extract::{ApiPath, ApiQuery, Caller, IdempotencyKey, IfMatch, Received, StrictJson};
+use crate::extract::{
+    ApiPath, ApiQuery, Caller, IdempotencyKey, IfMatch, MergePatchJson, OptionalIdempotencyKey,
+    Received, StrictJson,
+};
 use crate::intake::{self, Accepted, Submission, Target};
-use crate::openapi::{self, IdempotencyKeyHeader, IfMatchHeader, OrderCommand, OrderIdPath};
+use crate::openapi::{
+    self, IdempotencyKeyHeader, IfMatchHeader, OptionalIdempotencyKeyHeader, OrderCommand,
+    OrderIdPath, RequiredIfMatchHeader,
+};
 use crate::pagination;
 use crate::routes::commands::CommandView;
 use crate::state::AppState;
@@ -27,7 +33,7 @@ use uuid::Uuid;
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_order, list_orders))
-        .routes(routes!(get_order))
+        .routes(routes!(get_order, patch_order))
         .routes(routes!(post_command, list_commands))
         .routes(routes!(get_events))
 }
@@ -162,6 +168,8 @@ pub struct OrderView {
     version: i64,
     items: Vec<orderflow_domain::Item>,
     total_cents: i64,
+    /// Shipping address, contact and note: each absent until set (`update_details`).
+    details: orderflow_domain::details::OrderDetails,
     created_at: chrono::DateTime<chrono::Utc>,
     updated_at: chrono::DateTime<chrono::Utc>,
 }
@@ -176,6 +184,7 @@ impl From<Order> for OrderView {
             version: o.version,
             items: o.items,
             total_cents: o.total_cents,
+            details: o.details,
             created_at: o.created_at,
             updated_at: o.updated_at,
         }
@@ -207,6 +216,80 @@ async fn get_order(
         .await?
         .ok_or(ApiError::NotFound("order"))?;
     Ok(OrderResponse(order))
+}
+
+/// Change an order's details (shipping address, contact email and phone, note) by an RFC 7396
+/// merge patch: a member left out stays as it is, `null` removes it, a value replaces it;
+/// `shipping_address` merges member by member and must end whole. `If-Match` is required: a
+/// version older than the order's is refused at once (412, with the current `ETag`); otherwise
+/// the change is accepted like any command (202) and the worker's version check decides
+/// (`rejected` with `version_conflict` if the order moved meanwhile). The same request again
+/// (same `If-Match`, same patch) answers the first one's 202, with or without an
+/// `Idempotency-Key`.
+#[utoipa::path(
+    patch,
+    path = "/v1/orders/{order_id}",
+    tag = "orders",
+    security(("bearer" = [])),
+    params(OrderIdPath, OptionalIdempotencyKeyHeader, RequiredIfMatchHeader),
+    request_body(content = inline(orderflow_domain::details::DetailsPatch), content_type = "application/merge-patch+json"),
+    responses(
+        (status = 202, response = inline(openapi::AcceptedResponse)),
+        (status = 400, response = inline(openapi::BadBodyRequest)),
+        (status = 401, response = inline(openapi::Unauthorized)),
+        (status = 404, response = inline(openapi::OrderNotFound)),
+        (status = 409, response = inline(openapi::IdempotencyInFlight)),
+        (status = 412, response = inline(openapi::PreconditionFailed)),
+        (status = 413, response = inline(openapi::PayloadTooLarge)),
+        (status = 415, response = inline(openapi::MergePatchRequired)),
+        (status = 422, response = inline(openapi::Unprocessable)),
+        (status = 428, response = inline(openapi::PreconditionRequired)),
+        (status = 429, response = inline(openapi::RateLimitedOrOrderBusy)),
+        (status = 503, response = inline(openapi::NotAccepted)),
+    )
+)]
+async fn patch_order(
+    State(state): State<AppState>,
+    Caller(client): Caller,
+    Received(received_at): Received,
+    ApiPath(order_id): ApiPath<Uuid>,
+    OptionalIdempotencyKey(key): OptionalIdempotencyKey,
+    IfMatch(if_match): IfMatch,
+    MergePatchJson(body): MergePatchJson<orderflow_domain::details::DetailsPatch>,
+) -> Result<Accepted, ApiError> {
+    let expected = if_match.ok_or(ApiError::PreconditionRequired)?;
+    let order_id = OrderId(order_id);
+    let route = format!("PATCH /v1/orders/{order_id}");
+    let fingerprint = intake::fingerprint(&route, Some(expected), &body.raw);
+    // Without a key, the request names itself: the same patch on the same version is the same
+    // change, so a retry replays the first answer.
+    let key = key.unwrap_or_else(|| format!("patch:{}", hex::encode(&fingerprint)));
+    // A retry of a change already made is answered as the first time, not as stale.
+    let replay = orderflow_storage::idempotency::lookup(&state.db, client.id, &key)
+        .await?
+        .is_some();
+    if !replay {
+        let current = orders::get_for_client(&state.db, client.id, order_id)
+            .await?
+            .ok_or(ApiError::NotFound("order"))?;
+        if current.version > expected {
+            return Err(ApiError::PreconditionFailed {
+                current: current.version,
+            });
+        }
+    }
+    let submission = Submission {
+        client: &client,
+        idempotency_key: &key,
+        fingerprint,
+        target: Target::Existing(order_id),
+        command: Command::UpdateDetails {
+            details: body.value,
+        },
+        expected_version: Some(expected),
+        received_at,
+    };
+    intake::submit(&state, submission).await
 }
 
 /// The query of `GET /v1/orders`.

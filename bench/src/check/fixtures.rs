@@ -80,6 +80,7 @@ impl Fixture {
             items: json!([{"sku": "A", "quantity": 2, "unit_price_cents": 100},
                           {"sku": "B", "quantity": 1, "unit_price_cents": 50}]),
             total_cents: 250,
+            details: json!({}),
             created_at: at(1),
             updated_at: at(4),
         };

@@ -64,6 +64,7 @@ pub fn projection(row: &OrderRow) -> Result<Order, String> {
         version: row.version,
         items: serde_json::from_value(row.items.clone()).map_err(|e| e.to_string())?,
         total_cents: row.total_cents,
+        details: serde_json::from_value(row.details.clone()).map_err(|e| e.to_string())?,
         created_at: row.created_at,
         updated_at: row.updated_at,
     })

@@ -1,4 +1,5 @@
 use super::*;
+use crate::details::DetailField;
 use proptest::prelude::*;
 use serde_json::json;
 
@@ -153,6 +154,59 @@ fn item_edits_check_lines_prices_and_limits() {
 }
 
 #[test]
+fn details_change_until_shipping_the_address_and_until_delivery_the_rest() {
+    let address = json!({"shipping_address": {"name": "Ada", "lines": ["1 Main St"], "city": "Oslo",
+                                              "postal_code": "0150", "country": "NO"}});
+    let update =
+        |patch: serde_json::Value| cmd(json!({"type": "update_details", "details": patch}));
+    let (order, outcomes) = run(&[
+        create(),
+        update(json!({"shipping_address": {"city": "Bergen"}})),
+        update(address.clone()),
+        update(json!({"shipping_address": {"city": "Bergen"}, "contact_email": "ada@example.org"})),
+        cmd(json!({"type": "add_item", "sku": "A", "quantity": 1, "unit_price_cents": 100})),
+        cmd(json!({"type": "reserve"})),
+        cmd(json!({"type": "pay"})),
+        cmd(json!({"type": "ship"})),
+        update(json!({"shipping_address": {"city": "Oslo"}})),
+        update(json!({"note": "rang twice"})),
+        cmd(json!({"type": "deliver"})),
+        update(json!({"note": "too late"})),
+    ]);
+    assert_eq!(
+        outcomes[1],
+        Err(Rejection::IncompleteAddress),
+        "no address to merge into"
+    );
+    assert!(outcomes[2].is_ok());
+    assert_eq!(
+        outcomes[3],
+        Ok(Event::DetailsChanged {
+            details: serde_json::from_value(json!({
+                "shipping_address": {"name": "Ada", "lines": ["1 Main St"], "city": "Bergen",
+                                     "postal_code": "0150", "country": "NO"},
+                "contact_email": "ada@example.org"
+            }))
+            .unwrap(),
+            changed: vec![DetailField::ShippingAddress, DetailField::ContactEmail],
+        })
+    );
+    assert_eq!(
+        outcomes[8],
+        Err(Rejection::InvalidTransition),
+        "shipped: no new address"
+    );
+    assert!(outcomes[9].is_ok(), "shipped: the note may still change");
+    assert_eq!(outcomes[11], Err(Rejection::InvalidTransition), "delivered");
+    let order = order.unwrap();
+    assert_eq!(order.details.note.unwrap().as_str(), "rang twice");
+    assert_eq!(
+        order.details.shipping_address.unwrap().city.as_str(),
+        "Bergen"
+    );
+}
+
+#[test]
 fn rejection_and_status_spellings_are_their_serde_names() {
     for r in Rejection::ALL {
         assert_eq!(serde_json::to_value(r).unwrap(), json!(r.as_str()));
@@ -178,6 +232,15 @@ fn any_command() -> impl Strategy<Value = Command> {
         Just(cmd(json!({"type": "ship"}))),
         Just(cmd(json!({"type": "deliver"}))),
         Just(cmd(json!({"type": "cancel"}))),
+        prop::sample::select(vec![
+            json!({"contact_email": "a@example.org"}),
+            json!({"contact_email": null, "note": "leave at the door"}),
+            json!({"shipping_address": {"city": "Paris"}}),
+            json!({"shipping_address": {"name": "A", "lines": ["1 Rue X"], "city": "Lyon",
+                                        "postal_code": "69001", "country": "FR"}}),
+            json!({"shipping_address": null}),
+        ])
+        .prop_map(|patch| cmd(json!({"type": "update_details", "details": patch}))),
     ]
 }
 

@@ -4,6 +4,7 @@
 use super::{CommandRow, Stream};
 use chrono::{DateTime, Utc};
 use orderflow_contract::{CommandStatus, Reason, StatusEvent};
+use orderflow_domain::details::OrderDetails;
 use orderflow_domain::{ClientId, CommandId, Event, Item, Order, OrderId};
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgExecutor};
@@ -62,11 +63,12 @@ pub async fn lock_for_apply(
                   o.currency as "order_currency?", o.status as "order_status?",
                   o.version as "order_version?", o.items as "order_items?: Json<Vec<Item>>",
                   o.total_cents as "order_total_cents?", o.created_at as "order_created_at?",
-                  o.updated_at as "order_updated_at?"
+                  o.updated_at as "order_updated_at?",
+                  o.details as "order_details?: Json<OrderDetails>"
              from commands c
              join order_streams s on s.order_id = c.order_id
              left join lateral (select client_id, customer_id, currency, status, version, items,
-                                       total_cents, created_at, updated_at
+                                       total_cents, created_at, updated_at, details
                                   from orders where id = c.order_id for update) o on true
             where c.id = $1
               for update of c, s"#,
@@ -87,6 +89,7 @@ pub async fn lock_for_apply(
         r.order_total_cents,
         r.order_created_at,
         r.order_updated_at,
+        r.order_details,
     ) {
         (
             Some(client_id),
@@ -98,6 +101,7 @@ pub async fn lock_for_apply(
             Some(total_cents),
             Some(created_at),
             Some(updated_at),
+            Some(details),
         ) => Some(Order {
             id: OrderId(r.order_id),
             client_id: ClientId(client_id),
@@ -108,6 +112,7 @@ pub async fn lock_for_apply(
             status: status.parse().expect("the status check constraint"),
             version,
             items: items.0,
+            details: details.0,
             total_cents,
             created_at,
             updated_at,
@@ -211,13 +216,13 @@ pub async fn finish(
               where $14::text is not null),
            projected as (
              insert into orders (id, client_id, customer_id, currency, status, version, items,
-                                 total_cents, created_at, updated_at)
+                                 total_cents, created_at, updated_at, details)
              select $10::uuid, $11::uuid, $12::text, $13::text, $16::text, $15::bigint,
-                    $17::jsonb, $18::bigint, $19::timestamptz, $20::timestamptz
+                    $17::jsonb, $18::bigint, $19::timestamptz, $20::timestamptz, $24::jsonb
               where $14::text is not null
              on conflict (id) do update set status = excluded.status, version = excluded.version,
                  items = excluded.items, total_cents = excluded.total_cents,
-                 updated_at = excluded.updated_at),
+                 updated_at = excluded.updated_at, details = excluded.details),
            finished as (
              update commands set status = $2, reason = $3, detail = $9, result_version = $4,
                                  finished_at = clock_timestamp(), delivered_at = $5, attempt = $6,
@@ -264,7 +269,8 @@ pub async fn finish(
         order.map(|o| o.updated_at),
         applied.map(|a| Json(a.event)) as _,
         applied.map(|a| a.at),
-        with.processed
+        with.processed,
+        order.map(|o| Json(&o.details)) as _
     )
     .execute(conn)
     .await?;
