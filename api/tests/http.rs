@@ -831,7 +831,7 @@ async fn unknown_routes_are_404_and_wrong_methods_405_as_problem_json() {
         (Method::PATCH, "/v1/orders".to_owned(), "GET"),
         (Method::PUT, format!("/v1/orders/{id}"), "GET"),
         (Method::DELETE, format!("/v1/orders/{id}"), "GET"),
-        (Method::PATCH, format!("/v1/orders/{id}"), "GET"),
+        (Method::POST, format!("/v1/orders/{id}"), "PATCH"),
         (Method::DELETE, format!("/v1/orders/{id}/commands"), "POST"),
         (Method::POST, format!("/v1/orders/{id}/events"), "GET"),
         (Method::POST, format!("/v1/commands/{id}"), "GET"),

@@ -12,7 +12,7 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/healthz", &["get"]),
     ("/readyz", &["get"]),
     ("/v1/orders", &["get", "post"]),
-    ("/v1/orders/{order_id}", &["get"]),
+    ("/v1/orders/{order_id}", &["get", "patch"]),
     ("/v1/orders/{order_id}/commands", &["get", "post"]),
     ("/v1/orders/{order_id}/events", &["get"]),
     ("/v1/commands/{command_id}", &["get"]),
@@ -95,7 +95,11 @@ async fn the_document_is_served_without_a_key_and_lists_every_route_with_every_s
         assert!(statuses.contains("503"), "{method} {path}: no 503");
         // Every route, secured or not, is behind the header limits.
         assert!(statuses.contains("431"), "{method} {path}: no 431");
-        let success = if method == "post" { "202" } else { "200" };
+        let success = if method == "post" || method == "patch" {
+            "202"
+        } else {
+            "200"
+        };
         assert!(statuses.contains(success), "{method} {path}: no {success}");
         if secured {
             assert_eq!(
@@ -124,6 +128,14 @@ async fn the_document_is_served_without_a_key_and_lists_every_route_with_every_s
             let body = &operation["requestBody"];
             assert_eq!(body["required"], true, "{method} {path}");
             assert!(body["content"]["application/json"].is_object());
+        }
+        if method == "patch" {
+            for status in ["409", "412", "413", "415", "422", "428"] {
+                assert!(statuses.contains(status), "{method} {path}: no {status}");
+            }
+            let body = &operation["requestBody"];
+            assert_eq!(body["required"], true, "{method} {path}");
+            assert!(body["content"]["application/merge-patch+json"].is_object());
         }
         if method == "post" {
             assert!(statuses.contains("409"), "{method} {path}: no 409");
@@ -178,7 +190,8 @@ async fn the_document_is_served_without_a_key_and_lists_every_route_with_every_s
             "pay",
             "ship",
             "deliver",
-            "cancel"
+            "cancel",
+            "update_details"
         ]
     );
     assert!(
