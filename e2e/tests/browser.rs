@@ -176,6 +176,35 @@ async fn the_dashboard_shows_orders_conflicts_and_partitions_change_live_in_a_re
         winner_link.attr("title").await.unwrap().as_deref(),
         Some(winner_id.as_str())
     );
+    // Its details: none yet; a merge patch shows live, with the fields it changed.
+    text_until(&browser, "#order-details dd[data-detail=\"note\"]", |t| {
+        t == "–"
+    })
+    .await;
+    let patched = app
+        .run(
+            &order,
+            json!({"type": "update_details", "details": {"note": "ring twice",
+                   "shipping_address": {"name": "Ada", "lines": ["1 Main St"], "city": "Oslo",
+                                        "postal_code": "0150", "country": "NO"}}}),
+            None,
+        )
+        .await;
+    assert_eq!(patched["status"], "applied");
+    text_until(&browser, "#order-details dd[data-detail=\"note\"]", |t| {
+        t == "ring twice"
+    })
+    .await;
+    text_until(
+        &browser,
+        "#order-details dd[data-detail=\"shipping address\"]",
+        |t| t == "Ada · 1 Main St · 0150 Oslo · NO",
+    )
+    .await;
+    text_until(&browser, "#events-table", |t| {
+        t.contains("details_changed: shipping_address, note")
+    })
+    .await;
     screenshot(&browser, "timeline").await;
 
     // Partitions: the panel fills from the live feed; traffic shows the active worker.

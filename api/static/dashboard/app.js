@@ -181,8 +181,12 @@ async function openTimeline(id) {
     const duration = (c) => Math.max(0, ...c.stages.map((s) => Date.parse(s.to) - Date.parse(c.started_at)));
     const longest = Math.max(1, ...timeline.commands.map(duration));
     $("#journeys").replaceChildren(...timeline.commands.map((c) => journey(c, longest)));
+    // The details are what the latest details_changed event says (each carries all of them).
+    const changes = timeline.events.filter((e) => e.type === "details_changed");
+    renderDetails(changes.length ? changes[changes.length - 1].details : {});
     $("#events-table tbody").replaceChildren(...timeline.events.map((e) =>
-      el("tr", {}, el("td", { class: "num", text: e.seq }), el("td", { text: e.type }),
+      el("tr", {}, el("td", { class: "num", text: e.seq }),
+        el("td", { text: e.type === "details_changed" ? `details_changed: ${e.changed.join(", ") || "nothing"}` : e.type }),
         el("td", { class: "mono", title: e.command_id, text: short(e.command_id) }), el("td", { text: time(e.recorded_at) }))));
     $("#http-events").replaceChildren(...(timeline.http_events.length ? timeline.http_events.map((e) =>
       el("li", { class: e.kind === "idempotency_mismatch" ? "conflict" : "" },
@@ -190,6 +194,18 @@ async function openTimeline(id) {
         ` at ${time(e.at)} — the key belongs to command `,
         el("span", { class: "mono", title: e.command_id, text: short(e.command_id) }))) : [el("li", { class: "muted", text: "no replays or mismatches seen" })]));
   }
+}
+// An order's details as a definition list; "–" for what is not set.
+function renderDetails(details) {
+  const a = details.shipping_address;
+  const rows = [
+    ["shipping address", a ? [a.name, ...a.lines, `${a.postal_code} ${a.city}`, a.country].join(" · ") : null],
+    ["contact email", details.contact_email],
+    ["contact phone", details.contact_phone],
+    ["note", details.note],
+  ];
+  $("#order-details").replaceChildren(...rows.flatMap(([name, value]) =>
+    [el("dt", { text: name }), el("dd", { "data-detail": name, class: value ? "" : "muted", text: value || "–" })]));
 }
 function journey(c, longest) {
   const bar = el("div", { class: "bar" });
