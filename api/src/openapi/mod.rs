@@ -72,8 +72,12 @@ pub struct Problem {
         title = "orderflow",
         description = "Order-processing API: commands are recorded, enqueued and answered `202 Accepted`; \
                        a worker applies them one at a time per order. Every error is \
-                       `application/problem+json`. Every `/v1` request needs `Authorization: Bearer <key>`; \
-                       every POST an `Idempotency-Key`."
+                       `application/problem+json`. Every `/v1` request needs `Authorization: Bearer <key>`. \
+                       Retrying safely: every POST needs an `Idempotency-Key` (a retry with it answers the \
+                       first response); `PATCH /v1/orders/{order_id}` may leave it out, as it names the \
+                       version it changes (`If-Match`, required) and the same patch on the same version \
+                       is the same request; `PUT /v1/inventory/{sku}` sets a value, idempotent by its \
+                       nature; GETs change nothing."
     ),
     // The schemas the hand-written responses below refer to; the derive collects what they
     // refer to in turn, and `routes!` the schemas of every handler's bodies.

@@ -62,7 +62,8 @@ fn parse_sku(sku: String) -> Result<Sku, ApiError> {
     Sku::parse(sku).map_err(|e| ApiError::InvalidRequest(format!("invalid path: {e}")))
 }
 
-/// Set a SKU's available stock (admin keys only); creates the SKU if new.
+/// Set a SKU's available stock (admin keys only); creates the SKU if new. Idempotent by its
+/// nature (it sets a value): a retry needs no `Idempotency-Key`.
 #[utoipa::path(
     put,
     path = "/v1/inventory/{sku}",
