@@ -130,28 +130,28 @@ pub async fn admit(State(state): State<AppState>, mut request: Request, next: Ne
 
 /// The key's client, reading the database (in turn) only when the cache does not know it.
 async fn check(state: &AppState, key: &str) -> Result<Client, ApiError> {
-    let turn = tokio::time::timeout(
-        KEY_CHECK_WAIT,
-        state.admission.key_checks.clone().acquire_owned(),
-    )
-    .await;
-    let Ok(Ok(_turn)) = turn else {
-        return Err(ApiError::Overloaded);
-    };
+    let _turn = turn(state).await?;
     state.keys.authenticate(&state.db, key).await
 }
 
 /// The live session holding `token` (read in turn, like a key).
 async fn session(state: &AppState, token: &str) -> Result<Option<Session>, ApiError> {
-    let turn = tokio::time::timeout(
+    let _turn = turn(state).await?;
+    Ok(operators::session(&state.db, &operators::hash_token(token)).await?)
+}
+
+/// One of the [`MAX_KEY_CHECKS`] turns to read a credential from the database, or 503 after
+/// [`KEY_CHECK_WAIT`].
+async fn turn(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    let waited = tokio::time::timeout(
         KEY_CHECK_WAIT,
         state.admission.key_checks.clone().acquire_owned(),
     )
     .await;
-    let Ok(Ok(_turn)) = turn else {
-        return Err(ApiError::Overloaded);
-    };
-    Ok(operators::session(&state.db, &operators::hash_token(token)).await?)
+    match waited {
+        Ok(Ok(turn)) => Ok(turn),
+        _ => Err(ApiError::Overloaded),
+    }
 }
 
 #[cfg(test)]

@@ -90,15 +90,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for StrictJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let is_json = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .is_some_and(|mime| {
-                let mime = mime.trim().to_ascii_lowercase();
-                mime == "application/json" || mime.ends_with("+json")
-            });
+        let is_json = media_type(&req)
+            .is_some_and(|mime| mime == "application/json" || mime.ends_with("+json"));
         if !is_json {
             return Err(ApiError::UnsupportedMediaType);
         }
@@ -123,6 +116,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for StrictJson<T> {
     }
 }
 
+/// The request's media type, lower-case, without parameters.
+fn media_type(req: &Request) -> Option<String> {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|mime| mime.trim().to_ascii_lowercase())
+}
+
 /// A merge patch body (RFC 7396): `application/merge-patch+json` only, then as [`StrictJson`].
 pub struct MergePatchJson<T>(pub StrictJson<T>);
 
@@ -130,15 +132,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for MergePatchJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let is_merge_patch = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .is_some_and(|mime| {
-                mime.trim()
-                    .eq_ignore_ascii_case("application/merge-patch+json")
-            });
+        let is_merge_patch =
+            media_type(&req).is_some_and(|mime| mime == "application/merge-patch+json");
         if !is_merge_patch {
             return Err(ApiError::MergePatchRequired);
         }

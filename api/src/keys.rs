@@ -15,12 +15,12 @@
 //! with the cache off.
 
 use crate::error::ApiError;
+use crate::notifications::Followed;
 use moka::sync::Cache;
 use orderflow_storage::clients::{self, Client};
 use orderflow_storage::listen::Notice;
 use sqlx::PgPool;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -35,11 +35,9 @@ pub struct Keys {
 struct Inner {
     /// Key hash → the client and the generation it was read in. `None` when caching is off.
     cache: Option<Cache<Vec<u8>, (Client, u64)>>,
-    generation: AtomicU64,
-    /// Is the notification connection listening (so the cache can be believed)?
-    listening: AtomicBool,
-    /// The generation, told to whoever must re-check a client on every change.
-    changes: watch::Sender<u64>,
+    /// Changes to clients: the generation, whether they are heard (so the cache can be
+    /// believed), and the watch of whoever must re-check a client on every change.
+    followed: Followed,
 }
 
 impl Keys {
@@ -55,9 +53,7 @@ impl Keys {
         Self {
             inner: Arc::new(Inner {
                 cache,
-                generation: AtomicU64::new(0),
-                listening: AtomicBool::new(false),
-                changes: watch::channel(0).0,
+                followed: Followed::default(),
             }),
         }
     }
@@ -66,30 +62,24 @@ impl Keys {
     /// listener lost or back, empties the cache.
     pub fn notice(&self, notice: &Notice) {
         let inner = &self.inner;
-        // A new generation first, so nothing read before this moment is believed after it.
-        let generation = inner.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        match notice {
-            Notice::Listening => inner.listening.store(true, Ordering::SeqCst),
-            Notice::Lost => inner.listening.store(false, Ordering::SeqCst),
-            Notice::Notification { .. } => {}
-        }
+        let generation = inner.followed.begin(notice);
         if let Some(cache) = &inner.cache {
             // Changes to clients are rare: forget everyone rather than look for the one.
             cache.invalidate_all();
         }
         // After the cache is emptied: whoever re-checks now reads the database.
-        inner.changes.send_replace(generation);
+        inner.followed.announce(generation);
     }
 
     /// Changes when any client may have changed (and when the notification connection is lost
     /// or back): re-check what was authenticated before.
     pub fn changes(&self) -> watch::Receiver<u64> {
-        self.inner.changes.subscribe()
+        self.inner.followed.changes()
     }
 
     /// Is every change to clients heard right now? (If not, re-check on a timer instead.)
     pub fn listening(&self) -> bool {
-        self.inner.listening.load(Ordering::SeqCst)
+        self.inner.followed.listening()
     }
 
     /// The live client holding `key`, or 401.
@@ -99,8 +89,8 @@ impl Keys {
         let Some(cache) = &inner.cache else {
             return Self::read(db, &hash).await;
         };
-        let generation = inner.generation.load(Ordering::SeqCst);
-        let believable = inner.listening.load(Ordering::SeqCst);
+        let generation = inner.followed.generation();
+        let believable = inner.followed.listening();
         if believable
             && let Some((client, read_in)) = cache.get(&hash)
             && read_in == generation

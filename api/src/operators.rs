@@ -13,6 +13,7 @@
 //! to end with it.
 
 use crate::error::ApiError;
+use crate::notifications::Followed;
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use governor::clock::{Clock, DefaultClock};
@@ -23,7 +24,6 @@ use orderflow_storage::operators::{self, Session};
 use sqlx::PgPool;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::{Semaphore, watch};
@@ -97,9 +97,8 @@ struct Inner {
     by_address: Cache<IpAddr, Arc<Bucket>>,
     /// How long a session lasts.
     ttl: Duration,
-    generation: AtomicU64,
-    listening: AtomicBool,
-    changes: watch::Sender<u64>,
+    /// Changes to operators and sessions.
+    followed: Followed,
 }
 
 /// What a successful sign-in hands back: the cookie's token (known only now) and the session.
@@ -116,9 +115,7 @@ impl Sessions {
                 by_name: Cache::builder().max_capacity(MAX_THROTTLED_KEYS).build(),
                 by_address: Cache::builder().max_capacity(MAX_THROTTLED_KEYS).build(),
                 ttl,
-                generation: AtomicU64::new(0),
-                listening: AtomicBool::new(false),
-                changes: watch::channel(0).0,
+                followed: Followed::default(),
             }),
         }
     }
@@ -203,24 +200,18 @@ impl Sessions {
     /// Takes a notice of the settings listener: an operator or a session changed, or the
     /// listener was lost or is back. Live feeds re-check their session.
     pub fn notice(&self, notice: &Notice) {
-        let inner = &self.inner;
-        let generation = inner.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        match notice {
-            Notice::Listening => inner.listening.store(true, Ordering::SeqCst),
-            Notice::Lost => inner.listening.store(false, Ordering::SeqCst),
-            Notice::Notification { .. } => {}
-        }
-        inner.changes.send_replace(generation);
+        let followed = &self.inner.followed;
+        followed.announce(followed.begin(notice));
     }
 
     /// Changes whenever a session may have ended or an operator changed.
     pub fn changes(&self) -> watch::Receiver<u64> {
-        self.inner.changes.subscribe()
+        self.inner.followed.changes()
     }
 
     /// Is every change heard right now? (If not, re-check on a timer instead.)
     pub fn listening(&self) -> bool {
-        self.inner.listening.load(Ordering::SeqCst)
+        self.inner.followed.listening()
     }
 }
 

@@ -9,6 +9,14 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::time::{Duration, Instant};
 
+/// Sessions ever started on the stack's database.
+async fn sessions(app: &Stack) -> i64 {
+    sqlx::query_scalar("select count(*) from operator_sessions")
+        .fetch_one(&app.db)
+        .await
+        .unwrap()
+}
+
 async fn sign_in_status(app: &Stack, name: &str, password: &str) -> (StatusCode, Value) {
     let response = app
         .http
@@ -34,11 +42,7 @@ async fn an_operator_signs_in_with_a_password_and_the_cookie_holds_only_a_random
             "https://orderflow.dev/problems/sign-in-failed"
         );
     }
-    let sessions: i64 = sqlx::query_scalar("select count(*) from operator_sessions")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
-    assert_eq!(sessions, 0, "a failed sign-in writes nothing");
+    assert_eq!(sessions(&app).await, 0, "a failed sign-in writes nothing");
 
     let session = app.sign_in("alice", &password).await;
     let set_cookie = &session.set_cookie;
@@ -332,11 +336,7 @@ async fn password_guessing_is_throttled_per_name_and_per_address() {
         problem["type"],
         "https://orderflow.dev/problems/sign-in-throttled"
     );
-    let sessions: i64 = sqlx::query_scalar("select count(*) from operator_sessions")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
-    assert_eq!(sessions, 0);
+    assert_eq!(sessions(&app).await, 0);
 
     // From one address, twenty tries at once (six spent above), whatever the names; then one
     // every 3 s.
@@ -389,11 +389,7 @@ async fn a_bad_sign_in_body_is_a_problem_and_writes_nothing() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let (status, _) = sign_in_status(&app, "al\u{0}ice", "password\u{0}").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    let sessions: i64 = sqlx::query_scalar("select count(*) from operator_sessions")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
-    assert_eq!(sessions, 0);
+    assert_eq!(sessions(&app).await, 0);
 }
 
 #[tokio::test]

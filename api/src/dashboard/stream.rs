@@ -36,15 +36,15 @@ pub async fn feed(
         Principal::Operator(_) => state.sessions.changes(),
         Principal::AdminKey(_) => state.keys.changes(),
     };
+    // A session ends at its expiry; a key does not expire.
     let expires = match &viewer {
-        Principal::Operator(session) => {
-            let left = (session.expires_at - chrono::Utc::now())
-                .to_std()
-                .unwrap_or_default();
-            tokio::time::Instant::now() + left
-        }
-        // A key does not expire: far enough.
-        Principal::AdminKey(_) => tokio::time::Instant::now() + Duration::from_secs(86_400 * 365),
+        Principal::Operator(session) => Some(
+            tokio::time::Instant::now()
+                + (session.expires_at - chrono::Utc::now())
+                    .to_std()
+                    .unwrap_or_default(),
+        ),
+        Principal::AdminKey(_) => None,
     };
     let mut recheck = tokio::time::interval(RECHECK_UNHEARD);
     recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -73,8 +73,8 @@ struct Feed<S> {
     recheck: tokio::time::Interval,
     state: AppState,
     viewer: Principal,
-    /// When the session expires (the feed ends then).
-    expires: tokio::time::Instant,
+    /// When the session expires (the feed ends then); none for a key.
+    expires: Option<tokio::time::Instant>,
     /// Has the viewer been checked since the feed subscribed to changes?
     checked: bool,
     _open: S,
@@ -110,7 +110,7 @@ impl<S> Feed<S> {
                         return None;
                     }
                 }
-                _ = tokio::time::sleep_until(self.expires) => {
+                _ = expiry(self.expires) => {
                     tracing::info!(viewer = %self.viewer.actor(), "live feed ended: the session expired");
                     return None;
                 }
@@ -150,5 +150,13 @@ impl<S> Feed<S> {
                 false
             }
         }
+    }
+}
+
+/// Resolves at `at`, never without one.
+async fn expiry(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

@@ -34,11 +34,7 @@ pub struct IdempotencyKeyHeader;
 
 impl IntoParams for IdempotencyKeyHeader {
     fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
-        let schema = ObjectBuilder::new()
-            .schema_type(Type::String)
-            .min_length(Some(1))
-            .max_length(Some(MAX_IDEMPOTENCY_KEY_LEN))
-            .pattern(Some(format!("^[!-~]{{1,{MAX_IDEMPOTENCY_KEY_LEN}}}$")));
+        let schema = idempotency_key_schema();
         vec![parameter(
             "Idempotency-Key",
             ParameterIn::Header,
@@ -67,16 +63,21 @@ impl IntoParams for IfMatchHeader {
     }
 }
 
+/// 1 to 255 visible ASCII characters (what [`crate::extract::OptionalIdempotencyKey`] accepts).
+fn idempotency_key_schema() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(MAX_IDEMPOTENCY_KEY_LEN))
+        .pattern(Some(format!("^[!-~]{{1,{MAX_IDEMPOTENCY_KEY_LEN}}}$")))
+}
+
 /// The optional `Idempotency-Key` of `PATCH /v1/orders/{order_id}`.
 pub struct OptionalIdempotencyKeyHeader;
 
 impl IntoParams for OptionalIdempotencyKeyHeader {
     fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
-        let schema = ObjectBuilder::new()
-            .schema_type(Type::String)
-            .min_length(Some(1))
-            .max_length(Some(MAX_IDEMPOTENCY_KEY_LEN))
-            .pattern(Some(format!("^[!-~]{{1,{MAX_IDEMPOTENCY_KEY_LEN}}}$")));
+        let schema = idempotency_key_schema();
         vec![parameter(
             "Idempotency-Key",
             ParameterIn::Header,
