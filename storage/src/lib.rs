@@ -54,9 +54,20 @@ pub fn pool(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
 /// lengths and looks cheaper than the generic one, so it is never given up. Measured on the
 /// intake's batch ([`commands::record_batch`], 20,000 orders, one entry): 0.65–0.7 ms of planning
 /// each time against 0.35–0.45 ms of execution.
+///
+/// A plan made once is made when the session first runs the statement, perhaps over tables that
+/// are still nearly empty (a new deployment, a fresh benchmark database), and PostgreSQL keeps it
+/// until the tables' statistics change, which without autovacuum is never. Over an empty
+/// table a full scan is the cheapest plan, and it then stays while the table grows: the
+/// intake's batch scanned `idempotency_keys` and `order_streams` whole, twice each, for every
+/// batch (`storage/tests/intake_plans.rs`). So these sessions also take full scans only where
+/// no index serves (`enable_seqscan = off`): the statements run here look rows up by their keys.
 pub fn pool_with_generic_plans(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
     open(url, max_connections, |options| {
-        options.options([("plan_cache_mode", "force_generic_plan")])
+        options.options([
+            ("plan_cache_mode", "force_generic_plan"),
+            ("enable_seqscan", "off"),
+        ])
     })
 }
 
