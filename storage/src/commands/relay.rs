@@ -32,6 +32,9 @@ pub async fn lock_expired_parked(
 
 /// Accepted commands the broker never confirmed, older than `min_age`: the API died (or the
 /// broker was down) between recording and publishing. Locked so that one relay takes each.
+/// Read through `commands_pending`, which holds only the accepted commands: no index reads
+/// `published_at`, so that the confirm mark writes no index entry (migration
+/// `commands_hot_confirm`).
 pub async fn lock_unpublished(
     conn: &mut PgConnection,
     min_age_ms: i64,
@@ -55,7 +58,11 @@ pub async fn lock_unpublished(
 /// Accepted commands whose confirmed message no worker received while a message published
 /// on the same partition more than a second later was delivered: the broker dropped it (see the
 /// migration `parked_and_overtaken`) or requeued it behind later ones. Older than `min_age_ms`,
-/// not parked, locked so that one relay takes each.
+/// not parked, locked so that one relay takes each. "Published more than a second later" is
+/// read as *accepted* more than a second after this one was published: a command is published
+/// after it is accepted, so such a command was published later still, and the test needs no
+/// index on `published_at` (`commands_delivered_by_acceptance`; migration
+/// `commands_hot_confirm`).
 pub async fn lock_overtaken(
     conn: &mut PgConnection,
     min_age_ms: i64,
@@ -67,7 +74,7 @@ pub async fn lock_overtaken(
            and c.published_at < now() - make_interval(secs => $1::bigint / 1000.0)
            and exists (select 1 from commands later
                        where later.partition = c.partition and later.delivered_at is not null
-                         and later.published_at > c.published_at + interval '1 second')
+                         and later.accepted_at > c.published_at + interval '1 second')
          order by c.published_at
          limit $2
          for update skip locked",
