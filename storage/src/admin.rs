@@ -37,6 +37,20 @@ pub async fn drop_database(db: impl PgExecutor<'_>, name: &str) -> sqlx::Result<
     Ok(())
 }
 
+/// The server settings that change what a benchmark's figures mean, as `name=value` pairs in a
+/// fixed order: whether autovacuum runs (without it no statistics are refreshed and no dead row
+/// is reclaimed during a run), how commits reach the disk, and the memory PostgreSQL caches in.
+pub async fn benchmark_settings(db: impl PgExecutor<'_>) -> sqlx::Result<String> {
+    sqlx::query_scalar(
+        "select string_agg(name || '=' || setting || coalesce(unit, ''), ', ' order by name)
+           from pg_settings
+          where name in ('autovacuum', 'fsync', 'synchronous_commit', 'shared_buffers',
+                         'max_connections', 'wal_level')",
+    )
+    .fetch_one(db)
+    .await
+}
+
 /// PostgreSQL's `version()` string.
 pub async fn server_version(db: impl PgExecutor<'_>) -> sqlx::Result<String> {
     sqlx::query_scalar!(r#"select version() as "v!""#)

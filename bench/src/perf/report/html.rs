@@ -27,7 +27,7 @@ pub fn render(report: &PerfReport) -> String {
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>orderflow-bench perf {run}</title>\
          <style>{STYLE}</style></head><body><h1>orderflow-bench perf</h1>\
          <p>Run <code>{run}</code>, started {started}, {seconds:.0} s. <code>{command}</code></p>\
-         <p>{cores} cores ({cpu}), {memory} GiB, Linux {kernel}, {postgres}; {build} build.</p>\
+         <p>{cores} cores ({cpu}), {memory} GiB, Linux {kernel}, {postgres} ({settings}); {build} build.</p>\
          <p><b>naive sync</b> is the baseline built into the bench (one synchronous transaction \
          per request, no queue, no authentication, no idempotency); <b>raw ceiling</b> is the \
          worker's apply transaction called in-process, no HTTP, no broker.</p>",
@@ -40,6 +40,7 @@ pub fn render(report: &PerfReport) -> String {
         memory = report.machine.memory_gib,
         kernel = escape(&report.machine.kernel),
         postgres = escape(report.machine.postgres.split(" on ").next().unwrap_or("")),
+        settings = escape(&report.machine.postgres_settings),
         build = report.machine.build,
     );
     page.push_str(

@@ -109,6 +109,8 @@ pub struct Machine {
     pub cpu: String,
     pub kernel: String,
     pub postgres: String,
+    /// [`orderflow_storage::admin::benchmark_settings`] of the server the run used.
+    pub postgres_settings: String,
     pub open_files_limit: u64,
     pub build: &'static str,
 }
@@ -232,6 +234,9 @@ impl Machine {
         let postgres = orderflow_storage::admin::server_version(db)
             .await
             .unwrap_or_default();
+        let postgres_settings = orderflow_storage::admin::benchmark_settings(db)
+            .await
+            .unwrap_or_default();
         Self {
             cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
             memory_gib,
@@ -241,6 +246,7 @@ impl Machine {
                 .trim()
                 .to_owned(),
             postgres,
+            postgres_settings,
             open_files_limit: super::observe::open_files_limit(),
             build: if cfg!(debug_assertions) {
                 "debug"

@@ -154,8 +154,12 @@ pub fn render(report: &PerfReport) -> String {
         ));
     }
     text.push_str(&format!(
-        "{} cores, {} GiB, {} build; {:.0} s in all\n",
-        report.machine.cores, report.machine.memory_gib, report.machine.build, report.seconds
+        "{} cores, {} GiB, {} build; PostgreSQL {}; {:.0} s in all\n",
+        report.machine.cores,
+        report.machine.memory_gib,
+        report.machine.build,
+        report.machine.postgres_settings,
+        report.seconds
     ));
     text
 }
