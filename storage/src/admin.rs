@@ -42,7 +42,7 @@ pub async fn drop_database(db: impl PgExecutor<'_>, name: &str) -> sqlx::Result<
 /// is reclaimed during a run), how commits reach the disk, and the memory PostgreSQL caches in.
 pub async fn benchmark_settings(db: impl PgExecutor<'_>) -> sqlx::Result<String> {
     sqlx::query_scalar(
-        "select string_agg(name || '=' || setting || coalesce(unit, ''), ', ' order by name)
+        "select string_agg(name || '=' || current_setting(name), ', ' order by name)
            from pg_settings
           where name in ('autovacuum', 'fsync', 'synchronous_commit', 'shared_buffers',
                          'max_connections', 'wal_level')",
