@@ -52,6 +52,20 @@ async fn the_smoke_run_reports_every_system_and_workload_with_work_done() {
             .expect("report.json is JSON");
     let html = std::fs::read_to_string(out.join("report.html")).expect("report.html");
     assert!(html.contains("<svg"), "the HTML report has plots");
+    // The settings that change what the figures mean, read off the server, in both reports.
+    let settings = json["machine"]["postgres_settings"].as_str().unwrap_or("");
+    for name in [
+        "autovacuum=",
+        "fsync=",
+        "synchronous_commit=",
+        "shared_buffers=",
+    ] {
+        assert!(settings.contains(name), "{name} in {settings:?}");
+    }
+    assert!(
+        html.contains(settings),
+        "the HTML report shows {settings:?}"
+    );
     let uniform_plot = out.join("plots/uniform-applied-percentiles.svg");
     let svg = std::fs::read_to_string(&uniform_plot).expect("each plot is also a file");
     assert!(svg.starts_with("<svg"), "{}", uniform_plot.display());
