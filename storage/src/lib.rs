@@ -60,7 +60,7 @@ pub fn pool(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
 /// until the tables' statistics change, which without autovacuum is never. Over an empty
 /// table a full scan is the cheapest plan, and it then stays while the table grows: the
 /// intake's batch scanned `idempotency_keys` and `order_streams` whole, twice each, for every
-/// batch (`storage/tests/intake_plans.rs`). So these sessions also take full scans only where
+/// batch (`storage/tests/intake_costs.rs`). So these sessions also take full scans only where
 /// no index serves (`enable_seqscan = off`): the statements run here look rows up by their keys.
 pub fn pool_with_generic_plans(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
     open(url, max_connections, |options| {

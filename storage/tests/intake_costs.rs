@@ -1,9 +1,18 @@
+//! What the intake's statements cost PostgreSQL, asserted where a plan or a schema change could
+//! quietly make it grow.
+//!
 //! The intake's batch statement ([`commands::record_batch`]) runs on sessions that plan it once
 //! (`plan_cache_mode = force_generic_plan`, [`orderflow_storage::pool_with_generic_plans`]):
 //! when a writer session first runs it, on a new deployment over tables that are nearly empty.
 //! That plan serves the session for its whole life, so it must read every table by its index
 //! however much the tables hold later: a plan that scans a table whole costs every batch the
 //! table's size (the benchmark's idempotency keys grow by a thousand a second).
+//!
+//! The broker's confirm is recorded on every command the API publishes
+//! ([`commands::mark_published`]), so it must cost the command row as little as an update can:
+//! a HOT update, which writes no index entry. That holds only while no index reads
+//! `published_at` (in its columns or its predicate); the relay's sweeps read it through
+//! `commands_pending` instead (migration `commands_hot_confirm`).
 
 use orderflow_domain::{ClientId, CommandId, CommandKind, OrderId};
 use orderflow_storage::commands::{self, BatchEntry, BatchIntake, Intake, NewCommand, Source};
@@ -109,4 +118,38 @@ async fn the_batch_planned_over_empty_tables_reads_them_by_index_once_they_hold_
     );
     assert_eq!(full_scans(&mut tx).await, []);
     tx.rollback().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_confirm_mark_is_a_hot_update() {
+    let id = Uuid::new_v4().simple().to_string();
+    let (url, _name) = create_migrated_database(&id, &orderflow_storage::MIGRATOR).await;
+    let db = orderflow_storage::pool(&url, 2).unwrap();
+    let (client, _key) = clients::create(&db, "marks", false).await.unwrap();
+    let orders = seed(&db, client.id.0, 64).await;
+    let body = json!({"type": "cancel"});
+    let keys: Vec<String> = (0..4).map(|i| format!("k-{i}")).collect();
+    let mut conn = db.acquire().await.unwrap();
+    let mut recorded = Vec::new();
+    // Marked together, as the API marks the confirms that arrive together: their page keeps room
+    // for a few new versions (fill factor 80) until pruning frees the old ones.
+    for (order, key) in orders.iter().zip(&keys) {
+        let entry = entry(client.id.0, *order, &body, key);
+        let intake = commands::record_next(&mut *conn, &entry.command, key, b"f", 16)
+            .await
+            .unwrap();
+        assert_eq!(intake, Intake::Recorded(2));
+        recorded.push(entry.command.id.0);
+    }
+
+    let mut tx = conn.begin().await.unwrap();
+    let marked = commands::mark_published(&mut *tx, &recorded).await.unwrap();
+    assert_eq!(marked.len(), recorded.len());
+    let (updated, hot): (i64, i64) = sqlx::query_as(
+        "select n_tup_upd, n_tup_hot_upd from pg_stat_xact_user_tables where relname = 'commands'",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!((updated, hot), (4, 4), "every mark a HOT update");
 }
