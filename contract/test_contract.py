@@ -54,7 +54,7 @@ def test_fixtures_shape():
     assert any(f["valid"] for f in fixtures) and any(not f["valid"] for f in fixtures)
     valid_types = {f["message"]["command"]["type"] for f in fixtures if f["valid"]}
     expected = {"create", "add_item", "remove_item", "reserve", "pay", "ship", "deliver", "cancel",
-                "update_details"}
+                "update_details", "set_shipping_address"}
     assert valid_types == expected, valid_types
     for f in fixtures:
         assert set(f) <= {"name", "valid", "message", "schema_can_express"}, f["name"]

@@ -109,9 +109,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for StrictJson<T> {
             ));
         }
         // Straight from the bytes (not from `raw`), so that a duplicated key is refused rather
-        // than silently merged.
-        let value =
-            serde_json::from_slice(&bytes).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
+        // than silently merged; the detail names the field that was refused
+        // (`shipping_address.country: must be …`).
+        let mut reader = serde_json::Deserializer::from_slice(&bytes);
+        let value = serde_path_to_error::deserialize(&mut reader)
+            .map_err(|e| ApiError::InvalidBody(e.to_string()))?;
         Ok(StrictJson { value, raw })
     }
 }

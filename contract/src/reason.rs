@@ -101,12 +101,16 @@ impl FailureCode {
 }
 
 /// The reason a final command carries: rejected by the domain, refused by the intake, or
-/// failed. Every code is distinct across the three, so the code alone says which it is.
+/// failed; or, on an applied command, that it changed nothing. Every code is distinct across
+/// them, so the code alone says which it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Reason {
     Rejected(Rejection),
     Refused(IntakeRefusal),
     Failed(FailureCode),
+    /// Applied without a change: it asked for what the order already was (a shipping address
+    /// it already had), so no event was appended and the version stayed.
+    Unchanged,
 }
 
 impl Reason {
@@ -115,6 +119,7 @@ impl Reason {
             Reason::Rejected(r) => r.as_str(),
             Reason::Refused(r) => r.as_str(),
             Reason::Failed(f) => f.as_str(),
+            Reason::Unchanged => "unchanged",
         }
     }
 
@@ -125,6 +130,7 @@ impl Reason {
             .map(Reason::Rejected)
             .chain(IntakeRefusal::ALL.into_iter().map(Reason::Refused))
             .chain(FailureCode::ALL.into_iter().map(Reason::Failed))
+            .chain([Reason::Unchanged])
     }
 
     /// The reason a stored code names. A code this build does not know reads as

@@ -1,7 +1,7 @@
 //! Commands: what a caller asks of one order. The same enum is the HTTP body of
 //! `POST /v1/orders/{id}/commands` and the `command` of the queue contract.
 
-use super::details::DetailsPatch;
+use super::details::{DetailsPatch, ShippingAddress};
 use super::values::{Currency, CustomerId, Items, Note, Quantity, Sku, UnitPrice};
 use serde::{Deserialize, Serialize};
 
@@ -38,6 +38,11 @@ pub enum Command {
     UpdateDetails {
         details: DetailsPatch,
     },
+    /// Replaces the order's shipping address whole. Idempotent by its nature: an address the
+    /// order already has is applied without a change (no event, the version stays).
+    SetShippingAddress {
+        address: ShippingAddress,
+    },
 }
 
 /// The command's type without its fields.
@@ -54,6 +59,7 @@ pub enum CommandKind {
     Deliver,
     Cancel,
     UpdateDetails,
+    SetShippingAddress,
 }
 
 impl Command {
@@ -68,12 +74,13 @@ impl Command {
             Command::Deliver {} => CommandKind::Deliver,
             Command::Cancel { .. } => CommandKind::Cancel,
             Command::UpdateDetails { .. } => CommandKind::UpdateDetails,
+            Command::SetShippingAddress { .. } => CommandKind::SetShippingAddress,
         }
     }
 }
 
 impl CommandKind {
-    pub const ALL: [CommandKind; 9] = [
+    pub const ALL: [CommandKind; 10] = [
         CommandKind::Create,
         CommandKind::AddItem,
         CommandKind::RemoveItem,
@@ -83,6 +90,7 @@ impl CommandKind {
         CommandKind::Deliver,
         CommandKind::Cancel,
         CommandKind::UpdateDetails,
+        CommandKind::SetShippingAddress,
     ];
 
     /// The spelling used on the wire and in the `commands.kind` column.
@@ -97,6 +105,7 @@ impl CommandKind {
             CommandKind::Deliver => "deliver",
             CommandKind::Cancel => "cancel",
             CommandKind::UpdateDetails => "update_details",
+            CommandKind::SetShippingAddress => "set_shipping_address",
         }
     }
 }

@@ -13,5 +13,5 @@ pub mod values;
 pub use command::{Command, CommandKind};
 pub use event::Event;
 pub use ids::{ClientId, CommandId, OrderId};
-pub use order::{Order, OrderStatus, Rejection, decide};
+pub use order::{Decided, Order, OrderStatus, Rejection, decide};
 pub use values::{Currency, CustomerId, Item, Items, Quantity, Sku, UnitPrice};

@@ -7,7 +7,7 @@
 //! ```
 
 use super::command::Command;
-use super::details::{self, OrderDetails};
+use super::details::{self, DetailField, OrderDetails};
 use super::event::{Event, StockLine};
 use super::ids::{ClientId, OrderId};
 use super::values::{Currency, CustomerId, Item, Quantity, limits};
@@ -158,6 +158,28 @@ impl Order {
     }
 }
 
+/// What a command that is not rejected does. (Returned once per command and taken apart at
+/// once: boxing the event would add an allocation for nothing.)
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)]
+pub enum Decided {
+    /// It appends this event (and the order's version moves on by one).
+    Event(Event),
+    /// It asks for what the order already is (a shipping address it already has): applied,
+    /// with no event, and the version stays where it is.
+    Unchanged,
+}
+
+impl Decided {
+    /// The event, if it appends one.
+    pub fn event(self) -> Option<Event> {
+        match self {
+            Decided::Event(event) => Some(event),
+            Decided::Unchanged => None,
+        }
+    }
+}
+
 /// Decides what a command does to an order (`None`: no order yet). The caller performs the
 /// event's side effects (stock, payment), which may still reject it (`insufficient_stock`,
 /// `payment_declined`).
@@ -165,7 +187,7 @@ pub fn decide(
     order: Option<&Order>,
     command: &Command,
     expected_version: Option<i64>,
-) -> Result<Event, Rejection> {
+) -> Result<Decided, Rejection> {
     let version = order.map_or(0, |o| o.version);
     if expected_version.is_some_and(|expected| expected != version) {
         return Err(Rejection::VersionConflict);
@@ -179,16 +201,28 @@ pub fn decide(
                 items,
             },
         ) => {
-            return Ok(Event::OrderCreated {
+            return Ok(Decided::Event(Event::OrderCreated {
                 customer_id: customer_id.clone(),
                 currency: currency.clone(),
                 items: items.as_slice().to_vec(),
-            });
+            }));
         }
         (Some(_), Command::Create { .. }) => return Err(Rejection::OrderExists),
         (None, _) => return Err(Rejection::OrderNotFound),
         (Some(order), _) => order,
     };
+    // The same address again changes nothing, whatever the order's status: what the command
+    // asks for is already so.
+    if let Command::SetShippingAddress { address } = command
+        && order.details.shipping_address.as_ref() == Some(address)
+    {
+        return Ok(Decided::Unchanged);
+    }
+    evolution(order, command).map(Decided::Event)
+}
+
+/// The event a command appends to an existing order whose version it matched.
+fn evolution(order: &Order, command: &Command) -> Result<Event, Rejection> {
     use OrderStatus::*;
     match (order.status, command) {
         (
@@ -251,6 +285,15 @@ pub fn decide(
             let (details, changed) = details::merge(&order.details, patch)
                 .map_err(|details::IncompleteAddress| Rejection::IncompleteAddress)?;
             Ok(Event::DetailsChanged { details, changed })
+        }
+        (Pending | Reserved | Paid, Command::SetShippingAddress { address }) => {
+            Ok(Event::DetailsChanged {
+                details: OrderDetails {
+                    shipping_address: Some(address.clone()),
+                    ..order.details.clone()
+                },
+                changed: vec![DetailField::ShippingAddress],
+            })
         }
         (Pending | Reserved | Paid, Command::Cancel { reason }) => Ok(Event::OrderCancelled {
             released: if order.status == Pending {

@@ -113,7 +113,7 @@ impl ToSchema for Note {}
 
 // ---- an order's details (crate::details): inline schemas, every bound from its `limits` ----------
 
-use super::details::{DetailsPatch, OrderDetails, limits as details_limits};
+use super::details::{DetailsPatch, OrderDetails, ShippingAddress, limits as details_limits};
 use utoipa::openapi::schema::{AdditionalProperties, OneOfBuilder};
 
 /// C0, DEL and C1: what `char::is_control` refuses.
@@ -219,6 +219,13 @@ fn note() -> RefOr<Schema> {
         .description(Some("Free text; line breaks and tabs allowed."))
         .into()
 }
+
+impl PartialSchema for ShippingAddress {
+    fn schema() -> RefOr<Schema> {
+        shipping_address()
+    }
+}
+impl ToSchema for ShippingAddress {}
 
 impl PartialSchema for OrderDetails {
     fn schema() -> RefOr<Schema> {

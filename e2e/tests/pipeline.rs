@@ -560,3 +560,185 @@ async fn patch_needs_if_match_refuses_a_stale_one_at_once_and_replays_a_retry() 
     .await;
     assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
 }
+
+/// `PUT /v1/orders/{order}/shipping-address`, `If-Match` when given, no Idempotency-Key.
+async fn put_address(
+    app: &orderflow_testkit::Stack,
+    order: &str,
+    if_match: Option<&str>,
+    address: &Value,
+) -> reqwest::Response {
+    let mut request = app
+        .request(Method::PUT, &format!("/v1/orders/{order}/shipping-address"))
+        .json(address);
+    if let Some(etag) = if_match {
+        request = request.header("if-match", etag);
+    }
+    request.send().await.unwrap()
+}
+
+/// The final status of the command a 202 accepted.
+async fn outcome(app: &orderflow_testkit::Stack, accepted: reqwest::Response) -> Value {
+    assert_eq!(accepted.status(), StatusCode::ACCEPTED);
+    let accepted: Value = accepted.json().await.unwrap();
+    app.wait_final(accepted["command_id"].as_str().unwrap())
+        .await
+}
+
+#[tokio::test]
+async fn the_same_address_put_twice_leaves_one_change_and_the_version_where_the_first_left_it() {
+    let app = common::stack().worker().start().await;
+    let order = app.new_order(json!([])).await;
+    app.run(
+        &order,
+        json!({"type": "update_details", "details": {"note": "ring twice"}}),
+        None,
+    )
+    .await;
+    let lyon = json!({"name": "Ada Lovelace", "lines": ["1 Quai Claude Bernard"], "city": "Lyon",
+                      "postal_code": "69007", "country": "FR"});
+
+    // The first PUT changes the address (and nothing else); the retry, without a key, changes
+    // nothing: applied, reason unchanged, the version where the first left it.
+    let first = outcome(&app, put_address(&app, &order, None, &lyon).await).await;
+    assert_eq!(
+        (
+            &first["type"],
+            &first["status"],
+            &first["reason"],
+            &first["version"]
+        ),
+        (
+            &json!("set_shipping_address"),
+            &json!("applied"),
+            &json!(null),
+            &json!(3)
+        ),
+        "{first}"
+    );
+    let retry = outcome(&app, put_address(&app, &order, None, &lyon).await).await;
+    assert_ne!(
+        retry["command_id"], first["command_id"],
+        "a command of its own"
+    );
+    assert_eq!(
+        (&retry["status"], &retry["reason"], &retry["version"]),
+        (&json!("applied"), &json!("unchanged"), &json!(3)),
+        "{retry}"
+    );
+    let read = app.order(&order).await;
+    assert_eq!(read["version"], 3);
+    assert_eq!(
+        read["details"],
+        json!({"shipping_address": lyon, "note": "ring twice"})
+    );
+    let types: Vec<Value> = app
+        .events(&order)
+        .await
+        .iter()
+        .map(|e| e["type"].clone())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            json!("order_created"),
+            json!("details_changed"),
+            json!("details_changed")
+        ],
+        "one change in the history for the two PUTs"
+    );
+
+    // An If-Match older than the order's version: 412 at once, with the current ETag, and
+    // nothing written; the current one is taken.
+    let commands = || async {
+        sqlx::query_scalar::<_, i64>("select count(*) from commands")
+            .fetch_one(&app.db)
+            .await
+            .unwrap()
+    };
+    let before = commands().await;
+    let paris = json!({"name": "Ada Lovelace", "lines": ["12 Rue de la Paix"], "city": "Paris",
+                       "postal_code": "75002", "country": "FR"});
+    let stale = put_address(&app, &order, Some("\"2\""), &paris).await;
+    assert_eq!(stale.status(), StatusCode::PRECONDITION_FAILED);
+    assert_eq!(stale.headers()["etag"], "\"3\"");
+    assert_eq!(commands().await, before, "a 412 writes nothing");
+    let moved = outcome(&app, put_address(&app, &order, Some("\"3\""), &paris).await).await;
+    assert_eq!(
+        (&moved["status"], &moved["version"]),
+        (&json!("applied"), &json!(4))
+    );
+
+    // Once shipped, a new address is an invalid transition; the address it has is still so.
+    app.run(
+        &order,
+        json!({"type": "add_item", "sku": "A", "quantity": 1, "unit_price_cents": 5}),
+        None,
+    )
+    .await;
+    app.set_stock("A", 5).await;
+    for command in ["reserve", "pay", "ship"] {
+        let done = app.run(&order, json!({"type": command}), None).await;
+        assert_eq!(done["status"], "applied", "{done}");
+    }
+    let late = outcome(&app, put_address(&app, &order, None, &lyon).await).await;
+    assert_eq!(
+        (&late["status"], &late["reason"]),
+        (&json!("rejected"), &json!("invalid_transition"))
+    );
+    let same = outcome(&app, put_address(&app, &order, None, &paris).await).await;
+    assert_eq!(
+        (&same["status"], &same["reason"], &same["version"]),
+        (&json!("applied"), &json!("unchanged"), &json!(8))
+    );
+    assert_eq!(app.order(&order).await["version"], 8);
+}
+
+#[tokio::test]
+async fn a_bad_address_put_is_a_clear_4xx_and_writes_nothing() {
+    let app = common::stack().worker().start().await;
+    let order = app.new_order(json!([])).await;
+    let whole = json!({"name": "Ada", "lines": ["1 Main St"], "city": "Oslo",
+                       "postal_code": "0150", "country": "NO"});
+    let mut without_city = whole.clone();
+    without_city.as_object_mut().unwrap().remove("city");
+    for (body, says) in [
+        (without_city, "city"),
+        (json!({"country": "no"}), "country"),
+        (
+            json!({"name": "Ada", "lines": [], "city": "Oslo", "postal_code": "0150", "country": "NO"}),
+            "lines",
+        ),
+        (
+            json!({"name": "Ada", "lines": ["1"], "city": "Oslo", "postal_code": "0150",
+                   "country": "NO", "floor": 3}),
+            "floor",
+        ),
+    ] {
+        let response = put_address(&app, &order, None, &body).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body}"
+        );
+        let problem: Value = response.json().await.unwrap();
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(detail.contains(says), "{body}: {detail}");
+    }
+    // Not JSON: 415; another client's (or no) order: 404.
+    let form = app
+        .request(Method::PUT, &format!("/v1/orders/{order}/shipping-address"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("city=Oslo")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let unknown = put_address(&app, &uuid::Uuid::now_v7().to_string(), None, &whole).await;
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+    let commands: i64 = sqlx::query_scalar("select count(*) from commands")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(commands, 1, "only the create");
+}

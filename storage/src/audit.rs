@@ -27,9 +27,17 @@ pub struct CommandRow {
     /// The partition of that lease: after a growth, the owner of the order's new partition may
     /// finish an earlier command routed to the old one.
     pub lease_partition: Option<i32>,
+    /// A `set_shipping_address` command's address (null for every other kind): an applied one
+    /// that changed nothing must have asked for the address its order had.
+    pub address: Option<serde_json::Value>,
 }
 
 impl CommandRow {
+    /// Applied without a change (reason `unchanged`): no event, the version where it was.
+    pub fn unchanged(&self) -> bool {
+        self.status == "applied" && self.reason.as_deref() == Some(Reason::Unchanged.as_str())
+    }
+
     /// Refused by the API after the broker said no: it never reached a worker.
     pub fn refused(&self) -> bool {
         self.status == "rejected"
@@ -107,9 +115,10 @@ pub async fn snapshot(
         .await?;
     let commands = sqlx::query_as!(
         CommandRow,
-        "select id, order_id, seq, kind, source, status, reason, result_version, finished_at,
-                partition, epoch, lease_partition
-         from commands where order_id = any($1) order by order_id, seq",
+        r#"select id, order_id, seq, kind, source, status, reason, result_version, finished_at,
+                  partition, epoch, lease_partition,
+                  case when kind = 'set_shipping_address' then body -> 'address' end as address
+             from commands where order_id = any($1) order by order_id, seq"#,
         orders
     )
     .fetch_all(&mut *tx)

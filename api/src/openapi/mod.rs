@@ -26,7 +26,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 pub use requests::{
     IdempotencyKeyHeader, IfMatchHeader, OptionalIdempotencyKeyHeader, OrderCommand, OrderIdPath,
-    RequiredIfMatchHeader,
+    PutIdempotencyKeyHeader, PutIfMatchHeader, RequiredIfMatchHeader,
 };
 pub use responses::{
     AcceptedResponse, BadBodyRequest, BadRequest, Forbidden, IdempotencyInFlight, InvalidBody,
@@ -76,8 +76,10 @@ pub struct Problem {
                        Retrying safely: every POST needs an `Idempotency-Key` (a retry with it answers the \
                        first response); `PATCH /v1/orders/{order_id}` may leave it out, as it names the \
                        version it changes (`If-Match`, required) and the same patch on the same version \
-                       is the same request; `PUT /v1/inventory/{sku}` sets a value, idempotent by its \
-                       nature; GETs change nothing."
+                       is the same request; `PUT /v1/orders/{order_id}/shipping-address` and \
+                       `PUT /v1/inventory/{sku}` are idempotent by their nature and need no key (the \
+                       same address again is applied with no change: reason `unchanged`); GETs change \
+                       nothing."
     ),
     // The schemas the hand-written responses below refer to; the derive collects what they
     // refer to in turn, and `routes!` the schemas of every handler's bodies.

@@ -106,6 +106,42 @@ impl IntoParams for RequiredIfMatchHeader {
     }
 }
 
+/// The optional `Idempotency-Key` of `PUT /v1/orders/{order_id}/shipping-address`: the PUT is
+/// safe to retry without one.
+pub struct PutIdempotencyKeyHeader;
+
+impl IntoParams for PutIdempotencyKeyHeader {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        vec![parameter(
+            "Idempotency-Key",
+            ParameterIn::Header,
+            false,
+            idempotency_key_schema(),
+            "Optional here: the PUT is idempotent by its nature (the same address again is \
+             applied with no change), so a retry without a key is safe. With one, the same \
+             request again answers the first response. 1 to 255 visible ASCII characters.",
+        )]
+    }
+}
+
+/// The optional `If-Match` of `PUT /v1/orders/{order_id}/shipping-address`.
+pub struct PutIfMatchHeader;
+
+impl IntoParams for PutIfMatchHeader {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        vec![parameter(
+            "If-Match",
+            ParameterIn::Header,
+            false,
+            string_matching("^(\\*|\"[0-9]{1,18}\")?$"),
+            "The order's ETag (`\"<version>\"`) the new address was chosen against. Older than \
+             the order's version: 412 with the current `ETag`; overtaken after it was accepted: \
+             `rejected` with `version_conflict`. `*`, empty or absent: any version. (A retry \
+             of a PUT that was applied should leave it out: the order's version has moved.)",
+        )]
+    }
+}
+
 /// The `{order_id}` of the order routes.
 pub struct OrderIdPath;
 

@@ -8,7 +8,7 @@ use crate::extract::{
 use crate::intake::{self, Accepted, Submission, Target};
 use crate::openapi::{
     self, IdempotencyKeyHeader, IfMatchHeader, OptionalIdempotencyKeyHeader, OrderCommand,
-    OrderIdPath, RequiredIfMatchHeader,
+    OrderIdPath, PutIdempotencyKeyHeader, PutIfMatchHeader, RequiredIfMatchHeader,
 };
 use crate::pagination;
 use crate::routes::commands::CommandView;
@@ -36,6 +36,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_order, patch_order))
         .routes(routes!(post_command, list_commands))
         .routes(routes!(get_events))
+        .routes(routes!(put_shipping_address))
 }
 
 /// The body of `POST /v1/orders`. The API assigns the order id.
@@ -264,20 +265,7 @@ async fn patch_order(
     // Without a key, the request names itself: the same patch on the same version is the same
     // change, so a retry replays the first answer.
     let key = key.unwrap_or_else(|| format!("patch:{}", hex::encode(&fingerprint)));
-    // A retry of a change already made is answered as the first time, not as stale.
-    let replay = orderflow_storage::idempotency::lookup(&state.db, client.id, &key)
-        .await?
-        .is_some();
-    if !replay {
-        let current = orders::get_for_client(&state.db, client.id, order_id)
-            .await?
-            .ok_or(ApiError::NotFound("order"))?;
-        if current.version > expected {
-            return Err(ApiError::PreconditionFailed {
-                current: current.version,
-            });
-        }
-    }
+    refuse_stale(&state, &client, &key, order_id, expected).await?;
     let submission = Submission {
         client: &client,
         idempotency_key: &key,
@@ -287,6 +275,94 @@ async fn patch_order(
             details: body.value,
         },
         expected_version: Some(expected),
+        received_at,
+    };
+    intake::submit(&state, submission).await
+}
+
+/// Refuses at once (412, with the current `ETag`) a change made against a version older than the
+/// order's, unless it is a retry of a change already accepted under `key` (answered as the first
+/// time, not as stale). 404 when the caller has no such order.
+async fn refuse_stale(
+    state: &AppState,
+    client: &orderflow_storage::clients::Client,
+    key: &str,
+    order_id: OrderId,
+    expected: i64,
+) -> Result<(), ApiError> {
+    let replay = orderflow_storage::idempotency::lookup(&state.db, client.id, key)
+        .await?
+        .is_some();
+    if replay {
+        return Ok(());
+    }
+    let current = orders::get_for_client(&state.db, client.id, order_id)
+        .await?
+        .ok_or(ApiError::NotFound("order"))?;
+    if current.version > expected {
+        return Err(ApiError::PreconditionFailed {
+            current: current.version,
+        });
+    }
+    Ok(())
+}
+
+/// Replace an order's shipping address whole. Idempotent by its nature: an address the order
+/// already has is applied with no change (the command ends `applied` with the reason
+/// `unchanged`, no event is appended and the version stays), so the same PUT twice leaves one
+/// change in the history, and a client may retry it without an `Idempotency-Key`. A new address
+/// is accepted until the order ships (then `rejected` with `invalid_transition`). `If-Match` is
+/// optional: older than the order's version, 412 at once with the current `ETag`; overtaken
+/// after it was accepted, `rejected` with `version_conflict`.
+#[utoipa::path(
+    put,
+    path = "/v1/orders/{order_id}/shipping-address",
+    tag = "orders",
+    security(("bearer" = [])),
+    params(OrderIdPath, PutIdempotencyKeyHeader, PutIfMatchHeader),
+    request_body(content = orderflow_domain::details::ShippingAddress, content_type = "application/json"),
+    responses(
+        (status = 202, response = inline(openapi::AcceptedResponse)),
+        (status = 400, response = inline(openapi::BadBodyRequest)),
+        (status = 401, response = inline(openapi::Unauthorized)),
+        (status = 404, response = inline(openapi::OrderNotFound)),
+        (status = 409, response = inline(openapi::IdempotencyInFlight)),
+        (status = 412, response = inline(openapi::PreconditionFailed)),
+        (status = 413, response = inline(openapi::PayloadTooLarge)),
+        (status = 415, response = inline(openapi::UnsupportedMediaType)),
+        (status = 422, response = inline(openapi::Unprocessable)),
+        (status = 429, response = inline(openapi::RateLimitedOrOrderBusy)),
+        (status = 503, response = inline(openapi::NotAccepted)),
+    )
+)]
+async fn put_shipping_address(
+    State(state): State<AppState>,
+    Caller(client): Caller,
+    Received(received_at): Received,
+    ApiPath(order_id): ApiPath<Uuid>,
+    OptionalIdempotencyKey(key): OptionalIdempotencyKey,
+    IfMatch(if_match): IfMatch,
+    body: StrictJson<orderflow_domain::details::ShippingAddress>,
+) -> Result<Accepted, ApiError> {
+    let order_id = OrderId(order_id);
+    let route = format!("PUT /v1/orders/{order_id}/shipping-address");
+    let fingerprint = intake::fingerprint(&route, if_match, &body.raw);
+    // Without a key every PUT is a command of its own: a retry is safe because the same address
+    // again changes nothing. (Naming it by its fingerprint, as a PATCH is, would answer a PUT
+    // of an address the order had before with that old 202, and set nothing.)
+    let key = key.unwrap_or_else(|| format!("put:{}", Uuid::now_v7()));
+    if let Some(expected) = if_match {
+        refuse_stale(&state, &client, &key, order_id, expected).await?;
+    }
+    let submission = Submission {
+        client: &client,
+        idempotency_key: &key,
+        fingerprint,
+        target: Target::Existing(order_id),
+        command: Command::SetShippingAddress {
+            address: body.value,
+        },
+        expected_version: if_match,
         received_at,
     };
     intake::submit(&state, submission).await

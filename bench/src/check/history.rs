@@ -118,8 +118,8 @@ pub fn events_rebuild_projection(input: &Input<'_>) -> Verdict {
     verdict
 }
 
-/// 6: per order, in `seq` order, each applied command made the next version and each rejected
-/// one saw the version before it; finish times do not go backwards; events follow `seq`; status
+/// 6: per order, in `seq` order, each applied command made the next version (one applied
+/// unchanged kept it) and each rejected one saw the version before it; finish times do not go backwards; events follow `seq`; status
 /// events were published in `seq` order.
 pub fn applied_in_order(input: &Input<'_>) -> Verdict {
     let mut verdict = Verdict::new(6, "commands applied in the order accepted");
@@ -150,6 +150,9 @@ pub fn applied_in_order(input: &Input<'_>) -> Verdict {
                 last_finished = Some(at);
             }
             let expected = match c.status.as_str() {
+                // Applied without a change: the version it found (invariant 2 checks that it
+                // asked for what the order then was).
+                "applied" if c.unchanged() => Some(version),
                 "applied" => Some(version + 1),
                 "rejected" => (version > 0).then_some(version),
                 _ => continue,
@@ -162,7 +165,7 @@ pub fn applied_in_order(input: &Input<'_>) -> Verdict {
                     )
                 });
             }
-            if c.status == "applied" {
+            if c.status == "applied" && !c.unchanged() {
                 version += 1;
             }
         }
@@ -238,6 +241,21 @@ mod tests {
         f.snapshot.events[1].data = json!({"type": "order_created", "customer_id": "c",
                                           "currency": "EUR", "items": []});
         assert!(!events_rebuild_projection(&f.input()).passed());
+    }
+
+    #[test]
+    fn an_unchanged_command_keeps_the_version_and_no_other_does() {
+        let f = Fixture::address_set_twice();
+        let v = applied_in_order(&f.input());
+        assert!(v.passed(), "{v:?}");
+        // Claiming a version of its own would be a change nobody can see.
+        let mut f = Fixture::address_set_twice();
+        f.snapshot.commands[6].result_version = Some(6);
+        assert_eq!(applied_in_order(&f.input()).violations, 1);
+        // An applied command without the reason must move the version on.
+        let mut f = Fixture::address_set_twice();
+        f.snapshot.commands[6].reason = None;
+        assert_eq!(applied_in_order(&f.input()).violations, 1);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use chrono::{SubsecRound, Utc};
 use orderflow_domain::order::evolve;
-use orderflow_domain::{ClientId, Command, CommandId, Event, Order, OrderId, decide};
+use orderflow_domain::{ClientId, Command, CommandId, Decided, Event, Order, OrderId, decide};
 use orderflow_runtime::shutdown::CancellationToken;
 use serde_json::json;
 use sqlx::PgPool;
@@ -117,12 +117,10 @@ async fn apply(
     };
     // The version check (If-Match) and the state machine: the same rules as the worker's.
     let event = match decide(Some(&order), command, if_match) {
-        Ok(event) => event,
+        Ok(Decided::Event(event @ (Event::ItemAdded { .. } | Event::ItemRemoved { .. }))) => event,
+        Ok(_) => return Ok(Naively::Unsupported),
         Err(rejection) => return Ok(Naively::Rejected(rejection.as_str())),
     };
-    if !matches!(event, Event::ItemAdded { .. } | Event::ItemRemoved { .. }) {
-        return Ok(Naively::Unsupported);
-    }
     let at = Utc::now().trunc_subsecs(6);
     let order = evolve(
         Some(order),

@@ -1,6 +1,7 @@
-//! hot-orders: many clients on a few hot orders, issuing add/remove/reserve/pay/ship/cancel at
-//! once, half of them conditional (`If-Match` from a fresh read's ETag). Lost updates would show
-//! as a projection that no replay of the events rebuilds, or a version out of step.
+//! hot-orders: many clients on a few hot orders, issuing add/remove/reserve/pay/ship/cancel and
+//! shipping addresses (often the one the order has: applied unchanged) at once, half of them
+//! conditional (`If-Match` from a fresh read's ETag). Lost updates would show as a projection
+//! that no replay of the events rebuilds, or a version out of step.
 
 use super::{Ctx, add_item};
 use rand::Rng;
@@ -13,6 +14,10 @@ use uuid::Uuid;
 const NAME: &str = "hot-orders";
 /// How many of the scenario's orders are hot.
 const HOT: usize = 3;
+
+/// The cities of the shipping addresses the scenario sets: two, so that an address is often set
+/// again (applied unchanged).
+const CITIES: [&str; 2] = ["Oslo", "Bergen"];
 
 /// The scenario's orders; a finished (cancelled/delivered) one is replaced by a fresh one.
 #[derive(Clone)]
@@ -58,14 +63,18 @@ pub async fn run(ctx: Ctx, orders: Orders, hot_skew: f64, mut rng: ChaCha8Rng) {
             .choose(&mut rng)
             .expect("at least one sku")
             .clone();
-        let command = match rng.gen_range(0..20) {
+        let command = match rng.gen_range(0..22) {
             0..=5 => add_item(&sku, rng.gen_range(1..=2)),
             6..=8 => json!({"type": "remove_item", "sku": sku, "quantity": 1}),
             9..=12 => json!({"type": "reserve"}),
             13..=15 => json!({"type": "pay"}),
             16..=17 => json!({"type": "ship"}),
             18 => json!({"type": "deliver"}),
-            _ => json!({"type": "cancel", "reason": "audit"}),
+            19 => json!({"type": "cancel", "reason": "audit"}),
+            // One of two addresses: often the one the order already has (applied, unchanged).
+            _ => json!({"type": "set_shipping_address", "address": {
+                "name": "Audit", "lines": ["1 Race Street"], "city": CITIES[rng.gen_range(0..2)],
+                "postal_code": "0150", "country": "NO"}}),
         };
         let if_match = if rng.gen_bool(0.5) {
             let read = ctx.api.order(NAME, order).await;

@@ -16,13 +16,13 @@ fn create() -> Command {
 }
 
 /// Runs commands through decide + evolve like the worker does, minus IO.
-fn run(commands: &[Command]) -> (Option<Order>, Vec<Result<Event, Rejection>>) {
+fn run(commands: &[Command]) -> (Option<Order>, Vec<Result<Decided, Rejection>>) {
     let (id, client) = (OrderId::new(), ClientId::new());
     let mut order = None;
     let mut outcomes = Vec::new();
     for command in commands {
         let outcome = decide(order.as_ref(), command, None);
-        if let Ok(event) = &outcome {
+        if let Ok(Decided::Event(event)) = &outcome {
             order = Some(evolve(order, id, client, event, Utc::now()));
         }
         outcomes.push(outcome);
@@ -47,7 +47,7 @@ fn the_happy_path_walks_every_state_and_counts_versions() {
     assert_eq!(order.version, 7);
     assert_eq!(order.total_cents, 3 * 1000 + 150);
     match &outcomes[3] {
-        Ok(Event::StockReserved { items }) => {
+        Ok(Decided::Event(Event::StockReserved { items })) => {
             let skus: Vec<_> = items.iter().map(|l| l.sku.as_str()).collect();
             assert_eq!(skus, ["A", "B"], "stock lines are sorted by sku");
         }
@@ -55,10 +55,10 @@ fn the_happy_path_walks_every_state_and_counts_versions() {
     }
     assert_eq!(
         outcomes[4],
-        Ok(Event::PaymentCaptured {
+        Ok(Decided::Event(Event::PaymentCaptured {
             amount_cents: 3150,
             currency: serde_json::from_value(json!("EUR")).unwrap()
-        })
+        }))
     );
 }
 
@@ -96,11 +96,11 @@ fn cancel_releases_what_was_reserved_and_refunds_what_was_paid() {
         cmd(json!({"type": "cancel", "reason": "changed my mind"})),
     ]);
     match &outcomes[3] {
-        Ok(Event::OrderCancelled {
+        Ok(Decided::Event(Event::OrderCancelled {
             released,
             refunded_cents,
             ..
-        }) => {
+        })) => {
             assert_eq!(released.len(), 2);
             assert_eq!(*refunded_cents, 1300);
         }
@@ -109,7 +109,7 @@ fn cancel_releases_what_was_reserved_and_refunds_what_was_paid() {
     let (_, outcomes) = run(&[create(), cmd(json!({"type": "cancel"}))]);
     assert!(matches!(
         &outcomes[1],
-        Ok(Event::OrderCancelled { released, refunded_cents: 0, .. }) if released.is_empty()
+        Ok(Decided::Event(Event::OrderCancelled { released, refunded_cents: 0, .. })) if released.is_empty()
     ));
 }
 
@@ -124,8 +124,8 @@ fn stale_expected_version_is_a_version_conflict() {
     );
     assert!(decide(Some(&order), &reserve, Some(1)).is_ok());
     assert_eq!(
-        decide(None, &create(), Some(0)).map(|e| e.name()),
-        Ok("order_created")
+        decide(None, &create(), Some(0)).map(|d| d.event().map(|e| e.name())),
+        Ok(Some("order_created"))
     );
 }
 
@@ -181,7 +181,7 @@ fn details_change_until_shipping_the_address_and_until_delivery_the_rest() {
     assert!(outcomes[2].is_ok());
     assert_eq!(
         outcomes[3],
-        Ok(Event::DetailsChanged {
+        Ok(Decided::Event(Event::DetailsChanged {
             details: serde_json::from_value(json!({
                 "shipping_address": {"name": "Ada", "lines": ["1 Main St"], "city": "Bergen",
                                      "postal_code": "0150", "country": "NO"},
@@ -189,7 +189,7 @@ fn details_change_until_shipping_the_address_and_until_delivery_the_rest() {
             }))
             .unwrap(),
             changed: vec![DetailField::ShippingAddress, DetailField::ContactEmail],
-        })
+        }))
     );
     assert_eq!(
         outcomes[8],
@@ -199,10 +199,83 @@ fn details_change_until_shipping_the_address_and_until_delivery_the_rest() {
     assert!(outcomes[9].is_ok(), "shipped: the note may still change");
     assert_eq!(outcomes[11], Err(Rejection::InvalidTransition), "delivered");
     let order = order.unwrap();
+    assert_eq!(order.version, 8);
     assert_eq!(order.details.note.unwrap().as_str(), "rang twice");
     assert_eq!(
         order.details.shipping_address.unwrap().city.as_str(),
         "Bergen"
+    );
+}
+
+fn set_address(city: &str) -> Command {
+    cmd(json!({"type": "set_shipping_address",
+               "address": {"name": "Ada", "lines": ["1 Main St"], "city": city,
+                           "postal_code": "0150", "country": "NO"}}))
+}
+
+#[test]
+fn the_same_address_again_is_applied_unchanged_in_any_state() {
+    let (order, outcomes) = run(&[
+        create(),
+        cmd(json!({"type": "update_details", "details": {"note": "ring twice"}})),
+        set_address("Oslo"),
+        set_address("Oslo"),
+        set_address("Bergen"),
+        cmd(json!({"type": "reserve"})),
+        cmd(json!({"type": "pay"})),
+        cmd(json!({"type": "ship"})),
+        set_address("Bergen"),
+        set_address("Oslo"),
+    ]);
+    let Ok(Decided::Event(Event::DetailsChanged { details, changed })) = &outcomes[2] else {
+        panic!("{:?}", outcomes[2]);
+    };
+    assert_eq!(changed, &[DetailField::ShippingAddress]);
+    assert_eq!(
+        details.note.as_ref().map(|n| n.as_str()),
+        Some("ring twice"),
+        "the rest of the details stay"
+    );
+    assert_eq!(
+        outcomes[3],
+        Ok(Decided::Unchanged),
+        "the same address again"
+    );
+    assert!(matches!(outcomes[4], Ok(Decided::Event(_))), "another one");
+    assert_eq!(
+        outcomes[8],
+        Ok(Decided::Unchanged),
+        "shipped, but already so"
+    );
+    assert_eq!(
+        outcomes[9],
+        Err(Rejection::InvalidTransition),
+        "shipped: no new address"
+    );
+    let order = order.unwrap();
+    assert_eq!(order.version, 7, "unchanged commands append nothing");
+    assert_eq!(
+        order
+            .details
+            .shipping_address
+            .map(|a| a.city.as_str().to_owned()),
+        Some("Bergen".to_owned())
+    );
+    let (_, outcomes) = run(&[set_address("Oslo")]);
+    assert_eq!(outcomes[0], Err(Rejection::OrderNotFound));
+}
+
+#[test]
+fn an_unchanged_address_still_checks_the_version() {
+    let (order, _) = run(&[create(), set_address("Oslo")]);
+    let order = order.unwrap();
+    assert_eq!(
+        decide(Some(&order), &set_address("Oslo"), Some(1)),
+        Err(Rejection::VersionConflict)
+    );
+    assert_eq!(
+        decide(Some(&order), &set_address("Oslo"), Some(2)),
+        Ok(Decided::Unchanged)
     );
 }
 
@@ -241,6 +314,7 @@ fn any_command() -> impl Strategy<Value = Command> {
             json!({"shipping_address": null}),
         ])
         .prop_map(|patch| cmd(json!({"type": "update_details", "details": patch}))),
+        prop::sample::select(vec!["Oslo", "Bergen"]).prop_map(set_address),
     ]
 }
 
@@ -253,7 +327,7 @@ proptest! {
         all.extend(commands);
         let (order, outcomes) = run(&all);
         let order = order.unwrap();
-        let events: Vec<Event> = outcomes.into_iter().filter_map(Result::ok).collect();
+        let events: Vec<Event> = outcomes.into_iter().filter_map(|o| o.ok()?.event()).collect();
         prop_assert_eq!(order.version, events.len() as i64);
         prop_assert_eq!(order.total_cents, order.items.iter().map(Item::line_total_cents).sum::<i64>());
         let mut replayed = None;

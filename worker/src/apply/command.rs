@@ -8,7 +8,7 @@ use crate::effects;
 use crate::error::ApplyError;
 use chrono::{SubsecRound, Utc};
 use orderflow_contract::{CommandStatus, FailureCode, Reason};
-use orderflow_domain::{Command, Event, Order, Rejection, decide, order::evolve};
+use orderflow_domain::{Command, Decided, Event, Order, Rejection, decide, order::evolve};
 use orderflow_storage::commands::{CommandRow, Delivered};
 use orderflow_storage::orders;
 use sqlx::{Acquire, PgConnection};
@@ -51,10 +51,21 @@ impl Applier {
         };
         let version = order.as_ref().map(|o| o.version);
         let decided = match decide(order.as_ref(), &command, row.expected_version) {
-            Ok(event) => self
+            Ok(Decided::Event(event)) => self
                 .perform_effects(tx, order.as_ref(), &event, row)
                 .await?
                 .map(|()| event),
+            Ok(Decided::Unchanged) => {
+                // Applied, and nothing to write but its status: no event, no projection change.
+                let version = version.expect("only an existing order is unchanged");
+                let status = CommandStatus::Applied;
+                finish(tx, row, Ending::Unchanged { version }, delivered, processed).await?;
+                tally
+                    .finished
+                    .push(finished(row, status, Some(Reason::Unchanged)));
+                tracing::debug!(command_id = %row.id, order_id = %row.order_id, version, "command applied, unchanged");
+                return Ok(status);
+            }
             Err(rejection) => Err(rejection),
         };
         let event = match decided {

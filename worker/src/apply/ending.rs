@@ -105,6 +105,11 @@ pub(crate) enum Ending<'a> {
         version: Option<i64>,
     },
     Failed(&'a Failure),
+    /// Applied without a change (see [`orderflow_domain::Decided::Unchanged`]): the order stays
+    /// at `version`.
+    Unchanged {
+        version: i64,
+    },
 }
 
 /// Records a command's final status and its status event for the outbox; an applied command's
@@ -137,6 +142,13 @@ pub(crate) async fn finish(
             Some(Reason::Rejected(rejection)),
             None,
             version,
+            None,
+        ),
+        Ending::Unchanged { version } => (
+            CommandStatus::Applied,
+            Some(Reason::Unchanged),
+            None,
+            Some(version),
             None,
         ),
         Ending::Failed(failure) => (
