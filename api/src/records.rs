@@ -45,6 +45,7 @@ pub struct Pending {
     partition: u16,
     received_at: Option<chrono::DateTime<chrono::Utc>>,
     traceparent: Option<String>,
+    actor: Option<String>,
     key: String,
     fingerprint: Vec<u8>,
     max_pending: i64,
@@ -63,6 +64,7 @@ impl Pending {
             partition: command.partition,
             received_at: command.received_at,
             traceparent: command.traceparent.map(str::to_owned),
+            actor: command.actor.map(str::to_owned),
             key: key.to_owned(),
             fingerprint: fingerprint.to_vec(),
             max_pending,
@@ -82,6 +84,7 @@ impl Pending {
                 partition: self.partition,
                 received_at: self.received_at,
                 traceparent: self.traceparent.as_deref(),
+                actor: self.actor.as_deref(),
             },
             key: &self.key,
             fingerprint: &self.fingerprint,
@@ -231,6 +234,7 @@ mod tests {
             partition: 0,
             received_at: None,
             traceparent: None,
+            actor: None,
         };
         (Pending::new(&command, "k", b"f", 16), oneshot::channel().0)
     }

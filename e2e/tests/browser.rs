@@ -546,6 +546,17 @@ async fn a_viewer_sees_no_actions_and_a_forged_action_from_their_page_is_refused
     )
     .await;
     assert_eq!(buttons, json!(0), "a viewer is offered no action");
+    browser
+        .goto(&app.url(&format!("/#timeline/{order}")))
+        .await
+        .unwrap();
+    text_until(&browser, "#timeline-title", |t| t.contains("version 1")).await;
+    assert_eq!(
+        js(&browser, "return document.querySelector('#desk').hidden;").await,
+        json!(true),
+        "a viewer gets no edit form"
+    );
+    click(&browser, "nav a[data-tab=\"partitions\"]").await;
     assert_eq!(
         js(
             &browser,
@@ -758,4 +769,132 @@ async fn the_dashboard_fits_a_narrow_window_backfills_its_charts_and_shows_what_
     }
     screenshot(&browser, "narrow").await;
     browser.close().await.unwrap();
+}
+
+/// Replaces the text of the form field at `css` as a person typing would (an `input` event).
+async fn type_into(browser: &Client, css: &str, text: &str) {
+    let element = browser.find(Locator::Css(css)).await.unwrap();
+    element.clear().await.unwrap();
+    element.send_keys(text).await.unwrap();
+}
+
+#[tokio::test]
+async fn two_operators_edit_one_address_and_the_second_sees_the_conflict_and_applies_theirs_on_top()
+{
+    let app = common::stack().worker().start().await;
+    let order = app.new_order(json!([])).await;
+    let oslo = json!({"name": "Ada Lovelace", "lines": ["1 Main St"], "city": "Oslo",
+                      "postal_code": "0150", "country": "NO"});
+    let set = app
+        .run(
+            &order,
+            json!({"type": "set_shipping_address", "address": oslo}),
+            None,
+        )
+        .await;
+    assert_eq!(set["version"], 2, "{set}");
+    let driver = Driver::start().await;
+    let (ann, ben) = (driver.browser().await, driver.browser().await);
+    sign_in_as(&ann, &app, "ann", "operator").await;
+    sign_in_as(&ben, &app, "ben", "operator").await;
+    for browser in [&ann, &ben] {
+        browser
+            .goto(&app.url(&format!("/#timeline/{order}")))
+            .await
+            .unwrap();
+        text_until(browser, "#desk-base", |t| t.contains("version 2")).await;
+        let city = js(
+            browser,
+            "return document.querySelector('#desk-city').value;",
+        )
+        .await;
+        assert_eq!(
+            city,
+            json!("Oslo"),
+            "the form starts from the order's details"
+        );
+    }
+    // Both change the city of version 2 at once; ben also leaves a note.
+    type_into(&ann, "#desk-city", "Bergen").await;
+    type_into(&ben, "#desk-city", "Trondheim").await;
+    type_into(&ben, "#desk-note", "gate code 1234").await;
+    click(&ann, "#desk-save").await;
+    text_until(&ann, "#desk-status", |t| t.contains("Saved: version 3")).await;
+    click(&ben, "#desk-save").await;
+
+    // Ben's edit lost: no silent overwrite, but who changed it and the three versions.
+    let who = text_until(&ben, "#desk-conflict-who", |t| t.contains("operator:ann")).await;
+    assert!(who.contains("since version 2"), "{who}");
+    let row = |field: &str| {
+        format!(
+            "return [...document.querySelectorAll('#desk-comparison tr[data-field=\"{field}\"] td')]
+                      .map((td) => td.textContent);"
+        )
+    };
+    let address = js(&ben, &row("shipping_address")).await;
+    let cells: Vec<&str> = address
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        cells[1].contains("Oslo") && cells[2].contains("Trondheim") && cells[3].contains("Bergen"),
+        "started from, yours, current: {cells:?}"
+    );
+    let note = js(&ben, &row("note")).await;
+    assert_eq!(note[1], "–");
+    assert_eq!(note[2], "gate code 1234");
+    assert_eq!(note[3], "–");
+    assert_eq!(
+        app.order(&order).await["details"]["shipping_address"]["city"],
+        "Bergen",
+        "ann's change stands until ben decides"
+    );
+    screenshot(&ben, "conflict").await;
+
+    // Ben applies his on top of ann's: a new request against version 3.
+    click(&ben, "#desk-apply-mine").await;
+    text_until(&ben, "#desk-status", |t| t.contains("Saved: version 4")).await;
+    let read = app.order(&order).await;
+    assert_eq!(read["version"], 4);
+    assert_eq!(read["details"]["shipping_address"]["city"], "Trondheim");
+    assert_eq!(read["details"]["note"], "gate code 1234");
+    // The history shows both changes, each with who made it.
+    let events: Value = app
+        .request(reqwest::Method::GET, &format!("/v1/orders/{order}/events"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let actors: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .skip(2)
+        .map(|e| e["actor"].as_str().unwrap())
+        .collect();
+    assert_eq!(actors, ["operator:ann", "operator:ben"]);
+    text_until(&ann, "#events-table", |t| t.contains("operator:ben")).await;
+    screenshot(&ann, "desk").await;
+
+    // Edits of different fields against one version merge without asking: ann's email and
+    // ben's note, both from version 4.
+    for browser in [&ann, &ben] {
+        text_until(browser, "#desk-base", |t| t.contains("version 4")).await;
+    }
+    type_into(&ann, "#desk-contact-email", "ann@example.org").await;
+    type_into(&ben, "#desk-note", "ring twice").await;
+    click(&ann, "#desk-save").await;
+    text_until(&ann, "#desk-status", |t| t.contains("Saved: version 5")).await;
+    click(&ben, "#desk-save").await;
+    text_until(&ben, "#desk-status", |t| t.contains("Saved: version 6")).await;
+    let read = app.order(&order).await;
+    assert_eq!(read["details"]["contact_email"], "ann@example.org");
+    assert_eq!(read["details"]["note"], "ring twice");
+    assert_eq!(read["details"]["shipping_address"]["city"], "Trondheim");
+    ann.close().await.unwrap();
+    ben.close().await.unwrap();
 }

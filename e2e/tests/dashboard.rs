@@ -828,3 +828,109 @@ async fn with_two_workers_each_partition_has_one_consumer_its_lease_owner_as_the
         assert!(p["moves_last_hour"].as_i64().unwrap() >= 1, "{p}");
     }
 }
+
+/// A desk action: `command` on `order` as the signed-in person, with `If-Match` when given.
+async fn desk_action(
+    app: &Stack,
+    session: &orderflow_testkit::SignedIn,
+    order: &str,
+    if_match: Option<&str>,
+    command: Value,
+) -> reqwest::Response {
+    let mut request = app
+        .as_signed_in(
+            session,
+            Method::POST,
+            &format!("/dashboard/api/orders/{order}/commands"),
+        )
+        .json(&command);
+    if let Some(etag) = if_match {
+        request = request.header("if-match", etag);
+    }
+    request.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn an_operator_acts_on_an_order_with_the_version_seen_and_the_change_names_them() {
+    let app = common::stack().worker().start().await;
+    let order = app.new_order(json!([])).await;
+    let olga = app.create_operator("olga", "operator").await;
+    let olga = app.sign_in("olga", &olga).await;
+    let vera = app.create_operator("vera", "viewer").await;
+    let vera = app.sign_in("vera", &vera).await;
+    let note = json!({"type": "update_details", "details": {"note": "call before delivery"}});
+    let commands = || async {
+        sqlx::query_scalar::<_, i64>("select count(*) from commands")
+            .fetch_one(&app.db)
+            .await
+            .unwrap()
+    };
+
+    // Refused, writing nothing: a viewer; no CSRF token; no If-Match; a create; no such order.
+    let viewer = desk_action(&app, &vera, &order, Some("\"1\""), note.clone()).await;
+    assert_problem(viewer, StatusCode::FORBIDDEN).await;
+    let forged = app
+        .http
+        .post(app.url(&format!("/dashboard/api/orders/{order}/commands")))
+        .header(header::COOKIE, &olga.cookie)
+        .header("if-match", "\"1\"")
+        .json(&note)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(forged, StatusCode::FORBIDDEN).await;
+    let blind = desk_action(&app, &olga, &order, None, note.clone()).await;
+    assert_problem(blind, StatusCode::PRECONDITION_REQUIRED).await;
+    let create = json!({"type": "create", "customer_id": "c", "currency": "EUR", "items": []});
+    let create = desk_action(&app, &olga, &order, Some("\"1\""), create).await;
+    assert_problem(create, StatusCode::UNPROCESSABLE_ENTITY).await;
+    let nobody = Uuid::now_v7().to_string();
+    let nobody = desk_action(&app, &olga, &nobody, Some("\"1\""), note.clone()).await;
+    assert_problem(nobody, StatusCode::NOT_FOUND).await;
+    assert_eq!(commands().await, 1, "only the create");
+
+    // Accepted as a command of the order's client, made by olga; applied by the worker.
+    let accepted = desk_action(&app, &olga, &order, Some("\"1\""), note.clone()).await;
+    assert_eq!(accepted.status(), StatusCode::ACCEPTED);
+    let accepted: Value = accepted.json().await.unwrap();
+    let command_id = accepted["command_id"].as_str().unwrap().to_owned();
+    let done = app.wait_final(&command_id).await;
+    assert_eq!(
+        (&done["status"], &done["version"], &done["actor"]),
+        (&json!("applied"), &json!(2), &json!("operator:olga")),
+        "{done}"
+    );
+    // The same action again (a double click): the first answer, no second command.
+    let again = desk_action(&app, &olga, &order, Some("\"1\""), note.clone()).await;
+    assert_eq!(again.status(), StatusCode::ACCEPTED);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["command_id"], accepted["command_id"]);
+    // Another action made against version 1: refused at once, with the current ETag.
+    let cancel = json!({"type": "cancel", "reason": "customer asked"});
+    let stale = desk_action(&app, &olga, &order, Some("\"1\""), cancel.clone()).await;
+    assert_eq!(stale.headers()["etag"], "\"2\"");
+    assert_problem(stale, StatusCode::PRECONDITION_FAILED).await;
+    assert_eq!(commands().await, 2, "the create and olga's note");
+
+    // Who made each change, in the client's own view of the history and on the timeline.
+    let events: Value = app
+        .request(Method::GET, &format!("/v1/orders/{order}/events"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let actors: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["actor"].as_str().unwrap())
+        .collect();
+    assert_eq!(actors.len(), 2);
+    assert!(actors[0].starts_with("client:"), "{actors:?}");
+    assert_eq!(actors[1], "operator:olga");
+    let timeline = timeline(&app, &order).await;
+    assert_eq!(command(&timeline, &command_id)["actor"], "operator:olga");
+    assert_eq!(timeline["events"][1]["actor"], "operator:olga");
+}

@@ -135,6 +135,7 @@ async fn record_in_flight(app: &Stack, key: &str, body: &Value) -> (CommandId, O
         partition: app.partition_of(order_id),
         received_at: None,
         traceparent: None,
+        actor: None,
     };
     commands::insert(&mut *tx, &new, 1).await.unwrap();
     tx.commit().await.unwrap();

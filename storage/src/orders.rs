@@ -221,13 +221,17 @@ pub struct EventRecord {
     #[serde(flatten)]
     pub event: Event,
     pub recorded_at: DateTime<Utc>,
+    /// Who made the change: its command's actor (see [`crate::commands::actor`]).
+    pub actor: Option<String>,
 }
 
 /// The history of an order, seq ascending.
 pub async fn events(db: impl PgExecutor<'_>, order_id: OrderId) -> sqlx::Result<Vec<EventRecord>> {
     let rows = sqlx::query!(
-        r#"select seq, command_id, data as "data: Json<Event>", recorded_at
-           from order_events where order_id = $1 order by seq"#,
+        r#"select e.seq, e.command_id, e.data as "data: Json<Event>", e.recorded_at,
+                  c.actor as "actor?"
+             from order_events e left join commands c on c.id = e.command_id
+            where e.order_id = $1 order by e.seq"#,
         order_id.0
     )
     .fetch_all(db)
@@ -239,6 +243,7 @@ pub async fn events(db: impl PgExecutor<'_>, order_id: OrderId) -> sqlx::Result<
             command_id: CommandId(r.command_id),
             event: r.data.0,
             recorded_at: r.recorded_at,
+            actor: r.actor,
         })
         .collect())
 }

@@ -65,6 +65,7 @@ fn entry<'a>(
             partition: 0,
             received_at: None,
             traceparent: None,
+            actor: None,
         },
         key,
         fingerprint: b"f",

@@ -77,6 +77,7 @@ pub(crate) async fn record(
         .clone()
         .or_else(|| orderflow_runtime::telemetry::traceparent(&tracing::Span::current()));
     let body = serde_json::to_value(&message.command).expect("commands serialize");
+    let actor = delivery.user_id.as_deref().map(commands::actor::producer);
     let new = NewCommand {
         id: message.command_id,
         client_id: message.client_id,
@@ -89,6 +90,7 @@ pub(crate) async fn record(
         // Straight from the queue: there was no HTTP request.
         received_at: None,
         traceparent: traceparent.as_deref(),
+        actor: actor.as_deref(),
     };
     commands::insert(&mut *tx, &new, seq).await?;
     let row = commands::lock(tx, message.command_id)

@@ -11,6 +11,7 @@
 //! | `DELETE /dashboard/session` | sign out: the session ends, and every live feed it holds |
 //! | `GET /dashboard/api/orders?status=&q=&limit=` | the latest orders, by status and id part |
 //! | `GET /dashboard/api/orders/{id}` | one order's timeline |
+//! | `POST /dashboard/api/orders/{id}/commands` | act on an order: a command with the version seen in `If-Match`, made by the signed-in person (operators and admins; [`desk`]) |
 //! | `GET /dashboard/api/partitions` | the partitions panel |
 //! | `GET /dashboard/api/dead-letters` | the dead letters, newest first, each saying whether it can be redriven |
 //! | `POST /dashboard/api/dead-letters/{id}/redrive` | re-submit one (audited) |
@@ -23,6 +24,7 @@
 //! | `GET /favicon.ico`, `GET /dashboard/assets/favicon.svg` | the icon |
 
 pub mod auth;
+mod desk;
 pub mod hub;
 mod operators;
 pub mod partitions;
@@ -92,6 +94,10 @@ pub fn router() -> Router<AppState> {
         )
         .route("/dashboard/api/orders", get(orders))
         .route("/dashboard/api/orders/{id}", get(order_timeline))
+        .route(
+            "/dashboard/api/orders/{id}/commands",
+            post(desk::send_command),
+        )
         .route("/dashboard/api/partitions", get(partitions_view))
         .route("/dashboard/api/dead-letters", get(dead_letters))
         .route(

@@ -175,6 +175,8 @@ pub async fn redrive(
             command: message.command,
             expected_version: message.expected_version,
             received_at,
+            // The admin who redrove it made this command.
+            on_behalf: Some(admin.actor()),
         },
     )
     .await?;

@@ -257,6 +257,7 @@ mod tests {
             finished_at: None,
             traceparent: None,
             body: serde_json::Value::Null,
+            actor: None,
         }
     }
 

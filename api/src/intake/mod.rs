@@ -60,6 +60,9 @@ pub struct Submission<'a> {
     pub expected_version: Option<i64>,
     /// When the API received the request.
     pub received_at: chrono::DateTime<chrono::Utc>,
+    /// Who makes the change, when it is not `client` itself: an operator on the desk
+    /// (`operator:<name>`, see `orderflow_storage::commands::actor`).
+    pub on_behalf: Option<String>,
 }
 
 /// The 202 answer (also what a replay answers).

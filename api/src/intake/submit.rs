@@ -15,7 +15,7 @@ use orderflow_contract::IntakeRefusal;
 use orderflow_domain::CommandId;
 use orderflow_messaging::{PublishError, json_properties, with_traceparent};
 use orderflow_runtime::telemetry;
-use orderflow_storage::commands::{NewCommand, Source};
+use orderflow_storage::commands::{NewCommand, Source, actor};
 
 pub async fn submit(state: &AppState, s: Submission<'_>) -> Result<Accepted, ApiError> {
     let command_id = CommandId::new();
@@ -24,6 +24,10 @@ pub async fn submit(state: &AppState, s: Submission<'_>) -> Result<Accepted, Api
     let body = serde_json::to_value(&s.command).expect("commands serialize");
     // The request's trace, carried in the command row and the message to the worker's span.
     let traceparent = telemetry::traceparent(&tracing::Span::current());
+    let actor = s
+        .on_behalf
+        .clone()
+        .unwrap_or_else(|| actor::client(&s.client.name));
 
     let new = NewCommand {
         id: command_id,
@@ -36,6 +40,7 @@ pub async fn submit(state: &AppState, s: Submission<'_>) -> Result<Accepted, Api
         partition,
         received_at: Some(s.received_at),
         traceparent: traceparent.as_deref(),
+        actor: Some(&actor),
     };
     let seq = match record(state, &s, &new).await? {
         RecordOutcome::Seq(seq) => seq,

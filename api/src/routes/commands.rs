@@ -126,6 +126,11 @@ pub struct CommandView {
     /// (a direct producer's follow-up that reached the worker before its create).
     pub parked_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// Who made it: `client:<name>` (an API client), `operator:<name>` (a person on the
+    /// dashboard) or `producer:<broker user>` (a direct producer); null for commands recorded
+    /// before actors were kept.
+    #[schema(pattern = "^(client|operator|producer):")]
+    pub actor: Option<String>,
 }
 
 impl From<CommandRow> for CommandView {
@@ -146,6 +151,7 @@ impl From<CommandRow> for CommandView {
             published_at: row.published_at,
             parked_at: row.parked_at,
             finished_at: row.finished_at,
+            actor: row.actor,
         }
     }
 }

@@ -92,6 +92,7 @@ async fn create_order(
         },
         expected_version: None,
         received_at,
+        on_behalf: None,
     };
     intake::submit(&state, submission).await
 }
@@ -140,6 +141,7 @@ async fn post_command(
         command: body.value,
         expected_version: if_match,
         received_at,
+        on_behalf: None,
     };
     intake::submit(&state, submission).await
 }
@@ -276,6 +278,7 @@ async fn patch_order(
         },
         expected_version: Some(expected),
         received_at,
+        on_behalf: None,
     };
     intake::submit(&state, submission).await
 }
@@ -283,7 +286,7 @@ async fn patch_order(
 /// Refuses at once (412, with the current `ETag`) a change made against a version older than the
 /// order's, unless it is a retry of a change already accepted under `key` (answered as the first
 /// time, not as stale). 404 when the caller has no such order.
-async fn refuse_stale(
+pub(crate) async fn refuse_stale(
     state: &AppState,
     client: &orderflow_storage::clients::Client,
     key: &str,
@@ -364,6 +367,7 @@ async fn put_shipping_address(
         },
         expected_version: if_match,
         received_at,
+        on_behalf: None,
     };
     intake::submit(&state, submission).await
 }
@@ -572,6 +576,11 @@ struct EventRecord {
     #[serde(flatten)]
     event: Event,
     recorded_at: DateTime<Utc>,
+    /// Who made the change: `client:<name>` (an API client), `operator:<name>` (a person on
+    /// the dashboard) or `producer:<broker user>` (a direct producer); null for changes made
+    /// before actors were kept.
+    #[schema(pattern = "^(client|operator|producer):")]
+    actor: Option<String>,
 }
 
 impl From<orders::EventRecord> for EventRecord {
@@ -581,6 +590,7 @@ impl From<orders::EventRecord> for EventRecord {
             command_id: r.command_id,
             event: r.event,
             recorded_at: r.recorded_at,
+            actor: r.actor,
         }
     }
 }

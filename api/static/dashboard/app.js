@@ -184,16 +184,186 @@ async function openTimeline(id) {
     // The details are what the latest details_changed event says (each carries all of them).
     const changes = timeline.events.filter((e) => e.type === "details_changed");
     renderDetails(changes.length ? changes[changes.length - 1].details : {});
+    showDesk(timeline);
     $("#events-table tbody").replaceChildren(...timeline.events.map((e) =>
       el("tr", {}, el("td", { class: "num", text: e.seq }),
         el("td", { text: e.type === "details_changed" ? `details_changed: ${e.changed.join(", ") || "nothing"}` : e.type }),
-        el("td", { class: "mono", title: e.command_id, text: short(e.command_id) }), el("td", { text: time(e.recorded_at) }))));
+        el("td", { class: "mono", title: e.command_id, text: short(e.command_id) }),
+        el("td", { class: "actor", text: e.actor || "–" }), el("td", { text: time(e.recorded_at) }))));
     $("#http-events").replaceChildren(...(timeline.http_events.length ? timeline.http_events.map((e) =>
       el("li", { class: e.kind === "idempotency_mismatch" ? "conflict" : "" },
         el("b", { text: e.kind === "idempotency_mismatch" ? "422 idempotency mismatch" : "idempotent replay" }),
         ` at ${time(e.at)} — the key belongs to command `,
         el("span", { class: "mono", title: e.command_id, text: short(e.command_id) }))) : [el("li", { class: "muted", text: "no replays or mismatches seen" })]));
   }
+}
+// ---- the desk: an operator edits an order's details with the version on screen ------------------
+// The form starts from a version (the base). Saving sends only what the person changed, as a merge
+// patch with If-Match: base. If another change came first (412 at once, or rejected
+// version_conflict by the worker), the conflict view compares the base, theirs and the current
+// details field by field; fields that do not overlap are applied on top without asking.
+const DETAIL_FIELDS = ["shipping_address", "contact_email", "contact_phone", "note"];
+let deskBase = null; // { order, version, details } the form was filled from
+let deskBusy = false;
+const same = (a, b) => JSON.stringify(a ?? null) === JSON.stringify(b ?? null);
+// The details as of `version`: the latest details_changed at or before it (each carries all).
+function detailsAt(events, version) {
+  const changes = events.filter((e) => e.type === "details_changed" && e.seq <= version);
+  return changes.length ? changes[changes.length - 1].details : {};
+}
+function fillDesk(order, version, details) {
+  deskBase = { order, version, details };
+  const a = details.shipping_address || {};
+  $("#desk-name").value = a.name || "";
+  $("#desk-lines").value = (a.lines || []).join("\n");
+  $("#desk-city").value = a.city || "";
+  $("#desk-postal-code").value = a.postal_code || "";
+  $("#desk-country").value = a.country || "";
+  $("#desk-contact-email").value = details.contact_email || "";
+  $("#desk-contact-phone").value = details.contact_phone || "";
+  $("#desk-note").value = details.note || "";
+  $("#desk-base").textContent = `(from version ${version})`;
+  markDirty();
+}
+// The details the form says.
+function deskDetails() {
+  const value = (id) => $(id).value.trim();
+  const lines = $("#desk-lines").value.split("\n").map((l) => l.trim()).filter(Boolean);
+  const address = { name: value("#desk-name"), lines, city: value("#desk-city"),
+    postal_code: value("#desk-postal-code"), country: value("#desk-country").toUpperCase() };
+  const empty = !address.name && !lines.length && !address.city && !address.postal_code && !address.country;
+  const details = {};
+  if (!empty) details.shipping_address = address;
+  for (const [field, id] of [["contact_email", "#desk-contact-email"], ["contact_phone", "#desk-contact-phone"]]) {
+    if (value(id)) details[field] = value(id);
+  }
+  if ($("#desk-note").value.trim()) details.note = $("#desk-note").value.replace(/\s+$/, "");
+  return details;
+}
+// The fields the person changed from the base.
+function deskChanged() {
+  const mine = deskDetails();
+  return DETAIL_FIELDS.filter((f) => !same(mine[f], deskBase.details[f]));
+}
+function markDirty() {
+  if (!deskBase) return;
+  const changed = new Set(deskChanged());
+  for (const input of document.querySelectorAll("#desk-form [data-field]")) {
+    input.classList.toggle("dirty", changed.has(input.dataset.field));
+  }
+}
+function deskStatus(text, bad = false) {
+  $("#desk-status").textContent = text;
+  $("#desk-status").className = `desk-status${bad ? " bad" : ""}`;
+}
+// Called on every render of the timeline: a clean form follows the order; an edited one keeps
+// its base (the version decides when it is saved).
+function showDesk(timeline) {
+  const canAct = me && (me.role === "operator" || me.role === "admin") && timeline.order;
+  $("#desk").hidden = !canAct;
+  if (!canAct) return;
+  const order = timeline.order;
+  const current = detailsAt(timeline.events, order.version);
+  const editing = deskBase && deskBase.order === order.id && (deskChanged().length || !$("#desk-conflict").hidden || deskBusy);
+  if (!editing) fillDesk(order.id, order.version, current);
+}
+async function saveDetails(event) {
+  if (event) event.preventDefault();
+  const changed = deskChanged();
+  if (!changed.length) { deskStatus("Nothing changed."); return; }
+  await sendDetails(deskBase.version, changed);
+}
+// Sends the person's `fields` as a merge patch against `version`, and waits for the outcome.
+async function sendDetails(version, fields) {
+  if (!fields.length) {
+    $("#desk-conflict").hidden = true;
+    deskStatus(`Version ${version} already says what you wanted; nothing to send.`);
+    deskBase = null;
+    openTimeline(timelineOrder);
+    return;
+  }
+  const mine = deskDetails();
+  const patch = Object.fromEntries(fields.map((f) => [f, mine[f] ?? null]));
+  const order = deskBase.order;
+  deskBusy = true;
+  deskStatus("Saving…");
+  try {
+    const response = await fetch(`/dashboard/api/orders/${order}/commands`, {
+      method: "POST", credentials: "same-origin",
+      headers: { "content-type": "application/json", "if-match": `"${version}"`, "x-csrf-token": me.csrf_token },
+      body: JSON.stringify({ type: "update_details", details: patch }),
+    });
+    const body = await response.json().catch(() => ({}));
+    if (response.status === 412) return await showConflict(version, fields);
+    if (response.status !== 202) { deskStatus(body.detail || `refused (${response.status})`, true); return; }
+    const outcome = await commandOutcome(order, body.command_id);
+    if (!outcome) { deskStatus("Sent; still waiting for the worker — the timeline will show it.", true); return; }
+    if (outcome.status === "applied") {
+      $("#desk-conflict").hidden = true;
+      deskStatus(`Saved: version ${outcome.result_version}.`);
+      deskBase = null;
+      openTimeline(order);
+    } else if (outcome.reason === "version_conflict") {
+      await showConflict(version, fields);
+    } else {
+      deskStatus(`Not applied: ${outcome.status} ${outcome.reason || ""}`.trim(), true);
+    }
+  } catch (error) {
+    deskStatus(error.message, true);
+  } finally {
+    deskBusy = false;
+  }
+}
+// The final state of a command, read from the order's timeline (up to 10 s).
+async function commandOutcome(order, commandId) {
+  const deadline = Date.now() + 10000;
+  while (Date.now() < deadline) {
+    const timeline = await api(`/dashboard/api/orders/${order}`);
+    const command = timeline.commands.find((c) => c.id === commandId);
+    if (command && command.status !== "accepted") return command;
+    await new Promise((resolve) => setTimeout(resolve, 250));
+  }
+  return null;
+}
+const showValue = (field, value) => value == null ? "–" : field === "shipping_address"
+  ? [value.name, ...(value.lines || []), `${value.postal_code} ${value.city}`, value.country].join(" · ")
+  : String(value);
+// Someone else changed the order after `version`: who, and the three versions side by side.
+async function showConflict(version, fields) {
+  const timeline = await api(`/dashboard/api/orders/${deskBase.order}`);
+  const order = timeline.order;
+  const base = detailsAt(timeline.events, version);
+  const current = detailsAt(timeline.events, order.version);
+  const mine = deskDetails();
+  const theirs = timeline.events.filter((e) => e.seq > version);
+  const overlap = fields.filter((f) => !same(current[f], base[f]) && !same(current[f], mine[f]));
+  if (!overlap.length) {
+    // Nothing the others changed is what this person changed: apply theirs on top, unasked.
+    deskStatus(`Version ${order.version} came first; your changes do not overlap it, so they are applied on top.`);
+    return sendDetails(order.version, fields.filter((f) => !same(current[f], mine[f])));
+  }
+  $("#desk-conflict-who").textContent = `Changed since version ${version} by ` +
+    theirs.map((e) => `${e.actor || "someone"} at ${time(e.recorded_at)} (${e.type})`).join(", ") +
+    `. The order is at version ${order.version} now: apply yours on top, or keep the current one.`;
+  $("#desk-comparison tbody").replaceChildren(...DETAIL_FIELDS.map((f) => {
+    const mineChanged = fields.includes(f);
+    const theirsChanged = !same(current[f], base[f]);
+    const mark = mineChanged && theirsChanged && !same(current[f], mine[f]) ? "both" : (mineChanged || theirsChanged ? "changed" : "");
+    return el("tr", { "data-field": f },
+      el("td", { text: f.replace("_", " ") }),
+      el("td", { text: showValue(f, base[f]) }),
+      el("td", { class: mineChanged ? mark : "", text: showValue(f, mine[f]) }),
+      el("td", { class: theirsChanged ? mark : "", text: showValue(f, current[f]) }));
+  }));
+  $("#desk-conflict").hidden = false;
+  $("#desk-conflict").scrollIntoView({ block: "center" });
+  deskStatus("Not saved: someone else changed this order first.", true);
+  $("#desk-apply-mine").onclick = () => sendDetails(order.version, fields.filter((f) => !same(current[f], mine[f])));
+  $("#desk-keep-current").onclick = () => {
+    $("#desk-conflict").hidden = true;
+    fillDesk(order.id, order.version, current);
+    deskStatus(`Kept version ${order.version}.`);
+  };
 }
 // An order's details as a definition list; "–" for what is not set.
 function renderDetails(details) {
@@ -225,6 +395,7 @@ function journey(c, longest) {
   const total = c.total_ms != null ? `${Math.round(c.total_ms)} ms to ${c.status}` : "in flight";
   const facts = [
     `#${c.seq} ${c.kind}`,
+    c.actor ? `by ${c.actor}` : null,
     `${c.source}`,
     `partition ${c.partition}`,
     c.attempt ? `attempt ${c.attempt}` : null,
@@ -461,6 +632,7 @@ function onStats(stats) {
   if (pushPoint(stats)) drawCharts();
   // Unknown (nothing finished in the last minute) reads "–", not 0 %.
   $("#c-rate").textContent = stats.conflict_rate == null ? "–" : `${(stats.conflict_rate * 100).toFixed(1)} % of ${stats.finished_last_minute}`;
+  $("#c-edits").textContent = `${stats.edit_conflicts.operators} · ${stats.edit_conflicts.api}`;
   $("#c-locks").textContent = stats.lock_waits;
   $("#c-deadlocks").textContent = stats.deadlocks;
   $("#c-replays").textContent = stats.idempotent_replays;
@@ -506,6 +678,14 @@ async function dashboardPage() {
   document.body.dataset.role = me.role;
   $("#nav-operators").hidden = me.role !== "admin";
   $("#operator-form").addEventListener("submit", createOperator);
+  $("#desk-form").addEventListener("submit", saveDetails);
+  $("#desk-form").addEventListener("input", markDirty);
+  $("#desk-reset").addEventListener("click", () => {
+    $("#desk-conflict").hidden = true;
+    deskBase = null;
+    deskStatus("");
+    if (timelineOrder) openTimeline(timelineOrder);
+  });
   thresholds = await api("/dashboard/api/config");
   $("#thresholds").textContent = `Banners: conflict rate above ${thresholds.conflict_rate * 100} %, outbox lag above ${thresholds.outbox_lag_secs} s, partition lag above ${thresholds.partition_lag_secs} s, any dead letter not redriven.`;
   makeCharts();

@@ -57,7 +57,7 @@ pub async fn lock_for_apply(
     let row = sqlx::query!(
         r#"select c.id, c.client_id, c.order_id, c.seq, c.kind, c.body, c.expected_version,
                   c.status, c.reason, c.detail, c.result_version, c.partition, c.accepted_at,
-                  c.published_at, c.finished_at, c.parked_at,
+                  c.published_at, c.finished_at, c.parked_at, c.actor,
                   s.processed_seq, s.has_parked,
                   o.client_id as "order_client_id?", o.customer_id as "order_customer_id?",
                   o.currency as "order_currency?", o.status as "order_status?",

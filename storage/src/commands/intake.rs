@@ -14,8 +14,8 @@ pub async fn insert(
 ) -> sqlx::Result<()> {
     sqlx::query!(
         "insert into commands (id, client_id, order_id, seq, kind, body, expected_version, source, partition,
-                               received_at, traceparent, published_at)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, case when $8 = 'amqp' then now() end)",
+                               received_at, traceparent, published_at, actor)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, case when $8 = 'amqp' then now() end, $12)",
         command.id.0,
         command.client_id.0,
         command.order_id.0,
@@ -26,7 +26,8 @@ pub async fn insert(
         command.source.as_str(),
         i32::from(command.partition),
         command.received_at,
-        command.traceparent
+        command.traceparent,
+        command.actor
     )
     .execute(db)
     .await?;
@@ -102,10 +103,11 @@ pub async fn record_next(
              returning last_seq),
            recorded as (
              insert into commands (id, client_id, order_id, seq, kind, body, expected_version,
-                                   source, partition, received_at, traceparent, published_at)
+                                   source, partition, received_at, traceparent, published_at,
+                                   actor)
              select $1::uuid, $2::uuid, $3::uuid, last_seq, $4::text, $5::jsonb, $6::bigint,
                     $7::text, $8::int, $9::timestamptz, $10::text,
-                    case when $7 = 'amqp' then now() end from numbered
+                    case when $7 = 'amqp' then now() end, $14::text from numbered
              returning seq)
          select exists (select from stream) as "room!", (select seq from recorded) as seq,
                 k.fingerprint as "taken_fingerprint?", k.command_id as "taken_command_id?",
@@ -125,7 +127,8 @@ pub async fn record_next(
         command.traceparent,
         key,
         fingerprint,
-        max_pending
+        max_pending,
+        command.actor
     )
     .fetch_one(db)
     .await?;
@@ -194,14 +197,15 @@ pub async fn record_batch(
     let traceparents: Vec<Option<&str>> = entries.iter().map(|e| e.command.traceparent).collect();
     let keys: Vec<&str> = entries.iter().map(|e| e.key).collect();
     let fingerprints: Vec<&[u8]> = entries.iter().map(|e| e.fingerprint).collect();
+    let actors: Vec<Option<&str>> = entries.iter().map(|e| e.command.actor).collect();
     let rows = sqlx::query!(
         r#"with input as (
              select * from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::jsonb[],
                                   $6::bigint[], $7::text[], $8::int[], $9::timestamptz[],
-                                  $10::text[], $11::text[], $12::bytea[])
+                                  $10::text[], $11::text[], $12::bytea[], $14::text[])
                       with ordinality as i (id, client_id, order_id, kind, body, expected_version,
                                             source, partition, received_at, traceparent, key,
-                                            fingerprint, n)),
+                                            fingerprint, actor, n)),
            stream as (
              select s.order_id from order_streams s
               where (s.order_id, s.client_id) in (select order_id, client_id from input)
@@ -225,10 +229,11 @@ pub async fn record_batch(
              returning s.order_id, s.last_seq),
            recorded as (
              insert into commands (id, client_id, order_id, seq, kind, body, expected_version,
-                                   source, partition, received_at, traceparent, published_at)
+                                   source, partition, received_at, traceparent, published_at,
+                                   actor)
              select i.id, i.client_id, i.order_id, n.last_seq, i.kind, i.body, i.expected_version,
                     i.source, i.partition, i.received_at, i.traceparent,
-                    case when i.source = 'amqp' then now() end
+                    case when i.source = 'amqp' then now() end, i.actor
                from input i join numbered n using (order_id)
              returning id, seq)
          select i.n as "n!", exists (select from stream where stream.order_id = i.order_id) as "locked!",
@@ -257,7 +262,8 @@ pub async fn record_batch(
         &traceparents as &[Option<&str>],
         &keys as &[&str],
         &fingerprints as &[&[u8]],
-        max_pending
+        max_pending,
+        &actors as &[Option<&str>]
     )
     .fetch_all(db)
     .await?;

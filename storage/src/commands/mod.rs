@@ -38,6 +38,25 @@ pub struct NewCommand<'a> {
     pub received_at: Option<chrono::DateTime<chrono::Utc>>,
     /// The W3C traceparent the command arrived with, carried on to the worker.
     pub traceparent: Option<&'a str>,
+    /// Who made it: `client:<name>`, `operator:<name>` or `producer:<broker user>` (see
+    /// [`actor`]); `None` when nobody can say (a direct producer's message without a user).
+    pub actor: Option<&'a str>,
+}
+
+/// The spelling of who made a command, as `commands.actor` keeps it.
+pub mod actor {
+    /// An API client's own request.
+    pub fn client(name: &str) -> String {
+        format!("client:{name}")
+    }
+    /// A person on the dashboard's desk, acting on a client's order.
+    pub fn operator(name: &str) -> String {
+        format!("operator:{name}")
+    }
+    /// A direct producer's message, by the broker user that published it.
+    pub fn producer(user: &str) -> String {
+        format!("producer:{user}")
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -62,6 +81,8 @@ pub struct CommandRow {
     /// Set while the command waits for an earlier command of its order that no worker has
     /// seen yet (a create overtaken by its follow-up).
     pub parked_at: Option<DateTime<Utc>>,
+    /// Who made it (see [`actor`]); `None` for commands recorded before actors were kept.
+    pub actor: Option<String>,
 }
 
 impl CommandRow {
@@ -97,6 +118,7 @@ macro_rules! command_row {
             published_at: $r.published_at,
             finished_at: $r.finished_at,
             parked_at: $r.parked_at,
+            actor: $r.actor,
         }
     };
 }

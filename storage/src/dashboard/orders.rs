@@ -80,6 +80,8 @@ pub struct FinishedCommand {
     pub attempt: Option<i32>,
     /// The SKUs of the order (for the hottest-SKU ranking of reserves).
     pub skus: Vec<String>,
+    /// Who made it (see [`crate::commands::actor`]).
+    pub actor: Option<String>,
 }
 
 pub async fn finished_commands(
@@ -90,6 +92,7 @@ pub async fn finished_commands(
         FinishedCommand,
         r#"select c.id, c.order_id, c.kind, c.status, c.reason, c.partition, c.seq,
                   c.expected_version, c.result_version, c.accepted_at, c.finished_at, c.attempt,
+                  c.actor,
                   coalesce((select array_agg(i->>'sku')
                             from orders o cross join lateral jsonb_array_elements(o.items) i
                             where o.id = c.order_id), '{}') as "skus!"
@@ -121,6 +124,8 @@ pub struct CommandJourney {
     pub finished_at: Option<DateTime<Utc>>,
     pub traceparent: Option<String>,
     pub body: serde_json::Value,
+    /// Who made it (see [`crate::commands::actor`]).
+    pub actor: Option<String>,
 }
 
 /// Every command of an order, in sequence order.
@@ -132,7 +137,7 @@ pub async fn journeys(
         CommandJourney,
         "select id, seq, kind, source, status, reason, expected_version, result_version, partition,
                 received_at, accepted_at, published_at, delivered_at, attempt, finished_at,
-                traceparent, body
+                traceparent, body, actor
          from commands where order_id = $1 order by seq",
         order_id.0
     )

@@ -160,6 +160,7 @@ impl Stack {
             partition: self.partition_of(message.order_id),
             received_at: Some(chrono::Utc::now()),
             traceparent,
+            actor: None,
         };
         commands::insert(&mut *tx, &new, seq).await.unwrap();
         if published {

@@ -52,6 +52,9 @@ pub struct Stats {
     /// Share of the last minute's finished commands rejected for a conflict (None: nothing
     /// finished in the last minute, so there is no rate).
     pub conflict_rate: Option<f64>,
+    /// The last minute's edits that lost to a newer version (`version_conflict`), the desk's
+    /// operators' apart from the API clients'.
+    pub edit_conflicts: EditConflicts,
     pub finished_last_minute: usize,
     pub hot_orders: Vec<HotOrder>,
     pub hot_skus: Vec<HotSku>,
@@ -91,4 +94,13 @@ impl Point {
             rejections: stats.rejections.clone(),
         }
     }
+}
+
+/// Edits rejected `version_conflict` in the last minute, by who made them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct EditConflicts {
+    /// By people on the desk (`operator:` actors).
+    pub operators: usize,
+    /// By API clients (and direct producers).
+    pub api: usize,
 }

@@ -22,7 +22,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-pub use frame::{Alert, HotOrder, HotSku, Latency, Point, Stats};
+pub use frame::{Alert, EditConflicts, HotOrder, HotSku, Latency, Point, Stats};
 use latency::percentiles;
 
 /// How far back the contention figures look.
@@ -49,6 +49,8 @@ pub struct Sample {
     pub reserved_skus: Vec<String>,
     /// accept → final status, milliseconds.
     pub latency_ms: Option<f64>,
+    /// Made by a person on the desk (an `operator:` actor), not by an API client.
+    pub by_operator: bool,
 }
 
 impl Sample {
@@ -66,7 +68,16 @@ impl Sample {
             latency_ms: command
                 .finished_at
                 .map(|f| (f - command.accepted_at).num_microseconds().unwrap_or(0) as f64 / 1000.0),
+            by_operator: command
+                .actor
+                .as_deref()
+                .is_some_and(|a| a.starts_with("operator:")),
         }
+    }
+
+    /// An edit that lost to a change made after the version it named.
+    fn is_edit_conflict(&self) -> bool {
+        self.reason.as_deref() == Some("version_conflict")
     }
 
     fn is_conflict(&self) -> bool {
@@ -180,6 +191,18 @@ impl Window {
         if mismatches > 0 {
             conflicts.insert("idempotency_mismatch".into(), mismatches);
         }
+        let edit_conflicts = EditConflicts {
+            operators: self
+                .samples
+                .iter()
+                .filter(|s| s.is_edit_conflict() && s.by_operator)
+                .count(),
+            api: self
+                .samples
+                .iter()
+                .filter(|s| s.is_edit_conflict() && !s.by_operator)
+                .count(),
+        };
         let finished = self.samples.len();
         let race_conflicts = self.samples.iter().filter(|s| s.is_conflict()).count();
         let conflict_rate = (finished > 0).then(|| race_conflicts as f64 / finished as f64);
@@ -226,6 +249,7 @@ impl Window {
             rejections,
             conflicts,
             conflict_rate,
+            edit_conflicts,
             finished_last_minute: finished,
             hot_orders,
             hot_skus,

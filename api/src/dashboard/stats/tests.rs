@@ -17,6 +17,7 @@ fn sample(at: Instant, status: &str, reason: Option<&str>, order: Uuid, skus: &[
         order_id: order,
         reserved_skus: skus.iter().map(|s| s.to_string()).collect(),
         latency_ms: Some(2.0),
+        by_operator: false,
     }
 }
 
@@ -41,6 +42,37 @@ fn rates_count_only_the_last_second_and_conflicts_the_last_minute() {
         (3, 2)
     );
     assert_eq!(stats.latency_ms.map(|l| l.p99), Some(2.0));
+}
+
+#[test]
+fn operators_edit_conflicts_are_counted_beside_the_apis() {
+    let now = Instant::now();
+    let order = Uuid::from_u128(1);
+    let mut window = Window::default();
+    let by_operator = |reason: Option<&str>| Sample {
+        by_operator: true,
+        ..sample(now, "rejected", reason, order, &[])
+    };
+    window.record(by_operator(Some("version_conflict")));
+    window.record(by_operator(Some("version_conflict")));
+    window.record(by_operator(Some("invalid_transition")));
+    window.record(sample(
+        now,
+        "rejected",
+        Some("version_conflict"),
+        order,
+        &[],
+    ));
+    window.record(sample(now, "applied", None, order, &[]));
+    let stats = window.stats_at(now, None, &Gauges::default(), None, &THRESHOLDS);
+    assert_eq!(
+        stats.edit_conflicts,
+        EditConflicts {
+            operators: 2,
+            api: 1
+        }
+    );
+    assert_eq!(stats.conflicts.get("version_conflict"), Some(&3));
 }
 
 #[test]
