@@ -898,3 +898,66 @@ async fn two_operators_edit_one_address_and_the_second_sees_the_conflict_and_app
     ann.close().await.unwrap();
     ben.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_operator_refunds_a_paid_order_with_a_reason_from_the_desk() {
+    let app = common::stack().worker().start().await;
+    app.set_stock("DESK-1", 5).await;
+    let order = app
+        .new_order(json!([{"sku": "DESK-1", "quantity": 2, "unit_price_cents": 700}]))
+        .await;
+    for command in ["reserve", "pay"] {
+        let done = app.run(&order, json!({"type": command}), None).await;
+        assert_eq!(done["status"], "applied", "{done}");
+    }
+    let driver = Driver::start().await;
+    let browser = driver.browser().await;
+    sign_in_as(&browser, &app, "otto", "operator").await;
+    browser
+        .goto(&app.url(&format!("/#timeline/{order}")))
+        .await
+        .unwrap();
+    text_until(&browser, "#desk-actions-base", |t| {
+        t.contains("paid, version 3")
+    })
+    .await;
+    let offered = js(
+        &browser,
+        "return [...document.querySelectorAll('#desk-actions [data-action]')]
+                  .filter((b) => !b.hidden).map((b) => b.dataset.action);",
+    )
+    .await;
+    assert_eq!(
+        offered,
+        json!(["ship", "refund"]),
+        "what a paid order can do"
+    );
+    type_into(&browser, "#desk-reason", "returned unopened").await;
+    click_and_confirm(&browser, "#desk-actions [data-action=\"refund\"]").await;
+    text_until(&browser, "#desk-action-status", |t| {
+        t.contains("Refunded and cancelled: version 4")
+    })
+    .await;
+    let read = app.order(&order).await;
+    assert_eq!(read["status"], "cancelled");
+    let events = app.events(&order).await;
+    let last = events.last().unwrap();
+    assert_eq!(
+        (&last["type"], &last["refunded_cents"], &last["reason"]),
+        (
+            &json!("order_cancelled"),
+            &json!(1400),
+            &json!("returned unopened")
+        ),
+        "{last}"
+    );
+    let refunds: i64 =
+        sqlx::query_scalar("select count(*) from payments where kind = 'refund' and order_id = $1")
+            .bind(uuid::Uuid::parse_str(&order).unwrap())
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(refunds, 1, "one refund of the capture");
+    text_until(&browser, "#events-table", |t| t.contains("operator:otto")).await;
+    browser.close().await.unwrap();
+}

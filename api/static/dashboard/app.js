@@ -263,9 +263,60 @@ function showDesk(timeline) {
   $("#desk").hidden = !canAct;
   if (!canAct) return;
   const order = timeline.order;
+  deskOrder = order;
+  $("#desk-actions-base").textContent = `(${order.status}, version ${order.version})`;
+  for (const button of document.querySelectorAll("#desk-actions [data-action]")) {
+    button.hidden = !button.dataset.when.split(" ").includes(order.status);
+  }
   const current = detailsAt(timeline.events, order.version);
   const editing = deskBase && deskBase.order === order.id && (deskChanged().length || !$("#desk-conflict").hidden || deskBusy);
   if (!editing) fillDesk(order.id, order.version, current);
+}
+// The order as the page last showed it: what an action's If-Match names.
+let deskOrder = null;
+const ACTIONS = {
+  ship: { label: "Ship", command: () => ({ type: "ship" }), done: "Shipped" },
+  refund: { label: "Refund and cancel", command: (reason) => ({ type: "cancel", ...(reason ? { reason } : {}) }), done: "Refunded and cancelled" },
+  cancel: { label: "Cancel", command: (reason) => ({ type: "cancel", ...(reason ? { reason } : {}) }), done: "Cancelled" },
+};
+// An action on the order at the version on screen; the version decides, as for an edit.
+async function deskAction(name) {
+  const action = ACTIONS[name];
+  const order = deskOrder;
+  if (!order || !confirm(`${action.label}: order ${short(order.id)} at version ${order.version}?`)) return;
+  const status = (text, bad = false) => {
+    $("#desk-action-status").textContent = text;
+    $("#desk-action-status").className = `desk-status${bad ? " bad" : ""}`;
+  };
+  const reason = $("#desk-reason").value.trim();
+  status("Sending…");
+  try {
+    const response = await fetch(`/dashboard/api/orders/${order.id}/commands`, {
+      method: "POST", credentials: "same-origin",
+      headers: { "content-type": "application/json", "if-match": `"${order.version}"`, "x-csrf-token": me.csrf_token },
+      body: JSON.stringify(action.command(reason)),
+    });
+    const body = await response.json().catch(() => ({}));
+    let outcome = null;
+    if (response.status === 202) outcome = await commandOutcome(order.id, body.command_id);
+    else if (response.status !== 412) { status(body.detail || `refused (${response.status})`, true); return; }
+    if (outcome && outcome.status === "applied") {
+      status(`${action.done}: version ${outcome.result_version}.`);
+      $("#desk-reason").value = "";
+    } else if (response.status === 412 || (outcome && outcome.reason === "version_conflict")) {
+      const timeline = await api(`/dashboard/api/orders/${order.id}`);
+      const since = timeline.events.filter((e) => e.seq > order.version)
+        .map((e) => `${e.actor || "someone"} at ${time(e.recorded_at)} (${e.type})`).join(", ");
+      status(`Not done: the order changed since version ${order.version} (${since}); look at it again and decide.`, true);
+    } else if (outcome) {
+      status(`Not done: ${outcome.status} ${outcome.reason || ""}`.trim(), true);
+    } else {
+      status("Sent; still waiting for the worker — the timeline will show it.", true);
+    }
+  } catch (error) {
+    status(error.message, true);
+  }
+  openTimeline(order.id);
 }
 async function saveDetails(event) {
   if (event) event.preventDefault();
@@ -679,6 +730,9 @@ async function dashboardPage() {
   $("#nav-operators").hidden = me.role !== "admin";
   $("#operator-form").addEventListener("submit", createOperator);
   $("#desk-form").addEventListener("submit", saveDetails);
+  for (const button of document.querySelectorAll("#desk-actions [data-action]")) {
+    button.addEventListener("click", () => deskAction(button.dataset.action));
+  }
   $("#desk-form").addEventListener("input", markDirty);
   $("#desk-reset").addEventListener("click", () => {
     $("#desk-conflict").hidden = true;
