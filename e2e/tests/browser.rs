@@ -861,17 +861,8 @@ async fn two_operators_edit_one_address_and_the_second_sees_the_conflict_and_app
     assert_eq!(read["details"]["shipping_address"]["city"], "Trondheim");
     assert_eq!(read["details"]["note"], "gate code 1234");
     // The history shows both changes, each with who made it.
-    let events: Value = app
-        .request(reqwest::Method::GET, &format!("/v1/orders/{order}/events"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let actors: Vec<&str> = events["events"]
-        .as_array()
-        .unwrap()
+    let events = app.events(&order).await;
+    let actors: Vec<&str> = events
         .iter()
         .skip(2)
         .map(|e| e["actor"].as_str().unwrap())

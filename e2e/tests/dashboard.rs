@@ -913,17 +913,8 @@ async fn an_operator_acts_on_an_order_with_the_version_seen_and_the_change_names
     assert_eq!(commands().await, 2, "the create and olga's note");
 
     // Who made each change, in the client's own view of the history and on the timeline.
-    let events: Value = app
-        .request(Method::GET, &format!("/v1/orders/{order}/events"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let actors: Vec<&str> = events["events"]
-        .as_array()
-        .unwrap()
+    let events = app.events(&order).await;
+    let actors: Vec<&str> = events
         .iter()
         .map(|e| e["actor"].as_str().unwrap())
         .collect();
