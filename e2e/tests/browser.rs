@@ -952,3 +952,83 @@ async fn an_operator_refunds_a_paid_order_with_a_reason_from_the_desk() {
     text_until(&browser, "#events-table", |t| t.contains("operator:otto")).await;
     browser.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_admin_sets_stock_on_the_stock_screen_and_a_viewer_only_reads_it() {
+    let app = common::stack().worker().start().await;
+    app.set_stock("SCREEN-1", 3).await;
+    let driver = Driver::start().await;
+    let browser = driver.browser().await;
+    sign_in_as(&browser, &app, "ada", "admin").await;
+    click(&browser, "nav a[data-tab=\"stock\"]").await;
+    text_until(&browser, "#stock-table tr[data-sku=\"SCREEN-1\"]", |t| {
+        t.contains("SCREEN-1") && t.contains('3')
+    })
+    .await;
+    type_into(&browser, "#stock-sku", "SCREEN-1").await;
+    type_into(&browser, "#stock-available", "40").await;
+    click(&browser, "#stock-form button").await;
+    text_until(&browser, "#stock-status", |t| {
+        t.contains("SCREEN-1: 40 available")
+    })
+    .await;
+    text_until(
+        &browser,
+        "#stock-table tr[data-sku=\"SCREEN-1\"] td:nth-child(2)",
+        |t| t == "40",
+    )
+    .await;
+    assert_eq!(app.stock("SCREEN-1").await["available"], 40);
+    let audited: (String, Value) = sqlx::query_as(
+        "select o.name, a.detail from admin_actions a join operators o on o.id = a.operator_id
+          where a.action = 'set_stock' and a.target = 'SCREEN-1'",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(
+        audited,
+        ("ada".to_owned(), json!({"available": 40, "before": 3}))
+    );
+    // A bad figure is refused with the reason, and changes nothing.
+    let refused = js(
+        &browser,
+        "return fetch('/dashboard/api/inventory/SCREEN-1', {
+           method: 'PUT',
+           headers: { 'content-type': 'application/json', 'x-csrf-token': me.csrf_token },
+           body: JSON.stringify({ available: -1 }),
+         }).then((r) => r.status);",
+    )
+    .await;
+    assert_eq!(refused, json!(422));
+    browser.close().await.unwrap();
+
+    // A viewer reads the stock but gets no form, and the server refuses the change.
+    let browser = driver.browser().await;
+    sign_in_as(&browser, &app, "vic", "viewer").await;
+    click(&browser, "nav a[data-tab=\"stock\"]").await;
+    text_until(&browser, "#stock-table tr[data-sku=\"SCREEN-1\"]", |t| {
+        t.contains("40")
+    })
+    .await;
+    assert_eq!(
+        js(
+            &browser,
+            "return document.querySelector('#stock-form').hidden;"
+        )
+        .await,
+        json!(true)
+    );
+    let forged = js(
+        &browser,
+        "return fetch('/dashboard/api/inventory/SCREEN-1', {
+           method: 'PUT',
+           headers: { 'content-type': 'application/json', 'x-csrf-token': me.csrf_token },
+           body: JSON.stringify({ available: 0 }),
+         }).then((r) => r.status);",
+    )
+    .await;
+    assert_eq!(forged, json!(403));
+    assert_eq!(app.stock("SCREEN-1").await["available"], 40);
+    browser.close().await.unwrap();
+}

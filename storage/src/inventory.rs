@@ -104,3 +104,25 @@ pub async fn get(db: impl PgExecutor<'_>, sku: &Sku) -> sqlx::Result<Option<Stoc
     .fetch_optional(db)
     .await
 }
+
+/// A page of stock, in SKU order: the SKUs after `after` (all when `None`) whose name contains
+/// `containing` (any when `None`), at most `limit`.
+pub async fn list(
+    db: impl PgExecutor<'_>,
+    after: Option<&str>,
+    containing: Option<&str>,
+    limit: i64,
+) -> sqlx::Result<Vec<Stock>> {
+    sqlx::query_as!(
+        Stock,
+        "select sku, available, reserved, shipped from inventory
+          where ($1::text is null or sku > $1)
+            and ($2::text is null or strpos(lower(sku), lower($2)) > 0)
+          order by sku limit $3",
+        after,
+        containing,
+        limit
+    )
+    .fetch_all(db)
+    .await
+}

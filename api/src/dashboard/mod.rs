@@ -13,6 +13,8 @@
 //! | `GET /dashboard/api/orders/{id}` | one order's timeline |
 //! | `POST /dashboard/api/orders/{id}/commands` | act on an order: a command with the version seen in `If-Match`, made by the signed-in person (operators and admins; [`desk`]) |
 //! | `GET /dashboard/api/partitions` | the partitions panel |
+//! | `GET /dashboard/api/inventory?q=&after=` | every SKU's stock, 200 a page in SKU order |
+//! | `PUT /dashboard/api/inventory/{sku}` (`{"available": n}`) | set a SKU's available stock (admins; audited) |
 //! | `GET /dashboard/api/dead-letters` | the dead letters, newest first, each saying whether it can be redriven |
 //! | `POST /dashboard/api/dead-letters/{id}/redrive` | re-submit one (audited) |
 //! | `POST /dashboard/api/dead-letters/{id}/acknowledge` | close one without redriving it (audited) |
@@ -30,6 +32,7 @@ mod operators;
 pub mod partitions;
 mod redrive;
 pub mod stats;
+mod stock;
 mod stream;
 pub mod timeline;
 
@@ -99,6 +102,11 @@ pub fn router() -> Router<AppState> {
             post(desk::send_command),
         )
         .route("/dashboard/api/partitions", get(partitions_view))
+        .route("/dashboard/api/inventory", get(stock::list))
+        .route(
+            "/dashboard/api/inventory/{sku}",
+            axum::routing::put(stock::set),
+        )
         .route("/dashboard/api/dead-letters", get(dead_letters))
         .route(
             "/dashboard/api/dead-letters/{id}/redrive",

@@ -18,7 +18,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 /// Most stock one SKU can have available.
-const MAX_AVAILABLE: i64 = 1_000_000_000;
+pub(crate) const MAX_AVAILABLE: i64 = 1_000_000_000;
 
 /// The body of `PUT /v1/inventory/{sku}`.
 /// A SKU's stock: what may still be reserved, what is reserved by orders, what has shipped.
@@ -58,7 +58,7 @@ struct SkuPath {
     sku: Sku,
 }
 
-fn parse_sku(sku: String) -> Result<Sku, ApiError> {
+pub(crate) fn parse_sku(sku: String) -> Result<Sku, ApiError> {
     Sku::parse(sku).map_err(|e| ApiError::InvalidRequest(format!("invalid path: {e}")))
 }
 

@@ -88,6 +88,7 @@ function showTab(name) {
   for (const link of document.querySelectorAll("nav a")) link.classList.toggle("active", link.dataset.tab === name);
   if (name === "partitions") loadPartitions();
   if (name === "operators") loadOperators();
+  if (name === "stock") loadStock();
   if (name === "contention" || name === "throughput") resizeCharts();
 }
 let targetDeadLetter = null;
@@ -97,7 +98,7 @@ function route() {
   // `#dead-letters/<id>`: the partitions tab, that dead letter marked.
   targetDeadLetter = tab === "dead-letters" && id ? id : null;
   const name = tab === "dead-letters" ? "partitions" : tab;
-  const tabs = ["orders", "timeline", "partitions", "contention", "throughput"];
+  const tabs = ["orders", "timeline", "partitions", "contention", "throughput", "stock"];
   if (me && me.role === "admin") tabs.push("operators");
   showTab(tabs.includes(name) ? name : "orders");
 }
@@ -581,6 +582,36 @@ function operatorRow(o) {
     el("td", { class: "num", text: o.live_sessions }), el("td", { text: when(o.created_at) }),
     el("td", {}, action));
 }
+// ---- stock: every SKU's figures; admins set what is available (audited) ----------------------
+async function loadStock() {
+  try {
+    const q = $("#stock-search").value.trim();
+    const stock = await api(`/dashboard/api/inventory${q ? `?q=${encodeURIComponent(q)}` : ""}`);
+    $("#stock-table tbody").replaceChildren(...stock.map((s) =>
+      el("tr", { "data-sku": s.sku }, el("td", { class: "mono", text: s.sku }),
+        el("td", { class: "num", text: s.available }), el("td", { class: "num", text: s.reserved }),
+        el("td", { class: "num", text: s.shipped }))));
+    refreshed("stock", null);
+  } catch (error) {
+    refreshed("stock", error);
+  }
+}
+async function setStock(event) {
+  event.preventDefault();
+  const sku = $("#stock-sku").value.trim();
+  const available = Number($("#stock-available").value);
+  try {
+    const stock = await api(`/dashboard/api/inventory/${encodeURIComponent(sku)}`, {
+      method: "PUT", headers: { "content-type": "application/json" }, body: JSON.stringify({ available }),
+    });
+    $("#stock-status").textContent = `${stock.sku}: ${stock.available} available, ${stock.reserved} reserved.`;
+    $("#stock-status").className = "desk-status";
+    await loadStock();
+  } catch (error) {
+    $("#stock-status").textContent = error.message;
+    $("#stock-status").className = "desk-status bad";
+  }
+}
 async function loadOperators() {
   try {
     const operators = await api("/dashboard/api/operators");
@@ -729,6 +760,10 @@ async function dashboardPage() {
   document.body.dataset.role = me.role;
   $("#nav-operators").hidden = me.role !== "admin";
   $("#operator-form").addEventListener("submit", createOperator);
+  $("#stock-form").hidden = me.role !== "admin";
+  $("#stock-form").addEventListener("submit", setStock);
+  let stockDelay;
+  $("#stock-search").addEventListener("input", () => { clearTimeout(stockDelay); stockDelay = setTimeout(loadStock, 200); });
   $("#desk-form").addEventListener("submit", saveDetails);
   for (const button of document.querySelectorAll("#desk-actions [data-action]")) {
     button.addEventListener("click", () => deskAction(button.dataset.action));
