@@ -5,7 +5,7 @@
 use super::auth::{Admin, Viewer};
 use crate::error::ApiError;
 use crate::extract::{ApiPath, ApiQuery, StrictJson};
-use crate::routes::inventory::{MAX_AVAILABLE, parse_sku};
+use crate::routes::inventory::{checked_available, parse_sku};
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
@@ -53,12 +53,7 @@ pub async fn set(
     body: StrictJson<SetStock>,
 ) -> Result<Json<Stock>, ApiError> {
     let sku = parse_sku(sku)?;
-    let available = body.value.available;
-    if !(0..=MAX_AVAILABLE).contains(&available) {
-        return Err(ApiError::InvalidBody(format!(
-            "available must be between 0 and {MAX_AVAILABLE}"
-        )));
-    }
+    let available = checked_available(body.value.available)?;
     let mut tx = state.db.begin().await?;
     let before = inventory::get(&mut *tx, &sku).await?.map(|s| s.available);
     let stock = inventory::set_available(&mut *tx, &sku, available).await?;

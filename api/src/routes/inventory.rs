@@ -18,7 +18,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 /// Most stock one SKU can have available.
-pub(crate) const MAX_AVAILABLE: i64 = 1_000_000_000;
+const MAX_AVAILABLE: i64 = 1_000_000_000;
 
 /// The body of `PUT /v1/inventory/{sku}`.
 /// A SKU's stock: what may still be reserved, what is reserved by orders, what has shipped.
@@ -58,6 +58,18 @@ struct SkuPath {
     sku: Sku,
 }
 
+/// A figure of available stock as set by an admin (here, and on the dashboard's stock screen):
+/// 0 to [`MAX_AVAILABLE`], else 422.
+pub(crate) fn checked_available(available: i64) -> Result<i64, ApiError> {
+    if (0..=MAX_AVAILABLE).contains(&available) {
+        Ok(available)
+    } else {
+        Err(ApiError::InvalidBody(format!(
+            "available must be between 0 and {MAX_AVAILABLE}"
+        )))
+    }
+}
+
 pub(crate) fn parse_sku(sku: String) -> Result<Sku, ApiError> {
     Sku::parse(sku).map_err(|e| ApiError::InvalidRequest(format!("invalid path: {e}")))
 }
@@ -91,12 +103,7 @@ async fn put_stock(
     body: StrictJson<SetStock>,
 ) -> Result<Json<Stock>, ApiError> {
     let sku = parse_sku(sku)?;
-    let available = body.value.available;
-    if !(0..=MAX_AVAILABLE).contains(&available) {
-        return Err(ApiError::InvalidBody(format!(
-            "available must be between 0 and {MAX_AVAILABLE}"
-        )));
-    }
+    let available = checked_available(body.value.available)?;
     let stock = inventory::set_available(&state.db, &sku, available).await?;
     tracing::info!(sku = %sku, available, admin = %admin.id, "stock set");
     Ok(Json(stock.into()))
