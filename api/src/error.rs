@@ -21,6 +21,11 @@ pub enum ApiError {
     /// 403: the operator's role does not allow this (viewer, operator, admin).
     #[error("this needs the {0} role")]
     RoleRequired(&'static str),
+    /// 403: presence and edit leases are people's: an admin API key may read them only.
+    #[error(
+        "presence and edit leases belong to people signed in on the dashboard; an API key may only read them"
+    )]
+    PeopleOnly,
     /// 403: a change sent with a session cookie but without the session's CSRF token.
     #[error("a signed-in page's change must carry its session's X-CSRF-Token header")]
     CsrfTokenMissing,
@@ -132,6 +137,7 @@ impl ApiError {
             ApiError::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::RoleRequired(_) => (StatusCode::FORBIDDEN, "role-required"),
             ApiError::CsrfTokenMissing => (StatusCode::FORBIDDEN, "csrf-token-missing"),
+            ApiError::PeopleOnly => (StatusCode::FORBIDDEN, "people-only"),
             ApiError::SignInFailed => (StatusCode::UNAUTHORIZED, "sign-in-failed"),
             ApiError::SignInThrottled { .. } => {
                 (StatusCode::TOO_MANY_REQUESTS, "sign-in-throttled")

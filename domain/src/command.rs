@@ -2,7 +2,7 @@
 //! `POST /v1/orders/{id}/commands` and the `command` of the queue contract.
 
 use super::details::{DetailsPatch, ShippingAddress};
-use super::values::{Currency, CustomerId, Items, Note, Quantity, Sku, UnitPrice};
+use super::values::{Currency, CustomerId, Items, Note, Quantity, Sku, TrackingNumber, UnitPrice};
 use serde::{Deserialize, Serialize};
 
 /// One command, tagged by `type`. Unknown types and unknown fields do not parse.
@@ -28,7 +28,11 @@ pub enum Command {
     },
     Reserve {},
     Pay {},
-    Ship {},
+    /// Ships a paid order, with the carrier's tracking number when there is one.
+    Ship {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tracking_number: Option<TrackingNumber>,
+    },
     Deliver {},
     Cancel {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -70,7 +74,7 @@ impl Command {
             Command::RemoveItem { .. } => CommandKind::RemoveItem,
             Command::Reserve {} => CommandKind::Reserve,
             Command::Pay {} => CommandKind::Pay,
-            Command::Ship {} => CommandKind::Ship,
+            Command::Ship { .. } => CommandKind::Ship,
             Command::Deliver {} => CommandKind::Deliver,
             Command::Cancel { .. } => CommandKind::Cancel,
             Command::UpdateDetails { .. } => CommandKind::UpdateDetails,

@@ -2,7 +2,7 @@
 //! with [`super::order::evolve`] rebuilds the `orders` projection exactly.
 
 use super::details::{DetailField, OrderDetails};
-use super::values::{Currency, CustomerId, Item, Note, Quantity, Sku, UnitPrice};
+use super::values::{Currency, CustomerId, Item, Note, Quantity, Sku, TrackingNumber, UnitPrice};
 use serde::{Deserialize, Serialize};
 
 /// A quantity of one SKU moving between stock buckets.
@@ -39,9 +39,12 @@ pub enum Event {
         amount_cents: i64,
         currency: Currency,
     },
-    /// The reserved stock leaves the warehouse.
+    /// The reserved stock leaves the warehouse, with the carrier's tracking number if one was
+    /// given.
     OrderShipped {
         items: Vec<StockLine>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tracking_number: Option<TrackingNumber>,
     },
     OrderDelivered {},
     /// Reserved stock (if any) goes back to `available`; a capture (if any) is refunded in full.

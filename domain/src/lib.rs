@@ -14,4 +14,4 @@ pub use command::{Command, CommandKind};
 pub use event::Event;
 pub use ids::{ClientId, CommandId, OrderId};
 pub use order::{Decided, Order, OrderStatus, Rejection, decide};
-pub use values::{Currency, CustomerId, Item, Items, Quantity, Sku, UnitPrice};
+pub use values::{Currency, CustomerId, Item, Items, Quantity, Sku, TrackingNumber, UnitPrice};

@@ -10,7 +10,7 @@ use super::command::Command;
 use super::details::{self, DetailField, OrderDetails};
 use super::event::{Event, StockLine};
 use super::ids::{ClientId, OrderId};
-use super::values::{Currency, CustomerId, Item, Quantity, limits};
+use super::values::{Currency, CustomerId, Item, Quantity, TrackingNumber, limits};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -134,6 +134,8 @@ pub struct Order {
     pub total_cents: i64,
     /// What people edit: shipping address, contact, note.
     pub details: OrderDetails,
+    /// The carrier's tracking number, once the order shipped with one.
+    pub tracking_number: Option<TrackingNumber>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -271,8 +273,9 @@ fn evolution(order: &Order, command: &Command) -> Result<Event, Rejection> {
             amount_cents: order.total_cents,
             currency: order.currency.clone(),
         }),
-        (Paid, Command::Ship {}) => Ok(Event::OrderShipped {
+        (Paid, Command::Ship { tracking_number }) => Ok(Event::OrderShipped {
             items: order.stock_lines(),
+            tracking_number: tracking_number.clone(),
         }),
         (Shipped, Command::Deliver {}) => Ok(Event::OrderDelivered {}),
         // The address may change until the order ships; the contact and the note until it is
@@ -343,6 +346,7 @@ pub fn evolve(
                 total_cents: items.iter().map(Item::line_total_cents).sum(),
                 items: items.clone(),
                 details: OrderDetails::default(),
+                tracking_number: None,
                 created_at: at,
                 updated_at: at,
             };
@@ -380,7 +384,12 @@ pub fn evolve(
         }
         Event::StockReserved { .. } => order.status = OrderStatus::Reserved,
         Event::PaymentCaptured { .. } => order.status = OrderStatus::Paid,
-        Event::OrderShipped { .. } => order.status = OrderStatus::Shipped,
+        Event::OrderShipped {
+            tracking_number, ..
+        } => {
+            order.status = OrderStatus::Shipped;
+            order.tracking_number = tracking_number.clone();
+        }
         Event::OrderDelivered {} => order.status = OrderStatus::Delivered,
         Event::OrderCancelled { .. } => order.status = OrderStatus::Cancelled,
         Event::DetailsChanged { details, .. } => order.details = details.clone(),

@@ -2,7 +2,9 @@
 //! bounds their `TryFrom` enforces. Every bound comes from [`limits`], so the published schema
 //! and the parser cannot drift apart; the API's tests check the document against the server.
 
-use super::values::{Currency, CustomerId, Item, Items, Note, Quantity, Sku, UnitPrice, limits};
+use super::values::{
+    Currency, CustomerId, Item, Items, Note, Quantity, Sku, TrackingNumber, UnitPrice, limits,
+};
 use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Schema, SchemaFormat, Type};
 use utoipa::openapi::{KnownFormat, Ref, RefOr};
 use utoipa::{PartialSchema, ToSchema};
@@ -47,6 +49,16 @@ impl PartialSchema for CustomerId {
     }
 }
 impl ToSchema for CustomerId {}
+
+impl PartialSchema for TrackingNumber {
+    fn schema() -> RefOr<Schema> {
+        printable_id(
+            limits::TRACKING_NUMBER_MAX_LEN,
+            "The carrier's tracking number: letters, digits, '.', '_', ':', '-'.",
+        )
+    }
+}
+impl ToSchema for TrackingNumber {}
 
 impl PartialSchema for Currency {
     fn schema() -> RefOr<Schema> {

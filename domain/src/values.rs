@@ -12,6 +12,7 @@ pub mod limits {
     pub const UNIT_PRICE_MAX_CENTS: i64 = 100_000_000;
     pub const ITEMS_MAX: usize = 100;
     pub const REASON_MAX_LEN: usize = 500;
+    pub const TRACKING_NUMBER_MAX_LEN: usize = 64;
 }
 
 fn printable_id(value: &str, what: &str, max: usize) -> Result<(), String> {
@@ -81,6 +82,29 @@ impl TryFrom<String> for CustomerId {
 }
 impl From<CustomerId> for String {
     fn from(value: CustomerId) -> String {
+        value.0
+    }
+}
+
+/// A carrier's tracking number, given when an order ships: 1–64 of `[A-Za-z0-9-_.:]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TrackingNumber(String);
+
+impl TrackingNumber {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+impl TryFrom<String> for TrackingNumber {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, String> {
+        printable_id(&value, "tracking_number", limits::TRACKING_NUMBER_MAX_LEN)?;
+        Ok(Self(value))
+    }
+}
+impl From<TrackingNumber> for String {
+    fn from(value: TrackingNumber) -> String {
         value.0
     }
 }

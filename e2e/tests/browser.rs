@@ -820,6 +820,12 @@ async fn two_operators_edit_one_address_and_the_second_sees_the_conflict_and_app
     type_into(&ben, "#desk-note", "gate code 1234").await;
     click(&ann, "#desk-save").await;
     text_until(&ann, "#desk-status", |t| t.contains("Saved: version 3")).await;
+    js_until(
+        &ann,
+        "return document.querySelector('#desk-lease').offsetParent === null;",
+        "ann holds no edit lease once she saved",
+    )
+    .await;
     click(&ben, "#desk-save").await;
 
     // Ben's edit lost: no silent overwrite, but who changed it and the three versions.
@@ -851,6 +857,13 @@ async fn two_operators_edit_one_address_and_the_second_sees_the_conflict_and_app
         "Bergen",
         "ann's change stands until ben decides"
     );
+    // Ann let go of her edit lease when she saved: ben's page no longer says she edits.
+    js_until(
+        &ben,
+        "return document.querySelector('#desk-lease').offsetParent === null;",
+        "ann's lease ended with her save",
+    )
+    .await;
     screenshot(&ben, "conflict").await;
 
     // Ben applies his on top of ann's: a new request against version 3.
@@ -954,6 +967,61 @@ async fn an_operator_refunds_a_paid_order_with_a_reason_from_the_desk() {
 }
 
 #[tokio::test]
+async fn an_operator_ships_a_paid_order_with_its_tracking_number_from_the_desk() {
+    let app = common::stack().worker().start().await;
+    app.set_stock("SHIP-1", 5).await;
+    let order = app
+        .new_order(json!([{"sku": "SHIP-1", "quantity": 1, "unit_price_cents": 500}]))
+        .await;
+    for command in ["reserve", "pay"] {
+        let done = app.run(&order, json!({"type": command}), None).await;
+        assert_eq!(done["status"], "applied", "{done}");
+    }
+    let driver = Driver::start().await;
+    let browser = driver.browser().await;
+    sign_in_as(&browser, &app, "sam", "operator").await;
+    browser
+        .goto(&app.url(&format!("/#timeline/{order}")))
+        .await
+        .unwrap();
+    text_until(&browser, "#desk-actions-base", |t| {
+        t.contains("paid, version 3")
+    })
+    .await;
+    // Ship asks for the number first, and sends nothing without one.
+    click(&browser, "#desk-actions [data-action=\"ship\"]").await;
+    text_until(&browser, "#desk-action-status", |t| {
+        t.contains("needs a tracking number")
+    })
+    .await;
+    assert_eq!(app.order(&order).await["status"], "paid");
+    type_into(&browser, "#desk-tracking", "1Z999AA10123456784").await;
+    click_and_confirm(&browser, "#desk-actions [data-action=\"ship\"]").await;
+    text_until(&browser, "#desk-action-status", |t| {
+        t.contains("Shipped: version 4")
+    })
+    .await;
+    text_until(
+        &browser,
+        "#order-details dd[data-detail=\"tracking number\"]",
+        |t| t == "1Z999AA10123456784",
+    )
+    .await;
+    let read = app.order(&order).await;
+    assert_eq!(
+        (&read["status"], &read["tracking_number"]),
+        (&json!("shipped"), &json!("1Z999AA10123456784"))
+    );
+    let shipped = app.events(&order).await.pop().unwrap();
+    assert_eq!(
+        (&shipped["type"], &shipped["actor"]),
+        (&json!("order_shipped"), &json!("operator:sam")),
+        "{shipped}"
+    );
+    browser.close().await.unwrap();
+}
+
+#[tokio::test]
 async fn an_admin_sets_stock_on_the_stock_screen_and_a_viewer_only_reads_it() {
     let app = common::stack().worker().start().await;
     app.set_stock("SCREEN-1", 3).await;
@@ -1031,4 +1099,107 @@ async fn an_admin_sets_stock_on_the_stock_screen_and_a_viewer_only_reads_it() {
     assert_eq!(forged, json!(403));
     assert_eq!(app.stock("SCREEN-1").await["available"], 40);
     browser.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn operators_see_who_else_has_an_order_open_and_who_edits_it_and_an_admin_breaks_the_lease() {
+    let app = common::stack().worker().start().await;
+    let order = app.new_order(json!([])).await;
+    let driver = Driver::start().await;
+    let (ann, ada) = (driver.browser().await, driver.browser().await);
+    sign_in_as(&ann, &app, "ann", "operator").await;
+    sign_in_as(&ada, &app, "ada", "admin").await;
+    for browser in [&ann, &ada] {
+        browser
+            .goto(&app.url(&format!("/#timeline/{order}")))
+            .await
+            .unwrap();
+        text_until(browser, "#desk-base", |t| t.contains("version 1")).await;
+    }
+    let shown = js(
+        &ann,
+        "return [...document.querySelectorAll('#desk-actions label, #desk-actions button')]
+                  .filter((e) => e.offsetParent !== null).map((e) => e.textContent.trim());",
+    )
+    .await;
+    assert_eq!(
+        shown,
+        json!(["reason (cancel, refund)", "Cancel"]),
+        "a pending order asks for no tracking number"
+    );
+    // Each sees the other, live.
+    text_until(&ann, "#presence", |t| t.contains("ada")).await;
+    text_until(&ada, "#presence", |t| t.contains("ann")).await;
+
+    // Ann starts editing: ada is warned before she starts, with when it began.
+    type_into(&ann, "#desk-note", "call before delivery").await;
+    text_until(&ann, "#desk-lease-text", |t| {
+        t.starts_with("You are editing since")
+    })
+    .await;
+    let warning = text_until(&ada, "#desk-lease-text", |t| {
+        t.starts_with("ann is editing since")
+    })
+    .await;
+    assert!(
+        warning.contains("the version decides"),
+        "the lease warns, it decides nothing: {warning}"
+    );
+    let editing = js(
+        &ada,
+        "return document.querySelector('#presence .present.editing')?.dataset.name;",
+    )
+    .await;
+    assert_eq!(
+        editing,
+        json!("ann"),
+        "the editor is marked among those present"
+    );
+    js_until(
+        &ada,
+        "return document.querySelector('#desk-lease-break').offsetParent !== null;",
+        "an admin is offered to break the lease",
+    )
+    .await;
+    screenshot(&ada, "presence").await;
+
+    // Ada breaks it; ann's page learns at its next renewal and says her edit still counts.
+    click_and_confirm(&ada, "#desk-lease-break").await;
+    js_until(
+        &ada,
+        "return document.querySelector('#desk-lease').offsetParent === null;",
+        "nobody edits after the break",
+    )
+    .await;
+    text_until(&ann, "#desk-status", |t| {
+        t.contains("your edit lease ended") && t.contains("the version decides")
+    })
+    .await;
+    let audited: i64 = sqlx::query_scalar(
+        "select count(*) from admin_actions where action = 'break_edit_lease' and target = $1",
+    )
+    .bind(&order)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(audited, 1);
+    // The version decides: nobody changed the order, so ann's edit applies.
+    click(&ann, "#desk-save").await;
+    text_until(&ann, "#desk-status", |t| t.contains("Saved: version 2")).await;
+    assert_eq!(
+        app.order(&order).await["details"]["note"],
+        "call before delivery"
+    );
+
+    // Ann leaves the order: ada sees her go.
+    click(&ann, "nav a[data-tab=\"orders\"]").await;
+    js_until(
+        &ada,
+        "return document.querySelector('#presence').offsetParent === null;",
+        "ann left the order",
+    )
+    .await;
+    for browser in [ann, ada] {
+        browser.close().await.unwrap();
+    }
 }

@@ -742,3 +742,83 @@ async fn a_bad_address_put_is_a_clear_4xx_and_writes_nothing() {
         .unwrap();
     assert_eq!(commands, 1, "only the create");
 }
+
+#[tokio::test]
+async fn an_order_ships_with_its_tracking_number_and_a_bad_one_is_a_clear_4xx() {
+    let app = common::stack().worker().start().await;
+    app.set_stock("TRACK-1", 5).await;
+    let order = app
+        .new_order(json!([{"sku": "TRACK-1", "quantity": 1, "unit_price_cents": 900}]))
+        .await;
+    for command in ["reserve", "pay"] {
+        let done = app.run(&order, json!({"type": command}), None).await;
+        assert_eq!(done["status"], "applied", "{done}");
+    }
+    // A bad number is refused before anything is recorded, naming the field. (A number of the
+    // wrong JSON type is refused too, below, but serde's tagged command enum loses the field's
+    // name on a type error: the detail says what type it wanted.)
+    let typed = app
+        .post_command(
+            &order,
+            "bad-tracking-type",
+            &json!({"type": "ship", "tracking_number": 12}),
+        )
+        .await;
+    assert_eq!(typed.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    for bad in [json!(""), json!("1Z 999"), json!("x".repeat(65))] {
+        let response = app
+            .post_command(
+                &order,
+                &format!("bad-tracking-{}", uuid::Uuid::now_v7()),
+                &json!({"type": "ship", "tracking_number": bad}),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+        let problem: Value = response.json().await.unwrap();
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap()
+                .contains("tracking_number"),
+            "{problem}"
+        );
+    }
+    assert!(
+        app.order(&order).await.get("tracking_number").is_none(),
+        "absent until it ships with one"
+    );
+    let done = app
+        .run(
+            &order,
+            json!({"type": "ship", "tracking_number": "1Z999AA10123456784"}),
+            Some(3),
+        )
+        .await;
+    assert_eq!(
+        (&done["status"], &done["version"]),
+        (&json!("applied"), &json!(4)),
+        "{done}"
+    );
+    let read = app.order(&order).await;
+    assert_eq!(
+        (&read["status"], &read["tracking_number"]),
+        (&json!("shipped"), &json!("1Z999AA10123456784"))
+    );
+    let shipped = app.events(&order).await.pop().unwrap();
+    assert_eq!(
+        (&shipped["type"], &shipped["tracking_number"]),
+        (&json!("order_shipped"), &json!("1Z999AA10123456784")),
+        "{shipped}"
+    );
+    // Delivery keeps it; the commands table holds only the five that were accepted.
+    app.run(&order, json!({"type": "deliver"}), None).await;
+    assert_eq!(
+        app.order(&order).await["tracking_number"],
+        "1Z999AA10123456784"
+    );
+    let commands: i64 = sqlx::query_scalar("select count(*) from commands")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(commands, 5, "create, reserve, pay, ship, deliver");
+}

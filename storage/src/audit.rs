@@ -68,6 +68,7 @@ pub struct OrderRow {
     pub items: Value,
     pub total_cents: i64,
     pub details: Value,
+    pub tracking_number: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -134,7 +135,7 @@ pub async fn snapshot(
     let order_rows = sqlx::query_as!(
         OrderRow,
         "select id, client_id, customer_id, currency, status, version, items, total_cents,
-                details, created_at, updated_at
+                details, tracking_number, created_at, updated_at
          from orders where id = any($1)",
         orders
     )

@@ -19,6 +19,7 @@ pub mod outbox;
 pub mod pages;
 pub mod payments;
 pub mod perf;
+pub mod presence;
 pub mod primary;
 pub mod producers;
 

@@ -25,6 +25,9 @@ macro_rules! order_row {
             items: $r.items.0,
             total_cents: $r.total_cents,
             details: $r.details.0,
+            tracking_number: $r
+                .tracking_number
+                .map(|t| t.try_into().expect("stored values were validated")),
             created_at: $r.created_at,
             updated_at: $r.updated_at,
         }
@@ -36,7 +39,8 @@ pub async fn lock(conn: &mut PgConnection, id: OrderId) -> sqlx::Result<Option<O
     let row = sqlx::query!(
         r#"select id, client_id, customer_id, currency, status, version,
                   items as "items: Json<Vec<Item>>", total_cents,
-                  details as "details: Json<OrderDetails>", created_at, updated_at
+                  details as "details: Json<OrderDetails>", tracking_number,
+                  created_at, updated_at
            from orders where id = $1 for update"#,
         id.0
     )
@@ -54,7 +58,8 @@ pub async fn get_for_client(
     let row = sqlx::query!(
         r#"select id, client_id, customer_id, currency, status, version,
                   items as "items: Json<Vec<Item>>", total_cents,
-                  details as "details: Json<OrderDetails>", created_at, updated_at
+                  details as "details: Json<OrderDetails>", tracking_number,
+                  created_at, updated_at
            from orders where id = $1 and client_id = $2"#,
         id.0,
         client_id.0
@@ -124,7 +129,8 @@ pub async fn list_for_client(
         let mut orders: Vec<Order> = sqlx::query!(
             r#"select id, client_id, customer_id, currency, status, version,
                       items as "items!: Json<Vec<Item>>", total_cents,
-                      details as "details!: Json<OrderDetails>", created_at, updated_at
+                      details as "details!: Json<OrderDetails>", tracking_number,
+                  created_at, updated_at
                  from (select * from orders
                         where client_id = $1 and id > $7
                         order by id asc
@@ -155,7 +161,8 @@ pub async fn list_for_client(
         sqlx::query!(
             r#"select id, client_id, customer_id, currency, status, version,
                       items as "items!: Json<Vec<Item>>", total_cents,
-                      details as "details!: Json<OrderDetails>", created_at, updated_at
+                      details as "details!: Json<OrderDetails>", tracking_number,
+                  created_at, updated_at
                  from (select * from orders
                         where client_id = $1 and id < $7
                         order by id desc

@@ -52,7 +52,7 @@ pub async fn perform(
                 Err(GatewayError::Db(e)) => return Err(e.into()),
             }
         }
-        Event::OrderShipped { items } => {
+        Event::OrderShipped { items, .. } => {
             for line in sorted(items) {
                 if !inventory::ship(conn, &line.sku, line.quantity.get()).await? {
                     return Err(missing_reservation(row, &line.sku));

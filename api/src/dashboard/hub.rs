@@ -19,7 +19,7 @@ use crate::state::AppState;
 use orderflow_runtime::shutdown::CancellationToken;
 use orderflow_runtime::tasks::Tasks;
 use orderflow_storage::listen::{Listener, Notice};
-use orderflow_storage::{self as db, dashboard};
+use orderflow_storage::{self as db, dashboard, presence};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -104,6 +104,10 @@ impl Hub {
             "dashboard feed",
             listen(self.clone(), state.clone(), shutdown.clone()),
         );
+        tasks.spawn(
+            "desk presence sweep",
+            super::presence::sweep(state.clone(), shutdown.clone()),
+        );
         tasks.spawn("dashboard ticks", tick(self.clone(), state, shutdown));
     }
 
@@ -179,9 +183,15 @@ fn prune_history(history: &mut VecDeque<Arc<Point>>) {
 async fn listen(hub: Hub, state: AppState, shutdown: CancellationToken) {
     let mut listener = Listener::new(
         state.db.clone(),
-        &[db::COMMAND_DONE_CHANNEL, IDEMPOTENCY_EVENTS_CHANNEL],
+        &[
+            db::COMMAND_DONE_CHANNEL,
+            IDEMPOTENCY_EVENTS_CHANNEL,
+            presence::PRESENCE_CHANNEL,
+        ],
     );
     let mut finished: Vec<Uuid> = Vec::new();
+    // Orders whose presence changed since the last flush (a set: one frame per order).
+    let mut present: Vec<Uuid> = Vec::new();
     let mut flush = tokio::time::interval(BATCH_EVERY);
     loop {
         tokio::select! {
@@ -193,6 +203,11 @@ async fn listen(hub: Hub, state: AppState, shutdown: CancellationToken) {
                         hub.send("conflict", &event);
                     }
                 }
+                Notice::Notification { channel, payload } if channel == presence::PRESENCE_CHANNEL => {
+                    if hub.watched() && let Ok(id) = payload.parse::<Uuid>() && !present.contains(&id) {
+                        present.push(id);
+                    }
+                }
                 Notice::Notification { payload, .. } => {
                     if hub.watched() && let Ok(id) = payload.parse::<Uuid>() {
                         finished.push(id);
@@ -201,10 +216,17 @@ async fn listen(hub: Hub, state: AppState, shutdown: CancellationToken) {
                 // A live feed: what finished while the connection was down is not replayed.
                 Notice::Listening | Notice::Lost => {}
             },
-            _ = flush.tick(), if !finished.is_empty() => {
+            _ = flush.tick(), if !finished.is_empty() || !present.is_empty() => {
                 let batch = std::mem::take(&mut finished);
-                if let Err(e) = publish_finished(&hub, &state, &batch).await {
+                if !batch.is_empty() && let Err(e) = publish_finished(&hub, &state, &batch).await {
                     tracing::warn!(error = %e, "dashboard feed could not read finished commands");
+                }
+                let orders = std::mem::take(&mut present);
+                if !orders.is_empty() {
+                    match presence::of_orders(&state.db, &orders).await {
+                        Ok(all) => all.iter().for_each(|p| hub.send("presence", p)),
+                        Err(e) => tracing::warn!(error = %e, "dashboard feed could not read presence"),
+                    }
                 }
             }
             _ = shutdown.cancelled() => return,

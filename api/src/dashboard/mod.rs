@@ -12,6 +12,9 @@
 //! | `GET /dashboard/api/orders?status=&q=&limit=` | the latest orders, by status and id part |
 //! | `GET /dashboard/api/orders/{id}` | one order's timeline |
 //! | `POST /dashboard/api/orders/{id}/commands` | act on an order: a command with the version seen in `If-Match`, made by the signed-in person (operators and admins; [`desk`]) |
+//! | `GET`, `PUT`, `DELETE /dashboard/api/orders/{id}/presence` | who has the order open; "I have it open" (renewed by the page), "I left" ([`presence`]) |
+//! | `POST`, `PUT`, `DELETE /dashboard/api/orders/{id}/edit-lease` | take, renew, let go of the order's edit lease (operators and admins; [`presence`]) |
+//! | `POST /dashboard/api/orders/{id}/edit-lease/break` | break whoever's edit lease (admins; audited) |
 //! | `GET /dashboard/api/partitions` | the partitions panel |
 //! | `GET /dashboard/api/inventory?q=&after=` | every SKU's stock, 200 a page in SKU order |
 //! | `PUT /dashboard/api/inventory/{sku}` (`{"available": n}`) | set a SKU's available stock (admins; audited) |
@@ -30,6 +33,7 @@ mod desk;
 pub mod hub;
 mod operators;
 pub mod partitions;
+pub mod presence;
 mod redrive;
 pub mod stats;
 mod stock;
@@ -100,6 +104,22 @@ pub fn router() -> Router<AppState> {
         .route(
             "/dashboard/api/orders/{id}/commands",
             post(desk::send_command),
+        )
+        .route(
+            "/dashboard/api/orders/{id}/presence",
+            get(presence::get)
+                .put(presence::arrive)
+                .delete(presence::leave),
+        )
+        .route(
+            "/dashboard/api/orders/{id}/edit-lease",
+            post(presence::claim)
+                .put(presence::renew)
+                .delete(presence::release),
+        )
+        .route(
+            "/dashboard/api/orders/{id}/edit-lease/break",
+            post(presence::break_lease),
         )
         .route("/dashboard/api/partitions", get(partitions_view))
         .route("/dashboard/api/inventory", get(stock::list))

@@ -173,6 +173,9 @@ pub struct OrderView {
     total_cents: i64,
     /// Shipping address, contact and note: each absent until set (`update_details`).
     details: orderflow_domain::details::OrderDetails,
+    /// The carrier's tracking number: absent until the order ships with one (`ship`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tracking_number: Option<orderflow_domain::TrackingNumber>,
     created_at: chrono::DateTime<chrono::Utc>,
     updated_at: chrono::DateTime<chrono::Utc>,
 }
@@ -188,6 +191,7 @@ impl From<Order> for OrderView {
             items: o.items,
             total_cents: o.total_cents,
             details: o.details,
+            tracking_number: o.tracking_number,
             created_at: o.created_at,
             updated_at: o.updated_at,
         }

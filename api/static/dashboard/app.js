@@ -95,6 +95,7 @@ let targetDeadLetter = null;
 function route() {
   const [tab, id] = location.hash.slice(1).split("/");
   if (tab === "timeline" && id) openTimeline(id);
+  else presenceFor(null);
   // `#dead-letters/<id>`: the partitions tab, that dead letter marked.
   targetDeadLetter = tab === "dead-letters" && id ? id : null;
   const name = tab === "dead-letters" ? "partitions" : tab;
@@ -174,6 +175,7 @@ async function openTimeline(id) {
     $("#timeline-empty").hidden = true;
     $("#timeline").hidden = false;
     const order = timeline.order;
+    presenceFor(order ? order.id : null);
     $("#timeline-title").textContent = order
       ? `Order ${order.id} — ${order.status}, version ${order.version}, ${money(order.total_cents, order.currency)} (${order.client})`
       : `Order ${id} — not created yet`;
@@ -184,7 +186,8 @@ async function openTimeline(id) {
     $("#journeys").replaceChildren(...timeline.commands.map((c) => journey(c, longest)));
     // The details are what the latest details_changed event says (each carries all of them).
     const changes = timeline.events.filter((e) => e.type === "details_changed");
-    renderDetails(changes.length ? changes[changes.length - 1].details : {});
+    const shipped = timeline.events.find((e) => e.type === "order_shipped");
+    renderDetails(changes.length ? changes[changes.length - 1].details : {}, shipped && shipped.tracking_number);
     showDesk(timeline);
     $("#events-table tbody").replaceChildren(...timeline.events.map((e) =>
       el("tr", {}, el("td", { class: "num", text: e.seq }),
@@ -266,8 +269,8 @@ function showDesk(timeline) {
   const order = timeline.order;
   deskOrder = order;
   $("#desk-actions-base").textContent = `(${order.status}, version ${order.version})`;
-  for (const button of document.querySelectorAll("#desk-actions [data-action]")) {
-    button.hidden = !button.dataset.when.split(" ").includes(order.status);
+  for (const control of document.querySelectorAll("#desk-actions [data-when]")) {
+    control.hidden = !control.dataset.when.split(" ").includes(order.status);
   }
   const current = detailsAt(timeline.events, order.version);
   const editing = deskBase && deskBase.order === order.id && (deskChanged().length || !$("#desk-conflict").hidden || deskBusy);
@@ -276,26 +279,29 @@ function showDesk(timeline) {
 // The order as the page last showed it: what an action's If-Match names.
 let deskOrder = null;
 const ACTIONS = {
-  ship: { label: "Ship", command: () => ({ type: "ship" }), done: "Shipped" },
-  refund: { label: "Refund and cancel", command: (reason) => ({ type: "cancel", ...(reason ? { reason } : {}) }), done: "Refunded and cancelled" },
-  cancel: { label: "Cancel", command: (reason) => ({ type: "cancel", ...(reason ? { reason } : {}) }), done: "Cancelled" },
+  ship: { label: "Ship", input: "#desk-tracking", command: (tracking_number) => ({ type: "ship", tracking_number }), done: "Shipped" },
+  refund: { label: "Refund and cancel", input: "#desk-reason", optional: true, command: (reason) => ({ type: "cancel", ...(reason ? { reason } : {}) }), done: "Refunded and cancelled" },
+  cancel: { label: "Cancel", input: "#desk-reason", optional: true, command: (reason) => ({ type: "cancel", ...(reason ? { reason } : {}) }), done: "Cancelled" },
 };
 // An action on the order at the version on screen; the version decides, as for an edit.
 async function deskAction(name) {
   const action = ACTIONS[name];
   const order = deskOrder;
-  if (!order || !confirm(`${action.label}: order ${short(order.id)} at version ${order.version}?`)) return;
   const status = (text, bad = false) => {
     $("#desk-action-status").textContent = text;
     $("#desk-action-status").className = `desk-status${bad ? " bad" : ""}`;
   };
-  const reason = $("#desk-reason").value.trim();
+  const input = $(action.input);
+  const value = input.value.trim();
+  if (!action.optional && !value) { status(`${action.label} needs a ${input.parentElement.firstChild.textContent.trim()}.`, true); input.focus(); return; }
+  if (!input.checkValidity()) { status(input.validationMessage, true); input.focus(); return; }
+  if (!order || !confirm(`${action.label}: order ${short(order.id)} at version ${order.version}?`)) return;
   status("Sending…");
   try {
     const response = await fetch(`/dashboard/api/orders/${order.id}/commands`, {
       method: "POST", credentials: "same-origin",
       headers: { "content-type": "application/json", "if-match": `"${order.version}"`, "x-csrf-token": me.csrf_token },
-      body: JSON.stringify(action.command(reason)),
+      body: JSON.stringify(action.command(value)),
     });
     const body = await response.json().catch(() => ({}));
     let outcome = null;
@@ -303,7 +309,7 @@ async function deskAction(name) {
     else if (response.status !== 412) { status(body.detail || `refused (${response.status})`, true); return; }
     if (outcome && outcome.status === "applied") {
       status(`${action.done}: version ${outcome.result_version}.`);
-      $("#desk-reason").value = "";
+      input.value = "";
     } else if (response.status === 412 || (outcome && outcome.reason === "version_conflict")) {
       const timeline = await api(`/dashboard/api/orders/${order.id}`);
       const since = timeline.events.filter((e) => e.seq > order.version)
@@ -330,6 +336,7 @@ async function sendDetails(version, fields) {
   if (!fields.length) {
     $("#desk-conflict").hidden = true;
     deskStatus(`Version ${version} already says what you wanted; nothing to send.`);
+    releaseLease();
     deskBase = null;
     openTimeline(timelineOrder);
     return;
@@ -353,6 +360,7 @@ async function sendDetails(version, fields) {
     if (outcome.status === "applied") {
       $("#desk-conflict").hidden = true;
       deskStatus(`Saved: version ${outcome.result_version}.`);
+      releaseLease();
       deskBase = null;
       openTimeline(order);
     } else if (outcome.reason === "version_conflict") {
@@ -413,18 +421,20 @@ async function showConflict(version, fields) {
   $("#desk-apply-mine").onclick = () => sendDetails(order.version, fields.filter((f) => !same(current[f], mine[f])));
   $("#desk-keep-current").onclick = () => {
     $("#desk-conflict").hidden = true;
+    releaseLease();
     fillDesk(order.id, order.version, current);
     deskStatus(`Kept version ${order.version}.`);
   };
 }
 // An order's details as a definition list; "–" for what is not set.
-function renderDetails(details) {
+function renderDetails(details, trackingNumber) {
   const a = details.shipping_address;
   const rows = [
     ["shipping address", a ? [a.name, ...a.lines, `${a.postal_code} ${a.city}`, a.country].join(" · ") : null],
     ["contact email", details.contact_email],
     ["contact phone", details.contact_phone],
     ["note", details.note],
+    ["tracking number", trackingNumber],
   ];
   $("#order-details").replaceChildren(...rows.flatMap(([name, value]) =>
     [el("dt", { text: name }), el("dd", { "data-detail": name, class: value ? "" : "muted", text: value || "–" })]));
@@ -736,6 +746,111 @@ function banner(kind, message) {
   setTimeout(() => node.remove(), 5000);
 }
 
+// ---- presence: who else has this order open, and who is editing it -------------------------------
+// The page says "I have it open" every few seconds while the timeline shows an order (the server
+// forgets it 15 s after the last time), and "I left" when it leaves. The first edit of the form
+// takes the order's edit lease, renewed while the person edits and let go when they save or
+// discard; others see "<name> is editing since 14:02" before they start. The lease warns; the
+// version decides. Changes arrive live as `presence` frames.
+const RENEW_MS = 5000;
+let presenceOrder = null;
+let presenceTimer = null;
+let presenceNow = null;
+let lease = null; // { order, timer } while this page holds the order's edit lease
+let leaseWanted = false; // a claim is on its way
+let leaseRound = 0; // moves on at every let-go: a claim answered after it is let go at once
+const hhmm = (iso) => new Date(iso).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hour12: false });
+const withCsrf = (method) => ({ method, credentials: "same-origin", headers: { "x-csrf-token": me.csrf_token } });
+function presenceFor(id) {
+  if (presenceOrder === id) return;
+  leavePresence();
+  presenceOrder = id;
+  if (!id) return;
+  presenceBeat();
+  presenceTimer = setInterval(presenceBeat, RENEW_MS);
+}
+async function presenceBeat() {
+  const id = presenceOrder;
+  const response = await fetch(`/dashboard/api/orders/${id}/presence`, withCsrf("PUT")).catch(() => null);
+  if (id !== presenceOrder) return;
+  if (response && response.status === 401) { location.reload(); return; }
+  renderPresence(response && response.ok ? await response.json() : null);
+}
+function leavePresence() {
+  clearInterval(presenceTimer);
+  releaseLease();
+  if (presenceOrder) {
+    fetch(`/dashboard/api/orders/${presenceOrder}/presence`, { ...withCsrf("DELETE"), keepalive: true }).catch(() => {});
+  }
+  presenceOrder = null;
+  renderPresence(null);
+}
+function renderPresence(presence) {
+  presenceNow = presence;
+  const editor = presence && presence.editor;
+  const mine = Boolean(editor && lease && lease.order === presence.order_id && editor.name === me.name);
+  const others = presence ? presence.viewers.filter((v) => v.name !== me.name) : [];
+  $("#presence").hidden = !others.length;
+  $("#presence").replaceChildren(...(others.length ? ["Also on this order:", ...others.map((v) =>
+    el("span", { class: `present${editor && editor.name === v.name ? " editing" : ""}`, "data-name": v.name,
+      title: `${v.role}, here since ${hhmm(v.since)}`, text: v.name }))] : []));
+  const banner = $("#desk-lease");
+  banner.hidden = !editor;
+  banner.classList.toggle("mine", mine);
+  if (!editor) return;
+  $("#desk-lease-text").textContent = mine
+    ? `You are editing since ${hhmm(editor.since)}; others see it.`
+    : `${editor.name} is editing since ${hhmm(editor.since)}. You may still edit; the version decides.`;
+  $("#desk-lease-break").hidden = mine || me.role !== "admin";
+}
+// The form's first change takes the lease (once; a refusal leaves the warning on screen).
+async function claimLease() {
+  if (lease || leaseWanted || !deskBase || !deskChanged().length) return;
+  const order = deskBase.order;
+  const round = leaseRound;
+  leaseWanted = true;
+  try {
+    const response = await fetch(`/dashboard/api/orders/${order}/edit-lease`, withCsrf("POST"));
+    const body = await response.json().catch(() => ({}));
+    if (response.ok && (round !== leaseRound || presenceOrder !== order)) {
+      // Saved, discarded or left while the claim was on its way.
+      fetch(`/dashboard/api/orders/${order}/edit-lease`, { ...withCsrf("DELETE"), keepalive: true }).catch(() => {});
+    } else if (response.ok) {
+      lease = { order, timer: setInterval(renewLease, RENEW_MS) };
+    } else if (response.status === 409) {
+      deskStatus(body.detail, true);
+    }
+  } finally {
+    if (presenceOrder) presenceBeat();
+  }
+}
+async function renewLease() {
+  if (!lease) return;
+  const response = await fetch(`/dashboard/api/orders/${lease.order}/edit-lease`, withCsrf("PUT")).catch(() => null);
+  if (response && response.status === 409) {
+    const body = await response.json().catch(() => ({}));
+    clearInterval(lease.timer);
+    lease = null;
+    deskStatus(`${body.detail}. Your edit still counts when you save; the version decides.`, true);
+    presenceBeat();
+  }
+}
+function releaseLease() {
+  leaseWanted = false;
+  leaseRound += 1;
+  if (!lease) return;
+  clearInterval(lease.timer);
+  fetch(`/dashboard/api/orders/${lease.order}/edit-lease`, { ...withCsrf("DELETE"), keepalive: true }).catch(() => {});
+  lease = null;
+}
+async function breakLease() {
+  const editor = presenceNow && presenceNow.editor;
+  if (!editor || !confirm(`Break ${editor.name}'s edit lease on this order?`)) return;
+  const broken = await api(`/dashboard/api/orders/${presenceNow.order_id}/edit-lease/break`, { method: "POST" });
+  banner("info", broken.editor ? `Broke ${broken.editor.name}'s edit lease.` : "Nobody held the lease any more.");
+  presenceBeat();
+}
+
 // ---- the live feed --------------------------------------------------------------------------------
 function connect() {
   const source = new EventSource("/dashboard/api/stream");
@@ -751,6 +866,10 @@ function connect() {
   source.addEventListener("conflict", (e) => scheduleTimelineRefresh(JSON.parse(e.data).order_id));
   source.addEventListener("stats", (e) => onStats(JSON.parse(e.data)));
   source.addEventListener("partitions", (e) => { if (!$("#tab-partitions").hidden) renderPartitions(JSON.parse(e.data)); });
+  source.addEventListener("presence", (e) => {
+    const presence = JSON.parse(e.data);
+    if (presence.order_id === presenceOrder) renderPresence(presence);
+  });
   source.addEventListener("lagged", () => loadOrders());
 }
 
@@ -768,9 +887,12 @@ async function dashboardPage() {
   for (const button of document.querySelectorAll("#desk-actions [data-action]")) {
     button.addEventListener("click", () => deskAction(button.dataset.action));
   }
-  $("#desk-form").addEventListener("input", markDirty);
+  $("#desk-form").addEventListener("input", () => { markDirty(); claimLease(); });
+  $("#desk-lease-break").addEventListener("click", breakLease);
+  window.addEventListener("pagehide", leavePresence);
   $("#desk-reset").addEventListener("click", () => {
     $("#desk-conflict").hidden = true;
+    releaseLease();
     deskBase = null;
     deskStatus("");
     if (timelineOrder) openTimeline(timelineOrder);

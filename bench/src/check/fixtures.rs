@@ -82,6 +82,7 @@ impl Fixture {
                           {"sku": "B", "quantity": 1, "unit_price_cents": 50}]),
             total_cents: 250,
             details: json!({}),
+            tracking_number: None,
             created_at: at(1),
             updated_at: at(4),
         };

@@ -65,6 +65,11 @@ pub fn projection(row: &OrderRow) -> Result<Order, String> {
         items: serde_json::from_value(row.items.clone()).map_err(|e| e.to_string())?,
         total_cents: row.total_cents,
         details: serde_json::from_value(row.details.clone()).map_err(|e| e.to_string())?,
+        tracking_number: row
+            .tracking_number
+            .clone()
+            .map(TryInto::try_into)
+            .transpose()?,
         created_at: row.created_at,
         updated_at: row.updated_at,
     })

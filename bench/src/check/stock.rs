@@ -52,7 +52,7 @@ pub fn no_oversell(input: &Input<'_>) -> Verdict {
                     moved(items, 1, &mut ledger, false);
                     held = items.clone();
                 }
-                Event::OrderShipped { items }
+                Event::OrderShipped { items, .. }
                 | Event::OrderCancelled {
                     released: items, ..
                 } => {

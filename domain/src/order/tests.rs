@@ -63,6 +63,63 @@ fn the_happy_path_walks_every_state_and_counts_versions() {
 }
 
 #[test]
+fn a_paid_order_ships_with_its_tracking_number_and_keeps_it() {
+    let (order, outcomes) = run(&[
+        create(),
+        cmd(json!({"type": "reserve"})),
+        cmd(json!({"type": "pay"})),
+        cmd(json!({"type": "ship", "tracking_number": "1Z999AA10123456784"})),
+        cmd(json!({"type": "ship", "tracking_number": "OTHER-1"})),
+        cmd(json!({"type": "deliver"})),
+    ]);
+    match &outcomes[3] {
+        Ok(Decided::Event(Event::OrderShipped {
+            tracking_number: Some(number),
+            ..
+        })) => assert_eq!(number.as_str(), "1Z999AA10123456784"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(outcomes[4], Err(Rejection::InvalidTransition), "ships once");
+    let order = order.unwrap();
+    assert_eq!(order.status, OrderStatus::Delivered);
+    assert_eq!(
+        order.tracking_number.as_ref().map(|t| t.as_str()),
+        Some("1Z999AA10123456784"),
+        "delivery keeps the number"
+    );
+    // Without one it still ships (carriers without tracking, older producers).
+    let (order, outcomes) = run(&[
+        create(),
+        cmd(json!({"type": "reserve"})),
+        cmd(json!({"type": "pay"})),
+        cmd(json!({"type": "ship"})),
+    ]);
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    assert_eq!(order.unwrap().tracking_number, None);
+}
+
+#[test]
+fn a_tracking_number_is_bounded_and_printable() {
+    for bad in [
+        json!(""),
+        json!("has space"),
+        json!("x".repeat(65)),
+        json!("nul\0"),
+        json!(7),
+    ] {
+        let parsed =
+            serde_json::from_value::<Command>(json!({"type": "ship", "tracking_number": bad}));
+        assert!(parsed.is_err(), "{bad} must not parse");
+    }
+    assert!(
+        serde_json::from_value::<Command>(
+            json!({"type": "ship", "tracking_number": "x".repeat(64)})
+        )
+        .is_ok()
+    );
+}
+
+#[test]
 fn illegal_transitions_are_typed_rejections() {
     let reserve = cmd(json!({"type": "reserve"}));
     let pay = cmd(json!({"type": "pay"}));
@@ -303,6 +360,9 @@ fn any_command() -> impl Strategy<Value = Command> {
         Just(cmd(json!({"type": "reserve"}))),
         Just(cmd(json!({"type": "pay"}))),
         Just(cmd(json!({"type": "ship"}))),
+        Just(cmd(
+            json!({"type": "ship", "tracking_number": "1Z999AA10123456784"})
+        )),
         Just(cmd(json!({"type": "deliver"}))),
         Just(cmd(json!({"type": "cancel"}))),
         prop::sample::select(vec![

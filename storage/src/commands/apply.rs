@@ -64,11 +64,13 @@ pub async fn lock_for_apply(
                   o.version as "order_version?", o.items as "order_items?: Json<Vec<Item>>",
                   o.total_cents as "order_total_cents?", o.created_at as "order_created_at?",
                   o.updated_at as "order_updated_at?",
-                  o.details as "order_details?: Json<OrderDetails>"
+                  o.details as "order_details?: Json<OrderDetails>",
+                  o.tracking_number as "order_tracking_number?"
              from commands c
              join order_streams s on s.order_id = c.order_id
              left join lateral (select client_id, customer_id, currency, status, version, items,
-                                       total_cents, created_at, updated_at, details
+                                       total_cents, created_at, updated_at, details,
+                                       tracking_number
                                   from orders where id = c.order_id for update) o on true
             where c.id = $1
               for update of c, s"#,
@@ -113,6 +115,9 @@ pub async fn lock_for_apply(
             version,
             items: items.0,
             details: details.0,
+            tracking_number: r
+                .order_tracking_number
+                .map(|t| t.try_into().expect("stored values were validated")),
             total_cents,
             created_at,
             updated_at,
@@ -216,13 +221,15 @@ pub async fn finish(
               where $14::text is not null),
            projected as (
              insert into orders (id, client_id, customer_id, currency, status, version, items,
-                                 total_cents, created_at, updated_at, details)
+                                 total_cents, created_at, updated_at, details, tracking_number)
              select $10::uuid, $11::uuid, $12::text, $13::text, $16::text, $15::bigint,
-                    $17::jsonb, $18::bigint, $19::timestamptz, $20::timestamptz, $24::jsonb
+                    $17::jsonb, $18::bigint, $19::timestamptz, $20::timestamptz, $24::jsonb,
+                    $25::text
               where $14::text is not null
              on conflict (id) do update set status = excluded.status, version = excluded.version,
                  items = excluded.items, total_cents = excluded.total_cents,
-                 updated_at = excluded.updated_at, details = excluded.details),
+                 updated_at = excluded.updated_at, details = excluded.details,
+                 tracking_number = excluded.tracking_number),
            finished as (
              update commands set status = $2, reason = $3, detail = $9, result_version = $4,
                                  finished_at = clock_timestamp(), delivered_at = $5, attempt = $6,
@@ -270,7 +277,8 @@ pub async fn finish(
         applied.map(|a| Json(a.event)) as _,
         applied.map(|a| a.at),
         with.processed,
-        order.map(|o| Json(&o.details)) as _
+        order.map(|o| Json(&o.details)) as _,
+        order.and_then(|o| o.tracking_number.as_ref().map(|t| t.as_str()))
     )
     .execute(conn)
     .await?;
