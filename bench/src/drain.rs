@@ -1,5 +1,6 @@
 //! Heal and drain: after the workload, wait (with a deadline) until every accepted command is
-//! final, then until the run's outbox rows are relayed. What is still pending at the deadline is
+//! final (and every other command of the run's orders), then until the run's outbox rows are
+//! relayed. What is still pending at the deadline is
 //! reported, and the checker counts it as a violation. Progress is read from PostgreSQL, not
 //! through the API: the auditor's own status reads must not compete with the run's rate limit,
 //! and one query covers thousands of commands.
@@ -36,7 +37,11 @@ pub async fn drain(
         // Direct commands exist once a worker recorded them: count finals, not non-finals.
         let finished = orderflow_storage::audit::finished_count(db, &accepted).await?;
         unfinished = accepted.len().saturating_sub(finished as usize);
-        if unfinished == 0 || Instant::now() >= deadline {
+        // Also the commands the run never saw accepted (their request timed out after the
+        // command was recorded): each finishes with an outbox row of its own, which a snapshot
+        // taken before it would count as never relayed.
+        let unseen = orderflow_storage::audit::unfinished_of_orders(db, orders).await?;
+        if (unfinished == 0 && unseen == 0) || Instant::now() >= deadline {
             break;
         }
         tokio::time::sleep(POLL_INTERVAL).await;

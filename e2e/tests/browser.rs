@@ -988,6 +988,11 @@ async fn an_operator_ships_a_paid_order_with_its_tracking_number_from_the_desk()
         t.contains("paid, version 3")
     })
     .await;
+    // The order page shows its lines.
+    text_until(&browser, "#order-lines tr[data-sku=\"SHIP-1\"]", |t| {
+        t.contains("SHIP-1") && t.contains("5.00 EUR")
+    })
+    .await;
     // Ship asks for the number first, and sends nothing without one.
     click(&browser, "#desk-actions [data-action=\"ship\"]").await;
     text_until(&browser, "#desk-action-status", |t| {

@@ -193,6 +193,18 @@ pub async fn finished_count(db: impl PgExecutor<'_>, ids: &[Uuid]) -> sqlx::Resu
     .await
 }
 
+/// Commands of `orders` not final yet, whoever sent them: also those whose sender never saw an
+/// answer (a request that timed out after its command was recorded), which the run cannot count
+/// among the commands it saw accepted.
+pub async fn unfinished_of_orders(db: impl PgExecutor<'_>, orders: &[Uuid]) -> sqlx::Result<i64> {
+    sqlx::query_scalar!(
+        r#"select count(*) as "n!" from commands where order_id = any($1) and status = 'accepted'"#,
+        orders
+    )
+    .fetch_one(db)
+    .await
+}
+
 /// Outbox rows of `orders` not yet relayed.
 pub async fn outbox_rows(db: impl PgExecutor<'_>, orders: &[Uuid]) -> sqlx::Result<i64> {
     sqlx::query_scalar!(

@@ -20,6 +20,8 @@ use uuid::Uuid;
 pub struct Timeline {
     /// The projection (None while the create command has not been applied).
     pub order: Option<OrderSummary>,
+    /// The order's lines (empty until it is created).
+    pub lines: Vec<orderflow_domain::Item>,
     pub commands: Vec<Step>,
     pub events: Vec<EventRecord>,
     /// Idempotency replays and mismatches on this order seen by the API instances (kept in
@@ -137,6 +139,7 @@ pub async fn build(db: &PgPool, hub: &Hub, order_id: OrderId) -> sqlx::Result<Op
         return Ok(None);
     }
     let order = dashboard::order(db, order_id).await?;
+    let lines = dashboard::order_lines(db, order_id).await?;
     let journeys = dashboard::journeys(db, order_id).await?;
     let events = orders::events(db, order_id).await?;
     let redrives = dashboard::redrives_of_order(db, order_id).await?;
@@ -158,6 +161,7 @@ pub async fn build(db: &PgPool, hub: &Hub, order_id: OrderId) -> sqlx::Result<Op
     }
     Ok(Some(Timeline {
         order,
+        lines,
         commands,
         events,
         idempotency_events: hub.idempotency_events_of(order_id.0),

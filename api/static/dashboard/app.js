@@ -188,6 +188,11 @@ async function openTimeline(id) {
     const changes = timeline.events.filter((e) => e.type === "details_changed");
     const shipped = timeline.events.find((e) => e.type === "order_shipped");
     renderDetails(changes.length ? changes[changes.length - 1].details : {}, shipped && shipped.tracking_number);
+    $("#order-lines tbody").replaceChildren(...(timeline.lines.length ? timeline.lines.map((l) =>
+      el("tr", { "data-sku": l.sku }, el("td", { class: "mono", text: l.sku }), el("td", { class: "num", text: l.quantity }),
+        el("td", { class: "num", text: money(l.unit_price_cents, order.currency) }),
+        el("td", { class: "num", text: money(l.quantity * l.unit_price_cents, order.currency) })))
+      : [el("tr", {}, el("td", { colspan: 4, class: "muted", text: "no lines" }))]));
     showDesk(timeline);
     $("#events-table tbody").replaceChildren(...timeline.events.map((e) =>
       el("tr", {}, el("td", { class: "num", text: e.seq }),

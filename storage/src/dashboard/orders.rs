@@ -2,7 +2,7 @@
 //! live feed, and which order won the last units of a SKU.
 
 use chrono::{DateTime, Utc};
-use orderflow_domain::OrderId;
+use orderflow_domain::{Item, OrderId};
 use serde::Serialize;
 use sqlx::PgExecutor;
 use uuid::Uuid;
@@ -148,6 +148,17 @@ pub async fn journeys(
 /// The order's projection as the dashboard shows it (any client).
 pub async fn order(db: impl PgExecutor<'_>, id: OrderId) -> sqlx::Result<Option<OrderSummary>> {
     Ok(orders_by_id(db, &[id.0]).await?.into_iter().next())
+}
+
+/// The order's lines as its projection has them (none until it is created).
+pub async fn order_lines(db: impl PgExecutor<'_>, id: OrderId) -> sqlx::Result<Vec<Item>> {
+    let items = sqlx::query_scalar!(
+        r#"select items as "items: sqlx::types::Json<Vec<Item>>" from orders where id = $1"#,
+        id.0
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(items.map(|i| i.0).unwrap_or_default())
 }
 
 /// Does the order's stream exist (commands accepted, maybe not created yet)?
