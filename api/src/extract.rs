@@ -112,9 +112,82 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for StrictJson<T> {
         // than silently merged; the detail names the field that was refused
         // (`shipping_address.country: must be …`).
         let mut reader = serde_json::Deserializer::from_slice(&bytes);
-        let value = serde_path_to_error::deserialize(&mut reader)
-            .map_err(|e| ApiError::InvalidBody(e.to_string()))?;
+        let value = serde_path_to_error::deserialize(&mut reader).map_err(|e| {
+            let culprit = (e.path().to_string() == ".")
+                .then(|| tagged_member_at_fault::<T>(&raw))
+                .flatten();
+            ApiError::InvalidBody(match culprit {
+                Some(member) => format!("{member}: {}", e.inner()),
+                None => e.to_string(),
+            })
+        })?;
         Ok(StrictJson { value, raw })
+    }
+}
+
+/// The member of an internally tagged body (`{"type": …, …}`, a command) whose value was refused.
+/// Serde reads such a body into a buffer before it knows the variant, and an error from the
+/// buffer carries no path, so `serde_path_to_error` cannot name the member as it does for a
+/// plain struct (`"quantity": "2"` said only `invalid type: string "2", expected i64`). Only on
+/// that error path: the tag is read again with each member alone; the member whose value is
+/// refused there is the one (a valid member alone is refused only as `missing field`). A body
+/// is at most [`MAX_BODY_BYTES`], so this costs at most a few reads of it.
+fn tagged_member_at_fault<T: DeserializeOwned>(raw: &serde_json::Value) -> Option<String> {
+    let object = raw.as_object()?;
+    let tag = object.get("type")?;
+    object
+        .iter()
+        .filter(|(name, _)| name.as_str() != "type")
+        .find_map(|(name, value)| {
+            let alone = serde_json::Value::Object(serde_json::Map::from_iter([
+                ("type".to_owned(), tag.clone()),
+                (name.clone(), value.clone()),
+            ]));
+            match serde_json::from_value::<T>(alone) {
+                Ok(_) => None,
+                Err(e) => {
+                    let refusal = e.to_string();
+                    let about_another = refusal.starts_with("missing field")
+                        || refusal.starts_with("unknown field")
+                        || refusal.starts_with("unknown variant");
+                    (!about_another).then(|| name.clone())
+                }
+            }
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tagged_member_at_fault;
+    use orderflow_domain::Command;
+    use serde_json::json;
+
+    #[test]
+    fn the_member_of_a_command_whose_value_was_refused_is_named() {
+        for (body, member) in [
+            (
+                json!({"type": "add_item", "sku": "A", "quantity": "2", "unit_price_cents": 1}),
+                Some("quantity"),
+            ),
+            (
+                json!({"type": "ship", "tracking_number": 12}),
+                Some("tracking_number"),
+            ),
+            (
+                json!({"type": "add_item", "sku": "a b", "quantity": 1, "unit_price_cents": 1}),
+                Some("sku"),
+            ),
+            // Refusals that are not about one member's value name none.
+            (json!({"type": "add_item", "sku": "A"}), None),
+            (json!({"type": "ship", "floor": 3}), None),
+            (json!({"type": "teleport", "to": "Mars"}), None),
+        ] {
+            assert_eq!(
+                tagged_member_at_fault::<Command>(&body).as_deref(),
+                member,
+                "{body}"
+            );
+        }
     }
 }
 

@@ -906,14 +906,7 @@ async fn two_operators_edit_one_address_and_the_second_sees_the_conflict_and_app
 #[tokio::test]
 async fn an_operator_refunds_a_paid_order_with_a_reason_from_the_desk() {
     let app = common::stack().worker().start().await;
-    app.set_stock("DESK-1", 5).await;
-    let order = app
-        .new_order(json!([{"sku": "DESK-1", "quantity": 2, "unit_price_cents": 700}]))
-        .await;
-    for command in ["reserve", "pay"] {
-        let done = app.run(&order, json!({"type": command}), None).await;
-        assert_eq!(done["status"], "applied", "{done}");
-    }
+    let order = app.paid_order("DESK-1", 2, 700).await;
     let driver = Driver::start().await;
     let browser = driver.browser().await;
     sign_in_as(&browser, &app, "otto", "operator").await;
@@ -969,14 +962,7 @@ async fn an_operator_refunds_a_paid_order_with_a_reason_from_the_desk() {
 #[tokio::test]
 async fn an_operator_ships_a_paid_order_with_its_tracking_number_from_the_desk() {
     let app = common::stack().worker().start().await;
-    app.set_stock("SHIP-1", 5).await;
-    let order = app
-        .new_order(json!([{"sku": "SHIP-1", "quantity": 1, "unit_price_cents": 500}]))
-        .await;
-    for command in ["reserve", "pay"] {
-        let done = app.run(&order, json!({"type": command}), None).await;
-        assert_eq!(done["status"], "applied", "{done}");
-    }
+    let order = app.paid_order("SHIP-1", 1, 500).await;
     let driver = Driver::start().await;
     let browser = driver.browser().await;
     sign_in_as(&browser, &app, "sam", "operator").await;

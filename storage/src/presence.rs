@@ -200,17 +200,24 @@ pub async fn renew(
     order_id: Uuid,
     session_hash: &[u8],
     ttl: Duration,
-) -> sqlx::Result<Option<DateTime<Utc>>> {
-    sqlx::query_scalar!(
-        "update order_edit_leases set expires_at = now() + $3 * interval '1 millisecond'
-          where order_id = $1 and session_hash = $2 and expires_at > now()
-          returning expires_at",
+) -> sqlx::Result<Option<Editor>> {
+    let renewed = sqlx::query!(
+        r#"with renewed as (
+             update order_edit_leases set expires_at = now() + $3 * interval '1 millisecond'
+              where order_id = $1 and session_hash = $2 and expires_at > now()
+              returning operator_id, since, expires_at)
+           select o.name, r.since, r.expires_at from renewed r join operators o on o.id = r.operator_id"#,
         order_id,
         session_hash,
         millis(ttl)
     )
     .fetch_optional(db)
-    .await
+    .await?;
+    Ok(renewed.map(|r| Editor {
+        name: r.name,
+        since: r.since,
+        expires_at: r.expires_at,
+    }))
 }
 
 /// Lets go of the session's lease on the order (nothing when it holds none).

@@ -114,6 +114,16 @@ pub struct Lease {
     pub renew_every_ms: u64,
 }
 
+impl Lease {
+    fn of(order_id: Uuid, editor: Editor) -> Json<Lease> {
+        Json(Lease {
+            order_id,
+            editor,
+            renew_every_ms: RENEW_EVERY.as_millis() as u64,
+        })
+    }
+}
+
 fn someone_else(editor: &Editor) -> ApiError {
     ApiError::Conflict(format!(
         "{} is editing this order since {}: you may still edit, and the order's version decides",
@@ -138,11 +148,7 @@ pub async fn claim(
     )
     .await?
     {
-        Claim::Yours(editor) => Ok(Json(Lease {
-            order_id,
-            editor,
-            renew_every_ms: RENEW_EVERY.as_millis() as u64,
-        })),
+        Claim::Yours(editor) => Ok(Lease::of(order_id, editor)),
         Claim::Held(editor) => Err(someone_else(&editor)),
         Claim::Contended => Err(ApiError::Conflict(
             "the edit lease changed hands while you took it; try again".into(),
@@ -156,29 +162,21 @@ pub async fn renew(
     ApiPath(order_id): ApiPath<Uuid>,
 ) -> Result<Json<Lease>, ApiError> {
     let session = person(&principal)?;
-    if presence::renew(&state.db, order_id, &session.token_hash, LEASE_TTL)
-        .await?
-        .is_none()
+    if let Some(editor) =
+        presence::renew(&state.db, order_id, &session.token_hash, LEASE_TTL).await?
     {
-        let now = presence_of(&state, order_id).await?.editor;
-        return Err(ApiError::Conflict(match now {
+        return Ok(Lease::of(order_id, editor));
+    }
+    Err(ApiError::Conflict(
+        match presence_of(&state, order_id).await?.editor {
             Some(editor) => format!(
                 "your edit lease ended: {} is editing since {}",
                 editor.name,
                 editor.since.format("%H:%M:%S UTC")
             ),
             None => "your edit lease ended (an admin broke it, or it lapsed)".into(),
-        }));
-    }
-    let editor = presence_of(&state, order_id)
-        .await?
-        .editor
-        .ok_or_else(|| ApiError::Conflict("your edit lease ended".into()))?;
-    Ok(Json(Lease {
-        order_id,
-        editor,
-        renew_every_ms: RENEW_EVERY.as_millis() as u64,
-    }))
+        },
+    ))
 }
 
 pub async fn release(

@@ -23,6 +23,19 @@ pub fn no_command_lost(input: &Input<'_>) -> Verdict {
             Some(_) => {}
         }
     }
+    // A command the run never saw accepted (its request got no answer: a timeout, a cut
+    // connection, after the command was recorded) must end too: its sender may never learn of
+    // it, but the order does.
+    let seen: std::collections::HashSet<uuid::Uuid> =
+        input.observed.accepted_ids().into_iter().collect();
+    for row in &input.snapshot.commands {
+        if row.status == "accepted" && !seen.contains(&row.id) {
+            let id = row.id;
+            verdict.violation(|| {
+                format!("command {id} never ended (still accepted; its sender saw no answer)")
+            });
+        }
+    }
     let failed = input
         .snapshot
         .commands
@@ -98,6 +111,23 @@ mod tests {
         assert_eq!(no_command_lost(&f.input()).violations, 1);
         f.snapshot.commands.remove(1);
         assert_eq!(no_command_lost(&f.input()).violations, 1);
+    }
+
+    #[test]
+    fn a_recorded_command_nobody_saw_accepted_must_end_too() {
+        let mut f = Fixture::clean();
+        let mut unseen = f.snapshot.commands[1].clone();
+        unseen.id = uuid::Uuid::now_v7();
+        unseen.seq += 100;
+        unseen.status = "accepted".into();
+        unseen.finished_at = None;
+        f.snapshot.commands.push(unseen.clone());
+        let verdict = no_command_lost(&f.input());
+        assert_eq!(verdict.violations, 1, "{:?}", verdict.examples);
+        assert!(verdict.examples[0].contains("saw no answer"));
+        // Once it ended, whatever the outcome, nothing is lost.
+        f.snapshot.commands.last_mut().unwrap().status = "rejected".into();
+        assert!(no_command_lost(&f.input()).passed());
     }
 
     #[test]

@@ -177,6 +177,23 @@ impl Stack {
         accepted["order_id"].as_str().unwrap().to_owned()
     }
 
+    /// Stocks `sku` with 5, creates an order of one line of it (`quantity` at `unit_price_cents`),
+    /// reserves and pays it, each waited for and applied; returns its id (the order is paid, at
+    /// version 3).
+    pub async fn paid_order(&self, sku: &str, quantity: i64, unit_price_cents: i64) -> String {
+        self.set_stock(sku, 5).await;
+        let order = self
+            .new_order(json!([
+                {"sku": sku, "quantity": quantity, "unit_price_cents": unit_price_cents}
+            ]))
+            .await;
+        for command in ["reserve", "pay"] {
+            let done = self.run(&order, json!({"type": command}), None).await;
+            assert_eq!(done["status"], "applied", "{done}");
+        }
+        order
+    }
+
     pub async fn order(&self, order_id: &str) -> Value {
         let response = self
             .request(Method::GET, &format!("/v1/orders/{order_id}"))
