@@ -92,6 +92,11 @@ pub struct Window {
     samples: VecDeque<Sample>,
     /// Idempotency events: when seen, their kind and their order.
     idempotency: VecDeque<(Instant, String, Uuid)>,
+    /// When the last frame was made: the next one counts what was seen since, over the time
+    /// since. A tick that comes late (a busy machine: the ticker skips missed ticks) then spreads
+    /// what it missed over its longer span instead of dropping it; a fixed one-second window
+    /// counted nothing seen between one second after a frame and a late next one.
+    last_frame: Option<Instant>,
 }
 
 impl Window {
@@ -146,13 +151,21 @@ impl Window {
         thresholds: &Thresholds,
     ) -> Stats {
         self.prune(now);
+        // Each sample in exactly one frame: seen after the last frame (or, for the first, within
+        // the last second), up to now.
+        let since = self.last_frame.filter(|&at| at < now && now - at <= WINDOW);
+        self.last_frame = Some(now);
+        let span = since.map_or(RATE_WINDOW, |at| now - at);
         let recent: Vec<&Sample> = self
             .samples
             .iter()
-            .filter(|s| now.duration_since(s.seen) <= RATE_WINDOW)
+            .filter(|s| match since {
+                Some(at) => s.seen > at && s.seen <= now,
+                None => now.duration_since(s.seen) <= RATE_WINDOW,
+            })
             .collect();
         let per_s = |status: &str| {
-            recent.iter().filter(|s| s.status == status).count() as f64 / RATE_WINDOW.as_secs_f64()
+            recent.iter().filter(|s| s.status == status).count() as f64 / span.as_secs_f64()
         };
         let mut rejections = HashMap::new();
         for s in recent.iter().filter(|s| s.status == "rejected") {

@@ -22,6 +22,35 @@ fn sample(at: Instant, status: &str, reason: Option<&str>, order: Uuid, skus: &[
 }
 
 #[test]
+fn a_late_frame_counts_what_was_seen_since_the_last_one_over_its_longer_span() {
+    let start = Instant::now();
+    let order = Uuid::from_u128(1);
+    let mut window = Window::default();
+    window.record(sample(start, "applied", None, order, &[]));
+    let first = window.stats_at(start, None, &Gauges::default(), None, &THRESHOLDS);
+    assert_eq!(first.applied_per_s, 1.0);
+    // The next tick comes 2.5 s late; what was seen 2 s before it still counts, once.
+    window.record(sample(
+        start + Duration::from_millis(500),
+        "applied",
+        None,
+        order,
+        &[],
+    ));
+    let late = start + Duration::from_millis(2500);
+    let second = window.stats_at(late, None, &Gauges::default(), None, &THRESHOLDS);
+    assert_eq!(second.applied_per_s, 1.0 / 2.5);
+    let third = window.stats_at(
+        late + Duration::from_secs(1),
+        None,
+        &Gauges::default(),
+        None,
+        &THRESHOLDS,
+    );
+    assert_eq!(third.applied_per_s, 0.0, "counted in one frame only");
+}
+
+#[test]
 fn rates_count_only_the_last_second_and_conflicts_the_last_minute() {
     let now = Instant::now();
     let (hot, cold) = (Uuid::from_u128(1), Uuid::from_u128(2));
