@@ -546,10 +546,7 @@ async fn a_viewer_sees_no_actions_and_a_forged_action_from_their_page_is_refused
     )
     .await;
     assert_eq!(buttons, json!(0), "a viewer is offered no action");
-    browser
-        .goto(&app.url(&format!("/#timeline/{order}")))
-        .await
-        .unwrap();
+    open_order(&browser, &app, &order).await;
     text_until(&browser, "#timeline-title", |t| t.contains("version 1")).await;
     assert_eq!(
         js(&browser, "return document.querySelector('#desk').hidden;").await,
@@ -744,10 +741,7 @@ async fn the_dashboard_fits_a_narrow_window_backfills_its_charts_and_shows_what_
         )
         .await;
         if tab == "timeline" {
-            browser
-                .goto(&app.url(&format!("/#timeline/{order}")))
-                .await
-                .unwrap();
+            open_order(&browser, &app, &order).await;
             text_until(&browser, "#timeline-title", |t| t.contains(&order)).await;
         }
         assert_eq!(
@@ -769,6 +763,14 @@ async fn the_dashboard_fits_a_narrow_window_backfills_its_charts_and_shows_what_
     }
     screenshot(&browser, "narrow").await;
     browser.close().await.unwrap();
+}
+
+/// Opens the order's timeline (and desk) at `#timeline/<order>` in `browser`.
+async fn open_order(browser: &Client, app: &Stack, order: &str) {
+    browser
+        .goto(&app.url(&format!("/#timeline/{order}")))
+        .await
+        .unwrap();
 }
 
 /// Replaces the text of the form field at `css` as a person typing would (an `input` event).
@@ -798,10 +800,7 @@ async fn two_operators_edit_one_address_and_the_second_sees_the_conflict_and_app
     sign_in_as(&ann, &app, "ann", "operator").await;
     sign_in_as(&ben, &app, "ben", "operator").await;
     for browser in [&ann, &ben] {
-        browser
-            .goto(&app.url(&format!("/#timeline/{order}")))
-            .await
-            .unwrap();
+        open_order(browser, &app, &order).await;
         text_until(browser, "#desk-base", |t| t.contains("version 2")).await;
         let city = js(
             browser,
@@ -910,10 +909,7 @@ async fn an_operator_refunds_a_paid_order_with_a_reason_from_the_desk() {
     let driver = Driver::start().await;
     let browser = driver.browser().await;
     sign_in_as(&browser, &app, "otto", "operator").await;
-    browser
-        .goto(&app.url(&format!("/#timeline/{order}")))
-        .await
-        .unwrap();
+    open_order(&browser, &app, &order).await;
     text_until(&browser, "#desk-actions-base", |t| {
         t.contains("paid, version 3")
     })
@@ -966,10 +962,7 @@ async fn an_operator_ships_a_paid_order_with_its_tracking_number_from_the_desk()
     let driver = Driver::start().await;
     let browser = driver.browser().await;
     sign_in_as(&browser, &app, "sam", "operator").await;
-    browser
-        .goto(&app.url(&format!("/#timeline/{order}")))
-        .await
-        .unwrap();
+    open_order(&browser, &app, &order).await;
     text_until(&browser, "#desk-actions-base", |t| {
         t.contains("paid, version 3")
     })
@@ -1101,10 +1094,7 @@ async fn operators_see_who_else_has_an_order_open_and_who_edits_it_and_an_admin_
     sign_in_as(&ann, &app, "ann", "operator").await;
     sign_in_as(&ada, &app, "ada", "admin").await;
     for browser in [&ann, &ada] {
-        browser
-            .goto(&app.url(&format!("/#timeline/{order}")))
-            .await
-            .unwrap();
+        open_order(browser, &app, &order).await;
         text_until(browser, "#desk-base", |t| t.contains("version 1")).await;
     }
     let shown = js(
