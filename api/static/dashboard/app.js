@@ -774,9 +774,14 @@ function presenceFor(id) {
   presenceBeat();
   presenceTimer = setInterval(presenceBeat, RENEW_MS);
 }
+// The last "I have it open" sent: "I left" goes only after its answer, so that a renewal still on
+// its way cannot arrive after the departure and put the person back for 15 s.
+let beatInFlight = Promise.resolve();
 async function presenceBeat() {
   const id = presenceOrder;
-  const response = await fetch(`/dashboard/api/orders/${id}/presence`, withCsrf("PUT")).catch(() => null);
+  const request = fetch(`/dashboard/api/orders/${id}/presence`, withCsrf("PUT")).catch(() => null);
+  beatInFlight = request;
+  const response = await request;
   if (id !== presenceOrder) return;
   if (response && response.status === 401) { location.reload(); return; }
   renderPresence(response && response.ok ? await response.json() : null);
@@ -785,7 +790,8 @@ function leavePresence() {
   clearInterval(presenceTimer);
   releaseLease();
   if (presenceOrder) {
-    fetch(`/dashboard/api/orders/${presenceOrder}/presence`, { ...withCsrf("DELETE"), keepalive: true }).catch(() => {});
+    const left = `/dashboard/api/orders/${presenceOrder}/presence`;
+    beatInFlight.then(() => fetch(left, { ...withCsrf("DELETE"), keepalive: true })).catch(() => {});
   }
   presenceOrder = null;
   renderPresence(null);
