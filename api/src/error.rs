@@ -116,6 +116,14 @@ pub enum ApiError {
     /// 429: the client already holds its maximum of open SSE streams.
     #[error("at most {0} event streams per client may be open at once")]
     TooManyStreams(usize),
+    /// 410: the events after the position a feed asked for were pruned (older than the
+    /// retention): reading on from there would skip some without saying.
+    #[error(
+        "the events after {after} are no longer kept (the feed keeps events for a limited time and \
+         has pruned everything up to {pruned_through}); read again without a position (from the \
+         oldest event kept) or from now, and reconcile what was missed from the orders themselves"
+    )]
+    EventsPruned { after: i64, pruned_through: i64 },
     /// 503: the server is at its in-flight limit or the request took too long.
     #[error("the server is overloaded; retry later")]
     Overloaded,
@@ -177,6 +185,7 @@ impl ApiError {
             }
             ApiError::TooManyWaits(_) => (StatusCode::TOO_MANY_REQUESTS, "too-many-waits"),
             ApiError::TooManyStreams(_) => (StatusCode::TOO_MANY_REQUESTS, "too-many-streams"),
+            ApiError::EventsPruned { .. } => (StatusCode::GONE, "events-pruned"),
             ApiError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             ApiError::QueueFull => (StatusCode::SERVICE_UNAVAILABLE, "queue-full"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),

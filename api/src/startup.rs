@@ -222,7 +222,18 @@ impl Application {
             .with_context(|| format!("listening on {}", config.listen))?;
         let mut tasks = Tasks::new();
         let state = AppState {
-            waiters: Waiters::start(&mut tasks, pool.clone(), shutdown.clone()),
+            waiters: Waiters::start(
+                &mut tasks,
+                pool.clone(),
+                &[orderflow_storage::COMMAND_DONE_CHANNEL],
+                shutdown.clone(),
+            ),
+            feeds: Waiters::start(
+                &mut tasks,
+                pool.clone(),
+                &[orderflow_storage::CLIENT_EVENTS_CHANNEL],
+                shutdown.clone(),
+            ),
             gates: OrderGates::default(),
             confirms: Confirms::start(&mut tasks, pool.clone()),
             records: Records::start(&mut tasks, common.database_url.expose_secret())?,

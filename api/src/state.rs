@@ -28,6 +28,8 @@ pub struct AppState {
     /// The partition count commands are routed by now (follows `partitions grow`).
     pub layout: LayoutCell,
     pub waiters: Waiters,
+    /// Wake-ups of the clients' event feeds, by client id.
+    pub feeds: Waiters,
     /// One intake statement per order at a time in this process.
     pub gates: OrderGates,
     pub limits: Limits,

@@ -4,6 +4,8 @@
 //! each `?wait=` request registers under its command's id and is woken only by that id (or by a
 //! "re-check everything" signal when notifications may have been missed), then re-reads its
 //! command. No polling loop, and a finish costs one map lookup however many polls are open.
+//! The clients' event feeds (`GET /v1/events`) are woken the same way, by client id, on a channel
+//! of their own ([`Waiters::follow`]).
 //!
 //! The re-reads after a wake-up take turns: no more run at once than the pool has connections.
 //! Woken together (a batch of commands finished, or a re-check signal), thousands of polls would
@@ -14,7 +16,6 @@
 use crate::notifications;
 use orderflow_runtime::shutdown::CancellationToken;
 use orderflow_runtime::tasks::Tasks;
-use orderflow_storage::COMMAND_DONE_CHANNEL;
 use orderflow_storage::listen::Notice;
 use sqlx::PgPool;
 use std::collections::HashMap;
@@ -37,8 +38,14 @@ pub struct Waiters {
 }
 
 impl Waiters {
-    /// Starts the listener task; it stops on `shutdown`, which also ends every wait.
-    pub fn start(tasks: &mut Tasks, db: PgPool, shutdown: CancellationToken) -> Self {
+    /// Starts the listener task of `channel`, whose payloads are the ids waited for; it stops on
+    /// `shutdown`, which also ends every wait.
+    pub fn start(
+        tasks: &mut Tasks,
+        db: PgPool,
+        channel: &'static [&'static str],
+        shutdown: CancellationToken,
+    ) -> Self {
         let waiters = Self {
             registry: Arc::default(),
             recheck: watch::Sender::new(0),
@@ -46,28 +53,22 @@ impl Waiters {
             shutdown: shutdown.clone(),
         };
         let (registry, recheck) = (waiters.registry.clone(), waiters.recheck.clone());
-        notifications::spawn(
-            tasks,
-            db,
-            &[COMMAND_DONE_CHANNEL],
-            shutdown,
-            move |notice| match notice {
-                Notice::Notification { payload, .. } => {
-                    let Ok(id) = payload.parse::<Uuid>() else {
-                        return;
-                    };
-                    let registry = registry
-                        .lock()
-                        .expect("the registry lock is never poisoned");
-                    for waiter in registry.get(&id).into_iter().flatten() {
-                        // A stored permit: a finish between a waiter's read and its wait is kept.
-                        waiter.notify_one();
-                    }
+        notifications::spawn(tasks, db, channel, shutdown, move |notice| match notice {
+            Notice::Notification { payload, .. } => {
+                let Ok(id) = payload.parse::<Uuid>() else {
+                    return;
+                };
+                let registry = registry
+                    .lock()
+                    .expect("the registry lock is never poisoned");
+                for waiter in registry.get(&id).into_iter().flatten() {
+                    // A stored permit: a finish between a waiter's read and its wait is kept.
+                    waiter.notify_one();
                 }
-                // Anything finished while nobody listened: every waiter re-checks.
-                Notice::Listening | Notice::Lost => recheck.send_modify(|n| *n += 1),
-            },
-        );
+            }
+            // Anything finished while nobody listened: every waiter re-checks.
+            Notice::Listening | Notice::Lost => recheck.send_modify(|n| *n += 1),
+        });
         waiters
     }
 
@@ -84,7 +85,7 @@ impl Waiters {
         Fut: std::future::Future<Output = Result<(T, bool), crate::error::ApiError>>,
     {
         // Registered before the first read, so a finish between the read and the wait is seen.
-        let registration = Registration::new(&self.registry, command_id);
+        let registration = Registration::new(self.registry.clone(), command_id);
         let mut recheck = self.recheck.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
         // The request's own first read is like any status read; only re-reads take turns.
@@ -114,17 +115,56 @@ impl Waiters {
             value = next;
         }
     }
+
+    /// Follows `id` for as long as the returned value lives: for what waits on one id again and
+    /// again (a client's event feed), where [`Waiters::wait_until`] serves one wait.
+    pub fn follow(&self, id: Uuid) -> Following {
+        Following {
+            registration: Registration::new(self.registry.clone(), id),
+            recheck: self.recheck.subscribe(),
+            reads: self.reads.clone(),
+        }
+    }
+}
+
+/// An id followed ([`Waiters::follow`]).
+pub struct Following {
+    registration: Registration,
+    recheck: watch::Receiver<u64>,
+    reads: Arc<Semaphore>,
+}
+
+impl Following {
+    /// Resolves when the id was notified since the last call (or since it was followed), or
+    /// when notifications may have been missed; pending forever once the server shuts down.
+    pub async fn woken(&mut self) {
+        tokio::select! {
+            _ = self.registration.notify.notified() => {}
+            changed = self.recheck.changed() => if changed.is_err() {
+                std::future::pending::<()>().await;
+            },
+        }
+    }
+
+    /// A turn to read after a wake-up: no more re-reads run at once than the pool has
+    /// connections.
+    pub async fn turn(&self) -> tokio::sync::SemaphorePermit<'_> {
+        self.reads
+            .acquire()
+            .await
+            .expect("the semaphore is never closed")
+    }
 }
 
 /// One wait's entry in the registry; removed when the wait ends, however it ends.
-struct Registration<'a> {
-    registry: &'a Registry,
+struct Registration {
+    registry: Arc<Registry>,
     command_id: Uuid,
     notify: Arc<Notify>,
 }
 
-impl<'a> Registration<'a> {
-    fn new(registry: &'a Registry, command_id: Uuid) -> Self {
+impl Registration {
+    fn new(registry: Arc<Registry>, command_id: Uuid) -> Self {
         let notify = Arc::new(Notify::new());
         registry
             .lock()
@@ -140,7 +180,7 @@ impl<'a> Registration<'a> {
     }
 }
 
-impl Drop for Registration<'_> {
+impl Drop for Registration {
     fn drop(&mut self) {
         let mut registry = self
             .registry
@@ -161,10 +201,10 @@ mod tests {
 
     #[test]
     fn a_registration_is_removed_when_its_wait_ends() {
-        let registry = Registry::default();
+        let registry = Arc::new(Registry::default());
         let id = Uuid::new_v4();
-        let first = Registration::new(&registry, id);
-        let second = Registration::new(&registry, id);
+        let first = Registration::new(registry.clone(), id);
+        let second = Registration::new(registry.clone(), id);
         assert_eq!(registry.lock().unwrap()[&id].len(), 2);
         drop(first);
         assert_eq!(registry.lock().unwrap()[&id].len(), 1);

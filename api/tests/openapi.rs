@@ -17,6 +17,7 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/orders/{order_id}/events", &["get"]),
     ("/v1/orders/{order_id}/shipping-address", &["put"]),
     ("/v1/commands/{command_id}", &["get"]),
+    ("/v1/events", &["get"]),
     ("/v1/inventory/{sku}", &["get", "put"]),
 ];
 
@@ -127,6 +128,20 @@ async fn the_document_is_served_without_a_key_and_lists_every_route_with_every_s
             let body = &operation["requestBody"];
             assert_eq!(body["required"], true, "{method} {path}");
             assert!(body["content"]["application/json"].is_object());
+        }
+        if path == "/v1/events" {
+            // A page of JSON, or the feed as server-sent events; history pruned is a 410.
+            let content = &operation["responses"]["200"]["content"];
+            assert!(content["application/json"].is_object(), "{content}");
+            assert!(content["text/event-stream"].is_object(), "{content}");
+            assert!(statuses.contains("410"));
+            assert!(
+                operation["parameters"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|p| p["name"] == "Last-Event-ID" && p["in"] == "header")
+            );
         }
         if path.ends_with("/shipping-address") {
             for status in ["409", "412"] {

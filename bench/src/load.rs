@@ -3,7 +3,9 @@
 //! plus the dead-letter queue's depth.
 
 use anyhow::Context as _;
-use orderflow_storage::audit::{self, CommandRow, EventRow, OrderRow, PaymentRow, StockRow};
+use orderflow_storage::audit::{
+    self, CommandRow, EventRow, FeedRow, OrderRow, PaymentRow, StockRow,
+};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -18,6 +20,8 @@ pub struct Snapshot {
     /// `(key, command_id)` of the run's Idempotency-Keys.
     pub idempotency_keys: Vec<(String, Uuid)>,
     pub outbox_rows: i64,
+    /// The clients' feed events of the run's orders (`GET /v1/events`), by position.
+    pub feed: Vec<FeedRow>,
     /// Messages that arrived in the dead-letter queue during the run (`None`: not readable).
     pub dead_letters: Option<i64>,
 }
@@ -40,6 +44,7 @@ pub async fn snapshot(
         payments: tables.payments,
         idempotency_keys: tables.idempotency_keys,
         outbox_rows: tables.outbox_rows,
+        feed: tables.feed,
         dead_letters: None,
     })
 }

@@ -89,6 +89,16 @@ pub struct PaymentRow {
     pub amount_cents: i64,
 }
 
+/// A client event of the run's orders (`client_events`: the clients' feeds).
+#[derive(Clone, Debug)]
+pub struct FeedRow {
+    pub position: i64,
+    pub order_id: Uuid,
+    pub command_id: Uuid,
+    pub seq: i64,
+    pub status: String,
+}
+
 /// The rows of a run, read at one instant.
 #[derive(Clone, Debug, Default)]
 pub struct Tables {
@@ -101,6 +111,8 @@ pub struct Tables {
     pub idempotency_keys: Vec<(String, Uuid)>,
     /// Outbox rows of the run's orders not yet relayed.
     pub outbox_rows: i64,
+    /// The clients' feed events of the run's orders, by position.
+    pub feed: Vec<FeedRow>,
 }
 
 /// Reads the rows of `orders` and `skus` (and the given Idempotency-Keys) in one snapshot.
@@ -171,6 +183,17 @@ pub async fn snapshot(
     )
     .fetch_one(&mut *tx)
     .await?;
+    // No index leads with the order (the feeds are read by client): one scan of the log, once
+    // per audit.
+    let feed = sqlx::query_as!(
+        FeedRow,
+        r#"select position, order_id, command_id, (payload->>'seq')::bigint as "seq!",
+                  payload->>'status' as "status!"
+             from client_events where order_id = any($1) order by position"#,
+        orders
+    )
+    .fetch_all(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(Tables {
         commands,
@@ -180,6 +203,7 @@ pub async fn snapshot(
         payments,
         idempotency_keys,
         outbox_rows,
+        feed,
     })
 }
 

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod client_events;
 pub mod clients;
 pub mod commands;
 pub mod dashboard;
@@ -41,6 +42,9 @@ pub const COMMAND_DONE_CHANNEL: &str = "orderflow_command_done";
 /// LISTEN/NOTIFY channel carrying the id of each client whose row changed (a trigger notifies:
 /// revocations, rate-limit overrides); API processes drop their cached keys on it.
 pub const CLIENTS_CHANNEL: &str = "orderflow_clients";
+/// LISTEN/NOTIFY channel carrying the id of each client whose event feed got something new (the
+/// outbox relay notifies after each batch it passed on: [`outbox::announce_client_events`]).
+pub const CLIENT_EVENTS_CHANNEL: &str = "orderflow_client_events";
 
 /// Opens a pool. Connections are made lazily, so a process starts while PostgreSQL restarts and
 /// a request fails fast (acquire timeout) instead of hanging. See [`connect_options`] for TLS,

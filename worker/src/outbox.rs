@@ -25,14 +25,23 @@ use uuid::Uuid;
 /// and a worker that died in between announced nothing.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
-/// Relays the outbox until shutdown.
+/// How often the relay prunes the clients' event log of what is older than its retention, and
+/// how many rows one pass deletes at most (a pass that deleted that many runs again at once).
+pub const PRUNE_EVERY: Duration = Duration::from_secs(60);
+const PRUNE_BATCH: i64 = 10_000;
+
+/// Relays the outbox until shutdown, and keeps the clients' event log (which every relayed
+/// status event joins) to `retention`.
 pub async fn run_outbox_relay(
     db: PgPool,
     publisher: &Publisher,
     topology: &Topology,
+    retention: Duration,
     shutdown: CancellationToken,
 ) {
     let mut listener = Listener::new(db.clone(), &[db::OUTBOX_CHANNEL]);
+    let mut prune = tokio::time::interval(PRUNE_EVERY);
+    prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         // Wait until there may be something to relay: any notification, (re)gaining the
         // connection, since what was committed while nobody listened notified no one, or the
@@ -44,6 +53,7 @@ pub async fn run_outbox_relay(
                 }
             }
             _ = tokio::time::sleep(SWEEP_EVERY) => {}
+            _ = prune.tick() => prune_client_events(&db, retention).await,
             _ = shutdown.cancelled() => return,
         }
         // Drain everything committed so far. A short batch means the outbox was empty when it
@@ -58,6 +68,30 @@ pub async fn run_outbox_relay(
                         return;
                     }
                 }
+            }
+        }
+    }
+}
+
+/// Deletes the clients' events older than `retention`, a batch at a time. Every worker's relay
+/// does it; two at once delete disjoint rows or wait for each other, and a failure waits for the
+/// next round.
+async fn prune_client_events(db: &PgPool, retention: Duration) {
+    let Ok(retention) = chrono::Duration::from_std(retention) else {
+        return;
+    };
+    loop {
+        match outbox::prune_client_events(db, chrono::Utc::now() - retention, PRUNE_BATCH).await {
+            Ok(n) if n as i64 == PRUNE_BATCH => continue,
+            Ok(n) => {
+                if n > 0 {
+                    tracing::info!(pruned = n, "pruned the clients' event log");
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "pruning the clients' event log failed");
+                return;
             }
         }
     }
@@ -145,8 +179,12 @@ pub async fn relay_batch(
             break;
         }
     }
-    outbox::delete(&mut tx, &confirmed).await?;
+    let clients = outbox::pass_on(&mut tx, &confirmed).await?;
     tx.commit().await?;
+    // The clients' feeds wait for this; a failure here only delays them until their own re-read.
+    if let Err(e) = outbox::announce_client_events(db, &clients).await {
+        tracing::warn!(error = %e, "announcing new client events failed");
+    }
     if let Some(e) = failure {
         anyhow::bail!("publishing events: {e}");
     }

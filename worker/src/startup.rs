@@ -67,6 +67,12 @@ pub struct WorkerConfig {
     #[arg(long, env = "ORDERFLOW_PARK_TIMEOUT_MS", default_value_t = 30000)]
     pub park_timeout_ms: u64,
 
+    /// Days the clients' event feeds (`GET /v1/events`) keep an event; the relays delete older
+    /// ones every minute, and a client resuming from before that is told its history is gone.
+    #[arg(long, env = "ORDERFLOW_EVENT_RETENTION_DAYS", default_value_t = 7,
+          value_parser = clap::value_parser!(u32).range(1..=3650))]
+    pub event_retention_days: u32,
+
     /// The simulated payment gateway declines captures above this amount (cents).
     #[arg(long, env = "ORDERFLOW_PAYMENT_DECLINE_OVER_CENTS")]
     pub payment_decline_over_cents: Option<i64>,
@@ -306,8 +312,9 @@ impl Worker {
         let db = self.context.applier.db.clone();
         let (publisher, topology) = (self.relay_publisher.clone(), self.context.topology.clone());
         let stop = shutdown.clone();
+        let retention = Duration::from_secs(u64::from(self.config.event_retention_days) * 86_400);
         tasks.spawn("outbox relay", async move {
-            outbox::run_outbox_relay(db, &publisher, &topology, stop).await
+            outbox::run_outbox_relay(db, &publisher, &topology, retention, stop).await
         });
         let db = self.context.applier.db.clone();
         let (publisher, topology) = (self.relay_publisher.clone(), self.context.topology.clone());

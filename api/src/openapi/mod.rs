@@ -25,14 +25,15 @@ use utoipa::{Modify, ToSchema};
 use utoipa_swagger_ui::SwaggerUi;
 
 pub use requests::{
-    IdempotencyKeyHeader, IfMatchHeader, OptionalIdempotencyKeyHeader, OrderCommand, OrderIdPath,
-    PutIdempotencyKeyHeader, PutIfMatchHeader, RequiredIfMatchHeader,
+    IdempotencyKeyHeader, IfMatchHeader, LastEventIdHeader, OptionalIdempotencyKeyHeader,
+    OrderCommand, OrderIdPath, PutIdempotencyKeyHeader, PutIfMatchHeader, RequiredIfMatchHeader,
 };
 pub use responses::{
-    AcceptedResponse, BadBodyRequest, BadRequest, Forbidden, IdempotencyInFlight, InvalidBody,
-    MergePatchRequired, NotAccepted, NotFound, OrderNotFound, OrderResponse, PayloadTooLarge,
-    PreconditionFailed, PreconditionRequired, RateLimited, RateLimitedOrOrderBusy,
-    RateLimitedOrTooManyWaits, Unauthorized, Unavailable, Unprocessable, UnsupportedMediaType,
+    AcceptedResponse, BadBodyRequest, BadRequest, EventsPruned, Forbidden, IdempotencyInFlight,
+    InvalidBody, MergePatchRequired, NotAccepted, NotFound, OrderNotFound, OrderResponse,
+    PayloadTooLarge, PreconditionFailed, PreconditionRequired, RateLimited, RateLimitedOrOrderBusy,
+    RateLimitedOrTooManyStreams, RateLimitedOrTooManyWaits, Unauthorized, Unavailable,
+    Unprocessable, UnsupportedMediaType,
 };
 
 /// The security scheme every `/v1` operation requires (the handlers' `security(("bearer" = []))`).
@@ -88,6 +89,7 @@ pub struct Problem {
     tags(
         (name = "orders", description = "Create orders, send them commands, read them"),
         (name = "commands", description = "The status of an accepted command"),
+        (name = "events", description = "The caller's own feed of what became of its commands"),
         (name = "inventory", description = "Stock per SKU"),
         (name = "health", description = "Liveness and readiness")
     )

@@ -63,6 +63,22 @@ impl IntoParams for IfMatchHeader {
     }
 }
 
+/// The `Last-Event-ID` of `GET /v1/events` (see [`crate::routes::events`]).
+pub struct LastEventIdHeader;
+
+impl IntoParams for LastEventIdHeader {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        vec![parameter(
+            "Last-Event-ID",
+            ParameterIn::Header,
+            false,
+            string_matching("^[0-9]{1,18}$"),
+            "The `id` of the last event the client handled: the feed goes on after it. What a \
+             browser's `EventSource` sends when it reconnects; it wins over `after`.",
+        )]
+    }
+}
+
 /// 1 to 255 visible ASCII characters (what [`crate::extract::OptionalIdempotencyKey`] accepts).
 fn idempotency_key_schema() -> ObjectBuilder {
     ObjectBuilder::new()

@@ -132,6 +132,25 @@ problem_response!(
     "RateLimit-Policy" => header(string_matching("^[0-9]+;w=[0-9]+$"), "`<limit>;w=<window seconds>`; `rate-limited` only."),
 );
 problem_response!(
+    /// 410 of the clients' event feed.
+    EventsPruned,
+    "`events-pruned`: the events after the position asked for are older than the feed keeps \
+     (`ORDERFLOW_EVENT_RETENTION_DAYS`, 7 by default); read again without one, and reconcile \
+     from the orders themselves."
+);
+problem_response!(
+    /// 429 of the clients' event feed: either limit.
+    RateLimitedOrTooManyStreams,
+    "`rate-limited`: the client's token bucket is empty (with `RateLimit-*` headers); or \
+     `too-many-streams`: the client already holds its maximum of open event streams \
+     (`ORDERFLOW_MAX_STREAMS_PER_CLIENT`).",
+    "Retry-After" => retry_after(),
+    "RateLimit-Limit" => header(integer(1), "The bucket's size (burst); `rate-limited` only."),
+    "RateLimit-Remaining" => header(integer(0), "Requests left now: 0; `rate-limited` only."),
+    "RateLimit-Reset" => header(integer(1), "Seconds until a request is allowed again; `rate-limited` only."),
+    "RateLimit-Policy" => header(string_matching("^[0-9]+;w=[0-9]+$"), "`<limit>;w=<window seconds>`; `rate-limited` only."),
+);
+problem_response!(
     /// 503 of a read.
     Unavailable,
     "`overloaded`: the server is at its in-flight limit or the request outlived its timeout; or \

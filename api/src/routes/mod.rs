@@ -1,6 +1,7 @@
 //! The HTTP surface: one `router()` per resource, merged here, with problem+json fallbacks.
 
 pub mod commands;
+pub mod events;
 pub mod health;
 pub mod inventory;
 pub mod orders;
@@ -40,12 +41,22 @@ pub struct ServerLimits {
 
 /// The API's routes and the OpenAPI document describing exactly them.
 pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (routes, _, document) = api_parts();
+    (routes, document)
+}
+
+/// The API's routes in two parts: those under the request timeout, and those that stream
+/// (outliving it); and the document of both.
+fn api_parts() -> (Router<AppState>, Router<AppState>, utoipa::openapi::OpenApi) {
+    let (timed, mut document) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(orders::router())
         .merge(commands::router())
         .merge(inventory::router())
         .merge(health::router())
-        .split_for_parts()
+        .split_for_parts();
+    let (streaming, streaming_document) = events::router().split_for_parts();
+    document.merge(streaming_document);
+    (timed, streaming, document)
 }
 
 pub fn router(state: AppState, limits: ServerLimits) -> Router {
@@ -67,7 +78,7 @@ pub fn router(state: AppState, limits: ServerLimits) -> Router {
             state.clone(),
             admission::admit,
         ));
-    let (api, document) = api();
+    let (api, streaming, document) = api_parts();
     api.merge(openapi::router(&document))
         .merge(dashboard::router())
         .route("/metrics", get(metrics::render))
@@ -77,6 +88,7 @@ pub fn router(state: AppState, limits: ServerLimits) -> Router {
         // Mounted after the overload layer: a live feed must outlive the request timeout (it is
         // capped per client instead, and ends on shutdown).
         .merge(dashboard::streams())
+        .merge(streaming)
         .layer(every_request)
         .with_state(state)
 }

@@ -6,7 +6,7 @@ use crate::events::StatusEvent;
 use crate::load::Snapshot;
 use crate::record::{Observations, Outcome, RequestRecord};
 use chrono::{DateTime, TimeZone, Utc};
-use orderflow_storage::audit::{CommandRow, EventRow, OrderRow, PaymentRow, StockRow};
+use orderflow_storage::audit::{CommandRow, EventRow, FeedRow, OrderRow, PaymentRow, StockRow};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -111,6 +111,17 @@ impl Fixture {
             }],
             idempotency_keys: Vec::new(),
             outbox_rows: 0,
+            feed: commands
+                .iter()
+                .enumerate()
+                .map(|(i, c)| FeedRow {
+                    position: i as i64 + 1,
+                    order_id: c.order_id,
+                    command_id: c.id,
+                    seq: c.seq,
+                    status: c.status.clone(),
+                })
+                .collect(),
             dead_letters: Some(0),
             commands: commands.clone(),
         };

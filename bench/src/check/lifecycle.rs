@@ -54,9 +54,25 @@ pub fn no_command_lost(input: &Input<'_>) -> Verdict {
     verdict
 }
 
-/// 8: no outbox row left, and every final command announced with its final status.
+/// 8: no outbox row left, every final command announced with its final status, and in its
+/// client's feed (`GET /v1/events`) exactly once with that status, each order's in `seq` order.
 pub fn outbox_drained(input: &Input<'_>) -> Verdict {
     let mut verdict = Verdict::new(8, "outbox drained, status events delivered");
+    let mut in_feed: HashMap<uuid::Uuid, Vec<&str>> = HashMap::new();
+    let mut feed_seq: HashMap<uuid::Uuid, i64> = HashMap::new();
+    for row in &input.snapshot.feed {
+        in_feed.entry(row.command_id).or_default().push(&row.status);
+        if let Some(before) = feed_seq.insert(row.order_id, row.seq)
+            && before >= row.seq
+        {
+            verdict.violation(|| {
+                format!(
+                    "order {}: its client's feed has seq {} after seq {before}",
+                    row.order_id, row.seq
+                )
+            });
+        }
+    }
     if input.snapshot.outbox_rows > 0 {
         let left = input.snapshot.outbox_rows;
         verdict.violation(|| format!("{left} outbox rows were never relayed"));
@@ -71,6 +87,21 @@ pub fn outbox_drained(input: &Input<'_>) -> Verdict {
     for row in &input.snapshot.commands {
         if row.status == "accepted" || row.refused() {
             continue;
+        }
+        match in_feed.get(&row.id).map(Vec::as_slice) {
+            Some([status]) if *status == row.status => {}
+            Some(statuses) => verdict.violation(|| {
+                format!(
+                    "command {} is {} but its client's feed has it as {statuses:?}",
+                    row.id, row.status
+                )
+            }),
+            None => verdict.violation(|| {
+                format!(
+                    "command {} ({}) is {} but not in its client's feed",
+                    row.id, row.kind, row.status
+                )
+            }),
         }
         match announced.get(&row.id) {
             Some(statuses) if statuses.contains(&row.status.as_str()) => {}
@@ -145,6 +176,33 @@ mod tests {
         assert_eq!(outbox_drained(&f.input()).violations, 1);
         f.snapshot.outbox_rows = 0;
         f.events.pop();
+        assert_eq!(outbox_drained(&f.input()).violations, 1);
+    }
+
+    #[test]
+    fn a_command_missing_from_its_clients_feed_twice_in_it_or_out_of_order_is_caught() {
+        let mut f = Fixture::clean();
+        let missing = f.snapshot.feed.remove(1);
+        let verdict = outbox_drained(&f.input());
+        assert_eq!(verdict.violations, 1, "{:?}", verdict.examples);
+        assert!(verdict.examples[0].contains("not in its client's feed"));
+
+        let mut twice = missing.clone();
+        twice.position = 100;
+        f.snapshot.feed.insert(1, missing);
+        f.snapshot.feed.push(twice);
+        let verdict = outbox_drained(&f.input());
+        // Twice, and the second copy comes after a later seq.
+        assert_eq!(verdict.violations, 2, "{:?}", verdict.examples);
+
+        let mut f = Fixture::clean();
+        f.snapshot.feed.swap(1, 2);
+        let verdict = outbox_drained(&f.input());
+        assert_eq!(verdict.violations, 1, "{:?}", verdict.examples);
+        assert!(verdict.examples[0].contains("after seq"));
+
+        let mut f = Fixture::clean();
+        f.snapshot.feed[0].status = "rejected".into();
         assert_eq!(outbox_drained(&f.input()).violations, 1);
     }
 }
