@@ -16,15 +16,22 @@ pub struct OutboxRow {
     pub payload: serde_json::Value,
 }
 
-/// Takes the oldest rows for relaying, waiting for any other relay's transaction to end first,
-/// so that two relays never interleave (and per-order order holds across processes).
-pub async fn lock_batch(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<OutboxRow>> {
+/// Waits for any relay's transaction to end and keeps the others out until this one ends: what
+/// appends to the clients' event log must hold it (see [`pass_on`]).
+pub async fn lock_relays(conn: &mut PgConnection) -> sqlx::Result<()> {
     sqlx::query!(
         "select 1 as locked from pg_advisory_xact_lock($1)",
         RELAY_LOCK
     )
     .fetch_one(&mut *conn)
     .await?;
+    Ok(())
+}
+
+/// Takes the oldest rows for relaying, waiting for any other relay's transaction to end first,
+/// so that two relays never interleave (and per-order order holds across processes).
+pub async fn lock_batch(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<OutboxRow>> {
+    lock_relays(conn).await?;
     let rows = sqlx::query!(
         "select id, order_id, routing_key, payload from outbox order by id limit $1",
         limit

@@ -9,9 +9,10 @@ use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
 /// Seeds `count` pending, empty orders of `client` in one statement, each with its stream, its
-/// applied create command (`create`), the projection and the first event (`created`); returns
-/// their ids. The `seed` CTE is materialized, so each order's ids are drawn once for the four
-/// inserts; the foreign keys are checked at the end of the statement, when all four are in.
+/// applied create command (`create`), the projection, the first event (`created`) and the
+/// create's place in the client's event feed (after the relays' lock, as the relay appends);
+/// returns their ids. The `seed` CTE is materialized, so each order's ids are drawn once for the
+/// five inserts; the foreign keys are checked at the end of the statement, when all are in.
 pub async fn seed_orders(
     db: &mut PgConnection,
     client: Uuid,
@@ -19,7 +20,9 @@ pub async fn seed_orders(
     create: &Value,
     created: &Value,
 ) -> sqlx::Result<Vec<Uuid>> {
-    sqlx::query_scalar!(
+    let mut tx = sqlx::Connection::begin(db).await?;
+    crate::outbox::lock_relays(&mut tx).await?;
+    let ids = sqlx::query_scalar!(
         r#"with seed as materialized (
                select gen_random_uuid() as order_id, gen_random_uuid() as command_id
                from generate_series(1, $2::int)
@@ -39,6 +42,18 @@ pub async fn seed_orders(
            ), events as (
                insert into order_events (order_id, seq, command_id, type, data, recorded_at)
                select order_id, 1, command_id, 'order_created', $4, now() from seed
+           ), head as (
+               select greatest((select coalesce(max(position), 0) from client_events),
+                               (select pruned_through from client_events_horizon)) as position
+           ), feed as (
+               insert into client_events (position, client_id, order_id, command_id, type, payload)
+               select head.position + row_number() over (), $1, order_id, command_id,
+                      'command.applied.create',
+                      jsonb_build_object('schema_version', 1, 'command_id', command_id,
+                                         'order_id', order_id, 'client_id', $1, 'seq', 1,
+                                         'type', 'create', 'status', 'applied', 'reason', null,
+                                         'version', 1, 'event', $4::jsonb, 'at', now())
+                 from seed, head
            )
            select order_id as "order_id!" from seed"#,
         client,
@@ -46,8 +61,10 @@ pub async fn seed_orders(
         create,
         created,
     )
-    .fetch_all(db)
-    .await
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(ids)
 }
 
 /// Numbers the orders from 1 in `pgbench_orders (n, order_id)`, for the pgbench ceiling's

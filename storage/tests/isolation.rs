@@ -26,6 +26,7 @@ const SPECS: &[&str] = &[
     "order_lock",
     "confirm_mark",
     "lease_fence",
+    "client_feed",
 ];
 
 #[tokio::test]
@@ -71,6 +72,11 @@ async fn the_brokers_confirm_never_waits_for_a_worker_and_a_final_command_is_pub
 #[tokio::test]
 async fn a_zombie_worker_commits_only_before_its_partition_is_taken_and_never_after() {
     run_spec("lease_fence").await;
+}
+
+#[tokio::test]
+async fn relays_append_to_the_clients_feed_gaplessly_in_commit_order_even_across_a_prune() {
+    run_spec("client_feed").await;
 }
 
 #[test]

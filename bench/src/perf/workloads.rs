@@ -260,6 +260,20 @@ async fn list_figures(sut: &Sut, orders: usize) -> Vec<String> {
         "an order's commands",
         order.map(|o| format!("/v1/orders/{o}/commands?limit=100")),
     ));
+    // The client's event feed: every seeded order's create is in it.
+    let feed = get("/v1/events?limit=100".to_owned()).await.1;
+    let after = feed
+        .as_ref()
+        .and_then(|page| page["next_after"].as_str())
+        .map(str::to_owned);
+    cases.push((
+        "the feed's first page of 100",
+        Some("/v1/events?limit=100".to_owned()),
+    ));
+    cases.push((
+        "the feed's page after it",
+        after.map(|a| format!("/v1/events?limit=100&after={a}")),
+    ));
     let mut figures = Vec::new();
     for (name, path) in cases {
         let Some(path) = path else {
@@ -288,6 +302,34 @@ async fn list_figures(sut: &Sut, orders: usize) -> Vec<String> {
             }
         ));
     }
+    // A stream of the feed opened from now: until its headers (the bounds and the first read).
+    let mut times = Vec::with_capacity(LIST_REQUESTS);
+    for _ in 0..LIST_REQUESTS {
+        let started = Instant::now();
+        let opened = http
+            .http
+            .get(format!("{}/v1/events", http.base))
+            .bearer_auth(&http.key)
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .timeout(super::target::REQUEST_TIMEOUT)
+            .send()
+            .await;
+        if opened.is_ok_and(|r| r.status().is_success()) {
+            times.push(started.elapsed().as_micros() as u64);
+        }
+    }
+    let opened = times.len();
+    let (latency, _) = Latency::from_values(times);
+    figures.push(format!(
+        "a feed stream opened (to its headers) {:.1}/{:.1}{}",
+        latency.p50_ms,
+        latency.p99_ms,
+        if opened < LIST_REQUESTS {
+            format!(" ({} of {LIST_REQUESTS} failed)", LIST_REQUESTS - opened)
+        } else {
+            String::new()
+        }
+    ));
     vec![format!(
         "lists with {} orders ({LIST_REQUESTS} requests each, one at a time), p50/p99 ms: {}",
         count(orders),
