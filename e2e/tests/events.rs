@@ -5,11 +5,11 @@
 mod common;
 
 use orderflow_storage::{clients, outbox};
-use orderflow_testkit::{Stack, problem, wait_for};
+use orderflow_testkit::{Stack, problem, read_sse, wait_for};
 use reqwest::{Method, StatusCode, header};
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn widget() -> Value {
     json!([{"sku": "WIDGET", "quantity": 2, "unit_price_cents": 1250}])
@@ -43,52 +43,19 @@ async fn whole_feed(app: &Stack, key: &str, limit: usize) -> Vec<Value> {
     }
 }
 
+/// The first event of the feed of the stack's client, once there is one.
+async fn first_event(app: &Stack, what: &str) -> Value {
+    wait_for(what)
+        .until(|| async { whole_feed(app, &app.key, 10).await.first().cloned() })
+        .await
+}
+
 /// The ids of events, as numbers.
 fn ids(events: &[Value]) -> Vec<i64> {
     events
         .iter()
         .map(|e| e["id"].as_str().unwrap().parse().unwrap())
         .collect()
-}
-
-/// Reads SSE frames of a stream: (id, event, data) until `want` says stop or `limit` passes;
-/// returns what it read and whether `want` said stop.
-async fn read_stream(
-    response: &mut reqwest::Response,
-    limit: Duration,
-    mut want: impl FnMut(&[(String, String, Value)]) -> bool,
-) -> (Vec<(String, String, Value)>, bool) {
-    let until = Instant::now() + limit;
-    let mut buffer = String::new();
-    let mut frames = Vec::new();
-    while Instant::now() < until {
-        let chunk = match tokio::time::timeout(until - Instant::now(), response.chunk()).await {
-            Ok(Ok(Some(chunk))) => chunk,
-            _ => return (frames, false),
-        };
-        buffer.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buffer.find("\n\n") {
-            let frame: String = buffer.drain(..end + 2).collect();
-            let (mut id, mut event, mut data) = (String::new(), String::new(), String::new());
-            for line in frame.lines() {
-                if let Some(v) = line.strip_prefix("id:") {
-                    id = v.trim().to_owned();
-                } else if let Some(v) = line.strip_prefix("event:") {
-                    event = v.trim().to_owned();
-                } else if let Some(v) = line.strip_prefix("data:") {
-                    data.push_str(v.trim());
-                }
-            }
-            // Keep-alive comments carry no data.
-            if let Ok(value) = serde_json::from_str::<Value>(&data) {
-                frames.push((id, event, value));
-                if want(&frames) {
-                    return (frames, true);
-                }
-            }
-        }
-    }
-    (frames, false)
 }
 
 async fn open_stream(app: &Stack, key: &str, last_event_id: Option<&str>) -> reqwest::Response {
@@ -248,15 +215,16 @@ async fn a_stream_resumes_after_its_last_event_id_without_loss_or_repeats_and_go
     let mut stream = open_stream(&app, &app.key, Some(&ids[1].to_string())).await;
     assert_eq!(stream.status(), StatusCode::OK);
     assert_eq!(stream.headers()[header::CONTENT_TYPE], "text/event-stream");
-    let (frames, _) = read_stream(&mut stream, Duration::from_secs(10), |f| f.len() == 2).await;
-    let got: Vec<i64> = frames
-        .iter()
-        .map(|(id, _, _)| id.parse().unwrap())
-        .collect();
+    let (frames, _) = read_sse(&mut stream, Duration::from_secs(10), |f| f.len() == 2).await;
+    let got: Vec<i64> = frames.iter().map(|f| f.id.parse().unwrap()).collect();
     assert_eq!(got, ids[2..]);
-    for (id, event, data) in &frames {
-        assert_eq!(data["id"], id.as_str(), "the data carries the id");
-        assert_eq!(data["type"], event.as_str());
+    for frame in &frames {
+        assert_eq!(
+            frame.data["id"],
+            frame.id.as_str(),
+            "the data carries the id"
+        );
+        assert_eq!(frame.data["type"], frame.event.as_str());
     }
 
     let live = app
@@ -266,22 +234,22 @@ async fn a_stream_resumes_after_its_last_event_id_without_loss_or_repeats_and_go
             None,
         )
         .await;
-    let (frames, found) = read_stream(&mut stream, Duration::from_secs(15), |f| {
+    let (frames, found) = read_sse(&mut stream, Duration::from_secs(15), |f| {
         f.iter()
-            .any(|(_, _, d)| d["data"]["command_id"] == live["command_id"])
+            .any(|f| f.data["data"]["command_id"] == live["command_id"])
     })
     .await;
     assert!(found, "the new command's event came live: {frames:?}");
     assert_eq!(frames.len(), 1, "nothing else, nothing twice: {frames:?}");
-    assert!(frames[0].0.parse::<i64>().unwrap() > ids[3]);
-    assert_eq!(frames[0].1, "command.applied.remove_item");
+    assert!(frames[0].id.parse::<i64>().unwrap() > ids[3]);
+    assert_eq!(frames[0].event, "command.applied.remove_item");
 
     // A stream opened without a position starts at the next new event.
     let mut fresh = open_stream(&app, &app.key, None).await;
     let next = app.send(&order, json!({"type": "reserve"}), None).await;
-    let (frames, found) = read_stream(&mut fresh, Duration::from_secs(15), |f| !f.is_empty()).await;
+    let (frames, found) = read_sse(&mut fresh, Duration::from_secs(15), |f| !f.is_empty()).await;
     assert!(found);
-    assert_eq!(frames[0].2["data"]["command_id"], next["command_id"]);
+    assert_eq!(frames[0].data["data"]["command_id"], next["command_id"]);
 }
 
 #[tokio::test]
@@ -310,12 +278,7 @@ async fn bad_positions_are_a_clear_400_streams_are_capped_and_pruned_history_is_
         .start()
         .await;
     app.new_order(widget()).await;
-    let first = wait_for("the create's event")
-        .until(|| async {
-            let events = whole_feed(&app, &app.key, 10).await;
-            events.first().cloned()
-        })
-        .await;
+    let first = first_event(&app, "the create's event").await;
     let first_id: i64 = first["id"].as_str().unwrap().parse().unwrap();
 
     for path in [
@@ -383,11 +346,6 @@ async fn bad_positions_are_a_clear_400_streams_are_capped_and_pruned_history_is_
     let horizon: i64 = page["next_after"].as_str().unwrap().parse().unwrap();
     assert!(horizon >= first_id);
     app.new_order(widget()).await;
-    let after = wait_for("an event after the prune")
-        .until(|| async {
-            let events = whole_feed(&app, &app.key, 10).await;
-            events.first().cloned()
-        })
-        .await;
+    let after = first_event(&app, "an event after the prune").await;
     assert!(after["id"].as_str().unwrap().parse::<i64>().unwrap() > horizon);
 }

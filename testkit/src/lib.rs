@@ -38,7 +38,7 @@ pub use metrics::Scrape;
 pub use servers::{amqp_url, base_database_url};
 pub use stack::{DEFAULT_PARTITIONS, Stack, StackBuilder};
 #[cfg(feature = "api")]
-pub use stack::{SignedIn, Writes, problem, read_frames};
+pub use stack::{SignedIn, SseFrame, Writes, problem, read_frames, read_sse};
 pub use wait::{Probe, Wait, wait_for};
 
 use orderflow_messaging::Topology;

@@ -5,6 +5,16 @@ use super::Stack;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
+/// One server-sent event whose data is JSON.
+#[derive(Clone, Debug)]
+pub struct SseFrame {
+    /// Its `id:` line (empty without one).
+    pub id: String,
+    /// Its `event:` line (`message` without one).
+    pub event: String,
+    pub data: Value,
+}
+
 /// Reads SSE frames (event name, data) from a streaming response until `want` says stop (true)
 /// or `limit` passes, or the stream ends (false).
 pub async fn read_frames(
@@ -12,33 +22,56 @@ pub async fn read_frames(
     limit: Duration,
     mut want: impl FnMut(&str, &Value) -> bool,
 ) -> bool {
+    read_sse(response, limit, |frames| {
+        let last = frames.last().expect("called after a frame");
+        want(&last.event, &last.data)
+    })
+    .await
+    .1
+}
+
+/// Reads SSE frames whose data is JSON (comments and other frames are skipped) until `want`,
+/// given every frame read so far, says stop, `limit` passes or the stream ends; returns the
+/// frames and whether `want` said stop.
+pub async fn read_sse(
+    response: &mut reqwest::Response,
+    limit: Duration,
+    mut want: impl FnMut(&[SseFrame]) -> bool,
+) -> (Vec<SseFrame>, bool) {
     let until = Instant::now() + limit;
     let mut buffer = String::new();
+    let mut frames = Vec::new();
     while Instant::now() < until {
         let chunk = match tokio::time::timeout(until - Instant::now(), response.chunk()).await {
             Ok(Ok(Some(chunk))) => chunk,
-            _ => return false,
+            _ => return (frames, false),
         };
         buffer.push_str(&String::from_utf8_lossy(&chunk));
         while let Some(end) = buffer.find("\n\n") {
             let frame: String = buffer.drain(..end + 2).collect();
-            let mut event = "message";
-            let mut data = String::new();
+            let (mut id, mut event, mut data) = (String::new(), "message", String::new());
             for line in frame.lines() {
-                if let Some(name) = line.strip_prefix("event:") {
-                    event = name.trim();
-                } else if let Some(d) = line.strip_prefix("data:") {
-                    data.push_str(d.trim());
+                if let Some(v) = line.strip_prefix("id:") {
+                    id = v.trim().to_owned();
+                } else if let Some(v) = line.strip_prefix("event:") {
+                    event = v.trim();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim());
                 }
             }
-            if let Ok(value) = serde_json::from_str::<Value>(&data)
-                && want(event, &value)
-            {
-                return true;
+            if let Ok(data) = serde_json::from_str::<Value>(&data) {
+                frames.push(SseFrame {
+                    id,
+                    event: event.to_owned(),
+                    data,
+                });
+                if want(&frames) {
+                    return (frames, true);
+                }
             }
         }
     }
-    false
+    (frames, false)
 }
 
 impl Stack {

@@ -13,7 +13,7 @@ mod http;
 mod refusals;
 
 #[cfg(feature = "api")]
-pub use dashboard::{SignedIn, read_frames};
+pub use dashboard::{SignedIn, SseFrame, read_frames, read_sse};
 #[cfg(feature = "api")]
 pub use refusals::{Writes, problem};
 
