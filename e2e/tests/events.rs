@@ -298,6 +298,14 @@ async fn bad_positions_are_a_clear_400_streams_are_capped_and_pruned_history_is_
         .await;
     }
     problem(
+        app.request(Method::GET, "/v1/events?after=null")
+            .header("last-event-id", "0"),
+        StatusCode::BAD_REQUEST,
+        "invalid-request",
+        "a malformed after beside a good Last-Event-ID",
+    )
+    .await;
+    problem(
         app.request(Method::GET, "/v1/events")
             .header(header::ACCEPT, "text/event-stream")
             .header("last-event-id", "x1"),

@@ -42,9 +42,10 @@ def _event_ids_the_feed_handed_out(case):
     if isinstance(case.query, dict) and "after" in case.query:
         if re.match(r"^[0-9]{1,18}$", str(case.query["after"])):
             case.query = {**case.query, "after": "0"}
-    if isinstance(case.headers, dict) and "Last-Event-ID" in case.headers:
-        if re.match(r"^[0-9]{1,18}$", str(case.headers["Last-Event-ID"])):
-            case.headers = {**case.headers, "Last-Event-ID": "0"}
+    headers = case.headers
+    if headers and "Last-Event-ID" in headers:
+        if re.match(r"^[0-9]{1,18}$", str(headers["Last-Event-ID"])):
+            headers["Last-Event-ID"] = "0"
 
 
 def _one_cursor_per_list(case):

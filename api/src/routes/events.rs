@@ -138,14 +138,13 @@ async fn list_events(
 ) -> Result<Response, ApiError> {
     let limit = pagination::limit(query.limit)?;
     let stream = wants_stream(&headers);
-    let asked = match last_event_id(&headers)? {
-        Some(id) => Some(id),
-        None => query
-            .after
-            .as_deref()
-            .map(|a| parse_id(a, "after"))
-            .transpose()?,
-    };
+    // Both are checked, whichever is used: a malformed one is a 400 either way.
+    let after = query
+        .after
+        .as_deref()
+        .map(|a| parse_id(a, "after"))
+        .transpose()?;
+    let asked = last_event_id(&headers)?.or(after);
     let bounds = client_events::bounds(&state.db).await?;
     if let Some(after) = asked
         && after > bounds.head
