@@ -15,31 +15,33 @@ fn widget() -> Value {
     json!([{"sku": "WIDGET", "quantity": 2, "unit_price_cents": 1250}])
 }
 
+/// A page of the feed of `key` at `path` (answered 200).
+async fn page(app: &Stack, key: &str, path: &str) -> Value {
+    let response = app
+        .http
+        .get(app.url(path))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "{path}");
+    response.json().await.unwrap()
+}
+
 /// Every event of the feed of `key`, a page of `limit` at a time from the start.
 async fn whole_feed(app: &Stack, key: &str, limit: usize) -> Vec<Value> {
     let mut events = Vec::new();
-    let mut after: Option<String> = None;
+    let mut path = format!("/v1/events?limit={limit}");
     loop {
-        let path = match &after {
-            Some(a) => format!("/v1/events?limit={limit}&after={a}"),
-            None => format!("/v1/events?limit={limit}"),
-        };
-        let response = app
-            .http
-            .get(app.url(&path))
-            .bearer_auth(key)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
-        let page: Value = response.json().await.unwrap();
+        let page = page(app, key, &path).await;
         let data = page["data"].as_array().unwrap().clone();
         assert!(data.len() <= limit);
         events.extend(data);
-        after = Some(page["next_after"].as_str().unwrap().to_owned());
         if page["has_more"] == false {
             return events;
         }
+        let after = page["next_after"].as_str().unwrap();
+        path = format!("/v1/events?limit={limit}&after={after}");
     }
 }
 
@@ -167,14 +169,7 @@ async fn a_client_reads_exactly_its_own_events_in_order_and_a_page_resumes_after
 
     // Resuming after any event gives exactly the ones after it.
     for (k, id) in ids.iter().enumerate() {
-        let page: Value = app
-            .request(Method::GET, &format!("/v1/events?after={id}&limit=100"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page = page(&app, &app.key, &format!("/v1/events?after={id}&limit=100")).await;
         let rest: Vec<i64> = self::ids(page["data"].as_array().unwrap());
         assert_eq!(rest, ids[k + 1..], "after {id}");
         assert_eq!(page["has_more"], false);
@@ -342,14 +337,7 @@ async fn bad_positions_are_a_clear_400_streams_are_capped_and_pruned_history_is_
         "reading on from before the horizon",
     )
     .await;
-    let page: Value = app
-        .request(Method::GET, "/v1/events")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page = page(&app, &app.key, "/v1/events").await;
     assert_eq!(page["data"], json!([]));
     let horizon: i64 = page["next_after"].as_str().unwrap().parse().unwrap();
     assert!(horizon >= first_id);
