@@ -1184,3 +1184,111 @@ async fn operators_see_who_else_has_an_order_open_and_who_edits_it_and_an_admin_
         browser.close().await.unwrap();
     }
 }
+
+/// A timeline refresh still on its way when the operator leaves the order must not put them back
+/// on it: its late answer is dropped, and the page says "I have it open" no more. (CI caught the
+/// race: a command frame's refresh landed after the tab changed and renewed presence for good.)
+#[tokio::test]
+async fn a_timeline_answer_that_arrives_after_the_operator_left_does_not_put_them_back_on_the_order(
+) {
+    let app = common::stack().worker().start().await;
+    let order = app.new_order(json!([])).await;
+    let driver = Driver::start().await;
+    let ann = driver.browser().await;
+    sign_in_as(&ann, &app, "ann", "operator").await;
+    open_order(&ann, &app, &order).await;
+    text_until(&ann, "#desk-base", |t| t.contains("version 1")).await;
+    let present = || async {
+        sqlx::query_scalar::<_, i64>(
+            "select count(*) from order_presence where order_id = $1::text::uuid",
+        )
+        .bind(&order)
+        .fetch_one(&app.db)
+        .await
+        .unwrap()
+    };
+    wait_for("ann's presence recorded")
+        .within(PATIENCE)
+        .until(|| async {
+            match present().await {
+                1 => Ok(()),
+                n => Err(format!("{n} present")),
+            }
+        })
+        .await;
+
+    // Every request the page sends is recorded; the order's timeline answer is held until the test
+    // lets it go, and `window.consumed` turns true only after the page has done what it does with it
+    // (a task queued behind the answer's continuations).
+    js(
+        &ann,
+        &format!(
+            "const real = window.fetch;
+             window.sent = [];
+             window.held = 0;
+             window.consumed = false;
+             let release;
+             const gate = new Promise((resolve) => {{ release = resolve; }});
+             window.releaseHeld = () => release();
+             window.fetch = async (url, options = {{}}) => {{
+               window.sent.push(`${{options.method || 'GET'}} ${{url}}`);
+               if (url !== '/dashboard/api/orders/{order}' || (options.method || 'GET') !== 'GET') {{
+                 return real(url, options);
+               }}
+               window.held += 1;
+               const response = await real(url, options);
+               const text = await response.text();
+               await gate;
+               return {{
+                 ok: response.ok,
+                 status: response.status,
+                 json: async () => {{
+                   setTimeout(() => {{ window.consumed = true; }}, 0);
+                   return JSON.parse(text);
+                 }},
+               }};
+             }};
+             return true;"
+        ),
+    )
+    .await;
+
+    // A change to the order makes the page refresh its timeline: that answer is held.
+    let changed = app
+        .run(
+            &order,
+            json!({"type": "update_details", "details": {"note": "late answer"}}),
+            None,
+        )
+        .await;
+    assert_eq!(changed["status"], "applied");
+    js_until(&ann, "return window.held >= 1;", "the timeline refresh is on its way").await;
+
+    // Ann leaves the order while it is: the page says so, and the server forgets her.
+    click(&ann, "nav a[data-tab=\"orders\"]").await;
+    wait_for("ann's presence gone")
+        .within(PATIENCE)
+        .until(|| async {
+            match present().await {
+                0 => Ok(()),
+                n => Err(format!("{n} present")),
+            }
+        })
+        .await;
+    let left = js(&ann, "return window.sent.length;").await;
+
+    // The late answer arrives and is dealt with.
+    js(&ann, "window.releaseHeld(); return true;").await;
+    js_until(&ann, "return window.consumed;", "the late answer is consumed").await;
+    let after = js(&ann, "return window.sent;").await;
+    let renewals: Vec<&Value> = after.as_array().unwrap()[left.as_u64().unwrap() as usize..]
+        .iter()
+        .filter(|r| r.as_str().unwrap().ends_with("/presence"))
+        .collect();
+    assert!(
+        renewals.is_empty(),
+        "the page went back to the order it left: {renewals:?}"
+    );
+    assert_eq!(present().await, 0, "nobody has the order open");
+    ann.close().await.unwrap();
+}

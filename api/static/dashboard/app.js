@@ -95,7 +95,7 @@ let targetDeadLetter = null;
 function route() {
   const [tab, id] = location.hash.slice(1).split("/");
   if (tab === "timeline" && id) openTimeline(id);
-  else presenceFor(null);
+  else leaveTimeline();
   // `#dead-letters/<id>`: the partitions tab, that dead letter marked.
   targetDeadLetter = tab === "dead-letters" && id ? id : null;
   const name = tab === "dead-letters" ? "partitions" : tab;
@@ -154,6 +154,15 @@ function upsertOrder(order) {
 // ---- order timeline -----------------------------------------------------------------------------
 let timelineOrder = null;
 let timelineRefresh = null;
+// Moves on at every load of the timeline and when the page leaves it: an answer that comes back
+// after either is dropped. (Rendered late, it would put the person back on an order they left,
+// presence and all, or show an order they no longer look at.)
+let timelineRound = 0;
+function leaveTimeline() {
+  timelineRound += 1;
+  clearTimeout(timelineRefresh);
+  presenceFor(null);
+}
 const STAGES = [
   ["received_at", "accepted_at", "seg-api", "record"],
   ["accepted_at", "published_at", "seg-publish", "publish"],
@@ -164,9 +173,13 @@ async function openTimeline(id) {
   id = id.trim().toLowerCase();
   $("#timeline-id").value = id;
   timelineOrder = id;
+  const round = ++timelineRound;
   try {
-    render(await api(`/dashboard/api/orders/${encodeURIComponent(id)}`));
+    const timeline = await api(`/dashboard/api/orders/${encodeURIComponent(id)}`);
+    if (round === timelineRound) render(timeline);
   } catch (error) {
+    if (round !== timelineRound) return;
+    presenceFor(null);
     $("#timeline").hidden = true;
     $("#timeline-empty").hidden = false;
     $("#timeline-empty").textContent = error.message;
@@ -779,6 +792,7 @@ function presenceFor(id) {
 let beatInFlight = Promise.resolve();
 async function presenceBeat() {
   const id = presenceOrder;
+  if (!id) return; // left already (a lease answer that came back late)
   const request = fetch(`/dashboard/api/orders/${id}/presence`, withCsrf("PUT")).catch(() => null);
   beatInFlight = request;
   const response = await request;
