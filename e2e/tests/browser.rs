@@ -1189,8 +1189,8 @@ async fn operators_see_who_else_has_an_order_open_and_who_edits_it_and_an_admin_
 /// on it: its late answer is dropped, and the page says "I have it open" no more. (CI caught the
 /// race: a command frame's refresh landed after the tab changed and renewed presence for good.)
 #[tokio::test]
-async fn a_timeline_answer_that_arrives_after_the_operator_left_does_not_put_them_back_on_the_order(
-) {
+async fn a_timeline_answer_that_arrives_after_the_operator_left_does_not_put_them_back_on_the_order()
+ {
     let app = common::stack().worker().start().await;
     let order = app.new_order(json!([])).await;
     let driver = Driver::start().await;
@@ -1262,7 +1262,12 @@ async fn a_timeline_answer_that_arrives_after_the_operator_left_does_not_put_the
         )
         .await;
     assert_eq!(changed["status"], "applied");
-    js_until(&ann, "return window.held >= 1;", "the timeline refresh is on its way").await;
+    js_until(
+        &ann,
+        "return window.held >= 1;",
+        "the timeline refresh is on its way",
+    )
+    .await;
 
     // Ann leaves the order while it is: the page says so, and the server forgets her.
     click(&ann, "nav a[data-tab=\"orders\"]").await;
@@ -1279,7 +1284,12 @@ async fn a_timeline_answer_that_arrives_after_the_operator_left_does_not_put_the
 
     // The late answer arrives and is dealt with.
     js(&ann, "window.releaseHeld(); return true;").await;
-    js_until(&ann, "return window.consumed;", "the late answer is consumed").await;
+    js_until(
+        &ann,
+        "return window.consumed;",
+        "the late answer is consumed",
+    )
+    .await;
     let after = js(&ann, "return window.sent;").await;
     let renewals: Vec<&Value> = after.as_array().unwrap()[left.as_u64().unwrap() as usize..]
         .iter()
