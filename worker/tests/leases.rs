@@ -525,7 +525,11 @@ async fn a_worker_cut_off_from_postgres_stops_consuming_before_its_leases_expire
         let (channel, queue) = (&channel, stack.topology.partition_queue(partition));
         async move { queue_depth(channel, &queue).await.unwrap().consumers }
     };
-    assert_eq!((consumers(0).await, consumers(1).await), (1, 1));
+    // A lease is recorded before its consumer starts (CI once looked in between): wait for both.
+    wait_for("the worker consuming both partitions")
+        .within(Duration::from_secs(10))
+        .until(|| async { (consumers(0).await == 1 && consumers(1).await == 1).then_some(()) })
+        .await;
 
     let cut = std::time::Instant::now();
     assert!(cut_off_from_postgres(&stack, "cut-off").await > 0);
