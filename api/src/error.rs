@@ -116,6 +116,9 @@ pub enum ApiError {
     /// 429: the client already holds its maximum of open SSE streams.
     #[error("at most {0} event streams per client may be open at once")]
     TooManyStreams(usize),
+    /// 409: the client has as many webhook endpoints as it may.
+    #[error("this client has {0} webhook endpoints, the most it may have: delete one first")]
+    TooManyEndpoints(i64),
     /// 410: the events after the position a feed asked for were pruned (older than the
     /// retention): reading on from there would skip some without saying.
     #[error(
@@ -186,6 +189,7 @@ impl ApiError {
             ApiError::TooManyWaits(_) => (StatusCode::TOO_MANY_REQUESTS, "too-many-waits"),
             ApiError::TooManyStreams(_) => (StatusCode::TOO_MANY_REQUESTS, "too-many-streams"),
             ApiError::EventsPruned { .. } => (StatusCode::GONE, "events-pruned"),
+            ApiError::TooManyEndpoints(_) => (StatusCode::CONFLICT, "too-many-webhook-endpoints"),
             ApiError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             ApiError::QueueFull => (StatusCode::SERVICE_UNAVAILABLE, "queue-full"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),

@@ -222,6 +222,7 @@ impl Application {
             .with_context(|| format!("listening on {}", config.listen))?;
         let mut tasks = Tasks::new();
         let state = AppState {
+            webhook_allow_private: common.webhook_allow_private,
             waiters: Waiters::start(
                 &mut tasks,
                 pool.clone(),

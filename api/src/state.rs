@@ -41,6 +41,9 @@ pub struct AppState {
     pub sessions: Sessions,
     /// The dashboard's live feed.
     pub hub: Hub,
+    /// Whether webhook endpoints may be private or loopback addresses, or plain `http`
+    /// (`ORDERFLOW_WEBHOOK_ALLOW_PRIVATE`).
+    pub webhook_allow_private: bool,
     /// Fires when the server stops: long-lived responses (SSE) end on it.
     pub shutdown: CancellationToken,
 }

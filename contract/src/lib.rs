@@ -1,6 +1,7 @@
 //! orderflow's wire contract: what a producer publishes to the command exchange
 //! ([`CommandMessage`], JSON Schema in `contract/command.schema.json`), where it goes
-//! ([`partition::partition_of`]), and the statuses a command moves through ([`CommandStatus`]).
+//! ([`partition::partition_of`]), the statuses a command moves through ([`CommandStatus`]), and
+//! what a webhook endpoint may be and receive ([`webhooks`]).
 //! It depends on the domain and on nothing that does IO.
 
 mod message;
@@ -8,6 +9,7 @@ pub mod partition;
 mod reason;
 mod status;
 mod status_event;
+pub mod webhooks;
 
 pub use message::*;
 pub use reason::{FailureCode, Reason};

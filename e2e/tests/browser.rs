@@ -1302,3 +1302,100 @@ async fn a_timeline_answer_that_arrives_after_the_operator_left_does_not_put_the
     assert_eq!(present().await, 0, "nobody has the order open");
     ann.close().await.unwrap();
 }
+
+/// The webhooks tab: an operator sees which endpoint fails and why, reads its delivery log and
+/// retries the given-up delivery once the receiver works again; a viewer reads the same and gets
+/// no retry button.
+#[tokio::test]
+async fn an_operator_finds_a_failing_webhook_endpoint_and_retries_its_given_up_delivery() {
+    use common::receiver::{Answer, Receiver};
+    let app = common::stack()
+        .api_config(|c| c.common.webhook_allow_private = true)
+        .worker_config(|c| {
+            c.common.webhook_allow_private = true;
+            c.webhooks.timeout_ms = 300;
+            c.webhooks.first_retry_ms = 50;
+            c.webhooks.max_retry_ms = 100;
+            c.webhooks.give_up_after_secs = 1;
+        })
+        .worker()
+        .start()
+        .await;
+    let receiver = Receiver::start().await;
+    receiver.script([], Answer::Status(500));
+    let registered = app
+        .request(reqwest::Method::POST, "/v1/webhook-endpoints")
+        .header("idempotency-key", "dashboard-hook")
+        .json(&json!({"url": receiver.url}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(registered.status(), reqwest::StatusCode::CREATED);
+    let endpoint: Value = registered.json().await.unwrap();
+    let id = endpoint["id"].as_str().unwrap().to_owned();
+    app.new_order(json!([])).await;
+    wait_for("the endpoint failing")
+        .within(PATIENCE)
+        .until(|| async {
+            let shown: Value = app
+                .request(reqwest::Method::GET, &format!("/v1/webhook-endpoints/{id}"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            (shown["status"] == "failing").then_some(())
+        })
+        .await;
+
+    let driver = Driver::start().await;
+    let (oli, vic) = (driver.browser().await, driver.browser().await);
+    sign_in_as(&oli, &app, "oli", "operator").await;
+    sign_in_as(&vic, &app, "vic", "viewer").await;
+    for browser in [&oli, &vic] {
+        click(browser, "nav a[data-tab=\"webhooks\"]").await;
+        let row = format!("#webhooks-table tr[data-endpoint=\"{id}\"]");
+        text_until(browser, &row, |t| {
+            t.contains(&receiver.url) && t.contains("failing") && t.contains("HTTP 500")
+        })
+        .await;
+        click(browser, &format!("{row} a")).await;
+        text_until(browser, "#deliveries-table tbody", |t| {
+            t.contains("given_up")
+        })
+        .await;
+    }
+    screenshot(&oli, "webhooks").await;
+    assert_eq!(
+        js(
+            &vic,
+            "return document.querySelectorAll('#deliveries-table button.retry').length;"
+        )
+        .await,
+        json!(0),
+        "a viewer gets no retry"
+    );
+
+    // The receiver works again; the operator retries; the delivery goes and the endpoint heals.
+    receiver.script([], Answer::Ok);
+    click(&oli, "#deliveries-table tr.given_up button.retry").await;
+    wait_for("the retried delivery received")
+        .within(PATIENCE)
+        .until(|| async { receiver.got().iter().any(|g| g.succeeded()).then_some(()) })
+        .await;
+    let row = format!("#webhooks-table tr[data-endpoint=\"{id}\"]");
+    text_until(&oli, &row, |t| t.contains("active")).await;
+    text_until(&oli, "#deliveries-table tbody", |t| t.contains("delivered")).await;
+    let audited: i64 = sqlx::query_scalar(
+        "select count(*) from admin_actions where action = 'retry_webhook_delivery' and target = $1",
+    )
+    .bind(&id)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(audited, 1);
+    for browser in [oli, vic] {
+        browser.close().await.unwrap();
+    }
+}

@@ -4,6 +4,7 @@ Without them schemathesis would send requests the document calls valid and the A
 design (422), and report them as "valid data rejected". Neither hook turns off a check.
 """
 
+import hashlib
 import json
 import re
 import uuid
@@ -27,9 +28,24 @@ def _request_identity(case) -> tuple:
 @schemathesis.hook
 def before_call(context, case, kwargs):
     _one_line_per_sku(case)
+    _webhook_urls_to_public_hosts(case)
     _fresh_idempotency_key_per_request(case)
     _one_cursor_per_list(case)
     _event_ids_the_feed_handed_out(case)
+
+
+def _webhook_urls_to_public_hosts(case):
+    """A webhook endpoint's URL must be `https` to a public host (a 422 otherwise, which is the
+    point: no request forgery), and JSON Schema cannot say "a public host". A generated URL
+    becomes one under `.invalid`, a public name that never resolves (RFC 2606): valid to register,
+    and the worker's deliveries to it fail without reaching anyone. The same generated URL gives
+    the same one, so a repeated request stays the same request (an idempotent replay)."""
+    if case.formatted_path != "/v1/webhook-endpoints" or case.method.upper() != "POST":
+        return
+    body = case.body
+    if isinstance(body, dict) and isinstance(body.get("url"), str):
+        name = hashlib.sha256(body["url"].encode("utf-8", "surrogatepass")).hexdigest()[:12]
+        case.body = {**body, "url": f"https://hooks-{name}.example.invalid/h"}
 
 
 def _event_ids_the_feed_handed_out(case):

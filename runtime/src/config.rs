@@ -44,6 +44,14 @@ pub struct CommonConfig {
     /// Log format: `text` for people, `json` for collectors.
     #[arg(long, env = "ORDERFLOW_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
+
+    /// Allow webhook endpoints on loopback and private addresses, and over plain `http` (for
+    /// endpoints inside the operator's own network, and for tests). Off: endpoints are `https`
+    /// to public addresses only, checked when registered (the API) and at every connection
+    /// (the worker, after resolving the name).
+    #[arg(long, env = "ORDERFLOW_WEBHOOK_ALLOW_PRIVATE", default_value_t = false,
+          num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub webhook_allow_private: bool,
 }
 
 /// A connection string, kept out of `Debug` output (it may carry a password).
@@ -75,6 +83,7 @@ impl CommonConfig {
             queue_max_length: 100_000,
             db_pool_size: 8,
             log_format: "text".into(),
+            webhook_allow_private: false,
         }
     }
 }

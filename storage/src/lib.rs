@@ -23,6 +23,7 @@ pub mod perf;
 pub mod presence;
 pub mod primary;
 pub mod producers;
+pub mod webhooks;
 
 pub use errors::{ErrorClass, classify, is_data_refused, is_lease_lost, is_transient};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};

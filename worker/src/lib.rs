@@ -15,5 +15,6 @@ pub mod parked;
 pub mod payment;
 mod relay;
 pub mod startup;
+pub mod webhooks;
 
 pub use startup::{Worker, WorkerConfig};

@@ -43,6 +43,11 @@ pub const REBALANCES: &str = "orderflow_partition_rebalances_total";
 pub const FENCED: &str = "orderflow_fenced_transactions_total";
 pub const CONSUMERS_STUCK: &str = "orderflow_partition_consumer_stuck_total";
 pub const DRAIN_OVERRUNS: &str = "orderflow_partition_drain_overruns_total";
+pub const WEBHOOK_ATTEMPTS: &str = "orderflow_webhook_attempts_total";
+
+/// Outcomes of `orderflow_webhook_attempts_total`: a 2xx; anything else, to be retried; anything
+/// else, and the delivery given up (retried too long, or it can go nowhere it may).
+pub const WEBHOOK_OUTCOMES: [&str; 3] = ["delivered", "failed", "given_up"];
 
 /// Kinds of `orderflow_partition_rebalances_total`: a lease this worker took, one it released
 /// after draining, one it lost (taken over, or given up because it could not renew it in time).
@@ -79,6 +84,15 @@ pub fn register() {
     for stage in crate::monitor::Stage::STUCK_LABELS {
         counter!(CONSUMERS_STUCK, "stage" => stage).increment(0);
     }
+    for outcome in WEBHOOK_OUTCOMES {
+        counter!(WEBHOOK_ATTEMPTS, "outcome" => outcome).increment(0);
+    }
+}
+
+/// A webhook delivery attempt ended (`outcome`: one of [`WEBHOOK_OUTCOMES`]).
+pub fn webhook_attempt(outcome: &'static str) {
+    debug_assert!(WEBHOOK_OUTCOMES.contains(&outcome));
+    counter!(WEBHOOK_ATTEMPTS, "outcome" => outcome).increment(1);
 }
 
 /// A partition consumer spent longer than `monitor::STUCK_AFTER` in one step (`stage`: one of

@@ -102,6 +102,9 @@ pub struct WorkerConfig {
           value_parser = clap::value_parser!(u64).range(100..))]
     pub drain_limit_ms: u64,
 
+    #[command(flatten)]
+    pub webhooks: crate::webhooks::WebhookConfig,
+
     /// Name of this worker in the partition heartbeat (`worker_partitions`) and the dashboard
     /// [default: <hostname>:<pid>]
     #[arg(long, env = "ORDERFLOW_WORKER_NAME")]
@@ -138,6 +141,8 @@ pub struct Worker {
     /// The lease keeper's own connections.
     lease_db: sqlx::PgPool,
     relay_publisher: Arc<Publisher>,
+    /// What webhook deliveries go out with (built at startup: a TLS setup that fails, fails it).
+    webhook_client: crate::webhooks::HttpClient,
     metrics_listener: TcpListener,
     metrics_addr: SocketAddr,
 }
@@ -267,7 +272,10 @@ impl Worker {
             poison_after_deliveries: config.poison_after_deliveries,
             monitor: Arc::new(Monitor::new(worker_name, layout.partitions())),
         });
+        let webhook_client =
+            crate::webhooks::http_client(&config.webhooks, common.webhook_allow_private)?;
         Ok(Self {
+            webhook_client,
             config,
             context,
             holdings,
@@ -355,6 +363,13 @@ impl Worker {
                 (&context.monitor, &context.connection, &context.topology);
             monitor.run_sampler(db, connection, topology, stop).await
         });
+        let deliverer = crate::webhooks::Deliverer {
+            db: self.context.applier.db.clone(),
+            config: self.config.webhooks.clone(),
+            allow_private: self.config.common.webhook_allow_private,
+            client: self.webhook_client.clone(),
+        };
+        tasks.spawn("webhook deliveries", deliverer.run(shutdown.clone()));
         tasks.spawn(
             "metrics listener",
             metrics::serve(self.metrics_listener, shutdown.clone()),

@@ -21,6 +21,9 @@
 //! | `GET /dashboard/api/dead-letters` | the dead letters, newest first, each saying whether it can be redriven |
 //! | `POST /dashboard/api/dead-letters/{id}/redrive` | re-submit one (audited) |
 //! | `POST /dashboard/api/dead-letters/{id}/acknowledge` | close one without redriving it (audited) |
+//! | `GET /dashboard/api/webhooks` | every client's webhook endpoints, with status and backlog ([`webhooks`]) |
+//! | `GET /dashboard/api/webhooks/{id}/deliveries` | an endpoint's delivery log, newest first |
+//! | `POST /dashboard/api/webhooks/{id}/deliveries/{delivery_id}/retry` | send a delivery again (operators and admins; audited) |
 //! | `GET /dashboard/api/operators`, `POST` (`{"name", "role", "password"}`) | the operators; create one (admins) |
 //! | `POST /dashboard/api/operators/{name}/disable` | disable one: their sessions and feeds end (admins; not oneself) |
 //! | `GET /dashboard/api/config` | the alert thresholds |
@@ -39,6 +42,7 @@ pub mod stats;
 mod stock;
 mod stream;
 pub mod timeline;
+mod webhooks;
 
 use crate::error::ApiError;
 use crate::extract::{ApiPath, ApiQuery, Peer, StrictJson};
@@ -135,6 +139,15 @@ pub fn router() -> Router<AppState> {
         .route(
             "/dashboard/api/dead-letters/{id}/acknowledge",
             post(redrive::acknowledge),
+        )
+        .route("/dashboard/api/webhooks", get(webhooks::endpoints))
+        .route(
+            "/dashboard/api/webhooks/{id}/deliveries",
+            get(webhooks::deliveries),
+        )
+        .route(
+            "/dashboard/api/webhooks/{id}/deliveries/{delivery_id}/retry",
+            post(webhooks::retry),
         )
         .route(
             "/dashboard/api/operators",

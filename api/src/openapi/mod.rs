@@ -32,8 +32,8 @@ pub use responses::{
     AcceptedResponse, BadBodyRequest, BadRequest, EventsPruned, Forbidden, IdempotencyInFlight,
     InvalidBody, MergePatchRequired, NotAccepted, NotFound, OrderNotFound, OrderResponse,
     PayloadTooLarge, PreconditionFailed, PreconditionRequired, RateLimited, RateLimitedOrOrderBusy,
-    RateLimitedOrTooManyStreams, RateLimitedOrTooManyWaits, Unauthorized, Unavailable,
-    Unprocessable, UnsupportedMediaType,
+    RateLimitedOrTooManyStreams, RateLimitedOrTooManyWaits, TooManyEndpoints, Unauthorized,
+    Unavailable, Unprocessable, UnsupportedMediaType,
 };
 
 /// The security scheme every `/v1` operation requires (the handlers' `security(("bearer" = []))`).
@@ -90,6 +90,7 @@ pub struct Problem {
         (name = "orders", description = "Create orders, send them commands, read them"),
         (name = "commands", description = "The status of an accepted command"),
         (name = "events", description = "The caller's own feed of what became of its commands"),
+        (name = "webhooks", description = "The caller's events, POSTed to its endpoints, signed"),
         (name = "inventory", description = "Stock per SKU"),
         (name = "health", description = "Liveness and readiness")
     )

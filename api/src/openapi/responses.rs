@@ -88,6 +88,10 @@ problem_response!(
      was made against."
 );
 problem_response!(
+    TooManyEndpoints,
+    "`too-many-webhook-endpoints`: the client has 16 webhook endpoints, the most it may have."
+);
+problem_response!(
     Unprocessable,
     "`invalid-body`: JSON that is not a valid request (`detail` says which field); or \
      `idempotency-key-reused`: this `Idempotency-Key` was used with a different request."

@@ -5,6 +5,7 @@ pub mod events;
 pub mod health;
 pub mod inventory;
 pub mod orders;
+pub mod webhooks;
 
 use crate::admission;
 use crate::dashboard;
@@ -52,6 +53,7 @@ fn api_parts() -> (Router<AppState>, Router<AppState>, utoipa::openapi::OpenApi)
         .merge(orders::router())
         .merge(commands::router())
         .merge(inventory::router())
+        .merge(webhooks::router())
         .merge(health::router())
         .split_for_parts();
     let (streaming, streaming_document) = events::router().split_for_parts();

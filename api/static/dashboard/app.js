@@ -89,6 +89,7 @@ function showTab(name) {
   if (name === "partitions") loadPartitions();
   if (name === "operators") loadOperators();
   if (name === "stock") loadStock();
+  if (name === "webhooks") loadWebhooks();
   if (name === "contention" || name === "throughput") resizeCharts();
 }
 let targetDeadLetter = null;
@@ -99,7 +100,7 @@ function route() {
   // `#dead-letters/<id>`: the partitions tab, that dead letter marked.
   targetDeadLetter = tab === "dead-letters" && id ? id : null;
   const name = tab === "dead-letters" ? "partitions" : tab;
-  const tabs = ["orders", "timeline", "partitions", "contention", "throughput", "stock"];
+  const tabs = ["orders", "timeline", "partitions", "contention", "throughput", "stock", "webhooks"];
   if (me && me.role === "admin") tabs.push("operators");
   showTab(tabs.includes(name) ? name : "orders");
 }
@@ -640,6 +641,72 @@ async function setStock(event) {
     $("#stock-status").className = "desk-status bad";
   }
 }
+// ---- webhooks: every client's endpoints, an endpoint's delivery log, a retry ------------------
+let webhookShown = null; // the endpoint whose log is open
+let webhooksTimer = null; // the next refresh, every 5 s while the tab shows
+async function loadWebhooks() {
+  clearTimeout(webhooksTimer);
+  if ($("#tab-webhooks").hidden) return;
+  webhooksTimer = setTimeout(loadWebhooks, 5000);
+  try {
+    const endpoints = await api("/dashboard/api/webhooks");
+    $("#webhooks-table tbody").replaceChildren(...endpoints.map((e) => {
+      const row = el("tr", { "data-endpoint": e.id, class: e.status === "failing" ? "failing" : "" },
+        el("td", { text: e.client }),
+        el("td", {}, el("a", { href: "#webhooks", class: "mono", text: e.url })),
+        el("td", { class: "status", text: e.status }),
+        el("td", { class: "num", text: e.pending }),
+        el("td", { text: e.failing_reason || "" }),
+        el("td", { text: time(e.created_at) }));
+      row.querySelector("a").addEventListener("click", (event) => { event.preventDefault(); showWebhookLog(e); });
+      return row;
+    }));
+    if (webhookShown) {
+      const still = endpoints.find((e) => e.id === webhookShown.id);
+      if (still) await showWebhookLog(still); else $("#webhook-log").hidden = true;
+    }
+    refreshed("webhooks", null);
+  } catch (error) {
+    refreshed("webhooks", error);
+  }
+}
+async function showWebhookLog(endpoint) {
+  webhookShown = endpoint;
+  const log = await api(`/dashboard/api/webhooks/${endpoint.id}/deliveries`);
+  $("#webhook-log-title").textContent = `${endpoint.url} (${endpoint.client}): ${endpoint.status}` +
+    `${log.has_more ? ", the last 100 deliveries" : ""}`;
+  const mayRetry = me.role !== "viewer";
+  $("#deliveries-table tbody").replaceChildren(...log.deliveries.map((d) => {
+    const answer = d.last_response_status ? `HTTP ${d.last_response_status}` : (d.last_error || "–");
+    const retry = mayRetry && d.status !== "pending"
+      ? el("button", { type: "button", class: "retry", text: d.status === "given_up" ? "Retry" : "Send again" })
+      : "";
+    if (retry) retry.addEventListener("click", () => retryDelivery(endpoint, d));
+    return el("tr", { "data-delivery": d.id, class: d.status },
+      el("td", { class: "num", text: d.id }), el("td", { class: "num", text: d.event_id }),
+      el("td", { text: d.event_type }),
+      el("td", {}, el("a", { href: `#timeline/${d.order_id}`, class: "mono", title: d.order_id, text: short(d.order_id) })),
+      el("td", { class: "status", text: d.status }), el("td", { class: "num", text: d.attempts }),
+      el("td", { title: d.last_error || "", text: answer }),
+      el("td", { text: d.status === "pending" ? time(d.next_attempt_at) : "" }),
+      el("td", {}, retry));
+  }));
+  $("#webhook-log").hidden = false;
+}
+async function retryDelivery(endpoint, delivery) {
+  try {
+    const answer = await api(`/dashboard/api/webhooks/${endpoint.id}/deliveries/${delivery.id}/retry`, {
+      method: "POST", headers: { "content-type": "application/json" }, body: "{}",
+    });
+    banner("info", answer.status === "retrying"
+      ? `delivery ${delivery.id} goes out again now`
+      : `delivery ${delivery.id} is waiting for its turn already`);
+  } catch (error) {
+    banner("error", `retrying delivery ${delivery.id} failed: ${error.message}`);
+  }
+  loadWebhooks();
+}
+
 async function loadOperators() {
   try {
     const operators = await api("/dashboard/api/operators");

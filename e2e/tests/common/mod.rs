@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod receiver;
+
 use orderflow_testkit::{Stack, StackBuilder};
 use serde_json::Value;
 use uuid::Uuid;

@@ -1,0 +1,706 @@
+//! Webhooks: a client's endpoints get its events, signed (Standard Webhooks, checked here with
+//! the scheme's own library), at least once, per order in order; an endpoint that fails, hangs
+//! or redirects is retried without holding up any other; one retried too long is given up and
+//! failing until a retry; requests go only where the operator allows. Against the real API,
+//! worker, PostgreSQL and RabbitMQ, and a receiver on loopback (`common::receiver`).
+
+mod common;
+
+use common::receiver::{Answer, Got, Receiver};
+use orderflow_storage::clients;
+use orderflow_testkit::{Stack, problem, wait_for};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+
+fn widget() -> Value {
+    json!([{"sku": "WIDGET", "quantity": 2, "unit_price_cents": 1250}])
+}
+
+/// A stack whose API and worker allow endpoints on loopback (the receiver), with quick retries.
+async fn stack() -> Stack {
+    common::stack()
+        .api_config(|c| c.common.webhook_allow_private = true)
+        .worker_config(|c| {
+            c.common.webhook_allow_private = true;
+            c.webhooks.timeout_ms = 300;
+            c.webhooks.first_retry_ms = 50;
+            c.webhooks.max_retry_ms = 200;
+        })
+        .worker()
+        .start()
+        .await
+}
+
+/// Registers an endpoint for the stack's client; the answer (201), secret included.
+async fn register(app: &Stack, body: Value) -> Value {
+    let response = create(app, &uuid::Uuid::new_v4().to_string(), &body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    response.json().await.unwrap()
+}
+
+/// `POST /v1/webhook-endpoints` with this key and body.
+fn create(app: &Stack, key: &str, body: &Value) -> reqwest::RequestBuilder {
+    app.request(Method::POST, "/v1/webhook-endpoints")
+        .header("idempotency-key", key)
+        .json(body)
+}
+
+async fn get(app: &Stack, path: &str) -> Value {
+    let response = app.request(Method::GET, path).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "{path}");
+    response.json().await.unwrap()
+}
+
+/// The client's whole feed (`GET /v1/events`), oldest first.
+async fn feed(app: &Stack) -> Vec<Value> {
+    let mut events = Vec::new();
+    let mut path = "/v1/events?limit=100".to_owned();
+    loop {
+        let page = get(app, &path).await;
+        events.extend(page["data"].as_array().unwrap().iter().cloned());
+        if page["has_more"] == false {
+            return events;
+        }
+        path = format!(
+            "/v1/events?limit=100&after={}",
+            page["next_after"].as_str().unwrap()
+        );
+    }
+}
+
+/// Runs a few commands on each of `orders` new orders (interleaved across the orders); returns
+/// the order ids.
+async fn traffic(app: &Stack, orders: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for _ in 0..orders {
+        ids.push(app.new_order(widget()).await);
+    }
+    for command in [
+        json!({"type": "add_item", "sku": "GADGET", "quantity": 1, "unit_price_cents": 500}),
+        json!({"type": "remove_item", "sku": "NOPE"}),
+        json!({"type": "remove_item", "sku": "GADGET"}),
+    ] {
+        for order in &ids {
+            app.run(order, command.clone(), None).await;
+        }
+    }
+    ids
+}
+
+/// Waits until the relay has passed on `count` events of the client's feed; returns them.
+async fn feed_of(app: &Stack, count: usize) -> Vec<Value> {
+    wait_for(format!("{count} events in the client's feed"))
+        .until(|| async {
+            let events = feed(app).await;
+            if events.len() >= count {
+                Ok(events)
+            } else {
+                Err(events.len())
+            }
+        })
+        .await
+}
+
+/// Waits until `receiver` answered every event of `events` with a success at least once.
+async fn all_delivered(receiver: &Receiver, events: &[Value], what: &str) -> Vec<Got> {
+    let wanted: BTreeSet<String> = events
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    wait_for(format!("{what}: every event delivered"))
+        .until(|| async {
+            let got = receiver.got();
+            let delivered: BTreeSet<String> = got
+                .iter()
+                .filter(|g| g.succeeded())
+                .map(Got::webhook_id)
+                .collect();
+            let missing: Vec<_> = wanted.difference(&delivered).cloned().collect();
+            if missing.is_empty() {
+                Ok(got)
+            } else {
+                Err(format!("missing {missing:?}"))
+            }
+        })
+        .await
+}
+
+/// Every request is signed with `secret` (verified with the Standard Webhooks library), its body
+/// is the feed's event of its `webhook-id`, and per order the events went out in the feed's
+/// order: an order's next event only after its last one succeeded.
+fn check_deliveries(got: &[Got], secret: &str, events: &[Value]) {
+    let verifier = standardwebhooks::Webhook::new(secret).unwrap();
+    let by_id: BTreeMap<&str, &Value> = events
+        .iter()
+        .map(|e| (e["id"].as_str().unwrap(), e))
+        .collect();
+    let mut last_sent: BTreeMap<String, (i64, bool)> = BTreeMap::new();
+    for request in got {
+        verifier
+            .verify(&request.body, &request.headers)
+            .unwrap_or_else(|e| panic!("delivery {}: {e}", request.webhook_id()));
+        let body = request.json();
+        let id = request.webhook_id();
+        assert_eq!(body["id"], id.as_str(), "the webhook-id is the event's id");
+        let event = by_id
+            .get(id.as_str())
+            .unwrap_or_else(|| panic!("delivery {id}: not in the client's feed"));
+        assert_eq!(body["type"], event["type"]);
+        assert_eq!(body["data"], event["data"]);
+        assert_eq!(body["created_at"], event["created_at"]);
+        let order = body["data"]["order_id"].as_str().unwrap().to_owned();
+        let position: i64 = id.parse().unwrap();
+        if let Some((before, succeeded)) = last_sent.get(&order)
+            && position != *before
+        {
+            assert!(
+                position > *before && *succeeded,
+                "order {order}: event {position} went out after {before} (succeeded: \
+                 {succeeded})"
+            );
+        }
+        last_sent.insert(order, (position, request.succeeded()));
+    }
+}
+
+#[tokio::test]
+async fn every_event_reaches_the_endpoint_signed_and_per_order_in_order_and_the_secret_is_shown_once()
+ {
+    let app = stack().await;
+    // What happened before the endpoint existed is not sent.
+    let earlier = app.new_order(widget()).await;
+    let before = feed_of(&app, 1).await;
+    let receiver = Receiver::start().await;
+    let created = register(
+        &app,
+        json!({"url": receiver.url, "description": "the shop's backend"}),
+    )
+    .await;
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("whsec_"), "{created}");
+    assert_eq!(created["status"], "active");
+    assert_eq!(created["event_types"], json!([]));
+    let id = created["id"].as_str().unwrap();
+    let shown = get(&app, &format!("/v1/webhook-endpoints/{id}")).await;
+    assert!(
+        shown.get("secret").is_none(),
+        "the secret is shown once: {shown}"
+    );
+    assert_eq!(shown["url"], receiver.url.as_str());
+    let listed = get(&app, "/v1/webhook-endpoints").await;
+    assert_eq!(listed["data"].as_array().unwrap().len(), 1);
+    assert!(listed["data"][0].get("secret").is_none());
+
+    let orders = traffic(&app, 3).await;
+    app.run(&earlier, json!({"type": "pay"}), None).await;
+    let events: Vec<Value> = feed_of(&app, before.len() + 3 * 4 + 1)
+        .await
+        .into_iter()
+        .skip(before.len())
+        .collect();
+    assert_eq!(events.len(), 13);
+    let got = all_delivered(&receiver, &events, "the endpoint").await;
+    check_deliveries(&got, &secret, &events);
+    let sent: BTreeSet<String> = got.iter().map(Got::webhook_id).collect();
+    assert!(
+        !sent.contains(before[0]["id"].as_str().unwrap()),
+        "an event from before the endpoint was sent"
+    );
+    assert_eq!(orders.len(), 3);
+
+    // The log says the same: every event delivered, the first time.
+    let log = get(
+        &app,
+        &format!("/v1/webhook-endpoints/{id}/deliveries?limit=100"),
+    )
+    .await;
+    let log = log["data"].as_array().unwrap();
+    assert_eq!(log.len(), 13);
+    for delivery in log {
+        assert_eq!(delivery["status"], "delivered", "{delivery}");
+        assert_eq!(delivery["attempts"], 1, "{delivery}");
+        assert_eq!(delivery["last_response_status"], 204, "{delivery}");
+    }
+    // Newest first, a page at a time.
+    let first = get(
+        &app,
+        &format!("/v1/webhook-endpoints/{id}/deliveries?limit=5"),
+    )
+    .await;
+    assert_eq!(first["has_more"], true);
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let second = get(
+        &app,
+        &format!("/v1/webhook-endpoints/{id}/deliveries?limit=5&starting_after={cursor}"),
+    )
+    .await;
+    let ids: Vec<i64> = first["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(second["data"].as_array().unwrap())
+        .map(|d| d["id"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first: {ids:?}");
+
+    // Deleted: nothing more is sent.
+    let deleted = app
+        .request(Method::DELETE, &format!("/v1/webhook-endpoints/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    let count = receiver.got().len();
+    app.run(&orders[0], json!({"type": "pay"}), None).await;
+    // The event after the deletion is in the feed; a second endpoint gets it, the deleted none.
+    let witness = Receiver::start().await;
+    register(&app, json!({"url": witness.url})).await;
+    app.run(&orders[1], json!({"type": "pay"}), None).await;
+    let last = feed_of(&app, before.len() + 15).await;
+    all_delivered(&witness, &last[last.len() - 1..], "the second endpoint").await;
+    assert_eq!(
+        receiver.got().len(),
+        count,
+        "a deleted endpoint was sent more"
+    );
+}
+
+#[tokio::test]
+async fn endpoints_that_fail_hang_or_redirect_are_retried_until_they_answer_and_hold_up_no_other() {
+    let app = stack().await;
+    let flaky = Receiver::start().await;
+    flaky.script(
+        [
+            Answer::Status(500),
+            Answer::Status(503),
+            Answer::Hang,
+            Answer::Status(429),
+            Answer::Hang,
+        ],
+        Answer::Ok,
+    );
+    let healthy = Receiver::start().await;
+    let dead = Receiver::start().await;
+    dead.script([], Answer::Hang);
+    // A redirect is not followed: its target never hears of it.
+    let target = Receiver::start().await;
+    let redirecting = Receiver::start().await;
+    redirecting.script([], Answer::Redirect(target.url.clone()));
+
+    let flaky_endpoint = register(&app, json!({"url": flaky.url})).await;
+    let healthy_endpoint = register(&app, json!({"url": healthy.url})).await;
+    let dead_endpoint = register(&app, json!({"url": dead.url})).await;
+    let redirecting_endpoint = register(&app, json!({"url": redirecting.url})).await;
+
+    // Eight orders: more of the dead endpoint's deliveries could go at once than its share.
+    traffic(&app, 8).await;
+    let events = feed_of(&app, 32).await;
+    // The healthy endpoint gets everything while the dead one has had nothing through.
+    let got = all_delivered(&healthy, &events, "the healthy endpoint").await;
+    check_deliveries(&got, healthy_endpoint["secret"].as_str().unwrap(), &events);
+    assert!(
+        dead.got().iter().all(|g| !g.succeeded()),
+        "the dead endpoint never answers"
+    );
+    // The flaky one gets everything too, in order per order, after its failures.
+    let got = all_delivered(&flaky, &events, "the flaky endpoint").await;
+    check_deliveries(&got, flaky_endpoint["secret"].as_str().unwrap(), &events);
+    assert!(got.len() >= events.len() + 5, "{} requests", got.len());
+
+    let log_of = |endpoint: &Value| {
+        format!(
+            "/v1/webhook-endpoints/{}/deliveries?limit=100",
+            endpoint["id"].as_str().unwrap()
+        )
+    };
+    let flaky_log = get(&app, &log_of(&flaky_endpoint)).await;
+    let retried: Vec<&Value> = flaky_log["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["attempts"].as_i64().unwrap() > 1)
+        .collect();
+    assert!(!retried.is_empty(), "{flaky_log}");
+    for delivery in flaky_log["data"].as_array().unwrap() {
+        assert_eq!(delivery["status"], "delivered", "{delivery}");
+    }
+    // The worker counts every attempt by its outcome.
+    app.worker_metrics_until("the attempts counted", |s| {
+        let count = |o: &str| {
+            s.value(
+                orderflow_worker::metrics::WEBHOOK_ATTEMPTS,
+                &[("outcome", o)],
+            )
+        };
+        count("delivered") >= 2.0 * events.len() as f64 && count("failed") >= 5.0
+    })
+    .await;
+
+    // The dead endpoint's deliveries wait for a retry, saying why; at most its share was in
+    // flight at once (4 by default), and none of another order overtook an earlier one.
+    let dead_log = wait_for("the dead endpoint's log shows its timeouts")
+        .until(|| async {
+            let log = get(&app, &log_of(&dead_endpoint)).await;
+            let timed_out = log["data"].as_array().unwrap().iter().any(|d| {
+                d["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("no answer within 300 ms"))
+            });
+            if timed_out { Ok(log) } else { Err(log) }
+        })
+        .await;
+    for delivery in dead_log["data"].as_array().unwrap() {
+        assert_eq!(delivery["status"], "pending", "{delivery}");
+    }
+    let dead_orders: BTreeSet<String> = dead
+        .got()
+        .iter()
+        .map(|g| g.json()["data"]["order_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        dead_orders.len() > 4,
+        "every order's first event was tried: {dead_orders:?}"
+    );
+    assert!(
+        (1..=4).contains(&dead.most_at_once()),
+        "{} requests at once to one endpoint",
+        dead.most_at_once()
+    );
+
+    // The redirect: retried, recorded as the 307 it was, never followed.
+    let redirect_log = wait_for("the redirecting endpoint's log shows its 307s")
+        .until(|| async {
+            let log = get(&app, &log_of(&redirecting_endpoint)).await;
+            let redirected =
+                log["data"].as_array().unwrap().iter().any(|d| {
+                    d["last_response_status"] == 307 && d["attempts"].as_i64().unwrap() >= 2
+                });
+            if redirected { Ok(log) } else { Err(log) }
+        })
+        .await;
+    assert!(
+        redirect_log["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["status"] == "pending")
+    );
+    assert!(target.got().is_empty(), "a redirect was followed");
+}
+
+#[tokio::test]
+async fn a_delivery_retried_too_long_is_given_up_and_its_endpoint_failing_until_a_retry_sends_it() {
+    let app = common::stack()
+        .api_config(|c| c.common.webhook_allow_private = true)
+        .worker_config(|c| {
+            c.common.webhook_allow_private = true;
+            c.webhooks.timeout_ms = 300;
+            c.webhooks.first_retry_ms = 50;
+            c.webhooks.max_retry_ms = 100;
+            c.webhooks.give_up_after_secs = 1;
+        })
+        .worker()
+        .start()
+        .await;
+    let receiver = Receiver::start().await;
+    receiver.script([], Answer::Status(500));
+    let endpoint = register(&app, json!({"url": receiver.url})).await;
+    let id = endpoint["id"].as_str().unwrap();
+    let order = app.new_order(widget()).await;
+
+    let failing = wait_for("the endpoint marked failing")
+        .until(|| async {
+            let endpoint = get(&app, &format!("/v1/webhook-endpoints/{id}")).await;
+            if endpoint["status"] == "failing" {
+                Ok(endpoint)
+            } else {
+                Err(endpoint)
+            }
+        })
+        .await;
+    assert!(
+        failing["failing_reason"]
+            .as_str()
+            .unwrap()
+            .contains("HTTP 500"),
+        "{failing}"
+    );
+    assert!(failing["failing_since"].is_string());
+    let log = get(&app, &format!("/v1/webhook-endpoints/{id}/deliveries")).await;
+    let given_up = log["data"][0].clone();
+    assert_eq!(given_up["status"], "given_up", "{log}");
+    assert!(given_up["attempts"].as_i64().unwrap() >= 2, "{given_up}");
+
+    // While it fails, the order's next event waits: nothing is sent to a failing endpoint.
+    app.run(
+        &order,
+        json!({"type": "add_item", "sku": "GADGET", "quantity": 1, "unit_price_cents": 500}),
+        None,
+    )
+    .await;
+    let events = feed_of(&app, 2).await;
+    wait_for("the second event in the endpoint's log")
+        .until(|| async {
+            let log = get(&app, &format!("/v1/webhook-endpoints/{id}/deliveries")).await;
+            let n = log["data"].as_array().unwrap().len();
+            if n == 2 { Ok(()) } else { Err(n) }
+        })
+        .await;
+    let sent = receiver.got().len();
+
+    // The endpoint recovers; a retry of the given-up delivery sends it, and the rest follows.
+    receiver.script([], Answer::Ok);
+    let retry = |delivery: &str| {
+        app.request(
+            Method::POST,
+            &format!("/v1/webhook-endpoints/{id}/deliveries/{delivery}/retry"),
+        )
+    };
+    let retried = retry(given_up["id"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(retried.status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        retried.json::<Value>().await.unwrap(),
+        json!({"status": "retrying"})
+    );
+    let got = all_delivered(&receiver, &events, "the recovered endpoint").await;
+    check_deliveries(&got[sent..], endpoint["secret"].as_str().unwrap(), &events);
+    let endpoint = get(&app, &format!("/v1/webhook-endpoints/{id}")).await;
+    assert_eq!(endpoint["status"], "active", "{endpoint}");
+    assert!(endpoint["failing_reason"].is_null());
+    // A retry of a delivery still waiting says so; of one that does not exist, 404.
+    problem(
+        retry("999999"),
+        StatusCode::NOT_FOUND,
+        "not-found",
+        "retry of no delivery",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_endpoint_must_be_https_to_a_public_host_and_a_client_sees_only_its_own() {
+    // The operator has not allowed private endpoints here (the default).
+    let app = common::stack().worker().start().await;
+    let endpoints_before = || async {
+        sqlx::query_scalar::<_, i64>("select count(*) from webhook_endpoints")
+            .fetch_one(&app.db)
+            .await
+            .unwrap()
+    };
+    for (body, why) in [
+        (
+            json!({"url": "http://hooks.example.com/h"}),
+            "must be https",
+        ),
+        (json!({"url": "https://127.0.0.1:9/h"}), "not a public host"),
+        (json!({"url": "https://[::1]/h"}), "not a public host"),
+        (
+            json!({"url": "https://169.254.169.254/latest/meta-data"}),
+            "not a public host",
+        ),
+        (json!({"url": "https://10.0.0.7/h"}), "not a public host"),
+        (json!({"url": "https://localhost/h"}), "not a public host"),
+        (
+            json!({"url": "https://user:pw@hooks.example.com/h"}),
+            "user name or password",
+        ),
+        (json!({"url": "file:///etc/passwd"}), "must be https"),
+        (
+            json!({"url": "https://hooks.example.com/h", "event_types": ["command.done.*"]}),
+            "not an event type",
+        ),
+        (
+            json!({"url": "https://hooks.example.com/h", "description": "a\u{0}b"}),
+            "NUL",
+        ),
+    ] {
+        let (_, refused) = problem(
+            create(&app, "refused", &body),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-body",
+            &body.to_string(),
+        )
+        .await;
+        let detail = refused["detail"].as_str().unwrap();
+        assert!(detail.contains(why), "{body}: {detail}");
+    }
+    problem(
+        create(
+            &app,
+            "unknown",
+            &json!({"url": "https://hooks.example.com/h", "secret": "mine"}),
+        ),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid-body",
+        "an unknown field",
+    )
+    .await;
+    problem(
+        app.request(Method::POST, "/v1/webhook-endpoints")
+            .json(&json!({"url": "https://hooks.example.com/h"})),
+        StatusCode::BAD_REQUEST,
+        "invalid-request",
+        "no Idempotency-Key",
+    )
+    .await;
+    assert_eq!(
+        endpoints_before().await,
+        0,
+        "a refused endpoint was written"
+    );
+
+    // A retry with the same key answers the same endpoint, secret and all; with another body,
+    // the key is refused.
+    let body =
+        json!({"url": "https://hooks.example.invalid/0", "event_types": ["command.applied.pay"]});
+    let first: Value = create(&app, "once", &body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let again = create(&app, "once", &body).send().await.unwrap();
+    assert_eq!(again.status(), StatusCode::CREATED);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.json::<Value>().await.unwrap(), first);
+    problem(
+        create(
+            &app,
+            "once",
+            &json!({"url": "https://hooks.example.invalid/other"}),
+        ),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency-key-reused",
+        "a key reused for another endpoint",
+    )
+    .await;
+    assert_eq!(endpoints_before().await, 1);
+
+    // Sixteen at most.
+    for n in 1..16 {
+        register(
+            &app,
+            json!({"url": format!("https://hooks.example.invalid/{n}")}),
+        )
+        .await;
+    }
+    problem(
+        create(
+            &app,
+            "17th",
+            &json!({"url": "https://hooks.example.invalid/17"}),
+        ),
+        StatusCode::CONFLICT,
+        "too-many-webhook-endpoints",
+        "the 17th endpoint",
+    )
+    .await;
+    assert_eq!(endpoints_before().await, 16);
+
+    // Another client's endpoint is not there for this one.
+    let (_, other_key) = clients::create(&app.db, "other", false).await.unwrap();
+    let mine = get(&app, "/v1/webhook-endpoints").await["data"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let theirs = |method: Method, path: String| {
+        app.http
+            .request(method, app.url(&path))
+            .bearer_auth(&other_key)
+    };
+    for (method, path) in [
+        (Method::GET, format!("/v1/webhook-endpoints/{mine}")),
+        (Method::DELETE, format!("/v1/webhook-endpoints/{mine}")),
+        (
+            Method::GET,
+            format!("/v1/webhook-endpoints/{mine}/deliveries"),
+        ),
+        (
+            Method::POST,
+            format!("/v1/webhook-endpoints/{mine}/deliveries/1/retry"),
+        ),
+    ] {
+        problem(
+            theirs(method.clone(), path.clone()),
+            StatusCode::NOT_FOUND,
+            "not-found",
+            &format!("{method} {path} by another client"),
+        )
+        .await;
+    }
+    let listed: Value = theirs(Method::GET, "/v1/webhook-endpoints".into())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["data"], json!([]));
+    assert_eq!(endpoints_before().await, 16, "another client deleted one");
+
+    // Malformed ids and cursors are a 400.
+    for path in [
+        "/v1/webhook-endpoints/not-a-uuid".to_owned(),
+        format!("/v1/webhook-endpoints/{mine}/deliveries?starting_after=-1"),
+        format!("/v1/webhook-endpoints/{mine}/deliveries?limit=0"),
+        format!("/v1/webhook-endpoints/{mine}/deliveries/x1/retry"),
+    ] {
+        let method = if path.ends_with("/retry") {
+            Method::POST
+        } else {
+            Method::GET
+        };
+        problem(
+            app.request(method, &path),
+            StatusCode::BAD_REQUEST,
+            "invalid-request",
+            &path,
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a_worker_that_does_not_allow_private_endpoints_sends_nothing_to_one_and_says_why() {
+    // The API was told private endpoints are fine; the worker (which connects) was not.
+    let app = common::stack()
+        .api_config(|c| c.common.webhook_allow_private = true)
+        .worker()
+        .start()
+        .await;
+    let receiver = Receiver::start().await;
+    // Plain http to it, and https to its address: neither may go there.
+    let https = receiver.url.replace("http://", "https://");
+    let plain = register(&app, json!({"url": receiver.url})).await;
+    let secure = register(&app, json!({"url": https})).await;
+    app.new_order(widget()).await;
+    for (endpoint, why) in [(plain, "must be https"), (secure, "not a public host")] {
+        let id = endpoint["id"].as_str().unwrap();
+        let failing = wait_for(format!("the endpoint {} failing", endpoint["url"]))
+            .until(|| async {
+                let endpoint = get(&app, &format!("/v1/webhook-endpoints/{id}")).await;
+                if endpoint["status"] == "failing" {
+                    Ok(endpoint)
+                } else {
+                    Err(endpoint)
+                }
+            })
+            .await;
+        assert!(
+            failing["failing_reason"].as_str().unwrap().contains(why),
+            "{failing}"
+        );
+    }
+    assert!(
+        receiver.got().is_empty(),
+        "a request reached a private address"
+    );
+}
