@@ -1308,46 +1308,14 @@ async fn a_timeline_answer_that_arrives_after_the_operator_left_does_not_put_the
 /// no retry button.
 #[tokio::test]
 async fn an_operator_finds_a_failing_webhook_endpoint_and_retries_its_given_up_delivery() {
-    use common::receiver::{Answer, Receiver};
-    let app = common::stack()
-        .api_config(|c| c.common.webhook_allow_private = true)
-        .worker_config(|c| {
-            c.common.webhook_allow_private = true;
-            c.webhooks.timeout_ms = 300;
-            c.webhooks.first_retry_ms = 50;
-            c.webhooks.max_retry_ms = 100;
-            c.webhooks.give_up_after_secs = 1;
-        })
-        .worker()
-        .start()
-        .await;
+    use common::webhooks::{Answer, Receiver, register, until_failing};
+    let app = common::webhooks::stack(Some(1)).worker().start().await;
     let receiver = Receiver::start().await;
     receiver.script([], Answer::Status(500));
-    let registered = app
-        .request(reqwest::Method::POST, "/v1/webhook-endpoints")
-        .header("idempotency-key", "dashboard-hook")
-        .json(&json!({"url": receiver.url}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(registered.status(), reqwest::StatusCode::CREATED);
-    let endpoint: Value = registered.json().await.unwrap();
+    let endpoint = register(&app, json!({"url": receiver.url})).await;
     let id = endpoint["id"].as_str().unwrap().to_owned();
     app.new_order(json!([])).await;
-    wait_for("the endpoint failing")
-        .within(PATIENCE)
-        .until(|| async {
-            let shown: Value = app
-                .request(reqwest::Method::GET, &format!("/v1/webhook-endpoints/{id}"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            (shown["status"] == "failing").then_some(())
-        })
-        .await;
+    until_failing(&app, &id).await;
 
     let driver = Driver::start().await;
     let (oli, vic) = (driver.browser().await, driver.browser().await);

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::receiver::{Answer, Got, Receiver};
+use common::webhooks::{Answer, Got, Receiver, create, register, until_failing};
 use orderflow_storage::clients;
 use orderflow_testkit::{Stack, problem, wait_for};
 use reqwest::{Method, StatusCode};
@@ -19,34 +19,7 @@ fn widget() -> Value {
 
 /// A stack whose API and worker allow endpoints on loopback (the receiver), with quick retries.
 async fn stack() -> Stack {
-    common::stack()
-        .api_config(|c| c.common.webhook_allow_private = true)
-        .worker_config(|c| {
-            c.common.webhook_allow_private = true;
-            c.webhooks.timeout_ms = 300;
-            c.webhooks.first_retry_ms = 50;
-            c.webhooks.max_retry_ms = 200;
-        })
-        .worker()
-        .start()
-        .await
-}
-
-/// Registers an endpoint for the stack's client; the answer (201), secret included.
-async fn register(app: &Stack, body: Value) -> Value {
-    let response = create(app, &uuid::Uuid::new_v4().to_string(), &body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::CREATED);
-    response.json().await.unwrap()
-}
-
-/// `POST /v1/webhook-endpoints` with this key and body.
-fn create(app: &Stack, key: &str, body: &Value) -> reqwest::RequestBuilder {
-    app.request(Method::POST, "/v1/webhook-endpoints")
-        .header("idempotency-key", key)
-        .json(body)
+    common::webhooks::stack(None).worker().start().await
 }
 
 async fn get(app: &Stack, path: &str) -> Value {
@@ -394,34 +367,14 @@ async fn endpoints_that_fail_hang_or_redirect_are_retried_until_they_answer_and_
 
 #[tokio::test]
 async fn a_delivery_retried_too_long_is_given_up_and_its_endpoint_failing_until_a_retry_sends_it() {
-    let app = common::stack()
-        .api_config(|c| c.common.webhook_allow_private = true)
-        .worker_config(|c| {
-            c.common.webhook_allow_private = true;
-            c.webhooks.timeout_ms = 300;
-            c.webhooks.first_retry_ms = 50;
-            c.webhooks.max_retry_ms = 100;
-            c.webhooks.give_up_after_secs = 1;
-        })
-        .worker()
-        .start()
-        .await;
+    let app = common::webhooks::stack(Some(1)).worker().start().await;
     let receiver = Receiver::start().await;
     receiver.script([], Answer::Status(500));
     let endpoint = register(&app, json!({"url": receiver.url})).await;
     let id = endpoint["id"].as_str().unwrap();
     let order = app.new_order(widget()).await;
 
-    let failing = wait_for("the endpoint marked failing")
-        .until(|| async {
-            let endpoint = get(&app, &format!("/v1/webhook-endpoints/{id}")).await;
-            if endpoint["status"] == "failing" {
-                Ok(endpoint)
-            } else {
-                Err(endpoint)
-            }
-        })
-        .await;
+    let failing = until_failing(&app, id).await;
     assert!(
         failing["failing_reason"]
             .as_str()
@@ -684,16 +637,7 @@ async fn a_worker_that_does_not_allow_private_endpoints_sends_nothing_to_one_and
     app.new_order(widget()).await;
     for (endpoint, why) in [(plain, "must be https"), (secure, "not a public host")] {
         let id = endpoint["id"].as_str().unwrap();
-        let failing = wait_for(format!("the endpoint {} failing", endpoint["url"]))
-            .until(|| async {
-                let endpoint = get(&app, &format!("/v1/webhook-endpoints/{id}")).await;
-                if endpoint["status"] == "failing" {
-                    Ok(endpoint)
-                } else {
-                    Err(endpoint)
-                }
-            })
-            .await;
+        let failing = until_failing(&app, id).await;
         assert!(
             failing["failing_reason"].as_str().unwrap().contains(why),
             "{failing}"

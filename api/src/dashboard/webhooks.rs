@@ -12,47 +12,24 @@ use super::auth::{Operator, Viewer};
 use super::redrive::EmptyRequest;
 use crate::error::ApiError;
 use crate::extract::{ApiPath, ApiQuery, StrictJson};
+use crate::routes::webhooks::{DeliveryView, EndpointView};
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
-use chrono::{DateTime, Utc};
 use orderflow_storage::dashboard;
-use orderflow_storage::webhooks::{self as store, Delivery, Endpoint, Retried};
+use orderflow_storage::webhooks::{self as store, Retried};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// Deliveries a page of the log holds.
 const PAGE: i64 = 100;
 
+/// An endpoint as its client sees it, and whose it is.
 #[derive(Serialize)]
 pub struct EndpointRow {
-    id: Uuid,
     client: String,
-    url: String,
-    event_types: Vec<String>,
-    description: String,
-    status: String,
-    failing_since: Option<DateTime<Utc>>,
-    failing_reason: Option<String>,
-    pending: i64,
-    created_at: DateTime<Utc>,
-}
-
-impl From<Endpoint> for EndpointRow {
-    fn from(e: Endpoint) -> Self {
-        Self {
-            id: e.id,
-            client: e.client,
-            url: e.url,
-            event_types: e.event_types,
-            description: e.description,
-            status: e.status,
-            failing_since: e.failing_since,
-            failing_reason: e.failing_reason,
-            pending: e.pending,
-            created_at: e.created_at,
-        }
-    }
+    #[serde(flatten)]
+    endpoint: EndpointView,
 }
 
 pub async fn endpoints(
@@ -60,7 +37,14 @@ pub async fn endpoints(
     _: Viewer,
 ) -> Result<Json<Vec<EndpointRow>>, ApiError> {
     let all = store::endpoints(&state.db, None, None).await?;
-    Ok(Json(all.into_iter().map(EndpointRow::from).collect()))
+    Ok(Json(
+        all.into_iter()
+            .map(|e| EndpointRow {
+                client: e.client.clone(),
+                endpoint: e.into(),
+            })
+            .collect(),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -71,43 +55,8 @@ pub struct LogQuery {
 }
 
 #[derive(Serialize)]
-pub struct DeliveryRow {
-    id: i64,
-    event_id: i64,
-    event_type: String,
-    order_id: Uuid,
-    status: String,
-    attempts: i32,
-    next_attempt_at: Option<DateTime<Utc>>,
-    last_attempt_at: Option<DateTime<Utc>>,
-    last_response_status: Option<i32>,
-    last_error: Option<String>,
-    delivered_at: Option<DateTime<Utc>>,
-    created_at: DateTime<Utc>,
-}
-
-impl From<Delivery> for DeliveryRow {
-    fn from(d: Delivery) -> Self {
-        Self {
-            id: d.id,
-            event_id: d.position,
-            event_type: d.event_type,
-            order_id: d.order_id,
-            status: d.status,
-            attempts: d.attempts,
-            next_attempt_at: d.next_attempt_at,
-            last_attempt_at: d.last_attempt_at,
-            last_response_status: d.last_response_status,
-            last_error: d.last_error,
-            delivered_at: d.delivered_at,
-            created_at: d.created_at,
-        }
-    }
-}
-
-#[derive(Serialize)]
 pub struct Log {
-    deliveries: Vec<DeliveryRow>,
+    deliveries: Vec<DeliveryView>,
     has_more: bool,
 }
 
@@ -123,7 +72,7 @@ pub async fn deliveries(
     let has_more = found.len() as i64 > PAGE;
     found.truncate(PAGE as usize);
     Ok(Json(Log {
-        deliveries: found.into_iter().map(DeliveryRow::from).collect(),
+        deliveries: found.into_iter().map(DeliveryView::from).collect(),
         has_more,
     }))
 }

@@ -97,7 +97,7 @@ fn event_types_schema() -> utoipa::openapi::schema::Array {
 
 /// An endpoint.
 #[derive(Serialize, ToSchema)]
-struct EndpointView {
+pub(crate) struct EndpointView {
     id: Uuid,
     url: String,
     /// The event types it receives (empty: every event).
@@ -361,7 +361,7 @@ struct DeliveriesQuery {
 
 /// One delivery: an event sent (or to be sent) to an endpoint.
 #[derive(Serialize, ToSchema)]
-struct DeliveryView {
+pub(crate) struct DeliveryView {
     /// The delivery's id (for a retry).
     #[schema(pattern = "^[0-9]{1,18}$")]
     id: String,

@@ -4,7 +4,7 @@
 
 #![allow(dead_code)]
 
-pub mod receiver;
+pub mod webhooks;
 
 use orderflow_testkit::{Stack, StackBuilder};
 use serde_json::Value;

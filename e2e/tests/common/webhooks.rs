@@ -1,5 +1,7 @@
-//! A webhook receiver on loopback for the webhook tests: a real HTTP server that records every
-//! request it gets and answers as the test scripts it (succeed, fail, hang, redirect).
+//! What the webhook tests share: a stack whose API and worker allow endpoints on loopback with
+//! quick retries, registering an endpoint, waiting for one to fail, and a receiver on loopback —
+//! a real HTTP server that records every request it gets and answers as the test scripts it
+//! (succeed, fail, hang, redirect).
 
 use axum::Router;
 use axum::body::Bytes;
@@ -12,6 +14,69 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
+
+use orderflow_testkit::{Stack, StackBuilder, wait_for};
+use reqwest::Method;
+
+/// The end-to-end stack with an API and workers that allow endpoints on loopback (the
+/// receiver), 300 ms to answer, and retries after 50–100 ms; a delivery still failing after
+/// `give_up_after_secs` is given up (three days when `None`, as by default).
+pub fn stack(give_up_after_secs: Option<u64>) -> StackBuilder {
+    super::stack()
+        .api_config(|c| c.common.webhook_allow_private = true)
+        .worker_config(move |c| {
+            c.republish_after_ms = 1000;
+            c.common.webhook_allow_private = true;
+            c.webhooks.timeout_ms = 300;
+            c.webhooks.first_retry_ms = 50;
+            c.webhooks.max_retry_ms = 100;
+            if let Some(secs) = give_up_after_secs {
+                c.webhooks.give_up_after_secs = secs;
+            }
+        })
+}
+
+/// `POST /v1/webhook-endpoints` with this key and body.
+pub fn create(app: &Stack, key: &str, body: &Value) -> reqwest::RequestBuilder {
+    app.request(Method::POST, "/v1/webhook-endpoints")
+        .header("idempotency-key", key)
+        .json(body)
+}
+
+/// Registers an endpoint for the stack's client; the answer (201), secret included.
+pub async fn register(app: &Stack, body: Value) -> Value {
+    let response = create(app, &uuid::Uuid::new_v4().to_string(), &body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    response.json().await.unwrap()
+}
+
+/// The endpoint `id` of the stack's client (answered 200).
+pub async fn endpoint(app: &Stack, id: &str) -> Value {
+    let response = app
+        .request(Method::GET, &format!("/v1/webhook-endpoints/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response.json().await.unwrap()
+}
+
+/// Waits until the endpoint `id` is marked failing; returns it.
+pub async fn until_failing(app: &Stack, id: &str) -> Value {
+    wait_for(format!("the endpoint {id} failing"))
+        .until(|| async {
+            let endpoint = endpoint(app, id).await;
+            if endpoint["status"] == "failing" {
+                Ok(endpoint)
+            } else {
+                Err(endpoint)
+            }
+        })
+        .await
+}
 
 /// How the receiver answers a request.
 #[derive(Clone, Debug)]
