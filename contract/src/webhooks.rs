@@ -43,6 +43,12 @@ pub fn check_url(raw: &str, allow_private: bool) -> Result<Url, String> {
         return Err(format!("url: longer than {MAX_URL_LEN} characters"));
     }
     let url = Url::parse(raw).map_err(|e| format!("url: not an absolute URL ({e})"))?;
+    // What is stored and requested is the parsed form, which percent-encodes: it must fit too.
+    if url.as_str().len() > MAX_URL_LEN {
+        return Err(format!(
+            "url: longer than {MAX_URL_LEN} characters once percent-encoded"
+        ));
+    }
     match url.scheme() {
         "https" => {}
         "http" if allow_private => {}
@@ -125,6 +131,7 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         || (segments[0] & 0xffc0) == 0xfe80 // link-local
         || (segments[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
         || (segments[0] == 0x2001 && segments[1] == 0x0db8) // documentation
+        || (segments[0] == 0x64 && segments[1] == 0xff9b && segments[2] == 1) // local NAT64 (RFC 8215)
         || (segments[0] == 0x2001 && segments[1] < 0x0200) // IETF protocol assignments (Teredo, ...)
         || segments[0] == 0x2002 // 6to4: an IPv4 address inside
         || segments[0] == 0x0100 && segments[1..4] == [0, 0, 0]) // discard-only
@@ -177,6 +184,7 @@ mod tests {
             "::127.0.0.1",
             "64:ff9b::a9fe:a9fe",
             "2002:7f00:1::",
+            "64:ff9b:1::a00:1",
         ] {
             assert!(!public(ip), "{ip}");
         }
@@ -210,6 +218,14 @@ mod tests {
         }
         let long = format!("https://example.com/{}", "a".repeat(MAX_URL_LEN));
         assert!(check_url(&long, false).unwrap_err().contains("longer than"));
+        // Short as typed, long once percent-encoded (é is 2 bytes raw, %C3%A9 stored).
+        let encoded = format!("https://example.com/{}", "é".repeat(700));
+        assert!(encoded.len() <= MAX_URL_LEN);
+        assert!(
+            check_url(&encoded, false)
+                .unwrap_err()
+                .contains("percent-encoded")
+        );
         for url in [
             "http://127.0.0.1:8080/hook",
             "https://localhost/",

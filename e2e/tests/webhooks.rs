@@ -389,20 +389,40 @@ async fn a_delivery_retried_too_long_is_given_up_and_its_endpoint_failing_until_
     assert!(given_up["attempts"].as_i64().unwrap() >= 2, "{given_up}");
 
     // While it fails, the order's next event waits: nothing is sent to a failing endpoint.
+    let witness = Receiver::start().await;
+    let witness_endpoint = register(&app, json!({"url": witness.url})).await;
     app.run(
         &order,
         json!({"type": "add_item", "sku": "GADGET", "quantity": 1, "unit_price_cents": 500}),
         None,
     )
     .await;
-    let events = feed_of(&app, 2).await;
     wait_for("the second event in the endpoint's log")
         .until(|| async {
             let log = get(&app, &format!("/v1/webhook-endpoints/{id}/deliveries")).await;
             let n = log["data"].as_array().unwrap().len();
-            if n == 2 { Ok(()) } else { Err(n) }
+            if n == 2 { Ok(log) } else { Err(n) }
         })
         .await;
+    // A healthy endpoint gets an event that came after it: once that delivery was claimed, the
+    // failing endpoint's would have been claimed by the same statement, had it been claimable.
+    app.new_order(widget()).await;
+    let events = feed_of(&app, 3).await;
+    all_delivered(&witness, &events[1..], "the witness").await;
+    let log = get(&app, &format!("/v1/webhook-endpoints/{id}/deliveries")).await;
+    let waiting = &log["data"][0];
+    assert_eq!(
+        (&waiting["status"], &waiting["attempts"]),
+        (&json!("pending"), &json!(0)),
+        "nothing goes to a failing endpoint: {log}"
+    );
+    let claimed: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("select first_attempt_at from webhook_deliveries where id = $1")
+            .bind(waiting["id"].as_str().unwrap().parse::<i64>().unwrap())
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(claimed, None, "a failing endpoint's delivery was claimed");
     let sent = receiver.got().len();
 
     // The endpoint recovers; a retry of the given-up delivery sends it, and the rest follows.
@@ -424,10 +444,25 @@ async fn a_delivery_retried_too_long_is_given_up_and_its_endpoint_failing_until_
     );
     let got = all_delivered(&receiver, &events, "the recovered endpoint").await;
     check_deliveries(&got[sent..], endpoint["secret"].as_str().unwrap(), &events);
+    assert_eq!(
+        got.len() - sent,
+        3,
+        "each of the three once: {}",
+        got.len() - sent
+    );
     let endpoint = get(&app, &format!("/v1/webhook-endpoints/{id}")).await;
     assert_eq!(endpoint["status"], "active", "{endpoint}");
     assert!(endpoint["failing_reason"].is_null());
-    // A retry of a delivery still waiting says so; of one that does not exist, 404.
+    // A retry of a delivered one says there is nothing to do; of one that does not exist, 404.
+    let again = retry(given_up["id"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        again.json::<Value>().await.unwrap(),
+        json!({"status": "delivered"})
+    );
+    assert_eq!(witness_endpoint["status"], "active");
     problem(
         retry("999999"),
         StatusCode::NOT_FOUND,
@@ -647,4 +682,201 @@ async fn a_worker_that_does_not_allow_private_endpoints_sends_nothing_to_one_and
         receiver.got().is_empty(),
         "a request reached a private address"
     );
+}
+
+#[tokio::test]
+async fn an_endpoint_whose_backlog_outlived_the_feed_is_told_it_may_have_lost_events_and_an_idle_one_is_not()
+ {
+    // A backlog of one: a dead endpoint's later events wait in the feed.
+    let app = common::webhooks::stack(None)
+        .worker_config(|c| {
+            c.republish_after_ms = 1000;
+            c.common.webhook_allow_private = true;
+            c.webhooks.timeout_ms = 300;
+            // After its first attempt, the dead endpoint's delivery waits a minute: no attempt
+            // of it races the prune below.
+            c.webhooks.first_retry_ms = 60_000;
+            c.webhooks.max_retry_ms = 60_000;
+            c.webhooks.backlog = 1;
+        })
+        .worker()
+        .start()
+        .await;
+    let dead = Receiver::start().await;
+    dead.script([], Answer::Hang);
+    let lagging = register(&app, json!({"url": dead.url})).await;
+    // Another client's endpoint, whose client does nothing.
+    let (_, quiet_key) = clients::create(&app.db, "quiet", false).await.unwrap();
+    let quiet: Value = app
+        .http
+        .post(app.url("/v1/webhook-endpoints"))
+        .bearer_auth(&quiet_key)
+        .header("idempotency-key", "quiet")
+        .json(&json!({"url": dead.url}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+
+    let order = app.new_order(widget()).await;
+    app.run(&order, json!({"type": "remove_item", "sku": "NOPE"}), None)
+        .await;
+    app.run(&order, json!({"type": "reserve"}), None).await;
+    let events = feed_of(&app, 3).await;
+    let head: i64 = events.last().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let cursor = |id: &Value| {
+        let id = uuid::Uuid::parse_str(id.as_str().unwrap()).unwrap();
+        let db = app.db.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("select cursor from webhook_endpoints where id = $1")
+                .bind(id)
+                .fetch_one(&db)
+                .await
+                .unwrap()
+        }
+    };
+    // The feed prunes what the lagging endpoint never took, as the relay does it: idle
+    // endpoints' places move to the feed's head first (the dead one's stays after its one
+    // delivery).
+    let moved = orderflow_storage::webhooks::advance_idle_cursors(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(
+        moved, 1,
+        "the quiet endpoint moves, the lagging one does not"
+    );
+    assert_eq!(cursor(&quiet["id"]).await, head);
+    assert!(cursor(&lagging["id"]).await < head);
+    let lagging_id = lagging["id"].as_str().unwrap();
+    wait_for("the dead endpoint's one delivery tried")
+        .until(|| async {
+            let log: Value = app
+                .request(
+                    Method::GET,
+                    &format!("/v1/webhook-endpoints/{lagging_id}/deliveries"),
+                )
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            (log["data"][0]["attempts"].as_i64() >= Some(1)).then_some(())
+        })
+        .await;
+
+    let pruned = orderflow_storage::outbox::prune_client_events(
+        &app.db,
+        chrono::Utc::now() + chrono::Duration::minutes(1),
+        10_000,
+    )
+    .await
+    .unwrap();
+    assert_eq!(pruned, 3);
+    // The lagging endpoint says what it may have lost, and goes on (it is not failing for it).
+    let told = wait_for("the lagging endpoint told of its gap")
+        .until(|| async {
+            let shown = common::webhooks::endpoint(&app, lagging_id).await;
+            if shown["feed_gap"].is_string() {
+                Ok(shown)
+            } else {
+                Err(shown)
+            }
+        })
+        .await;
+    let gap = told["feed_gap"].as_str().unwrap();
+    assert!(
+        gap.contains("left the feed") && gap.contains("may be lost"),
+        "{told}"
+    );
+    assert_eq!(told["status"], "active", "{told}");
+    assert_eq!(cursor(&lagging["id"]).await, head);
+    // The quiet one lost nothing, and is not told it did.
+    let quiet_now: Value = app
+        .http
+        .get(app.url(&format!(
+            "/v1/webhook-endpoints/{}",
+            quiet["id"].as_str().unwrap()
+        )))
+        .bearer_auth(&quiet_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(quiet_now["status"], "active", "{quiet_now}");
+    assert!(quiet_now["feed_gap"].is_null(), "{quiet_now}");
+}
+
+#[tokio::test]
+async fn a_client_whose_endpoints_all_hang_holds_at_most_its_share_and_another_client_is_served() {
+    let app = stack().await;
+    // Three endpoints of the stack's client on one receiver that never answers: at most 4 in
+    // flight to each, 8 for the client.
+    let hanging = Receiver::start().await;
+    hanging.script([], Answer::Hang);
+    for _ in 0..3 {
+        register(&app, json!({"url": hanging.url})).await;
+    }
+    // Another client, served meanwhile.
+    let (_, other_key) = clients::create(&app.db, "other", false).await.unwrap();
+    let served = Receiver::start().await;
+    let theirs = app
+        .http
+        .post(app.url("/v1/webhook-endpoints"))
+        .bearer_auth(&other_key)
+        .header("idempotency-key", "served")
+        .json(&json!({"url": served.url}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(theirs.status(), StatusCode::CREATED);
+
+    traffic(&app, 8).await;
+    let mut their_orders = Vec::new();
+    for n in 0..3 {
+        let created = app
+            .http
+            .post(app.url("/v1/orders"))
+            .bearer_auth(&other_key)
+            .header("idempotency-key", format!("theirs-{n}"))
+            .json(&json!({"customer_id": "c", "currency": "EUR", "items": widget()}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), StatusCode::ACCEPTED);
+        let created: Value = created.json().await.unwrap();
+        their_orders.push(created["order_id"].as_str().unwrap().to_owned());
+    }
+    wait_for("the other client's three events delivered")
+        .until(|| async {
+            let ok: BTreeSet<String> = served
+                .got()
+                .iter()
+                .filter(|g| g.succeeded())
+                .map(|g| g.json()["data"]["order_id"].as_str().unwrap().to_owned())
+                .collect();
+            if ok.len() == 3 { Ok(()) } else { Err(ok.len()) }
+        })
+        .await;
+    // Every order's first event was tried on the three endpoints, in turns of at most 8.
+    wait_for("the hanging endpoints tried more than one endpoint's share at once")
+        .until(|| async {
+            let most = hanging.most_at_once();
+            if most > 4 { Ok(()) } else { Err(most) }
+        })
+        .await;
+    assert!(
+        hanging.most_at_once() <= 8,
+        "{} requests at once for one client",
+        hanging.most_at_once()
+    );
+    assert!(their_orders.iter().all(|o| !o.is_empty()));
 }

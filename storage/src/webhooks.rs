@@ -25,6 +25,8 @@ pub struct Endpoint {
     pub status: String,
     pub failing_since: Option<DateTime<Utc>>,
     pub failing_reason: Option<String>,
+    /// Where the feed pruned events before they reached this endpoint (it may have lost some).
+    pub feed_gap: Option<String>,
     pub created_at: DateTime<Utc>,
     /// Deliveries not yet sent (or being retried).
     pub pending: i64,
@@ -140,6 +142,7 @@ pub async fn create_endpoint(
         status: "active".to_owned(),
         failing_since: None,
         failing_reason: None,
+        feed_gap: None,
         created_at: row.created_at,
         pending: 0,
     };
@@ -159,7 +162,7 @@ pub async fn endpoints(
 ) -> sqlx::Result<Vec<Endpoint>> {
     let rows = sqlx::query!(
         r#"select e.id, c.name as client, e.url, e.event_types, e.description, e.status,
-                  e.failing_since, e.failing_reason, e.created_at,
+                  e.failing_since, e.failing_reason, e.feed_gap, e.created_at,
                   (select count(*) from webhook_deliveries d
                     where d.endpoint_id = e.id and d.status = 'pending') as "pending!"
              from webhook_endpoints e join clients c on c.id = e.client_id
@@ -181,6 +184,7 @@ pub async fn endpoints(
             status: r.status,
             failing_since: r.failing_since,
             failing_reason: r.failing_reason,
+            feed_gap: r.feed_gap,
             created_at: r.created_at,
             pending: r.pending,
         })
@@ -277,34 +281,63 @@ pub async fn deliveries(
 /// What a manual retry found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Retried {
-    /// The delivery goes out again now (with a fresh retry window), and its endpoint is active.
+    /// The given-up delivery goes out again now (with a fresh retry window), and its endpoint is
+    /// active again.
     Again,
-    /// It is pending already: it goes out when due.
+    /// It is pending already: it goes out when due (and when its order's turn comes).
     AlreadyPending,
+    /// It was delivered: there is nothing to retry.
+    Delivered,
     /// The client has no such endpoint or delivery.
     NotFound,
 }
 
-/// Sends a delivery again: a given-up or delivered one becomes pending, due now, with a fresh
-/// retry window, and its endpoint is active again (a failing endpoint resumes on a retry). Of
-/// the client's endpoint (any client's: `None`, for the dashboard).
+/// Sends a given-up delivery again: it becomes pending, due now, with its attempts counted from
+/// zero and a fresh retry window, and its endpoint is active again (a failing endpoint resumes
+/// on a retry). Of the client's endpoint (any client's: `None`, for the dashboard). The
+/// endpoint's row is locked first, as every writer of both tables does (no deadlock with a
+/// deletion or an outcome being recorded).
 pub async fn retry(
-    db: impl PgExecutor<'_>,
+    db: &PgPool,
     client: Option<ClientId>,
     endpoint: Uuid,
     delivery: i64,
 ) -> sqlx::Result<Retried> {
+    let mut tx = db.begin().await?;
+    let found = retry_in(&mut tx, client, endpoint, delivery).await?;
+    tx.commit().await?;
+    Ok(found)
+}
+
+/// [`retry`] inside the caller's transaction.
+pub async fn retry_in(
+    conn: &mut PgConnection,
+    client: Option<ClientId>,
+    endpoint: Uuid,
+    delivery: i64,
+) -> sqlx::Result<Retried> {
+    let theirs = sqlx::query_scalar!(
+        r#"select count(*) as "n!" from (
+             select from webhook_endpoints
+              where id = $1 and ($2::uuid is null or client_id = $2)
+                for no key update) e"#,
+        endpoint,
+        client.map(|c| c.0)
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if theirs == 0 {
+        return Ok(Retried::NotFound);
+    }
     let status = sqlx::query_scalar!(
         r#"with theirs as (
-             select d.id, d.status from webhook_deliveries d
-               join webhook_endpoints e on e.id = d.endpoint_id
-              where d.id = $1 and e.id = $2 and ($3::uuid is null or e.client_id = $3)
-                for update of d),
+             select id, status from webhook_deliveries
+              where id = $1 and endpoint_id = $2 for update),
            again as (
              update webhook_deliveries d
-                set status = 'pending', next_attempt_at = now(), first_attempt_at = null,
-                    claim = null, claimed_until = null
-               from theirs where d.id = theirs.id and theirs.status <> 'pending'
+                set status = 'pending', attempts = 0, next_attempt_at = now(),
+                    first_attempt_at = null, claim = null, claimed_until = null
+               from theirs where d.id = theirs.id and theirs.status = 'given_up'
              returning d.id),
            woken as (
              update webhook_endpoints
@@ -312,36 +345,66 @@ pub async fn retry(
               where id = $2 and exists (select from again))
          select status as "status!" from theirs"#,
         delivery,
-        endpoint,
-        client.map(|c| c.0)
+        endpoint
     )
-    .fetch_optional(db)
+    .fetch_optional(&mut *conn)
     .await?;
     Ok(match status.as_deref() {
         None => Retried::NotFound,
         Some("pending") => Retried::AlreadyPending,
+        Some("delivered") => Retried::Delivered,
         Some(_) => Retried::Again,
     })
 }
 
 // ---- the worker's side ------------------------------------------------------------------------
 
-/// Endpoints whose client's feed has events after their cursor (active or failing: a failing
-/// endpoint's backlog still fills, so that nothing is lost while it is down).
+/// Endpoints with work: their client's feed has events after their cursor, or their cursor is
+/// behind what the feed still holds (see [`fan_out`]). Active or failing: a failing endpoint's
+/// backlog still fills, so that nothing is lost while it is down.
 pub async fn endpoints_behind(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<Uuid>> {
     sqlx::query_scalar!(
-        "select e.id from webhook_endpoints e
-          where exists (select from client_events c
-                         where c.client_id = e.client_id and c.position > e.cursor)"
+        r#"select e.id as "id!" from webhook_endpoints e, client_events_horizon h
+            where e.cursor < h.pruned_through
+               or exists (select from client_events c
+                           where c.client_id = e.client_id and c.position > e.cursor)"#
     )
     .fetch_all(db)
     .await
 }
 
-/// Copies up to `batch` of the events after the endpoint's cursor into its deliveries (those of
-/// the types it wants, by `wants`) and moves the cursor past every one it looked at, unless the
-/// endpoint's backlog holds `backlog` pending deliveries already. Skips an endpoint another
-/// sender is fanning out. Returns how many deliveries it added.
+/// Moves the cursor of every endpoint whose client has no event after it to the feed's head:
+/// run before each prune of the feed, so that an idle endpoint's cursor is never behind what
+/// the feed holds, and only one that really lagged is told it may have lost events. Every
+/// position up to the head is visible in the statement's snapshot (the relay hands them out in
+/// commit order), so no event of the client can be passed over.
+pub async fn advance_idle_cursors(db: impl PgExecutor<'_>) -> sqlx::Result<u64> {
+    let moved = sqlx::query!(
+        "with head as (
+           select greatest((select coalesce(max(position), 0) from client_events),
+                           (select pruned_through from client_events_horizon)) as position)
+         update webhook_endpoints e set cursor = head.position from head
+          where e.cursor < head.position
+            and not exists (select from client_events c
+                             where c.client_id = e.client_id and c.position > e.cursor)"
+    )
+    .execute(db)
+    .await?;
+    Ok(moved.rows_affected())
+}
+
+/// Copies up to `batch` of the events after the endpoint's cursor, whole, into its deliveries
+/// (those of the types it wants, by `wants`) and moves the cursor past every one it looked at,
+/// unless the endpoint's backlog holds `backlog` pending deliveries already. A new delivery is
+/// ready when it is the first of its order in the batch and no earlier delivery of its order to
+/// the endpoint is undelivered. Skips an endpoint another sender is fanning out (or that changed
+/// since this transaction began). Returns how many deliveries it added.
+///
+/// An endpoint whose cursor is behind what the feed still holds (its backlog stayed full for
+/// the feed's whole retention, or no worker ran that long) may have lost events: the first such
+/// stretch is recorded on it (`feed_gap`), and its cursor moves to the feed's horizon. The
+/// horizon and the events are read in one snapshot (repeatable read), so a prune in between
+/// cannot hide a loss.
 pub async fn fan_out(
     db: &PgPool,
     endpoint: Uuid,
@@ -349,12 +412,28 @@ pub async fn fan_out(
     batch: i64,
     wants: impl Fn(&[String], &str) -> bool,
 ) -> sqlx::Result<usize> {
+    match fan_out_once(db, endpoint, backlog, batch, wants).await {
+        Err(e) if crate::errors::classify(&e) == crate::errors::ErrorClass::Serialization => Ok(0),
+        other => other,
+    }
+}
+
+async fn fan_out_once(
+    db: &PgPool,
+    endpoint: Uuid,
+    backlog: i64,
+    batch: i64,
+    wants: impl Fn(&[String], &str) -> bool,
+) -> sqlx::Result<usize> {
     let mut tx = db.begin().await?;
-    let Some(row) = sqlx::query!(
+    sqlx::query!("set transaction isolation level repeatable read")
+        .execute(&mut *tx)
+        .await?;
+    let Some(mut row) = sqlx::query!(
         r#"select client_id, cursor, event_types,
                   (select count(*) from webhook_deliveries d
                     where d.endpoint_id = e.id and d.status = 'pending') as "pending!"
-             from webhook_endpoints e where id = $1 for update skip locked"#,
+             from webhook_endpoints e where id = $1 for no key update skip locked"#,
         endpoint
     )
     .fetch_optional(&mut *tx)
@@ -362,12 +441,33 @@ pub async fn fan_out(
     else {
         return Ok(0);
     };
+    let horizon = sqlx::query_scalar!("select pruned_through from client_events_horizon")
+        .fetch_one(&mut *tx)
+        .await?;
+    if row.cursor < horizon {
+        sqlx::query!(
+            "update webhook_endpoints
+                set cursor = $2::bigint,
+                    feed_gap = coalesce(feed_gap,
+                        'events after ' || cursor || ' up to ' || $2::bigint::text
+                        || ' left the feed (its retention) before they reached this endpoint''s '
+                        || 'backlog, which stayed full (or no worker ran) that long: some of them '
+                        || 'may be lost; GET /v1/events cannot give them back either')
+              where id = $1",
+            endpoint,
+            horizon
+        )
+        .execute(&mut *tx)
+        .await?;
+        row.cursor = horizon;
+    }
     let room = (backlog - row.pending).min(batch);
     if room <= 0 {
+        tx.commit().await?;
         return Ok(0);
     }
     let events = sqlx::query!(
-        "select position, order_id, type from client_events
+        "select position, order_id, type, payload, recorded_at from client_events
           where client_id = $1 and position > $2 order by position limit $3",
         row.client_id,
         row.cursor,
@@ -376,6 +476,7 @@ pub async fn fan_out(
     .fetch_all(&mut *tx)
     .await?;
     let Some(last) = events.last().map(|e| e.position) else {
+        tx.commit().await?;
         return Ok(0);
     };
     let wanted: Vec<_> = events
@@ -385,14 +486,25 @@ pub async fn fan_out(
     let positions: Vec<i64> = wanted.iter().map(|e| e.position).collect();
     let orders: Vec<Uuid> = wanted.iter().map(|e| e.order_id).collect();
     let types: Vec<String> = wanted.iter().map(|e| e.r#type.clone()).collect();
+    let payloads: Vec<serde_json::Value> = wanted.iter().map(|e| e.payload.clone()).collect();
+    let recorded: Vec<DateTime<Utc>> = wanted.iter().map(|e| e.recorded_at).collect();
     sqlx::query!(
-        "insert into webhook_deliveries (endpoint_id, position, order_id, event_type)
-         select $1, * from unnest($2::bigint[], $3::uuid[], $4::text[])
+        "insert into webhook_deliveries
+                (endpoint_id, position, order_id, event_type, payload, recorded_at, ready)
+         select $1, n.position, n.order_id, n.type, n.payload, n.recorded_at,
+                n.position = min(n.position) over (partition by n.order_id)
+                and not exists (select from webhook_deliveries p
+                                 where p.endpoint_id = $1 and p.order_id = n.order_id
+                                   and p.status <> 'delivered')
+           from unnest($2::bigint[], $3::uuid[], $4::text[], $5::jsonb[], $6::timestamptz[])
+                as n(position, order_id, type, payload, recorded_at)
          on conflict (endpoint_id, position) do nothing",
         endpoint,
         &positions,
         &orders,
-        &types
+        &types,
+        &payloads,
+        &recorded
     )
     .execute(&mut *tx)
     .await?;
@@ -405,6 +517,22 @@ pub async fn fan_out(
     .await?;
     tx.commit().await?;
     Ok(positions.len())
+}
+
+/// Makes ready every pending delivery whose order's earlier deliveries to its endpoint were all
+/// delivered, should one have been missed (a delivery recorded while the next of its order was
+/// being fanned out in a transaction it could not see). Run now and then; returns how many.
+pub async fn make_ready(db: impl PgExecutor<'_>) -> sqlx::Result<u64> {
+    let made = sqlx::query!(
+        "update webhook_deliveries d set ready = true
+          where d.status = 'pending' and not d.ready
+            and not exists (select from webhook_deliveries p
+                             where p.endpoint_id = d.endpoint_id and p.order_id = d.order_id
+                               and p.status <> 'delivered' and p.position < d.position)"
+    )
+    .execute(db)
+    .await?;
+    Ok(made.rows_affected())
 }
 
 /// A delivery claimed for sending, with what it sends.
@@ -421,21 +549,29 @@ pub struct Claimed {
     pub attempts: i32,
     /// When the first attempt went out (this one, when it is the first).
     pub first_attempt_at: DateTime<Utc>,
-    /// The event (absent when the feed pruned it before it could be sent).
-    pub event: Option<(serde_json::Value, DateTime<Utc>)>,
+    /// The event, and when the feed took it.
+    pub payload: serde_json::Value,
+    pub recorded_at: DateTime<Utc>,
 }
 
-/// Claims up to `limit` due deliveries for `hold`: each of an active endpoint with fewer than
-/// `per_endpoint` deliveries in flight, and none with an earlier delivery of its order to its
-/// endpoint still pending. Claims are taken one transaction at a time (an advisory lock), so an
-/// endpoint's count of deliveries in flight is exact here.
-pub async fn claim(
-    db: &PgPool,
-    limit: i64,
-    per_endpoint: i64,
-    hold: Duration,
-) -> sqlx::Result<Vec<Claimed>> {
-    if limit <= 0 {
+/// How many deliveries may be in flight at once.
+#[derive(Clone, Copy, Debug)]
+pub struct Shares {
+    /// Claimed now, at most.
+    pub limit: i64,
+    /// In flight to one endpoint, over every sender.
+    pub per_endpoint: i64,
+    /// In flight for one client's endpoints, over every sender.
+    pub per_client: i64,
+}
+
+/// Claims up to `shares.limit` ready, due deliveries for `hold`, each of an active endpoint with
+/// fewer than `per_endpoint` deliveries in flight and a client with fewer than `per_client`,
+/// taking clients in turn (each client's first due delivery, then each one's second, …) so that
+/// no client's burst delays another's. Claims are taken one transaction at a time (an advisory
+/// lock), so the counts of deliveries in flight are exact here.
+pub async fn claim(db: &PgPool, shares: Shares, hold: Duration) -> sqlx::Result<Vec<Claimed>> {
+    if shares.limit <= 0 {
         return Ok(Vec::new());
     }
     let mut tx = db.begin().await?;
@@ -448,44 +584,54 @@ pub async fn claim(
     let claim = Uuid::now_v7();
     let hold_ms = i64::try_from(hold.as_millis()).unwrap_or(i64::MAX);
     let rows = sqlx::query!(
-        r#"with open as (
-             select e.id,
-                    $2 - (select count(*) from webhook_deliveries f
-                           where f.endpoint_id = e.id and f.status = 'pending'
-                             and f.claimed_until >= now()) as free
-               from webhook_endpoints e where e.status = 'active'),
+        r#"with flying as (
+             select e.id, e.client_id, count(d.id) as n
+               from webhook_endpoints e
+               left join webhook_deliveries d
+                 on d.endpoint_id = e.id and d.status = 'pending' and d.ready
+                and d.claimed_until >= now()
+              where e.status = 'active'
+              group by e.id, e.client_id),
+           open as (
+             select id, client_id,
+                    $2::bigint - n as free,
+                    $3::bigint - (sum(n) over (partition by client_id))::bigint as client_free
+               from flying),
            due as (
-             select d.id, d.next_attempt_at, d.position
+             select d.id, d.next_attempt_at, d.position, open.client_id, open.client_free
                from open cross join lateral (
                  select d.id, d.next_attempt_at, d.position from webhook_deliveries d
-                  where d.endpoint_id = open.id and d.status = 'pending'
+                  where d.endpoint_id = open.id and d.status = 'pending' and d.ready
                     and d.next_attempt_at <= now()
                     and (d.claimed_until is null or d.claimed_until < now())
-                    and not exists (
-                          select from webhook_deliveries p
-                           where p.endpoint_id = d.endpoint_id and p.order_id = d.order_id
-                             and p.status = 'pending' and p.position < d.position)
                   order by d.next_attempt_at, d.position
                   limit greatest(open.free, 0)) d),
+           turns as (
+             select id, client_free,
+                    row_number() over (partition by client_id
+                                       order by next_attempt_at, position) as turn,
+                    next_attempt_at
+               from due),
            picked as (
-             select id from due order by next_attempt_at, position limit $1),
+             select id from turns where turn <= client_free
+              order by turn, next_attempt_at limit $1),
            claimed as (
              update webhook_deliveries d
-                set claim = $3, claimed_until = now() + make_interval(secs => $4::bigint / 1000.0),
+                set claim = $4, claimed_until = now() + make_interval(secs => $5::bigint / 1000.0),
                     first_attempt_at = coalesce(d.first_attempt_at, now())
                from picked where d.id = picked.id
              returning d.id, d.endpoint_id, d.position, d.order_id, d.event_type, d.attempts,
-                       d.first_attempt_at)
+                       d.first_attempt_at, d.payload, d.recorded_at)
          select c.id as "id!", c.endpoint_id as "endpoint_id!", c.position as "position!",
                 c.order_id as "order_id!", c.event_type as "event_type!",
                 c.attempts as "attempts!", c.first_attempt_at as "first_attempt_at!",
-                e.url, e.secret, ev.payload as "payload?", ev.recorded_at as "recorded_at?"
+                c.payload as "payload!", c.recorded_at as "recorded_at!", e.url, e.secret
            from claimed c
            join webhook_endpoints e on e.id = c.endpoint_id
-           left join client_events ev on ev.position = c.position
           order by c.position"#,
-        limit,
-        per_endpoint,
+        shares.limit,
+        shares.per_endpoint,
+        shares.per_client,
         claim,
         hold_ms
     )
@@ -505,7 +651,8 @@ pub async fn claim(
             event_type: r.event_type,
             attempts: r.attempts,
             first_attempt_at: r.first_attempt_at,
-            event: r.payload.zip(r.recorded_at),
+            payload: r.payload,
+            recorded_at: r.recorded_at,
         })
         .collect())
 }
@@ -526,13 +673,11 @@ pub enum Outcome<'a> {
 }
 
 /// Records an attempt's outcome under its claim (a claim that lapsed and was taken again by
-/// another sender writes nothing: that sender records its own). Returns whether it was written.
-pub async fn record(
-    conn: &mut PgConnection,
-    id: i64,
-    claim: Uuid,
-    outcome: Outcome<'_>,
-) -> sqlx::Result<bool> {
+/// another sender writes nothing: that sender records its own); a delivered one makes the next
+/// delivery of its order to its endpoint ready. Takes the endpoint's row lock first (a key
+/// share: fan-out goes on beside it), as every writer of both tables does. Returns whether it
+/// was written.
+pub async fn record(db: &PgPool, delivery: &Claimed, outcome: Outcome<'_>) -> sqlx::Result<bool> {
     let (status, state, error, retry_at) = match outcome {
         Outcome::Delivered { status } => (Some(status), "delivered", None, None),
         Outcome::Failed {
@@ -542,6 +687,17 @@ pub async fn record(
         } => (status, "pending", Some(error), Some(retry_at)),
         Outcome::GivenUp { status, error } => (status, "given_up", Some(error), None),
     };
+    let mut tx = db.begin().await?;
+    let endpoint = sqlx::query_scalar!(
+        "select id from webhook_endpoints where id = $1 for key share",
+        delivery.endpoint_id
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    if endpoint.is_none() {
+        // Deleted meanwhile, deliveries and all.
+        return Ok(false);
+    }
     let written = sqlx::query_scalar!(
         r#"with done as (
              update webhook_deliveries
@@ -551,22 +707,31 @@ pub async fn record(
                     delivered_at = case when $3 = 'delivered' then now() end,
                     claim = null, claimed_until = null
               where id = $1 and claim = $2
-             returning endpoint_id),
+             returning id, endpoint_id, order_id, position),
+           next as (
+             update webhook_deliveries n set ready = true
+              where $3 = 'delivered' and n.id = (
+                      select p.id from webhook_deliveries p, done
+                       where p.endpoint_id = done.endpoint_id and p.order_id = done.order_id
+                         and p.status <> 'delivered' and p.position > done.position
+                       order by p.position limit 1)),
            failing as (
              update webhook_endpoints
-                set status = 'failing', failing_since = now(),
-                    failing_reason = 'delivery ' || $1 || ' given up: ' || $5
+                set status = 'failing', failing_since = coalesce(failing_since, now()),
+                    failing_reason = coalesce(failing_reason,
+                                              'delivery ' || $1 || ' given up: ' || $5)
               where $3 = 'given_up' and id = (select endpoint_id from done))
          select count(*) as "written!" from done"#,
-        id,
-        claim,
+        delivery.id,
+        delivery.claim,
         state,
         status.map(i32::from),
         error.map(|e| truncate(e, 500)),
         retry_at,
     )
-    .fetch_one(conn)
+    .fetch_one(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(written == 1)
 }
 

@@ -31,12 +31,14 @@ pub const PRUNE_EVERY: Duration = Duration::from_secs(60);
 const PRUNE_BATCH: i64 = 10_000;
 
 /// Relays the outbox until shutdown, and keeps the clients' event log (which every relayed
-/// status event joins) to `retention`.
+/// status event joins) to `retention`. `feed_grew` is told whenever events were relayed (and so
+/// joined the log): this worker's webhook deliveries wait on it.
 pub async fn run_outbox_relay(
     db: PgPool,
     publisher: &Publisher,
     topology: &Topology,
     retention: Duration,
+    feed_grew: &tokio::sync::Notify,
     shutdown: CancellationToken,
 ) {
     let mut listener = Listener::new(db.clone(), &[db::OUTBOX_CHANNEL]);
@@ -59,7 +61,11 @@ pub async fn run_outbox_relay(
         // Drain everything committed so far. A short batch means the outbox was empty when it
         // was read; anything announced since then notifies the listener.
         loop {
-            match relay_batch(&db, publisher, topology).await {
+            let relayed = relay_batch(&db, publisher, topology).await;
+            if matches!(relayed, Ok(n) if n > 0) {
+                feed_grew.notify_one();
+            }
+            match relayed {
                 Ok(relayed) if (relayed as i64) < BATCH => break,
                 Ok(_) => continue,
                 Err(e) => {
@@ -80,6 +86,12 @@ async fn prune_client_events(db: &PgPool, retention: Duration) {
     let Ok(retention) = chrono::Duration::from_std(retention) else {
         return;
     };
+    // Webhook endpoints whose clients were idle follow the feed's head first, so that only an
+    // endpoint that really lagged finds its cursor behind what the prune leaves.
+    if let Err(e) = orderflow_storage::webhooks::advance_idle_cursors(db).await {
+        tracing::warn!(error = %e, "moving idle webhook endpoints' cursors failed; pruning later");
+        return;
+    }
     loop {
         match outbox::prune_client_events(db, chrono::Utc::now() - retention, PRUNE_BATCH).await {
             Ok(n) if n as i64 == PRUNE_BATCH => continue,

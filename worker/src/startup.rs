@@ -321,8 +321,10 @@ impl Worker {
         let (publisher, topology) = (self.relay_publisher.clone(), self.context.topology.clone());
         let stop = shutdown.clone();
         let retention = Duration::from_secs(u64::from(self.config.event_retention_days) * 86_400);
+        let feed_grew = Arc::new(tokio::sync::Notify::new());
+        let grew = feed_grew.clone();
         tasks.spawn("outbox relay", async move {
-            outbox::run_outbox_relay(db, &publisher, &topology, retention, stop).await
+            outbox::run_outbox_relay(db, &publisher, &topology, retention, &grew, stop).await
         });
         let db = self.context.applier.db.clone();
         let (publisher, topology) = (self.relay_publisher.clone(), self.context.topology.clone());
@@ -368,6 +370,7 @@ impl Worker {
             config: self.config.webhooks.clone(),
             allow_private: self.config.common.webhook_allow_private,
             client: self.webhook_client.clone(),
+            feed_grew,
         };
         tasks.spawn("webhook deliveries", deliverer.run(shutdown.clone()));
         tasks.spawn(

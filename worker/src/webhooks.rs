@@ -3,9 +3,12 @@
 //! [`orderflow_storage::webhooks`]).
 //!
 //! A loop fans the feed out into each endpoint's backlog, claims what is due and sends each
-//! claimed delivery in a task of its own, at most [`WebhookConfig::concurrency`] at once in this
-//! process and [`WebhookConfig::per_endpoint`] per endpoint across every worker. It runs beside
-//! the pipeline, never in it: an endpoint that is slow or down holds only its own deliveries.
+//! claimed delivery in a task of its own: at most [`WebhookConfig::concurrency`] at once in this
+//! process and [`WebhookConfig::per_endpoint`] per endpoint across every worker. It runs when
+//! this worker's outbox relay relayed events, when a send ended, and every [`TICK`] (no LISTEN:
+//! that would hold a pool connection for good, and the relay already knows when the feed grew).
+//! It runs beside the pipeline, never in it: an endpoint that is slow or down holds only its own
+//! deliveries.
 //!
 //! No request forgery: a request goes only to a public address ([`is_public`], checked on every
 //! address the name resolves to, at connection time, so that a name cannot be re-pointed after
@@ -21,7 +24,6 @@ use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::rt::TokioExecutor;
 use orderflow_contract::webhooks::{check_url, is_public, wants};
 use orderflow_runtime::shutdown::CancellationToken;
-use orderflow_storage::listen::{Listener, Notice};
 use orderflow_storage::webhooks::{self as store, Claimed, Outcome};
 use rand::Rng;
 use sqlx::PgPool;
@@ -54,6 +56,13 @@ pub struct WebhookConfig {
           default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub per_endpoint: u16,
 
+    /// Most deliveries in flight for one client's endpoints together, over every worker: a
+    /// client with many slow endpoints holds no more than this of the senders, and clients'
+    /// due deliveries are taken in turn.
+    #[arg(long = "webhook-per-client", env = "ORDERFLOW_WEBHOOK_PER_CLIENT",
+          default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub per_client: u16,
+
     /// Most deliveries an endpoint may have waiting; beyond it its events wait in the feed (and
     /// are lost to it if they outlive the feed's retention while it is down).
     #[arg(long = "webhook-backlog", env = "ORDERFLOW_WEBHOOK_BACKLOG",
@@ -63,23 +72,26 @@ pub struct WebhookConfig {
     /// Wait before the first retry; each retry waits twice the one before (up to
     /// `--webhook-max-retry-ms`), less a random part of up to a half.
     #[arg(long = "webhook-first-retry-ms", env = "ORDERFLOW_WEBHOOK_FIRST_RETRY_MS",
-          default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..))]
+          default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
     pub first_retry_ms: u64,
 
     /// Longest wait between two retries.
     #[arg(long = "webhook-max-retry-ms", env = "ORDERFLOW_WEBHOOK_MAX_RETRY_MS",
-          default_value_t = 3_600_000, value_parser = clap::value_parser!(u64).range(1..))]
+          default_value_t = 3_600_000, value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
     pub max_retry_ms: u64,
 
     /// A delivery still failing this long after its first attempt is given up, and its endpoint
     /// marked failing (until the client retries a delivery). Three days by default.
     #[arg(long = "webhook-give-up-after-secs", env = "ORDERFLOW_WEBHOOK_GIVE_UP_AFTER_SECS",
-          default_value_t = 259_200, value_parser = clap::value_parser!(u64).range(1..))]
+          default_value_t = 259_200, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
     pub give_up_after_secs: u64,
 }
 
 /// How often the loop looks for due deliveries when nothing woke it.
 const TICK: Duration = Duration::from_millis(500);
+/// How often deliveries whose turn came while they were being fanned out are made ready (see
+/// `orderflow_storage::webhooks::make_ready`; normally the delivery before does it at once).
+const HEAL_EVERY: Duration = Duration::from_secs(30);
 /// Events fanned out to one endpoint per pass.
 const FAN_OUT_BATCH: i64 = 500;
 /// What the worker calls itself in its requests (`User-Agent`).
@@ -118,24 +130,34 @@ impl tower::Service<Name> for Guard {
         let allow_private = self.allow_private;
         Box::pin(async move {
             let host = name.as_str().to_owned();
-            let found: Vec<_> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            // A name that does not resolve and one that resolves only inside say the same to the
+            // client (the delivery log is theirs): what a name inside resolves to is the
+            // operator's to know, in the worker's log.
+            let refused = || {
+                std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!(
+                        "{host} does not resolve to a public address (private endpoints only \
+                         when the operator allows them)"
+                    ),
+                )
+            };
+            let found: Vec<_> = match tokio::net::lookup_host((host.as_str(), 0)).await {
+                Ok(found) => found.collect(),
+                Err(e) => {
+                    tracing::debug!(host, error = %e, "a webhook endpoint's name does not resolve");
+                    return Err(refused());
+                }
+            };
             let allowed: Vec<_> = found
                 .iter()
                 .copied()
                 .filter(|a| allow_private || is_public(a.ip()))
                 .collect();
             if allowed.is_empty() {
-                let refused = found
-                    .first()
-                    .map(|a| a.ip().to_string())
-                    .unwrap_or_default();
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::PermissionDenied,
-                    format!(
-                        "{host} resolves to {refused}, not a public address (private endpoints \
-                         only when the operator allows them)"
-                    ),
-                ));
+                tracing::info!(host, addresses = ?found,
+                               "a webhook endpoint's name resolves only to non-public addresses");
+                return Err(refused());
             }
             Ok(allowed.into_iter())
         })
@@ -173,6 +195,9 @@ pub struct Deliverer {
     pub config: WebhookConfig,
     pub allow_private: bool,
     pub client: HttpClient,
+    /// Told by this worker's outbox relay when it relayed events (the feed grew); the loop
+    /// also looks every [`TICK`] (another worker's relay tells only its own deliverer).
+    pub feed_grew: Arc<tokio::sync::Notify>,
 }
 
 impl Deliverer {
@@ -182,21 +207,24 @@ impl Deliverer {
         let this = Arc::new(self);
         let slots = Arc::new(Semaphore::new(usize::from(this.config.concurrency)));
         let mut sending = JoinSet::new();
-        let mut listener =
-            Listener::new(this.db.clone(), &[orderflow_storage::CLIENT_EVENTS_CHANNEL]);
+        let mut heal = tokio::time::interval(HEAL_EVERY);
+        heal.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if let Err(e) = this.pass(&slots, &mut sending).await {
                 tracing::warn!(error = %e, "webhook deliveries: a pass failed; trying again");
             }
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                notice = listener.next() => {
-                    if let Notice::Lost = notice {
-                        tracing::debug!("webhook deliveries: listener lost; the tick covers it");
-                    }
-                }
+                () = this.feed_grew.notified() => {}
                 Some(_) = sending.join_next(), if !sending.is_empty() => {}
                 () = tokio::time::sleep(TICK) => {}
+                _ = heal.tick() => {
+                    match store::make_ready(&this.db).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(deliveries = n, "webhook deliveries made ready late"),
+                        Err(e) => tracing::warn!(error = %e, "making webhook deliveries ready failed"),
+                    }
+                }
             }
         }
         let limit = Duration::from_millis(this.config.timeout_ms) + Duration::from_secs(1);
@@ -232,13 +260,12 @@ impl Deliverer {
         }
         // The claim outlives the request's timeout, so that only a sender that died lets go.
         let hold = Duration::from_millis(self.config.timeout_ms) * 2 + Duration::from_secs(5);
-        let claimed = store::claim(
-            &self.db,
-            free as i64,
-            i64::from(self.config.per_endpoint),
-            hold,
-        )
-        .await?;
+        let shares = store::Shares {
+            limit: free as i64,
+            per_endpoint: i64::from(self.config.per_endpoint),
+            per_client: i64::from(self.config.per_client),
+        };
+        let claimed = store::claim(&self.db, shares, hold).await?;
         for delivery in claimed {
             let permit = slots
                 .clone()
@@ -307,11 +334,7 @@ impl Deliverer {
 
     /// One HTTP request: the endpoint's answer, or why there was none.
     async fn attempt(&self, delivery: &Claimed) -> Result<u16, Attempt> {
-        let Some((payload, recorded_at)) = &delivery.event else {
-            return Err(Attempt::Cannot(
-                "the event left the feed (its retention) before it could be delivered".into(),
-            ));
-        };
+        let (payload, recorded_at) = (&delivery.payload, &delivery.recorded_at);
         // Checked again at every attempt: the operator may have stopped allowing private
         // endpoints since this one was registered (a name is checked by the resolver).
         let url = check_url(&delivery.url, self.allow_private).map_err(Attempt::Cannot)?;
@@ -353,11 +376,7 @@ impl Deliverer {
             Outcome::GivenUp { .. } => "given_up",
         };
         crate::metrics::webhook_attempt(counted);
-        let result = async {
-            let mut conn = self.db.acquire().await?;
-            store::record(&mut conn, delivery.id, delivery.claim, outcome).await
-        }
-        .await;
+        let result = store::record(&self.db, delivery, outcome).await;
         match result {
             Ok(true) => {}
             Ok(false) => tracing::info!(
@@ -409,9 +428,12 @@ mod tests {
         .await
         .expect_err("localhost is refused");
         assert!(
-            refused.to_string().contains("not a public address"),
+            refused
+                .to_string()
+                .contains("does not resolve to a public address"),
             "{refused}"
         );
+        assert!(!refused.to_string().contains("127.0.0.1"), "{refused}");
         let allowed: Vec<_> = Guard {
             allow_private: true,
         }

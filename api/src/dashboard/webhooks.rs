@@ -79,7 +79,8 @@ pub async fn deliveries(
 
 #[derive(Serialize)]
 pub struct RetryAnswer {
-    /// `retrying` (it goes out now) or `pending` (it was waiting already).
+    /// `retrying` (it goes out now), `pending` (it was waiting already) or `delivered`
+    /// (nothing to retry).
     status: &'static str,
 }
 
@@ -90,9 +91,10 @@ pub async fn retry(
     _: StrictJson<EmptyRequest>,
 ) -> Result<Json<RetryAnswer>, ApiError> {
     let mut tx = state.db.begin().await?;
-    let status = match store::retry(&mut *tx, None, endpoint, delivery).await? {
+    let status = match store::retry_in(&mut tx, None, endpoint, delivery).await? {
         Retried::Again => "retrying",
         Retried::AlreadyPending => "pending",
+        Retried::Delivered => "delivered",
         Retried::NotFound => return Err(ApiError::NotFound("webhook delivery")),
     };
     if status == "retrying" {

@@ -111,6 +111,10 @@ pub(crate) struct EndpointView {
     failing_since: Option<DateTime<Utc>>,
     /// Why it is failing: the given-up delivery's last error.
     failing_reason: Option<String>,
+    /// Set when the feed pruned events before they reached this endpoint's backlog (which
+    /// stayed full, or no worker ran, for the feed's whole retention): where, and that some
+    /// may be lost. Deliveries go on.
+    feed_gap: Option<String>,
     /// Deliveries not sent yet, or being retried.
     pending: i64,
     created_at: DateTime<Utc>,
@@ -126,6 +130,7 @@ impl From<Endpoint> for EndpointView {
             status: e.status,
             failing_since: e.failing_since,
             failing_reason: e.failing_reason,
+            feed_gap: e.feed_gap,
             pending: e.pending,
             created_at: e.created_at,
         }
@@ -370,8 +375,9 @@ pub(crate) struct DeliveryView {
     event_id: String,
     event_type: String,
     order_id: Uuid,
-    /// `pending` (not sent yet, being sent, or waiting for a retry), `delivered` (a 2xx came
-    /// back) or `given_up` (retried for too long; the endpoint is failing).
+    /// `pending` (not sent yet, being sent, or waiting for a retry, or for an earlier delivery of
+    /// its order), `delivered` (a 2xx came back) or `given_up` (retried for too long; the
+    /// endpoint is failing, and the order's later deliveries wait for a retry of it).
     #[schema(pattern = "^(pending|delivered|given_up)$")]
     status: String,
     attempts: i32,
@@ -480,15 +486,15 @@ struct DeliveryPath {
 /// What a retry did.
 #[derive(Serialize, ToSchema)]
 struct RetryView {
-    /// `retrying`: the delivery goes out again now (a given-up one gets a new three-day window,
-    /// and a failing endpoint is active again); `pending`: it was not sent yet, it goes out
-    /// when due.
-    #[schema(pattern = "^(retrying|pending)$")]
+    /// `retrying`: the given-up delivery goes out again now, with a new three-day window, and a
+    /// failing endpoint is active again; `pending`: it was not sent yet, it goes out when due;
+    /// `delivered`: it was delivered, there is nothing to retry.
+    #[schema(pattern = "^(retrying|pending|delivered)$")]
     status: String,
 }
 
-/// Send a delivery again: a given-up one (which also makes a failing endpoint active again), or
-/// a delivered one (a re-send, with the same `webhook-id`).
+/// Send a given-up delivery again (which also makes a failing endpoint active again). It goes
+/// out in its order's turn: an order's later deliveries wait for it.
 #[utoipa::path(
     post,
     path = "/v1/webhook-endpoints/{endpoint_id}/deliveries/{delivery_id}/retry",
@@ -521,6 +527,7 @@ async fn retry_delivery(
     let status = match store::retry(&state.db, Some(client.id), endpoint_id, delivery).await? {
         Retried::Again => "retrying",
         Retried::AlreadyPending => "pending",
+        Retried::Delivered => "delivered",
         Retried::NotFound => return Err(ApiError::NotFound("webhook delivery")),
     };
     Ok((

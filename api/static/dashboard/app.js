@@ -656,7 +656,7 @@ async function loadWebhooks() {
         el("td", {}, el("a", { href: "#webhooks", class: "mono", text: e.url })),
         el("td", { class: "status", text: e.status }),
         el("td", { class: "num", text: e.pending }),
-        el("td", { text: e.failing_reason || "" }),
+        el("td", { text: [e.failing_reason, e.feed_gap].filter(Boolean).join("; ") }),
         el("td", { text: time(e.created_at) }));
       row.querySelector("a").addEventListener("click", (event) => { event.preventDefault(); showWebhookLog(e); });
       return row;
@@ -678,8 +678,8 @@ async function showWebhookLog(endpoint) {
   const mayRetry = me.role !== "viewer";
   $("#deliveries-table tbody").replaceChildren(...log.deliveries.map((d) => {
     const answer = d.last_response_status ? `HTTP ${d.last_response_status}` : (d.last_error || "–");
-    const retry = mayRetry && d.status !== "pending"
-      ? el("button", { type: "button", class: "retry", text: d.status === "given_up" ? "Retry" : "Send again" })
+    const retry = mayRetry && d.status === "given_up"
+      ? el("button", { type: "button", class: "retry", text: "Retry" })
       : "";
     if (retry) retry.addEventListener("click", () => retryDelivery(endpoint, d));
     return el("tr", { "data-delivery": d.id, class: d.status },
@@ -698,9 +698,11 @@ async function retryDelivery(endpoint, delivery) {
     const answer = await api(`/dashboard/api/webhooks/${endpoint.id}/deliveries/${delivery.id}/retry`, {
       method: "POST", headers: { "content-type": "application/json" }, body: "{}",
     });
-    banner("info", answer.status === "retrying"
-      ? `delivery ${delivery.id} goes out again now`
-      : `delivery ${delivery.id} is waiting for its turn already`);
+    banner("info", {
+      retrying: `delivery ${delivery.id} goes out again now`,
+      pending: `delivery ${delivery.id} is waiting for its turn already`,
+      delivered: `delivery ${delivery.id} was delivered meanwhile`,
+    }[answer.status]);
   } catch (error) {
     banner("error", `retrying delivery ${delivery.id} failed: ${error.message}`);
   }
