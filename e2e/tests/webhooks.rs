@@ -78,6 +78,21 @@ async fn feed_of(app: &Stack, count: usize) -> Vec<Value> {
         .await
 }
 
+/// The delivery log at `path` once every delivery in it is recorded delivered.
+async fn delivered_log(app: &Stack, path: &str) -> Value {
+    wait_for(format!("{path}: every delivery recorded delivered"))
+        .until(|| async {
+            let log = get(app, path).await;
+            let all = log["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|d| d["status"] == "delivered");
+            if all { Ok(log) } else { Err(log) }
+        })
+        .await
+}
+
 /// Waits until `receiver` answered every event of `events` with a success at least once.
 async fn all_delivered(receiver: &Receiver, events: &[Value], what: &str) -> Vec<Got> {
     let wanted: BTreeSet<String> = events
@@ -185,8 +200,9 @@ async fn every_event_reaches_the_endpoint_signed_and_per_order_in_order_and_the_
     );
     assert_eq!(orders.len(), 3);
 
-    // The log says the same: every event delivered, the first time.
-    let log = get(
+    // The log says the same once the worker recorded the last answer (the receiver has it a
+    // moment before): every event delivered, the first time.
+    let log = delivered_log(
         &app,
         &format!("/v1/webhook-endpoints/{id}/deliveries?limit=100"),
     )
@@ -290,7 +306,7 @@ async fn endpoints_that_fail_hang_or_redirect_are_retried_until_they_answer_and_
             endpoint["id"].as_str().unwrap()
         )
     };
-    let flaky_log = get(&app, &log_of(&flaky_endpoint)).await;
+    let flaky_log = delivered_log(&app, &log_of(&flaky_endpoint)).await;
     let retried: Vec<&Value> = flaky_log["data"]
         .as_array()
         .unwrap()
@@ -329,15 +345,22 @@ async fn endpoints_that_fail_hang_or_redirect_are_retried_until_they_answer_and_
     for delivery in dead_log["data"].as_array().unwrap() {
         assert_eq!(delivery["status"], "pending", "{delivery}");
     }
-    let dead_orders: BTreeSet<String> = dead
-        .got()
-        .iter()
-        .map(|g| g.json()["data"]["order_id"].as_str().unwrap().to_owned())
-        .collect();
-    assert!(
-        dead_orders.len() > 4,
-        "every order's first event was tried: {dead_orders:?}"
-    );
+    // More orders' first events than its share were tried on it, a turn at a time (each turn
+    // ends with the 300 ms timeout: waited for, not assumed done by now).
+    wait_for("more orders tried on the dead endpoint than its share")
+        .until(|| async {
+            let orders: BTreeSet<String> = dead
+                .got()
+                .iter()
+                .map(|g| g.json()["data"]["order_id"].as_str().unwrap().to_owned())
+                .collect();
+            if orders.len() > 4 {
+                Ok(())
+            } else {
+                Err(format!("{orders:?}"))
+            }
+        })
+        .await;
     assert!(
         (1..=4).contains(&dead.most_at_once()),
         "{} requests at once to one endpoint",
@@ -690,9 +713,6 @@ async fn an_endpoint_whose_backlog_outlived_the_feed_is_told_it_may_have_lost_ev
     // A backlog of one: a dead endpoint's later events wait in the feed.
     let app = common::webhooks::stack(None)
         .worker_config(|c| {
-            c.republish_after_ms = 1000;
-            c.common.webhook_allow_private = true;
-            c.webhooks.timeout_ms = 300;
             // After its first attempt, the dead endpoint's delivery waits a minute: no attempt
             // of it races the prune below.
             c.webhooks.first_retry_ms = 60_000;
@@ -840,7 +860,6 @@ async fn a_client_whose_endpoints_all_hang_holds_at_most_its_share_and_another_c
     assert_eq!(theirs.status(), StatusCode::CREATED);
 
     traffic(&app, 8).await;
-    let mut their_orders = Vec::new();
     for n in 0..3 {
         let created = app
             .http
@@ -852,8 +871,6 @@ async fn a_client_whose_endpoints_all_hang_holds_at_most_its_share_and_another_c
             .await
             .unwrap();
         assert_eq!(created.status(), StatusCode::ACCEPTED);
-        let created: Value = created.json().await.unwrap();
-        their_orders.push(created["order_id"].as_str().unwrap().to_owned());
     }
     wait_for("the other client's three events delivered")
         .until(|| async {
@@ -878,5 +895,4 @@ async fn a_client_whose_endpoints_all_hang_holds_at_most_its_share_and_another_c
         "{} requests at once for one client",
         hanging.most_at_once()
     );
-    assert!(their_orders.iter().all(|o| !o.is_empty()));
 }

@@ -449,12 +449,9 @@ async fn list_deliveries(
         .starting_after
         .as_deref()
         .map(|c| {
-            c.parse::<i64>()
-                .ok()
-                .filter(|_| c.len() <= 18 && c.bytes().all(|b| b.is_ascii_digit()))
-                .ok_or_else(|| {
-                    ApiError::InvalidRequest(format!("starting_after: {c:?} is not a delivery id"))
-                })
+            delivery_id_of(c).ok_or_else(|| {
+                ApiError::InvalidRequest(format!("starting_after: {c:?} is not a delivery id"))
+            })
         })
         .transpose()?;
     let mut found = store::deliveries(&state.db, Some(client.id), endpoint_id, before, limit + 1)
@@ -519,10 +516,7 @@ async fn retry_delivery(
         delivery_id,
     }): ApiPath<DeliveryPath>,
 ) -> Result<Response, ApiError> {
-    let delivery = delivery_id
-        .parse::<i64>()
-        .ok()
-        .filter(|_| delivery_id.len() <= 18 && delivery_id.bytes().all(|b| b.is_ascii_digit()))
+    let delivery = delivery_id_of(&delivery_id)
         .ok_or_else(|| ApiError::InvalidRequest(format!("{delivery_id:?} is not a delivery id")))?;
     let status = match store::retry(&state.db, Some(client.id), endpoint_id, delivery).await? {
         Retried::Again => "retrying",
@@ -537,6 +531,12 @@ async fn retry_delivery(
         }),
     )
         .into_response())
+}
+
+/// A delivery id as the API writes it: 1 to 18 digits (the document's pattern), no sign.
+fn delivery_id_of(text: &str) -> Option<i64> {
+    let digits = (1..=18).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_digit());
+    digits.then(|| text.parse().ok()).flatten()
 }
 
 #[cfg(test)]

@@ -25,7 +25,6 @@ pub fn stack(give_up_after_secs: Option<u64>) -> StackBuilder {
     super::stack()
         .api_config(|c| c.common.webhook_allow_private = true)
         .worker_config(move |c| {
-            c.republish_after_ms = 1000;
             c.common.webhook_allow_private = true;
             c.webhooks.timeout_ms = 300;
             c.webhooks.first_retry_ms = 50;
