@@ -114,6 +114,48 @@ pub fn pool_releasing_idle(
     statement: Duration,
     application_name: &str,
 ) -> Result<PgPool, sqlx::Error> {
+    releasing_idle(
+        url,
+        max_connections,
+        idle_in_transaction,
+        statement,
+        application_name,
+        &[],
+    )
+}
+
+/// [`pool_releasing_idle`] whose sessions also plan every prepared statement once, as
+/// [`pool_with_generic_plans`] does: for the worker's combined transactions, whose set-based
+/// statements take arrays ([`commands::lock_many_for_apply`], [`commands::finish_many`]) and
+/// would otherwise be planned again at every execution.
+pub fn pool_releasing_idle_with_generic_plans(
+    url: &str,
+    max_connections: u32,
+    idle_in_transaction: Duration,
+    statement: Duration,
+    application_name: &str,
+) -> Result<PgPool, sqlx::Error> {
+    releasing_idle(
+        url,
+        max_connections,
+        idle_in_transaction,
+        statement,
+        application_name,
+        &[
+            ("plan_cache_mode", "force_generic_plan"),
+            ("enable_seqscan", "off"),
+        ],
+    )
+}
+
+fn releasing_idle(
+    url: &str,
+    max_connections: u32,
+    idle_in_transaction: Duration,
+    statement: Duration,
+    application_name: &str,
+    more: &[(&str, &str)],
+) -> Result<PgPool, sqlx::Error> {
     let idle = format!("{}ms", idle_in_transaction.as_millis());
     let statement = format!("{}ms", statement.as_millis().max(1));
     let name = application_name_of(application_name);
@@ -123,6 +165,7 @@ pub fn pool_releasing_idle(
                 ("idle_in_transaction_session_timeout", idle.as_str()),
                 ("statement_timeout", statement.as_str()),
             ])
+            .options(more.iter().copied())
             .application_name(&name)
     })
 }

@@ -27,7 +27,14 @@ const SPECS: &[&str] = &[
     "confirm_mark",
     "lease_fence",
     "client_feed",
+    "set_based_apply",
 ];
+
+#[tokio::test]
+async fn a_set_based_apply_of_two_commands_of_one_order_writes_both_in_order_and_the_confirm_skips_them()
+ {
+    run_spec("set_based_apply").await;
+}
 
 #[tokio::test]
 async fn reserving_the_last_units_never_oversells_and_losers_update_no_row() {

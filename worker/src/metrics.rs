@@ -23,6 +23,15 @@ pub const VERSION_CONFLICTS: &str = "orderflow_version_conflicts_total";
 pub const ACCEPT_TO_FINISHED: &str = "orderflow_accept_to_applied_seconds";
 pub const APPLY_DURATION: &str = "orderflow_apply_duration_seconds";
 pub const APPLY_BATCH_SIZE: &str = "orderflow_apply_batch_messages";
+pub const APPLY_TRANSACTION_PARTITIONS: &str = "orderflow_apply_transaction_partitions";
+pub const APPLY_RUNS_WAITING: &str = "orderflow_apply_runs_waiting";
+pub const APPLY_COMBINED_FALLBACKS: &str = "orderflow_apply_combined_fallbacks_total";
+pub const APPLY_TRANSACTIONS: &str = "orderflow_apply_transactions_total";
+
+/// How a committed transaction of several messages (or a combined one) applied them
+/// (`orderflow_apply_transactions_total{path}`): with two statements for all of them, or
+/// message by message.
+pub const APPLY_PATHS: [&str; 2] = ["set_based", "per_message"];
 pub const INBOX_DUPLICATES: &str = "orderflow_inbox_duplicates_total";
 pub const REDELIVERIES: &str = "orderflow_redeliveries_total";
 pub const DEAD_LETTERS: &str = "orderflow_dead_letters_total";
@@ -72,6 +81,7 @@ pub fn register() {
         DEAD_LETTERS_UNRECORDED,
         FENCED,
         DRAIN_OVERRUNS,
+        APPLY_COMBINED_FALLBACKS,
     ] {
         counter!(name).increment(0);
     }
@@ -86,6 +96,9 @@ pub fn register() {
     }
     for outcome in WEBHOOK_OUTCOMES {
         counter!(WEBHOOK_ATTEMPTS, "outcome" => outcome).increment(0);
+    }
+    for path in APPLY_PATHS {
+        counter!(APPLY_TRANSACTIONS, "path" => path).increment(0);
     }
 }
 
@@ -160,6 +173,29 @@ pub fn apply_duration(elapsed: Duration) {
 /// Messages applied together in one committed transaction (only batches of two or more).
 pub fn batch_applied(messages: usize) {
     histogram!(APPLY_BATCH_SIZE).record(messages as f64);
+}
+
+/// A combined transaction committed the runs of this many partitions.
+pub fn combined_applied(partitions: usize) {
+    histogram!(APPLY_TRANSACTION_PARTITIONS).record(partitions as f64);
+}
+
+/// A transaction of [`crate::apply::Applier::apply_combined`] committed, by `path` (one of
+/// [`APPLY_PATHS`]).
+pub fn apply_transaction(path: &'static str) {
+    debug_assert!(APPLY_PATHS.contains(&path));
+    counter!(APPLY_TRANSACTIONS, "path" => path).increment(1);
+}
+
+/// Runs handed to the combined transactions and not yet taken by one (`delta` of them).
+pub fn runs_waiting(delta: f64) {
+    gauge!(APPLY_RUNS_WAITING).increment(delta);
+}
+
+/// A combined transaction did not commit: its runs went back to their partitions, each applied
+/// on its own.
+pub fn combined_fallback() {
+    counter!(APPLY_COMBINED_FALLBACKS).increment(1);
 }
 
 pub fn inbox_duplicate() {

@@ -35,7 +35,9 @@ pub async fn fail_expired(
         }
         fence.fence_all(&mut tx, held).await?;
     }
-    let partitions: Option<Vec<i32>> = held.map(|(_, held)| held.iter().map(|h| h.0).collect());
+    let partitions: Option<Vec<i32>> = held
+        .as_ref()
+        .map(|(_, held)| held.iter().map(|h| h.0).collect());
     let rows = commands::lock_expired_parked(
         &mut tx,
         timeout.as_millis() as i64,
@@ -86,7 +88,14 @@ pub async fn fail_expired(
             continue;
         }
         let failure = Failure::new(FailureCode::ParkedTooLong, reason);
-        finish(&mut tx, row, Ending::Failed(&failure), None, false).await?;
+        // Under its partition's lease (the fence covered several: it set none for the
+        // transaction).
+        let lease = held
+            .iter()
+            .flat_map(|(_, held)| held.iter())
+            .find(|(partition, _)| *partition == row.partition)
+            .copied();
+        finish(&mut tx, row, Ending::Failed(&failure), None, false, lease).await?;
         let letter = NewDeadLetter::from_body(row.partition as u16, reason, body);
         observability::insert_dead_letter(&mut *tx, &letter).await?;
         let reason = Reason::Failed(FailureCode::ParkedTooLong);

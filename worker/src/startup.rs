@@ -3,7 +3,7 @@
 //! the gauge sampler and the `/metrics` listener).
 
 use crate::apply::Applier;
-use crate::consumer::Context;
+use crate::consumer::{Combiner, Context};
 use crate::leases::{Holdings, Keeper, LeaseTiming};
 use crate::monitor::Monitor;
 use crate::payment::SimulatedGateway;
@@ -50,6 +50,25 @@ pub struct WorkerConfig {
     #[arg(long, env = "ORDERFLOW_BATCH_MAX", default_value_t = 16,
           value_parser = clap::value_parser!(u16).range(1..))]
     pub batch_max: u16,
+
+    /// Combined transactions applied at once, at most: the runs of ready messages that the
+    /// partitions have in hand together are applied in one transaction (one fence, one commit
+    /// for all of them), each writer on a connection of its own. While one writer's transaction
+    /// keeps up, it is the only one (the larger a transaction, the less each command costs);
+    /// another starts only once that one has run `ORDERFLOW_APPLY_SPILL_AFTER_MS` (a lock wait,
+    /// a slow statement), so that it holds up the other partitions no longer. 0: every
+    /// partition applies its runs in transactions of its own.
+    #[arg(long, env = "ORDERFLOW_APPLY_WRITERS", default_value_t = 4,
+          value_parser = clap::value_parser!(u16).range(0..=16))]
+    pub apply_writers: u16,
+
+    /// Milliseconds a combined transaction may run before a writer with other partitions' runs
+    /// in hand starts one beside it (see `ORDERFLOW_APPLY_WRITERS`). Above what a busy
+    /// transaction takes (p99 35–50 ms in the `max` phase of `orderflow-bench perf`), so that
+    /// under load the transactions stay one at a time and large.
+    #[arg(long, env = "ORDERFLOW_APPLY_SPILL_AFTER_MS", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub apply_spill_after_ms: u64,
 
     /// Dead-letter a redelivered message (and fail its command) once workers started applying it
     /// more than this many times without finishing. Below the queue's own delivery limit, so the
@@ -255,6 +274,27 @@ impl Worker {
             layout: LayoutCell::new(layout.clone()),
             fence: Some(holdings.clone()),
         };
+        let combiner = if config.apply_writers > 0 {
+            // The writers' own connections, planning their set-based statements once.
+            let writers_db = db::pool_releasing_idle_with_generic_plans(
+                common.database_url.expose_secret(),
+                u32::from(config.apply_writers),
+                IDLE_IN_TRANSACTION,
+                STATEMENT_TIMEOUT,
+                &db::leases::worker_sessions_name(&worker_name),
+            )?;
+            let applier = Applier {
+                db: writers_db,
+                ..applier.clone()
+            };
+            Some(Combiner::start(
+                applier,
+                usize::from(config.apply_writers),
+                Duration::from_millis(config.apply_spill_after_ms),
+            ))
+        } else {
+            None
+        };
         let context = Arc::new(Context {
             applier,
             topology,
@@ -269,6 +309,7 @@ impl Worker {
             .map_err(|e| anyhow::anyhow!("AMQP_URL: {e}"))?,
             prefetch: config.prefetch,
             batch_max: usize::from(config.batch_max),
+            combiner,
             poison_after_deliveries: config.poison_after_deliveries,
             monitor: Arc::new(Monitor::new(worker_name, layout.partitions())),
         });

@@ -34,6 +34,66 @@ pub async fn lock(conn: &mut PgConnection, id: CommandId) -> sqlx::Result<Option
     Ok(row.map(|r| command_row!(r)))
 }
 
+/// The [`ForApply`] of a row of [`lock_for_apply`]'s or [`lock_many_for_apply`]'s statement
+/// (the same columns).
+macro_rules! for_apply {
+    ($r:ident) => {{
+        let r = $r;
+        let order = match (
+            r.order_client_id,
+            r.order_customer_id,
+            r.order_currency,
+            r.order_status,
+            r.order_version,
+            r.order_items,
+            r.order_total_cents,
+            r.order_created_at,
+            r.order_updated_at,
+            r.order_details,
+        ) {
+            (
+                Some(client_id),
+                Some(customer_id),
+                Some(currency),
+                Some(status),
+                Some(version),
+                Some(items),
+                Some(total_cents),
+                Some(created_at),
+                Some(updated_at),
+                Some(details),
+            ) => Some(Order {
+                id: OrderId(r.order_id),
+                client_id: ClientId(client_id),
+                customer_id: customer_id
+                    .try_into()
+                    .expect("stored values were validated"),
+                currency: currency.try_into().expect("stored values were validated"),
+                status: status.parse().expect("the status check constraint"),
+                version,
+                items: items.0,
+                details: details.0,
+                tracking_number: r
+                    .order_tracking_number
+                    .map(|t| t.try_into().expect("stored values were validated")),
+                total_cents,
+                created_at,
+                updated_at,
+            }),
+            _ => None,
+        };
+        let stream = Stream {
+            processed_seq: r.processed_seq,
+            has_parked: r.has_parked,
+        };
+        ForApply {
+            command: command_row!(r),
+            stream,
+            order,
+        }
+    }};
+}
+
 /// What the apply transaction holds for a command's message once [`lock_for_apply`] returned.
 pub struct ForApply {
     pub command: CommandRow,
@@ -78,61 +138,42 @@ pub async fn lock_for_apply(
     )
     .fetch_optional(conn)
     .await?;
-    let Some(r) = row else {
-        return Ok(None);
-    };
-    let order = match (
-        r.order_client_id,
-        r.order_customer_id,
-        r.order_currency,
-        r.order_status,
-        r.order_version,
-        r.order_items,
-        r.order_total_cents,
-        r.order_created_at,
-        r.order_updated_at,
-        r.order_details,
-    ) {
-        (
-            Some(client_id),
-            Some(customer_id),
-            Some(currency),
-            Some(status),
-            Some(version),
-            Some(items),
-            Some(total_cents),
-            Some(created_at),
-            Some(updated_at),
-            Some(details),
-        ) => Some(Order {
-            id: OrderId(r.order_id),
-            client_id: ClientId(client_id),
-            customer_id: customer_id
-                .try_into()
-                .expect("stored values were validated"),
-            currency: currency.try_into().expect("stored values were validated"),
-            status: status.parse().expect("the status check constraint"),
-            version,
-            items: items.0,
-            details: details.0,
-            tracking_number: r
-                .order_tracking_number
-                .map(|t| t.try_into().expect("stored values were validated")),
-            total_cents,
-            created_at,
-            updated_at,
-        }),
-        _ => None,
-    };
-    let stream = Stream {
-        processed_seq: r.processed_seq,
-        has_parked: r.has_parked,
-    };
-    Ok(Some(ForApply {
-        command: command_row!(r),
-        stream,
-        order,
-    }))
+    Ok(row.map(|r| for_apply!(r)))
+}
+
+/// [`lock_for_apply`] of several commands in one statement (a combined transaction's messages
+/// that are each their order's next): what it returns of each, in no particular order, and
+/// nothing of an id it does not know. The rows are locked as [`lock_for_apply`] locks them, one
+/// command after the other; commands of one order share its stream and order row.
+pub async fn lock_many_for_apply(
+    conn: &mut PgConnection,
+    ids: &[uuid::Uuid],
+) -> sqlx::Result<Vec<ForApply>> {
+    let rows = sqlx::query!(
+        r#"select c.id, c.client_id, c.order_id, c.seq, c.kind, c.body, c.expected_version,
+                  c.status, c.reason, c.detail, c.result_version, c.partition, c.accepted_at,
+                  c.published_at, c.finished_at, c.parked_at, c.actor,
+                  s.processed_seq, s.has_parked,
+                  o.client_id as "order_client_id?", o.customer_id as "order_customer_id?",
+                  o.currency as "order_currency?", o.status as "order_status?",
+                  o.version as "order_version?", o.items as "order_items?: Json<Vec<Item>>",
+                  o.total_cents as "order_total_cents?", o.created_at as "order_created_at?",
+                  o.updated_at as "order_updated_at?",
+                  o.details as "order_details?: Json<OrderDetails>",
+                  o.tracking_number as "order_tracking_number?"
+             from commands c
+             join order_streams s on s.order_id = c.order_id
+             left join lateral (select client_id, customer_id, currency, status, version, items,
+                                       total_cents, created_at, updated_at, details,
+                                       tracking_number
+                                  from orders where id = c.order_id for update) o on true
+            where c.id = any($1)
+              for update of c, s"#,
+        ids
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| for_apply!(r)).collect())
 }
 
 /// The commands of an order between two sequence numbers (exclusive), in order, locked.
@@ -172,6 +213,11 @@ pub struct FinishWith<'a> {
     /// [`set_processed`](super::set_processed) with that seq writes. Only when the command was
     /// the order's next (the stream was locked at `seq - 1`) and nothing parked waits behind it.
     pub processed: bool,
+    /// The lease the transaction writes under, `(partition, epoch)`, recorded on the command.
+    /// `None`: the one its fence set for the transaction (`orderflow.lease_epoch`), which a fence
+    /// sets only for a transaction of one partition; a transaction that writes for several
+    /// names each command's own.
+    pub lease: Option<(i32, i64)>,
 }
 
 /// An applied command's event and the projection it led to, for [`finish`].
@@ -209,9 +255,10 @@ pub async fn finish(
     let applied = with.event;
     let order = applied.map(|a| a.order);
     // clock_timestamp(), not now(): now() is the transaction's start, which would make every
-    // apply look instantaneous on the timeline. `epoch` is the lease epoch the transaction's
-    // fence (`orderflow_fence`) set, `lease_partition` the partition of that lease (after a
-    // growth, not always the command's own); null in an unfenced transaction. The event and the
+    // apply look instantaneous on the timeline. `epoch` is the lease epoch the command was
+    // applied under and `lease_partition` the partition of that lease (after a growth, not
+    // always the command's own): `with.lease`, or else what the transaction's fence
+    // (`orderflow_fence`) set; null in an unfenced transaction. The event and the
     // projection are written only when `$14` (the event's type) is given, the stream only when
     // `$23` is true.
     sqlx::query!(
@@ -234,8 +281,8 @@ pub async fn finish(
              update commands set status = $2, reason = $3, detail = $9, result_version = $4,
                                  finished_at = clock_timestamp(), delivered_at = $5, attempt = $6,
                                  published_at = coalesce(published_at, $5),
-                                 epoch = nullif(current_setting('orderflow.lease_epoch', true), '')::bigint,
-                                 lease_partition = nullif(current_setting('orderflow.lease_partition', true), '')::integer
+                                 epoch = coalesce($27::bigint, nullif(current_setting('orderflow.lease_epoch', true), '')::bigint),
+                                 lease_partition = coalesce($26::integer, nullif(current_setting('orderflow.lease_partition', true), '')::integer)
              where id = $1
              returning order_id, seq),
            processed as (
@@ -278,7 +325,164 @@ pub async fn finish(
         applied.map(|a| a.at),
         with.processed,
         order.map(|o| Json(&o.details)) as _,
-        order.and_then(|o| o.tracking_number.as_ref().map(|t| t.as_str()))
+        order.and_then(|o| o.tracking_number.as_ref().map(|t| t.as_str())),
+        with.lease.map(|(partition, _)| partition),
+        with.lease.map(|(_, epoch)| epoch)
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// One command that [`finish_many`] ends: its status event, the arrival of its own message, the
+/// lease it was applied under, and an applied command's event.
+pub struct Finishing<'a> {
+    pub event: &'a StatusEvent,
+    pub delivered: Option<Delivered>,
+    pub lease: Option<(i32, i64)>,
+    pub applied: Option<AppliedEvent<'a>>,
+}
+
+/// [`finish`] of several commands in one statement, each its order's next with nothing parked
+/// behind it (so each moves its order's stream on), none failed: in `endings`' order, their
+/// events appended, their statuses and outbox rows written (the outbox in that order), each
+/// order's stream moved past its last one, and `projections` (each order's projection after
+/// its last event; one per order) written. What [`finish`] writes of each, with one round trip
+/// and one statement's overhead for all of them.
+pub async fn finish_many(
+    conn: &mut PgConnection,
+    endings: &[Finishing<'_>],
+    projections: &[&Order],
+) -> sqlx::Result<()> {
+    let mut ids = Vec::with_capacity(endings.len());
+    let mut statuses = Vec::with_capacity(endings.len());
+    let mut reasons = Vec::with_capacity(endings.len());
+    let mut versions = Vec::with_capacity(endings.len());
+    let mut delivered_at = Vec::with_capacity(endings.len());
+    let mut attempts = Vec::with_capacity(endings.len());
+    let mut routing_keys = Vec::with_capacity(endings.len());
+    let mut payloads = Vec::with_capacity(endings.len());
+    let mut lease_partitions = Vec::with_capacity(endings.len());
+    let mut epochs = Vec::with_capacity(endings.len());
+    let mut event_orders = Vec::new();
+    let mut event_seqs = Vec::new();
+    let mut event_commands = Vec::new();
+    let mut event_types = Vec::new();
+    let mut event_data = Vec::new();
+    let mut event_at = Vec::new();
+    for ending in endings {
+        let event = ending.event;
+        debug_assert!(event.status.is_final() && event.status != CommandStatus::Failed);
+        ids.push(event.command_id.0);
+        statuses.push(event.status.as_str());
+        reasons.push(event.reason.map(Reason::as_str));
+        versions.push(event.version);
+        delivered_at.push(ending.delivered.map(|d| d.at));
+        attempts.push(ending.delivered.map(|d| d.attempt.max(1)));
+        routing_keys.push(event.routing_key());
+        payloads.push(event.to_json());
+        lease_partitions.push(ending.lease.map(|(partition, _)| partition));
+        epochs.push(ending.lease.map(|(_, epoch)| epoch));
+        if let Some(applied) = &ending.applied {
+            event_orders.push(applied.order.id.0);
+            event_seqs.push(applied.order.version);
+            event_commands.push(event.command_id.0);
+            event_types.push(applied.event.name());
+            event_data.push(Json(applied.event));
+            event_at.push(applied.at);
+        }
+    }
+    let order_ids: Vec<uuid::Uuid> = projections.iter().map(|o| o.id.0).collect();
+    let clients: Vec<uuid::Uuid> = projections.iter().map(|o| o.client_id.0).collect();
+    let customers: Vec<&str> = projections.iter().map(|o| o.customer_id.as_str()).collect();
+    let currencies: Vec<&str> = projections.iter().map(|o| o.currency.as_str()).collect();
+    let order_statuses: Vec<&str> = projections.iter().map(|o| o.status.as_str()).collect();
+    let order_versions: Vec<i64> = projections.iter().map(|o| o.version).collect();
+    let items: Vec<Json<&Vec<Item>>> = projections.iter().map(|o| Json(&o.items)).collect();
+    let totals: Vec<i64> = projections.iter().map(|o| o.total_cents).collect();
+    let created: Vec<DateTime<Utc>> = projections.iter().map(|o| o.created_at).collect();
+    let updated: Vec<DateTime<Utc>> = projections.iter().map(|o| o.updated_at).collect();
+    let details: Vec<Json<&OrderDetails>> = projections.iter().map(|o| Json(&o.details)).collect();
+    let tracking: Vec<Option<&str>> = projections
+        .iter()
+        .map(|o| o.tracking_number.as_ref().map(|t| t.as_str()))
+        .collect();
+    // As `finish`: clock_timestamp() for when each ended, the lease given or else the one the
+    // fence set; the stream walked on from each order's last command here.
+    sqlx::query!(
+        r#"with input as (
+             select *
+               from unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::timestamptz[],
+                           $6::integer[], $7::text[], $8::jsonb[], $9::integer[], $10::bigint[])
+                    with ordinality
+                    as i(id, status, reason, result_version, delivered_at, attempt, routing_key,
+                         payload, lease_partition, epoch, n)),
+           appended as (
+             insert into order_events (order_id, seq, command_id, type, data, recorded_at)
+             select * from unnest($11::uuid[], $12::bigint[], $13::uuid[], $14::text[],
+                                  $15::jsonb[], $16::timestamptz[])),
+           projected as (
+             insert into orders (id, client_id, customer_id, currency, status, version, items,
+                                 total_cents, created_at, updated_at, details, tracking_number)
+             select * from unnest($17::uuid[], $18::uuid[], $19::text[], $20::text[], $21::text[],
+                                  $22::bigint[], $23::jsonb[], $24::bigint[], $25::timestamptz[],
+                                  $26::timestamptz[], $27::jsonb[], $28::text[])
+             on conflict (id) do update set status = excluded.status, version = excluded.version,
+                 items = excluded.items, total_cents = excluded.total_cents,
+                 updated_at = excluded.updated_at, details = excluded.details,
+                 tracking_number = excluded.tracking_number),
+           finished as (
+             update commands c
+                set status = i.status, reason = i.reason, detail = null,
+                    result_version = i.result_version, finished_at = clock_timestamp(),
+                    delivered_at = i.delivered_at, attempt = i.attempt,
+                    published_at = coalesce(c.published_at, i.delivered_at),
+                    epoch = coalesce(i.epoch, nullif(current_setting('orderflow.lease_epoch', true), '')::bigint),
+                    lease_partition = coalesce(i.lease_partition, nullif(current_setting('orderflow.lease_partition', true), '')::integer)
+               from input i
+              where c.id = i.id
+             returning c.order_id, c.seq, i.n, i.routing_key, i.payload),
+           processed as (
+             update order_streams s
+                set processed_seq = coalesce(
+                      (select min(g.seq) - 1
+                         from generate_series(greatest(s.processed_seq, f.seq) + 1, s.last_seq) as g(seq)
+                        where not exists (select from commands c
+                                           where c.order_id = s.order_id and c.seq = g.seq
+                                             and c.status in ('applied', 'rejected', 'failed'))),
+                      s.last_seq)
+               from (select order_id, max(seq) as seq from finished group by order_id) f
+              where s.order_id = f.order_id)
+         insert into outbox (order_id, routing_key, payload)
+         select order_id, routing_key, payload from finished order by n"#,
+        &ids,
+        &statuses as &[&str],
+        &reasons as &[Option<&str>],
+        &versions as &[Option<i64>],
+        &delivered_at as &[Option<DateTime<Utc>>],
+        &attempts as &[Option<i32>],
+        &routing_keys,
+        &payloads,
+        &lease_partitions as &[Option<i32>],
+        &epochs as &[Option<i64>],
+        &event_orders,
+        &event_seqs,
+        &event_commands,
+        &event_types as &[&str],
+        &event_data as _,
+        &event_at,
+        &order_ids,
+        &clients,
+        &customers as &[&str],
+        &currencies as &[&str],
+        &order_statuses as &[&str],
+        &order_versions,
+        &items as _,
+        &totals,
+        &created,
+        &updated,
+        &details as _,
+        &tracking as &[Option<&str>]
     )
     .execute(conn)
     .await?;

@@ -59,7 +59,15 @@ impl Applier {
                 // Applied, and nothing to write but its status: no event, no projection change.
                 let version = version.expect("only an existing order is unchanged");
                 let status = CommandStatus::Applied;
-                finish(tx, row, Ending::Unchanged { version }, delivered, processed).await?;
+                finish(
+                    tx,
+                    row,
+                    Ending::Unchanged { version },
+                    delivered,
+                    processed,
+                    tally.lease,
+                )
+                .await?;
                 tally
                     .finished
                     .push(finished(row, status, Some(Reason::Unchanged)));
@@ -75,7 +83,7 @@ impl Applier {
                 tracing::info!(command_id = %row.id, order_id = %row.order_id, reason, "command rejected");
                 let status = CommandStatus::Rejected;
                 let ending = Ending::Rejected { rejection, version };
-                finish(tx, row, ending, delivered, processed).await?;
+                finish(tx, row, ending, delivered, processed, tally.lease).await?;
                 tally
                     .finished
                     .push(finished(row, status, Some(Reason::Rejected(rejection))));
@@ -91,7 +99,7 @@ impl Applier {
             event: &event,
             at,
         };
-        finish(tx, row, ending, delivered, processed).await?;
+        finish(tx, row, ending, delivered, processed, tally.lease).await?;
         tally.finished.push(finished(row, status, None));
         tracing::debug!(command_id = %row.id, order_id = %row.order_id, version = order.version, "command applied");
         Ok(status)

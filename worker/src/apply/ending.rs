@@ -54,7 +54,7 @@ async fn fail_command_in(
     let status = CommandStatus::Failed;
     let delivered = own.and_then(|own| own.delivered);
     let next = processed == row.seq - 1;
-    finish(tx, &row, Ending::Failed(failure), delivered, next).await?;
+    finish(tx, &row, Ending::Failed(failure), delivered, next, None).await?;
     Ok(Some(finished(
         &row,
         status,
@@ -92,6 +92,54 @@ pub(crate) fn finished(
     }
 }
 
+/// The status event of a command that ended so.
+pub(crate) fn status_event(row: &CommandRow, ending: &Ending<'_>) -> StatusEvent {
+    let (status, reason, detail, version, event) = match ending {
+        Ending::Applied { order, event, .. } => (
+            CommandStatus::Applied,
+            None,
+            None,
+            Some(order.version),
+            Some((*event).clone()),
+        ),
+        Ending::Rejected { rejection, version } => (
+            CommandStatus::Rejected,
+            Some(Reason::Rejected(*rejection)),
+            None,
+            *version,
+            None,
+        ),
+        Ending::Unchanged { version } => (
+            CommandStatus::Applied,
+            Some(Reason::Unchanged),
+            None,
+            Some(*version),
+            None,
+        ),
+        Ending::Failed(failure) => (
+            CommandStatus::Failed,
+            Some(Reason::Failed(failure.code)),
+            Some(failure.detail.clone()),
+            None,
+            None,
+        ),
+    };
+    StatusEvent {
+        schema_version: STATUS_EVENT_VERSION,
+        command_id: row.id,
+        order_id: row.order_id,
+        client_id: row.client_id,
+        seq: row.seq,
+        kind: row.kind,
+        status,
+        reason,
+        detail,
+        version,
+        event,
+        at: Utc::now(),
+    }
+}
+
 /// How a command ended, for [`finish`].
 pub(crate) enum Ending<'a> {
     /// `event` was appended at `at` and led to the projection `order`.
@@ -114,64 +162,29 @@ pub(crate) enum Ending<'a> {
 
 /// Records a command's final status and its status event for the outbox; an applied command's
 /// event and projection too, and, when `processed` (the command was its order's next), its
-/// order's progress: one statement ([`commands::finish`]).
+/// order's progress: one statement ([`commands::finish`]). `lease`: the lease it is applied
+/// under, when the transaction writes for several partitions (see [`FinishWith::lease`]).
 pub(crate) async fn finish(
     conn: &mut PgConnection,
     row: &CommandRow,
     ending: Ending<'_>,
     delivered: Option<Delivered>,
     processed: bool,
+    lease: Option<(i32, i64)>,
 ) -> Result<(), sqlx::Error> {
-    let mut with = FinishWith {
-        event: None,
+    let applied = match &ending {
+        Ending::Applied { order, event, at } => Some(AppliedEvent {
+            order,
+            event,
+            at: *at,
+        }),
+        _ => None,
+    };
+    let event = status_event(row, &ending);
+    let with = FinishWith {
+        event: applied,
         processed,
-    };
-    let (status, reason, detail, version, event) = match ending {
-        Ending::Applied { order, event, at } => {
-            with.event = Some(AppliedEvent { order, event, at });
-            (
-                CommandStatus::Applied,
-                None,
-                None,
-                Some(order.version),
-                Some(event.clone()),
-            )
-        }
-        Ending::Rejected { rejection, version } => (
-            CommandStatus::Rejected,
-            Some(Reason::Rejected(rejection)),
-            None,
-            version,
-            None,
-        ),
-        Ending::Unchanged { version } => (
-            CommandStatus::Applied,
-            Some(Reason::Unchanged),
-            None,
-            Some(version),
-            None,
-        ),
-        Ending::Failed(failure) => (
-            CommandStatus::Failed,
-            Some(Reason::Failed(failure.code)),
-            Some(failure.detail.clone()),
-            None,
-            None,
-        ),
-    };
-    let event = StatusEvent {
-        schema_version: STATUS_EVENT_VERSION,
-        command_id: row.id,
-        order_id: row.order_id,
-        client_id: row.client_id,
-        seq: row.seq,
-        kind: row.kind,
-        status,
-        reason,
-        detail,
-        version,
-        event,
-        at: Utc::now(),
+        lease,
     };
     commands::finish(conn, &event, delivered, with).await
 }

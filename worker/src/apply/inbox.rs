@@ -175,7 +175,7 @@ pub(super) fn same_command(row: &CommandRow, message: &CommandMessage) -> bool {
 /// `apply.skip_inbox` (armed with `return`) makes the worker ignore its inbox, so that a
 /// redelivered or duplicated command is applied again. It exists only in builds with the
 /// `failpoints` feature (the audit's tests and the race audit's binaries), never in a release.
-fn inbox_sabotaged() -> bool {
+pub(super) fn inbox_sabotaged() -> bool {
     #[cfg(feature = "failpoints")]
     {
         fail::eval("apply.skip_inbox", |_| ()).is_some()

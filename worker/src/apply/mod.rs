@@ -29,6 +29,7 @@
 mod command;
 mod ending;
 mod inbox;
+mod set_based;
 mod transaction;
 
 pub(crate) use ending::{Ending, finish, finished, settle};
@@ -93,6 +94,13 @@ pub struct Handled {
     pub outcome: Outcome,
     /// Commands it brought to a final status: the message's own and earlier ones of its order.
     pub finished: usize,
+}
+
+/// One partition's messages in a transaction that may write for several
+/// ([`Applier::apply_combined`]).
+pub struct Run<'a> {
+    pub partition: u16,
+    pub items: &'a [BatchItem<'a>],
 }
 
 /// One message of a batch ([`Applier::apply_batch`]).
@@ -179,6 +187,10 @@ struct Tally {
     /// Kinds of the direct producers' commands it recorded.
     recorded: Vec<CommandKind>,
     parked: usize,
+    /// The lease, `(partition, epoch)`, that the messages being applied now are applied under,
+    /// recorded on each command it finishes; `None` in a transaction of one message, whose fence
+    /// set it for the whole transaction (or that is not fenced).
+    lease: Option<(i32, i64)>,
 }
 
 impl Tally {

@@ -1,7 +1,7 @@
 //! The apply transaction, of one message or of a batch: read the messages, begin, apply each
 //! (through the inbox, `inbox.rs`), commit, and count what committed.
 
-use super::{Applier, BatchItem, DeliveryInfo, Handled, Outcome, Tally};
+use super::{Applier, BatchItem, DeliveryInfo, Handled, Outcome, Run, Tally};
 use crate::error::{ApplyError, Failure};
 use crate::metrics;
 use orderflow_contract::{CommandMessage, ContractError, FailureCode};
@@ -70,44 +70,89 @@ impl Applier {
         items: &[BatchItem<'_>],
         partition: u16,
     ) -> Result<Option<usize>, ApplyError> {
-        let started = Instant::now();
-        let mut tally = Tally::default();
-        let result = self.batch_transaction(items, partition, &mut tally).await;
-        metrics::apply_duration(started.elapsed());
-        if !result? {
-            return Ok(None);
-        }
-        tally.committed(&self.db).await;
-        Ok(Some(tally.finished.len()))
+        let run = Run { partition, items };
+        let counts = self.apply_combined(std::slice::from_ref(&run)).await?;
+        Ok(counts.map(|counts| counts.iter().sum()))
     }
 
-    /// The batch's transaction; `Ok(true)` when it committed.
-    async fn batch_transaction(
-        &self,
-        items: &[BatchItem<'_>],
-        partition: u16,
-        tally: &mut Tally,
-    ) -> Result<bool, ApplyError> {
-        let Ok(messages) = items
-            .iter()
-            .map(|item| self.read_command(item.body, partition))
-            .collect::<Result<Vec<_>, _>>()
-        else {
-            return Ok(false);
+    /// Applies the ready messages of several partitions in one transaction: each partition's
+    /// in order, one partition after the other, all committed together (one fence over every
+    /// partition's lease, one commit, one announcement) or none. Each partition's messages are
+    /// applied under its own lease, recorded on its commands. `Ok(Some(finished))`: committed,
+    /// with the commands each run finished; `Ok(None)` and `Err` as for [`Self::apply_batch`]:
+    /// nothing was committed, and each run is handled on its own instead. No two runs may be of
+    /// one partition.
+    pub async fn apply_combined(&self, runs: &[Run<'_>]) -> Result<Option<Vec<usize>>, ApplyError> {
+        let started = Instant::now();
+        let mut tally = Tally::default();
+        let result = self.combined_transaction(runs, &mut tally).await;
+        metrics::apply_duration(started.elapsed());
+        let Some(finished) = result? else {
+            return Ok(None);
         };
-        let mut tx = self.begin_for(partition).await?;
-        lock_stock(&mut tx, &messages).await?;
-        for (item, message) in items.iter().zip(&messages) {
-            let outcome = self
-                .apply_through_inbox(&mut tx, message, partition, &item.delivery, tally)
-                .instrument(item.span.clone())
-                .await?;
-            if !outcome.commits() {
-                return Ok(false);
+        tally.committed(&self.db).await;
+        Ok(Some(finished))
+    }
+
+    /// The transaction of [`Self::apply_combined`]; `Ok(Some(_))` when it committed.
+    async fn combined_transaction(
+        &self,
+        runs: &[Run<'_>],
+        tally: &mut Tally,
+    ) -> Result<Option<Vec<usize>>, ApplyError> {
+        let mut messages = Vec::with_capacity(runs.len());
+        for run in runs {
+            let Ok(read) = run
+                .items
+                .iter()
+                .map(|item| self.read_command(item.body, run.partition))
+                .collect::<Result<Vec<_>, _>>()
+            else {
+                return Ok(None);
+            };
+            messages.push(read);
+        }
+        let mut tx = self.db.begin().await?;
+        // Each run's lease as the fence checks it; what its commands record.
+        let leases: Vec<(i32, i64)> = match &self.fence {
+            Some(fence) => {
+                let leases: Vec<(i32, i64)> = runs
+                    .iter()
+                    .map(|run| (i32::from(run.partition), fence.epoch(run.partition)))
+                    .collect();
+                fence.fence_all(&mut tx, &leases).await?;
+                leases
             }
+            None => Vec::new(),
+        };
+        if let Some(finished) = self
+            .apply_set_based(&mut tx, runs, &messages, &leases, tally)
+            .await?
+        {
+            commit(tx).await?;
+            metrics::apply_transaction("set_based");
+            return Ok(Some(finished));
+        }
+        let all: Vec<&CommandMessage> = messages.iter().flatten().collect();
+        lock_stock(&mut tx, &all).await?;
+        let mut finished = Vec::with_capacity(runs.len());
+        for (n, (run, messages)) in runs.iter().zip(&messages).enumerate() {
+            tally.lease = leases.get(n).copied();
+            let before = tally.finished.len();
+            for (item, message) in run.items.iter().zip(messages) {
+                let outcome = self
+                    .apply_through_inbox(&mut tx, message, run.partition, &item.delivery, tally)
+                    .instrument(item.span.clone())
+                    .await?;
+                if !outcome.commits() {
+                    return Ok(None);
+                }
+            }
+            finished.push(tally.finished.len() - before);
         }
         commit(tx).await?;
-        Ok(true)
+        metrics::apply_transaction("per_message");
+        Ok(Some(finished))
     }
 
     /// One message's transaction, committed only if its outcome [`Outcome::commits`].
@@ -165,7 +210,7 @@ async fn commit(tx: sqlx::Transaction<'_, sqlx::Postgres>) -> sqlx::Result<()> {
 /// batches with two or more such commands need it. The SKUs are the orders' lines now plus any
 /// line the batch adds first. (A late earlier command applied ahead of its message may still
 /// touch another SKU; a deadlock that causes is retried like any other.)
-async fn lock_stock(tx: &mut PgConnection, messages: &[CommandMessage]) -> sqlx::Result<()> {
+async fn lock_stock(tx: &mut PgConnection, messages: &[&CommandMessage]) -> sqlx::Result<()> {
     let moving: Vec<uuid::Uuid> = messages
         .iter()
         .filter(|m| {

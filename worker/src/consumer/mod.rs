@@ -13,12 +13,16 @@
 //!    are taken together, up to `batch_max`.
 //! 2. **Receive** (`ready.rs`, `receive`): each delivery is noted on the monitor, read as a
 //!    command if it is one, and given its span and accepted `traceparent`.
-//! 3. **Split into runs** (`ready.rs`, `apply_ready`): a run of two or more fresh messages is
-//!    applied as a batch (4a); a redelivered message, or a fresh one alone, on its own (4b).
+//! 3. **Split into runs** (`ready.rs`, `apply_ready`): a run of fresh messages (one or more;
+//!    two or more without a combiner) is applied as a batch (4a); a redelivered message, or a
+//!    fresh one alone without a combiner, on its own (4b).
 //! 4. **Apply**:
-//!    - a. a batch (`ready.rs`, `apply_fresh_run`): one transaction
-//!      ([`Applier::apply_batch`]), acked with one multiple ack after its commit; a batch that
-//!      cannot commit as a whole goes message by message through 4b instead.
+//!    - a. a batch (`ready.rs`, `apply_fresh_run`): handed to the combiner (`combiner.rs`),
+//!      which applies it in one transaction together with the runs other partitions handed
+//!      over meanwhile ([`Applier::apply_combined`]); acked with one multiple ack after its
+//!      commit. A run the combined transaction could not commit is applied in a transaction of
+//!      its own ([`Applier::apply_batch`]), and a batch that cannot commit as a whole goes
+//!      message by message through 4b instead.
 //!    - b. one message on its own (`single.rs`, `apply_alone` → `apply_and_settle`, inside the
 //!      message's span): a redelivery's attempt is counted first (`count_redelivery`), and a
 //!      message started too often is given up on (`give_up_redelivered`: its command failed, its
@@ -31,11 +35,13 @@
 //!    with its reason and confirmed (`dead_letter.rs`, `dead_letter`); then the message is acked.
 //!    An `Err` anywhere leaves it unacked: the channel is dropped and the broker redelivers it.
 
+mod combiner;
 mod dead_letter;
 mod ready;
 mod session;
 mod single;
 
+pub use combiner::{Combiner, MAX_RUNS};
 pub use dead_letter::UNRECORDED_HEADER;
 pub(crate) use dead_letter::dead_letter_properties;
 pub use session::{Ended, FENCED_MESSAGE, Stops, run};
@@ -55,9 +61,12 @@ pub struct Context {
     pub publisher: Publisher,
     /// Messages the broker may push ahead of the one being applied.
     pub prefetch: u16,
-    /// Most messages applied in one transaction (those already pushed when the previous
-    /// transaction ended).
+    /// Most messages of a partition applied in one transaction (those already pushed when the
+    /// previous transaction ended).
     pub batch_max: usize,
+    /// Applies the runs of several partitions in one transaction (`combiner.rs`); `None`: each
+    /// partition applies its own.
+    pub combiner: Option<Combiner>,
     /// A redelivered message that workers started applying more than this many times is
     /// dead-lettered (with a reason, its command failed) before the broker's own delivery limit
     /// would drop it without one.

@@ -3,6 +3,7 @@
 //! message, or a run that cannot commit as a whole, goes on its own (`single.rs`).
 
 use super::Context;
+use super::combiner::OwnedItem;
 use super::session::{Stops, broker_step};
 use super::single::{StartInHand, apply_alone};
 use crate::apply::{BatchItem, DeliveryInfo};
@@ -50,7 +51,7 @@ pub(super) async fn apply_ready(
             return Ok(());
         }
         let fresh = rest.iter().take_while(|d| !d.redelivered).count();
-        if fresh >= 2 {
+        if fresh >= 2 || (fresh == 1 && ctx.combiner.is_some()) {
             let (run, after) = rest.split_at(fresh);
             apply_fresh_run(ctx, partition, run, stops, in_hand).await?;
             rest = after;
@@ -72,10 +73,11 @@ pub(super) async fn apply_ready(
     Ok(())
 }
 
-/// Applies fresh messages in one transaction and acks them together after its commit. When
-/// they cannot be committed together (one of them needs more than an apply: a duplicate, a
-/// message that is not a command, a command that fails; or the transaction failed), each is
-/// handled on its own instead, as if it had arrived alone.
+/// Applies fresh messages in one transaction (combined with other partitions' runs, when the
+/// worker combines) and acks them together after its commit. When they cannot be committed
+/// together (one of them needs more than an apply: a duplicate, a message that is not a
+/// command, a command that fails; or the transaction failed), each is handled on its own
+/// instead, as if it had arrived alone.
 async fn apply_fresh_run(
     ctx: &Context,
     partition: u16,
@@ -83,37 +85,41 @@ async fn apply_fresh_run(
     stops: &Stops,
     in_hand: &StartInHand,
 ) -> anyhow::Result<()> {
-    let incoming: Vec<Incoming> = deliveries
+    let mut incoming: Vec<Incoming> = deliveries
         .iter()
         .map(|delivery| receive(ctx, partition, delivery))
         .collect();
+    if let Some(combiner) = &ctx.combiner {
+        let owned = incoming
+            .iter()
+            .map(|m| OwnedItem {
+                body: m.delivery.data.clone(),
+                delivery: delivery_info(m),
+                span: m.span.clone(),
+            })
+            .collect();
+        if let Some(finished) = combiner.apply(partition, owned).await {
+            return acked(ctx, partition, deliveries, finished).await;
+        }
+    }
+    if incoming.len() == 1 {
+        // Alone, and the combined transaction could not commit it.
+        let message = incoming.pop().expect("one message");
+        if stops.give_back.is_cancelled() {
+            return Ok(());
+        }
+        return apply_alone(ctx, partition, message, &stops.give_back, in_hand).await;
+    }
     let items: Vec<BatchItem> = incoming
         .iter()
         .map(|m| BatchItem {
             body: &m.delivery.data,
-            delivery: DeliveryInfo {
-                delivered: Some(Delivered {
-                    at: m.received,
-                    attempt: 1,
-                }),
-                traceparent: m.traceparent.clone(),
-                user_id: m.user_id.clone(),
-            },
+            delivery: delivery_info(m),
             span: m.span.clone(),
         })
         .collect();
     match ctx.applier.apply_batch(&items, partition).await {
-        Ok(Some(finished)) => {
-            ctx.monitor.finished(partition, finished);
-            // The race audit's "worker killed between commit and ack" (`failpoints` builds only).
-            fail::fail_point!("consume.after_commit_before_ack", |_| std::process::abort());
-            let last = deliveries.last().expect("a batch has messages");
-            ctx.monitor.stage(partition, Stage::Acking);
-            broker_step("acking", last.ack(BasicAckOptions { multiple: true })).await?;
-            ctx.monitor.stage(partition, Stage::Applying);
-            metrics::batch_applied(deliveries.len());
-            return Ok(());
-        }
+        Ok(Some(finished)) => return acked(ctx, partition, deliveries, finished).await,
         Ok(None) => {
             tracing::debug!(
                 partition,
@@ -137,6 +143,38 @@ async fn apply_fresh_run(
             break;
         }
         apply_alone(ctx, partition, message, &stops.give_back, in_hand).await?;
+    }
+    Ok(())
+}
+
+/// What a fresh message's transaction records of its delivery.
+fn delivery_info(message: &Incoming) -> DeliveryInfo {
+    DeliveryInfo {
+        delivered: Some(Delivered {
+            at: message.received,
+            attempt: 1,
+        }),
+        traceparent: message.traceparent.clone(),
+        user_id: message.user_id.clone(),
+    }
+}
+
+/// Acks a committed run of messages (one multiple ack) and counts it.
+async fn acked(
+    ctx: &Context,
+    partition: u16,
+    deliveries: &[Delivery],
+    finished: usize,
+) -> anyhow::Result<()> {
+    ctx.monitor.finished(partition, finished);
+    // The race audit's "worker killed between commit and ack" (`failpoints` builds only).
+    fail::fail_point!("consume.after_commit_before_ack", |_| std::process::abort());
+    let last = deliveries.last().expect("a batch has messages");
+    ctx.monitor.stage(partition, Stage::Acking);
+    broker_step("acking", last.ack(BasicAckOptions { multiple: true })).await?;
+    ctx.monitor.stage(partition, Stage::Applying);
+    if deliveries.len() >= 2 {
+        metrics::batch_applied(deliveries.len());
     }
     Ok(())
 }
