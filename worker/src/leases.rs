@@ -166,6 +166,8 @@ pub struct Keeper {
     changes: Listener,
     /// Told when a partition's consumer ended (drained): a round releases its lease at once.
     consumer_ended: Arc<Notify>,
+    /// The highest epoch this process started a consumer at, per partition.
+    consumed: BTreeMap<u16, i64>,
 }
 
 impl Keeper {
@@ -186,6 +188,7 @@ impl Keeper {
             liveness: None,
             liveness_failing: false,
             consumer_ended: Arc::new(Notify::new()),
+            consumed: BTreeMap::new(),
         }
     }
 
@@ -310,6 +313,33 @@ impl Keeper {
         // Who holds what: a partition stays with a live holder within its share (sticky), so a
         // join moves only the newcomer's share. One being handed over is nobody's.
         let all = leases::leases(&self.db, self.timing.dead_after()).await?;
+        // Held without a consumer, at an epoch this process never consumed: a take that
+        // committed while its answer was lost (a round that timed out, a connection cut as
+        // PostgreSQL's primary moved). The row names this process and is active, so no one else
+        // takes it while this process lives: consume it (the hand-over below drains it if it is
+        // not ours to keep). A lease it gave up or lost at an epoch it consumed is not picked
+        // up again here: a consumer it abandoned may still be in a transaction at that epoch,
+        // so it is taken over (epoch + 1) like anyone's.
+        let orphaned: Vec<(u16, i64)> = held
+            .iter()
+            .filter(|(p, e)| {
+                !self.running.contains_key(p) && **e > self.consumed.get(p).copied().unwrap_or(0)
+            })
+            .filter(|(p, _)| {
+                all.iter()
+                    .any(|l| l.partition == i32::from(**p) && l.state == "active")
+            })
+            .map(|(p, e)| (*p, *e))
+            .collect();
+        for (partition, epoch) in orphaned {
+            tracing::warn!(
+                partition,
+                epoch,
+                "holding a partition's lease without consuming it (a take whose answer was lost); consuming it"
+            );
+            metrics::rebalanced("taken");
+            self.consume(partition, epoch);
+        }
         let mut holders: Vec<Option<&str>> = vec![None; usize::from(partitions)];
         for lease in &all {
             if let Some(slot) = usize::try_from(lease.partition)
@@ -465,6 +495,14 @@ impl Keeper {
             "took the partition's lease"
         );
         metrics::rebalanced("taken");
+        self.consume(partition, epoch);
+        Ok(())
+    }
+
+    /// Starts consuming a partition this process holds the lease of, at `epoch`.
+    fn consume(&mut self, partition: u16, epoch: i64) {
+        let consumed = self.consumed.entry(partition).or_insert(0);
+        *consumed = (*consumed).max(epoch);
         self.holdings.set(partition, epoch);
         self.ctx.monitor.lease(partition, epoch);
         let stops = Stops::new();
@@ -485,7 +523,6 @@ impl Keeper {
                 marked_draining: false,
             },
         );
-        Ok(())
     }
 
     /// Stops consuming a partition whose lease is gone: whatever it holds stays unacked.

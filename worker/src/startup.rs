@@ -55,15 +55,15 @@ pub struct WorkerConfig {
     /// partitions have in hand together are applied in one transaction (one fence, one commit
     /// for all of them), each writer on a connection of its own. While one writer's transaction
     /// keeps up, it is the only one (the larger a transaction, the less each command costs);
-    /// another starts only once that one has run `ORDERFLOW_APPLY_SPILL_AFTER_MS` (a lock wait,
-    /// a slow statement), so that it holds up the other partitions no longer. 0: every
+    /// runs in hand wait for it at most `ORDERFLOW_APPLY_SPILL_AFTER_MS` (it may be stuck on a
+    /// lock, or a slow statement), then another writer starts a transaction beside it. 0: every
     /// partition applies its runs in transactions of its own.
     #[arg(long, env = "ORDERFLOW_APPLY_WRITERS", default_value_t = 4,
           value_parser = clap::value_parser!(u16).range(0..=16))]
     pub apply_writers: u16,
 
-    /// Milliseconds a combined transaction may run before a writer with other partitions' runs
-    /// in hand starts one beside it (see `ORDERFLOW_APPLY_WRITERS`). Above what a busy
+    /// Milliseconds runs in hand wait for the combined transaction in flight before a writer
+    /// starts one beside it (see `ORDERFLOW_APPLY_WRITERS`). Above what a busy
     /// transaction takes (p99 35–50 ms in the `max` phase of `orderflow-bench perf`), so that
     /// under load the transactions stay one at a time and large.
     #[arg(long, env = "ORDERFLOW_APPLY_SPILL_AFTER_MS", default_value_t = 100,

@@ -10,7 +10,7 @@
 //!
 //! One writer at a time, as long as it keeps up: the bigger a transaction, the less each command
 //! costs (below, and docs/DESIGN-NOTES.md). A writer with runs in hand waits while another is in
-//! a transaction, until that one commits or has run `spill_after`; then it starts its own. So
+//! a transaction, until that one commits, for at most `spill_after`; then it starts its own. So
 //! a transaction that waits on a lock (or a slow statement) holds up the other partitions for
 //! that long, not for as long as it waits, and up to `writers` transactions wait at once.
 //!
@@ -55,8 +55,8 @@ pub struct Combiner {
 
 impl Combiner {
     /// Starts `writers` writers (each applies one combined transaction at a time) on `applier`;
-    /// another starts a transaction beside one in flight only once that one has run
-    /// `spill_after`.
+    /// runs in hand wait for the transaction in flight at most `spill_after`, then another
+    /// writer starts one beside it.
     pub fn start(applier: Applier, writers: usize, spill_after: Duration) -> Self {
         let (queue, handed) = mpsc::channel(MAX_RUNS * writers.max(1));
         let shared = Arc::new(Writers {
