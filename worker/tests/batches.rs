@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{add_item, create, created_order, lock_order};
+use common::{add_item, all_pushed, create, created_order, lock_order};
 use orderflow_domain::{CommandId, OrderId, Sku};
 use orderflow_storage::inventory;
 use orderflow_testkit::{Stack, wait_for};
@@ -42,28 +42,7 @@ async fn behind_a_held_order(stack: &Stack, blocker: OrderId, then: &[Vec<u8>]) 
     for body in then {
         stack.publish_raw(0, body).await;
     }
-    let queue = stack.topology.partition_queue(0);
-    let channel = stack.channel().await;
-    wait_for("every message to be pushed to the consumer")
-        .until(|| {
-            let channel = channel.clone();
-            let queue = queue.clone();
-            async move {
-                let declared = channel
-                    .queue_declare(
-                        queue.as_str().into(),
-                        lapin::options::QueueDeclareOptions {
-                            passive: true,
-                            ..Default::default()
-                        },
-                        Default::default(),
-                    )
-                    .await
-                    .unwrap();
-                (declared.message_count() == 0).then_some(())
-            }
-        })
-        .await;
+    all_pushed(stack, 0).await;
     held.rollback().await.unwrap();
     first.command_id
 }

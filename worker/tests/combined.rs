@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{add_item, created_order, lock_order};
+use common::{add_item, all_pushed, created_order, lock_order};
 use orderflow_domain::{CommandId, OrderId};
 use orderflow_testkit::{Stack, wait_for};
 use uuid::Uuid;
@@ -184,32 +184,6 @@ async fn a_combined_transaction_that_cannot_commit_sends_each_run_back_to_its_pa
 }
 
 const TRANSACTIONS: &str = "orderflow_apply_transactions_total";
-
-/// Waits until the broker has pushed every message of `partition`'s queue to its consumer.
-async fn all_pushed(stack: &Stack, partition: u16) {
-    let queue = stack.topology.partition_queue(partition);
-    let channel = stack.channel().await;
-    wait_for("every message to be pushed to the consumer")
-        .until(|| {
-            let channel = channel.clone();
-            let queue = queue.clone();
-            async move {
-                let declared = channel
-                    .queue_declare(
-                        queue.as_str().into(),
-                        lapin::options::QueueDeclareOptions {
-                            passive: true,
-                            ..Default::default()
-                        },
-                        Default::default(),
-                    )
-                    .await
-                    .unwrap();
-                (declared.message_count() == 0).then_some(())
-            }
-        })
-        .await;
-}
 
 #[tokio::test]
 async fn a_run_of_plain_commands_is_written_set_based_each_seeing_the_one_before() {

@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use orderflow_domain::OrderId;
-use orderflow_testkit::{Stack, StackBuilder};
+use orderflow_testkit::{Stack, StackBuilder, wait_for};
 use serde_json::{Value, json};
 
 /// Two partitions: the tests place orders on each (`Stack::order_in`).
@@ -48,4 +48,30 @@ pub async fn lock_order(
         .await
         .unwrap();
     tx
+}
+
+/// Waits until the broker has pushed every message of `partition`'s queue to its consumer.
+pub async fn all_pushed(stack: &Stack, partition: u16) {
+    let queue = stack.topology.partition_queue(partition);
+    let channel = stack.channel().await;
+    wait_for("every message to be pushed to the consumer")
+        .until(|| {
+            let channel = channel.clone();
+            let queue = queue.clone();
+            async move {
+                let declared = channel
+                    .queue_declare(
+                        queue.as_str().into(),
+                        lapin::options::QueueDeclareOptions {
+                            passive: true,
+                            ..Default::default()
+                        },
+                        Default::default(),
+                    )
+                    .await
+                    .unwrap();
+                (declared.message_count() == 0).then_some(())
+            }
+        })
+        .await;
 }
