@@ -631,3 +631,85 @@ async fn a_lease_held_by_an_expired_holders_open_transaction_is_taken_over_witho
         "the zombie's session still commits"
     );
 }
+
+/// A take whose commit reached PostgreSQL but whose answer never reached the worker (the round
+/// timed out, or the primary moved under it: the cluster audit's `pg-promote` left a partition
+/// owned by a live worker that did not know, and nobody consumed it for the rest of the run).
+/// The lease names this worker's process and is active, so no one else takes it while it lives:
+/// the worker must find it on its next round and consume it at the epoch the lost take wrote.
+#[tokio::test]
+async fn a_lease_whose_take_committed_while_its_answer_was_lost_is_consumed_by_its_holder() {
+    let mut stack = Stack::builder()
+        .partitions(2)
+        .worker_config(|c| c.lease_ttl_ms = 2000)
+        .start()
+        .await;
+    named(&mut stack, "holder").await;
+    wait_held(&stack, &[("holder", 2)]).await;
+    let order = common::created_order(&stack, 1).await;
+
+    // Partition 1 is taken from "holder" (as in the fence test above), so that it stops
+    // consuming it: the state a worker is in before it takes a lease.
+    let mut steal = stack.db.begin().await.unwrap();
+    sqlx::query(
+        "insert into worker_members (name, incarnation, expires_at)
+         values ('thief', gen_random_uuid(), now() + interval '30 seconds')",
+    )
+    .execute(&mut *steal)
+    .await
+    .unwrap();
+    sqlx::query(
+        "update partition_leases
+            set owner = m.name, incarnation = m.incarnation, epoch = epoch + 1
+           from worker_members m
+          where partition = 1 and m.name = 'thief'",
+    )
+    .execute(&mut *steal)
+    .await
+    .unwrap();
+    steal.commit().await.unwrap();
+    let channel = stack.channel().await;
+    let queue = stack.topology.partition_queue(1);
+    wait_for("the holder to stop consuming partition 1")
+        .until(|| async {
+            let depth = queue_depth(&channel, &queue).await.unwrap();
+            (depth.consumers == 0).then_some(())
+        })
+        .await;
+
+    // The holder's take of partition 1 commits, and the thief leaves; the take's answer is
+    // what gets lost, so the worker is told nothing but what its next rounds read.
+    let mut lost_answer = stack.db.begin().await.unwrap();
+    let taken: i64 = sqlx::query_scalar(
+        "update partition_leases
+            set owner = m.name, incarnation = m.incarnation, epoch = epoch + 1, state = 'active'
+           from worker_members m
+          where partition = 1 and m.name = 'holder' returning epoch",
+    )
+    .fetch_one(&mut *lost_answer)
+    .await
+    .unwrap();
+    sqlx::query("delete from worker_members where name = 'thief'")
+        .execute(&mut *lost_answer)
+        .await
+        .unwrap();
+    lost_answer.commit().await.unwrap();
+
+    // The holder consumes partition 1 at that very epoch: it does not take it again.
+    let add = stack.message(order, common::add_item("LOST-ANSWER-1"), None);
+    stack.publish(&add).await;
+    assert_eq!(stack.wait_final_status(add.command_id).await, "applied");
+    let (partition, epoch): (Option<i32>, Option<i64>) =
+        sqlx::query_as("select lease_partition, epoch from commands where id = $1")
+            .bind(add.command_id.0)
+            .fetch_one(&stack.db)
+            .await
+            .unwrap();
+    assert_eq!((partition, epoch), (Some(1), Some(taken)));
+    let owner: (String, i64) =
+        sqlx::query_as("select owner, epoch from partition_leases where partition = 1")
+            .fetch_one(&stack.db)
+            .await
+            .unwrap();
+    assert_eq!(owner, ("holder".to_owned(), taken));
+}
