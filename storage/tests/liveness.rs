@@ -50,6 +50,14 @@ async fn a_worker_whose_liveness_session_ended_and_which_stopped_renewing_is_tak
     }
     let mut liveness = PgConnection::connect(&url).await.unwrap();
     assert!(leases::hold_liveness(&mut liveness, &dying).await.unwrap());
+    // The survivor is alive as a worker is, by its own liveness session: the test may take
+    // longer than the grace between its renewals (it failed that way under a loaded CI).
+    let mut survivor_liveness = PgConnection::connect(&url).await.unwrap();
+    assert!(
+        leases::hold_liveness(&mut survivor_liveness, &survivor)
+            .await
+            .unwrap()
+    );
     let mut conn = db.acquire().await.unwrap();
     let free = leases::leases(&db, GRACE).await.unwrap().remove(0);
     assert_eq!(
