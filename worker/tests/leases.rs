@@ -92,6 +92,35 @@ async fn count(stack: &Stack, sql: &'static str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(&stack.db).await.unwrap()
 }
 
+/// Takes `partition`'s lease for a new member `thief` (live for `lives_secs`, judged by its TTL)
+/// in one transaction, as a worker that found the lease expired would: epoch + 1. Returns the
+/// new epoch.
+async fn take_behind_its_back(stack: &Stack, partition: i32, thief: &str, lives_secs: i32) -> i64 {
+    let mut steal = stack.db.begin().await.unwrap();
+    sqlx::query(
+        "insert into worker_members (name, incarnation, expires_at)
+         values ($1, gen_random_uuid(), now() + make_interval(secs => $2))",
+    )
+    .bind(thief)
+    .bind(lives_secs)
+    .execute(&mut *steal)
+    .await
+    .unwrap();
+    let stolen: i64 = sqlx::query_scalar(
+        "update partition_leases
+            set owner = m.name, incarnation = m.incarnation, epoch = epoch + 1
+           from worker_members m
+          where partition = $2 and m.name = $1 returning epoch",
+    )
+    .bind(thief)
+    .bind(partition)
+    .fetch_one(&mut *steal)
+    .await
+    .unwrap();
+    steal.commit().await.unwrap();
+    stolen
+}
+
 #[tokio::test]
 async fn workers_share_the_partitions_evenly_and_a_join_or_a_leave_starts_no_work_twice() {
     let mut stack = Stack::builder().partitions(PARTITIONS).start().await;
@@ -411,26 +440,7 @@ async fn a_worker_whose_lease_was_taken_commits_nothing_more_and_leaves_the_mess
     );
     // One transaction: the worker, woken by the join's notification, must find the lease
     // already taken (alone, the join would make it hand partition 1 over gracefully first).
-    let mut steal = stack.db.begin().await.unwrap();
-    sqlx::query(
-        "insert into worker_members (name, incarnation, expires_at)
-         values ($1, gen_random_uuid(), now() + interval '4 seconds')",
-    )
-    .bind(&thief)
-    .execute(&mut *steal)
-    .await
-    .unwrap();
-    let stolen: i64 = sqlx::query_scalar(
-        "update partition_leases
-            set owner = m.name, incarnation = m.incarnation, epoch = epoch + 1
-           from worker_members m
-          where partition = 1 and m.name = $1 returning epoch",
-    )
-    .bind(&thief)
-    .fetch_one(&mut *steal)
-    .await
-    .unwrap();
-    steal.commit().await.unwrap();
+    let stolen = take_behind_its_back(&stack, 1, &thief, 4).await;
     let add = stack.message(order, common::add_item("FENCED-1"), None);
     stack.publish(&add).await;
 
@@ -650,24 +660,7 @@ async fn a_lease_whose_take_committed_while_its_answer_was_lost_is_consumed_by_i
 
     // Partition 1 is taken from "holder" (as in the fence test above), so that it stops
     // consuming it: the state a worker is in before it takes a lease.
-    let mut steal = stack.db.begin().await.unwrap();
-    sqlx::query(
-        "insert into worker_members (name, incarnation, expires_at)
-         values ('thief', gen_random_uuid(), now() + interval '30 seconds')",
-    )
-    .execute(&mut *steal)
-    .await
-    .unwrap();
-    sqlx::query(
-        "update partition_leases
-            set owner = m.name, incarnation = m.incarnation, epoch = epoch + 1
-           from worker_members m
-          where partition = 1 and m.name = 'thief'",
-    )
-    .execute(&mut *steal)
-    .await
-    .unwrap();
-    steal.commit().await.unwrap();
+    take_behind_its_back(&stack, 1, "thief", 30).await;
     let channel = stack.channel().await;
     let queue = stack.topology.partition_queue(1);
     wait_for("the holder to stop consuming partition 1")
@@ -712,4 +705,63 @@ async fn a_lease_whose_take_committed_while_its_answer_was_lost_is_consumed_by_i
             .await
             .unwrap();
     assert_eq!(owner, ("holder".to_owned(), taken));
+}
+
+/// The case the cluster audit found: the lost take's partition is not in its holder's share.
+/// Its rightful worker cannot take it (a live worker holds it) and waits for the hand-over; the
+/// holder, not consuming it, never handed it over, and the partition stalled for good. It must
+/// be consumed and then handed on, and its messages applied.
+#[tokio::test]
+async fn a_lost_take_of_a_partition_outside_its_holders_share_is_handed_on_not_orphaned() {
+    let mut stack = Stack::builder()
+        .partitions(2)
+        .worker_config(|c| c.lease_ttl_ms = 2000)
+        .start()
+        .await;
+    named(&mut stack, "holder").await;
+    wait_held(&stack, &[("holder", 2)]).await;
+    named(&mut stack, "other").await;
+    wait_held(&stack, &[("holder", 1), ("other", 1)]).await;
+    let theirs: i32 = sqlx::query_scalar(
+        "select partition from partition_leases where owner = 'other' and state = 'active'",
+    )
+    .fetch_one(&stack.db)
+    .await
+    .unwrap();
+    let order = common::created_order(&stack, theirs as u16).await;
+
+    // "holder" took the other worker's partition (as it would have had that worker's
+    // membership lapsed), and the answer never reached it.
+    let taken: i64 = sqlx::query_scalar(
+        "update partition_leases
+            set owner = m.name, incarnation = m.incarnation, epoch = epoch + 1, state = 'active'
+           from worker_members m
+          where partition = $1 and m.name = 'holder' returning epoch",
+    )
+    .bind(theirs)
+    .fetch_one(&stack.db)
+    .await
+    .unwrap();
+
+    let add = stack.message(order, common::add_item("LOST-ANSWER-2"), None);
+    stack.publish(&add).await;
+    assert_eq!(stack.wait_final_status(add.command_id).await, "applied");
+    let epoch: Option<i64> = sqlx::query_scalar("select epoch from commands where id = $1")
+        .bind(add.command_id.0)
+        .fetch_one(&stack.db)
+        .await
+        .unwrap();
+    assert!(
+        epoch.is_some_and(|e| e >= taken),
+        "applied under the lost take's lease or a later one: {epoch:?} (taken at {taken})"
+    );
+    // And the partition went back to the worker whose share it is.
+    wait_held(&stack, &[("holder", 1), ("other", 1)]).await;
+    let owner: String =
+        sqlx::query_scalar("select owner from partition_leases where partition = $1")
+            .bind(theirs)
+            .fetch_one(&stack.db)
+            .await
+            .unwrap();
+    assert_eq!(owner, "other");
 }
