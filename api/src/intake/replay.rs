@@ -60,29 +60,35 @@ pub(super) async fn replay(
     if fingerprint != stored_fingerprint {
         return Err(ApiError::IdempotencyMismatch);
     }
-    // Settled: read after any worker applying it commits (its confirm may have been skipped for
-    // that worker, which records the publish itself). Neither confirmed nor taken up yet: the
-    // broker's confirm is recorded a moment after the first request's 202 (`crate::confirms`),
-    // so wait that long for it before calling the first request still in flight.
+    // Neither confirmed nor taken up yet: the broker's confirm is recorded a moment after the
+    // first request's 202 (`crate::confirms`), so wait that long for it before calling the first
+    // request still in flight. Plain reads meanwhile: a locking one would make the confirm
+    // writer, which skips locked rows, pass this very command over.
     let deadline = Instant::now() + state.confirms.delay() + MARK_GRACE;
     let mut pause = Duration::from_millis(10);
-    let row = loop {
-        let row = commands::get_for_client_settled(&state.db, client.id, command_id)
+    loop {
+        let row = commands::get_for_client(&state.db, client.id, command_id)
             .await?
             .ok_or_else(|| {
                 anyhow::anyhow!("idempotency key names a missing command {command_id}")
             })?;
-        if row.published_at.is_some() || row.status != CommandStatus::Accepted {
-            break row;
-        }
-        // Still between its commit and its publish (or its API died there: the relay publishes
-        // it later).
-        if Instant::now() + pause > deadline {
-            return Err(ApiError::IdempotencyInFlight);
+        let waiting = row.published_at.is_none() && row.status == CommandStatus::Accepted;
+        if !waiting || Instant::now() + pause > deadline {
+            break;
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(100));
-    };
+    }
+    // Settled: read after any worker applying it commits (its confirm may have been skipped for
+    // that worker, which records the publish itself).
+    let row = commands::get_for_client_settled(&state.db, client.id, command_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("idempotency key names a missing command {command_id}"))?;
+    // Still between its commit and its publish (or its API died there: the relay publishes it
+    // later).
+    if row.published_at.is_none() && row.status == CommandStatus::Accepted {
+        return Err(ApiError::IdempotencyInFlight);
+    }
     // Refused commands release their key in the same transaction, so this is only reachable if
     // that transaction's outcome was unknown to its request; answer what the refusal meant.
     match row.reason {
