@@ -113,8 +113,7 @@ pub async fn republish_stale(
         .collect();
     match which {
         Stale::Unconfirmed => {
-            let now = vec![chrono::Utc::now(); published.len()];
-            commands::mark_published(&mut *tx, &published, &now).await?;
+            commands::mark_published(&mut *tx, &published).await?;
         }
         Stale::Overtaken => commands::mark_republished(&mut *tx, &published).await?,
     }
