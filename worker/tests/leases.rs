@@ -106,19 +106,25 @@ async fn take_behind_its_back(stack: &Stack, partition: i32, thief: &str, lives_
     .execute(&mut *steal)
     .await
     .unwrap();
-    let stolen: i64 = sqlx::query_scalar(
+    let stolen = take_for(&mut *steal, partition, thief).await;
+    steal.commit().await.unwrap();
+    stolen
+}
+
+/// Writes what a take of `partition` by the member `name` commits (its process, epoch + 1,
+/// active), without that member being told; returns the new epoch.
+async fn take_for(db: impl sqlx::PgExecutor<'_>, partition: i32, name: &str) -> i64 {
+    sqlx::query_scalar(
         "update partition_leases
-            set owner = m.name, incarnation = m.incarnation, epoch = epoch + 1
+            set owner = m.name, incarnation = m.incarnation, epoch = epoch + 1, state = 'active'
            from worker_members m
           where partition = $2 and m.name = $1 returning epoch",
     )
-    .bind(thief)
+    .bind(name)
     .bind(partition)
-    .fetch_one(&mut *steal)
+    .fetch_one(db)
     .await
-    .unwrap();
-    steal.commit().await.unwrap();
-    stolen
+    .unwrap()
 }
 
 #[tokio::test]
@@ -673,15 +679,7 @@ async fn a_lease_whose_take_committed_while_its_answer_was_lost_is_consumed_by_i
     // The holder's take of partition 1 commits, and the thief leaves; the take's answer is
     // what gets lost, so the worker is told nothing but what its next rounds read.
     let mut lost_answer = stack.db.begin().await.unwrap();
-    let taken: i64 = sqlx::query_scalar(
-        "update partition_leases
-            set owner = m.name, incarnation = m.incarnation, epoch = epoch + 1, state = 'active'
-           from worker_members m
-          where partition = 1 and m.name = 'holder' returning epoch",
-    )
-    .fetch_one(&mut *lost_answer)
-    .await
-    .unwrap();
+    let taken = take_for(&mut *lost_answer, 1, "holder").await;
     sqlx::query("delete from worker_members where name = 'thief'")
         .execute(&mut *lost_answer)
         .await
@@ -732,16 +730,7 @@ async fn a_lost_take_of_a_partition_outside_its_holders_share_is_handed_on_not_o
 
     // "holder" took the other worker's partition (as it would have had that worker's
     // membership lapsed), and the answer never reached it.
-    let taken: i64 = sqlx::query_scalar(
-        "update partition_leases
-            set owner = m.name, incarnation = m.incarnation, epoch = epoch + 1, state = 'active'
-           from worker_members m
-          where partition = $1 and m.name = 'holder' returning epoch",
-    )
-    .bind(theirs)
-    .fetch_one(&stack.db)
-    .await
-    .unwrap();
+    let taken = take_for(&stack.db, theirs, "holder").await;
 
     let add = stack.message(order, common::add_item("LOST-ANSWER-2"), None);
     stack.publish(&add).await;
