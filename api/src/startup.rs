@@ -94,6 +94,15 @@ pub struct ApiConfig {
     )]
     pub alert_partition_lag_secs: f64,
 
+    /// Milliseconds after the broker's confirm that the API records it in PostgreSQL, with every
+    /// other confirm due by then (the 202 does not wait for it). A command applied by then has
+    /// its publish recorded by the worker, and costs the mark nothing; one still queued is
+    /// marked, so that the relay does not republish it. Keep it well below the worker's
+    /// `ORDERFLOW_REPUBLISH_AFTER_MS`. 0: as soon as the writer is free.
+    #[arg(long, env = "ORDERFLOW_CONFIRM_MARK_DELAY_MS", default_value_t = 250,
+          value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub confirm_mark_delay_ms: u64,
+
     /// Seconds an API key's check is remembered (default 60). A change to clients reaches every
     /// API as a PostgreSQL notification (about a millisecond on one host) that empties the
     /// cache, and a revoked key may pass until then; nothing is cached while that connection is
@@ -236,7 +245,12 @@ impl Application {
                 shutdown.clone(),
             ),
             gates: OrderGates::default(),
-            confirms: Confirms::start(&mut tasks, pool.clone()),
+            confirms: Confirms::start(
+                &mut tasks,
+                pool.clone(),
+                Duration::from_millis(config.confirm_mark_delay_ms),
+                shutdown.clone(),
+            ),
             records: Records::start(&mut tasks, common.database_url.expose_secret())?,
             db: pool,
             publisher: Arc::new(publisher),

@@ -144,7 +144,13 @@ async fn record_in_flight(app: &Stack, key: &str, body: &Value) -> (CommandId, O
 
 #[tokio::test]
 async fn a_key_whose_first_request_is_in_flight_is_a_409_until_the_relay_completes_it() {
-    let app = common::stack().worker().start().await;
+    // The replay waits for the first request's confirm to be recorded (the API's mark delay and
+    // half a second) before it calls it in flight: the relay must not republish it before then.
+    let app = common::stack()
+        .worker()
+        .worker_config(|c| c.republish_after_ms = 3000)
+        .start()
+        .await;
     let body = order_body();
     let (command_id, order_id) = record_in_flight(&app, "in-flight", &body).await;
 
@@ -156,7 +162,7 @@ async fn a_key_whose_first_request_is_in_flight_is_a_409_until_the_relay_complet
         "https://orderflow.dev/problems/idempotency-key-in-flight"
     );
 
-    // The worker's command relay publishes what the API never did (after 1 s in tests) ...
+    // The worker's command relay publishes what the API never did (after 3 s here) ...
     let done = app.wait_final(&command_id.to_string()).await;
     assert_eq!(done["status"], "applied", "{done}");
     assert!(done["published_at"].is_string());

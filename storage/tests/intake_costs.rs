@@ -144,7 +144,10 @@ async fn the_confirm_mark_is_a_hot_update() {
     }
 
     let mut tx = conn.begin().await.unwrap();
-    let marked = commands::mark_published(&mut *tx, &recorded).await.unwrap();
+    let now = vec![chrono::Utc::now(); recorded.len()];
+    let marked = commands::mark_published(&mut *tx, &recorded, &now)
+        .await
+        .unwrap();
     assert_eq!(marked.len(), recorded.len());
     let (updated, hot): (i64, i64) = sqlx::query_as(
         "select n_tup_upd, n_tup_hot_upd from pg_stat_xact_user_tables where relname = 'commands'",

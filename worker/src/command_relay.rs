@@ -113,7 +113,8 @@ pub async fn republish_stale(
         .collect();
     match which {
         Stale::Unconfirmed => {
-            commands::mark_published(&mut *tx, &published).await?;
+            let now = vec![chrono::Utc::now(); published.len()];
+            commands::mark_published(&mut *tx, &published, &now).await?;
         }
         Stale::Overtaken => commands::mark_republished(&mut *tx, &published).await?,
     }

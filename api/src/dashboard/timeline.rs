@@ -65,9 +65,10 @@ type Moment = Option<DateTime<Utc>>;
 /// happen for its source:
 ///
 /// - through the API: received → recorded (`record`) → published, i.e. the broker's confirm
-///   (`publish`) → delivered to the worker (`queue`) → finished (`apply`). The broker can
-///   deliver before the API has recorded its confirm: `publish` then ends at the delivery and
-///   `queue` takes no time.
+///   (`publish`) → delivered to the worker (`queue`) → finished (`apply`). The API records the
+///   confirm a moment after its 202, and only for a command not finished by then
+///   (`api/src/confirms.rs`): a command applied sooner has its delivery as its publish, so
+///   `publish` ends at the delivery and `queue` takes no time.
 /// - from a direct producer: the worker receives the message first and records the command
 ///   then: delivered → recorded (`record`, by the worker) → finished (`apply`). Its
 ///   `published_at` is only the moment of recording, and it was never received by the API.

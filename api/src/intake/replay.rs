@@ -12,6 +12,11 @@ use orderflow_contract::{IntakeRefusal, Reason};
 use orderflow_domain::CommandId;
 use orderflow_storage::clients::Client;
 use orderflow_storage::commands;
+use std::time::{Duration, Instant};
+
+/// How long past the confirm writer's delay a replay waits for the first request's confirm to
+/// be recorded: the writer's own statement, and a request between its commit and its publish.
+const MARK_GRACE: Duration = Duration::from_millis(500);
 
 /// Counts a replay or a mismatch and tells the dashboards (of every API instance) about it.
 pub(super) async fn observe_replay(
@@ -55,13 +60,32 @@ pub(super) async fn replay(
     if fingerprint != stored_fingerprint {
         return Err(ApiError::IdempotencyMismatch);
     }
+    // Neither confirmed nor taken up yet: the broker's confirm is recorded a moment after the
+    // first request's 202 (`crate::confirms`), so wait that long for it before calling the first
+    // request still in flight. Plain reads meanwhile: a locking one would make the confirm
+    // writer, which skips locked rows, pass this very command over.
+    let deadline = Instant::now() + state.confirms.delay() + MARK_GRACE;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        let row = commands::get_for_client(&state.db, client.id, command_id)
+            .await?
+            .ok_or_else(|| {
+                anyhow::anyhow!("idempotency key names a missing command {command_id}")
+            })?;
+        let waiting = row.published_at.is_none() && row.status == CommandStatus::Accepted;
+        if !waiting || Instant::now() + pause > deadline {
+            break;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
     // Settled: read after any worker applying it commits (its confirm may have been skipped for
     // that worker, which records the publish itself).
     let row = commands::get_for_client_settled(&state.db, client.id, command_id)
         .await?
         .ok_or_else(|| anyhow::anyhow!("idempotency key names a missing command {command_id}"))?;
-    // Neither confirmed by the broker nor taken up by a worker yet: the first request is
-    // still between its commit and its publish.
+    // Still between its commit and its publish (or its API died there: the relay publishes it
+    // later).
     if row.published_at.is_none() && row.status == CommandStatus::Accepted {
         return Err(ApiError::IdempotencyInFlight);
     }

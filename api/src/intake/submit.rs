@@ -84,13 +84,8 @@ pub async fn submit(state: &AppState, s: Submission<'_>) -> Result<Accepted, Api
     // From here on the command is recorded: a 503 is only allowed once it is certain that the
     // command will never run; anything uncertain answers 202 and leaves it to the relay.
     match published {
-        Ok(()) => {
-            let marked = metrics::intake_stage("mark", state.confirms.record(command_id));
-            if let Err(e) = marked.await {
-                // The broker has it; the relay may republish it, which the inbox makes harmless.
-                tracing::warn!(%command_id, error = %e, "could not record the broker's confirm");
-            }
-        }
+        // Recorded later, without the answer waiting for it (`crate::confirms`).
+        Ok(()) => state.confirms.record(command_id, chrono::Utc::now()).await,
         Err(error) => {
             let (reason, api_error) = match &error {
                 PublishError::Refused => (IntakeRefusal::QueueFull, ApiError::QueueFull),

@@ -322,21 +322,26 @@ pub async fn get_for_client_settled(
     Ok(row.map(|r| command_row!(r)))
 }
 
-/// Records the broker's confirm; returns the ids it marked. Rows locked by a worker are
-/// skipped, not waited for: the worker is applying that command, and [`finish`] records when
-/// its message arrived, and a replay of the command's key waits for that worker
-/// ([`get_for_client_settled`]). Ids already marked are not returned either.
+/// Records the broker's confirms of `ids`, received at `at` (one time per id); returns the ids
+/// it marked. Rows locked by a worker are skipped, not waited for: the worker is applying that
+/// command, and [`finish`] records when its message arrived, and a replay of the command's key
+/// waits for that worker ([`get_for_client_settled`]). Ids already marked (or finished: a
+/// finished command records its publish) are not returned either, and cost no write.
 pub async fn mark_published(
     db: impl PgExecutor<'_>,
     ids: &[uuid::Uuid],
+    at: &[chrono::DateTime<chrono::Utc>],
 ) -> sqlx::Result<Vec<uuid::Uuid>> {
     sqlx::query_scalar!(
-        "update commands set published_at = now()
-         where id in (select id from commands
-                      where id = any($1) and published_at is null
-                      for update skip locked)
-         returning id",
-        ids
+        "update commands c set published_at = confirmed.at
+           from unnest($1::uuid[], $2::timestamptz[]) as confirmed(id, at)
+          where c.id = confirmed.id
+            and c.id in (select id from commands
+                          where id = any($1) and published_at is null
+                          for update skip locked)
+         returning c.id",
+        ids,
+        at
     )
     .fetch_all(db)
     .await

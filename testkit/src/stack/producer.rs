@@ -164,7 +164,7 @@ impl Stack {
         };
         commands::insert(&mut *tx, &new, seq).await.unwrap();
         if published {
-            commands::mark_published(&mut *tx, &[message.command_id.0])
+            commands::mark_published(&mut *tx, &[message.command_id.0], &[chrono::Utc::now()])
                 .await
                 .unwrap();
         }

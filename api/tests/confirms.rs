@@ -1,0 +1,66 @@
+//! The broker's confirm is recorded after the 202, not before it (`api/src/confirms.rs`): the
+//! answer does not wait for the write, a replay of the key waits for it rather than calling the
+//! first request in flight, and a stopping API writes the confirms it still holds.
+
+use orderflow_testkit::Stack;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::time::Duration;
+use uuid::Uuid;
+
+async fn published_at(app: &Stack, command_id: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    sqlx::query_scalar("select published_at from commands where id = $1::uuid")
+        .bind(command_id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_202_does_not_wait_for_its_confirm_to_be_recorded_and_a_stop_writes_the_ones_held() {
+    // A delay no test waits out: only the stop can write the mark.
+    let mut app = Stack::builder()
+        .api()
+        .api_config(|c| c.confirm_mark_delay_ms = 60_000)
+        .start()
+        .await;
+    let accepted = app.create_order(json!([])).await;
+    let answered = chrono::Utc::now();
+    let command = accepted["command_id"].as_str().unwrap().to_owned();
+    // Answered 202, its confirm not yet written (no worker runs: nothing else writes it).
+    assert_eq!(published_at(&app, &command).await, None);
+
+    assert!(app.stop_api(Duration::from_secs(10)).await);
+    let published = published_at(&app, &command)
+        .await
+        .expect("the stop wrote the confirm it held");
+    assert!(
+        published <= answered,
+        "the confirm's own time, before the 202: {published} vs {answered}"
+    );
+}
+
+#[tokio::test]
+async fn a_replay_within_the_delay_waits_for_the_confirm_and_answers_the_same_202() {
+    let app = Stack::builder()
+        .api()
+        .api_config(|c| c.confirm_mark_delay_ms = 1_000)
+        .start()
+        .await;
+    let key = Uuid::new_v4().to_string();
+    let body = json!({"customer_id": "c", "currency": "EUR", "items": []});
+    let first = app.post_order(&key, &body).await;
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    let first: Value = first.json().await.unwrap();
+    let command = first["command_id"].as_str().unwrap().to_owned();
+    assert_eq!(published_at(&app, &command).await, None);
+
+    // Recorded and confirmed, but not yet marked: the replay waits for the mark, then answers
+    // what the first request was answered (a 409 `in-flight` would send the client back again).
+    let replay = app.post_order(&key, &body).await;
+    assert_eq!(replay.status(), StatusCode::ACCEPTED);
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    let replay: Value = replay.json().await.unwrap();
+    assert_eq!(replay["command_id"], first["command_id"]);
+    assert!(published_at(&app, &command).await.is_some());
+}
