@@ -15,7 +15,9 @@
 //!
 //! A command that a worker is applying at that moment is skipped rather than waited for (its
 //! row is locked): the worker's commit records the publish. A replay of the command's key that
-//! finds it neither marked nor taken up yet waits for the mark (`intake/replay.rs`). Marks still
+//! finds it neither marked nor taken up yet asks this API whether it holds the confirm
+//! ([`Confirms::holds`]); a replay that reaches another API instance waits for the mark
+//! (`intake/replay.rs`). Marks still
 //! waiting when the API stops are written at once; marks lost with the process (kill -9) leave
 //! those commands to the relay, whose republish the inbox makes harmless.
 
@@ -25,7 +27,8 @@ use orderflow_runtime::shutdown::CancellationToken;
 use orderflow_runtime::tasks::Tasks;
 use orderflow_storage::commands;
 use sqlx::PgPool;
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -41,6 +44,9 @@ const MAX_HELD: usize = 16 * MAX_BATCH;
 pub struct Confirms {
     queue: mpsc::Sender<Confirmed>,
     delay: Duration,
+    /// The ids handed over and not yet written, for replays ([`Confirms::holds`]). A plain
+    /// mutex: each lock inserts, removes or looks up one id (or removes one batch's).
+    held: Arc<Mutex<HashSet<uuid::Uuid>>>,
 }
 
 struct Confirmed {
@@ -60,11 +66,12 @@ impl Confirms {
         shutdown: CancellationToken,
     ) -> Self {
         let (queue, arriving) = mpsc::channel(4 * MAX_BATCH);
+        let held = Arc::new(Mutex::new(HashSet::new()));
         tasks.spawn(
             "confirm writer",
-            write(db, arriving, delay, shutdown.clone()),
+            write(db, arriving, delay, held.clone(), shutdown.clone()),
         );
-        Self { queue, delay }
+        Self { queue, delay, held }
     }
 
     /// How long after its arrival a confirm is written (a replay waits about this long for it).
@@ -72,9 +79,16 @@ impl Confirms {
         self.delay
     }
 
+    /// Whether this API holds the broker's confirm of `id`, not yet written: the command is
+    /// published though its row does not say so yet.
+    pub fn holds(&self, id: CommandId) -> bool {
+        lock(&self.held).contains(&id.0)
+    }
+
     /// Hands over the broker's confirm of `id`, received `at`. Returns at once unless the
     /// writer is [`MAX_HELD`] behind.
     pub async fn record(&self, id: CommandId, at: DateTime<Utc>) {
+        lock(&self.held).insert(id.0);
         let confirmed = Confirmed {
             id: id.0,
             at,
@@ -84,14 +98,22 @@ impl Confirms {
             // Only while the process stops: the relay republishes the command if it stays
             // unapplied, and the inbox makes that harmless.
             tracing::warn!(command_id = %id, "the confirm writer has stopped; not recording the confirm");
+            lock(&self.held).remove(&id.0);
         }
     }
+}
+
+/// The held ids; a panic while they were locked left them whole (one insert or remove).
+fn lock(held: &Mutex<HashSet<uuid::Uuid>>) -> std::sync::MutexGuard<'_, HashSet<uuid::Uuid>> {
+    held.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 async fn write(
     db: PgPool,
     mut arriving: mpsc::Receiver<Confirmed>,
     delay: Duration,
+    holding: Arc<Mutex<HashSet<uuid::Uuid>>>,
     shutdown: CancellationToken,
 ) {
     let mut held: VecDeque<Confirmed> = VecDeque::new();
@@ -110,6 +132,11 @@ async fn write(
                 times.push(c.at);
             }
             mark(&db, &ids, &times).await;
+            // Written (or left to the relay, if the write failed): no longer held here.
+            let mut holding = lock(&holding);
+            for id in &ids {
+                holding.remove(id);
+            }
             continue;
         }
         if !open && held.is_empty() {

@@ -1,6 +1,7 @@
 //! The broker's confirm is recorded after the 202, not before it (`api/src/confirms.rs`): the
-//! answer does not wait for the write, a replay of the key waits for it rather than calling the
-//! first request in flight, and a stopping API writes the confirms it still holds.
+//! answer does not wait for the write; a replay of the key is answered from the confirm the API
+//! holds, or, on another API, waits for the write rather than calling the first request in
+//! flight; and a stopping API writes the confirms it still holds.
 
 use orderflow_testkit::Stack;
 use reqwest::StatusCode;
@@ -41,10 +42,11 @@ async fn a_202_does_not_wait_for_its_confirm_to_be_recorded_and_a_stop_writes_th
 }
 
 #[tokio::test]
-async fn a_replay_within_the_delay_waits_for_the_confirm_and_answers_the_same_202() {
+async fn a_replay_to_the_api_holding_the_confirm_answers_the_same_202_at_once() {
+    // A delay no test waits out: the mark cannot come while the test runs.
     let app = Stack::builder()
         .api()
-        .api_config(|c| c.confirm_mark_delay_ms = 1_000)
+        .api_config(|c| c.confirm_mark_delay_ms = 60_000)
         .start()
         .await;
     let key = Uuid::new_v4().to_string();
@@ -53,14 +55,58 @@ async fn a_replay_within_the_delay_waits_for_the_confirm_and_answers_the_same_20
     assert_eq!(first.status(), StatusCode::ACCEPTED);
     let first: Value = first.json().await.unwrap();
     let command = first["command_id"].as_str().unwrap().to_owned();
-    assert_eq!(published_at(&app, &command).await, None);
 
-    // Recorded and confirmed, but not yet marked: the replay waits for the mark, then answers
-    // what the first request was answered (a 409 `in-flight` would send the client back again).
+    // Confirmed, not yet marked: this API holds the confirm and answers what the first request
+    // was answered (a 409 `in-flight` would send the client back again), without the mark.
     let replay = app.post_order(&key, &body).await;
     assert_eq!(replay.status(), StatusCode::ACCEPTED);
     assert_eq!(replay.headers()["idempotent-replayed"], "true");
     let replay: Value = replay.json().await.unwrap();
     assert_eq!(replay["command_id"], first["command_id"]);
+    assert_eq!(replay["order_id"], first["order_id"]);
+    assert_eq!(published_at(&app, &command).await, None);
+}
+
+#[tokio::test]
+async fn a_replay_to_another_api_within_the_delay_waits_for_the_mark_and_answers_the_same_202() {
+    let app = Stack::builder()
+        .api()
+        .api_config(|c| c.confirm_mark_delay_ms = 1_000)
+        .start()
+        .await;
+    // A second API instance on the same database and broker, which never saw the confirm.
+    let shutdown = orderflow_runtime::shutdown::CancellationToken::new();
+    let other = orderflow_api::Application::build(app.api_config(), shutdown.clone())
+        .await
+        .expect("a second API builds");
+    let other_url = format!("http://127.0.0.1:{}/v1/orders", other.port());
+    let other_task = tokio::spawn(other.run_until_stopped());
+
+    let key = Uuid::new_v4().to_string();
+    let body = json!({"customer_id": "c", "currency": "EUR", "items": []});
+    let first = app.post_order(&key, &body).await;
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    let first: Value = first.json().await.unwrap();
+    let command = first["command_id"].as_str().unwrap().to_owned();
+    assert_eq!(published_at(&app, &command).await, None);
+
+    // Recorded and confirmed elsewhere, not yet marked: the replay waits for the mark, then
+    // answers what the first request was answered.
+    let replay = app
+        .http
+        .post(&other_url)
+        .bearer_auth(&app.key)
+        .header("idempotency-key", &key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), StatusCode::ACCEPTED);
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    let replay: Value = replay.json().await.unwrap();
+    assert_eq!(replay["command_id"], first["command_id"]);
     assert!(published_at(&app, &command).await.is_some());
+
+    shutdown.cancel();
+    other_task.await.unwrap().unwrap();
 }

@@ -61,10 +61,12 @@ pub(super) async fn replay(
         return Err(ApiError::IdempotencyMismatch);
     }
     // Neither confirmed nor taken up yet: the broker's confirm is recorded a moment after the
-    // first request's 202 (`crate::confirms`), so wait that long for it before calling the first
-    // request still in flight. Plain reads meanwhile: a locking one would make the confirm
-    // writer, which skips locked rows, pass this very command over.
-    let deadline = Instant::now() + state.confirms.delay() + MARK_GRACE;
+    // first request's 202 (`crate::confirms`). This API may hold it; if not (the first request
+    // went to another instance, or is still publishing), wait for the mark until it is due,
+    // counted from the command's acceptance, before calling the first request still in flight.
+    // Plain reads meanwhile: a locking one would make the confirm writer, which skips locked
+    // rows, pass this very command over.
+    let mut deadline = None;
     let mut pause = Duration::from_millis(10);
     loop {
         let row = commands::get_for_client(&state.db, client.id, command_id)
@@ -73,6 +75,22 @@ pub(super) async fn replay(
                 anyhow::anyhow!("idempotency key names a missing command {command_id}")
             })?;
         let waiting = row.published_at.is_none() && row.status == CommandStatus::Accepted;
+        if waiting && state.confirms.holds(command_id) {
+            return Ok(Accepted {
+                command_id: row.id,
+                order_id: row.order_id,
+                status: CommandStatus::Accepted,
+                replayed: true,
+            });
+        }
+        // Due `delay` after the confirm, which follows the acceptance: an older command's
+        // mark is not coming (skipped for a worker that had it, or lost with its API).
+        let deadline = *deadline.get_or_insert_with(|| {
+            let age = (chrono::Utc::now() - row.accepted_at)
+                .to_std()
+                .unwrap_or_default();
+            Instant::now() + (state.confirms.delay() + MARK_GRACE).saturating_sub(age)
+        });
         if !waiting || Instant::now() + pause > deadline {
             break;
         }
