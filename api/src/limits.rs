@@ -109,7 +109,7 @@ impl Limits {
         let rate = rate.unwrap_or(self.default);
         let limiter = buckets.get_with((id, rate), || {
             let per_second = NonZeroU32::new(rate.per_second).unwrap_or(NonZeroU32::MIN);
-            bucket(
+            self.bucket(
                 per_second,
                 NonZeroU32::new(rate.burst).unwrap_or(per_second),
             )
@@ -141,12 +141,22 @@ impl Limits {
         };
         let limiter = self
             .orders
-            .get_with((client, order), || bucket(per_second, burst));
+            .get_with((client, order), || self.bucket(per_second, burst));
         self.take(&limiter)
             .map_err(|retry_after_secs| ApiError::OrderRateLimited {
                 per_second: per_second.get(),
                 retry_after_secs,
             })
+    }
+
+    /// A token bucket: `per_second` refill, `burst` at most. On the one clock all buckets share:
+    /// a bucket made with its own (`RateLimiter::direct`) calibrates a new clock, and that runs
+    /// the CPUID instruction, which a virtual machine traps. With a bucket made for every order
+    /// not seen in the last 10 s, that was 5 % of the API's CPU samples under the benchmark's
+    /// uniform load (`perf record` of `orderflow-bench perf --workloads uniform`).
+    fn bucket(&self, per_second: NonZeroU32, burst: NonZeroU32) -> Arc<Limiter> {
+        let quota = Quota::per_second(per_second).allow_burst(burst);
+        Arc::new(RateLimiter::direct_with_clock(quota, self.clock.clone()).with_middleware())
     }
 
     /// Takes a token from `limiter`, or says in whole seconds (at least 1) when to come back.
@@ -194,13 +204,6 @@ impl Limits {
             .try_acquire_owned()
             .map_err(|_| ApiError::TooManyStreams(self.max_streams))
     }
-}
-
-/// A token bucket: `per_second` refill, `burst` at most.
-fn bucket(per_second: NonZeroU32, burst: NonZeroU32) -> Arc<Limiter> {
-    Arc::new(
-        RateLimiter::direct(Quota::per_second(per_second).allow_burst(burst)).with_middleware(),
-    )
 }
 
 #[cfg(test)]

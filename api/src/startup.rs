@@ -10,7 +10,7 @@ use crate::limits::Limits;
 use crate::operators::Sessions;
 use crate::records::Records;
 use crate::routes::{self, ServerLimits};
-use crate::state::AppState;
+use crate::state::{AppState, Shared};
 use crate::waiters::Waiters;
 use anyhow::Context;
 use clap::Args;
@@ -230,7 +230,7 @@ impl Application {
             .await
             .with_context(|| format!("listening on {}", config.listen))?;
         let mut tasks = Tasks::new();
-        let state = AppState {
+        let state = AppState::new(Shared {
             webhook_allow_private: common.webhook_allow_private,
             waiters: Waiters::start(
                 &mut tasks,
@@ -278,7 +278,7 @@ impl Application {
                 partition_lag_secs: config.alert_partition_lag_secs,
             }),
             shutdown: shutdown.clone(),
-        };
+        });
         let server_limits = ServerLimits {
             request_timeout: Duration::from_secs(config.request_timeout_secs),
         };
