@@ -1,6 +1,10 @@
 use clap::Parser;
 use orderflow_worker::{Worker, WorkerConfig};
 
+/// mimalloc rather than glibc's malloc: see the workspace's Cargo.toml.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = WorkerConfig::parse();
