@@ -17,6 +17,24 @@ async fn published_at(app: &Stack, command_id: &str) -> Option<chrono::DateTime<
         .unwrap()
 }
 
+/// A create under a new key, answered 202: the key, the body, and the answer.
+async fn first_order(app: &Stack) -> (String, Value, Value) {
+    let key = Uuid::new_v4().to_string();
+    let body = json!({"customer_id": "c", "currency": "EUR", "items": []});
+    let first = app.post_order(&key, &body).await;
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    (key, body, first.json().await.unwrap())
+}
+
+/// Checks that `replay` answered what `first` was answered, as a replay.
+async fn assert_same_202(replay: reqwest::Response, first: &Value) {
+    assert_eq!(replay.status(), StatusCode::ACCEPTED);
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    let replay: Value = replay.json().await.unwrap();
+    assert_eq!(replay["command_id"], first["command_id"]);
+    assert_eq!(replay["order_id"], first["order_id"]);
+}
+
 #[tokio::test]
 async fn a_202_does_not_wait_for_its_confirm_to_be_recorded_and_a_stop_writes_the_ones_held() {
     // A delay no test waits out: only the stop can write the mark.
@@ -49,21 +67,12 @@ async fn a_replay_to_the_api_holding_the_confirm_answers_the_same_202_at_once() 
         .api_config(|c| c.confirm_mark_delay_ms = 60_000)
         .start()
         .await;
-    let key = Uuid::new_v4().to_string();
-    let body = json!({"customer_id": "c", "currency": "EUR", "items": []});
-    let first = app.post_order(&key, &body).await;
-    assert_eq!(first.status(), StatusCode::ACCEPTED);
-    let first: Value = first.json().await.unwrap();
+    let (key, body, first) = first_order(&app).await;
     let command = first["command_id"].as_str().unwrap().to_owned();
 
     // Confirmed, not yet marked: this API holds the confirm and answers what the first request
     // was answered (a 409 `in-flight` would send the client back again), without the mark.
-    let replay = app.post_order(&key, &body).await;
-    assert_eq!(replay.status(), StatusCode::ACCEPTED);
-    assert_eq!(replay.headers()["idempotent-replayed"], "true");
-    let replay: Value = replay.json().await.unwrap();
-    assert_eq!(replay["command_id"], first["command_id"]);
-    assert_eq!(replay["order_id"], first["order_id"]);
+    assert_same_202(app.post_order(&key, &body).await, &first).await;
     assert_eq!(published_at(&app, &command).await, None);
 }
 
@@ -82,11 +91,7 @@ async fn a_replay_to_another_api_within_the_delay_waits_for_the_mark_and_answers
     let other_url = format!("http://127.0.0.1:{}/v1/orders", other.port());
     let other_task = tokio::spawn(other.run_until_stopped());
 
-    let key = Uuid::new_v4().to_string();
-    let body = json!({"customer_id": "c", "currency": "EUR", "items": []});
-    let first = app.post_order(&key, &body).await;
-    assert_eq!(first.status(), StatusCode::ACCEPTED);
-    let first: Value = first.json().await.unwrap();
+    let (key, body, first) = first_order(&app).await;
     let command = first["command_id"].as_str().unwrap().to_owned();
     assert_eq!(published_at(&app, &command).await, None);
 
@@ -101,10 +106,7 @@ async fn a_replay_to_another_api_within_the_delay_waits_for_the_mark_and_answers
         .send()
         .await
         .unwrap();
-    assert_eq!(replay.status(), StatusCode::ACCEPTED);
-    assert_eq!(replay.headers()["idempotent-replayed"], "true");
-    let replay: Value = replay.json().await.unwrap();
-    assert_eq!(replay["command_id"], first["command_id"]);
+    assert_same_202(replay, &first).await;
     assert!(published_at(&app, &command).await.is_some());
 
     shutdown.cancel();
