@@ -17,9 +17,9 @@
 //! row is locked): the worker's commit records the publish. A replay of the command's key that
 //! finds it neither marked nor taken up yet asks this API whether it holds the confirm
 //! ([`Confirms::holds`]); a replay that reaches another API instance waits for the mark
-//! (`intake/replay.rs`). Marks still
-//! waiting when the API stops are written at once; marks lost with the process (kill -9) leave
-//! those commands to the relay, whose republish the inbox makes harmless.
+//! (`intake/replay.rs`). Marks still waiting when the API stops are written at once; marks lost
+//! with the process (kill -9) leave those commands to the relay, whose republish the inbox makes
+//! harmless.
 
 use chrono::{DateTime, Utc};
 use orderflow_domain::CommandId;
@@ -46,8 +46,11 @@ pub struct Confirms {
     delay: Duration,
     /// The ids handed over and not yet written, for replays ([`Confirms::holds`]). A plain
     /// mutex: each lock inserts, removes or looks up one id (or removes one batch's).
-    held: Arc<Mutex<HashSet<uuid::Uuid>>>,
+    held: HeldIds,
 }
+
+/// The ids of the confirms handed over and not yet written (the writer's queue, as a set).
+type HeldIds = Arc<Mutex<HashSet<uuid::Uuid>>>;
 
 struct Confirmed {
     id: uuid::Uuid,
@@ -113,7 +116,7 @@ async fn write(
     db: PgPool,
     mut arriving: mpsc::Receiver<Confirmed>,
     delay: Duration,
-    holding: Arc<Mutex<HashSet<uuid::Uuid>>>,
+    held_ids: HeldIds,
     shutdown: CancellationToken,
 ) {
     let mut held: VecDeque<Confirmed> = VecDeque::new();
@@ -133,9 +136,9 @@ async fn write(
             }
             mark(&db, &ids, &times).await;
             // Written (or left to the relay, if the write failed): no longer held here.
-            let mut holding = lock(&holding);
+            let mut held_ids = lock(&held_ids);
             for id in &ids {
-                holding.remove(id);
+                held_ids.remove(id);
             }
             continue;
         }

@@ -17,6 +17,15 @@ async fn published_at(app: &Stack, command_id: &str) -> Option<chrono::DateTime<
         .unwrap()
 }
 
+/// An API (no worker) that writes each confirm `delay_ms` after it arrived.
+async fn api_with_mark_delay(delay_ms: u64) -> Stack {
+    Stack::builder()
+        .api()
+        .api_config(move |c| c.confirm_mark_delay_ms = delay_ms)
+        .start()
+        .await
+}
+
 /// A create under a new key, answered 202: the key, the body, and the answer.
 async fn first_order(app: &Stack) -> (String, Value, Value) {
     let key = Uuid::new_v4().to_string();
@@ -38,11 +47,7 @@ async fn assert_same_202(replay: reqwest::Response, first: &Value) {
 #[tokio::test]
 async fn a_202_does_not_wait_for_its_confirm_to_be_recorded_and_a_stop_writes_the_ones_held() {
     // A delay no test waits out: only the stop can write the mark.
-    let mut app = Stack::builder()
-        .api()
-        .api_config(|c| c.confirm_mark_delay_ms = 60_000)
-        .start()
-        .await;
+    let mut app = api_with_mark_delay(60_000).await;
     let accepted = app.create_order(json!([])).await;
     let answered = chrono::Utc::now();
     let command = accepted["command_id"].as_str().unwrap().to_owned();
@@ -62,11 +67,7 @@ async fn a_202_does_not_wait_for_its_confirm_to_be_recorded_and_a_stop_writes_th
 #[tokio::test]
 async fn a_replay_to_the_api_holding_the_confirm_answers_the_same_202_at_once() {
     // A delay no test waits out: the mark cannot come while the test runs.
-    let app = Stack::builder()
-        .api()
-        .api_config(|c| c.confirm_mark_delay_ms = 60_000)
-        .start()
-        .await;
+    let app = api_with_mark_delay(60_000).await;
     let (key, body, first) = first_order(&app).await;
     let command = first["command_id"].as_str().unwrap().to_owned();
 
@@ -78,11 +79,7 @@ async fn a_replay_to_the_api_holding_the_confirm_answers_the_same_202_at_once() 
 
 #[tokio::test]
 async fn a_replay_to_another_api_within_the_delay_waits_for_the_mark_and_answers_the_same_202() {
-    let app = Stack::builder()
-        .api()
-        .api_config(|c| c.confirm_mark_delay_ms = 1_000)
-        .start()
-        .await;
+    let app = api_with_mark_delay(1_000).await;
     // A second API instance on the same database and broker, which never saw the confirm.
     let shutdown = orderflow_runtime::shutdown::CancellationToken::new();
     let other = orderflow_api::Application::build(app.api_config(), shutdown.clone())
