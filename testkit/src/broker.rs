@@ -23,6 +23,12 @@ pub async fn channel() -> (lapin::Connection, lapin::Channel) {
 /// unacked, so that the broker redelivers it (flagged redelivered) to the next consumer. Call it
 /// while no worker consumes the queue: with single-active-consumer this one would only wait.
 pub async fn hand_back(topology: &Topology, partition: u16) {
+    hand_back_n(topology, partition, 1).await;
+}
+
+/// [`hand_back`] for the next `n` messages of the queue: each is taken (none redelivered yet)
+/// before the channel closes and returns them all.
+pub async fn hand_back_n(topology: &Topology, partition: u16, n: usize) {
     use futures_util::StreamExt;
     let (connection, channel) = channel().await;
     // A consumer, not basic.get: quorum queues with a single active consumer refuse gets.
@@ -35,13 +41,15 @@ pub async fn hand_back(topology: &Topology, partition: u16) {
         )
         .await
         .unwrap();
-    let delivery = tokio::time::timeout(std::time::Duration::from_secs(20), consumer.next())
-        .await
-        .expect("a message to take")
-        .unwrap()
-        .unwrap();
-    assert!(!delivery.redelivered);
-    // Closing the channel without an ack returns the message to the queue.
+    for _ in 0..n {
+        let delivery = tokio::time::timeout(std::time::Duration::from_secs(20), consumer.next())
+            .await
+            .expect("a message to take")
+            .unwrap()
+            .unwrap();
+        assert!(!delivery.redelivered);
+    }
+    // Closing the channel without an ack returns the messages to the queue.
     channel.close(200, "handing back".into()).await.unwrap();
     let _ = connection.close(200, "done".into()).await;
 }

@@ -420,6 +420,35 @@ async fn a_redelivered_message_a_drain_hands_back_unfinished_counts_as_started_o
 }
 
 #[tokio::test]
+async fn a_redelivered_copy_of_a_command_already_finished_counts_no_start() {
+    let mut stack = Stack::builder().partitions(1).start().await;
+    let order = stack.order_in(0);
+    // Two copies of one command (what the command relay's republish of an overtaken command
+    // and its original make), both taken and handed back by another consumer: the worker gets
+    // both redelivered. The first applies the command; the second finds it finished.
+    let message = stack.message(order, common::create(), None);
+    stack.publish(&message).await;
+    stack.publish(&message).await;
+    orderflow_testkit::broker::hand_back_n(&stack.topology, 0, 2).await;
+    named(&mut stack, "worker").await;
+    // Queued behind both copies: once it is applied, both were taken.
+    let after = stack.message(order, common::add_item("AFTER"), None);
+    stack.publish(&after).await;
+    assert_eq!(stack.wait_final_status(after.command_id).await, "applied");
+    assert_eq!(stack.wait_final_status(message.command_id).await, "applied");
+
+    // The copy that found its command finished did no work: it is no second start.
+    let repeated = repeated_work(&stack).await;
+    assert!(repeated.is_empty(), "work started twice: {repeated:?}");
+    let starts = count(
+        &stack,
+        "select coalesce(sum(attempts), 0)::bigint from delivery_attempts",
+    )
+    .await;
+    assert_eq!(starts, 1);
+}
+
+#[tokio::test]
 async fn a_worker_whose_lease_was_taken_commits_nothing_more_and_leaves_the_message_queued() {
     let mut stack = Stack::builder()
         .partitions(2)

@@ -529,16 +529,21 @@ pub async fn withdraw_attempt(db: impl PgExecutor<'_>, id: CommandId) -> sqlx::R
     Ok(())
 }
 
-/// Counts one more start on a redelivered message; returns the count so far.
-pub async fn note_attempt(db: impl PgExecutor<'_>, id: CommandId) -> sqlx::Result<i32> {
+/// Counts one more start on a redelivered message; returns the count so far. `None`: the
+/// command is finished already (another copy of its message applied or failed it, or its
+/// worker died between the commit and the ack), so this start can do no work and is not
+/// counted: the message is only an inbox no-op to be acked. A command not recorded yet (a
+/// direct producer's first copy) is counted.
+pub async fn note_attempt(db: impl PgExecutor<'_>, id: CommandId) -> sqlx::Result<Option<i32>> {
     sqlx::query_scalar!(
         "insert into delivery_attempts (command_id, attempts, epoch)
-              values ($1, 1, nullif(current_setting('orderflow.lease_epoch', true), '')::bigint)
+         select $1, 1, nullif(current_setting('orderflow.lease_epoch', true), '')::bigint
+          where not exists (select 1 from commands where id = $1 and finished_at is not null)
          on conflict (command_id) do update
              set attempts = delivery_attempts.attempts + 1, last_at = now(), epoch = excluded.epoch
          returning attempts",
         id.0
     )
-    .fetch_one(db)
+    .fetch_optional(db)
     .await
 }

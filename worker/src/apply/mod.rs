@@ -147,8 +147,13 @@ impl Applier {
         Ok(tx)
     }
 
-    /// Counts a start of a redelivered message's command (its attempt number), fenced.
-    pub async fn note_attempt(&self, partition: u16, command_id: CommandId) -> sqlx::Result<i32> {
+    /// Counts a start of a redelivered message's command (its attempt number), fenced; `None`
+    /// when the command is finished already ([`commands::note_attempt`]).
+    pub async fn note_attempt(
+        &self,
+        partition: u16,
+        command_id: CommandId,
+    ) -> sqlx::Result<Option<i32>> {
         let mut tx = self.begin_for(partition).await?;
         let attempts = commands::note_attempt(&mut *tx, command_id).await?;
         tx.commit().await?;

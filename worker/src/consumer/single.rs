@@ -107,7 +107,8 @@ async fn apply_and_settle(
 }
 
 /// A redelivery: counts this start (the attempt number on the command's timeline); `None` for
-/// a first delivery or a message that is not a command.
+/// a first delivery, a message that is not a command, or one whose command is finished already
+/// (a copy that can only be an inbox no-op is no start).
 async fn count_redelivery(
     ctx: &Context,
     partition: u16,
@@ -116,7 +117,7 @@ async fn count_redelivery(
 ) -> anyhow::Result<Option<i32>> {
     Ok(match message {
         Some(m) if delivery.redelivered => {
-            Some(ctx.applier.note_attempt(partition, m.command_id).await?)
+            ctx.applier.note_attempt(partition, m.command_id).await?
         }
         _ => None,
     })
