@@ -78,7 +78,11 @@ pub fn pool_with_generic_plans(url: &str, max_connections: u32) -> Result<PgPool
 }
 
 /// A pool over `url`'s host, or following the primary among its hosts (see [`primary`]), each
-/// host's options made by [`connect_options`] and then `customize`.
+/// host's options made by [`connect_options`] and then `customize`. Every session runs without
+/// JIT compilation (`jit = off`): orderflow's statements are short lookups and writes, and
+/// PostgreSQL compiled the ones its estimates called expensive (the worker's gauges, e.g. the
+/// outbox backlog's count) again at every call: LLVM was 0.8 % of the machine's samples in a
+/// `perf` profile of the benchmark's `max` phase (2026-12-05), all of it in one worker session.
 fn open(
     url: &str,
     max_connections: u32,
@@ -89,7 +93,7 @@ fn open(
         .acquire_timeout(Duration::from_secs(5));
     let mut hosts = primary::split_hosts(url)
         .iter()
-        .map(|url| connect_options(url).map(&customize))
+        .map(|url| connect_options(url).map(|o| customize(o.options([("jit", "off")]))))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(if hosts.len() == 1 {
         options.connect_lazy_with(hosts.remove(0))

@@ -1,0 +1,39 @@
+//! What every pool's sessions are set to, read back from the real PostgreSQL: no JIT compilation
+//! on any of them, and generic plans (with full scans only where no index serves) on the pools
+//! that ask for them.
+
+use orderflow_testkit::base_database_url;
+use sqlx::PgPool;
+use std::time::Duration;
+
+async fn setting(db: &PgPool, name: &'static str) -> String {
+    let shown: (String,) = sqlx::query_as(name).fetch_one(db).await.unwrap();
+    shown.0
+}
+
+#[tokio::test]
+async fn every_pools_sessions_run_without_jit_and_the_batch_pools_with_generic_plans() {
+    let url = base_database_url();
+    let plain = orderflow_storage::pool(&url, 1).unwrap();
+    let generic = orderflow_storage::pool_with_generic_plans(&url, 1).unwrap();
+    let releasing = orderflow_storage::pool_releasing_idle_with_generic_plans(
+        &url,
+        1,
+        Duration::from_secs(6),
+        Duration::from_secs(30),
+        "orderflow-test sessions",
+    )
+    .unwrap();
+    for db in [&plain, &generic, &releasing] {
+        assert_eq!(setting(db, "show jit").await, "off");
+    }
+    assert_eq!(setting(&plain, "show plan_cache_mode").await, "auto");
+    for db in [&generic, &releasing] {
+        assert_eq!(
+            setting(db, "show plan_cache_mode").await,
+            "force_generic_plan"
+        );
+        assert_eq!(setting(db, "show enable_seqscan").await, "off");
+    }
+    assert_eq!(setting(&releasing, "show statement_timeout").await, "30s");
+}
