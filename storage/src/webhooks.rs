@@ -674,9 +674,13 @@ pub enum Outcome<'a> {
 
 /// Records an attempt's outcome under its claim (a claim that lapsed and was taken again by
 /// another sender writes nothing: that sender records its own); a delivered one makes the next
-/// delivery of its order to its endpoint ready. Takes the endpoint's row lock first (a key
-/// share: fan-out goes on beside it), as every writer of both tables does. Returns whether it
-/// was written.
+/// delivery of its order to its endpoint ready. Takes the endpoint's row lock first, as every
+/// writer of both tables does: a key share (fan-out goes on beside it), but a delivered one
+/// updates the endpoint (`last_delivered_at`), so that it and a fan-out never miss each other:
+/// the fan-out reads in one snapshot and decides whether an order's next delivery is ready by
+/// whether the one before was delivered. A fan-out holding the endpoint makes this wait, and
+/// the next delivery it inserted is then seen and made ready here; one that locks the endpoint
+/// after this committed fails to serialize and goes again. Returns whether it was written.
 pub async fn record(db: &PgPool, delivery: &Claimed, outcome: Outcome<'_>) -> sqlx::Result<bool> {
     let (status, state, error, retry_at) = match outcome {
         Outcome::Delivered { status } => (Some(status), "delivered", None, None),
@@ -688,12 +692,21 @@ pub async fn record(db: &PgPool, delivery: &Claimed, outcome: Outcome<'_>) -> sq
         Outcome::GivenUp { status, error } => (status, "given_up", Some(error), None),
     };
     let mut tx = db.begin().await?;
-    let endpoint = sqlx::query_scalar!(
-        "select id from webhook_endpoints where id = $1 for key share",
-        delivery.endpoint_id
-    )
-    .fetch_optional(&mut *tx)
-    .await?;
+    let endpoint = if state == "delivered" {
+        sqlx::query_scalar!(
+            "update webhook_endpoints set last_delivered_at = now() where id = $1 returning id",
+            delivery.endpoint_id
+        )
+        .fetch_optional(&mut *tx)
+        .await?
+    } else {
+        sqlx::query_scalar!(
+            "select id from webhook_endpoints where id = $1 for key share",
+            delivery.endpoint_id
+        )
+        .fetch_optional(&mut *tx)
+        .await?
+    };
     if endpoint.is_none() {
         // Deleted meanwhile, deliveries and all.
         return Ok(false);

@@ -28,12 +28,19 @@ const SPECS: &[&str] = &[
     "lease_fence",
     "client_feed",
     "set_based_apply",
+    "webhook_ready",
 ];
 
 #[tokio::test]
 async fn a_set_based_apply_of_two_commands_of_one_order_writes_both_in_order_and_the_confirm_skips_them()
  {
     run_spec("set_based_apply").await;
+}
+
+#[tokio::test]
+async fn an_orders_next_webhook_delivery_is_made_ready_whichever_of_fan_out_and_record_comes_first()
+{
+    run_spec("webhook_ready").await;
 }
 
 #[tokio::test]
