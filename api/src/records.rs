@@ -98,6 +98,9 @@ type Reply = oneshot::Sender<Option<Intake>>;
 /// A command to record and where its outcome goes.
 type Request = (Pending, Reply);
 
+/// The `application_name` of the writers' sessions.
+pub const RECORDS_SESSIONS: &str = "orderflow-api records";
+
 /// The handle requests use; cloning is cheap. The writer task ends once every handle is gone.
 #[derive(Clone)]
 pub struct Records {
@@ -110,7 +113,11 @@ impl Records {
     /// [`orderflow_storage::pool_with_generic_plans`]), which no other statement of the API is
     /// asked to.
     pub fn start(tasks: &mut Tasks, database_url: &str) -> Result<Self, sqlx::Error> {
-        let db = orderflow_storage::pool_with_generic_plans(database_url, WRITERS as u32)?;
+        let db = orderflow_storage::pool_with_generic_plans(
+            database_url,
+            WRITERS as u32,
+            RECORDS_SESSIONS,
+        )?;
         let (queue, pending) = mpsc::channel(4 * MAX_BATCH);
         tasks.spawn("record writer", write(db, pending));
         Ok(Self { queue })

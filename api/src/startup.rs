@@ -168,6 +168,9 @@ const LISTENING_CONNECTIONS: u32 = 3;
 /// and the key purge.
 pub const MIN_POOL_SIZE: u32 = LISTENING_CONNECTIONS + 3;
 
+/// The `application_name` of the API's sessions (its record writers': `records::RECORDS_SESSIONS`).
+pub const API_SESSIONS: &str = "orderflow-api";
+
 pub struct Application {
     listener: TcpListener,
     state: AppState,
@@ -195,7 +198,12 @@ impl Application {
         // Before any series is touched, so that none goes to the no-op recorder.
         orderflow_runtime::telemetry::prometheus();
         crate::metrics::register();
-        let pool = db::pool(common.database_url.expose_secret(), common.db_pool_size)?;
+        // Named, so that an operator tells the API's sessions from the workers' in pg_stat_activity.
+        let pool = db::named_pool(
+            common.database_url.expose_secret(),
+            common.db_pool_size,
+            API_SESSIONS,
+        )?;
         // sqlx's migrator takes an advisory lock: several APIs starting together are fine.
         db::MIGRATOR
             .run(&pool)

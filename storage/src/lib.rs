@@ -54,7 +54,27 @@ pub fn pool(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
     open(url, max_connections, |options| options)
 }
 
-/// [`pool`], whose sessions plan every prepared statement once, for any parameters
+/// [`pool`] whose sessions carry `application_name` (in `pg_stat_activity`, so that an operator
+/// can tell whose they are), unless the URL names one itself.
+pub fn named_pool(
+    url: &str,
+    max_connections: u32,
+    application_name: &str,
+) -> Result<PgPool, sqlx::Error> {
+    let name = application_name_of(application_name);
+    open(url, max_connections, |options| named(options, &name))
+}
+
+/// `options` with `application_name` `name`, unless they carry one (from the URL) already.
+fn named(options: PgConnectOptions, name: &str) -> PgConnectOptions {
+    if options.get_application_name().is_some() {
+        options
+    } else {
+        options.application_name(name)
+    }
+}
+
+/// [`named_pool`], whose sessions plan every prepared statement once, for any parameters
 /// (`plan_cache_mode = force_generic_plan`). For statements over arrays (`unnest($1::uuid[])`),
 /// which PostgreSQL otherwise plans again at every execution: a custom plan knows the arrays'
 /// lengths and looks cheaper than the generic one, so it is never given up. Measured on the
@@ -68,12 +88,20 @@ pub fn pool(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
 /// intake's batch scanned `idempotency_keys` and `order_streams` whole, twice each, for every
 /// batch (`storage/tests/intake_costs.rs`). So these sessions also take full scans only where
 /// no index serves (`enable_seqscan = off`): the statements run here look rows up by their keys.
-pub fn pool_with_generic_plans(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
+pub fn pool_with_generic_plans(
+    url: &str,
+    max_connections: u32,
+    application_name: &str,
+) -> Result<PgPool, sqlx::Error> {
+    let name = application_name_of(application_name);
     open(url, max_connections, |options| {
-        options.options([
-            ("plan_cache_mode", "force_generic_plan"),
-            ("enable_seqscan", "off"),
-        ])
+        named(
+            options.options([
+                ("plan_cache_mode", "force_generic_plan"),
+                ("enable_seqscan", "off"),
+            ]),
+            &name,
+        )
     })
 }
 

@@ -82,7 +82,8 @@ async fn the_batch_planned_over_empty_tables_reads_them_by_index_once_they_hold_
     let body = json!({"type": "cancel"});
 
     // The writer session plans the statement on its first batch, over a deployment's first order.
-    let writers = orderflow_storage::pool_with_generic_plans(&url, 1).unwrap();
+    let writers =
+        orderflow_storage::pool_with_generic_plans(&url, 1, "orderflow-test writers").unwrap();
     let mut writer = writers.acquire().await.unwrap();
     let first = seed(&db, client, 1).await;
     let outcome =

@@ -1,6 +1,6 @@
 //! What every pool's sessions are set to, read back from the real PostgreSQL: no JIT compilation
-//! on any of them, and generic plans (with full scans only where no index serves) on the pools
-//! that ask for them.
+//! on any of them, generic plans (with full scans only where no index serves) on the pools that
+//! ask for them, and the `application_name` a pool is given unless its URL names one.
 
 use orderflow_testkit::base_database_url;
 use sqlx::PgPool;
@@ -15,7 +15,9 @@ async fn setting(db: &PgPool, name: &'static str) -> String {
 async fn every_pools_sessions_run_without_jit_and_the_batch_pools_with_generic_plans() {
     let url = base_database_url();
     let plain = orderflow_storage::pool(&url, 1).unwrap();
-    let generic = orderflow_storage::pool_with_generic_plans(&url, 1).unwrap();
+    let generic =
+        orderflow_storage::pool_with_generic_plans(&url, 1, "orderflow-test writers").unwrap();
+    let named = orderflow_storage::named_pool(&url, 1, "orderflow-test api").unwrap();
     let releasing = orderflow_storage::pool_releasing_idle_with_generic_plans(
         &url,
         1,
@@ -24,9 +26,25 @@ async fn every_pools_sessions_run_without_jit_and_the_batch_pools_with_generic_p
         "orderflow-test sessions",
     )
     .unwrap();
-    for db in [&plain, &generic, &releasing] {
+    for db in [&plain, &generic, &releasing, &named] {
         assert_eq!(setting(db, "show jit").await, "off");
     }
+    assert_eq!(
+        setting(&named, "show application_name").await,
+        "orderflow-test api"
+    );
+    assert_eq!(
+        setting(&generic, "show application_name").await,
+        "orderflow-test writers"
+    );
+    // A name in the URL is the operator's: it stays.
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let own = format!("{url}{separator}application_name=operators-own");
+    let kept = orderflow_storage::named_pool(&own, 1, "orderflow-test api").unwrap();
+    assert_eq!(
+        setting(&kept, "show application_name").await,
+        "operators-own"
+    );
     assert_eq!(setting(&plain, "show plan_cache_mode").await, "auto");
     for db in [&generic, &releasing] {
         assert_eq!(
