@@ -520,8 +520,10 @@ async fn fan_out_once(
 }
 
 /// Makes ready every pending delivery whose order's earlier deliveries to its endpoint were all
-/// delivered, should one have been missed (a delivery recorded while the next of its order was
-/// being fanned out in a transaction it could not see). Run now and then; returns how many.
+/// delivered, should one have been missed. A safety net, run now and then: the race it was
+/// written for (a delivery recorded while the next of its order was being fanned out in a
+/// snapshot that could not see it) is closed by [`record`] updating the endpoint (isolation spec
+/// `webhook_ready`). Returns how many.
 pub async fn make_ready(db: impl PgExecutor<'_>) -> sqlx::Result<u64> {
     let made = sqlx::query!(
         "update webhook_deliveries d set ready = true
