@@ -74,6 +74,13 @@ fn named(options: PgConnectOptions, name: &str) -> PgConnectOptions {
     }
 }
 
+/// The session settings of the pools with generic plans ([`pool_with_generic_plans`],
+/// [`pool_releasing_idle_with_generic_plans`]).
+const GENERIC_PLANS: [(&str, &str); 2] = [
+    ("plan_cache_mode", "force_generic_plan"),
+    ("enable_seqscan", "off"),
+];
+
 /// [`named_pool`], whose sessions plan every prepared statement once, for any parameters
 /// (`plan_cache_mode = force_generic_plan`). For statements over arrays (`unnest($1::uuid[])`),
 /// which PostgreSQL otherwise plans again at every execution: a custom plan knows the arrays'
@@ -95,13 +102,7 @@ pub fn pool_with_generic_plans(
 ) -> Result<PgPool, sqlx::Error> {
     let name = application_name_of(application_name);
     open(url, max_connections, |options| {
-        named(
-            options.options([
-                ("plan_cache_mode", "force_generic_plan"),
-                ("enable_seqscan", "off"),
-            ]),
-            &name,
-        )
+        named(options.options(GENERIC_PLANS), &name)
     })
 }
 
@@ -173,10 +174,7 @@ pub fn pool_releasing_idle_with_generic_plans(
         idle_in_transaction,
         statement,
         application_name,
-        &[
-            ("plan_cache_mode", "force_generic_plan"),
-            ("enable_seqscan", "off"),
-        ],
+        &GENERIC_PLANS,
     )
 }
 

@@ -6,8 +6,9 @@ use orderflow_testkit::base_database_url;
 use sqlx::PgPool;
 use std::time::Duration;
 
-async fn setting(db: &PgPool, name: &'static str) -> String {
-    let shown: (String,) = sqlx::query_as(name).fetch_one(db).await.unwrap();
+/// What `show` (a `show <setting>` statement) answers on one of `db`'s sessions.
+async fn setting(db: &PgPool, show: &'static str) -> String {
+    let shown: (String,) = sqlx::query_as(show).fetch_one(db).await.unwrap();
     shown.0
 }
 
