@@ -183,9 +183,19 @@ fn faults_table(faults: &FaultsReport) -> String {
         ]);
     }
     let mut notes = vec![format!(
-        "{} workers, a fault every {:.0} s; recovery: from the heal until a worker applied a command; its partitions resumed: for a fault aimed at one worker, from the injection until every partition whose lease it held had a command applied again (scale-out-in: each move, until its next holder applied); redelivered: starts of redelivered commands from the injection until then, repeated work: those a holder of the fault's moves (or the one its first move replaced) had already finished or started (a graceful fault must have none); rebalanced: from a worker's join or leave until every worker held its share",
+        "{} workers, a fault every {:.0} s; recovery: from the heal until a worker applied a command; its partitions resumed: for a fault aimed at one worker, from the injection until every partition whose lease it held had a command applied again (scale-out-in: each move, from the membership change, i.e. the new worker's join or the SIGTERM of its leave, until its next holder applied; the new process's start before it joins is not a move); redelivered: starts of redelivered commands from the injection until then, repeated work: those a holder of the fault's moves (or the one its first move replaced) had already finished or started (a graceful fault must have none); rebalanced: from a worker's join or leave until every worker held its share",
         faults.workers, faults.interval_seconds
     )];
+    if let Some(slowest) = faults
+        .injections
+        .iter()
+        .filter_map(|i| i.joined_after)
+        .reduce(f64::max)
+    {
+        notes.push(format!(
+            "scale-out-in: a new worker joined at most {slowest:.2} s after its spawn"
+        ));
+    }
     if !faults.never_injected.is_empty() {
         let names: Vec<&str> = faults.never_injected.iter().map(|f| f.name()).collect();
         notes.push(format!("never injected (run longer): {}", names.join(", ")));

@@ -103,6 +103,7 @@ async fn on_database(
             struck: None,
             resumed: None,
             balanced: None,
+            joined_after: None,
         };
         let plan = Plan {
             duration: config.duration,

@@ -300,6 +300,17 @@ pub struct LeaseRow {
     pub state: String,
 }
 
+/// When the live worker `name` joined (its membership row's start); `None` while it has no row.
+pub async fn member_started_at(
+    db: impl PgExecutor<'_>,
+    name: &str,
+) -> sqlx::Result<Option<chrono::DateTime<chrono::Utc>>> {
+    sqlx::query_scalar("select started_at from worker_members where name = $1")
+        .bind(name)
+        .fetch_optional(db)
+        .await
+}
+
 /// Every partition's lease now, in partition order.
 pub async fn leases_now(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<LeaseRow>> {
     sqlx::query_as!(

@@ -92,6 +92,23 @@ async fn count(stack: &Stack, sql: &'static str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(&stack.db).await.unwrap()
 }
 
+/// Every consumer the local broker lists (`rabbitmqctl list_consumers`: queue name first), for
+/// every test's queues; `Err` when the listing was cut short (another test deleted a queue while
+/// it was listed) or failed.
+async fn broker_consumers() -> Result<String, String> {
+    let listed = tokio::process::Command::new("rabbitmqctl")
+        .args(["list_consumers", "-q", "--no-table-headers", "queue_name"])
+        .output()
+        .await
+        .expect("rabbitmqctl (the test broker is local)");
+    let stdout = String::from_utf8_lossy(&listed.stdout).to_string();
+    if listed.status.success() && !stdout.contains("badrpc") {
+        Ok(stdout)
+    } else {
+        Err(format!("{listed:?}"))
+    }
+}
+
 /// Takes `partition`'s lease for a new member `thief` (live for `lives_secs`, judged by its TTL)
 /// in one transaction, as a worker that found the lease expired would: epoch + 1. Returns the
 /// new epoch.
@@ -250,6 +267,128 @@ async fn a_join_a_drained_consumer_and_a_release_are_acted_on_at_once_not_on_the
     // And a leave: the partition it released is taken by the other at once.
     stack.stop_worker("second").await;
     wait_held_within(&stack, &[("first", 2)], Duration::from_secs(6)).await;
+}
+
+#[tokio::test]
+async fn a_drain_cancels_the_consumer_while_its_run_is_still_applying_and_finishes_only_what_it_was_given()
+ {
+    // A window of 4 applied in runs of 2: the first run waits on the order row the test holds,
+    // with two more messages delivered behind it and the rest still in the queue.
+    let mut stack = Stack::builder().partitions(2).start().await;
+    stack
+        .start_worker_with(|c| {
+            c.worker_name = Some("holder".into());
+            c.prefetch = 4;
+            c.batch_max = 2;
+        })
+        .await;
+    wait_held(&stack, &[("holder", 2)]).await;
+    let orders = [
+        common::created_order(&stack, 0).await,
+        common::created_order(&stack, 1).await,
+    ];
+    let mut locks = Vec::new();
+    let mut sent: Vec<Vec<uuid::Uuid>> = vec![Vec::new(), Vec::new()];
+    for (i, order) in orders.iter().enumerate() {
+        locks.push(common::lock_order(&stack, *order).await);
+        for n in 0..10 {
+            let message = stack.message(*order, common::add_item(&format!("HELD-{n}")), None);
+            stack.publish(&message).await;
+            sent[i].push(message.command_id.0);
+        }
+    }
+    let channel = stack.channel().await;
+    wait_for("each partition's window to be delivered, its first run waiting on the order row")
+        .until(|| async {
+            let waiting = count(
+                &stack,
+                "select count(*) from pg_stat_activity
+                  where datname = current_database() and wait_event_type = 'Lock'",
+            )
+            .await;
+            let mut ready = 0;
+            for partition in 0..2 {
+                let queue = stack.topology.partition_queue(partition);
+                ready += queue_depth(&channel, &queue).await.unwrap().ready;
+            }
+            (waiting >= 1 && ready == 12).then_some(())
+        })
+        .await;
+
+    // A second worker joins: one partition is handed over. Its consumer is cancelled at the
+    // broker while its run still waits on the lock, not after the run: the broker sends it
+    // nothing more.
+    named(&mut stack, "joiner").await;
+    // The broker's own listing (over AMQP a quorum queue still counts a cancelled consumer
+    // until its messages are settled).
+    let queues: Vec<String> = (0..2).map(|p| stack.topology.partition_queue(p)).collect();
+    wait_for(
+        "the handed-over partition's consumer to be cancelled at the broker while its run waits",
+    )
+    .within(Duration::from_secs(10))
+    .every(Duration::from_millis(200))
+    .until(|| async {
+        let listed = broker_consumers().await?;
+        let consumers: Vec<usize> = queues
+            .iter()
+            .map(|q| {
+                listed
+                    .lines()
+                    .filter(|l| l.split('\t').next() == Some(q.as_str()))
+                    .count()
+            })
+            .collect();
+        if consumers.contains(&0) {
+            Ok(())
+        } else {
+            Err(format!("consumers per queue: {consumers:?}"))
+        }
+    })
+    .await;
+    let waiting = count(
+        &stack,
+        "select count(*) from pg_stat_activity
+          where datname = current_database() and wait_event_type = 'Lock'",
+    )
+    .await;
+    assert!(waiting >= 1, "the run was still waiting on the lock");
+    for lock in locks {
+        lock.rollback().await.unwrap();
+    }
+    wait_held(&stack, &[("holder", 1), ("joiner", 1)]).await;
+    for id in sent.iter().flatten() {
+        assert_eq!(
+            stack
+                .wait_final_status(orderflow_domain::CommandId(*id))
+                .await,
+            "applied"
+        );
+    }
+    // The old holder finished exactly its window (the run in flight and the two behind it),
+    // the new holder the rest, none of them redelivered.
+    let moved: i32 =
+        sqlx::query_scalar("select partition from partition_leases where owner = 'joiner'")
+            .fetch_one(&stack.db)
+            .await
+            .unwrap();
+    let by_epoch: Vec<(Option<i64>, i64)> = sqlx::query_as(
+        "select epoch, count(*) from commands where id = any($1) group by epoch order by epoch",
+    )
+    .bind(&sent[moved as usize])
+    .fetch_all(&stack.db)
+    .await
+    .unwrap();
+    assert_eq!(
+        by_epoch.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
+        vec![4, 6],
+        "commands applied per epoch on the moved partition: {by_epoch:?}"
+    );
+    assert_eq!(
+        count(&stack, "select count(*) from delivery_attempts").await,
+        0
+    );
+    let repeated = repeated_work(&stack).await;
+    assert!(repeated.is_empty(), "work started twice: {repeated:?}");
 }
 
 #[tokio::test]

@@ -54,6 +54,8 @@ pub struct Target<'a> {
     pub resumed: Option<Option<f64>>,
     /// Seconds until the leases were balanced again (scale-out-in).
     pub balanced: Option<f64>,
+    /// Seconds from a new worker's spawn until it joined the live workers (scale-out-in).
+    pub joined_after: Option<f64>,
 }
 
 /// Injects the plan's faults in turn until the workload is too close to its end for another.
@@ -77,6 +79,7 @@ pub async fn run(target: &mut Target<'_>, plan: &Plan) -> FaultsReport {
         target.struck = None;
         target.resumed = None;
         target.balanced = None;
+        target.joined_after = None;
         let starts_before = audit::redelivered_starts(&target.db).await.ok();
         let outcome = inject(target, plan, fault).await;
         let mut unexpected_exits = revive(target.stack).await;
@@ -122,6 +125,7 @@ pub async fn run(target: &mut Target<'_>, plan: &Plan) -> FaultsReport {
             redelivered,
             repeated,
             balanced: target.balanced.take(),
+            joined_after: target.joined_after.take(),
             error,
             unexpected_exits,
         });
@@ -315,13 +319,17 @@ async fn inject(target: &mut Target<'_>, plan: &Plan, fault: Fault) -> anyhow::R
 
 /// One worker joins, and once the leases are balanced and the partitions it took resumed, it
 /// leaves with SIGTERM and its partitions move back. Each move is timed from the membership
-/// change until the partition's next holder applied a command under its new epoch; the
-/// slower rebalance is [`Target::balanced`].
+/// change (the new worker's join, as PostgreSQL recorded it; the SIGTERM of the leave) until the
+/// partition's next holder applied a command under its new epoch; the slower rebalance is
+/// [`Target::balanced`]. The new process's own start, before it joins, is not part of a move:
+/// it is [`Target::joined_after`].
 async fn scale_out_and_in(target: &mut Target<'_>) -> anyhow::Result<bool> {
     let before = audit::leases_now(&target.db).await?;
-    let (joined, joined_at) = now();
+    let (_, spawned_at) = now();
     let n = target.stack.add_worker().await?;
     let name = target.stack.worker_name(n);
+    let (joined, joined_at) = wait_joined(target, &name, spawned_at).await?;
+    target.joined_after = Some((joined_at - spawned_at).as_seconds_f64().max(0.0));
     let balanced_out = wait_balanced(target, joined).await?;
     // What the new worker holds now: each moved from its epoch before the join, and is held at
     // its epoch now.
@@ -361,6 +369,31 @@ async fn scale_out_and_in(target: &mut Target<'_>) -> anyhow::Result<bool> {
     target.resumed = Some(resumed_out.zip(resumed_in).map(|(a, b)| a.max(b)));
     target.balanced = balanced_out.zip(balanced_in).map(|(a, b)| a.max(b));
     Ok(!taken.is_empty())
+}
+
+/// When `name` joined the live workers (its membership row's start, at or after `since`), as
+/// an `Instant` and as PostgreSQL's time; waits for it (bounded by [`BALANCE_TIMEOUT`]).
+async fn wait_joined(
+    target: &Target<'_>,
+    name: &str,
+    since: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<(Instant, chrono::DateTime<chrono::Utc>)> {
+    let deadline = Instant::now() + BALANCE_TIMEOUT;
+    loop {
+        if let Some(started) = audit::member_started_at(&target.db, name).await?
+            // The clocks are one machine's; a row of an earlier process under the name is older.
+            && started >= since - chrono::Duration::milliseconds(50)
+        {
+            let ago = (chrono::Utc::now() - started).to_std().unwrap_or_default();
+            let at = Instant::now().checked_sub(ago).unwrap_or_else(Instant::now);
+            return Ok((at, started));
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{name} did not join the live workers within {BALANCE_TIMEOUT:?}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
 }
 
 /// Doubles the partition count under load; measures until every new partition applied a

@@ -220,6 +220,9 @@ pub struct Injection {
     /// From the membership change until the leases were balanced again (scale-out-in: the
     /// slower of the join and the leave); `None` there: not within the deadline.
     pub balanced: Option<f64>,
+    /// From a new worker's spawn until it joined the live workers (scale-out-in): its process
+    /// starting, which the moves and the rebalance are not timed from.
+    pub joined_after: Option<f64>,
     /// What went wrong with the injection or the heal itself.
     pub error: Option<String>,
     /// Processes found dead after the recovery that the fault did not mean to kill (respawned).
@@ -376,6 +379,7 @@ mod tests {
             redelivered: Some(0),
             repeated: Some(0),
             balanced: None,
+            joined_after: None,
             error: None,
             unexpected_exits: Vec::new(),
         }

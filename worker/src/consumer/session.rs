@@ -203,33 +203,32 @@ async fn consume_on(
     );
     // Whatever the broker has already pushed arrives together, up to a batch.
     let mut deliveries = consumer.ready_chunks(ctx.batch_max.max(1));
-    let mut cancelled = false;
     let in_hand = StartInHand::default();
     let mut watch = tokio::time::interval(STALL_CHECK);
     watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The cancel at the broker, once sent: its answer is awaited beside the deliveries.
+    let mut cancel = Cancel::NotSent;
     let consumed = async {
         loop {
             let next = tokio::select! {
                 biased;
                 _ = stops.abandon.cancelled() => return Ok(()),
                 _ = stops.give_back.cancelled() => return Ok(()),
-                _ = stops.drain.cancelled(), if !cancelled => {
-                    cancelled = true;
+                _ = stops.drain.cancelled(), if !cancel.sent() => {
                     ctx.monitor.stage(partition, Stage::Cancelling);
-                    let cancel = channel.basic_cancel(tag.clone(), BasicCancelOptions::default());
-                    match tokio::time::timeout(CANCEL_TIMEOUT, cancel).await {
-                        Ok(Ok(())) => {
-                            ctx.monitor.stage(partition, Stage::Waiting);
-                            continue;
-                        }
-                        Ok(Err(e)) => tracing::warn!(partition, error = %e, "cancelling the consumer failed"),
-                        Err(_) => tracing::warn!(partition, "the broker did not confirm the consumer's cancel"),
+                    cancel.send(&channel, &tag);
+                    continue;
+                }
+                confirmed = cancel.answered(partition) => {
+                    if confirmed {
+                        ctx.monitor.stage(partition, Stage::Waiting);
+                        continue;
                     }
                     return Ok(());
                 }
                 next = deliveries.next() => next,
                 // Only when nothing is ready to hand: a delivery always goes first.
-                _ = watch.tick(), if !cancelled => {
+                _ = watch.tick(), if !cancel.sent() => {
                     if ctx.monitor.stalled(partition, STALLED_AFTER) {
                         anyhow::bail!(
                             "messages are ready but none was delivered for {STALLED_AFTER:?}: reopening the channel"
@@ -239,7 +238,7 @@ async fn consume_on(
                 }
             };
             let Some(ready) = next else {
-                if cancelled {
+                if cancel.sent() {
                     // Everything delivered before the cancel has been applied and acked.
                     return Ok(());
                 }
@@ -258,9 +257,26 @@ async fn consume_on(
                 }
             }
             // Not interrupted by draining: the messages in hand are finished and acked first.
+            // But a drain told meanwhile cancels the consumer at once, beside the apply: the
+            // broker then stops feeding it while this run commits, and what the drain has left to
+            // finish is what was already delivered, not another window sent after this run's ack.
             ctx.monitor.stage(partition, Stage::Applying);
-            // Given back meanwhile: what it did not start goes back to the queue unopened.
-            apply_ready(ctx, partition, &received, stops, &in_hand).await?;
+            let applied = apply_ready(ctx, partition, &received, stops, &in_hand);
+            tokio::pin!(applied);
+            loop {
+                tokio::select! {
+                    biased;
+                    applied = &mut applied => {
+                        // Given back meanwhile: what it did not start goes back to the queue
+                        // unopened.
+                        applied?;
+                        break;
+                    }
+                    _ = stops.drain.cancelled(), if !cancel.sent() => {
+                        cancel.send(&channel, &tag);
+                    }
+                }
+            }
             ctx.monitor.stage(partition, Stage::Waiting);
             watch.reset();
             if let Some(e) = broken {
@@ -287,6 +303,67 @@ async fn consume_on(
     }
     close_channel(ctx, partition, &channel).await;
     consumed
+}
+
+/// How the broker answered a consumer's cancel: `Err` when it did not within [`CANCEL_TIMEOUT`].
+type CancelOutcome = Result<lapin::Result<()>, tokio::time::error::Elapsed>;
+
+/// The consumer's cancel at the broker, when draining.
+enum Cancel {
+    NotSent,
+    /// Sent by a task of its own, so that the apply in flight goes on while it is answered.
+    Sent(tokio::task::JoinHandle<CancelOutcome>),
+    /// Answered (confirmed, or failed and logged).
+    Answered,
+}
+
+impl Cancel {
+    fn sent(&self) -> bool {
+        !matches!(self, Cancel::NotSent)
+    }
+
+    /// Sends the cancel (once).
+    fn send(&mut self, channel: &lapin::Channel, tag: &lapin::types::ShortString) {
+        if self.sent() {
+            return;
+        }
+        let (channel, tag) = (channel.clone(), tag.clone());
+        *self = Cancel::Sent(tokio::spawn(async move {
+            tokio::time::timeout(
+                CANCEL_TIMEOUT,
+                channel.basic_cancel(tag, BasicCancelOptions::default()),
+            )
+            .await
+        }));
+    }
+
+    /// The broker's answer, once it came: whether it confirmed the cancel (a failure or no
+    /// answer is logged). Pending unless sent and not yet answered.
+    async fn answered(&mut self, partition: u16) -> bool {
+        let Cancel::Sent(handle) = self else {
+            return std::future::pending().await;
+        };
+        let outcome = handle.await;
+        *self = Cancel::Answered;
+        match outcome {
+            Ok(Ok(Ok(()))) => true,
+            Ok(Ok(Err(e))) => {
+                tracing::warn!(partition, error = %e, "cancelling the consumer failed");
+                false
+            }
+            Ok(Err(_)) => {
+                tracing::warn!(
+                    partition,
+                    "the broker did not confirm the consumer's cancel"
+                );
+                false
+            }
+            Err(e) => {
+                tracing::warn!(partition, error = %e, "cancelling the consumer failed");
+                false
+            }
+        }
+    }
 }
 
 /// Withdraws the counted start of a message handed back unfinished; the lease is still this
