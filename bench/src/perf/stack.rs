@@ -51,7 +51,9 @@ pub struct Stack {
     pub url: String,
     pub key: String,
     api_starts: usize,
-    /// Per worker slot, how many processes it has had (names its log and heartbeat).
+    /// Per worker slot, how many processes it has had (names its log and heartbeat). A slot
+    /// scaled in keeps its count, so that the next process scaled out into it has a name and a
+    /// log of its own.
     worker_starts: Vec<usize>,
 }
 
@@ -161,9 +163,13 @@ impl Stack {
     /// Starts a worker in a new slot (scaling out), ready; returns the slot.
     pub async fn add_worker(&mut self) -> anyhow::Result<usize> {
         let n = self.workers.len();
+        let generation = self.worker_starts.get(n).copied().unwrap_or(0);
         self.workers
-            .push(start_worker(&self.settings, &self.extra, n, 0).await?);
-        self.worker_starts.push(1);
+            .push(start_worker(&self.settings, &self.extra, n, generation).await?);
+        match self.worker_starts.get_mut(n) {
+            Some(starts) => *starts += 1,
+            None => self.worker_starts.push(1),
+        }
         Ok(n)
     }
 
@@ -177,7 +183,6 @@ impl Stack {
             return Ok(false);
         }
         self.workers.pop();
-        self.worker_starts.pop();
         Ok(true)
     }
 

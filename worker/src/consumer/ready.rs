@@ -38,12 +38,17 @@ pub(super) struct Incoming<'a> {
 /// the one that keeps killing workers. Told to give back ([`Stops`]), it starts nothing more:
 /// the rest stays unacked (acks are cumulative only up to what was applied) and goes back to
 /// the queue with the channel.
+///
+/// `urgent`: a move waits for these messages (the partition was just taken, or is being
+/// drained), so a fresh run goes in a transaction of its own at once instead of waiting for the
+/// combined transaction in flight and joining the next one (`combiner.rs`).
 pub(super) async fn apply_ready(
     ctx: &Context,
     partition: u16,
     deliveries: &[Delivery],
     stops: &Stops,
     in_hand: &StartInHand,
+    urgent: bool,
 ) -> anyhow::Result<()> {
     let mut rest = deliveries;
     while let Some(first) = rest.first() {
@@ -53,7 +58,7 @@ pub(super) async fn apply_ready(
         let fresh = rest.iter().take_while(|d| !d.redelivered).count();
         if fresh >= 2 || (fresh == 1 && ctx.combiner.is_some()) {
             let (run, after) = rest.split_at(fresh);
-            apply_fresh_run(ctx, partition, run, stops, in_hand).await?;
+            apply_fresh_run(ctx, partition, run, stops, in_hand, urgent).await?;
             rest = after;
         } else {
             // Transient failures are retried until told to give back: a drain that left a
@@ -84,12 +89,13 @@ async fn apply_fresh_run(
     deliveries: &[Delivery],
     stops: &Stops,
     in_hand: &StartInHand,
+    urgent: bool,
 ) -> anyhow::Result<()> {
     let mut incoming: Vec<Incoming> = deliveries
         .iter()
         .map(|delivery| receive(ctx, partition, delivery))
         .collect();
-    if let Some(combiner) = &ctx.combiner {
+    if let Some(combiner) = ctx.combiner.as_ref().filter(|_| !urgent) {
         let owned = incoming
             .iter()
             .map(|m| OwnedItem {

@@ -208,6 +208,7 @@ async fn consume_on(
     watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The cancel at the broker, once sent: its answer is awaited beside the deliveries.
     let mut cancel = Cancel::NotSent;
+    let mut first_run = true;
     let consumed = async {
         loop {
             let next = tokio::select! {
@@ -261,7 +262,10 @@ async fn consume_on(
             // broker then stops feeding it while this run commits, and what the drain has left to
             // finish is what was already delivered, not another window sent after this run's ack.
             ctx.monitor.stage(partition, Stage::Applying);
-            let applied = apply_ready(ctx, partition, &received, stops, &in_hand);
+            // The first run after taking the partition, and a drain's, are what a move waits for.
+            let urgent = first_run || cancel.sent();
+            first_run = false;
+            let applied = apply_ready(ctx, partition, &received, stops, &in_hand, urgent);
             tokio::pin!(applied);
             loop {
                 tokio::select! {
