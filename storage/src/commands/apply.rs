@@ -407,8 +407,11 @@ pub async fn finish_many(
         .iter()
         .map(|o| o.tracking_number.as_ref().map(|t| t.as_str()))
         .collect();
-    // As `finish`: clock_timestamp() for when each ended, the lease given or else the one the
-    // fence set; the stream walked on from each order's last command here.
+    // As `finish`: clock_timestamp() for when they ended, the lease given or else the one the
+    // fence set; the stream walked on from each order's last command here. One time for every
+    // row (an uncorrelated subquery runs once): per row, the update's join order would decide
+    // it, and two commands of one order could finish in the reverse of their seq (the race
+    // audit's invariant 6 caught one in CI).
     sqlx::query!(
         r#"with input as (
              select *
@@ -434,7 +437,7 @@ pub async fn finish_many(
            finished as (
              update commands c
                 set status = i.status, reason = i.reason, detail = null,
-                    result_version = i.result_version, finished_at = clock_timestamp(),
+                    result_version = i.result_version, finished_at = (select clock_timestamp()),
                     delivered_at = i.delivered_at, attempt = i.attempt,
                     published_at = coalesce(c.published_at, i.delivered_at),
                     epoch = coalesce(i.epoch, nullif(current_setting('orderflow.lease_epoch', true), '')::bigint),
