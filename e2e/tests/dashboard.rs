@@ -806,25 +806,7 @@ async fn with_two_workers_each_partition_has_one_consumer_its_lease_owner_as_the
     // line (found by CI), so it is taken again until it comes whole.
     let listed = wait_for("a consumer listing not cut short by another test's deleted queue")
         .every(Duration::from_millis(200))
-        .until(|| async {
-            let listed = tokio::process::Command::new("rabbitmqctl")
-                .args([
-                    "list_consumers",
-                    "-q",
-                    "--no-table-headers",
-                    "queue_name",
-                    "activity_status",
-                ])
-                .output()
-                .await
-                .expect("rabbitmqctl (the test broker is local)");
-            let stdout = String::from_utf8_lossy(&listed.stdout).to_string();
-            if listed.status.success() && !stdout.contains("badrpc") {
-                Ok(stdout)
-            } else {
-                Err(format!("{listed:?}"))
-            }
-        })
+        .until(|| orderflow_testkit::broker::list_consumers(&["activity_status"]))
         .await;
     for p in view["partitions"].as_array().unwrap() {
         let queue = p["queue"].as_str().unwrap();

@@ -191,3 +191,24 @@ pub async fn delete_namespace(topology: &Topology) {
         let _ = connection.close(200, "test done".into()).await;
     }
 }
+
+/// Every consumer the local broker lists (`rabbitmqctl list_consumers`, tab-separated, the
+/// queue's name first, then `columns`), over every test's queues. Over AMQP a single-active-
+/// consumer queue reports only its active consumer, and a quorum queue still counts a cancelled
+/// one until its messages are settled; this is the broker's own view. `Err` when the listing
+/// failed or was cut short (another test deleted a queue while it was listed: a `badrpc` line),
+/// for the caller to take again.
+pub async fn list_consumers(columns: &[&str]) -> Result<String, String> {
+    let listed = tokio::process::Command::new("rabbitmqctl")
+        .args(["list_consumers", "-q", "--no-table-headers", "queue_name"])
+        .args(columns)
+        .output()
+        .await
+        .expect("rabbitmqctl (the test broker is local)");
+    let stdout = String::from_utf8_lossy(&listed.stdout).to_string();
+    if listed.status.success() && !stdout.contains("badrpc") {
+        Ok(stdout)
+    } else {
+        Err(format!("{listed:?}"))
+    }
+}

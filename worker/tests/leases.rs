@@ -92,21 +92,44 @@ async fn count(stack: &Stack, sql: &'static str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(&stack.db).await.unwrap()
 }
 
-/// Every consumer the local broker lists (`rabbitmqctl list_consumers`: queue name first), for
-/// every test's queues; `Err` when the listing was cut short (another test deleted a queue while
-/// it was listed) or failed.
-async fn broker_consumers() -> Result<String, String> {
-    let listed = tokio::process::Command::new("rabbitmqctl")
-        .args(["list_consumers", "-q", "--no-table-headers", "queue_name"])
-        .output()
-        .await
-        .expect("rabbitmqctl (the test broker is local)");
-    let stdout = String::from_utf8_lossy(&listed.stdout).to_string();
-    if listed.status.success() && !stdout.contains("badrpc") {
-        Ok(stdout)
-    } else {
-        Err(format!("{listed:?}"))
+/// Sessions of the test's database waiting on a lock (a worker's transaction behind an order
+/// row the test holds).
+async fn lock_waits(stack: &Stack) -> i64 {
+    count(
+        stack,
+        "select count(*) from pg_stat_activity
+          where datname = current_database() and wait_event_type = 'Lock'",
+    )
+    .await
+}
+
+/// Creates an order on each of partitions 0 and 1, holds each order's row in a transaction of
+/// the test's own, and publishes `per_order` add-items (`{label}-{n}`) for each: each
+/// partition's first transaction waits on its row with more messages behind it. Returns the
+/// held rows and, per partition, the command ids in order.
+async fn behind_held_orders(
+    stack: &Stack,
+    per_order: usize,
+    label: &str,
+) -> (
+    Vec<sqlx::Transaction<'static, sqlx::Postgres>>,
+    Vec<Vec<uuid::Uuid>>,
+) {
+    let orders = [
+        common::created_order(stack, 0).await,
+        common::created_order(stack, 1).await,
+    ];
+    let mut locks = Vec::new();
+    let mut sent: Vec<Vec<uuid::Uuid>> = vec![Vec::new(), Vec::new()];
+    for (i, order) in orders.iter().enumerate() {
+        locks.push(common::lock_order(stack, *order).await);
+        for n in 0..per_order {
+            let message = stack.message(*order, common::add_item(&format!("{label}-{n}")), None);
+            stack.publish(&message).await;
+            sent[i].push(message.command_id.0);
+        }
     }
+    (locks, sent)
 }
 
 /// Takes `partition`'s lease for a new member `thief` (live for `lives_secs`, judged by its TTL)
@@ -283,29 +306,11 @@ async fn a_drain_cancels_the_consumer_while_its_run_is_still_applying_and_finish
         })
         .await;
     wait_held(&stack, &[("holder", 2)]).await;
-    let orders = [
-        common::created_order(&stack, 0).await,
-        common::created_order(&stack, 1).await,
-    ];
-    let mut locks = Vec::new();
-    let mut sent: Vec<Vec<uuid::Uuid>> = vec![Vec::new(), Vec::new()];
-    for (i, order) in orders.iter().enumerate() {
-        locks.push(common::lock_order(&stack, *order).await);
-        for n in 0..10 {
-            let message = stack.message(*order, common::add_item(&format!("HELD-{n}")), None);
-            stack.publish(&message).await;
-            sent[i].push(message.command_id.0);
-        }
-    }
+    let (locks, sent) = behind_held_orders(&stack, 10, "HELD").await;
     let channel = stack.channel().await;
     wait_for("each partition's window to be delivered, its first run waiting on the order row")
         .until(|| async {
-            let waiting = count(
-                &stack,
-                "select count(*) from pg_stat_activity
-                  where datname = current_database() and wait_event_type = 'Lock'",
-            )
-            .await;
+            let waiting = lock_waits(&stack).await;
             let mut ready = 0;
             for partition in 0..2 {
                 let queue = stack.topology.partition_queue(partition);
@@ -328,7 +333,7 @@ async fn a_drain_cancels_the_consumer_while_its_run_is_still_applying_and_finish
     .within(Duration::from_secs(10))
     .every(Duration::from_millis(200))
     .until(|| async {
-        let listed = broker_consumers().await?;
+        let listed = orderflow_testkit::broker::list_consumers(&[]).await?;
         let consumers: Vec<usize> = queues
             .iter()
             .map(|q| {
@@ -345,12 +350,7 @@ async fn a_drain_cancels_the_consumer_while_its_run_is_still_applying_and_finish
         }
     })
     .await;
-    let waiting = count(
-        &stack,
-        "select count(*) from pg_stat_activity
-          where datname = current_database() and wait_event_type = 'Lock'",
-    )
-    .await;
+    let waiting = lock_waits(&stack).await;
     assert!(waiting >= 1, "the run was still waiting on the lock");
     for lock in locks {
         lock.rollback().await.unwrap();
@@ -403,30 +403,12 @@ async fn a_drain_past_its_limit_finishes_the_transaction_in_flight_and_hands_the
         })
         .await;
     wait_held(&stack, &[("slow", 2)]).await;
-    let orders = [
-        common::created_order(&stack, 0).await,
-        common::created_order(&stack, 1).await,
-    ];
     // Each order's row held by the test: each partition's first transaction waits on it, with
     // more of the order's messages delivered behind it.
-    let mut locks = Vec::new();
-    let mut sent: Vec<Vec<uuid::Uuid>> = vec![Vec::new(), Vec::new()];
-    for (i, order) in orders.iter().enumerate() {
-        locks.push(common::lock_order(&stack, *order).await);
-        for n in 0..6 {
-            let message = stack.message(*order, common::add_item(&format!("SLOW-{n}")), None);
-            stack.publish(&message).await;
-            sent[i].push(message.command_id.0);
-        }
-    }
+    let (locks, sent) = behind_held_orders(&stack, 6, "SLOW").await;
     wait_for("both partitions' transactions to wait on the order rows")
         .until(|| async {
-            let waiting = count(
-                &stack,
-                "select count(*) from pg_stat_activity
-                  where datname = current_database() and wait_event_type = 'Lock'",
-            )
-            .await;
+            let waiting = lock_waits(&stack).await;
             (waiting == 2).then_some(())
         })
         .await;
@@ -514,12 +496,7 @@ async fn a_redelivered_message_a_drain_hands_back_unfinished_counts_as_started_o
     wait_for("both counted starts to wait on the order rows")
         .until(|| async {
             let counted = count(&stack, "select count(*) from delivery_attempts").await;
-            let waiting = count(
-                &stack,
-                "select count(*) from pg_stat_activity
-                  where datname = current_database() and wait_event_type = 'Lock'",
-            )
-            .await;
+            let waiting = lock_waits(&stack).await;
             (counted == 2 && waiting == 2).then_some(())
         })
         .await;
