@@ -298,3 +298,51 @@ async fn a_run_of_plain_commands_is_written_set_based_each_seeing_the_one_before
         scrape.text
     );
 }
+
+#[tokio::test]
+async fn a_run_that_moves_stock_is_not_combined_and_the_plain_runs_still_are() {
+    let stack = stack().await;
+    let blocker = created_order(&stack, 0).await;
+    let stocked = created_order(&stack, 1).await;
+    let plain = created_order(&stack, 2).await;
+    // A reserve takes the message-by-message path with its order's SKUs locked until the
+    // commit: combined with partition 2's run it would hold them for both.
+    let messages = [
+        stack.message(stocked, serde_json::json!({"type": "reserve"}), None),
+        stack.message(plain, add_item("SKU-2"), None),
+    ];
+    let bodies: Vec<Vec<u8>> = messages.iter().map(|m| m.to_bytes()).collect();
+    let held = while_the_writer_is_held(&stack, blocker, &bodies).await;
+    assert_eq!(stack.wait_final_status(held).await, "applied");
+    let ids: Vec<CommandId> = messages.iter().map(|m| m.command_id).collect();
+    for id in &ids {
+        assert!(
+            ["applied", "rejected"].contains(&stack.wait_final_status(*id).await.as_str()),
+            "{id:?} ended"
+        );
+    }
+
+    let rows = recorded(&stack, &ids).await;
+    assert_ne!(
+        rows[0].1, rows[1].1,
+        "the reserve committed apart from the plain run: {rows:?}"
+    );
+    for (row, partition) in rows.iter().zip([1, 2]) {
+        assert_eq!(row.2, Some(partition), "{rows:?}");
+    }
+    let scrape = stack
+        .worker_metrics_until("the combined transactions to be counted", |s| {
+            s.value(&format!("{PARTITIONS_PER_TRANSACTION}_count"), &[]) >= 2.0
+        })
+        .await;
+    // The held command alone, then partition 2's run (alone now, but through the writer);
+    // the reserve went back to its partition before any transaction began: not a fallback.
+    assert_eq!(
+        scrape.value(&format!("{PARTITIONS_PER_TRANSACTION}_sum"), &[]),
+        2.0,
+        "{}",
+        scrape.text
+    );
+    assert_eq!(scrape.value(RUNS_WAITING, &[]), 0.0);
+    assert_eq!(scrape.value(FALLBACKS, &[]), 0.0);
+}

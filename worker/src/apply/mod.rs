@@ -34,6 +34,13 @@ mod transaction;
 
 pub(crate) use ending::{Ending, finish, finished, settle};
 
+/// Whether the message's command may move stock or money (or the message is not a command the
+/// set-based path could take): such a message is applied message by message, with the stock
+/// rows it may move locked from the transaction's start to its commit.
+pub fn moves_stock_or_money(body: &[u8]) -> bool {
+    CommandMessage::parse(body).map_or(true, |m| !set_based::without_effects(m.command.kind()))
+}
+
 use crate::error::Failure;
 use crate::leases::Holdings;
 use crate::metrics::{self, FinishedCommand};

@@ -28,7 +28,7 @@ use sqlx::PgConnection;
 use std::collections::HashMap;
 
 /// Commands whose events never move stock or money (see `crate::effects`).
-fn without_effects(kind: CommandKind) -> bool {
+pub(crate) fn without_effects(kind: CommandKind) -> bool {
     matches!(
         kind,
         CommandKind::Create

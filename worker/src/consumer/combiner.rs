@@ -14,6 +14,10 @@
 //! a transaction that waits on a lock (or a slow statement) holds up the other partitions for
 //! that long, not for as long as it waits, and up to `writers` transactions wait at once.
 //!
+//! Runs that may move stock or money are not combined (see [`write`]): they take the
+//! message-by-message path, which locks every SKU they may move until the commit, and several
+//! partitions' runs together held the hot SKUs for all of them.
+//!
 //! What stays per partition: a partition has at most one run handed over (its consumer waits
 //! for the answer before it takes more), so its messages are still applied in order, one
 //! transaction after the other, and acked by its own consumer after the commit. A combined
@@ -151,6 +155,31 @@ async fn write(applier: Applier, writers: Arc<Writers>) {
         }
         let received = taken.len();
         metrics::runs_waiting(-(received as f64));
+        // A run that moves stock or money is not combined with others: its transaction takes
+        // the message-by-message path with every SKU its messages may move locked until the
+        // commit, and combined with other partitions' runs it held the hot SKUs for all of them,
+        // while every other worker's transaction on those SKUs (a draining partition's among
+        // them) queued behind it. Such a run goes back to its partition at once, which applies
+        // it in a transaction of its own. Measured: docs/DESIGN-NOTES.md, *Stock runs alone*.
+        if taken.len() > 1 {
+            let mut plain = Vec::with_capacity(taken.len());
+            for run in taken.drain(..) {
+                if run
+                    .items
+                    .iter()
+                    .any(|item| crate::apply::moves_stock_or_money(&item.body))
+                {
+                    let _ = run.answer.send(None);
+                } else {
+                    plain.push(run);
+                }
+            }
+            taken = plain;
+            if taken.is_empty() {
+                writers.ended();
+                continue;
+            }
+        }
         let items: Vec<Vec<BatchItem>> = taken
             .iter()
             .map(|run| {

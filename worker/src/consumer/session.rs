@@ -241,6 +241,10 @@ async fn consume_on(
             let Some(ready) = next else {
                 if cancel.sent() {
                     // Everything delivered before the cancel has been applied and acked.
+                    tracing::debug!(
+                        partition,
+                        "draining: every delivered message applied and acked"
+                    );
                     return Ok(());
                 }
                 anyhow::bail!("the broker cancelled the consumer");
@@ -262,6 +266,12 @@ async fn consume_on(
             // broker then stops feeding it while this run commits, and what the drain has left to
             // finish is what was already delivered, not another window sent after this run's ack.
             ctx.monitor.stage(partition, Stage::Applying);
+            tracing::debug!(
+                partition,
+                messages = received.len(),
+                draining = cancel.sent(),
+                "applying a run"
+            );
             // The first run after taking the partition, and a drain's, are what a move waits for.
             let urgent = first_run || cancel.sent();
             first_run = false;
@@ -350,7 +360,10 @@ impl Cancel {
         let outcome = handle.await;
         *self = Cancel::Answered;
         match outcome {
-            Ok(Ok(Ok(()))) => true,
+            Ok(Ok(Ok(()))) => {
+                tracing::debug!(partition, "draining: the broker confirmed the cancel");
+                true
+            }
             Ok(Ok(Err(e))) => {
                 tracing::warn!(partition, error = %e, "cancelling the consumer failed");
                 false
@@ -412,4 +425,5 @@ async fn close_channel(ctx: &Context, partition: u16, channel: &lapin::Channel) 
             "the broker did not confirm the channel's close; dropping it"
         );
     }
+    tracing::debug!(partition, "channel closed");
 }
