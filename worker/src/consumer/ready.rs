@@ -4,7 +4,7 @@
 
 use super::Context;
 use super::combiner::OwnedItem;
-use super::session::{Stops, broker_step};
+use super::session::Stops;
 use super::single::{StartInHand, apply_alone};
 use crate::apply::{BatchItem, DeliveryInfo};
 use crate::metrics;
@@ -177,7 +177,7 @@ async fn acked(
     fail::fail_point!("consume.after_commit_before_ack", |_| std::process::abort());
     let last = deliveries.last().expect("a batch has messages");
     ctx.monitor.stage(partition, Stage::Acking);
-    broker_step("acking", last.ack(BasicAckOptions { multiple: true })).await?;
+    orderflow_messaging::ack(&last.acker, BasicAckOptions { multiple: true }).await?;
     ctx.monitor.stage(partition, Stage::Applying);
     if deliveries.len() >= 2 {
         metrics::batch_applied(deliveries.len());

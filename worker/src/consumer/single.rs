@@ -5,7 +5,7 @@
 use super::Context;
 use super::dead_letter::{dead_letter, fail_own_command};
 use super::ready::Incoming;
-use super::session::broker_step;
+
 use crate::apply::{DeliveryInfo, Handled, Outcome, OwnMessage};
 use crate::error::{ApplyError, Failure};
 use crate::metrics;
@@ -290,7 +290,7 @@ async fn settle(
     // The race audit's "worker killed between commit and ack" (`failpoints` builds only).
     fail::fail_point!("consume.after_commit_before_ack", |_| std::process::abort());
     ctx.monitor.stage(partition, Stage::Acking);
-    broker_step("acking", delivery.ack(BasicAckOptions::default())).await?;
+    orderflow_messaging::ack(&delivery.acker, BasicAckOptions::default()).await?;
     ctx.monitor.stage(partition, Stage::Applying);
     Ok(())
 }
