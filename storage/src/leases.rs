@@ -4,7 +4,7 @@
 //! A worker joins ([`join`]) and renews its membership twice a second ([`renew_member`]); a lease
 //! lasts as long as its holder's membership, so renewing touches no lease row (the rows the
 //! fences lock change only when a lease moves). Every worker reads the live members
-//! ([`live_members`]) and the leases it holds ([`held`]), and takes the partitions the shared
+//! ([`live_members`]) and every lease ([`leases`]: those it holds among them), and takes the partitions the shared
 //! assignment gives it when they are free or their holder's membership expired ([`take`]). A
 //! holder hands a partition over by draining it ([`mark_draining`]) and releasing it
 //! ([`release`]). Every transaction that writes for a partition starts with [`fence`].
@@ -182,21 +182,6 @@ pub async fn live_members(db: impl PgExecutor<'_>, grace: Duration) -> sqlx::Res
     )
     .fetch_all(db)
     .await
-}
-
-/// The leases this process holds, as (partition, epoch). A lease it had that is missing from the
-/// answer was taken over. A plain read: it waits for no fence.
-pub async fn held(db: impl PgExecutor<'_>, me: &Holder) -> sqlx::Result<Vec<(i32, i64)>> {
-    let rows = sqlx::query!(
-        "select partition, epoch from partition_leases
-          where owner = $1 and incarnation = $2
-          order by partition",
-        me.name,
-        me.incarnation
-    )
-    .fetch_all(db)
-    .await?;
-    Ok(rows.into_iter().map(|r| (r.partition, r.epoch)).collect())
 }
 
 /// Every partition's lease. A lease is expired when its holder (owner and incarnation) has no

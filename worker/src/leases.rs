@@ -282,10 +282,18 @@ impl Keeper {
         // take behind a fenced transaction) does not count against them.
         self.renewed = sent;
         self.keep_liveness(me).await;
-        let held: BTreeMap<u16, i64> = leases::held(&self.db, me)
-            .await?
-            .into_iter()
-            .filter_map(|(p, e)| u16::try_from(p).ok().map(|p| (p, e)))
+        // Who holds what, and with it what this process holds: one read, so that what follows
+        // sees a take committed by another round's lost answer either in both or in neither
+        // (read apart, a take committed between them was missing from what this process held
+        // and present in who holds what, and was taken again at the next epoch).
+        let all = leases::leases(&self.db, self.timing.dead_after()).await?;
+        let held: BTreeMap<u16, i64> = all
+            .iter()
+            .filter(|l| {
+                l.owner.as_deref() == Some(me.name.as_str())
+                    && l.incarnation == Some(me.incarnation)
+            })
+            .filter_map(|l| u16::try_from(l.partition).ok().map(|p| (p, l.epoch)))
             .collect();
         // Taken over while this worker was away: stop at once (its fence already refuses).
         let lost: Vec<u16> = self
@@ -310,9 +318,6 @@ impl Keeper {
         let partitions = layout.get().partitions();
         let live = leases::live_members(&self.db, self.timing.dead_after()).await?;
         let names: Vec<&str> = live.iter().map(String::as_str).collect();
-        // Who holds what: a partition stays with a live holder within its share (sticky), so a
-        // join moves only the newcomer's share. One being handed over is nobody's.
-        let all = leases::leases(&self.db, self.timing.dead_after()).await?;
         // Held without a consumer, at an epoch this process never consumed: a take that
         // committed while its answer was lost (a round that timed out, a connection cut as
         // PostgreSQL's primary moved). The row names this process and is active, so no one else
@@ -340,6 +345,8 @@ impl Keeper {
             metrics::rebalanced("taken");
             self.consume(partition, epoch);
         }
+        // Who holds what: a partition stays with a live holder within its share (sticky), so a
+        // join moves only the newcomer's share. One being handed over is nobody's.
         let mut holders: Vec<Option<&str>> = vec![None; usize::from(partitions)];
         for lease in &all {
             if let Some(slot) = usize::try_from(lease.partition)

@@ -822,8 +822,31 @@ async fn a_lease_whose_take_committed_while_its_answer_was_lost_is_consumed_by_i
         .await;
 
     // The holder's take of partition 1 commits, and the thief leaves; the take's answer is
-    // what gets lost, so the worker is told nothing but what its next rounds read.
+    // what gets lost, so the worker is told nothing but what its next rounds read. It commits
+    // in the middle of one of the holder's rounds (held back on the layout's lock, which each
+    // round reads after the leases): a round that read what it holds before the commit and who
+    // holds what after it took the lease again, at the next epoch (CI, once in a few runs).
     let mut lost_answer = stack.db.begin().await.unwrap();
+    sqlx::query("lock table partition_layout in access exclusive mode")
+        .execute(&mut *lost_answer)
+        .await
+        .unwrap();
+    wait_for("a round of the holder's lease keeper to wait on the layout")
+        .every(Duration::from_millis(10))
+        .until(|| async {
+            let waiting: bool = sqlx::query_scalar(
+                "select exists (select 1 from pg_stat_activity
+                                 where datname = current_database()
+                                   and application_name = 'orderflow-worker holder leases'
+                                   and wait_event_type = 'Lock'
+                                   and query like '%partition_layout%')",
+            )
+            .fetch_one(&stack.db)
+            .await
+            .unwrap();
+            waiting.then_some(())
+        })
+        .await;
     let taken = take_for(&mut *lost_answer, 1, "holder").await;
     sqlx::query("delete from worker_members where name = 'thief'")
         .execute(&mut *lost_answer)
