@@ -30,8 +30,11 @@ const MAX_BATCH: usize = 64;
 /// Batches written at once, each on its own connection of the writers' pool. With one, every
 /// record waited for the previous batch's commit (its WAL flush) even at half the maximum rate;
 /// with several, a light load writes each request at once, and a heavy one still gathers the
-/// requests that arrive while every writer is busy.
-pub const WRITERS: usize = 4;
+/// requests that arrive while every writer is busy. Two, not four: with four, half the maximum
+/// rate was written about two commands a batch (0.5 commits per command); two gather more per
+/// commit at every rate, and measured no slower (docs/DESIGN-NOTES.md, *Fewer statements per
+/// command at intake*).
+pub const WRITERS: usize = 2;
 
 /// A command to record, owned: it crosses to the writer task.
 pub struct Pending {
