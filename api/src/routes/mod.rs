@@ -169,9 +169,13 @@ mod tests {
     }
 
     impl Captured {
-        fn lines(&self) -> Vec<String> {
+        /// The lines logged at error so far.
+        fn errors(&self) -> Vec<String> {
             let text = String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned();
-            text.lines().map(str::to_owned).collect()
+            text.lines()
+                .filter(|l| l.contains("ERROR"))
+                .map(str::to_owned)
+                .collect()
         }
     }
 
@@ -206,22 +210,14 @@ mod tests {
             status_of(&app, "/shed").await,
             StatusCode::SERVICE_UNAVAILABLE
         );
-        let errors: Vec<String> = captured
-            .lines()
-            .into_iter()
-            .filter(|l| l.contains("ERROR"))
-            .collect();
+        let errors = captured.errors();
         assert!(errors.is_empty(), "a shed request logged {errors:?}");
 
         assert_eq!(
             status_of(&app, "/broken").await,
             StatusCode::INTERNAL_SERVER_ERROR
         );
-        let errors: Vec<String> = captured
-            .lines()
-            .into_iter()
-            .filter(|l| l.contains("ERROR"))
-            .collect();
+        let errors = captured.errors();
         assert_eq!(errors.len(), 1, "an internal error logged {errors:?}");
         assert!(errors[0].contains("broken on purpose"), "{errors:?}");
     }
