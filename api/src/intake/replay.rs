@@ -89,7 +89,7 @@ pub(super) async fn replay(
             let age = (chrono::Utc::now() - row.accepted_at)
                 .to_std()
                 .unwrap_or_default();
-            Instant::now() + (state.confirms.delay() + MARK_GRACE).saturating_sub(age)
+            Instant::now() + (state.confirms.written_within() + MARK_GRACE).saturating_sub(age)
         });
         if !waiting || Instant::now() + pause > deadline {
             break;
