@@ -5,10 +5,11 @@
 //! Each confirm is written [`Confirms::start`]'s `delay` after it arrived (up to a quarter of
 //! it, at most 100 ms, later: writes are that far apart), together with every other confirm
 //! due by then (one statement, one commit). By then a worker has usually applied the command,
-//! and its commit recorded the message's arrival as the publish (`commands::finish`): the write then finds nothing to mark and costs no row, no WAL and no
-//! flush. What it does mark is a command still waiting in its queue, so that the worker's relay
-//! does not publish it again (it republishes what stays unconfirmed for
-//! `ORDERFLOW_REPUBLISH_AFTER_MS`, 5 s by default). The time written is the confirm's own.
+//! and its commit recorded the message's arrival as the publish (`commands::finish`): the write
+//! then finds nothing to mark and costs no row, no WAL and no flush. What it does mark is a
+//! command still waiting in its queue, so that the worker's relay does not publish it again (it
+//! republishes what stays unconfirmed for `ORDERFLOW_REPUBLISH_AFTER_MS`, 5 s by default). The
+//! time written is the confirm's own.
 //!
 //! Measured (docs/DESIGN-NOTES.md, "Confirm marks after the answer"): waiting for the mark cost
 //! every 202 a second WAL flush, and a quarter of PostgreSQL's commits were marks.
